@@ -1,0 +1,80 @@
+//! Configuration, read from the environment once. The names are the ones the SAM
+//! template sets; a missing or malformed variable is an error that names it.
+
+use crate::aws::Endpoints;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {name}: {problem}")]
+    Invalid { name: &'static str, problem: String },
+}
+
+/// What every Batchplane process needs to find its table and queues.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `BATCHPLANE_TABLE`: the DynamoDB table holding jobs, tasks and counters.
+    pub table: String,
+    /// `BATCHPLANE_QUEUE_PREFIX`: SQS queue names are `<prefix><queue>`.
+    pub queue_prefix: String,
+    /// `BATCHPLANE_LEASE_SECONDS`: how long a claim holds a task without a heartbeat.
+    pub lease: Duration,
+    /// `BATCHPLANE_MAX_ATTEMPTS`: how many times a task whose worker vanished is claimed.
+    pub max_attempts: u32,
+    /// `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_SQS`: local emulators.
+    pub endpoints: Endpoints,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            table: "batchplane".into(),
+            queue_prefix: "batchplane-".into(),
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            endpoints: Endpoints::default(),
+        }
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.parse::<u64>().map_err(|e| ConfigError::Invalid {
+            name,
+            problem: format!("{v:?} is not a whole number ({e})"),
+        }),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let lease = number("BATCHPLANE_LEASE_SECONDS", d.lease.as_secs())?;
+        if lease < 3 {
+            return Err(ConfigError::Invalid {
+                name: "BATCHPLANE_LEASE_SECONDS",
+                problem: format!("{lease} is too short; at least 3 seconds"),
+            });
+        }
+        Ok(Config {
+            table: var("BATCHPLANE_TABLE").unwrap_or(d.table),
+            queue_prefix: var("BATCHPLANE_QUEUE_PREFIX").unwrap_or(d.queue_prefix),
+            lease: Duration::from_secs(lease),
+            max_attempts: number("BATCHPLANE_MAX_ATTEMPTS", u64::from(d.max_attempts))? as u32,
+            endpoints: Endpoints {
+                dynamodb: var("AWS_ENDPOINT_URL_DYNAMODB"),
+                sqs: var("AWS_ENDPOINT_URL_SQS"),
+            },
+        })
+    }
+
+    /// The SQS queue name for a Batchplane queue.
+    pub fn sqs_queue_name(&self, queue: &str) -> String {
+        format!("{}{}", self.queue_prefix, queue)
+    }
+}

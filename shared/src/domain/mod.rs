@@ -1,0 +1,13 @@
+//! The pure domain: job specs, validation, the dependency plan and the state machine.
+//! No AWS types and no I/O live here.
+
+pub mod ids;
+pub mod plan;
+pub mod records;
+pub mod spec;
+pub mod state;
+
+pub use plan::{plan_addition, plan_job, ExistingEdge, PlannedTask, TaskKind, MAX_EDGES};
+pub use records::{AttemptRecord, JobRecord, TaskRecord};
+pub use spec::{parse_job_spec, parse_task_list, validate_addition, JobSpec, SpecError, TaskSpec};
+pub use state::{JobState, TaskCounts, TaskState};

@@ -1,0 +1,551 @@
+//! Job specs as users write them (YAML or JSON, same fields), and their validation.
+//! A spec that fails here writes nothing: every check runs before the first store call.
+
+use super::ids::is_valid_task_id;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// A job as submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    #[serde(default = "default_team")]
+    pub team: String,
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// One task: an argv run as a unix process (no shell unless the argv asks for one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub id: String,
+    #[serde(deserialize_with = "scalars_as_strings")]
+    pub command: Vec<String>,
+    #[serde(default, deserialize_with = "scalar_values_as_strings")]
+    pub env: BTreeMap<String, String>,
+    /// vCPUs; fractions allowed.
+    #[serde(default = "default_cpu")]
+    pub cpu: f64,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+/// Tasks added to a running job under `tasks:` (a bare list is accepted too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskList {
+    tasks: Vec<TaskSpec>,
+}
+
+/// YAML reads `true` or `8080` as a bool or a number; in an argv or an environment
+/// they mean the text the user wrote.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+}
+
+impl From<Scalar> for String {
+    fn from(s: Scalar) -> String {
+        match s {
+            Scalar::Text(t) => t,
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+        }
+    }
+}
+
+fn scalars_as_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v: Vec<Scalar> = Deserialize::deserialize(d)?;
+    Ok(v.into_iter().map(String::from).collect())
+}
+
+fn scalar_values_as_strings<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let v: BTreeMap<String, Scalar> = Deserialize::deserialize(d)?;
+    Ok(v.into_iter().map(|(k, v)| (k, String::from(v))).collect())
+}
+
+fn default_team() -> String {
+    "default".into()
+}
+fn default_queue() -> String {
+    "default".into()
+}
+fn default_cpu() -> f64 {
+    1.0
+}
+fn default_memory() -> u64 {
+    512
+}
+
+impl TaskSpec {
+    /// CPU in thousandths of a vCPU, the unit workers count capacity in.
+    pub fn cpu_milli(&self) -> u32 {
+        (self.cpu * 1000.0).round() as u32
+    }
+}
+
+/// Why a spec was rejected. `code` is stable for programs; `message` names the task and
+/// field for people; `details` carries the same as data (task, field, line, column, cycle).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct SpecError {
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+impl SpecError {
+    fn new(code: &'static str, message: impl Into<String>, details: Value) -> Self {
+        SpecError {
+            code,
+            message: message.into(),
+            details,
+        }
+    }
+}
+
+/// The most tasks one request may carry; bigger jobs grow with `POST /v1/jobs/{id}/tasks`
+/// (and, later, array jobs, which are rules rather than lists).
+pub const MAX_TASKS_PER_REQUEST: usize = 1_000_000;
+
+/// Parse a job spec from YAML or JSON text and validate it completely.
+pub fn parse_job_spec(text: &str) -> Result<JobSpec, SpecError> {
+    let spec: JobSpec = parse_document(text)?;
+    let name = spec.name.trim();
+    if name.is_empty() || name.len() > 256 {
+        return Err(SpecError::new(
+            "InvalidField",
+            "field `name`: must be 1 to 256 characters",
+            json!({"field": "name"}),
+        ));
+    }
+    for (field, value) in [("team", &spec.team), ("queue", &spec.queue)] {
+        if !is_valid_task_id(value) || value.len() > 64 {
+            return Err(SpecError::new(
+                "InvalidField",
+                format!("field `{field}`: {value:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
+                json!({"field": field}),
+            ));
+        }
+    }
+    validate_tasks(&spec.tasks, &HashSet::new())?;
+    Ok(spec)
+}
+
+/// Parse tasks to add to an existing job (a list, or a document with `tasks:`). Validate
+/// them with [`validate_addition`] once the job's existing ids are known.
+pub fn parse_task_list(text: &str) -> Result<Vec<TaskSpec>, SpecError> {
+    let first = text
+        .lines()
+        .map(str::trim_start)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    if first.starts_with('-') || first.starts_with('[') {
+        parse_document::<Vec<TaskSpec>>(text)
+    } else {
+        Ok(parse_document::<TaskList>(text)?.tasks)
+    }
+}
+
+/// Validate tasks added to a job. `existing` holds those of the ids the new tasks use
+/// (their own ids and their dependencies) that the job already has: new tasks may depend
+/// on them but may not reuse them.
+pub fn validate_addition(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), SpecError> {
+    validate_tasks(tasks, existing)
+}
+
+fn parse_document<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, SpecError> {
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Err(SpecError::new(
+            "ParseError",
+            "the spec is empty",
+            json!({"line": 1, "column": 1}),
+        ));
+    }
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        serde_json::from_str(text).map_err(|e| {
+            SpecError::new(
+                "ParseError",
+                format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
+                json!({"line": e.line(), "column": e.column(), "format": "json"}),
+            )
+        })
+    } else {
+        serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            let message = if line > 0 && !e.to_string().contains(" at line ") {
+                format!("invalid YAML at line {line} column {column}: {e}")
+            } else {
+                format!("invalid YAML: {e}")
+            };
+            SpecError::new(
+                "ParseError",
+                message,
+                json!({"line": line, "column": column, "format": "yaml"}),
+            )
+        })
+    }
+}
+
+fn task_error(code: &'static str, task: &str, field: &str, what: String) -> SpecError {
+    SpecError::new(
+        code,
+        format!("task {task:?}, field `{field}`: {what}"),
+        json!({"task": task, "field": field}),
+    )
+}
+
+fn validate_tasks(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), SpecError> {
+    if tasks.is_empty() {
+        return Err(SpecError::new(
+            "InvalidField",
+            "field `tasks`: a job needs at least one task",
+            json!({"field": "tasks"}),
+        ));
+    }
+    if tasks.len() > MAX_TASKS_PER_REQUEST {
+        return Err(SpecError::new(
+            "TooManyTasks",
+            format!(
+                "field `tasks`: {} tasks in one request; at most {MAX_TASKS_PER_REQUEST}",
+                tasks.len()
+            ),
+            json!({"field": "tasks", "limit": MAX_TASKS_PER_REQUEST}),
+        ));
+    }
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
+        if !is_valid_task_id(&t.id) {
+            return Err(SpecError::new(
+                "InvalidTaskId",
+                format!(
+                    "tasks[{i}], field `id`: {:?} must be 1 to 128 of [A-Za-z0-9_.-]",
+                    t.id
+                ),
+                json!({"task": t.id, "index": i, "field": "id"}),
+            ));
+        }
+        if index.insert(&t.id, i).is_some() || existing.contains(&t.id) {
+            return Err(SpecError::new(
+                "DuplicateTaskId",
+                format!("tasks[{i}], field `id`: task id {:?} is used twice", t.id),
+                json!({"task": t.id, "index": i, "field": "id"}),
+            ));
+        }
+        if t.command.is_empty() || t.command[0].is_empty() {
+            return Err(task_error(
+                "EmptyCommand",
+                &t.id,
+                "command",
+                "the command is empty; give an argv such as [sh, -c, \"echo hi\"]".into(),
+            ));
+        }
+        if !(t.cpu.is_finite() && t.cpu > 0.0 && t.cpu <= 1024.0) {
+            return Err(task_error(
+                "InvalidField",
+                &t.id,
+                "cpu",
+                format!("{} must be more than 0 and at most 1024 vCPUs", t.cpu),
+            ));
+        }
+        if t.memory_mib == 0 || t.memory_mib > 4 * 1024 * 1024 {
+            return Err(task_error(
+                "InvalidField",
+                &t.id,
+                "memory_mib",
+                format!("{} must be 1 to 4194304", t.memory_mib),
+            ));
+        }
+        if t.timeout_seconds == Some(0) {
+            return Err(task_error(
+                "InvalidField",
+                &t.id,
+                "timeout_seconds",
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(key) = t.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+            return Err(task_error(
+                "InvalidField",
+                &t.id,
+                "env",
+                format!("variable name {key:?} is not valid"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for dep in &t.depends_on {
+            if !seen.insert(dep) {
+                return Err(task_error(
+                    "DuplicateDependency",
+                    &t.id,
+                    "depends_on",
+                    format!("{dep:?} is listed twice"),
+                ));
+            }
+        }
+    }
+    for t in tasks {
+        for dep in &t.depends_on {
+            if dep == &t.id {
+                return Err(SpecError::new(
+                    "DependencyCycle",
+                    format!("task {:?}, field `depends_on`: depends on itself (cycle: {} -> {})", t.id, t.id, t.id),
+                    json!({"task": t.id, "field": "depends_on", "cycle": [t.id, t.id]}),
+                ));
+            }
+            if !index.contains_key(dep.as_str()) && !existing.contains(dep) {
+                return Err(task_error(
+                    "UnknownDependency",
+                    &t.id,
+                    "depends_on",
+                    format!("depends on {dep:?}, which is not a task of this job"),
+                ));
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(tasks, &index) {
+        let path = cycle.join(" -> ");
+        return Err(SpecError::new(
+            "DependencyCycle",
+            format!(
+                "task {:?}, field `depends_on`: dependency cycle {path}",
+                cycle[0]
+            ),
+            json!({"task": cycle[0], "field": "depends_on", "cycle": cycle}),
+        ));
+    }
+    Ok(())
+}
+
+/// A cycle among the new tasks as a path `a -> b -> ... -> a` (each depends on the next),
+/// found with an iterative depth-first search so a million-task chain cannot overflow
+/// the stack. Existing tasks cannot be on a cycle: they never depend on new ones.
+fn find_cycle(tasks: &[TaskSpec], index: &HashMap<&str, usize>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; tasks.len()];
+    // (task, next dependency to look at)
+    let mut stack: Vec<(usize, usize)> = Vec::new();
+    for start in 0..tasks.len() {
+        if mark[start] != Mark::New {
+            continue;
+        }
+        stack.push((start, 0));
+        mark[start] = Mark::OnPath;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let deps = &tasks[node].depends_on;
+            if *next < deps.len() {
+                let dep = &deps[*next];
+                *next += 1;
+                let Some(&d) = index.get(dep.as_str()) else {
+                    continue; // an existing task
+                };
+                match mark[d] {
+                    Mark::New => {
+                        mark[d] = Mark::OnPath;
+                        stack.push((d, 0));
+                    }
+                    Mark::OnPath => {
+                        let from = stack.iter().position(|(n, _)| *n == d).unwrap_or(0);
+                        let mut cycle: Vec<String> =
+                            stack[from..].iter().map(|(n, _)| tasks[*n].id.clone()).collect();
+                        cycle.push(tasks[d].id.clone());
+                        return Some(cycle);
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                mark[node] = Mark::Done;
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIAMOND: &str = r#"
+name: diamond
+team: research
+tasks:
+  - id: a
+    command: [sh, -c, "echo a"]
+  - id: b
+    command: [echo, b]
+    depends_on: [a]
+  - id: c
+    command: [echo, c]
+    depends_on: [a]
+    env: {K: v}
+    cpu: 0.5
+    memory_mib: 64
+    timeout_seconds: 30
+  - id: d
+    command: [echo, d]
+    depends_on: [b, c]
+"#;
+
+    #[test]
+    fn parses_yaml_with_defaults() {
+        let spec = parse_job_spec(DIAMOND).unwrap();
+        assert_eq!(spec.name, "diamond");
+        assert_eq!(spec.team, "research");
+        assert_eq!(spec.queue, "default");
+        assert_eq!(spec.tasks.len(), 4);
+        assert_eq!(spec.tasks[0].cpu_milli(), 1000);
+        assert_eq!(spec.tasks[0].memory_mib, 512);
+        assert_eq!(spec.tasks[2].cpu_milli(), 500);
+        assert_eq!(spec.tasks[2].env["K"], "v");
+        assert_eq!(spec.tasks[3].depends_on, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn json_and_yaml_mean_the_same() {
+        let yaml = parse_job_spec(DIAMOND).unwrap();
+        let json = serde_json::to_string(&yaml).unwrap();
+        assert_eq!(parse_job_spec(&json).unwrap(), yaml);
+    }
+
+    fn err(text: &str) -> SpecError {
+        parse_job_spec(text).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_dependency_names_task_and_field() {
+        let e = err("name: x\ntasks:\n - {id: a, command: [true], depends_on: [zz]}\n");
+        assert_eq!(e.code, "UnknownDependency");
+        assert!(e.message.contains("\"a\"") && e.message.contains("depends_on") && e.message.contains("zz"), "{}", e.message);
+        assert_eq!(e.details["task"], "a");
+    }
+
+    #[test]
+    fn duplicate_id() {
+        let e = err("name: x\ntasks:\n - {id: a, command: [true]}\n - {id: a, command: [true]}\n");
+        assert_eq!(e.code, "DuplicateTaskId");
+        assert_eq!(e.details["index"], 1);
+    }
+
+    #[test]
+    fn bad_id() {
+        let e = err("name: x\ntasks:\n - {id: 'a b', command: [true]}\n");
+        assert_eq!(e.code, "InvalidTaskId");
+        assert!(e.message.contains("tasks[0]"));
+    }
+
+    #[test]
+    fn empty_command() {
+        let e = err("name: x\ntasks:\n - {id: a, command: []}\n");
+        assert_eq!(e.code, "EmptyCommand");
+        assert_eq!(e.details["field"], "command");
+    }
+
+    #[test]
+    fn cycle_gives_its_path() {
+        let e = err(
+            "name: x\ntasks:\n - {id: a, command: [true], depends_on: [c]}\n - {id: b, command: [true], depends_on: [a]}\n - {id: c, command: [true], depends_on: [b]}\n - {id: d, command: [true]}\n",
+        );
+        assert_eq!(e.code, "DependencyCycle");
+        let cycle: Vec<String> = serde_json::from_value(e.details["cycle"].clone()).unwrap();
+        assert_eq!(cycle.first(), cycle.last());
+        assert_eq!(cycle.len(), 4, "{cycle:?}");
+        assert!(e.message.contains(" -> "));
+    }
+
+    #[test]
+    fn self_dependency_is_a_cycle() {
+        let e = err("name: x\ntasks:\n - {id: a, command: [true], depends_on: [a]}\n");
+        assert_eq!(e.code, "DependencyCycle");
+    }
+
+    #[test]
+    fn long_chain_has_no_cycle_and_no_stack_overflow() {
+        let tasks: Vec<TaskSpec> = (0..200_000)
+            .map(|i| TaskSpec {
+                id: format!("t{i}"),
+                command: vec!["true".into()],
+                env: Default::default(),
+                cpu: 1.0,
+                memory_mib: 1,
+                timeout_seconds: None,
+                depends_on: if i > 0 { vec![format!("t{}", i - 1)] } else { vec![] },
+            })
+            .collect();
+        validate_tasks(&tasks, &HashSet::new()).unwrap();
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_line_and_column() {
+        let e = err("name: x\ntasks:\n  - id: a\n    command: [true\n");
+        assert_eq!(e.code, "ParseError");
+        assert!(e.details["line"].as_u64().unwrap() >= 4, "{:?}", e.details);
+        assert!(e.message.contains("line"), "{}", e.message);
+    }
+
+    #[test]
+    fn json_syntax_error_has_line_and_column() {
+        let e = err("{\"name\": \"x\",\n \"tasks\": [}\n");
+        assert_eq!(e.code, "ParseError");
+        assert_eq!(e.details["line"], 2);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let e = err("name: x\ntasks:\n - {id: a, command: [true], dependson: [b]}\n");
+        assert_eq!(e.code, "ParseError");
+        assert!(e.message.contains("dependson"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_name() {
+        let e = err("tasks:\n - {id: a, command: [true]}\n");
+        assert!(e.message.contains("name"), "{}", e.message);
+    }
+
+    #[test]
+    fn additions_may_depend_on_existing_but_not_reuse_ids() {
+        let existing: HashSet<String> = ["a".to_string()].into();
+        let added = parse_task_list("- {id: b, command: [true], depends_on: [a]}\n").unwrap();
+        validate_addition(&added, &existing).unwrap();
+        assert_eq!(added[0].depends_on, vec!["a"]);
+        let wrapped = parse_task_list("tasks:\n - {id: b, command: [true]}\n").unwrap();
+        assert_eq!(wrapped.len(), 1);
+        let reused = parse_task_list("- {id: a, command: [true]}\n").unwrap();
+        let e = validate_addition(&reused, &existing).unwrap_err();
+        assert_eq!(e.code, "DuplicateTaskId");
+        let dangling = parse_task_list("- {id: c, command: [true], depends_on: [zz]}\n").unwrap();
+        assert_eq!(validate_addition(&dangling, &existing).unwrap_err().code, "UnknownDependency");
+    }
+
+    #[test]
+    fn yaml_scalars_in_argv_and_env_stay_text() {
+        let spec = parse_job_spec("name: x\ntasks:\n - {id: a, command: [true], env: {PORT: 8080, ON: yes}}\n").unwrap();
+        assert_eq!(spec.tasks[0].command, vec!["true"]);
+        assert_eq!(spec.tasks[0].env["PORT"], "8080");
+    }
+}

@@ -1,0 +1,343 @@
+//! Side effects driven by the DynamoDB stream (the log). For each task change:
+//! RUNNABLE → send the task to its queue (or, for a barrier, complete it at once);
+//! SUCCEEDED → release its dependents; FAILED/CANCELLED → fail its waiting dependents.
+//! Then, once per batch and job, the batch's count deltas are recorded (idempotent on the
+//! batch's sequence numbers) and a job whose tasks are all finished is closed.
+//!
+//! Records arrive at least once; every effect is conditional, so applying a record twice
+//! changes nothing.
+
+use crate::domain::{JobState, TaskCounts, TaskKind, TaskRecord, TaskState};
+use crate::queue::{TaskMessage, Queues};
+use crate::store::item::{is_task_item, task_from_item, Item};
+use crate::store::{Store, StoreError};
+use aws_lambda_events::event::dynamodb::EventRecord;
+use futures::{stream, StreamExt};
+use std::collections::{BTreeMap, HashMap};
+
+/// One task change from the stream, decoded.
+#[derive(Debug, Clone)]
+pub struct TaskChange {
+    pub sequence_number: String,
+    pub old_state: Option<TaskState>,
+    pub task: TaskRecord,
+}
+
+/// A stream record as the fanout sees it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Task(Box<TaskChange>),
+    /// Job, counter and key items: nothing to do today.
+    Other { sequence_number: String },
+}
+
+impl Change {
+    pub fn sequence_number(&self) -> &str {
+        match self {
+            Change::Task(t) => &t.sequence_number,
+            Change::Other { sequence_number } => sequence_number,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error("stream record {sequence_number}: {problem}")]
+    BadRecord {
+        sequence_number: String,
+        problem: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+/// Decode a Lambda DynamoDB stream record (the local poller builds the same type).
+pub fn decode_record(record: &EventRecord) -> Result<Change, FanoutError> {
+    let seq = record.change.sequence_number.clone().unwrap_or_default();
+    let new: Item = record.change.new_image.clone().into();
+    let old: Item = record.change.old_image.clone().into();
+    if record.event_name == "REMOVE" || !is_task_item(&new) {
+        return Ok(Change::Other {
+            sequence_number: seq,
+        });
+    }
+    let task = task_from_item(&new).map_err(|e| FanoutError::BadRecord {
+        sequence_number: seq.clone(),
+        problem: e.to_string(),
+    })?;
+    let old_state = crate::store::item::state_of(&old);
+    Ok(Change::Task(Box::new(TaskChange {
+        sequence_number: seq,
+        old_state,
+        task,
+    })))
+}
+
+/// What processing a batch did, and where it stopped if it failed.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// The first record whose effects failed: the batch is retried from here.
+    pub failed_at: Option<String>,
+    pub enqueued: usize,
+    pub released: usize,
+    pub jobs_finished: Vec<(String, JobState)>,
+}
+
+/// The fanout's collaborators.
+#[derive(Debug)]
+pub struct Fanout {
+    pub store: Store,
+    pub queues: Queues,
+    /// Jobs' shard counts (fixed at submission), so a record costs no job read.
+    shard_counts: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+const EFFECT_CONCURRENCY: usize = 32;
+
+impl Fanout {
+    pub fn new(store: Store, queues: Queues) -> Self {
+        Fanout {
+            store,
+            queues,
+            shard_counts: Default::default(),
+        }
+    }
+
+    /// Apply a batch of stream records in order (effects run concurrently; all are
+    /// idempotent). Counts are recorded for the prefix of records that succeeded.
+    pub async fn process(&self, changes: &[Change]) -> BatchOutcome {
+        let mut outcome = BatchOutcome::default();
+
+        // Effects per record, concurrently; remember which records failed.
+        let results: Vec<(usize, Result<usize, FanoutError>)> = stream::iter(changes.iter().enumerate())
+            .map(|(i, c)| async move { (i, self.effects(c).await) })
+            .buffer_unordered(EFFECT_CONCURRENCY)
+            .collect()
+            .await;
+        let mut first_failed = changes.len();
+        for (i, r) in results {
+            match r {
+                Ok(n) => outcome.released += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, seq = changes[i].sequence_number(), "stream record failed; will retry");
+                    first_failed = first_failed.min(i);
+                }
+            }
+        }
+
+        // Enqueue runnable command tasks, grouped by queue, ten a request.
+        let mut by_queue: BTreeMap<String, Vec<(usize, TaskMessage)>> = BTreeMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            if let Change::Task(t) = c {
+                if became(t, TaskState::Runnable) && t.task.kind == TaskKind::Command {
+                    by_queue.entry(t.task.queue.clone()).or_default().push((
+                        i,
+                        TaskMessage {
+                            job_id: t.task.job_id.clone(),
+                            task_id: t.task.task_id.clone(),
+                            shard: t.task.shard,
+                        },
+                    ));
+                }
+            }
+        }
+        for (queue, msgs) in by_queue {
+            for chunk in msgs.chunks(10) {
+                let bodies: Vec<TaskMessage> = chunk.iter().map(|(_, m)| m.clone()).collect();
+                match self.queues.send(&queue, &bodies).await {
+                    Ok(()) => outcome.enqueued += bodies.len(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, queue, "enqueue failed; will retry");
+                        first_failed = first_failed.min(chunk[0].0);
+                    }
+                }
+            }
+        }
+
+        // Counts for the records that succeeded, once per job.
+        let done = &changes[..first_failed];
+        if let Err(e) = self.record_counts(done, &mut outcome).await {
+            tracing::warn!(error = %e, "recording counts failed; will retry the batch");
+            first_failed = 0;
+        }
+        if first_failed < changes.len() {
+            outcome.failed_at = Some(changes[first_failed].sequence_number().to_string());
+        }
+        outcome
+    }
+
+    /// The effects of one record other than enqueueing; returns how many tasks it released.
+    async fn effects(&self, change: &Change) -> Result<usize, FanoutError> {
+        let Change::Task(t) = change else {
+            return Ok(0);
+        };
+        let task = &t.task;
+        if became(t, TaskState::Runnable) && task.kind == TaskKind::Barrier {
+            self.store
+                .transition(task, &[TaskState::Runnable], TaskState::Succeeded, None)
+                .await?;
+            return Ok(0);
+        }
+        if task.dependents.is_empty() {
+            return Ok(0);
+        }
+        let shard_count = self.shard_count(&task.job_id).await?;
+        if became(t, TaskState::Succeeded) {
+            let dependents = self
+                .store
+                .get_tasks(&task.job_id, shard_count, &task.dependents)
+                .await?;
+            let mut released = 0;
+            let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.values())
+                .map(|d| self.store.release_edge(d, &task.task_id))
+                .buffer_unordered(EFFECT_CONCURRENCY)
+                .collect()
+                .await;
+            for r in results {
+                if r? {
+                    released += 1;
+                }
+            }
+            return Ok(released);
+        }
+        if became(t, TaskState::Failed) || became(t, TaskState::Cancelled) {
+            // Name the user task at the root, looking through barriers.
+            let root = match task.kind {
+                TaskKind::Barrier => task
+                    .failed_dependency
+                    .clone()
+                    .unwrap_or_else(|| task.task_id.clone()),
+                TaskKind::Command => task.task_id.clone(),
+            };
+            let root_state = if task.kind == TaskKind::Command {
+                task.state
+            } else {
+                TaskState::Failed
+            };
+            let reason = match root_state {
+                TaskState::Cancelled => format!("dependency {root} cancelled"),
+                _ => format!("dependency {root} failed"),
+            };
+            let dependents = self
+                .store
+                .get_tasks(&task.job_id, shard_count, &task.dependents)
+                .await?;
+            let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.values())
+                .map(|d| self.store.fail_dependent(d, &root, &reason))
+                .buffer_unordered(EFFECT_CONCURRENCY)
+                .collect()
+                .await;
+            for r in results {
+                r?;
+            }
+        }
+        Ok(0)
+    }
+
+    async fn shard_count(&self, job_id: &str) -> Result<u32, FanoutError> {
+        // Tasks carry their own shard but not the job's count: read the job once.
+        if let Some(n) = self.shard_counts.lock().unwrap_or_else(|p| p.into_inner()).get(job_id) {
+            return Ok(*n);
+        }
+        match self.store.get_job(job_id).await? {
+            Some(j) => {
+                let mut cache = self.shard_counts.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() > 10_000 {
+                    cache.clear();
+                }
+                cache.insert(job_id.to_string(), j.shard_count);
+                Ok(j.shard_count)
+            }
+            None => Err(FanoutError::BadRecord {
+                sequence_number: String::new(),
+                problem: format!("job {job_id} has tasks but no job item"),
+            }),
+        }
+    }
+
+    async fn record_counts(&self, done: &[Change], outcome: &mut BatchOutcome) -> Result<(), FanoutError> {
+        let (Some(first), Some(last)) = (done.first(), done.last()) else {
+            return Ok(());
+        };
+        let batch_key = format!("{}-{}", first.sequence_number(), last.sequence_number());
+        let mut per_job: HashMap<String, (TaskCounts, Option<i64>, bool)> = HashMap::new();
+        for c in done {
+            let Change::Task(t) = c else { continue };
+            if t.task.kind != TaskKind::Command || t.old_state == Some(t.task.state) {
+                continue;
+            }
+            let entry = per_job.entry(t.task.job_id.clone()).or_default();
+            if let Some(old) = t.old_state {
+                entry.0.add(old, -1);
+            }
+            entry.0.add(t.task.state, 1);
+            if t.task.state == TaskState::Running {
+                let at = t.task.started_at.unwrap_or_else(crate::store::now_ms);
+                entry.1 = Some(entry.1.map_or(at, |x: i64| x.min(at)));
+            }
+            if t.task.state.is_terminal() {
+                entry.2 = true;
+            }
+        }
+        for (job_id, (counts, started, finished_some)) in per_job {
+            if counts.is_empty() {
+                continue;
+            }
+            self.store.put_batch_counts(&job_id, &batch_key, &counts).await?;
+            if let Some(at) = started {
+                self.store.mark_job_started(&job_id, at).await?;
+            }
+            if finished_some {
+                if let Some(state) = self.close_if_done(&job_id).await? {
+                    outcome.jobs_finished.push((job_id.clone(), state));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Close a job whose tasks are all finished, and fold its count items now and then.
+    pub async fn close_if_done(&self, job_id: &str) -> Result<Option<JobState>, FanoutError> {
+        let Some(job) = self.store.get_job(job_id).await? else {
+            return Ok(None);
+        };
+        if job.state.is_terminal() {
+            return Ok(None);
+        }
+        let (counts, items) = self.store.job_counts(job_id).await?;
+        if items > 50 {
+            self.store.fold_counts(job_id).await?;
+        }
+        let Some(state) = JobState::final_state(&counts, job.total_tasks, job.cancel_requested) else {
+            return Ok(None);
+        };
+        let reason = match state {
+            JobState::Failed => Some(format!(
+                "{} of {} tasks failed",
+                counts.get(TaskState::Failed),
+                job.total_tasks
+            )),
+            JobState::Cancelled => Some("cancelled by request".to_string()),
+            _ => None,
+        };
+        let closed = self
+            .store
+            .set_job_state(
+                job_id,
+                &[JobState::Submitted, JobState::Pending],
+                state,
+                reason.as_deref(),
+            )
+            .await?;
+        if closed {
+            tracing::info!(job_id, state = %state, "job finished");
+        }
+        Ok(closed.then_some(state))
+    }
+}
+
+fn became(t: &TaskChange, state: TaskState) -> bool {
+    t.task.state == state && t.old_state != Some(state)
+}

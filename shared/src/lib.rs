@@ -1,0 +1,15 @@
+//! Batchplane's library: the pure job/task domain (`domain`) and the adapters that put it
+//! on AWS (`store` for DynamoDB, `queue` for SQS), plus the operations the Lambdas call
+//! (`service` for the API, `fanout` for the stream) and the worker's claim/report calls.
+
+pub mod aws;
+pub mod config;
+pub mod domain;
+pub mod fanout;
+pub mod metrics;
+pub mod queue;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+pub use domain::{JobState, TaskState};

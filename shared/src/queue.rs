@@ -1,0 +1,314 @@
+//! The SQS adapter: one queue per Batchplane queue (worker pool), carrying references to
+//! runnable tasks. A message says which task; the task item says everything else, and
+//! the claim in DynamoDB decides who runs it, so a duplicate message is harmless.
+
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The body of a task message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    #[serde(rename = "j")]
+    pub job_id: String,
+    #[serde(rename = "t")]
+    pub task_id: String,
+    /// The partition of the task item, so the worker needs no lookup.
+    #[serde(rename = "s")]
+    pub shard: u32,
+}
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub receipt_handle: String,
+    pub message: Option<TaskMessage>,
+    pub body: String,
+    pub receive_count: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue {queue:?} does not exist")]
+    NoSuchQueue { queue: String },
+    #[error("SQS {operation} failed: {code}")]
+    Request {
+        operation: &'static str,
+        code: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("SQS {operation}: {failed} of the batch's entries failed ({first})")]
+    PartialBatch {
+        operation: &'static str,
+        failed: usize,
+        first: String,
+    },
+}
+
+fn classify<E, R>(operation: &'static str, err: SdkError<E, R>) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    QueueError::Request {
+        operation,
+        code: err.code().unwrap_or("unknown").to_string(),
+        source: Box::new(err),
+    }
+}
+
+/// The task queues, addressed by Batchplane queue name.
+#[derive(Debug)]
+pub struct Queues {
+    sqs: aws_sdk_sqs::Client,
+    prefix: String,
+    urls: Mutex<HashMap<String, String>>,
+}
+
+impl Queues {
+    pub fn new(sqs: aws_sdk_sqs::Client, prefix: impl Into<String>) -> Self {
+        Queues {
+            sqs,
+            prefix: prefix.into(),
+            urls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn client(&self) -> &aws_sdk_sqs::Client {
+        &self.sqs
+    }
+
+    fn cached(&self, queue: &str) -> Option<String> {
+        self.urls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(queue)
+            .cloned()
+    }
+
+    /// The URL of a queue's SQS queue (looked up once, then cached).
+    pub async fn url(&self, queue: &str) -> Result<String, QueueError> {
+        if let Some(u) = self.cached(queue) {
+            return Ok(u);
+        }
+        let name = format!("{}{}", self.prefix, queue);
+        let out = self.sqs.get_queue_url().queue_name(&name).send().await;
+        let url = match out {
+            Ok(o) => o.queue_url().unwrap_or_default().to_string(),
+            Err(e) => {
+                let code = e.code().unwrap_or("").to_string();
+                if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
+                    return Err(QueueError::NoSuchQueue {
+                        queue: queue.to_string(),
+                    });
+                }
+                return Err(classify("GetQueueUrl", e));
+            }
+        };
+        self.urls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.to_string(), url.clone());
+        Ok(url)
+    }
+
+    /// Create a queue's SQS queue (local stack and tests; SAM owns it in AWS).
+    pub async fn create(&self, queue: &str, visibility: Duration) -> Result<String, QueueError> {
+        let out = self
+            .sqs
+            .create_queue()
+            .queue_name(format!("{}{}", self.prefix, queue))
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility.as_secs().to_string(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("CreateQueue", e))?;
+        let url = out.queue_url().unwrap_or_default().to_string();
+        self.urls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.to_string(), url.clone());
+        Ok(url)
+    }
+
+    /// Send task messages, ten a request, retrying entries SQS reports as failed.
+    pub async fn send(&self, queue: &str, messages: &[TaskMessage]) -> Result<(), QueueError> {
+        let url = self.url(queue).await?;
+        let sends = messages.chunks(10).map(|chunk| self.send_batch(&url, chunk));
+        futures::future::try_join_all(sends).await?;
+        Ok(())
+    }
+
+    async fn send_batch(&self, url: &str, chunk: &[TaskMessage]) -> Result<(), QueueError> {
+        let mut pending: Vec<(String, String)> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                (
+                    i.to_string(),
+                    serde_json::to_string(m).unwrap_or_default(),
+                )
+            })
+            .collect();
+        for round in 0..5 {
+            let entries = pending
+                .iter()
+                .map(|(id, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(id)
+                        .message_body(body)
+                        .build()
+                        .expect("entry has id and body")
+                })
+                .collect();
+            let out = self
+                .sqs
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| classify("SendMessageBatch", e))?;
+            let failed: Vec<&str> = out.failed().iter().map(|f| f.id()).collect();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if round == 4 {
+                return Err(QueueError::PartialBatch {
+                    operation: "SendMessageBatch",
+                    failed: failed.len(),
+                    first: out.failed()[0].code().to_string(),
+                });
+            }
+            pending.retain(|(id, _)| failed.contains(&id.as_str()));
+            tokio::time::sleep(Duration::from_millis(50 << round)).await;
+        }
+        Ok(())
+    }
+
+    /// Long-poll for up to `max` (≤ 10) messages.
+    pub async fn receive(
+        &self,
+        url: &str,
+        max: i32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .visibility_timeout(visibility.as_secs() as i32)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| classify("ReceiveMessage", e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| {
+                let body = m.body().unwrap_or_default().to_string();
+                Delivery {
+                    receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
+                    message: serde_json::from_str(&body).ok(),
+                    receive_count: m
+                        .attributes()
+                        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1),
+                    body,
+                }
+            })
+            .collect())
+    }
+
+    /// Delete handled messages, ten a request.
+    pub async fn delete(&self, url: &str, receipts: &[String]) -> Result<(), QueueError> {
+        for chunk in receipts.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .build()
+                        .expect("entry has id and receipt")
+                })
+                .collect();
+            self.sqs
+                .delete_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| classify("DeleteMessageBatch", e))?;
+        }
+        Ok(())
+    }
+
+    /// Keep messages of running tasks invisible for another `visibility`.
+    pub async fn extend(
+        &self,
+        url: &str,
+        receipts: &[String],
+        visibility: Duration,
+    ) -> Result<(), QueueError> {
+        for chunk in receipts.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(visibility.as_secs() as i32)
+                        .build()
+                        .expect("entry has id and receipt")
+                })
+                .collect();
+            self.sqs
+                .change_message_visibility_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| classify("ChangeMessageVisibilityBatch", e))?;
+        }
+        Ok(())
+    }
+
+    /// Messages in the queue and in flight (the bench and tests read it).
+    pub async fn depth(&self, url: &str) -> Result<(u64, u64), QueueError> {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| classify("GetQueueAttributes", e))?;
+        let get = |k: QueueAttributeName| {
+            out.attributes()
+                .and_then(|a| a.get(&k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        ))
+    }
+}

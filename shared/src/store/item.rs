@@ -1,0 +1,335 @@
+//! DynamoDB item encoding: keys, attribute helpers, and records ↔ items.
+//!
+//! Table design (one table, `pk`/`sk` strings, stream NEW_AND_OLD_IMAGES):
+//!
+//! | item | pk | sk | written |
+//! |---|---|---|---|
+//! | job | `J#<job>` | `META` | submit, first start, finish, cancel |
+//! | task | `J#<job>#<shard>` | `T#<task>` | create, release, claim, heartbeat, finish |
+//! | counts of one stream batch | `J#<job>` | `C#<first seq>-<last seq>` | once per batch per job |
+//! | folded counts | `J#<job>` | `C#base` | when batches are folded |
+//! | idempotency key | `K#<team>#<key>` | `KEY` | submit with `Idempotency-Key` |
+//!
+//! Task items of one job spread over `shard_count` partitions (hash of the task id), so
+//! no partition takes every write of a big job.
+
+use crate::domain::{AttemptRecord, JobRecord, JobState, TaskKind, TaskRecord, TaskState};
+use aws_sdk_dynamodb::types::AttributeValue;
+use std::collections::{BTreeMap, HashMap};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub fn job_pk(job_id: &str) -> String {
+    format!("J#{job_id}")
+}
+pub fn task_pk(job_id: &str, shard: u32) -> String {
+    format!("J#{job_id}#{shard}")
+}
+pub fn task_sk(task_id: &str) -> String {
+    format!("T#{task_id}")
+}
+pub const META_SK: &str = "META";
+pub const COUNTS_PREFIX: &str = "C#";
+pub const COUNTS_BASE_SK: &str = "C#base";
+
+pub fn key(pk: String, sk: String) -> Item {
+    HashMap::from([
+        ("pk".to_string(), AttributeValue::S(pk)),
+        ("sk".to_string(), AttributeValue::S(sk)),
+    ])
+}
+
+pub fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+pub fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+pub fn list_s(v: &[String]) -> AttributeValue {
+    AttributeValue::L(v.iter().map(|x| s(x.clone())).collect())
+}
+
+/// The one problem a stored item can have: it is not what this code wrote.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("stored item {key}: {problem}")]
+pub struct Malformed {
+    pub key: String,
+    pub problem: String,
+}
+
+pub struct Reader<'a> {
+    item: &'a Item,
+    key: String,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(item: &'a Item) -> Self {
+        let get = |k: &str| match item.get(k) {
+            Some(AttributeValue::S(v)) => v.clone(),
+            _ => "?".into(),
+        };
+        Reader {
+            key: format!("{}/{}", get("pk"), get("sk")),
+            item,
+        }
+    }
+    fn bad(&self, attr: &str, what: &str) -> Malformed {
+        Malformed {
+            key: self.key.clone(),
+            problem: format!("attribute {attr}: {what}"),
+        }
+    }
+    pub fn opt_s(&self, attr: &str) -> Result<Option<String>, Malformed> {
+        match self.item.get(attr) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+            Some(_) => Err(self.bad(attr, "expected a string")),
+        }
+    }
+    pub fn req_s(&self, attr: &str) -> Result<String, Malformed> {
+        self.opt_s(attr)?.ok_or_else(|| self.bad(attr, "missing"))
+    }
+    pub fn opt_n<T: std::str::FromStr>(&self, attr: &str) -> Result<Option<T>, Malformed> {
+        match self.item.get(attr) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(v)) => v
+                .parse::<T>()
+                .map(Some)
+                .map_err(|_| self.bad(attr, "not a number of the expected kind")),
+            Some(_) => Err(self.bad(attr, "expected a number")),
+        }
+    }
+    pub fn req_n<T: std::str::FromStr>(&self, attr: &str) -> Result<T, Malformed> {
+        self.opt_n(attr)?.ok_or_else(|| self.bad(attr, "missing"))
+    }
+    pub fn bool(&self, attr: &str) -> bool {
+        matches!(self.item.get(attr), Some(AttributeValue::Bool(true)))
+    }
+    pub fn strings(&self, attr: &str) -> Result<Vec<String>, Malformed> {
+        match self.item.get(attr) {
+            None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
+            Some(AttributeValue::Ss(v)) => Ok(v.clone()),
+            Some(AttributeValue::L(v)) => v
+                .iter()
+                .map(|x| match x {
+                    AttributeValue::S(s) => Ok(s.clone()),
+                    _ => Err(self.bad(attr, "expected a list of strings")),
+                })
+                .collect(),
+            Some(_) => Err(self.bad(attr, "expected a list of strings")),
+        }
+    }
+    pub fn string_map(&self, attr: &str) -> Result<BTreeMap<String, String>, Malformed> {
+        match self.item.get(attr) {
+            None | Some(AttributeValue::Null(_)) => Ok(BTreeMap::new()),
+            Some(AttributeValue::M(m)) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    AttributeValue::S(s) => Ok((k.clone(), s.clone())),
+                    _ => Err(self.bad(attr, "expected string values")),
+                })
+                .collect(),
+            Some(_) => Err(self.bad(attr, "expected a map")),
+        }
+    }
+    pub fn task_state(&self, attr: &str) -> Result<TaskState, Malformed> {
+        self.req_s(attr)?.parse().map_err(|e: String| self.bad(attr, &e))
+    }
+}
+
+pub fn job_to_item(job: &JobRecord) -> Item {
+    let mut item = key(job_pk(&job.job_id), META_SK.into());
+    item.insert("type".into(), s("job"));
+    item.insert("job_id".into(), s(&job.job_id));
+    item.insert("name".into(), s(&job.name));
+    item.insert("team".into(), s(&job.team));
+    item.insert("queue".into(), s(&job.queue));
+    item.insert("state".into(), s(job.state.as_str()));
+    item.insert("created_at".into(), n(job.created_at));
+    item.insert("total_tasks".into(), n(job.total_tasks));
+    item.insert("shard_count".into(), n(job.shard_count));
+    if let Some(r) = &job.reason {
+        item.insert("reason".into(), s(r));
+    }
+    item
+}
+
+pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
+    let r = Reader::new(item);
+    let state = r.req_s("state")?;
+    Ok(JobRecord {
+        job_id: r.req_s("job_id")?,
+        name: r.req_s("name")?,
+        team: r.req_s("team")?,
+        queue: r.req_s("queue")?,
+        state: state.parse().map_err(|e: String| r.bad("state", &e))?,
+        reason: r.opt_s("reason")?,
+        created_at: r.req_n("created_at")?,
+        started_at: r.opt_n("started_at")?,
+        finished_at: r.opt_n("finished_at")?,
+        total_tasks: r.req_n("total_tasks")?,
+        shard_count: r.req_n("shard_count")?,
+        cancel_requested: r.bool("cancel_requested"),
+    })
+}
+
+/// A new task's item. Empty lists and maps are left out: they cost bytes on every write.
+#[allow(clippy::too_many_arguments)]
+pub fn new_task_item(
+    job_id: &str,
+    shard: u32,
+    queue: &str,
+    max_attempts: u32,
+    now: i64,
+    t: &crate::domain::PlannedTask,
+) -> Item {
+    let mut item = key(task_pk(job_id, shard), task_sk(&t.id));
+    item.insert("job_id".into(), s(job_id));
+    item.insert("task_id".into(), s(&t.id));
+    item.insert("shard".into(), n(shard));
+    item.insert("kind".into(), s(t.kind.as_str()));
+    item.insert("queue".into(), s(queue));
+    item.insert("state".into(), s(t.state.as_str()));
+    item.insert("attempt".into(), n(0));
+    item.insert("max_attempts".into(), n(max_attempts));
+    item.insert("created_at".into(), n(now));
+    if !t.command.is_empty() {
+        item.insert("command".into(), list_s(&t.command));
+    }
+    if !t.env.is_empty() {
+        item.insert(
+            "env".into(),
+            AttributeValue::M(t.env.iter().map(|(k, v)| (k.clone(), s(v))).collect()),
+        );
+    }
+    if t.kind == TaskKind::Command {
+        item.insert("cpu_milli".into(), n(t.cpu_milli));
+        item.insert("memory_mib".into(), n(t.memory_mib));
+    }
+    if let Some(secs) = t.timeout_seconds {
+        item.insert("timeout_seconds".into(), n(secs));
+    }
+    if !t.deps.is_empty() {
+        item.insert("deps".into(), list_s(&t.deps));
+    }
+    if !t.dependents.is_empty() {
+        item.insert("dependents".into(), list_s(&t.dependents));
+    }
+    item
+}
+
+pub fn attempt_to_value(a: &AttemptRecord) -> AttributeValue {
+    let mut m: HashMap<String, AttributeValue> = HashMap::new();
+    m.insert("attempt".into(), n(a.attempt));
+    m.insert("worker_id".into(), s(&a.worker_id));
+    m.insert("started_at".into(), n(a.started_at));
+    let opt = |m: &mut HashMap<String, AttributeValue>, k: &str, v: Option<AttributeValue>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
+    };
+    opt(&mut m, "finished_at", a.finished_at.map(n));
+    opt(&mut m, "exit_code", a.exit_code.map(n));
+    opt(&mut m, "signal", a.signal.map(n));
+    opt(&mut m, "reason", a.reason.clone().map(s));
+    opt(&mut m, "cpu_user_seconds", a.cpu_user_seconds.map(n));
+    opt(&mut m, "cpu_system_seconds", a.cpu_system_seconds.map(n));
+    opt(&mut m, "max_rss_kib", a.max_rss_kib.map(n));
+    opt(&mut m, "stdout", a.stdout.clone().map(s));
+    opt(&mut m, "stderr", a.stderr.clone().map(s));
+    AttributeValue::M(m)
+}
+
+fn attempt_from_value(item: &Item) -> Result<AttemptRecord, Malformed> {
+    let r = Reader::new(item);
+    Ok(AttemptRecord {
+        attempt: r.req_n("attempt")?,
+        worker_id: r.req_s("worker_id")?,
+        started_at: r.req_n("started_at")?,
+        finished_at: r.opt_n("finished_at")?,
+        exit_code: r.opt_n("exit_code")?,
+        signal: r.opt_n("signal")?,
+        reason: r.opt_s("reason")?,
+        cpu_user_seconds: r.opt_n("cpu_user_seconds")?,
+        cpu_system_seconds: r.opt_n("cpu_system_seconds")?,
+        max_rss_kib: r.opt_n("max_rss_kib")?,
+        stdout: r.opt_s("stdout")?,
+        stderr: r.opt_s("stderr")?,
+    })
+}
+
+pub fn task_from_item(item: &Item) -> Result<TaskRecord, Malformed> {
+    let r = Reader::new(item);
+    let attempts = match item.get("attempts") {
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .map(|v| match v {
+                AttributeValue::M(m) => attempt_from_value(m),
+                _ => Err(r.bad("attempts", "expected a list of maps")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
+    Ok(TaskRecord {
+        job_id: r.req_s("job_id")?,
+        task_id: r.req_s("task_id")?,
+        shard: r.req_n("shard")?,
+        kind: TaskKind::parse(&r.opt_s("kind")?.unwrap_or_default()),
+        queue: r.req_s("queue")?,
+        state: r.task_state("state")?,
+        reason: r.opt_s("reason")?,
+        attempt: r.opt_n("attempt")?.unwrap_or(0),
+        max_attempts: r.opt_n("max_attempts")?.unwrap_or(1),
+        command: r.strings("command")?,
+        env: r.string_map("env")?,
+        cpu_milli: r.opt_n("cpu_milli")?.unwrap_or(0),
+        memory_mib: r.opt_n("memory_mib")?.unwrap_or(0),
+        timeout_seconds: r.opt_n("timeout_seconds")?,
+        deps: r.strings("deps")?,
+        deps_done: r.strings("deps_done")?,
+        dependents: r.strings("dependents")?,
+        failed_dependency: r.opt_s("failed_dependency")?,
+        worker_id: r.opt_s("worker_id")?,
+        lease_expires: r.opt_n("lease_expires")?,
+        cancel_requested: r.bool("cancel_requested"),
+        created_at: r.opt_n("created_at")?.unwrap_or(0),
+        started_at: r.opt_n("started_at")?,
+        finished_at: r.opt_n("finished_at")?,
+        exit_code: r.opt_n("exit_code")?,
+        attempts,
+    })
+}
+
+/// Counts of one stream batch: attributes `n_<STATE>`.
+pub fn counts_attr(state: TaskState) -> String {
+    format!("n_{}", state.as_str())
+}
+
+pub fn counts_from_item(item: &Item) -> crate::domain::TaskCounts {
+    let mut c = crate::domain::TaskCounts::default();
+    for st in TaskState::ALL {
+        if let Some(AttributeValue::N(v)) = item.get(&counts_attr(st)) {
+            c.add(st, v.parse::<i64>().unwrap_or(0));
+        }
+    }
+    c
+}
+
+/// Whether an item is a task item (by its sort key).
+pub fn is_task_item(item: &Item) -> bool {
+    matches!(item.get("sk"), Some(AttributeValue::S(sk)) if sk.starts_with("T#"))
+}
+
+pub fn state_of(item: &Item) -> Option<TaskState> {
+    match item.get("state") {
+        Some(AttributeValue::S(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
+
+pub fn job_state_of(item: &Item) -> Option<JobState> {
+    match item.get("state") {
+        Some(AttributeValue::S(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
