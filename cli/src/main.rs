@@ -1,1 +1,132 @@
-fn main() {}
+//! `batchplane`: submit and inspect jobs, run the local stack, run the benchmark.
+
+mod bench;
+mod client;
+mod dev;
+mod jobs;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "batchplane", version, about = "Batchplane: a serverless control plane for batch work")]
+struct Cli {
+    /// The API's base URL (default: $BATCHPLANE_API_URL, else the running `dev` stack).
+    #[arg(long, global = true, env = "BATCHPLANE_API_URL")]
+    api_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit a job from a YAML or JSON file.
+    Submit {
+        file: PathBuf,
+        /// Wait for the job to finish, showing progress; exit 0 only if it SUCCEEDED.
+        #[arg(long)]
+        wait: bool,
+        /// Submitting again with the same key returns the same job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show a job: state, times, counts of tasks by state.
+    Status {
+        job: String,
+        #[arg(short = 'o', long, default_value = "text")]
+        output: jobs::Output,
+    },
+    /// List a job's tasks, optionally only those in one state.
+    Tasks {
+        job: String,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(short = 'o', long, default_value = "text")]
+        output: jobs::Output,
+    },
+    /// Everything about one task: argv, env, every attempt, logs.
+    Task {
+        job: String,
+        task: String,
+        #[arg(short = 'o', long, default_value = "text")]
+        output: jobs::Output,
+    },
+    /// Print a task's stdout (and stderr with --stderr) for its last attempt.
+    Logs {
+        job: String,
+        task: String,
+        #[arg(long)]
+        attempt: Option<u32>,
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Cancel a job: waiting tasks end CANCELLED, running ones are killed.
+    Cancel { job: String },
+    /// Add tasks (a YAML or JSON list, or `tasks:`) to a running job.
+    Add { job: String, file: PathBuf },
+    /// The local stack.
+    Dev {
+        #[command(subcommand)]
+        command: dev::DevCommand,
+    },
+    /// Start the local stack, run a sample job with progress, print its summary, stop.
+    Demo {
+        /// The sample file; its first job runs.
+        #[arg(long, default_value = "samples.yaml")]
+        samples: PathBuf,
+        /// Which job in the file to run (by name; default the first).
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        stack: dev::StackArgs,
+    },
+    /// Benchmark the local stack against `xargs -P` and write JSON.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        batchplane::telemetry::init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let api = || -> anyhow::Result<client::Api> {
+        let url = match &cli.api_url {
+            Some(u) => u.clone(),
+            None => dev::running_api_url().ok_or_else(|| {
+                anyhow::anyhow!("no API URL: pass --api-url, set BATCHPLANE_API_URL, or start the local stack with `batchplane dev up`")
+            })?,
+        };
+        client::Api::new(&url)
+    };
+    match &cli.command {
+        Command::Submit { file, wait, idempotency_key } => {
+            jobs::submit(&api()?, file, *wait, idempotency_key.as_deref()).await
+        }
+        Command::Status { job, output } => jobs::status(&api()?, job, *output).await,
+        Command::Tasks { job, state, output } => jobs::tasks(&api()?, job, state.as_deref(), *output).await,
+        Command::Task { job, task, output } => jobs::task(&api()?, job, task, *output).await,
+        Command::Logs { job, task, attempt, stderr } => jobs::logs(&api()?, job, task, *attempt, *stderr).await,
+        Command::Cancel { job } => jobs::cancel(&api()?, job).await,
+        Command::Add { job, file } => jobs::add(&api()?, job, file).await,
+        Command::Dev { command } => dev::run(command).await,
+        Command::Demo { samples, job, stack } => dev::demo(samples, job.as_deref(), stack).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

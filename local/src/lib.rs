@@ -1,1 +1,10 @@
-//! placeholder
+//! The local stack: the same handlers as in AWS, with the event plumbing done here.
+//! It starts DynamoDB Local and moto (or uses ones already running), creates the table
+//! and queues, serves the api router over HTTP, polls the DynamoDB stream and hands each
+//! batch to the fanout handler as a Lambda event, and runs taskhosts as processes.
+
+pub mod emulators;
+pub mod stack;
+pub mod streams;
+
+pub use stack::{LocalStack, StackOptions};

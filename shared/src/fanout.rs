@@ -111,8 +111,8 @@ impl Fanout {
         let mut outcome = BatchOutcome::default();
 
         // Effects per record, concurrently; remember which records failed.
-        let results: Vec<(usize, Result<usize, FanoutError>)> = stream::iter(changes.iter().enumerate())
-            .map(|(i, c)| async move { (i, self.effects(c).await) })
+        let results: Vec<(usize, Result<usize, FanoutError>)> = stream::iter(0..changes.len())
+            .map(|i| async move { (i, self.effects(&changes[i]).await) })
             .buffer_unordered(EFFECT_CONCURRENCY)
             .collect()
             .await;
@@ -138,6 +138,8 @@ impl Fanout {
                             job_id: t.task.job_id.clone(),
                             task_id: t.task.task_id.clone(),
                             shard: t.task.shard,
+                            cpu_milli: t.task.cpu_milli,
+                            memory_mib: t.task.memory_mib,
                         },
                     ));
                 }
@@ -190,8 +192,12 @@ impl Fanout {
                 .get_tasks(&task.job_id, shard_count, &task.dependents)
                 .await?;
             let mut released = 0;
-            let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.values())
-                .map(|d| self.store.release_edge(d, &task.task_id))
+            let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.into_values())
+                .map(|d| {
+                    let store = self.store.clone();
+                    let dep = task.task_id.clone();
+                    async move { store.release_edge(&d, &dep).await }
+                })
                 .buffer_unordered(EFFECT_CONCURRENCY)
                 .collect()
                 .await;
@@ -224,8 +230,12 @@ impl Fanout {
                 .store
                 .get_tasks(&task.job_id, shard_count, &task.dependents)
                 .await?;
-            let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.values())
-                .map(|d| self.store.fail_dependent(d, &root, &reason))
+            let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.into_values())
+                .map(|d| {
+                    let store = self.store.clone();
+                    let (root, reason) = (root.clone(), reason.clone());
+                    async move { store.fail_dependent(&d, &root, &reason).await }
+                })
                 .buffer_unordered(EFFECT_CONCURRENCY)
                 .collect()
                 .await;

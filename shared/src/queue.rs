@@ -22,6 +22,12 @@ pub struct TaskMessage {
     /// The partition of the task item, so the worker needs no lookup.
     #[serde(rename = "s")]
     pub shard: u32,
+    /// CPU (thousandths of a vCPU) and memory the task asks for, so a worker can tell
+    /// whether it fits before claiming it.
+    #[serde(rename = "c", default)]
+    pub cpu_milli: u32,
+    #[serde(rename = "m", default)]
+    pub memory_mib: u64,
 }
 
 /// A received message.

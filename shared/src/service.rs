@@ -483,9 +483,12 @@ impl Service {
         self.store.request_job_cancel(job_id).await?;
         let tasks = self.store.all_tasks(job_id, job.shard_count).await?;
         use futures::StreamExt;
-        let results: Vec<Result<TaskState, StoreError>> = futures::stream::iter(tasks.iter())
-            .filter(|t| futures::future::ready(!t.state.is_terminal()))
-            .map(|t| self.store.cancel_task(t))
+        let open: Vec<TaskRecord> = tasks.into_iter().filter(|t| !t.state.is_terminal()).collect();
+        let results: Vec<Result<TaskState, StoreError>> = futures::stream::iter(open)
+            .map(|t| {
+                let store = self.store.clone();
+                async move { store.cancel_task(&t).await }
+            })
             .buffer_unordered(16)
             .collect()
             .await;

@@ -1,1 +1,138 @@
-//! placeholder
+//! The api function: Batchplane's HTTP API as an axum router. The same router is served
+//! by `lambda_http` in AWS and by hyper in the local stack.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use batchplane::service::{ApiError, Service};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Request bodies larger than this are refused (a million-task spec is ~100 MB of YAML;
+/// API Gateway itself stops at 10 MB, so big jobs come in several requests).
+pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+struct Error(ApiError);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0.body())).into_response()
+    }
+}
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        Error(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// The API's routes over a [`Service`].
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/jobs", post(submit_job))
+        .route("/v1/jobs/{job_id}", get(get_job))
+        .route("/v1/jobs/{job_id}/tasks", get(list_tasks).post(add_tasks))
+        .route("/v1/jobs/{job_id}/tasks/{task_id}", get(get_task))
+        .route("/v1/jobs/{job_id}/cancel", post(cancel_job))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(service)
+}
+
+async fn not_found() -> Error {
+    Error(ApiError::not_found("no such route"))
+}
+
+fn body_text(body: &axum::body::Bytes) -> Result<&str> {
+    std::str::from_utf8(body).map_err(|e| {
+        Error(ApiError::bad_request(
+            format!("request body is not UTF-8 (byte {})", e.valid_up_to()),
+            serde_json::Value::Null,
+        ))
+    })
+}
+
+async fn submit_job(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let submitted = svc.submit_job(body_text(&body)?, key.as_deref()).await?;
+    let status = if submitted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(serde_json::json!({"job_id": submitted.job_id}))).into_response())
+}
+
+async fn get_job(State(svc): State<Arc<Service>>, Path(job_id): Path<String>) -> Result<Response> {
+    Ok(Json(svc.get_job(&job_id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<String>,
+    next_token: Option<String>,
+}
+
+async fn list_tasks(
+    State(svc): State<Arc<Service>>,
+    Path(job_id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response> {
+    let limit = match q.limit.as_deref() {
+        None | Some("") => None,
+        Some(l) => Some(l.parse::<usize>().map_err(|_| {
+            Error(ApiError::bad_request(
+                format!("query parameter `limit`: {l:?} is not a whole number"),
+                serde_json::json!({"parameter": "limit"}),
+            ))
+        })?),
+    };
+    let page = svc
+        .list_tasks(&job_id, q.state.as_deref().filter(|s| !s.is_empty()), limit, q.next_token.as_deref())
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+async fn get_task(
+    State(svc): State<Arc<Service>>,
+    Path((job_id, task_id)): Path<(String, String)>,
+) -> Result<Response> {
+    Ok(Json(svc.get_task(&job_id, &task_id).await?).into_response())
+}
+
+async fn add_tasks(
+    State(svc): State<Arc<Service>>,
+    Path(job_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let added = svc.add_tasks(&job_id, body_text(&body)?).await?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+async fn cancel_job(State(svc): State<Arc<Service>>, Path(job_id): Path<String>) -> Result<Response> {
+    Ok(Json(svc.cancel_job(&job_id).await?).into_response())
+}
+
+/// Build the service from configuration (cold start).
+pub async fn service_from_env() -> anyhow::Result<Arc<Service>> {
+    let config = batchplane::config::Config::from_env()?;
+    let clients = batchplane::aws::Clients::new(&config.endpoints).await;
+    Ok(Arc::new(Service {
+        store: batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
+        queues: batchplane::queue::Queues::new(clients.sqs, config.queue_prefix.clone()),
+        max_attempts: config.max_attempts,
+    }))
+}

@@ -1,1 +1,52 @@
-//! placeholder
+//! The fanout function: a DynamoDB stream batch in, side effects out, and the records
+//! that must be retried reported back (`ReportBatchItemFailures`).
+
+use aws_lambda_events::event::dynamodb::Event;
+use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use batchplane::fanout::{decode_record, Change, Fanout};
+use lambda_runtime::LambdaEvent;
+
+/// Decode the batch, apply it, and name the first record to retry from (if any).
+pub async fn handle(fanout: &Fanout, event: LambdaEvent<Event>) -> Result<DynamoDbEventResponse, lambda_runtime::Error> {
+    Ok(handle_event(fanout, &event.payload).await)
+}
+
+/// The handler without the Lambda envelope (the local stack calls this too).
+pub async fn handle_event(fanout: &Fanout, event: &Event) -> DynamoDbEventResponse {
+    let mut changes: Vec<Change> = Vec::with_capacity(event.records.len());
+    let mut failed_at: Option<String> = None;
+    for record in &event.records {
+        match decode_record(record) {
+            Ok(c) => changes.push(c),
+            Err(e) => {
+                // A record we cannot read will not read better on retry; skip it loudly
+                // rather than block the shard forever.
+                tracing::error!(error = %e, "undecodable stream record skipped");
+                changes.push(Change::Other {
+                    sequence_number: record.change.sequence_number.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    let outcome = fanout.process(&changes).await;
+    if let Some(seq) = outcome.failed_at {
+        failed_at = Some(seq);
+    }
+    let mut response = DynamoDbEventResponse::default();
+    if let Some(seq) = failed_at {
+        let mut failure = DynamoDbBatchItemFailure::default();
+        failure.item_identifier = Some(seq);
+        response.batch_item_failures.push(failure);
+    }
+    response
+}
+
+/// Build the fanout from configuration (cold start).
+pub async fn fanout_from_env() -> anyhow::Result<Fanout> {
+    let config = batchplane::config::Config::from_env()?;
+    let clients = batchplane::aws::Clients::new(&config.endpoints).await;
+    Ok(Fanout::new(
+        batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
+        batchplane::queue::Queues::new(clients.sqs, config.queue_prefix.clone()),
+    ))
+}

@@ -672,8 +672,13 @@ impl Store {
         shard_count: u32,
         ids: &[String],
     ) -> Result<HashMap<String, TaskRecord>, StoreError> {
-        let unique: Vec<&String> = ids.iter().collect::<HashSet<_>>().into_iter().collect();
-        let chunks: Vec<Vec<&String>> = unique.chunks(100).map(|c| c.to_vec()).collect();
+        let unique: Vec<String> = ids
+            .iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
+        let chunks: Vec<Vec<String>> = unique.chunks(100).map(|c| c.to_vec()).collect();
         let pages = stream::iter(chunks)
             .map(|chunk| async move {
                 let mut keys: Vec<Item> = chunk

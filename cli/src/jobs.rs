@@ -1,0 +1,248 @@
+//! The job commands: submit, status, tasks, task, logs, cancel, add.
+
+use crate::client::Api;
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+const STATES: [&str; 7] = ["PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
+
+/// The jobs in a spec file: one document, or several separated by `---`.
+pub fn read_jobs(file: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut jobs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| {
+            let loc = e.location().map(|l| format!(" at line {} column {}", l.line(), l.column())).unwrap_or_default();
+            anyhow::anyhow!("{}{loc}: {e}", file.display())
+        })?;
+        if !v.is_null() {
+            jobs.push(v);
+        }
+    }
+    if jobs.is_empty() {
+        bail!("{}: no job in the file", file.display());
+    }
+    Ok(jobs)
+}
+
+/// Pick one job from a file by name, or the first.
+pub fn pick_job(file: &Path, name: Option<&str>) -> anyhow::Result<Value> {
+    let jobs = read_jobs(file)?;
+    match name {
+        None => Ok(jobs[0].clone()),
+        Some(n) => jobs
+            .into_iter()
+            .find(|j| j["name"].as_str() == Some(n))
+            .with_context(|| format!("{}: no job named {n:?}", file.display())),
+    }
+}
+
+pub async fn submit(api: &Api, file: &Path, wait: bool, key: Option<&str>) -> anyhow::Result<u8> {
+    let jobs = read_jobs(file)?;
+    if jobs.len() > 1 {
+        bail!("{} holds {} jobs; submit one file per job (or use `batchplane demo --job NAME`)", file.display(), jobs.len());
+    }
+    let resp = api.post("/v1/jobs", jobs[0].to_string(), key).await?;
+    let job_id = resp["job_id"].as_str().context("the API answered without a job_id")?.to_string();
+    println!("{job_id}");
+    if !wait {
+        return Ok(0);
+    }
+    let job = wait_for(api, &job_id, true).await?;
+    print_summary(&job);
+    Ok(if job["state"] == "SUCCEEDED" { 0 } else { 1 })
+}
+
+fn counts_line(job: &Value) -> String {
+    STATES
+        .iter()
+        .filter_map(|s| {
+            let n = job["task_counts"][s].as_u64().unwrap_or(0);
+            (n > 0).then(|| format!("{s} {n}"))
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// Poll a job until it ends, drawing a progress bar on a terminal (a line every few
+/// seconds otherwise).
+pub async fn wait_for(api: &Api, job_id: &str, progress: bool) -> anyhow::Result<Value> {
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_line = Instant::now() - Duration::from_secs(60);
+    loop {
+        let job = api.get(&format!("/v1/jobs/{job_id}")).await?;
+        let state = job["state"].as_str().unwrap_or("");
+        let done = matches!(state, "SUCCEEDED" | "FAILED" | "CANCELLED");
+        if progress {
+            let total = job["total_tasks"].as_u64().unwrap_or(0).max(1);
+            let finished: u64 = ["SUCCEEDED", "FAILED", "CANCELLED"]
+                .iter()
+                .map(|s| job["task_counts"][s].as_u64().unwrap_or(0))
+                .sum();
+            let width = 30;
+            let filled = (finished * width / total) as usize;
+            let bar = format!("[{}{}]", "#".repeat(filled), "-".repeat(width as usize - filled));
+            let line = format!(
+                "{bar} {finished}/{total} {:>6.1}s  {}",
+                started.elapsed().as_secs_f64(),
+                counts_line(&job)
+            );
+            if tty {
+                eprint!("\r\x1b[2K{line}");
+                let _ = std::io::stderr().flush();
+                if done {
+                    eprintln!();
+                }
+            } else if done || last_line.elapsed() > Duration::from_secs(5) {
+                eprintln!("{line}");
+                last_line = Instant::now();
+            }
+        }
+        if done {
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub fn print_summary(job: &Value) {
+    println!("job       {}  ({})", job["job_id"].as_str().unwrap_or(""), job["name"].as_str().unwrap_or(""));
+    println!("state     {}", job["state"].as_str().unwrap_or(""));
+    if let Some(r) = job["reason"].as_str() {
+        println!("reason    {r}");
+    }
+    println!("team      {}   queue {}", job["team"].as_str().unwrap_or(""), job["queue"].as_str().unwrap_or(""));
+    println!("created   {}", job["created_at"].as_str().unwrap_or("-"));
+    println!("started   {}", job["started_at"].as_str().unwrap_or("-"));
+    println!("finished  {}", job["finished_at"].as_str().unwrap_or("-"));
+    if let (Some(c), Some(f)) = (job["created_at"].as_str(), job["finished_at"].as_str()) {
+        if let (Ok(c), Ok(f)) = (chrono::DateTime::parse_from_rfc3339(c), chrono::DateTime::parse_from_rfc3339(f)) {
+            println!("elapsed   {:.1}s", (f - c).num_milliseconds() as f64 / 1000.0);
+        }
+    }
+    println!("tasks     {}  ({})", job["total_tasks"].as_u64().unwrap_or(0), counts_line(job));
+}
+
+pub async fn status(api: &Api, job_id: &str, output: Output) -> anyhow::Result<u8> {
+    let job = api.get(&format!("/v1/jobs/{job_id}")).await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&job)?),
+        Output::Text => print_summary(&job),
+    }
+    Ok(0)
+}
+
+pub async fn tasks(api: &Api, job_id: &str, state: Option<&str>, output: Output) -> anyhow::Result<u8> {
+    let mut token: Option<String> = None;
+    let mut all = Vec::new();
+    loop {
+        let mut path = format!("/v1/jobs/{job_id}/tasks?limit=1000");
+        if let Some(s) = state {
+            path.push_str(&format!("&state={s}"));
+        }
+        if let Some(t) = &token {
+            path.push_str(&format!("&next_token={t}"));
+        }
+        let page = api.get(&path).await?;
+        all.extend(page["tasks"].as_array().cloned().unwrap_or_default());
+        match page["next_token"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => break,
+        }
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
+        Output::Text => {
+            println!("{:<32} {:<10} {:>7} {:>5}  REASON", "TASK", "STATE", "ATTEMPT", "EXIT");
+            for t in &all {
+                println!(
+                    "{:<32} {:<10} {:>7} {:>5}  {}",
+                    t["task_id"].as_str().unwrap_or(""),
+                    t["state"].as_str().unwrap_or(""),
+                    t["attempt"].as_u64().unwrap_or(0),
+                    t["exit_code"].as_i64().map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    t["status_reason"].as_str().unwrap_or("")
+                );
+            }
+            eprintln!("{} tasks", all.len());
+        }
+    }
+    Ok(0)
+}
+
+pub async fn task(api: &Api, job_id: &str, task_id: &str, output: Output) -> anyhow::Result<u8> {
+    let t = api.get(&format!("/v1/jobs/{job_id}/tasks/{task_id}")).await?;
+    if let Output::Json = output {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+        return Ok(0);
+    }
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+    println!("task      {} / {}", s(&t["job_id"]), s(&t["task_id"]));
+    println!("state     {}", s(&t["state"]));
+    if let Some(r) = t["status_reason"].as_str() {
+        println!("reason    {r}");
+    }
+    println!("command   {}", serde_json::to_string(&t["command"])?);
+    println!("env       {}", serde_json::to_string(&t["env"])?);
+    println!("resources cpu {}  memory {} MiB  timeout {}", t["cpu"], t["memory_mib"], t["timeout_seconds"]);
+    println!("depends   {}", serde_json::to_string(&t["depends_on"])?);
+    println!("dependents {}", serde_json::to_string(&t["dependents"])?);
+    for a in t["attempts"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "attempt {} on {}: {} → {}  exit {} signal {}  cpu user {}s sys {}s  max rss {} KiB  {}",
+            a["attempt"], s(&a["worker_id"]), s(&a["started_at"]), s(&a["finished_at"]),
+            a["exit_code"], a["signal"], a["cpu_user_seconds"], a["cpu_system_seconds"], a["max_rss_kib"],
+            a["reason"].as_str().unwrap_or("")
+        );
+        println!("  stdout {}\n  stderr {}", s(&a["stdout"]), s(&a["stderr"]));
+    }
+    Ok(0)
+}
+
+pub async fn logs(api: &Api, job_id: &str, task_id: &str, attempt: Option<u32>, stderr: bool) -> anyhow::Result<u8> {
+    let t = api.get(&format!("/v1/jobs/{job_id}/tasks/{task_id}")).await?;
+    let attempts = t["attempts"].as_array().cloned().unwrap_or_default();
+    let chosen = match attempt {
+        Some(n) => attempts.iter().find(|a| a["attempt"].as_u64() == Some(u64::from(n))),
+        None => attempts.iter().rev().find(|a| a["stdout"].is_string()),
+    };
+    let Some(a) = chosen else {
+        bail!("task {task_id} has no recorded attempt with logs yet (state {})", t["state"].as_str().unwrap_or("?"));
+    };
+    let streams: &[&str] = if stderr { &["stdout", "stderr"] } else { &["stdout"] };
+    for stream in streams {
+        let loc = a[*stream].as_str().unwrap_or_default();
+        let Some(path) = loc.strip_prefix("file://") else {
+            bail!("{stream} of attempt {} is at {loc}, which this CLI cannot read", a["attempt"]);
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        if stderr {
+            println!("==> {stream} (attempt {}) <==", a["attempt"]);
+        }
+        print!("{text}");
+    }
+    Ok(0)
+}
+
+pub async fn cancel(api: &Api, job_id: &str) -> anyhow::Result<u8> {
+    let job = api.post(&format!("/v1/jobs/{job_id}/cancel"), String::new(), None).await?;
+    println!("cancelling {job_id}: {}", counts_line(&job));
+    Ok(0)
+}
+
+pub async fn add(api: &Api, job_id: &str, file: &Path) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let resp = api.post(&format!("/v1/jobs/{job_id}/tasks"), text, None).await?;
+    println!("added {} tasks to {job_id}", resp["added"]);
+    Ok(0)
+}

@@ -1,0 +1,154 @@
+//! The local stand-in for Lambda's DynamoDB event source mapping: read the table's
+//! stream shard by shard, hand each batch of records to the fanout handler as the same
+//! `aws_lambda_events` event Lambda would build, and on a reported failure resume from
+//! the failed record (as `ReportBatchItemFailures` does).
+
+use aws_lambda_events::event::dynamodb::{Event, EventRecord, StreamRecord};
+use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+use batchplane::fanout::Fanout;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Batch size, as an event source mapping's `BatchSize`.
+pub const BATCH_SIZE: i32 = 1000;
+
+/// How the poller treats records, for tests that need the at-least-once cases.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PollerOptions {
+    /// Deliver every batch twice (a retried Lambda invocation).
+    pub duplicate_batches: bool,
+}
+
+fn to_event_record(r: &aws_sdk_dynamodbstreams::types::Record, arn: &str) -> EventRecord {
+    let mut rec = EventRecord::default();
+    rec.event_id = r.event_id().unwrap_or_default().to_string();
+    rec.event_name = r.event_name().map(|n| n.as_str().to_string()).unwrap_or_default();
+    rec.event_source = Some("aws:dynamodb".into());
+    rec.event_source_arn = Some(arn.to_string());
+    rec.aws_region = "us-east-1".into();
+    if let Some(d) = r.dynamodb() {
+        let mut change = StreamRecord::default();
+        change.sequence_number = d.sequence_number().map(str::to_string);
+        change.size_bytes = d.size_bytes().unwrap_or(0);
+        if let Some(k) = d.keys() {
+            change.keys = k.clone().into();
+        }
+        if let Some(n) = d.new_image() {
+            change.new_image = n.clone().into();
+        }
+        if let Some(o) = d.old_image() {
+            change.old_image = o.clone().into();
+        }
+        rec.change = change;
+    }
+    rec
+}
+
+/// Poll `stream_arn` until `stop` turns true, invoking the fanout for each batch.
+pub async fn poll(
+    client: aws_sdk_dynamodbstreams::Client,
+    stream_arn: String,
+    fanout: Arc<Fanout>,
+    opts: PollerOptions,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut iterators: HashMap<String, Option<String>> = HashMap::new();
+    let mut last_describe = Instant::now() - Duration::from_secs(60);
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        if last_describe.elapsed() > Duration::from_secs(2) {
+            let mut start: Option<String> = None;
+            loop {
+                let d = client
+                    .describe_stream()
+                    .stream_arn(&stream_arn)
+                    .set_exclusive_start_shard_id(start.take())
+                    .send()
+                    .await?;
+                let Some(desc) = d.stream_description() else { break };
+                for shard in desc.shards() {
+                    let id = shard.shard_id().unwrap_or_default().to_string();
+                    if iterators.contains_key(&id) {
+                        continue;
+                    }
+                    let it = client
+                        .get_shard_iterator()
+                        .stream_arn(&stream_arn)
+                        .shard_id(&id)
+                        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                        .send()
+                        .await?;
+                    iterators.insert(id, it.shard_iterator().map(str::to_string));
+                }
+                match desc.last_evaluated_shard_id() {
+                    Some(s) => start = Some(s.to_string()),
+                    None => break,
+                }
+            }
+            last_describe = Instant::now();
+        }
+        let mut any = false;
+        let shard_ids: Vec<String> = iterators.keys().cloned().collect();
+        for shard_id in shard_ids {
+            let Some(Some(iterator)) = iterators.get(&shard_id).cloned() else { continue };
+            let out = match client.get_records().shard_iterator(&iterator).limit(BATCH_SIZE).send().await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %aws_sdk_dynamodbstreams::error::DisplayErrorContext(&e), shard_id, "GetRecords failed");
+                    // An expired iterator: start again from the shard's beginning;
+                    // every effect is idempotent.
+                    let it = client
+                        .get_shard_iterator()
+                        .stream_arn(&stream_arn)
+                        .shard_id(&shard_id)
+                        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                        .send()
+                        .await?;
+                    iterators.insert(shard_id, it.shard_iterator().map(str::to_string));
+                    continue;
+                }
+            };
+            let records = out.records();
+            let mut next = out.next_shard_iterator().map(str::to_string);
+            if !records.is_empty() {
+                any = true;
+                let mut event = Event::default();
+                event.records = records.iter().map(|r| to_event_record(r, &stream_arn)).collect();
+                let times = if opts.duplicate_batches { 2 } else { 1 };
+                let mut failed_at = None;
+                for _ in 0..times {
+                    batchplane::metrics::record_request("Lambda", "Invoke");
+                    let response = fanout_fn::handle_event(&fanout, &event).await;
+                    failed_at = response
+                        .batch_item_failures
+                        .first()
+                        .and_then(|f| f.item_identifier.clone());
+                }
+                if let Some(seq) = failed_at {
+                    // Resume from the failed record, after a pause, as Lambda retries.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let it = client
+                        .get_shard_iterator()
+                        .stream_arn(&stream_arn)
+                        .shard_id(&shard_id)
+                        .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                        .sequence_number(seq)
+                        .send()
+                        .await?;
+                    next = it.shard_iterator().map(str::to_string);
+                }
+            }
+            iterators.insert(shard_id, next);
+        }
+        if !any {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(40)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The worker loop: receive task messages, claim tasks with a conditional write, run
+//! several at once within the worker's CPU and memory, keep their leases and message
+//! visibility alive, record each attempt, and exit after an idle time (or drain and exit
+//! on SIGTERM: no running task is interrupted by a scale-down).
+
+use crate::shim::Report;
+use batchplane::domain::{AttemptRecord, TaskRecord, TaskState};
+use batchplane::queue::{Delivery, Queues, TaskMessage};
+use batchplane::store::{now_ms, Claim, Heartbeat, Store};
+use clap::Parser;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "taskhost", about = "Run Batchplane tasks from a queue as unix processes")]
+pub struct Options {
+    /// The Batchplane queue (worker pool) to take tasks from.
+    #[arg(long, env = "BATCHPLANE_QUEUE", default_value = "default")]
+    pub queue: String,
+    /// This worker's id in attempts and leases (default: host name and pid).
+    #[arg(long, env = "BATCHPLANE_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// vCPUs this worker offers its tasks (default: the machine's).
+    #[arg(long, env = "BATCHPLANE_WORKER_CPUS")]
+    pub cpus: Option<f64>,
+    /// Memory this worker offers its tasks, in MiB (default: the machine's).
+    #[arg(long, env = "BATCHPLANE_WORKER_MEMORY_MIB")]
+    pub memory_mib: Option<u64>,
+    /// Exit after this many seconds with nothing to run (0: never).
+    #[arg(long, env = "BATCHPLANE_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub idle_timeout_seconds: u64,
+    /// Where each attempt's stdout and stderr are written.
+    #[arg(long, env = "BATCHPLANE_LOG_DIR", default_value = "/tmp/batchplane/logs")]
+    pub log_dir: PathBuf,
+    /// The API URL handed to tasks (so a task can add tasks to its own job).
+    #[arg(long, env = "BATCHPLANE_API_URL")]
+    pub api_url: Option<String>,
+    /// Write this process's AWS request counts here as JSON on exit (benchmarks).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+    /// Long-poll wait for an empty queue, in seconds.
+    #[arg(long, default_value_t = 2)]
+    pub poll_wait_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    Cancelled,
+    LeaseLost,
+}
+
+struct Running {
+    task: TaskRecord,
+    receipt: String,
+    cpu_milli: u32,
+    memory_mib: u64,
+    kill: watch::Sender<Option<Kill>>,
+}
+
+struct Finished {
+    key: String,
+    receipt: String,
+}
+
+struct Ctx {
+    store: Store,
+    worker_id: String,
+    lease: Duration,
+    log_dir: PathBuf,
+    api_url: Option<String>,
+    exe: PathBuf,
+}
+
+fn machine_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(1024)
+}
+
+fn task_key(m: &TaskMessage) -> String {
+    format!("{}/{}", m.job_id, m.task_id)
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let config = batchplane::config::Config::from_env()?;
+    let clients = batchplane::aws::Clients::new(&config.endpoints).await;
+    let store = Store::new(clients.dynamodb, config.table.clone());
+    let queues = Arc::new(Queues::new(clients.sqs, config.queue_prefix.clone()));
+    let url = queues.url(&opts.queue).await?;
+    let worker_id = opts.worker_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let cpu_total = (opts
+        .cpus
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0))
+        * 1000.0)
+        .round() as u32;
+    let mem_total = opts.memory_mib.unwrap_or_else(machine_memory_mib);
+    let ctx = Arc::new(Ctx {
+        store,
+        worker_id: worker_id.clone(),
+        lease: config.lease,
+        log_dir: std::path::absolute(&opts.log_dir)?,
+        api_url: opts.api_url.clone(),
+        exe: std::env::current_exe()?,
+    });
+    tracing::info!(worker_id, queue = %opts.queue, cpus = f64::from(cpu_total) / 1000.0, memory_mib = mem_total, "taskhost started");
+
+    // The receiver asks SQS for as many messages as the worker has room for (`want`).
+    let (want_tx, mut want_rx) = watch::channel(0i32);
+    let (deliveries_tx, mut deliveries_rx) = mpsc::channel::<Vec<Delivery>>(4);
+    let receiver = {
+        let queues = queues.clone();
+        let url = url.clone();
+        let wait = Duration::from_secs(opts.poll_wait_seconds);
+        let visibility = config.lease;
+        tokio::spawn(async move {
+            loop {
+                let want = *want_rx.borrow_and_update();
+                if want <= 0 {
+                    if want_rx.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                match queues.receive(&url, want, wait, visibility).await {
+                    Ok(d) if d.is_empty() => {}
+                    Ok(d) => {
+                        if deliveries_tx.send(d).await.is_err() {
+                            return;
+                        }
+                        // Wait for the worker to account for these before asking again.
+                        if want_rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "receive failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut held: VecDeque<(Delivery, TaskMessage)> = VecDeque::new();
+    let mut to_delete: Vec<String> = Vec::new();
+    let (mut cpu_used, mut mem_used) = (0u32, 0u64);
+    let mut last_busy = Instant::now();
+    let idle = Duration::from_secs(opts.idle_timeout_seconds);
+    let mut heartbeat = tokio::time::interval(config.lease / 3);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut draining = false;
+
+    loop {
+        // Start held tasks that fit now.
+        while let Some((_, m)) = held.front() {
+            if cpu_used + m.cpu_milli > cpu_total || mem_used + m.memory_mib > mem_total {
+                break;
+            }
+            let Some((d, m)) = held.pop_front() else { break };
+            if let Some(r) = start(&ctx, d, &m, &done_tx, &queues, &url, &mut to_delete).await {
+                cpu_used += r.cpu_milli;
+                mem_used += r.memory_mib;
+                running.insert(task_key(&m), r);
+                last_busy = Instant::now();
+            }
+        }
+        if !to_delete.is_empty() {
+            if let Err(e) = queues.delete(&url, &to_delete).await {
+                tracing::warn!(error = %e, "delete failed; the messages will come back and be dropped then");
+            }
+            to_delete.clear();
+        }
+        if running.is_empty() && held.is_empty() {
+            if draining {
+                break;
+            }
+            if !idle.is_zero() && last_busy.elapsed() >= idle {
+                tracing::info!(worker_id, "idle; exiting");
+                break;
+            }
+        } else {
+            last_busy = Instant::now();
+        }
+        // Room for more? Ask for roughly one message per free vCPU.
+        let want = if draining || !held.is_empty() || cpu_used >= cpu_total || mem_used >= mem_total {
+            0
+        } else {
+            (((cpu_total - cpu_used) / 1000).max(1)).min(10) as i32
+        };
+        want_tx.send_if_modified(|w| {
+            let changed = *w != want;
+            *w = want;
+            changed
+        });
+
+        tokio::select! {
+            Some(f) = done_rx.recv() => {
+                if let Some(r) = running.remove(&f.key) {
+                    cpu_used -= r.cpu_milli;
+                    mem_used -= r.memory_mib;
+                }
+                to_delete.push(f.receipt);
+                while let Ok(f) = done_rx.try_recv() {
+                    if let Some(r) = running.remove(&f.key) {
+                        cpu_used -= r.cpu_milli;
+                        mem_used -= r.memory_mib;
+                    }
+                    to_delete.push(f.receipt);
+                }
+            }
+            Some(batch) = deliveries_rx.recv() => {
+                for d in batch {
+                    let Some(m) = d.message.clone() else {
+                        tracing::warn!(body = %d.body, "unreadable message dropped");
+                        to_delete.push(d.receipt_handle.clone());
+                        continue;
+                    };
+                    if m.cpu_milli > cpu_total || m.memory_mib > mem_total {
+                        tracing::warn!(job_id = %m.job_id, task_id = %m.task_id, cpu_milli = m.cpu_milli, memory_mib = m.memory_mib,
+                            "task is larger than this worker; leaving it for a bigger one");
+                        let _ = queues.extend(&url, std::slice::from_ref(&d.receipt_handle), Duration::from_secs(5)).await;
+                        continue;
+                    }
+                    held.push_back((d, m));
+                }
+                // Tell the receiver we took these (it waits for a change).
+                want_tx.send_modify(|w| *w = -1);
+            }
+            _ = heartbeat.tick() => {
+                keep_alive(&ctx, &running, &held, &queues, &url).await;
+            }
+            _ = sigterm.recv() => {
+                tracing::info!(worker_id, running = running.len(), "SIGTERM: draining");
+                draining = true;
+                let receipts: Vec<String> = held.drain(..).map(|(d, _)| d.receipt_handle).collect();
+                let _ = queues.extend(&url, &receipts, Duration::ZERO).await;
+            }
+        }
+    }
+    receiver.abort();
+    if let Some(path) = &opts.metrics_file {
+        std::fs::write(path, serde_json::to_vec_pretty(&batchplane::metrics::snapshot())?)?;
+    }
+    Ok(())
+}
+
+/// Extend every running task's lease (learning of cancellations and lost leases), and
+/// keep their messages, and held ones, invisible to other workers.
+async fn keep_alive(
+    ctx: &Ctx,
+    running: &HashMap<String, Running>,
+    held: &VecDeque<(Delivery, TaskMessage)>,
+    queues: &Queues,
+    url: &str,
+) {
+    let beats = running.values().map(|r| async move {
+        match ctx.store.heartbeat(&r.task, &ctx.worker_id, ctx.lease).await {
+            Ok(Heartbeat::Held { cancel_requested: true }) => {
+                let _ = r.kill.send(Some(Kill::Cancelled));
+            }
+            Ok(Heartbeat::Held { .. }) => {}
+            Ok(Heartbeat::Lost) => {
+                tracing::warn!(task_id = %r.task.task_id, "lease lost; stopping the task");
+                let _ = r.kill.send(Some(Kill::LeaseLost));
+            }
+            Err(e) => tracing::warn!(error = %e, task_id = %r.task.task_id, "heartbeat failed"),
+        }
+    });
+    futures::future::join_all(beats).await;
+    let receipts: Vec<String> = running
+        .values()
+        .map(|r| r.receipt.clone())
+        .chain(held.iter().map(|(d, _)| d.receipt_handle.clone()))
+        .collect();
+    if let Err(e) = queues.extend(url, &receipts, ctx.lease).await {
+        tracing::warn!(error = %e, "extending message visibility failed");
+    }
+}
+
+/// Claim a delivered task and start it. Messages that need no run are queued for
+/// deletion; a message for a task another live worker holds comes back after that lease.
+async fn start(
+    ctx: &Arc<Ctx>,
+    d: Delivery,
+    m: &TaskMessage,
+    done: &mpsc::UnboundedSender<Finished>,
+    queues: &Queues,
+    url: &str,
+    to_delete: &mut Vec<String>,
+) -> Option<Running> {
+    let claim = ctx
+        .store
+        .claim_task(&m.job_id, m.shard, &m.task_id, &ctx.worker_id, ctx.lease)
+        .await;
+    let task = match claim {
+        Ok(Claim::Claimed(task)) => *task,
+        Ok(Claim::NotClaimable { reason }) => {
+            if reason.starts_with("held by") {
+                // Another worker holds the lease; if it dies, this message brings the
+                // task back once the lease lapses.
+                let _ = queues.extend(url, std::slice::from_ref(&d.receipt_handle), ctx.lease).await;
+            } else {
+                to_delete.push(d.receipt_handle);
+            }
+            tracing::debug!(job_id = %m.job_id, task_id = %m.task_id, reason, "not claimed");
+            return None;
+        }
+        Ok(Claim::Exhausted) => {
+            to_delete.push(d.receipt_handle);
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, task_id = %m.task_id, "claim failed; the message will come back");
+            return None;
+        }
+    };
+    tracing::info!(job_id = %task.job_id, task_id = %task.task_id, attempt = task.attempt, "task claimed");
+    let (kill_tx, kill_rx) = watch::channel(None);
+    let running = Running {
+        task: task.clone(),
+        receipt: d.receipt_handle.clone(),
+        cpu_milli: m.cpu_milli,
+        memory_mib: m.memory_mib,
+        kill: kill_tx,
+    };
+    let ctx = ctx.clone();
+    let done = done.clone();
+    let key = task_key(m);
+    let receipt = d.receipt_handle;
+    tokio::spawn(async move {
+        run_attempt(&ctx, &task, kill_rx).await;
+        let _ = done.send(Finished { key, receipt });
+    });
+    Some(running)
+}
+
+enum Ending {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    Killed(Kill),
+    SpawnFailed(String),
+}
+
+/// The environment a task runs with: a few basics from the worker, the task's own
+/// variables, and Batchplane's (so a task can find its job and the API).
+pub fn task_environment(task: &TaskRecord, api_url: Option<&str>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    env.extend(task.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.push(("BATCHPLANE_JOB_ID".into(), task.job_id.clone()));
+    env.push(("BATCHPLANE_TASK_ID".into(), task.task_id.clone()));
+    env.push(("BATCHPLANE_ATTEMPT".into(), task.attempt.to_string()));
+    if let Some(url) = api_url {
+        env.push(("BATCHPLANE_API_URL".into(), url.to_string()));
+    }
+    env
+}
+
+async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Option<Kill>>) {
+    let started_at = task.started_at.unwrap_or_else(now_ms);
+    let dir = ctx.log_dir.join(&task.job_id).join(&task.task_id);
+    let stdout_path = dir.join(format!("attempt-{}.stdout", task.attempt));
+    let stderr_path = dir.join(format!("attempt-{}.stderr", task.attempt));
+    let report_path = dir.join(format!("attempt-{}.report.json", task.attempt));
+    let ending = match spawn(ctx, task, &dir, &stdout_path, &stderr_path, &report_path) {
+        Err(e) => Ending::SpawnFailed(e),
+        Ok(mut child) => {
+            let pid = child.id();
+            let timeout = task.timeout_seconds.map(Duration::from_secs);
+            let kill_group = || {
+                if let Some(pid) = pid {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            };
+            tokio::select! {
+                status = child.wait() => match status {
+                    Ok(s) => Ending::Exited(s),
+                    Err(e) => Ending::SpawnFailed(format!("waiting for the task failed: {e}")),
+                },
+                _ = async { match timeout { Some(t) => tokio::time::sleep(t).await, None => std::future::pending().await } } => {
+                    kill_group();
+                    let _ = child.wait().await;
+                    Ending::TimedOut
+                }
+                reason = async { loop { if kill.changed().await.is_err() { std::future::pending::<()>().await; } if let Some(k) = *kill.borrow() { return k; } } } => {
+                    kill_group();
+                    let _ = child.wait().await;
+                    Ending::Killed(reason)
+                }
+            }
+        }
+    };
+    let report: Option<Report> = std::fs::read(&report_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let _ = std::fs::remove_file(&report_path);
+    let mut attempt = AttemptRecord {
+        attempt: task.attempt,
+        worker_id: ctx.worker_id.clone(),
+        started_at,
+        finished_at: Some(now_ms()),
+        stdout: Some(format!("file://{}", stdout_path.display())),
+        stderr: Some(format!("file://{}", stderr_path.display())),
+        ..Default::default()
+    };
+    if let Some(r) = &report {
+        attempt.cpu_user_seconds = Some(r.cpu_user_seconds);
+        attempt.cpu_system_seconds = Some(r.cpu_system_seconds);
+        attempt.max_rss_kib = Some(r.max_rss_kib);
+    }
+    let (state, reason) = match ending {
+        Ending::Killed(Kill::LeaseLost) => {
+            // Someone else owns this task now; there is nothing of ours to record.
+            return;
+        }
+        Ending::Killed(Kill::Cancelled) => (TaskState::Cancelled, Some("job cancelled".to_string())),
+        Ending::TimedOut => (
+            TaskState::Failed,
+            Some(format!(
+                "Job attempt duration exceeded timeout ({} s)",
+                task.timeout_seconds.unwrap_or(0)
+            )),
+        ),
+        Ending::SpawnFailed(e) => (TaskState::Failed, Some(e)),
+        Ending::Exited(shim_status) => match &report {
+            Some(Report { spawn_error: Some(e), .. }) => (TaskState::Failed, Some(e.clone())),
+            Some(Report { exit_code: Some(0), .. }) => {
+                attempt.exit_code = Some(0);
+                (TaskState::Succeeded, None)
+            }
+            Some(Report { exit_code: Some(code), .. }) => {
+                attempt.exit_code = Some(*code);
+                (TaskState::Failed, Some(format!("exit code {code}")))
+            }
+            Some(Report { signal: Some(sig), .. }) => {
+                attempt.signal = Some(*sig);
+                (TaskState::Failed, Some(format!("killed by signal {sig}")))
+            }
+            _ => (
+                TaskState::Failed,
+                Some(format!("the task's process ended without a report ({shim_status})")),
+            ),
+        },
+    };
+    attempt.reason = reason.clone();
+    match ctx
+        .store
+        .finish_attempt(task, &ctx.worker_id, state, reason.as_deref(), &attempt)
+        .await
+    {
+        Ok(true) => tracing::info!(job_id = %task.job_id, task_id = %task.task_id, state = %state, "task finished"),
+        Ok(false) => tracing::warn!(task_id = %task.task_id, "lease lost before the result was recorded"),
+        Err(e) => tracing::error!(error = %e, task_id = %task.task_id, "recording the result failed; the lease will lapse and the task run again"),
+    }
+}
+
+fn spawn(
+    ctx: &Ctx,
+    task: &TaskRecord,
+    dir: &Path,
+    stdout: &Path,
+    stderr: &Path,
+    report: &Path,
+) -> Result<tokio::process::Child, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+    let out = std::fs::File::create(stdout).map_err(|e| format!("cannot create {}: {e}", stdout.display()))?;
+    let err = std::fs::File::create(stderr).map_err(|e| format!("cannot create {}: {e}", stderr.display()))?;
+    let mut cmd = tokio::process::Command::new(&ctx.exe);
+    cmd.arg("exec")
+        .arg("--report")
+        .arg(report)
+        .arg("--")
+        .args(&task.command)
+        .env_clear()
+        .envs(task_environment(task, ctx.api_url.as_deref()))
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn().map_err(|e| format!("could not start the task shim: {e}"))
+}
