@@ -1,1 +1,399 @@
+//! End-to-end: jobs through the real api router, DynamoDB Local, the stream poller and
+//! fanout, moto's SQS, and taskhost processes running real commands.
 
+use batchplane::queue::TaskMessage;
+use batchplane_tests::{binary, lines, millis, Harness};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn attempts(task: &Value) -> &Vec<Value> {
+    task["attempts"].as_array().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diamond_runs_in_dependency_order() {
+    let h = Harness::start(|_| {}).await;
+    let job = h
+        .submit(
+            r#"
+name: diamond
+team: research
+tasks:
+  - {id: a, command: [sh, -c, "echo a; sleep 0.2"]}
+  - {id: b, command: [sh, -c, "echo b; sleep 0.3"], depends_on: [a]}
+  - {id: c, command: [sh, -c, "echo c >&2; sleep 0.3"], depends_on: [a]}
+  - {id: d, command: [echo, d], depends_on: [b, c], env: {GREETING: hello}}
+"#,
+        )
+        .await;
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["team"], "research");
+    assert_eq!(done["task_counts"]["SUCCEEDED"], 4);
+    assert!(done["started_at"].is_string() && done["finished_at"].is_string());
+
+    let t: HashMap<&str, Value> = futures_join(&h, &job, &["a", "b", "c", "d"]).await;
+    let start = |id: &str| millis(&attempts(&t[id])[0]["started_at"]);
+    let end = |id: &str| millis(&attempts(&t[id])[0]["finished_at"]);
+    assert!(start("b") >= end("a") && start("c") >= end("a"));
+    assert!(start("d") >= end("b").max(end("c")));
+    for id in ["a", "b", "c", "d"] {
+        let a = &attempts(&t[id])[0];
+        assert_eq!(a["exit_code"], 0);
+        assert!(a["cpu_user_seconds"].is_number() && a["max_rss_kib"].as_u64().unwrap() > 0, "{a}");
+        assert!(a["worker_id"].as_str().unwrap().starts_with("local-"));
+    }
+    assert_eq!(t["d"]["env"]["GREETING"], "hello");
+    assert_eq!(t["d"]["depends_on"], serde_json::json!(["b", "c"]));
+    // Logs are kept per attempt and `batchplane logs` prints them.
+    let out = std::process::Command::new(binary("batchplane"))
+        .args(["logs", &job, "c", "--stderr", "--api-url", &h.stack.api_url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("c\n"));
+    h.shutdown().await;
+}
+
+async fn futures_join(h: &Harness, job: &str, ids: &[&'static str]) -> HashMap<&'static str, Value> {
+    let mut out = HashMap::new();
+    for id in ids {
+        out.insert(*id, h.task(job, id).await);
+    }
+    out
+}
+
+fn fan_spec(n: usize, command: &str) -> String {
+    let mut spec = String::from("name: fan\ntasks:\n  - {id: root, command: ['true']}\n");
+    for i in 0..n {
+        spec.push_str(&format!("  - {{id: w{i}, command: [sh, -c, '{command}'], cpu: 0.25, memory_mib: 16, depends_on: [root]}}\n"));
+    }
+    let all: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    spec.push_str(&format!("  - {{id: sink, command: ['true'], depends_on: [{}]}}\n", all.join(", ")));
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_and_fan_in_of_500_tasks() {
+    let h = Harness::start(|o| o.workers = 3).await;
+    let job = h.submit(&fan_spec(500, "true")).await;
+    let done = h.wait(&job, 4 * MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["total_tasks"], 502);
+    assert_eq!(done["task_counts"]["SUCCEEDED"], 502);
+    // The list is paginated across shards, shows user tasks only (no barriers), once each.
+    let tasks = h.all_tasks(&job, None, 70).await;
+    assert_eq!(tasks.len(), 502);
+    let mut ids: Vec<&str> = tasks.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 502);
+    assert!(ids.iter().all(|id| !id.starts_with('~')));
+    // The sink ran after every worker task finished.
+    let sink = h.task(&job, "sink").await;
+    let sink_start = millis(&attempts(&sink)[0]["started_at"]);
+    for i in (0..500).step_by(50) {
+        let w = h.task(&job, &format!("w{i}")).await;
+        assert!(millis(&attempts(&w)[0]["finished_at"]) <= sink_start);
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_task_stops_its_dependents_and_other_branches_finish() {
+    let h = Harness::start(|_| {}).await;
+    let job = h
+        .submit(
+            r#"
+name: one-branch-fails
+tasks:
+  - {id: ok, command: ['true']}
+  - {id: broken, command: [sh, -c, 'echo oops >&2; exit 3']}
+  - {id: after-ok, command: [sh, -c, 'sleep 0.5'], depends_on: [ok]}
+  - {id: after-broken, command: [echo, never], depends_on: [broken]}
+  - {id: after-after, command: [echo, never], depends_on: [after-broken, ok]}
+  - {id: missing, command: [/no/such/program]}
+"#,
+        )
+        .await;
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "FAILED", "{done}");
+    assert_eq!(done["task_counts"]["SUCCEEDED"], 2);
+    assert_eq!(done["task_counts"]["FAILED"], 4);
+    let broken = h.task(&job, "broken").await;
+    assert_eq!(broken["status_reason"], "exit code 3");
+    assert_eq!(attempts(&broken)[0]["exit_code"], 3);
+    let after = h.task(&job, "after-broken").await;
+    assert_eq!(after["state"], "FAILED");
+    assert_eq!(after["status_reason"], "dependency broken failed");
+    assert!(attempts(&after).is_empty(), "a dependent of a failed task never runs");
+    let after2 = h.task(&job, "after-after").await;
+    assert_eq!(after2["status_reason"], "dependency after-broken failed");
+    assert!(attempts(&after2).is_empty());
+    let missing = h.task(&job, "missing").await;
+    assert_eq!(missing["status_reason"], "command not found: /no/such/program");
+    assert_eq!(h.task(&job, "after-ok").await["state"], "SUCCEEDED");
+    // The failures are a query, not a search.
+    let failed = h.all_tasks(&job, Some("FAILED"), 100).await;
+    let mut ids: Vec<&str> = failed.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["after-after", "after-broken", "broken", "missing"]);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_adds_100_tasks_to_its_own_job() {
+    let h = Harness::start(|_| {}).await;
+    let bp = binary("batchplane");
+    let spec = format!(
+        r#"
+name: dynamic
+tasks:
+  - {{id: first, command: ['true']}}
+  - id: spawner
+    depends_on: [first]
+    env: {{BP: "{}"}}
+    command:
+      - sh
+      - -c
+      - |
+        f=$(mktemp)
+        echo "tasks:" > $f
+        for i in $(seq 1 99); do echo "  - {{id: child-$i, command: [sh, -c, 'exit 0'], depends_on: [spawner, first]}}" >> $f; done
+        echo "  - {{id: child-100, command: ['true'], depends_on: [child-1, child-99]}}" >> $f
+        "$BP" add "$BATCHPLANE_JOB_ID" $f
+        sleep 1
+"#,
+        bp.display()
+    );
+    let job = h.submit(&spec).await;
+    let done = h.wait(&job, 2 * MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["total_tasks"], 102);
+    assert_eq!(done["task_counts"]["SUCCEEDED"], 102);
+    let spawner = h.task(&job, "spawner").await;
+    let spawner_end = millis(&attempts(&spawner)[0]["finished_at"]);
+    for id in ["child-1", "child-50", "child-99", "child-100"] {
+        let c = h.task(&job, id).await;
+        assert!(millis(&attempts(&c)[0]["started_at"]) >= spawner_end, "{id} waited for the running spawner");
+    }
+    // A finished job takes no more tasks.
+    let r = h.post(&format!("/v1/jobs/{job}/tasks"), "- {id: late, command: ['true']}").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_running_tasks_and_skips_waiting_ones() {
+    let h = Harness::start(|o| o.lease_seconds = 3).await;
+    let job = h
+        .submit(
+            r#"
+name: long
+tasks:
+  - {id: long, command: [sleep, "300"]}
+  - {id: later, command: ['true'], depends_on: [long]}
+  - {id: queued, command: [sleep, "300"], cpu: 64}
+"#,
+        )
+        .await;
+    h.wait_task(&job, "long", "RUNNING", MINUTE).await;
+    let r = h.post(&format!("/v1/jobs/{job}/cancel"), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let started = std::time::Instant::now();
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "CANCELLED", "{done}");
+    assert!(started.elapsed() < Duration::from_secs(15), "running tasks are killed within seconds");
+    let long = h.task(&job, "long").await;
+    assert_eq!(long["state"], "CANCELLED");
+    assert_eq!(attempts(&long).len(), 1);
+    assert_eq!(h.task(&job, "later").await["state"], "CANCELLED");
+    let queued = h.task(&job, "queued").await;
+    assert_eq!(queued["state"], "CANCELLED");
+    assert!(attempts(&queued).is_empty());
+    let again = h.post(&format!("/v1/jobs/{job}/cancel"), "").await;
+    assert_eq!(again.status, 409);
+    h.shutdown().await;
+}
+
+/// Each task appends its id to a shared file, so a second run would show.
+fn counted_spec(dir: &std::path::Path, n: usize, sleep: &str) -> String {
+    let log = dir.join("runs.log");
+    let mut spec = String::from("name: counted\ntasks:\n");
+    spec.push_str(&format!("  - {{id: root, command: [sh, -c, 'echo root >> {}']}}\n", log.display()));
+    for i in 0..n {
+        spec.push_str(&format!(
+            "  - {{id: t{i}, command: [sh, -c, 'echo t{i} >> {}; sleep {sleep}'], cpu: 0.5, depends_on: [root]}}\n",
+            log.display()
+        ));
+    }
+    let all: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    spec.push_str(&format!(
+        "  - {{id: sink, command: [sh, -c, 'echo sink >> {}'], depends_on: [{}]}}\n",
+        log.display(),
+        all.join(", ")
+    ));
+    spec
+}
+
+fn assert_each_ran_once(dir: &std::path::Path, n: usize) {
+    let mut runs = lines(&dir.join("runs.log"));
+    runs.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    want.push("root".into());
+    want.push("sink".into());
+    want.sort();
+    assert_eq!(runs, want, "every task ran exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_stream_records_release_nothing_twice() {
+    let h = Harness::start(|o| o.poller.duplicate_batches = true).await;
+    let job = h.submit(&counted_spec(&h.dir, 30, "0")).await;
+    let done = h.wait(&job, 2 * MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    // Counts are recorded once per batch, so doubled records do not double them.
+    assert_eq!(done["task_counts"]["SUCCEEDED"], 32, "{done}");
+    assert_each_ran_once(&h.dir, 30);
+    for t in h.all_tasks(&job, None, 100).await {
+        assert_eq!(t["attempt"], 1, "{t}");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_sqs_deliveries_run_each_task_once() {
+    let h = Harness::start(|o| o.workers = 3).await;
+    let job = h.submit(&counted_spec(&h.dir, 20, "0.3")).await;
+    // Deliver every task's message twice more, as SQS may.
+    let queues = &h.stack.service.queues;
+    let jobrec = h.stack.service.store.get_job(&job).await.unwrap().unwrap();
+    let mut dupes = Vec::new();
+    for i in 0..20 {
+        let id = format!("t{i}");
+        dupes.push(TaskMessage {
+            job_id: job.clone(),
+            shard: batchplane::domain::ids::task_shard(&id, jobrec.shard_count),
+            task_id: id,
+            cpu_milli: 500,
+            memory_mib: 512,
+        });
+    }
+    for _ in 0..2 {
+        queues.send("default", &dupes).await.unwrap();
+    }
+    let done = h.wait(&job, 2 * MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    // Duplicates that arrive after the task finished are dropped, never run.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_each_ran_once(&h.dir, 20);
+    for i in 0..20 {
+        assert_eq!(h.task(&job, &format!("t{i}")).await["attempt"], 1);
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
+    let mut h = Harness::start(|o| {
+        o.workers = 1;
+        o.lease_seconds = 3;
+    })
+    .await;
+    let marker = h.dir.join("attempts.log");
+    let job = h
+        .submit(&format!(
+            "name: survivor\ntasks:\n  - {{id: slow, command: [sh, -c, 'echo $BATCHPLANE_ATTEMPT >> {}; sleep 3; echo done']}}\n",
+            marker.display()
+        ))
+        .await;
+    let running = h.wait_task(&job, "slow", "RUNNING", MINUTE).await;
+    let first_worker = running["worker_id"].as_str().unwrap().to_string();
+    let pid = h.stack.worker_pids()[0];
+    h.stack.signal_worker(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    h.stack.spawn_worker().unwrap();
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    let slow = h.task(&job, "slow").await;
+    assert_eq!(slow["attempt"], 2);
+    let a = attempts(&slow);
+    assert_eq!(a.len(), 2, "{slow}");
+    assert_eq!(a[0]["worker_id"], first_worker.as_str());
+    assert!(a[0]["reason"].as_str().unwrap().contains("lease expired"), "{}", a[0]);
+    assert_ne!(a[1]["worker_id"], first_worker.as_str());
+    assert_eq!(a[1]["exit_code"], 0);
+    // The first attempt died with its worker: it never reached its end.
+    assert_eq!(lines(&marker), vec!["1", "2"]);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_rejected_with_their_place_and_write_nothing() {
+    let h = Harness::start(|o| o.workers = 0).await;
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("name: x\ntasks:\n - {id: a, command: ['true'], depends_on: [ghost]}\n", "UnknownDependency", &["\"a\"", "depends_on", "ghost"]),
+        ("name: x\ntasks:\n - {id: a, command: ['true']}\n - {id: a, command: ['true']}\n", "DuplicateTaskId", &["\"a\"", "tasks[1]"]),
+        ("name: x\ntasks:\n - {id: 'a/b', command: ['true']}\n", "InvalidTaskId", &["a/b", "id"]),
+        ("name: x\ntasks:\n - {id: a, command: ['true'], depends_on: [b]}\n - {id: b, command: ['true'], depends_on: [a]}\n", "DependencyCycle", &["a -> b -> a"]),
+        ("name: x\ntasks:\n - {id: a, command: []}\n", "EmptyCommand", &["\"a\"", "command"]),
+        ("name: x\ntasks:\n - {id: a, command: ['true']\n", "ParseError", &["line"]),
+        ("{\"name\": \"x\", \"tasks\": [\n  {\"id\": \"a\", \"command\": [\"true\"],}\n]}", "ParseError", &["line 2"]),
+        ("name: x\nqueue: nowhere\ntasks:\n - {id: a, command: ['true']}\n", "UnknownQueue", &["nowhere"]),
+    ];
+    for (spec, code, needles) in cases {
+        let r = h.post("/v1/jobs", spec).await;
+        assert_eq!(r.status, 400, "{spec}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], *code, "{spec}: {}", r.body);
+        let message = r.body["error"]["message"].as_str().unwrap();
+        for n in *needles {
+            assert!(message.contains(n), "{code}: {message:?} should mention {n:?}");
+        }
+    }
+    let cycle = h.post("/v1/jobs", cases[3].0).await;
+    assert_eq!(cycle.body["error"]["details"]["cycle"], serde_json::json!(["a", "b", "a"]));
+    let parse = h.post("/v1/jobs", cases[5].0).await;
+    assert!(parse.body["error"]["details"]["line"].as_u64().unwrap() >= 3);
+    // Nothing was written.
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(
+            &batchplane::aws::sdk_config(&batchplane::aws::Endpoints {
+                dynamodb: Some(h.emulators.dynamodb_url.clone()),
+                sqs: None,
+            })
+            .await,
+        )
+        .endpoint_url(&h.emulators.dynamodb_url)
+        .build(),
+    );
+    let scan = ddb.scan().table_name(&h.stack.opts.table).send().await.unwrap();
+    assert_eq!(scan.count(), 0, "a rejected job writes nothing: {:?}", scan.items());
+    // Unknown jobs and routes are 404s with the same error shape.
+    let r = h.get("/v1/jobs/j-nope").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["error"]["code"], "NotFound");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_returns_the_same_job() {
+    let h = Harness::start(|o| o.workers = 0).await;
+    let spec = "name: once\ntasks:\n - {id: a, command: ['true']}\n";
+    let send = || {
+        h.http
+            .post(h.url("/v1/jobs"))
+            .header("Idempotency-Key", "nightly-2026-11-22")
+            .body(spec)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let second = send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["job_id"], second["job_id"]);
+    h.shutdown().await;
+}

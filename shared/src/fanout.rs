@@ -191,6 +191,7 @@ impl Fanout {
                 .store
                 .get_tasks(&task.job_id, shard_count, &task.dependents)
                 .await?;
+            warn_missing(task, &dependents);
             let mut released = 0;
             let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.into_values())
                 .map(|d| {
@@ -345,6 +346,16 @@ impl Fanout {
             tracing::info!(job_id, state = %state, "job finished");
         }
         Ok(closed.then_some(state))
+    }
+}
+
+/// Dependents are written before anything can run, so a missing one means an item was
+/// lost; say so rather than wait forever in silence.
+fn warn_missing(task: &TaskRecord, found: &HashMap<String, TaskRecord>) {
+    for d in &task.dependents {
+        if !found.contains_key(d) {
+            tracing::error!(job_id = %task.job_id, task_id = %task.task_id, dependent = %d, "dependent task item is missing");
+        }
     }
 }
 

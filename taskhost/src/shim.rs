@@ -23,6 +23,21 @@ fn seconds(tv: nix::sys::time::TimeVal) -> f64 {
     tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6
 }
 
+/// If the worker dies (killed, OOM, node lost), take the task down with it, as a pod's
+/// containers go with the pod: another worker will run it again after the lease lapses,
+/// and two copies must not run at once. The shim leads the task's process group, so
+/// killing the group kills the whole task.
+fn watch_parent() {
+    let parent = nix::unistd::getppid();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if nix::unistd::getppid() != parent {
+            let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGKILL);
+            return;
+        }
+    });
+}
+
 pub fn main(args: &[String]) -> i32 {
     let (report_path, argv) = match args {
         [flag, path, sep, argv @ ..] if flag == "--report" && sep == "--" && !argv.is_empty() => {
@@ -34,6 +49,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let mut report = Report::default();
+    watch_parent();
     match std::process::Command::new(&argv[0]).args(&argv[1..]).status() {
         Ok(status) => {
             report.exit_code = status.code();

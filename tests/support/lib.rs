@@ -1,1 +1,205 @@
-//! placeholder
+//! Test support: a local stack per test on shared emulators (started by `make test` /
+//! `.ci/run` and named by `BATCHPLANE_TEST_DYNAMODB_URL` / `BATCHPLANE_TEST_SQS_URL`),
+//! or on emulators of its own when those are not set.
+
+use batchplane_local::emulators::{free_port, Emulators};
+use batchplane_local::{LocalStack, StackOptions};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Emulator endpoints for a test, and the emulators themselves if the test started them.
+pub struct TestEmulators {
+    pub dynamodb_url: String,
+    pub sqs_url: String,
+    _own: Option<Emulators>,
+}
+
+impl TestEmulators {
+    pub fn get() -> TestEmulators {
+        match (
+            std::env::var("BATCHPLANE_TEST_DYNAMODB_URL"),
+            std::env::var("BATCHPLANE_TEST_SQS_URL"),
+        ) {
+            (Ok(d), Ok(s)) => TestEmulators {
+                dynamodb_url: d,
+                sqs_url: s,
+                _own: None,
+            },
+            _ => {
+                let dir = scratch_dir("emulators");
+                let own = Emulators::start(&dir, free_port().unwrap(), free_port().unwrap())
+                    .expect("starting emulators (or set BATCHPLANE_TEST_DYNAMODB_URL and BATCHPLANE_TEST_SQS_URL)");
+                TestEmulators {
+                    dynamodb_url: own.dynamodb_url.clone(),
+                    sqs_url: own.sqs_url.clone(),
+                    _own: Some(own),
+                }
+            }
+        }
+    }
+}
+
+/// A fresh directory under the system temp dir.
+pub fn scratch_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join("batchplane-tests")
+        .join(format!("{what}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A binary built beside the test executable (`target/debug/NAME`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} is not built; run `cargo build --workspace --bins` first (make test does)");
+}
+
+/// One test's stack and an HTTP client for its API.
+pub struct Harness {
+    pub stack: LocalStack,
+    pub http: reqwest::Client,
+    pub dir: PathBuf,
+    pub emulators: TestEmulators,
+}
+
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Harness {
+    pub async fn start(configure: impl FnOnce(&mut StackOptions)) -> Harness {
+        let emulators = TestEmulators::get();
+        let dir = scratch_dir("stack");
+        let mut opts = StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir).unwrap();
+        opts.workers = 2;
+        opts.worker_cpus = 8.0;
+        opts.taskhost = binary("taskhost");
+        configure(&mut opts);
+        let stack = LocalStack::start(opts).await.expect("local stack starts");
+        Harness {
+            stack,
+            http: reqwest::Client::new(),
+            dir,
+            emulators,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.stack.api_url)
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> Response {
+        let r = self.http.post(self.url(path)).body(body.to_string()).send().await.unwrap();
+        let status = r.status().as_u16();
+        Response {
+            status,
+            body: r.json().await.unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        Response {
+            status,
+            body: r.json().await.unwrap_or(Value::Null),
+        }
+    }
+
+    /// Submit a spec that must be accepted; returns the job id.
+    pub async fn submit(&self, spec: &str) -> String {
+        let r = self.post("/v1/jobs", spec).await;
+        assert_eq!(r.status, 201, "submit failed: {}", r.body);
+        r.body["job_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn job(&self, job_id: &str) -> Value {
+        let r = self.get(&format!("/v1/jobs/{job_id}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    }
+
+    pub async fn task(&self, job_id: &str, task_id: &str) -> Value {
+        let r = self.get(&format!("/v1/jobs/{job_id}/tasks/{task_id}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    }
+
+    /// Wait until the job ends; panics with its last view after `timeout`.
+    pub async fn wait(&self, job_id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.job(job_id).await;
+            if matches!(job["state"].as_str(), Some("SUCCEEDED" | "FAILED" | "CANCELLED")) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job did not finish in {timeout:?}: {job}\nworker logs in {}", self.dir.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until a task is in `state`.
+    pub async fn wait_task(&self, job_id: &str, task_id: &str, state: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let t = self.task(job_id, task_id).await;
+            if t["state"] == state {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "task {task_id} not {state} in {timeout:?}: {t}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every task of a job, through the paginated list.
+    pub async fn all_tasks(&self, job_id: &str, state: Option<&str>, limit: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/jobs/{job_id}/tasks?limit={limit}");
+            if let Some(s) = state {
+                path.push_str(&format!("&state={s}"));
+            }
+            if let Some(t) = &token {
+                path.push_str(&format!("&next_token={t}"));
+            }
+            let r = self.get(&path).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let page = r.body["tasks"].as_array().unwrap().clone();
+            assert!(page.len() <= limit);
+            out.extend(page);
+            match r.body["next_token"].as_str() {
+                Some(t) => token = Some(t.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.stack.shutdown().await.unwrap();
+    }
+}
+
+/// Lines of a file, or none if it does not exist.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn millis(rfc3339: &Value) -> i64 {
+    let text = rfc3339.as_str().unwrap_or_else(|| panic!("not a time: {rfc3339}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .timestamp_millis()
+}

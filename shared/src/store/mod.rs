@@ -577,7 +577,9 @@ impl Store {
     // ---- tasks ----
 
     /// Write a job's planned tasks with BatchWriteItem (25 a request, several at once),
-    /// retrying unprocessed items with backoff.
+    /// retrying unprocessed items with backoff. Every PENDING task is written before any
+    /// RUNNABLE one: only runnable tasks can start, so no task can finish before the
+    /// dependents it must release exist.
     pub async fn write_tasks(
         &self,
         job_id: &str,
@@ -585,6 +587,20 @@ impl Store {
         queue: &str,
         max_attempts: u32,
         tasks: &[PlannedTask],
+    ) -> Result<(), StoreError> {
+        let (waiting, runnable): (Vec<&PlannedTask>, Vec<&PlannedTask>) =
+            tasks.iter().partition(|t| t.state != TaskState::Runnable);
+        self.put_tasks(job_id, shard_count, queue, max_attempts, &waiting).await?;
+        self.put_tasks(job_id, shard_count, queue, max_attempts, &runnable).await
+    }
+
+    async fn put_tasks(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        queue: &str,
+        max_attempts: u32,
+        tasks: &[&PlannedTask],
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let requests: Vec<WriteRequest> = tasks
