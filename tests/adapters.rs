@@ -1,1 +1,308 @@
+//! The adapters against the real emulators: DynamoDB Local's conditional writes and
+//! moto's SQS. Each test uses its own table and queue names.
 
+use batchplane::aws::{Clients, Endpoints};
+use batchplane::domain::{parse_job_spec, plan_job, AttemptRecord, TaskCounts, TaskState};
+use batchplane::queue::{QueueError, Queues, TaskMessage};
+use batchplane::store::{Claim, Heartbeat, Store};
+use batchplane_tests::TestEmulators;
+use std::time::Duration;
+
+async fn store(emu: &TestEmulators) -> Store {
+    let clients = Clients::new(&Endpoints {
+        dynamodb: Some(emu.dynamodb_url.clone()),
+        sqs: Some(emu.sqs_url.clone()),
+    })
+    .await;
+    let store = Store::new(
+        clients.dynamodb,
+        format!("adapters-{}", uuid::Uuid::new_v4().simple()),
+    );
+    store.create_table().await.unwrap();
+    store
+}
+
+/// A stored job with the given spec; returns (job id, shard count).
+async fn stored_job(store: &Store, spec: &str) -> (String, u32) {
+    let spec = parse_job_spec(spec).unwrap();
+    let plan = plan_job(&spec.tasks);
+    let job_id = batchplane::domain::ids::new_job_id(batchplane::store::now_ms());
+    let shards = 4;
+    store
+        .put_job(&batchplane::domain::JobRecord {
+            job_id: job_id.clone(),
+            name: spec.name,
+            team: spec.team,
+            queue: spec.queue.clone(),
+            state: batchplane::JobState::Pending,
+            reason: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            total_tasks: plan.len() as u64,
+            shard_count: shards,
+            cancel_requested: false,
+        })
+        .await
+        .unwrap();
+    store
+        .write_tasks(&job_id, shards, &spec.queue, 2, &plan)
+        .await
+        .unwrap();
+    (job_id, shards)
+}
+
+fn shard(id: &str, shards: u32) -> u32 {
+    batchplane::domain::ids::task_shard(id, shards)
+}
+
+#[tokio::test]
+async fn exactly_one_of_many_concurrent_claims_wins() {
+    let emu = TestEmulators::get();
+    let store = store(&emu).await;
+    let (job, shards) =
+        stored_job(&store, "name: x\ntasks:\n - {id: a, command: ['true']}\n").await;
+    let claims = (0..10).map(|w| {
+        let store = store.clone();
+        let job = job.clone();
+        async move {
+            store
+                .claim_task(
+                    &job,
+                    shard("a", shards),
+                    "a",
+                    &format!("w{w}"),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap()
+        }
+    });
+    let results = futures::future::join_all(claims).await;
+    let won: Vec<_> = results
+        .iter()
+        .filter(|c| matches!(c, Claim::Claimed(_)))
+        .collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    let Claim::Claimed(task) = won[0] else {
+        unreachable!()
+    };
+    assert_eq!(task.attempt, 1);
+    assert_eq!(task.state, TaskState::Running);
+    for r in &results {
+        if let Claim::NotClaimable { reason } = r {
+            assert!(reason.starts_with("held by"), "{reason}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_is_taken_over_and_the_old_holder_is_shut_out() {
+    let emu = TestEmulators::get();
+    let store = store(&emu).await;
+    let (job, shards) =
+        stored_job(&store, "name: x\ntasks:\n - {id: a, command: ['true']}\n").await;
+    let s = shard("a", shards);
+    let Claim::Claimed(first) = store
+        .claim_task(&job, s, "a", "old", Duration::from_millis(300))
+        .await
+        .unwrap()
+    else {
+        panic!("first claim")
+    };
+    // While the lease holds, nobody else gets it.
+    assert!(matches!(
+        store
+            .claim_task(&job, s, "a", "new", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Claim::NotClaimable { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let Claim::Claimed(second) = store
+        .claim_task(&job, s, "a", "new", Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!("takeover after the lease lapsed")
+    };
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.attempts.len(), 1);
+    assert!(second.attempts[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("worker old lost"));
+    // The old holder can neither extend nor finish.
+    assert_eq!(
+        store
+            .heartbeat(&first, "old", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Heartbeat::Lost
+    );
+    let rec = AttemptRecord {
+        attempt: 1,
+        worker_id: "old".into(),
+        ..Default::default()
+    };
+    assert!(!store
+        .finish_attempt(&first, "old", TaskState::Succeeded, None, &rec)
+        .await
+        .unwrap());
+    // The new holder can; after max_attempts (2) a lapsed lease fails the task.
+    assert!(matches!(
+        store
+            .heartbeat(&second, "new", Duration::from_millis(200))
+            .await
+            .unwrap(),
+        Heartbeat::Held {
+            cancel_requested: false
+        }
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(
+        store
+            .claim_task(&job, s, "a", "third", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Claim::Exhausted
+    ));
+    let t = store.get_task(&job, shards, "a").await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Failed);
+    assert!(t.reason.unwrap().contains("no attempts left"));
+}
+
+#[tokio::test]
+async fn releasing_an_edge_twice_changes_nothing() {
+    let emu = TestEmulators::get();
+    let store = store(&emu).await;
+    let (job, shards) = stored_job(
+        &store,
+        "name: x\ntasks:\n - {id: a, command: ['true']}\n - {id: b, command: ['true']}\n - {id: c, command: ['true'], depends_on: [a, b]}\n",
+    )
+    .await;
+    let c = || async { store.get_task(&job, shards, "c").await.unwrap().unwrap() };
+    assert!(!store.release_edge(&c().await, "a").await.unwrap());
+    let stale = c().await;
+    assert!(
+        !store.release_edge(&c().await, "a").await.unwrap(),
+        "a second release of a is a no-op"
+    );
+    assert_eq!(c().await.deps_done, vec!["a"]);
+    assert_eq!(c().await.state, TaskState::Pending);
+    // Even from a stale read (taken before a's release was seen), b releases c once.
+    assert!(store.release_edge(&stale, "b").await.unwrap());
+    let now = c().await;
+    assert_eq!(now.state, TaskState::Runnable);
+    assert!(!store.release_edge(&now, "b").await.unwrap());
+    assert_eq!(c().await.state, TaskState::Runnable);
+}
+
+#[tokio::test]
+async fn batch_counts_are_recorded_once_and_survive_folding() {
+    let emu = TestEmulators::get();
+    let store = store(&emu).await;
+    let (job, _) = stored_job(&store, "name: x\ntasks:\n - {id: a, command: ['true']}\n").await;
+    let mut delta = TaskCounts::default();
+    delta.add(TaskState::Runnable, -1);
+    delta.add(TaskState::Succeeded, 1);
+    for i in 0..60 {
+        assert!(store
+            .put_batch_counts(&job, &format!("{i:03}-{i:03}"), &delta)
+            .await
+            .unwrap());
+    }
+    assert!(
+        !store
+            .put_batch_counts(&job, "007-007", &delta)
+            .await
+            .unwrap(),
+        "a retried batch is refused"
+    );
+    let (before, items) = store.job_counts(&job).await.unwrap();
+    assert_eq!(items, 60);
+    assert_eq!(before.get(TaskState::Succeeded), 60);
+    store.fold_counts(&job).await.unwrap();
+    let (after, items) = store.job_counts(&job).await.unwrap();
+    assert!(items < 60, "folded into the base item");
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn cancelling_flags_running_tasks_and_ends_waiting_ones() {
+    let emu = TestEmulators::get();
+    let store = store(&emu).await;
+    let (job, shards) = stored_job(
+        &store,
+        "name: x\ntasks:\n - {id: a, command: ['true']}\n - {id: b, command: ['true'], depends_on: [a]}\n",
+    )
+    .await;
+    let Claim::Claimed(a) = store
+        .claim_task(&job, shard("a", shards), "a", "w", Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let b = store.get_task(&job, shards, "b").await.unwrap().unwrap();
+    assert_eq!(store.cancel_task(&b).await.unwrap(), TaskState::Cancelled);
+    assert_eq!(store.cancel_task(&a).await.unwrap(), TaskState::Running);
+    assert_eq!(
+        store
+            .heartbeat(&a, "w", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Heartbeat::Held {
+            cancel_requested: true
+        }
+    );
+}
+
+#[tokio::test]
+async fn queue_round_trip_and_unknown_queue() {
+    let emu = TestEmulators::get();
+    let clients = Clients::new(&Endpoints {
+        dynamodb: Some(emu.dynamodb_url.clone()),
+        sqs: Some(emu.sqs_url.clone()),
+    })
+    .await;
+    let prefix = format!("q{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let queues = Queues::new(clients.sqs, prefix);
+    assert!(matches!(
+        queues.url("nowhere").await,
+        Err(QueueError::NoSuchQueue { .. })
+    ));
+    let url = queues
+        .create("default", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let msgs: Vec<TaskMessage> = (0..23)
+        .map(|i| TaskMessage {
+            job_id: "j".into(),
+            task_id: format!("t{i}"),
+            shard: 1,
+            cpu_milli: 250,
+            memory_mib: 64,
+        })
+        .collect();
+    queues.send("default", &msgs).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let batch = queues
+            .receive(&url, 10, Duration::from_secs(1), Duration::from_secs(30))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let receipts: Vec<String> = batch.iter().map(|d| d.receipt_handle.clone()).collect();
+        got.extend(batch.into_iter().map(|d| d.message.unwrap()));
+        queues.delete(&url, &receipts).await.unwrap();
+    }
+    got.sort_by_key(|m| m.task_id.clone());
+    let mut want = msgs.clone();
+    want.sort_by_key(|m| m.task_id.clone());
+    assert_eq!(got, want);
+    assert_eq!(queues.depth(&url).await.unwrap(), (0, 0));
+}

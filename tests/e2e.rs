@@ -43,7 +43,10 @@ tasks:
     for id in ["a", "b", "c", "d"] {
         let a = &attempts(&t[id])[0];
         assert_eq!(a["exit_code"], 0);
-        assert!(a["cpu_user_seconds"].is_number() && a["max_rss_kib"].as_u64().unwrap() > 0, "{a}");
+        assert!(
+            a["cpu_user_seconds"].is_number() && a["max_rss_kib"].as_u64().unwrap() > 0,
+            "{a}"
+        );
         assert!(a["worker_id"].as_str().unwrap().starts_with("local-"));
     }
     assert_eq!(t["d"]["env"]["GREETING"], "hello");
@@ -53,12 +56,20 @@ tasks:
         .args(["logs", &job, "c", "--stderr", "--api-url", &h.stack.api_url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("c\n"));
     h.shutdown().await;
 }
 
-async fn futures_join(h: &Harness, job: &str, ids: &[&'static str]) -> HashMap<&'static str, Value> {
+async fn futures_join(
+    h: &Harness,
+    job: &str,
+    ids: &[&'static str],
+) -> HashMap<&'static str, Value> {
     let mut out = HashMap::new();
     for id in ids {
         out.insert(*id, h.task(job, id).await);
@@ -72,7 +83,10 @@ fn fan_spec(n: usize, command: &str) -> String {
         spec.push_str(&format!("  - {{id: w{i}, command: [sh, -c, '{command}'], cpu: 0.25, memory_mib: 16, depends_on: [root]}}\n"));
     }
     let all: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
-    spec.push_str(&format!("  - {{id: sink, command: ['true'], depends_on: [{}]}}\n", all.join(", ")));
+    spec.push_str(&format!(
+        "  - {{id: sink, command: ['true'], depends_on: [{}]}}\n",
+        all.join(", ")
+    ));
     spec
 }
 
@@ -87,7 +101,10 @@ async fn fan_out_and_fan_in_of_500_tasks() {
     // The list is paginated across shards, shows user tasks only (no barriers), once each.
     let tasks = h.all_tasks(&job, None, 70).await;
     assert_eq!(tasks.len(), 502);
-    let mut ids: Vec<&str> = tasks.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = tasks
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 502);
@@ -129,18 +146,30 @@ tasks:
     let after = h.task(&job, "after-broken").await;
     assert_eq!(after["state"], "FAILED");
     assert_eq!(after["status_reason"], "dependency broken failed");
-    assert!(attempts(&after).is_empty(), "a dependent of a failed task never runs");
+    assert!(
+        attempts(&after).is_empty(),
+        "a dependent of a failed task never runs"
+    );
     let after2 = h.task(&job, "after-after").await;
     assert_eq!(after2["status_reason"], "dependency after-broken failed");
     assert!(attempts(&after2).is_empty());
     let missing = h.task(&job, "missing").await;
-    assert_eq!(missing["status_reason"], "command not found: /no/such/program");
+    assert_eq!(
+        missing["status_reason"],
+        "command not found: /no/such/program"
+    );
     assert_eq!(h.task(&job, "after-ok").await["state"], "SUCCEEDED");
     // The failures are a query, not a search.
     let failed = h.all_tasks(&job, Some("FAILED"), 100).await;
-    let mut ids: Vec<&str> = failed.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = failed
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
     ids.sort();
-    assert_eq!(ids, vec!["after-after", "after-broken", "broken", "missing"]);
+    assert_eq!(
+        ids,
+        vec!["after-after", "after-broken", "broken", "missing"]
+    );
     h.shutdown().await;
 }
 
@@ -178,10 +207,18 @@ tasks:
     let spawner_end = millis(&attempts(&spawner)[0]["finished_at"]);
     for id in ["child-1", "child-50", "child-99", "child-100"] {
         let c = h.task(&job, id).await;
-        assert!(millis(&attempts(&c)[0]["started_at"]) >= spawner_end, "{id} waited for the running spawner");
+        assert!(
+            millis(&attempts(&c)[0]["started_at"]) >= spawner_end,
+            "{id} waited for the running spawner"
+        );
     }
     // A finished job takes no more tasks.
-    let r = h.post(&format!("/v1/jobs/{job}/tasks"), "- {id: late, command: ['true']}").await;
+    let r = h
+        .post(
+            &format!("/v1/jobs/{job}/tasks"),
+            "- {id: late, command: ['true']}",
+        )
+        .await;
     assert_eq!(r.status, 409, "{}", r.body);
     h.shutdown().await;
 }
@@ -206,7 +243,10 @@ tasks:
     let started = std::time::Instant::now();
     let done = h.wait(&job, MINUTE).await;
     assert_eq!(done["state"], "CANCELLED", "{done}");
-    assert!(started.elapsed() < Duration::from_secs(15), "running tasks are killed within seconds");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "running tasks are killed within seconds"
+    );
     let long = h.task(&job, "long").await;
     assert_eq!(long["state"], "CANCELLED");
     assert_eq!(attempts(&long).len(), 1);
@@ -223,7 +263,10 @@ tasks:
 fn counted_spec(dir: &std::path::Path, n: usize, sleep: &str) -> String {
     let log = dir.join("runs.log");
     let mut spec = String::from("name: counted\ntasks:\n");
-    spec.push_str(&format!("  - {{id: root, command: [sh, -c, 'echo root >> {}']}}\n", log.display()));
+    spec.push_str(&format!(
+        "  - {{id: root, command: [sh, -c, 'echo root >> {}']}}\n",
+        log.display()
+    ));
     for i in 0..n {
         spec.push_str(&format!(
             "  - {{id: t{i}, command: [sh, -c, 'echo t{i} >> {}; sleep {sleep}'], cpu: 0.5, depends_on: [root]}}\n",
@@ -313,7 +356,9 @@ async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
     let running = h.wait_task(&job, "slow", "RUNNING", MINUTE).await;
     let first_worker = running["worker_id"].as_str().unwrap().to_string();
     let pid = h.stack.worker_pids()[0];
-    h.stack.signal_worker(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    h.stack
+        .signal_worker(pid, nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     h.stack.spawn_worker().unwrap();
     let done = h.wait(&job, MINUTE).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
@@ -322,7 +367,11 @@ async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
     let a = attempts(&slow);
     assert_eq!(a.len(), 2, "{slow}");
     assert_eq!(a[0]["worker_id"], first_worker.as_str());
-    assert!(a[0]["reason"].as_str().unwrap().contains("lease expired"), "{}", a[0]);
+    assert!(
+        a[0]["reason"].as_str().unwrap().contains("lease expired"),
+        "{}",
+        a[0]
+    );
     assert_ne!(a[1]["worker_id"], first_worker.as_str());
     assert_eq!(a[1]["exit_code"], 0);
     // The first attempt died with its worker: it never reached its end.
@@ -349,11 +398,17 @@ async fn bad_specs_are_rejected_with_their_place_and_write_nothing() {
         assert_eq!(r.body["error"]["code"], *code, "{spec}: {}", r.body);
         let message = r.body["error"]["message"].as_str().unwrap();
         for n in *needles {
-            assert!(message.contains(n), "{code}: {message:?} should mention {n:?}");
+            assert!(
+                message.contains(n),
+                "{code}: {message:?} should mention {n:?}"
+            );
         }
     }
     let cycle = h.post("/v1/jobs", cases[3].0).await;
-    assert_eq!(cycle.body["error"]["details"]["cycle"], serde_json::json!(["a", "b", "a"]));
+    assert_eq!(
+        cycle.body["error"]["details"]["cycle"],
+        serde_json::json!(["a", "b", "a"])
+    );
     let parse = h.post("/v1/jobs", cases[5].0).await;
     assert!(parse.body["error"]["details"]["line"].as_u64().unwrap() >= 3);
     // Nothing was written.
@@ -368,8 +423,18 @@ async fn bad_specs_are_rejected_with_their_place_and_write_nothing() {
         .endpoint_url(&h.emulators.dynamodb_url)
         .build(),
     );
-    let scan = ddb.scan().table_name(&h.stack.opts.table).send().await.unwrap();
-    assert_eq!(scan.count(), 0, "a rejected job writes nothing: {:?}", scan.items());
+    let scan = ddb
+        .scan()
+        .table_name(&h.stack.opts.table)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        scan.count(),
+        0,
+        "a rejected job writes nothing: {:?}",
+        scan.items()
+    );
     // Unknown jobs and routes are 404s with the same error shape.
     let r = h.get("/v1/jobs/j-nope").await;
     assert_eq!(r.status, 404);

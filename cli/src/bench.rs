@@ -1,2 +1,5 @@
-pub async fn run(_a: &BenchArgs) -> anyhow::Result<u8> { Ok(0) }
-#[derive(clap::Args, Debug)] pub struct BenchArgs {}
+pub async fn run(_a: &BenchArgs) -> anyhow::Result<u8> {
+    Ok(0)
+}
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {}

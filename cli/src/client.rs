@@ -53,7 +53,12 @@ impl Api {
         Self::check(resp).await
     }
 
-    pub async fn post(&self, path: &str, body: String, idempotency_key: Option<&str>) -> anyhow::Result<Value> {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: String,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.post(&url).body(body);
         if let Some(k) = idempotency_key {

@@ -86,8 +86,16 @@ fn port(p: u16) -> anyhow::Result<u16> {
 /// Start emulators and a stack with the fixed names `dev` uses.
 async fn start_stack(args: &StackArgs) -> anyhow::Result<(Emulators, LocalStack)> {
     let state = std::path::absolute(&args.state_dir)?;
-    let emulators = Emulators::start(&state.join("emulators"), port(args.dynamodb_port)?, port(args.sqs_port)?)?;
-    let mut opts = StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &state.join("logs"))?;
+    let emulators = Emulators::start(
+        &state.join("emulators"),
+        port(args.dynamodb_port)?,
+        port(args.sqs_port)?,
+    )?;
+    let mut opts = StackOptions::new(
+        &emulators.dynamodb_url,
+        &emulators.sqs_url,
+        &state.join("logs"),
+    )?;
     opts.table = "batchplane".into();
     opts.queue_prefix = "batchplane-".into();
     opts.api_port = args.api_port;
@@ -114,7 +122,8 @@ pub async fn run(cmd: &DevCommand) -> anyhow::Result<u8> {
             let ready_path = args.state_dir.join("ready.json");
             std::fs::write(&ready_path, serde_json::to_vec_pretty(&ready)?)?;
             println!("Batchplane local stack is up: API {}", stack.api_url);
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -139,14 +148,22 @@ pub async fn run(cmd: &DevCommand) -> anyhow::Result<u8> {
             let exe = std::env::current_exe()?;
             let mut cmd = std::process::Command::new(exe);
             cmd.args(["dev", "run"])
-                .arg("--api-port").arg(args.api_port.to_string())
-                .arg("--dynamodb-port").arg(args.dynamodb_port.to_string())
-                .arg("--sqs-port").arg(args.sqs_port.to_string())
-                .arg("--workers").arg(args.workers.to_string())
-                .arg("--worker-cpus").arg(args.worker_cpus.to_string())
-                .arg("--worker-memory-mib").arg(args.worker_memory_mib.to_string())
-                .arg("--lease-seconds").arg(args.lease_seconds.to_string())
-                .arg("--state-dir").arg(&args.state_dir)
+                .arg("--api-port")
+                .arg(args.api_port.to_string())
+                .arg("--dynamodb-port")
+                .arg(args.dynamodb_port.to_string())
+                .arg("--sqs-port")
+                .arg(args.sqs_port.to_string())
+                .arg("--workers")
+                .arg(args.workers.to_string())
+                .arg("--worker-cpus")
+                .arg(args.worker_cpus.to_string())
+                .arg("--worker-memory-mib")
+                .arg(args.worker_memory_mib.to_string())
+                .arg("--lease-seconds")
+                .arg(args.lease_seconds.to_string())
+                .arg("--state-dir")
+                .arg(&args.state_dir)
                 .stdin(std::process::Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
@@ -168,7 +185,10 @@ pub async fn run(cmd: &DevCommand) -> anyhow::Result<u8> {
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    bail!("the local stack was not up after 5 minutes; see {}", log_path.display());
+                    bail!(
+                        "the local stack was not up after 5 minutes; see {}",
+                        log_path.display()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -180,13 +200,19 @@ pub async fn run(cmd: &DevCommand) -> anyhow::Result<u8> {
                 return Ok(0);
             };
             let pid: u32 = pid.trim().parse().context("dev.pid")?;
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(60);
             while alive(pid) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             if alive(pid) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             // Whatever the stack could not stop itself (it was killed), stop here.
             let _ = std::process::Command::new("bash")
@@ -211,14 +237,20 @@ pub async fn demo(samples: &Path, name: Option<&str>, args: &StackArgs) -> anyho
     args.dynamodb_port = 0;
     args.sqs_port = 0;
     args.state_dir = args.state_dir.with_file_name("demo");
-    eprintln!("starting the local stack (DynamoDB Local, moto, api, fanout, {} taskhosts)…", args.workers);
+    eprintln!(
+        "starting the local stack (DynamoDB Local, moto, api, fanout, {} taskhosts)…",
+        args.workers
+    );
     let (mut emulators, stack) = start_stack(&args).await?;
     eprintln!("API {}", stack.api_url);
     let result = async {
         let api = Api::new(&stack.api_url)?;
         let resp = api.post("/v1/jobs", job.to_string(), None).await?;
         let job_id = resp["job_id"].as_str().context("no job_id")?.to_string();
-        eprintln!("submitted {} as {job_id}", job["name"].as_str().unwrap_or("?"));
+        eprintln!(
+            "submitted {} as {job_id}",
+            job["name"].as_str().unwrap_or("?")
+        );
         let done = jobs::wait_for(&api, &job_id, true).await?;
         jobs::print_summary(&done);
         if done["total_tasks"].as_u64().unwrap_or(0) <= 40 {

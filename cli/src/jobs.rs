@@ -13,15 +13,27 @@ pub enum Output {
     Json,
 }
 
-const STATES: [&str; 7] = ["PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
+const STATES: [&str; 7] = [
+    "PENDING",
+    "RUNNABLE",
+    "STARTING",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+];
 
 /// The jobs in a spec file: one document, or several separated by `---`.
 pub fn read_jobs(file: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut jobs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| {
-            let loc = e.location().map(|l| format!(" at line {} column {}", l.line(), l.column())).unwrap_or_default();
+            let loc = e
+                .location()
+                .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+                .unwrap_or_default();
             anyhow::anyhow!("{}{loc}: {e}", file.display())
         })?;
         if !v.is_null() {
@@ -49,10 +61,17 @@ pub fn pick_job(file: &Path, name: Option<&str>) -> anyhow::Result<Value> {
 pub async fn submit(api: &Api, file: &Path, wait: bool, key: Option<&str>) -> anyhow::Result<u8> {
     let jobs = read_jobs(file)?;
     if jobs.len() > 1 {
-        bail!("{} holds {} jobs; submit one file per job (or use `batchplane demo --job NAME`)", file.display(), jobs.len());
+        bail!(
+            "{} holds {} jobs; submit one file per job (or use `batchplane demo --job NAME`)",
+            file.display(),
+            jobs.len()
+        );
     }
     let resp = api.post("/v1/jobs", jobs[0].to_string(), key).await?;
-    let job_id = resp["job_id"].as_str().context("the API answered without a job_id")?.to_string();
+    let job_id = resp["job_id"]
+        .as_str()
+        .context("the API answered without a job_id")?
+        .to_string();
     println!("{job_id}");
     if !wait {
         return Ok(0);
@@ -91,7 +110,11 @@ pub async fn wait_for(api: &Api, job_id: &str, progress: bool) -> anyhow::Result
                 .sum();
             let width = 30;
             let filled = (finished * width / total) as usize;
-            let bar = format!("[{}{}]", "#".repeat(filled), "-".repeat(width as usize - filled));
+            let bar = format!(
+                "[{}{}]",
+                "#".repeat(filled),
+                "-".repeat(width as usize - filled)
+            );
             let line = format!(
                 "{bar} {finished}/{total} {:>6.1}s  {}",
                 started.elapsed().as_secs_f64(),
@@ -116,21 +139,39 @@ pub async fn wait_for(api: &Api, job_id: &str, progress: bool) -> anyhow::Result
 }
 
 pub fn print_summary(job: &Value) {
-    println!("job       {}  ({})", job["job_id"].as_str().unwrap_or(""), job["name"].as_str().unwrap_or(""));
+    println!(
+        "job       {}  ({})",
+        job["job_id"].as_str().unwrap_or(""),
+        job["name"].as_str().unwrap_or("")
+    );
     println!("state     {}", job["state"].as_str().unwrap_or(""));
     if let Some(r) = job["reason"].as_str() {
         println!("reason    {r}");
     }
-    println!("team      {}   queue {}", job["team"].as_str().unwrap_or(""), job["queue"].as_str().unwrap_or(""));
+    println!(
+        "team      {}   queue {}",
+        job["team"].as_str().unwrap_or(""),
+        job["queue"].as_str().unwrap_or("")
+    );
     println!("created   {}", job["created_at"].as_str().unwrap_or("-"));
     println!("started   {}", job["started_at"].as_str().unwrap_or("-"));
     println!("finished  {}", job["finished_at"].as_str().unwrap_or("-"));
     if let (Some(c), Some(f)) = (job["created_at"].as_str(), job["finished_at"].as_str()) {
-        if let (Ok(c), Ok(f)) = (chrono::DateTime::parse_from_rfc3339(c), chrono::DateTime::parse_from_rfc3339(f)) {
-            println!("elapsed   {:.1}s", (f - c).num_milliseconds() as f64 / 1000.0);
+        if let (Ok(c), Ok(f)) = (
+            chrono::DateTime::parse_from_rfc3339(c),
+            chrono::DateTime::parse_from_rfc3339(f),
+        ) {
+            println!(
+                "elapsed   {:.1}s",
+                (f - c).num_milliseconds() as f64 / 1000.0
+            );
         }
     }
-    println!("tasks     {}  ({})", job["total_tasks"].as_u64().unwrap_or(0), counts_line(job));
+    println!(
+        "tasks     {}  ({})",
+        job["total_tasks"].as_u64().unwrap_or(0),
+        counts_line(job)
+    );
 }
 
 pub async fn status(api: &Api, job_id: &str, output: Output) -> anyhow::Result<u8> {
@@ -142,7 +183,12 @@ pub async fn status(api: &Api, job_id: &str, output: Output) -> anyhow::Result<u
     Ok(0)
 }
 
-pub async fn tasks(api: &Api, job_id: &str, state: Option<&str>, output: Output) -> anyhow::Result<u8> {
+pub async fn tasks(
+    api: &Api,
+    job_id: &str,
+    state: Option<&str>,
+    output: Output,
+) -> anyhow::Result<u8> {
     let mut token: Option<String> = None;
     let mut all = Vec::new();
     loop {
@@ -163,14 +209,20 @@ pub async fn tasks(api: &Api, job_id: &str, state: Option<&str>, output: Output)
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
         Output::Text => {
-            println!("{:<32} {:<10} {:>7} {:>5}  REASON", "TASK", "STATE", "ATTEMPT", "EXIT");
+            println!(
+                "{:<32} {:<10} {:>7} {:>5}  REASON",
+                "TASK", "STATE", "ATTEMPT", "EXIT"
+            );
             for t in &all {
                 println!(
                     "{:<32} {:<10} {:>7} {:>5}  {}",
                     t["task_id"].as_str().unwrap_or(""),
                     t["state"].as_str().unwrap_or(""),
                     t["attempt"].as_u64().unwrap_or(0),
-                    t["exit_code"].as_i64().map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    t["exit_code"]
+                        .as_i64()
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     t["status_reason"].as_str().unwrap_or("")
                 );
             }
@@ -181,7 +233,9 @@ pub async fn tasks(api: &Api, job_id: &str, state: Option<&str>, output: Output)
 }
 
 pub async fn task(api: &Api, job_id: &str, task_id: &str, output: Output) -> anyhow::Result<u8> {
-    let t = api.get(&format!("/v1/jobs/{job_id}/tasks/{task_id}")).await?;
+    let t = api
+        .get(&format!("/v1/jobs/{job_id}/tasks/{task_id}"))
+        .await?;
     if let Output::Json = output {
         println!("{}", serde_json::to_string_pretty(&t)?);
         return Ok(0);
@@ -194,7 +248,10 @@ pub async fn task(api: &Api, job_id: &str, task_id: &str, output: Output) -> any
     }
     println!("command   {}", serde_json::to_string(&t["command"])?);
     println!("env       {}", serde_json::to_string(&t["env"])?);
-    println!("resources cpu {}  memory {} MiB  timeout {}", t["cpu"], t["memory_mib"], t["timeout_seconds"]);
+    println!(
+        "resources cpu {}  memory {} MiB  timeout {}",
+        t["cpu"], t["memory_mib"], t["timeout_seconds"]
+    );
     println!("depends   {}", serde_json::to_string(&t["depends_on"])?);
     println!("dependents {}", serde_json::to_string(&t["dependents"])?);
     for a in t["attempts"].as_array().cloned().unwrap_or_default() {
@@ -209,21 +266,41 @@ pub async fn task(api: &Api, job_id: &str, task_id: &str, output: Output) -> any
     Ok(0)
 }
 
-pub async fn logs(api: &Api, job_id: &str, task_id: &str, attempt: Option<u32>, stderr: bool) -> anyhow::Result<u8> {
-    let t = api.get(&format!("/v1/jobs/{job_id}/tasks/{task_id}")).await?;
+pub async fn logs(
+    api: &Api,
+    job_id: &str,
+    task_id: &str,
+    attempt: Option<u32>,
+    stderr: bool,
+) -> anyhow::Result<u8> {
+    let t = api
+        .get(&format!("/v1/jobs/{job_id}/tasks/{task_id}"))
+        .await?;
     let attempts = t["attempts"].as_array().cloned().unwrap_or_default();
     let chosen = match attempt {
-        Some(n) => attempts.iter().find(|a| a["attempt"].as_u64() == Some(u64::from(n))),
+        Some(n) => attempts
+            .iter()
+            .find(|a| a["attempt"].as_u64() == Some(u64::from(n))),
         None => attempts.iter().rev().find(|a| a["stdout"].is_string()),
     };
     let Some(a) = chosen else {
-        bail!("task {task_id} has no recorded attempt with logs yet (state {})", t["state"].as_str().unwrap_or("?"));
+        bail!(
+            "task {task_id} has no recorded attempt with logs yet (state {})",
+            t["state"].as_str().unwrap_or("?")
+        );
     };
-    let streams: &[&str] = if stderr { &["stdout", "stderr"] } else { &["stdout"] };
+    let streams: &[&str] = if stderr {
+        &["stdout", "stderr"]
+    } else {
+        &["stdout"]
+    };
     for stream in streams {
         let loc = a[*stream].as_str().unwrap_or_default();
         let Some(path) = loc.strip_prefix("file://") else {
-            bail!("{stream} of attempt {} is at {loc}, which this CLI cannot read", a["attempt"]);
+            bail!(
+                "{stream} of attempt {} is at {loc}, which this CLI cannot read",
+                a["attempt"]
+            );
         };
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
         if stderr {
@@ -235,14 +312,19 @@ pub async fn logs(api: &Api, job_id: &str, task_id: &str, attempt: Option<u32>, 
 }
 
 pub async fn cancel(api: &Api, job_id: &str) -> anyhow::Result<u8> {
-    let job = api.post(&format!("/v1/jobs/{job_id}/cancel"), String::new(), None).await?;
+    let job = api
+        .post(&format!("/v1/jobs/{job_id}/cancel"), String::new(), None)
+        .await?;
     println!("cancelling {job_id}: {}", counts_line(&job));
     Ok(0)
 }
 
 pub async fn add(api: &Api, job_id: &str, file: &Path) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let resp = api.post(&format!("/v1/jobs/{job_id}/tasks"), text, None).await?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let resp = api
+        .post(&format!("/v1/jobs/{job_id}/tasks"), text, None)
+        .await?;
     println!("added {} tasks to {job_id}", resp["added"]);
     Ok(0)
 }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "batchplane", version, about = "Batchplane: a serverless control plane for batch work")]
+#[command(
+    name = "batchplane",
+    version,
+    about = "Batchplane: a serverless control plane for batch work"
+)]
 struct Cli {
     /// The API's base URL (default: $BATCHPLANE_API_URL, else the running `dev` stack).
     #[arg(long, global = true, env = "BATCHPLANE_API_URL")]
@@ -89,7 +93,10 @@ fn main() -> std::process::ExitCode {
     if std::env::var_os("RUST_LOG").is_some() {
         batchplane::telemetry::init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -116,17 +123,30 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         client::Api::new(&url)
     };
     match &cli.command {
-        Command::Submit { file, wait, idempotency_key } => {
-            jobs::submit(&api()?, file, *wait, idempotency_key.as_deref()).await
-        }
+        Command::Submit {
+            file,
+            wait,
+            idempotency_key,
+        } => jobs::submit(&api()?, file, *wait, idempotency_key.as_deref()).await,
         Command::Status { job, output } => jobs::status(&api()?, job, *output).await,
-        Command::Tasks { job, state, output } => jobs::tasks(&api()?, job, state.as_deref(), *output).await,
+        Command::Tasks { job, state, output } => {
+            jobs::tasks(&api()?, job, state.as_deref(), *output).await
+        }
         Command::Task { job, task, output } => jobs::task(&api()?, job, task, *output).await,
-        Command::Logs { job, task, attempt, stderr } => jobs::logs(&api()?, job, task, *attempt, *stderr).await,
+        Command::Logs {
+            job,
+            task,
+            attempt,
+            stderr,
+        } => jobs::logs(&api()?, job, task, *attempt, *stderr).await,
         Command::Cancel { job } => jobs::cancel(&api()?, job).await,
         Command::Add { job, file } => jobs::add(&api()?, job, file).await,
         Command::Dev { command } => dev::run(command).await,
-        Command::Demo { samples, job, stack } => dev::demo(samples, job.as_deref(), stack).await,
+        Command::Demo {
+            samples,
+            job,
+            stack,
+        } => dev::demo(samples, job.as_deref(), stack).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

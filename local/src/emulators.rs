@@ -23,7 +23,9 @@ pub struct Emulators {
 
 /// A free TCP port on loopback (the OS picks; racy only against other port pickers).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Emulators {

@@ -179,7 +179,10 @@ impl LocalStack {
             ("AWS_REGION".into(), "us-east-1".into()),
             ("BATCHPLANE_TABLE".into(), o.table.clone()),
             ("BATCHPLANE_QUEUE_PREFIX".into(), o.queue_prefix.clone()),
-            ("BATCHPLANE_LEASE_SECONDS".into(), o.lease_seconds.to_string()),
+            (
+                "BATCHPLANE_LEASE_SECONDS".into(),
+                o.lease_seconds.to_string(),
+            ),
             ("BATCHPLANE_API_URL".into(), self.api_url.clone()),
         ]
     }
@@ -204,13 +207,17 @@ impl LocalStack {
             .arg("--log-dir")
             .arg(self.opts.log_dir.join("tasks"))
             .envs(self.worker_env())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         if let Some(m) = &self.opts.metrics_dir {
             std::fs::create_dir_all(m)?;
-            cmd.arg("--metrics-file").arg(m.join(format!("worker-{n}.json")));
+            cmd.arg("--metrics-file")
+                .arg(m.join(format!("worker-{n}.json")));
         }
         let child = cmd
             .spawn()

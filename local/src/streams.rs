@@ -24,7 +24,10 @@ pub struct PollerOptions {
 fn to_event_record(r: &aws_sdk_dynamodbstreams::types::Record, arn: &str) -> EventRecord {
     let mut rec = EventRecord::default();
     rec.event_id = r.event_id().unwrap_or_default().to_string();
-    rec.event_name = r.event_name().map(|n| n.as_str().to_string()).unwrap_or_default();
+    rec.event_name = r
+        .event_name()
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default();
     rec.event_source = Some("aws:dynamodb".into());
     rec.event_source_arn = Some(arn.to_string());
     rec.aws_region = "us-east-1".into();
@@ -69,7 +72,9 @@ pub async fn poll(
                     .set_exclusive_start_shard_id(start.take())
                     .send()
                     .await?;
-                let Some(desc) = d.stream_description() else { break };
+                let Some(desc) = d.stream_description() else {
+                    break;
+                };
                 for shard in desc.shards() {
                     let id = shard.shard_id().unwrap_or_default().to_string();
                     if iterators.contains_key(&id) {
@@ -94,8 +99,16 @@ pub async fn poll(
         let mut any = false;
         let shard_ids: Vec<String> = iterators.keys().cloned().collect();
         for shard_id in shard_ids {
-            let Some(Some(iterator)) = iterators.get(&shard_id).cloned() else { continue };
-            let out = match client.get_records().shard_iterator(&iterator).limit(BATCH_SIZE).send().await {
+            let Some(Some(iterator)) = iterators.get(&shard_id).cloned() else {
+                continue;
+            };
+            let out = match client
+                .get_records()
+                .shard_iterator(&iterator)
+                .limit(BATCH_SIZE)
+                .send()
+                .await
+            {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(error = %aws_sdk_dynamodbstreams::error::DisplayErrorContext(&e), shard_id, "GetRecords failed");
@@ -117,7 +130,10 @@ pub async fn poll(
             if !records.is_empty() {
                 any = true;
                 let mut event = Event::default();
-                event.records = records.iter().map(|r| to_event_record(r, &stream_arn)).collect();
+                event.records = records
+                    .iter()
+                    .map(|r| to_event_record(r, &stream_arn))
+                    .collect();
                 let times = if opts.duplicate_batches { 2 } else { 1 };
                 let mut failed_at = None;
                 for _ in 0..times {

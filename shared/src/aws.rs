@@ -59,10 +59,16 @@ pub async fn sdk_config(endpoints: &Endpoints) -> aws_config::SdkConfig {
     if endpoints.is_local() {
         if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
             loader = loader.credentials_provider(aws_credential_types::Credentials::new(
-                "local", "local", None, None, "batchplane-local",
+                "local",
+                "local",
+                None,
+                None,
+                "batchplane-local",
             ));
         }
-        if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
             loader = loader.region(aws_config::Region::new("us-east-1"));
         }
     }

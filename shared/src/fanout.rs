@@ -8,7 +8,7 @@
 //! changes nothing.
 
 use crate::domain::{JobState, TaskCounts, TaskKind, TaskRecord, TaskState};
-use crate::queue::{TaskMessage, Queues};
+use crate::queue::{Queues, TaskMessage};
 use crate::store::item::{is_task_item, task_from_item, Item};
 use crate::store::{Store, StoreError};
 use aws_lambda_events::event::dynamodb::EventRecord;
@@ -28,7 +28,9 @@ pub struct TaskChange {
 pub enum Change {
     Task(Box<TaskChange>),
     /// Job, counter and key items: nothing to do today.
-    Other { sequence_number: String },
+    Other {
+        sequence_number: String,
+    },
 }
 
 impl Change {
@@ -249,7 +251,12 @@ impl Fanout {
 
     async fn shard_count(&self, job_id: &str) -> Result<u32, FanoutError> {
         // Tasks carry their own shard but not the job's count: read the job once.
-        if let Some(n) = self.shard_counts.lock().unwrap_or_else(|p| p.into_inner()).get(job_id) {
+        if let Some(n) = self
+            .shard_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job_id)
+        {
             return Ok(*n);
         }
         match self.store.get_job(job_id).await? {
@@ -268,7 +275,11 @@ impl Fanout {
         }
     }
 
-    async fn record_counts(&self, done: &[Change], outcome: &mut BatchOutcome) -> Result<(), FanoutError> {
+    async fn record_counts(
+        &self,
+        done: &[Change],
+        outcome: &mut BatchOutcome,
+    ) -> Result<(), FanoutError> {
         let (Some(first), Some(last)) = (done.first(), done.last()) else {
             return Ok(());
         };
@@ -296,7 +307,9 @@ impl Fanout {
             if counts.is_empty() {
                 continue;
             }
-            self.store.put_batch_counts(&job_id, &batch_key, &counts).await?;
+            self.store
+                .put_batch_counts(&job_id, &batch_key, &counts)
+                .await?;
             if let Some(at) = started {
                 self.store.mark_job_started(&job_id, at).await?;
             }
@@ -321,7 +334,8 @@ impl Fanout {
         if items > 50 {
             self.store.fold_counts(job_id).await?;
         }
-        let Some(state) = JobState::final_state(&counts, job.total_tasks, job.cancel_requested) else {
+        let Some(state) = JobState::final_state(&counts, job.total_tasks, job.cancel_requested)
+        else {
             return Ok(None);
         };
         let reason = match state {

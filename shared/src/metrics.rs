@@ -55,7 +55,11 @@ fn with<R>(f: impl FnOnce(&mut RequestCounts) -> R) -> R {
 }
 
 pub fn record_request(service: &str, operation: &str) {
-    with(|c| *c.requests.entry(format!("{service}.{operation}")).or_default() += 1);
+    with(|c| {
+        *c.requests
+            .entry(format!("{service}.{operation}"))
+            .or_default() += 1
+    });
 }
 
 pub fn record_write_units(operation: &str, units: f64) {

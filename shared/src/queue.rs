@@ -149,7 +149,9 @@ impl Queues {
     /// Send task messages, ten a request, retrying entries SQS reports as failed.
     pub async fn send(&self, queue: &str, messages: &[TaskMessage]) -> Result<(), QueueError> {
         let url = self.url(queue).await?;
-        let sends = messages.chunks(10).map(|chunk| self.send_batch(&url, chunk));
+        let sends = messages
+            .chunks(10)
+            .map(|chunk| self.send_batch(&url, chunk));
         futures::future::try_join_all(sends).await?;
         Ok(())
     }
@@ -158,12 +160,7 @@ impl Queues {
         let mut pending: Vec<(String, String)> = chunk
             .iter()
             .enumerate()
-            .map(|(i, m)| {
-                (
-                    i.to_string(),
-                    serde_json::to_string(m).unwrap_or_default(),
-                )
-            })
+            .map(|(i, m)| (i.to_string(), serde_json::to_string(m).unwrap_or_default()))
             .collect();
         for round in 0..5 {
             let entries = pending
@@ -216,7 +213,9 @@ impl Queues {
             .max_number_of_messages(max.clamp(1, 10))
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .visibility_timeout(visibility.as_secs() as i32)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+            )
             .send()
             .await
             .map_err(|e| classify("ReceiveMessage", e))?;

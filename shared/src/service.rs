@@ -55,9 +55,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, source = ?std::error::Error::source(&e), "store error");
         match e {
-            StoreError::Throttled { .. } => {
-                ApiError::new(503, "Throttled", "the job store is busy; retry", Value::Null)
-            }
+            StoreError::Throttled { .. } => ApiError::new(
+                503,
+                "Throttled",
+                "the job store is busy; retry",
+                Value::Null,
+            ),
             other => ApiError::new(500, "StoreError", other.to_string(), Value::Null),
         }
     }
@@ -245,7 +248,11 @@ impl Service {
                     json!({"header": "Idempotency-Key"}),
                 ));
             }
-            if let Some(existing) = self.store.claim_idempotency_key(&spec.team, k, &job_id).await? {
+            if let Some(existing) = self
+                .store
+                .claim_idempotency_key(&spec.team, k, &job_id)
+                .await?
+            {
                 return Ok(Submitted {
                     job_id: existing,
                     created: false,
@@ -277,7 +284,12 @@ impl Service {
             let reason = format!("submission failed while writing tasks: {e}");
             let _ = self
                 .store
-                .set_job_state(&job_id, &[JobState::Submitted], JobState::Failed, Some(&reason))
+                .set_job_state(
+                    &job_id,
+                    &[JobState::Submitted],
+                    JobState::Failed,
+                    Some(&reason),
+                )
                 .await;
             return Err(e.into());
         }
@@ -317,7 +329,10 @@ impl Service {
         let job = self.job(job_id).await?;
         let state = match state {
             Some(s) => Some(s.parse::<TaskState>().map_err(|e| {
-                ApiError::bad_request(format!("query parameter `state`: {e}"), json!({"parameter": "state"}))
+                ApiError::bad_request(
+                    format!("query parameter `state`: {e}"),
+                    json!({"parameter": "state"}),
+                )
             })?),
             None => None,
         };
@@ -330,7 +345,10 @@ impl Service {
         }
         let start = match next_token {
             Some(t) => Some(decode_token(t).ok_or_else(|| {
-                ApiError::bad_request("query parameter `next_token`: not a token this API gave out", json!({"parameter": "next_token"}))
+                ApiError::bad_request(
+                    "query parameter `next_token`: not a token this API gave out",
+                    json!({"parameter": "next_token"}),
+                )
             })?),
             None => None,
         };
@@ -357,7 +375,9 @@ impl Service {
     pub async fn get_task(&self, job_id: &str, task_id: &str) -> Result<TaskView, ApiError> {
         let job = self.job(job_id).await?;
         if !is_valid_task_id(task_id) {
-            return Err(ApiError::not_found(format!("no task {task_id:?} in job {job_id}")));
+            return Err(ApiError::not_found(format!(
+                "no task {task_id:?} in job {job_id}"
+            )));
         }
         let task = self
             .store
@@ -395,7 +415,10 @@ impl Service {
             }
         }
         lookup.retain(|id| is_valid_task_id(id));
-        let found = self.store.get_tasks(job_id, job.shard_count, &lookup).await?;
+        let found = self
+            .store
+            .get_tasks(job_id, job.shard_count, &lookup)
+            .await?;
         let existing: HashSet<String> = found
             .values()
             .filter(|t| t.kind == TaskKind::Command)
@@ -423,7 +446,13 @@ impl Service {
             return Err(refuse());
         }
         self.store
-            .write_tasks(job_id, job.shard_count, &job.queue, self.max_attempts, &plan)
+            .write_tasks(
+                job_id,
+                job.shard_count,
+                &job.queue,
+                self.max_attempts,
+                &plan,
+            )
             .await?;
         let written: std::collections::HashMap<&str, &crate::domain::PlannedTask> =
             plan.iter().map(|t| (t.id.as_str(), t)).collect();
@@ -435,7 +464,9 @@ impl Service {
             {
                 // The dependency finished before we could link it: act as its
                 // stream record would have.
-                let Some(planned) = written.get(e.to.as_str()) else { continue };
+                let Some(planned) = written.get(e.to.as_str()) else {
+                    continue;
+                };
                 let Some(to) = self
                     .store
                     .get_tasks(job_id, job.shard_count, std::slice::from_ref(&planned.id))
@@ -450,7 +481,11 @@ impl Service {
                     }
                     TaskState::Cancelled => {
                         self.store
-                            .fail_dependent(&to, &e.from, &format!("dependency {} cancelled", e.from))
+                            .fail_dependent(
+                                &to,
+                                &e.from,
+                                &format!("dependency {} cancelled", e.from),
+                            )
                             .await?;
                     }
                     _ => {
@@ -483,7 +518,10 @@ impl Service {
         self.store.request_job_cancel(job_id).await?;
         let tasks = self.store.all_tasks(job_id, job.shard_count).await?;
         use futures::StreamExt;
-        let open: Vec<TaskRecord> = tasks.into_iter().filter(|t| !t.state.is_terminal()).collect();
+        let open: Vec<TaskRecord> = tasks
+            .into_iter()
+            .filter(|t| !t.state.is_terminal())
+            .collect();
         let results: Vec<Result<TaskState, StoreError>> = futures::stream::iter(open)
             .map(|t| {
                 let store = self.store.clone();
@@ -529,7 +567,9 @@ fn encode_token(shard: u32, sk: &str) -> String {
 }
 
 fn decode_token(token: &str) -> Option<(u32, String)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (shard, sk) = text.split_once(':')?;
     if !sk.starts_with("T#") {

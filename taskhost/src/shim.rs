@@ -32,7 +32,8 @@ fn watch_parent() {
     std::thread::spawn(move || loop {
         std::thread::sleep(std::time::Duration::from_millis(200));
         if nix::unistd::getppid() != parent {
-            let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGKILL);
+            let _ =
+                nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGKILL);
             return;
         }
     });
@@ -50,11 +51,16 @@ pub fn main(args: &[String]) -> i32 {
     };
     let mut report = Report::default();
     watch_parent();
-    match std::process::Command::new(&argv[0]).args(&argv[1..]).status() {
+    match std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+    {
         Ok(status) => {
             report.exit_code = status.code();
             report.signal = status.signal();
-            if let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN) {
+            if let Ok(usage) =
+                nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+            {
                 report.cpu_user_seconds = seconds(usage.user_time());
                 report.cpu_system_seconds = seconds(usage.system_time());
                 // Linux reports ru_maxrss in KiB.

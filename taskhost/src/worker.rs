@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "taskhost", about = "Run Batchplane tasks from a queue as unix processes")]
+#[command(
+    name = "taskhost",
+    about = "Run Batchplane tasks from a queue as unix processes"
+)]
 pub struct Options {
     /// The Batchplane queue (worker pool) to take tasks from.
     #[arg(long, env = "BATCHPLANE_QUEUE", default_value = "default")]
@@ -33,7 +36,11 @@ pub struct Options {
     #[arg(long, env = "BATCHPLANE_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
     pub idle_timeout_seconds: u64,
     /// Where each attempt's stdout and stderr are written.
-    #[arg(long, env = "BATCHPLANE_LOG_DIR", default_value = "/tmp/batchplane/logs")]
+    #[arg(
+        long,
+        env = "BATCHPLANE_LOG_DIR",
+        default_value = "/tmp/batchplane/logs"
+    )]
     pub log_dir: PathBuf,
     /// The API URL handed to tasks (so a task can add tasks to its own job).
     #[arg(long, env = "BATCHPLANE_API_URL")]
@@ -103,10 +110,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "host".into());
         format!("{host}-{}", std::process::id())
     });
-    let cpu_total = (opts
-        .cpus
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0))
-        * 1000.0)
+    let cpu_total = (opts.cpus.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0)
+    }) * 1000.0)
         .round() as u32;
     let mem_total = opts.memory_mib.unwrap_or_else(machine_memory_mib);
     let ctx = Arc::new(Ctx {
@@ -174,7 +182,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             if cpu_used + m.cpu_milli > cpu_total || mem_used + m.memory_mib > mem_total {
                 break;
             }
-            let Some((d, m)) = held.pop_front() else { break };
+            let Some((d, m)) = held.pop_front() else {
+                break;
+            };
             if let Some(r) = start(&ctx, d, &m, &done_tx, &queues, &url, &mut to_delete).await {
                 cpu_used += r.cpu_milli;
                 mem_used += r.memory_mib;
@@ -200,10 +210,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             last_busy = Instant::now();
         }
         // Room for more? Ask for roughly one message per free vCPU.
-        let want = if draining || !held.is_empty() || cpu_used >= cpu_total || mem_used >= mem_total {
+        let want = if draining || !held.is_empty() || cpu_used >= cpu_total || mem_used >= mem_total
+        {
             0
         } else {
-            (((cpu_total - cpu_used) / 1000).max(1)).min(10) as i32
+            ((cpu_total - cpu_used) / 1000).clamp(1, 10) as i32
         };
         want_tx.send_if_modified(|w| {
             let changed = *w != want;
@@ -257,7 +268,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     receiver.abort();
     if let Some(path) = &opts.metrics_file {
-        std::fs::write(path, serde_json::to_vec_pretty(&batchplane::metrics::snapshot())?)?;
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&batchplane::metrics::snapshot())?,
+        )?;
     }
     Ok(())
 }
@@ -272,8 +286,14 @@ async fn keep_alive(
     url: &str,
 ) {
     let beats = running.values().map(|r| async move {
-        match ctx.store.heartbeat(&r.task, &ctx.worker_id, ctx.lease).await {
-            Ok(Heartbeat::Held { cancel_requested: true }) => {
+        match ctx
+            .store
+            .heartbeat(&r.task, &ctx.worker_id, ctx.lease)
+            .await
+        {
+            Ok(Heartbeat::Held {
+                cancel_requested: true,
+            }) => {
                 let _ = r.kill.send(Some(Kill::Cancelled));
             }
             Ok(Heartbeat::Held { .. }) => {}
@@ -316,7 +336,9 @@ async fn start(
             if reason.starts_with("held by") {
                 // Another worker holds the lease; if it dies, this message brings the
                 // task back once the lease lapses.
-                let _ = queues.extend(url, std::slice::from_ref(&d.receipt_handle), ctx.lease).await;
+                let _ = queues
+                    .extend(url, std::slice::from_ref(&d.receipt_handle), ctx.lease)
+                    .await;
             } else {
                 to_delete.push(d.receipt_handle);
             }
@@ -376,6 +398,25 @@ pub fn task_environment(task: &TaskRecord, api_url: Option<&str>) -> Vec<(String
     env
 }
 
+async fn sleep_or_forever(limit: Option<Duration>) {
+    match limit {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the worker asks for the task to be killed (never, if it never does).
+async fn kill_requested(kill: &mut watch::Receiver<Option<Kill>>) -> Kill {
+    loop {
+        if let Some(k) = *kill.borrow_and_update() {
+            return k;
+        }
+        if kill.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Option<Kill>>) {
     let started_at = task.started_at.unwrap_or_else(now_ms);
     let dir = ctx.log_dir.join(&task.job_id).join(&task.task_id);
@@ -400,12 +441,12 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
                     Ok(s) => Ending::Exited(s),
                     Err(e) => Ending::SpawnFailed(format!("waiting for the task failed: {e}")),
                 },
-                _ = async { match timeout { Some(t) => tokio::time::sleep(t).await, None => std::future::pending().await } } => {
+                _ = sleep_or_forever(timeout) => {
                     kill_group();
                     let _ = child.wait().await;
                     Ending::TimedOut
                 }
-                reason = async { loop { if kill.changed().await.is_err() { std::future::pending::<()>().await; } if let Some(k) = *kill.borrow() { return k; } } } => {
+                reason = kill_requested(&mut kill) => {
                     kill_group();
                     let _ = child.wait().await;
                     Ending::Killed(reason)
@@ -436,7 +477,9 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
             // Someone else owns this task now; there is nothing of ours to record.
             return;
         }
-        Ending::Killed(Kill::Cancelled) => (TaskState::Cancelled, Some("job cancelled".to_string())),
+        Ending::Killed(Kill::Cancelled) => {
+            (TaskState::Cancelled, Some("job cancelled".to_string()))
+        }
         Ending::TimedOut => (
             TaskState::Failed,
             Some(format!(
@@ -446,22 +489,34 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
         ),
         Ending::SpawnFailed(e) => (TaskState::Failed, Some(e)),
         Ending::Exited(shim_status) => match &report {
-            Some(Report { spawn_error: Some(e), .. }) => (TaskState::Failed, Some(e.clone())),
-            Some(Report { exit_code: Some(0), .. }) => {
+            Some(Report {
+                spawn_error: Some(e),
+                ..
+            }) => (TaskState::Failed, Some(e.clone())),
+            Some(Report {
+                exit_code: Some(0), ..
+            }) => {
                 attempt.exit_code = Some(0);
                 (TaskState::Succeeded, None)
             }
-            Some(Report { exit_code: Some(code), .. }) => {
+            Some(Report {
+                exit_code: Some(code),
+                ..
+            }) => {
                 attempt.exit_code = Some(*code);
                 (TaskState::Failed, Some(format!("exit code {code}")))
             }
-            Some(Report { signal: Some(sig), .. }) => {
+            Some(Report {
+                signal: Some(sig), ..
+            }) => {
                 attempt.signal = Some(*sig);
                 (TaskState::Failed, Some(format!("killed by signal {sig}")))
             }
             _ => (
                 TaskState::Failed,
-                Some(format!("the task's process ended without a report ({shim_status})")),
+                Some(format!(
+                    "the task's process ended without a report ({shim_status})"
+                )),
             ),
         },
     };
@@ -471,9 +526,15 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
         .finish_attempt(task, &ctx.worker_id, state, reason.as_deref(), &attempt)
         .await
     {
-        Ok(true) => tracing::info!(job_id = %task.job_id, task_id = %task.task_id, state = %state, "task finished"),
-        Ok(false) => tracing::warn!(task_id = %task.task_id, "lease lost before the result was recorded"),
-        Err(e) => tracing::error!(error = %e, task_id = %task.task_id, "recording the result failed; the lease will lapse and the task run again"),
+        Ok(true) => {
+            tracing::info!(job_id = %task.job_id, task_id = %task.task_id, state = %state, "task finished")
+        }
+        Ok(false) => {
+            tracing::warn!(task_id = %task.task_id, "lease lost before the result was recorded")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, task_id = %task.task_id, "recording the result failed; the lease will lapse and the task run again")
+        }
     }
 }
 
@@ -485,9 +546,12 @@ fn spawn(
     stderr: &Path,
     report: &Path,
 ) -> Result<tokio::process::Child, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
-    let out = std::fs::File::create(stdout).map_err(|e| format!("cannot create {}: {e}", stdout.display()))?;
-    let err = std::fs::File::create(stderr).map_err(|e| format!("cannot create {}: {e}", stderr.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+    let out = std::fs::File::create(stdout)
+        .map_err(|e| format!("cannot create {}: {e}", stdout.display()))?;
+    let err = std::fs::File::create(stderr)
+        .map_err(|e| format!("cannot create {}: {e}", stderr.display()))?;
     let mut cmd = tokio::process::Command::new(&ctx.exe);
     cmd.arg("exec")
         .arg("--report")
@@ -501,5 +565,6 @@ fn spawn(
         .stderr(err)
         .process_group(0)
         .kill_on_drop(true);
-    cmd.spawn().map_err(|e| format!("could not start the task shim: {e}"))
+    cmd.spawn()
+        .map_err(|e| format!("could not start the task shim: {e}"))
 }

@@ -78,7 +78,8 @@ impl Harness {
     pub async fn start(configure: impl FnOnce(&mut StackOptions)) -> Harness {
         let emulators = TestEmulators::get();
         let dir = scratch_dir("stack");
-        let mut opts = StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir).unwrap();
+        let mut opts =
+            StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir).unwrap();
         opts.workers = 2;
         opts.worker_cpus = 8.0;
         opts.taskhost = binary("taskhost");
@@ -97,7 +98,13 @@ impl Harness {
     }
 
     pub async fn post(&self, path: &str, body: &str) -> Response {
-        let r = self.http.post(self.url(path)).body(body.to_string()).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url(path))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         Response {
             status,
@@ -128,7 +135,9 @@ impl Harness {
     }
 
     pub async fn task(&self, job_id: &str, task_id: &str) -> Value {
-        let r = self.get(&format!("/v1/jobs/{job_id}/tasks/{task_id}")).await;
+        let r = self
+            .get(&format!("/v1/jobs/{job_id}/tasks/{task_id}"))
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         r.body
     }
@@ -138,23 +147,39 @@ impl Harness {
         let deadline = Instant::now() + timeout;
         loop {
             let job = self.job(job_id).await;
-            if matches!(job["state"].as_str(), Some("SUCCEEDED" | "FAILED" | "CANCELLED")) {
+            if matches!(
+                job["state"].as_str(),
+                Some("SUCCEEDED" | "FAILED" | "CANCELLED")
+            ) {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job did not finish in {timeout:?}: {job}\nworker logs in {}", self.dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "job did not finish in {timeout:?}: {job}\nworker logs in {}",
+                self.dir.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Wait until a task is in `state`.
-    pub async fn wait_task(&self, job_id: &str, task_id: &str, state: &str, timeout: Duration) -> Value {
+    pub async fn wait_task(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let t = self.task(job_id, task_id).await;
             if t["state"] == state {
                 return t;
             }
-            assert!(Instant::now() < deadline, "task {task_id} not {state} in {timeout:?}: {t}");
+            assert!(
+                Instant::now() < deadline,
+                "task {task_id} not {state} in {timeout:?}: {t}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -198,7 +223,9 @@ pub fn lines(path: &Path) -> Vec<String> {
 }
 
 pub fn millis(rfc3339: &Value) -> i64 {
-    let text = rfc3339.as_str().unwrap_or_else(|| panic!("not a time: {rfc3339}"));
+    let text = rfc3339
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {rfc3339}"));
     chrono::DateTime::parse_from_rfc3339(text)
         .unwrap_or_else(|e| panic!("{text}: {e}"))
         .timestamp_millis()

@@ -18,7 +18,8 @@ struct Error(ApiError);
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(self.0.body())).into_response()
     }
 }
@@ -72,7 +73,11 @@ async fn submit_job(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(serde_json::json!({"job_id": submitted.job_id}))).into_response())
+    Ok((
+        status,
+        Json(serde_json::json!({"job_id": submitted.job_id})),
+    )
+        .into_response())
 }
 
 async fn get_job(State(svc): State<Arc<Service>>, Path(job_id): Path<String>) -> Result<Response> {
@@ -101,7 +106,12 @@ async fn list_tasks(
         })?),
     };
     let page = svc
-        .list_tasks(&job_id, q.state.as_deref().filter(|s| !s.is_empty()), limit, q.next_token.as_deref())
+        .list_tasks(
+            &job_id,
+            q.state.as_deref().filter(|s| !s.is_empty()),
+            limit,
+            q.next_token.as_deref(),
+        )
         .await?;
     Ok(Json(page).into_response())
 }
@@ -122,7 +132,10 @@ async fn add_tasks(
     Ok((StatusCode::CREATED, Json(added)).into_response())
 }
 
-async fn cancel_job(State(svc): State<Arc<Service>>, Path(job_id): Path<String>) -> Result<Response> {
+async fn cancel_job(
+    State(svc): State<Arc<Service>>,
+    Path(job_id): Path<String>,
+) -> Result<Response> {
     Ok(Json(svc.cancel_job(&job_id).await?).into_response())
 }
 

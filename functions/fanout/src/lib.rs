@@ -7,7 +7,10 @@ use batchplane::fanout::{decode_record, Change, Fanout};
 use lambda_runtime::LambdaEvent;
 
 /// Decode the batch, apply it, and name the first record to retry from (if any).
-pub async fn handle(fanout: &Fanout, event: LambdaEvent<Event>) -> Result<DynamoDbEventResponse, lambda_runtime::Error> {
+pub async fn handle(
+    fanout: &Fanout,
+    event: LambdaEvent<Event>,
+) -> Result<DynamoDbEventResponse, lambda_runtime::Error> {
     Ok(handle_event(fanout, &event.payload).await)
 }
 

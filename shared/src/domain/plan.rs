@@ -102,8 +102,11 @@ pub struct ExistingEdge {
 /// The plan for tasks added to a job, and the edges that start at tasks already stored.
 pub fn plan_addition(tasks: &[TaskSpec]) -> (Vec<PlannedTask>, Vec<ExistingEdge>) {
     let mut plan: Vec<PlannedTask> = tasks.iter().map(PlannedTask::from_spec).collect();
-    let mut index: HashMap<String, usize> =
-        plan.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+    let mut index: HashMap<String, usize> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.clone(), i))
+        .collect();
 
     // Forward edges among the new tasks.
     for i in 0..plan.len() {
@@ -223,13 +226,31 @@ mod tests {
     fn assert_consistent(plan: &[PlannedTask]) {
         let m = by_id(plan);
         for t in plan {
-            assert!(t.deps.len() <= MAX_EDGES, "{} has {} deps", t.id, t.deps.len());
-            assert!(t.dependents.len() <= MAX_EDGES, "{} has {} dependents", t.id, t.dependents.len());
+            assert!(
+                t.deps.len() <= MAX_EDGES,
+                "{} has {} deps",
+                t.id,
+                t.deps.len()
+            );
+            assert!(
+                t.dependents.len() <= MAX_EDGES,
+                "{} has {} dependents",
+                t.id,
+                t.dependents.len()
+            );
             for d in &t.deps {
-                assert!(m[d.as_str()].dependents.contains(&t.id), "{d} -> {} missing", t.id);
+                assert!(
+                    m[d.as_str()].dependents.contains(&t.id),
+                    "{d} -> {} missing",
+                    t.id
+                );
             }
             for d in &t.dependents {
-                assert!(m[d.as_str()].deps.contains(&t.id), "{} <- {d} missing", t.id);
+                assert!(
+                    m[d.as_str()].deps.contains(&t.id),
+                    "{} <- {d} missing",
+                    t.id
+                );
             }
         }
     }
@@ -305,20 +326,30 @@ mod tests {
         assert_eq!(m["root"].dependents.len(), 3);
         assert_eq!(user_deps(&plan, "c200"), vec!["root"]);
         assert_eq!(m["c5"].state, TaskState::Pending);
-        assert!(m["root"].dependents.iter().all(|d| d.starts_with("~out.root.")));
+        assert!(m["root"]
+            .dependents
+            .iter()
+            .all(|d| d.starts_with("~out.root.")));
     }
 
     #[test]
     fn additions_report_edges_from_stored_tasks() {
-        let (plan, edges) = plan_addition(
-            &[task("n1", &["old".into()]), task("n2", &["n1".into(), "old".into()])],
-        );
+        let (plan, edges) = plan_addition(&[
+            task("n1", &["old".into()]),
+            task("n2", &["n1".into(), "old".into()]),
+        ]);
         assert_eq!(plan.len(), 2);
         assert_eq!(
             edges,
             vec![
-                ExistingEdge { from: "old".into(), to: "n1".into() },
-                ExistingEdge { from: "old".into(), to: "n2".into() },
+                ExistingEdge {
+                    from: "old".into(),
+                    to: "n1".into()
+                },
+                ExistingEdge {
+                    from: "old".into(),
+                    to: "n2".into()
+                },
             ]
         );
         assert_eq!(by_id(&plan)["n1"].dependents, vec!["n2"]);

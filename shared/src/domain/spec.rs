@@ -182,7 +182,11 @@ fn parse_document<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, SpecE
         serde_json::from_str(text).map_err(|e| {
             SpecError::new(
                 "ParseError",
-                format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
+                format!(
+                    "invalid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
                 json!({"line": e.line(), "column": e.column(), "format": "json"}),
             )
         })
@@ -283,7 +287,11 @@ fn validate_tasks(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), 
                 "must be at least 1".into(),
             ));
         }
-        if let Some(key) = t.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        if let Some(key) = t
+            .env
+            .keys()
+            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
             return Err(task_error(
                 "InvalidField",
                 &t.id,
@@ -308,7 +316,10 @@ fn validate_tasks(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), 
             if dep == &t.id {
                 return Err(SpecError::new(
                     "DependencyCycle",
-                    format!("task {:?}, field `depends_on`: depends on itself (cycle: {} -> {})", t.id, t.id, t.id),
+                    format!(
+                        "task {:?}, field `depends_on`: depends on itself (cycle: {} -> {})",
+                        t.id, t.id, t.id
+                    ),
                     json!({"task": t.id, "field": "depends_on", "cycle": [t.id, t.id]}),
                 ));
             }
@@ -370,8 +381,10 @@ fn find_cycle(tasks: &[TaskSpec], index: &HashMap<&str, usize>) -> Option<Vec<St
                     }
                     Mark::OnPath => {
                         let from = stack.iter().position(|(n, _)| *n == d).unwrap_or(0);
-                        let mut cycle: Vec<String> =
-                            stack[from..].iter().map(|(n, _)| tasks[*n].id.clone()).collect();
+                        let mut cycle: Vec<String> = stack[from..]
+                            .iter()
+                            .map(|(n, _)| tasks[*n].id.clone())
+                            .collect();
                         cycle.push(tasks[d].id.clone());
                         return Some(cycle);
                     }
@@ -440,7 +453,13 @@ tasks:
     fn unknown_dependency_names_task_and_field() {
         let e = err("name: x\ntasks:\n - {id: a, command: [true], depends_on: [zz]}\n");
         assert_eq!(e.code, "UnknownDependency");
-        assert!(e.message.contains("\"a\"") && e.message.contains("depends_on") && e.message.contains("zz"), "{}", e.message);
+        assert!(
+            e.message.contains("\"a\"")
+                && e.message.contains("depends_on")
+                && e.message.contains("zz"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.details["task"], "a");
     }
 
@@ -493,7 +512,11 @@ tasks:
                 cpu: 1.0,
                 memory_mib: 1,
                 timeout_seconds: None,
-                depends_on: if i > 0 { vec![format!("t{}", i - 1)] } else { vec![] },
+                depends_on: if i > 0 {
+                    vec![format!("t{}", i - 1)]
+                } else {
+                    vec![]
+                },
             })
             .collect();
         validate_tasks(&tasks, &HashSet::new()).unwrap();
@@ -539,12 +562,18 @@ tasks:
         let e = validate_addition(&reused, &existing).unwrap_err();
         assert_eq!(e.code, "DuplicateTaskId");
         let dangling = parse_task_list("- {id: c, command: [true], depends_on: [zz]}\n").unwrap();
-        assert_eq!(validate_addition(&dangling, &existing).unwrap_err().code, "UnknownDependency");
+        assert_eq!(
+            validate_addition(&dangling, &existing).unwrap_err().code,
+            "UnknownDependency"
+        );
     }
 
     #[test]
     fn yaml_scalars_in_argv_and_env_stay_text() {
-        let spec = parse_job_spec("name: x\ntasks:\n - {id: a, command: [true], env: {PORT: 8080, ON: yes}}\n").unwrap();
+        let spec = parse_job_spec(
+            "name: x\ntasks:\n - {id: a, command: [true], env: {PORT: 8080, ON: yes}}\n",
+        )
+        .unwrap();
         assert_eq!(spec.tasks[0].command, vec!["true"]);
         assert_eq!(spec.tasks[0].env["PORT"], "8080");
     }

@@ -136,7 +136,11 @@ impl JobState {
     }
 
     /// The final state once every task is terminal, or `None` while some are not.
-    pub fn final_state(counts: &TaskCounts, total: u64, cancel_requested: bool) -> Option<JobState> {
+    pub fn final_state(
+        counts: &TaskCounts,
+        total: u64,
+        cancel_requested: bool,
+    ) -> Option<JobState> {
         if counts.terminal() < total {
             return None;
         }
@@ -191,7 +195,9 @@ impl TaskCounts {
         }
     }
     pub fn terminal(&self) -> u64 {
-        self.get(TaskState::Succeeded) + self.get(TaskState::Failed) + self.get(TaskState::Cancelled)
+        self.get(TaskState::Succeeded)
+            + self.get(TaskState::Failed)
+            + self.get(TaskState::Cancelled)
     }
     pub fn is_empty(&self) -> bool {
         self.0.values().all(|n| *n == 0)
@@ -241,10 +247,16 @@ mod tests {
     fn final_state_needs_every_task_terminal() {
         let mut c = TaskCounts::default();
         c.add(TaskState::Succeeded, 3);
-        assert_eq!(JobState::final_state(&c, 3, false), Some(JobState::Succeeded));
+        assert_eq!(
+            JobState::final_state(&c, 3, false),
+            Some(JobState::Succeeded)
+        );
         c.add(TaskState::Failed, 1);
         assert_eq!(JobState::final_state(&c, 4, false), Some(JobState::Failed));
-        assert_eq!(JobState::final_state(&c, 4, true), Some(JobState::Cancelled));
+        assert_eq!(
+            JobState::final_state(&c, 4, true),
+            Some(JobState::Cancelled)
+        );
         assert_eq!(JobState::final_state(&c, 5, false), None);
     }
 }

@@ -133,7 +133,9 @@ impl<'a> Reader<'a> {
         }
     }
     pub fn task_state(&self, attr: &str) -> Result<TaskState, Malformed> {
-        self.req_s(attr)?.parse().map_err(|e: String| self.bad(attr, &e))
+        self.req_s(attr)?
+            .parse()
+            .map_err(|e: String| self.bad(attr, &e))
     }
 }
 

@@ -10,10 +10,10 @@ use crate::domain::{
 };
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, KeySchemaElement,
-    KeyType, KeysAndAttributes, PutRequest, ReturnConsumedCapacity, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, StreamSpecification,
-    StreamViewType, WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, KeySchemaElement, KeyType,
+    KeysAndAttributes, PutRequest, ReturnConsumedCapacity, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, StreamSpecification, StreamViewType,
+    WriteRequest,
 };
 use futures::{stream, StreamExt, TryStreamExt};
 use item::*;
@@ -80,7 +80,11 @@ where
     }
     StoreError::Request {
         operation,
-        code: if code.is_empty() { "unknown".into() } else { code },
+        code: if code.is_empty() {
+            "unknown".into()
+        } else {
+            code
+        },
         source: Box::new(err),
     }
 }
@@ -129,7 +133,9 @@ pub enum Claim {
 /// What a heartbeat learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heartbeat {
-    Held { cancel_requested: bool },
+    Held {
+        cancel_requested: bool,
+    },
     /// The lease is gone (another worker took the task, or it was finished elsewhere).
     Lost,
 }
@@ -231,7 +237,9 @@ impl Store {
             .send()
             .await
             .map_err(|e| classify("DescribeTable", e))?;
-        Ok(d.table().and_then(|t| t.latest_stream_arn()).map(str::to_string))
+        Ok(d.table()
+            .and_then(|t| t.latest_stream_arn())
+            .map(str::to_string))
     }
 
     // ---- jobs ----
@@ -407,7 +415,13 @@ impl Store {
     fn conditional(
         &self,
         operation: &'static str,
-        res: Result<Option<ConsumedCapacity>, SdkError<impl ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, impl std::fmt::Debug + Send + Sync + 'static>>,
+        res: Result<
+            Option<ConsumedCapacity>,
+            SdkError<
+                impl ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+                impl std::fmt::Debug + Send + Sync + 'static,
+            >,
+        >,
     ) -> Result<bool, StoreError> {
         match res {
             Ok(c) => {
@@ -503,7 +517,9 @@ impl Store {
         let batch: Vec<&Item> = out
             .items()
             .iter()
-            .filter(|it| !matches!(it.get("sk"), Some(AttributeValue::S(sk)) if sk == COUNTS_BASE_SK))
+            .filter(
+                |it| !matches!(it.get("sk"), Some(AttributeValue::S(sk)) if sk == COUNTS_BASE_SK),
+            )
             .take(99)
             .collect();
         if batch.len() < 2 {
@@ -531,16 +547,17 @@ impl Store {
                             .update_expression(format!("ADD {}", update_parts.join(", ")))
                             .set_expression_attribute_values(Some(values))
                             .build()
-                            .map_err(|e| StoreError::Request { operation: "TransactWriteItems", code: "Build".into(), source: Box::new(e) })?,
+                            .map_err(|e| StoreError::Request {
+                                operation: "TransactWriteItems",
+                                code: "Build".into(),
+                                source: Box::new(e),
+                            })?,
                     )
                     .build(),
             );
         }
         for it in &batch {
-            let k = key(
-                job_pk(job_id),
-                Reader::new(it).req_s("sk")?,
-            );
+            let k = key(job_pk(job_id), Reader::new(it).req_s("sk")?);
             items.push(
                 TransactWriteItem::builder()
                     .delete(
@@ -549,7 +566,11 @@ impl Store {
                             .set_key(Some(k))
                             .condition_expression("attribute_exists(pk)")
                             .build()
-                            .map_err(|e| StoreError::Request { operation: "TransactWriteItems", code: "Build".into(), source: Box::new(e) })?,
+                            .map_err(|e| StoreError::Request {
+                                operation: "TransactWriteItems",
+                                code: "Build".into(),
+                                source: Box::new(e),
+                            })?,
                     )
                     .build(),
             );
@@ -590,8 +611,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (waiting, runnable): (Vec<&PlannedTask>, Vec<&PlannedTask>) =
             tasks.iter().partition(|t| t.state != TaskState::Runnable);
-        self.put_tasks(job_id, shard_count, queue, max_attempts, &waiting).await?;
-        self.put_tasks(job_id, shard_count, queue, max_attempts, &runnable).await
+        self.put_tasks(job_id, shard_count, queue, max_attempts, &waiting)
+            .await?;
+        self.put_tasks(job_id, shard_count, queue, max_attempts, &runnable)
+            .await
     }
 
     async fn put_tasks(
@@ -610,7 +633,14 @@ impl Store {
                 WriteRequest::builder()
                     .put_request(
                         PutRequest::builder()
-                            .set_item(Some(new_task_item(job_id, shard, queue, max_attempts, now, t)))
+                            .set_item(Some(new_task_item(
+                                job_id,
+                                shard,
+                                queue,
+                                max_attempts,
+                                now,
+                                t,
+                            )))
                             .build()
                             .expect("put request has its item"),
                     )
@@ -797,7 +827,10 @@ impl Store {
             for it in out.items() {
                 tasks.push(task_from_item(it)?);
                 if tasks.len() == limit {
-                    let last = tasks.last().map(|t| task_sk(&t.task_id)).unwrap_or_default();
+                    let last = tasks
+                        .last()
+                        .map(|t| task_sk(&t.task_id))
+                        .unwrap_or_default();
                     let more = out.last_evaluated_key().is_some()
                         || it != out.items().last().unwrap_or(it)
                         || shard + 1 < shard_count;
@@ -816,7 +849,11 @@ impl Store {
     }
 
     /// Every task of a job, shard by shard (cancel walks them).
-    pub async fn all_tasks(&self, job_id: &str, shard_count: u32) -> Result<Vec<TaskRecord>, StoreError> {
+    pub async fn all_tasks(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         let mut tasks = Vec::new();
         for shard in 0..shard_count {
             let mut start: Option<Item> = None;
@@ -849,11 +886,18 @@ impl Store {
     /// when it was the last. Idempotent: the dependency is added to a set, and the
     /// transition is conditional on PENDING. `dependent` is the task as last read.
     /// The common case is one write: the last edge sets RUNNABLE in the same update.
-    pub async fn release_edge(&self, dependent: &TaskRecord, dep: &str) -> Result<bool, StoreError> {
+    pub async fn release_edge(
+        &self,
+        dependent: &TaskRecord,
+        dep: &str,
+    ) -> Result<bool, StoreError> {
         if dependent.state != TaskState::Pending {
             return Ok(false);
         }
-        let k = key(task_pk(&dependent.job_id, dependent.shard), task_sk(&dependent.task_id));
+        let k = key(
+            task_pk(&dependent.job_id, dependent.shard),
+            task_sk(&dependent.task_id),
+        );
         let already = dependent.deps_done.iter().any(|d| d == dep);
         let completes = dependent
             .deps
@@ -955,7 +999,10 @@ impl Store {
             .ddb
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(task_pk(&task.job_id, task.shard), task_sk(&task.task_id))))
+            .set_key(Some(key(
+                task_pk(&task.job_id, task.shard),
+                task_sk(&task.task_id),
+            )))
             .update_expression(update)
             .condition_expression(format!("#state IN ({})", names.join(", ")))
             .expression_attribute_names("#state", "state")
@@ -1010,7 +1057,9 @@ impl Store {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(task_pk(job_id, shard), task_sk(from))))
-            .update_expression("SET dependents = list_append(if_not_exists(dependents, :empty), :to)")
+            .update_expression(
+                "SET dependents = list_append(if_not_exists(dependents, :empty), :to)",
+            )
             .condition_expression("#state IN (:pending, :runnable, :starting, :running)")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":empty", AttributeValue::L(vec![]))
@@ -1035,7 +1084,10 @@ impl Store {
                         record_failed_condition("UpdateItem");
                         match old {
                             Some(it) => Ok(Err(task_from_item(&it)?)),
-                            None => Err(StoreError::ConditionFailed { operation, current: None }),
+                            None => Err(StoreError::ConditionFailed {
+                                operation,
+                                current: None,
+                            }),
                         }
                     }
                     other => Err(other),
@@ -1154,13 +1206,15 @@ impl Store {
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
-            return Ok(if self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))? {
-                Claim::Exhausted
-            } else {
-                Claim::NotClaimable {
-                    reason: "another worker took it over".into(),
-                }
-            });
+            return Ok(
+                if self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))? {
+                    Claim::Exhausted
+                } else {
+                    Claim::NotClaimable {
+                        reason: "another worker took it over".into(),
+                    }
+                },
+            );
         }
         let res = self
             .ddb
@@ -1213,7 +1267,10 @@ impl Store {
             .ddb
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(task_pk(&task.job_id, task.shard), task_sk(&task.task_id))))
+            .set_key(Some(key(
+                task_pk(&task.job_id, task.shard),
+                task_sk(&task.task_id),
+            )))
             .update_expression("SET lease_expires = :lease")
             .condition_expression("#state = :running AND attempt = :attempt AND worker_id = :w")
             .expression_attribute_names("#state", "state")
@@ -1260,7 +1317,10 @@ impl Store {
             .ddb
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(task_pk(&task.job_id, task.shard), task_sk(&task.task_id))))
+            .set_key(Some(key(
+                task_pk(&task.job_id, task.shard),
+                task_sk(&task.task_id),
+            )))
             .condition_expression("#state = :running AND attempt = :attempt AND worker_id = :w")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":to", s(state.as_str()))
@@ -1272,11 +1332,19 @@ impl Store {
             .expression_attribute_values(":w", s(worker_id))
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
         if let Some(r) = reason {
-            update = update.replacen("finished_at = :now", "finished_at = :now, reason = :reason", 1);
+            update = update.replacen(
+                "finished_at = :now",
+                "finished_at = :now, reason = :reason",
+                1,
+            );
             req = req.expression_attribute_values(":reason", s(r));
         }
         if let Some(code) = record.exit_code {
-            update = update.replacen("finished_at = :now", "finished_at = :now, exit_code = :code", 1);
+            update = update.replacen(
+                "finished_at = :now",
+                "finished_at = :now, exit_code = :code",
+                1,
+            );
             req = req.expression_attribute_values(":code", n(code));
         }
         let res = req.update_expression(update).send().await;
@@ -1307,7 +1375,10 @@ impl Store {
                         .ddb
                         .update_item()
                         .table_name(&self.table)
-                        .set_key(Some(key(task_pk(&current.job_id, current.shard), task_sk(&current.task_id))))
+                        .set_key(Some(key(
+                            task_pk(&current.job_id, current.shard),
+                            task_sk(&current.task_id),
+                        )))
                         .update_expression("SET cancel_requested = :true")
                         .condition_expression("#state IN (:starting, :running)")
                         .expression_attribute_names("#state", "state")
@@ -1317,7 +1388,9 @@ impl Store {
                         .return_consumed_capacity(ReturnConsumedCapacity::Total)
                         .send()
                         .await;
-                    if self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))? {
+                    if self
+                        .conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))?
+                    {
                         return Ok(TaskState::Running);
                     }
                 }
@@ -1359,17 +1432,18 @@ impl Store {
 
 /// The item a failed condition returned (`ReturnValuesOnConditionCheckFailure`).
 fn condition_old_item<E: std::any::Any, R>(err: &SdkError<E, R>) -> Option<Item> {
+    use aws_sdk_dynamodb::operation::{put_item::PutItemError, update_item::UpdateItemError};
     let service = err.as_service_error()?;
     let any: &dyn std::any::Any = service;
-    if let Some(e) = any.downcast_ref::<aws_sdk_dynamodb::operation::update_item::UpdateItemError>() {
-        if let aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) = e {
-            return c.item().cloned();
-        }
+    if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
+        any.downcast_ref::<UpdateItemError>()
+    {
+        return c.item().cloned();
     }
-    if let Some(e) = any.downcast_ref::<aws_sdk_dynamodb::operation::put_item::PutItemError>() {
-        if let aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) = e {
-            return c.item().cloned();
-        }
+    if let Some(PutItemError::ConditionalCheckFailedException(c)) =
+        any.downcast_ref::<PutItemError>()
+    {
+        return c.item().cloned();
     }
     None
 }

@@ -1,0 +1,26 @@
+# The two commands of the quick start, and the checks CI runs.
+#   make demo   start the local stack, run the sample job with progress, print its summary, stop
+#   make test   the whole test suite against DynamoDB Local and moto (installed and started here)
+
+CARGO_TARGET_DIR ?= $(HOME)/.cache/batchplane/target
+export CARGO_TARGET_DIR
+BIN := $(CARGO_TARGET_DIR)/debug
+
+.PHONY: demo test build lint bench
+
+build:
+	cargo build --workspace --bins
+
+demo: build
+	$(BIN)/batchplane demo
+
+test: build
+	bash scripts/test.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+bench:
+	cargo build --release --workspace --bins
+	$(CARGO_TARGET_DIR)/release/batchplane bench

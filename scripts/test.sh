@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run the whole test suite: start DynamoDB Local and moto once on free ports (installing
+# them if needed), run every test with cargo nextest against them, stop them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+state=$(mktemp -d -t batchplane-emulators-XXXXXX)
+ddb_port=$(port)
+sqs_port=$(port)
+trap 'bash scripts/emulators.sh stop "$state"' EXIT
+bash scripts/emulators.sh start "$state" "$ddb_port" "$sqs_port"
+
+export BATCHPLANE_TEST_DYNAMODB_URL=http://127.0.0.1:$ddb_port
+export BATCHPLANE_TEST_SQS_URL=http://127.0.0.1:$sqs_port
+cargo nextest run --workspace --no-fail-fast "$@"
