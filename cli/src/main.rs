@@ -33,6 +33,9 @@ enum Command {
         /// Submitting again with the same key returns the same job.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// In a file of several jobs (`---`), the one with this name.
+        #[arg(long)]
+        job: Option<String>,
     },
     /// Show a job: state, times, counts of tasks by state.
     Status {

@@ -94,6 +94,8 @@ pub struct Fanout {
     pub queues: Queues,
     /// Jobs' shard counts (fixed at submission), so a record costs no job read.
     shard_counts: std::sync::Mutex<HashMap<String, u32>>,
+    /// Jobs whose start time is recorded, so no batch spends a failed write on it again.
+    started: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 const EFFECT_CONCURRENCY: usize = 32;
@@ -104,6 +106,7 @@ impl Fanout {
             store,
             queues,
             shard_counts: Default::default(),
+            started: Default::default(),
         }
     }
 
@@ -311,7 +314,19 @@ impl Fanout {
                 .put_batch_counts(&job_id, &batch_key, &counts)
                 .await?;
             if let Some(at) = started {
-                self.store.mark_job_started(&job_id, at).await?;
+                let known = self
+                    .started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&job_id);
+                if !known {
+                    self.store.mark_job_started(&job_id, at).await?;
+                    let mut set = self.started.lock().unwrap_or_else(|p| p.into_inner());
+                    if set.len() > 10_000 {
+                        set.clear();
+                    }
+                    set.insert(job_id.clone());
+                }
             }
             if finished_some {
                 if let Some(state) = self.close_if_done(&job_id).await? {

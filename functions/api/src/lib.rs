@@ -149,3 +149,75 @@ pub async fn service_from_env() -> anyhow::Result<Arc<Service>> {
         max_attempts: config.max_attempts,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// A service whose AWS clients point at a closed port: these requests must be
+    /// answered without touching AWS.
+    async fn offline_service() -> Arc<Service> {
+        let clients = batchplane::aws::Clients::new(&batchplane::aws::Endpoints {
+            dynamodb: Some("http://127.0.0.1:9".into()),
+            sqs: Some("http://127.0.0.1:9".into()),
+        })
+        .await;
+        Arc::new(Service {
+            store: batchplane::store::Store::new(clients.dynamodb, "batchplane"),
+            queues: batchplane::queue::Queues::new(clients.sqs, "batchplane-"),
+            max_attempts: 3,
+        })
+    }
+
+    async fn invoke(event: &str) -> (u16, serde_json::Value) {
+        let request: lambda_http::request::LambdaRequest = serde_json::from_str(event).unwrap();
+        let request: lambda_http::Request = request.into();
+        let response = router(offline_service().await)
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+                String::from_utf8_lossy(&bytes).into(),
+            )),
+        )
+    }
+
+    /// The sample API Gateway (HTTP API v2) events in `events/api/` go through the same
+    /// conversion lambda_http does in Lambda, into the router.
+    #[tokio::test]
+    async fn api_gateway_event_with_a_cyclic_spec_is_a_400_naming_the_cycle() {
+        let (status, body) = invoke(include_str!("../../../events/api/submit-bad-spec.json")).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "DependencyCycle");
+        assert_eq!(
+            body["error"]["details"]["cycle"],
+            serde_json::json!(["a", "b", "a"])
+        );
+    }
+
+    #[tokio::test]
+    async fn api_gateway_health_event() {
+        let (status, body) = invoke(include_str!("../../../events/api/health.json")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "ok");
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_are_json_404s() {
+        let request = axum::http::Request::get("/v2/nothing")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router(offline_service().await)
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404);
+    }
+}

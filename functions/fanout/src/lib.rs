@@ -53,3 +53,31 @@ pub async fn fanout_from_env() -> anyhow::Result<Fanout> {
         batchplane::queue::Queues::new(clients.sqs, config.queue_prefix.clone()),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use batchplane::domain::TaskState;
+
+    /// The sample event in `events/fanout/` is what Lambda sends; it decodes into task
+    /// changes the fanout acts on, and other items pass through untouched.
+    #[test]
+    fn sample_stream_event_decodes() {
+        let text = include_str!("../../../events/fanout/task-succeeded.json");
+        let event: Event = serde_json::from_str(text).unwrap();
+        assert_eq!(event.records.len(), 2);
+        let Change::Task(t) = decode_record(&event.records[0]).unwrap() else {
+            panic!("a task record")
+        };
+        assert_eq!(t.old_state, Some(TaskState::Running));
+        assert_eq!(t.task.state, TaskState::Succeeded);
+        assert_eq!(t.task.dependents, vec!["b", "c"]);
+        assert_eq!(t.task.shard, 2);
+        assert_eq!(t.task.attempts[0].max_rss_kib, Some(2048));
+        assert_eq!(t.sequence_number, "111100000000012345678901");
+        assert!(matches!(
+            decode_record(&event.records[1]).unwrap(),
+            Change::Other { .. }
+        ));
+    }
+}
