@@ -306,3 +306,19 @@ async fn queue_round_trip_and_unknown_queue() {
     assert_eq!(got, want);
     assert_eq!(queues.depth(&url).await.unwrap(), (0, 0));
 }
+
+#[tokio::test]
+async fn a_job_that_grew_is_not_closed_on_old_counts() {
+    let emu = TestEmulators::get();
+    let store = store(&emu).await;
+    let (job, _) = stored_job(&store, "name: x\ntasks:\n - {id: a, command: ['true']}\n").await;
+    let open = [batchplane::JobState::Pending];
+    assert!(store.add_to_total(&job, 2).await.unwrap());
+    assert!(
+        !store.close_job(&job, &open, batchplane::JobState::Succeeded, None, 1).await.unwrap(),
+        "counts read before the job grew must not close it"
+    );
+    assert!(store.close_job(&job, &open, batchplane::JobState::Succeeded, None, 3).await.unwrap());
+    assert!(!store.add_to_total(&job, 1).await.unwrap(), "a closed job takes no more tasks");
+    assert_eq!(store.get_job(&job).await.unwrap().unwrap().state, batchplane::JobState::Succeeded);
+}

@@ -58,16 +58,25 @@ pub fn pick_job(file: &Path, name: Option<&str>) -> anyhow::Result<Value> {
     }
 }
 
-pub async fn submit(api: &Api, file: &Path, wait: bool, key: Option<&str>) -> anyhow::Result<u8> {
+pub async fn submit(
+    api: &Api,
+    file: &Path,
+    name: Option<&str>,
+    wait: bool,
+    key: Option<&str>,
+) -> anyhow::Result<u8> {
     let jobs = read_jobs(file)?;
-    if jobs.len() > 1 {
+    if jobs.len() > 1 && name.is_none() {
+        let names: Vec<&str> = jobs.iter().filter_map(|j| j["name"].as_str()).collect();
         bail!(
-            "{} holds {} jobs; submit one file per job (or use `batchplane demo --job NAME`)",
+            "{} holds {} jobs ({}); choose one with --job NAME",
             file.display(),
-            jobs.len()
+            jobs.len(),
+            names.join(", ")
         );
     }
-    let resp = api.post("/v1/jobs", jobs[0].to_string(), key).await?;
+    let job = pick_job(file, name)?;
+    let resp = api.post("/v1/jobs", job.to_string(), key).await?;
     let job_id = resp["job_id"]
         .as_str()
         .context("the API answered without a job_id")?

@@ -130,7 +130,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             file,
             wait,
             idempotency_key,
-        } => jobs::submit(&api()?, file, *wait, idempotency_key.as_deref()).await,
+            job,
+        } => {
+            jobs::submit(
+                &api()?,
+                file,
+                job.as_deref(),
+                *wait,
+                idempotency_key.as_deref(),
+            )
+            .await
+        }
         Command::Status { job, output } => jobs::status(&api()?, job, *output).await,
         Command::Tasks { job, state, output } => {
             jobs::tasks(&api()?, job, state.as_deref(), *output).await

@@ -364,11 +364,12 @@ impl Fanout {
         };
         let closed = self
             .store
-            .set_job_state(
+            .close_job(
                 job_id,
                 &[JobState::Submitted, JobState::Pending],
                 state,
                 reason.as_deref(),
+                job.total_tasks,
             )
             .await?;
         if closed {

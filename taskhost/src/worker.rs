@@ -168,6 +168,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut held: VecDeque<(Delivery, TaskMessage)> = VecDeque::new();
     let mut to_delete: Vec<String> = Vec::new();
+    let mut deletes: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let (mut cpu_used, mut mem_used) = (0u32, 0u64);
     let mut last_busy = Instant::now();
     let idle = Duration::from_secs(opts.idle_timeout_seconds);
@@ -177,26 +178,48 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut draining = false;
 
     loop {
-        // Start held tasks that fit now.
+        // Start held tasks that fit now; their claims go out together.
+        let mut startable = Vec::new();
+        let (mut cpu_plan, mut mem_plan) = (cpu_used, mem_used);
         while let Some((_, m)) = held.front() {
-            if cpu_used + m.cpu_milli > cpu_total || mem_used + m.memory_mib > mem_total {
+            if cpu_plan + m.cpu_milli > cpu_total || mem_plan + m.memory_mib > mem_total {
                 break;
             }
             let Some((d, m)) = held.pop_front() else {
                 break;
             };
-            if let Some(r) = start(&ctx, d, &m, &done_tx, &queues, &url, &mut to_delete).await {
-                cpu_used += r.cpu_milli;
-                mem_used += r.memory_mib;
-                running.insert(task_key(&m), r);
-                last_busy = Instant::now();
+            cpu_plan += m.cpu_milli;
+            mem_plan += m.memory_mib;
+            startable.push((d, m));
+        }
+        let outcomes = futures::future::join_all(
+            startable
+                .iter()
+                .map(|(d, m)| start(&ctx, d, m, &done_tx, &queues, &url)),
+        )
+        .await;
+        for ((_, m), outcome) in startable.iter().zip(outcomes) {
+            match outcome {
+                Started::Running(r) => {
+                    cpu_used += r.cpu_milli;
+                    mem_used += r.memory_mib;
+                    running.insert(task_key(m), r);
+                    last_busy = Instant::now();
+                }
+                Started::Drop(receipt) => to_delete.push(receipt),
+                Started::Later => {}
             }
         }
         if !to_delete.is_empty() {
-            if let Err(e) = queues.delete(&url, &to_delete).await {
-                tracing::warn!(error = %e, "delete failed; the messages will come back and be dropped then");
-            }
-            to_delete.clear();
+            // Deleting is bookkeeping: keep it off the path that starts the next task.
+            let (queues, url, batch) =
+                (queues.clone(), url.clone(), std::mem::take(&mut to_delete));
+            deletes.push(tokio::spawn(async move {
+                if let Err(e) = queues.delete(&url, &batch).await {
+                    tracing::warn!(error = %e, "delete failed; the messages will come back and be dropped then");
+                }
+            }));
+            deletes.retain(|h| !h.is_finished());
         }
         if running.is_empty() && held.is_empty() {
             if draining {
@@ -267,6 +290,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     receiver.abort();
+    for d in deletes {
+        let _ = d.await;
+    }
     if let Some(path) = &opts.metrics_file {
         std::fs::write(
             path,
@@ -315,17 +341,25 @@ async fn keep_alive(
     }
 }
 
-/// Claim a delivered task and start it. Messages that need no run are queued for
-/// deletion; a message for a task another live worker holds comes back after that lease.
+/// What became of a delivered message.
+enum Started {
+    Running(Running),
+    /// Nothing to run (finished, exhausted, unreadable): delete the message.
+    Drop(String),
+    /// Not now (another worker's live lease, or a failed claim): the message comes back.
+    Later,
+}
+
+/// Claim a delivered task and start it. A message for a task another live worker holds
+/// is made visible again when that lease would lapse, so a dead holder's task returns.
 async fn start(
     ctx: &Arc<Ctx>,
-    d: Delivery,
+    d: &Delivery,
     m: &TaskMessage,
     done: &mpsc::UnboundedSender<Finished>,
     queues: &Queues,
     url: &str,
-    to_delete: &mut Vec<String>,
-) -> Option<Running> {
+) -> Started {
     let claim = ctx
         .store
         .claim_task(&m.job_id, m.shard, &m.task_id, &ctx.worker_id, ctx.lease)
@@ -333,25 +367,19 @@ async fn start(
     let task = match claim {
         Ok(Claim::Claimed(task)) => *task,
         Ok(Claim::NotClaimable { reason }) => {
+            tracing::debug!(job_id = %m.job_id, task_id = %m.task_id, reason, "not claimed");
             if reason.starts_with("held by") {
-                // Another worker holds the lease; if it dies, this message brings the
-                // task back once the lease lapses.
                 let _ = queues
                     .extend(url, std::slice::from_ref(&d.receipt_handle), ctx.lease)
                     .await;
-            } else {
-                to_delete.push(d.receipt_handle);
+                return Started::Later;
             }
-            tracing::debug!(job_id = %m.job_id, task_id = %m.task_id, reason, "not claimed");
-            return None;
+            return Started::Drop(d.receipt_handle.clone());
         }
-        Ok(Claim::Exhausted) => {
-            to_delete.push(d.receipt_handle);
-            return None;
-        }
+        Ok(Claim::Exhausted) => return Started::Drop(d.receipt_handle.clone()),
         Err(e) => {
             tracing::warn!(error = %e, task_id = %m.task_id, "claim failed; the message will come back");
-            return None;
+            return Started::Later;
         }
     };
     tracing::info!(job_id = %task.job_id, task_id = %task.task_id, attempt = task.attempt, "task claimed");
@@ -366,12 +394,12 @@ async fn start(
     let ctx = ctx.clone();
     let done = done.clone();
     let key = task_key(m);
-    let receipt = d.receipt_handle;
+    let receipt = d.receipt_handle.clone();
     tokio::spawn(async move {
         run_attempt(&ctx, &task, kill_rx).await;
         let _ = done.send(Finished { key, receipt });
     });
-    Some(running)
+    Started::Running(running)
 }
 
 enum Ending {

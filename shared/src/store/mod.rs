@@ -325,6 +325,31 @@ impl Store {
         to: JobState,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
+        self.set_job_state_if(job_id, from, to, reason, None).await
+    }
+
+    /// Close a job as `to`, if it is still one of `from` and still has `total` tasks: a
+    /// job that grew since its counts were read (tasks added meanwhile) stays open.
+    pub async fn close_job(
+        &self,
+        job_id: &str,
+        from: &[JobState],
+        to: JobState,
+        reason: Option<&str>,
+        total: u64,
+    ) -> Result<bool, StoreError> {
+        self.set_job_state_if(job_id, from, to, reason, Some(total))
+            .await
+    }
+
+    async fn set_job_state_if(
+        &self,
+        job_id: &str,
+        from: &[JobState],
+        to: JobState,
+        reason: Option<&str>,
+        total: Option<u64>,
+    ) -> Result<bool, StoreError> {
         let mut values = HashMap::from([(":to".to_string(), s(to.as_str()))]);
         let mut placeholders = Vec::new();
         for (i, st) in from.iter().enumerate() {
@@ -340,13 +365,22 @@ impl Store {
             update.push_str(", reason = :reason");
             values.insert(":reason".into(), s(r));
         }
+        if let Some(t) = total {
+            values.insert(":total".into(), n(t));
+        }
         let res = self
             .ddb
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(job_pk(job_id), META_SK.into())))
             .update_expression(update)
-            .condition_expression(format!("#state IN ({})", placeholders.join(", ")))
+            .condition_expression(match total {
+                Some(_) => format!(
+                    "#state IN ({}) AND total_tasks = :total",
+                    placeholders.join(", ")
+                ),
+                None => format!("#state IN ({})", placeholders.join(", ")),
+            })
             .expression_attribute_names("#state", "state")
             .set_expression_attribute_values(Some(values))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
