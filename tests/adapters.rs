@@ -315,10 +315,22 @@ async fn a_job_that_grew_is_not_closed_on_old_counts() {
     let open = [batchplane::JobState::Pending];
     assert!(store.add_to_total(&job, 2).await.unwrap());
     assert!(
-        !store.close_job(&job, &open, batchplane::JobState::Succeeded, None, 1).await.unwrap(),
+        !store
+            .close_job(&job, &open, batchplane::JobState::Succeeded, None, 1)
+            .await
+            .unwrap(),
         "counts read before the job grew must not close it"
     );
-    assert!(store.close_job(&job, &open, batchplane::JobState::Succeeded, None, 3).await.unwrap());
-    assert!(!store.add_to_total(&job, 1).await.unwrap(), "a closed job takes no more tasks");
-    assert_eq!(store.get_job(&job).await.unwrap().unwrap().state, batchplane::JobState::Succeeded);
+    assert!(store
+        .close_job(&job, &open, batchplane::JobState::Succeeded, None, 3)
+        .await
+        .unwrap());
+    assert!(
+        !store.add_to_total(&job, 1).await.unwrap(),
+        "a closed job takes no more tasks"
+    );
+    assert_eq!(
+        store.get_job(&job).await.unwrap().unwrap().state,
+        batchplane::JobState::Succeeded
+    );
 }

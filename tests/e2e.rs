@@ -462,3 +462,58 @@ async fn an_idempotency_key_returns_the_same_job() {
     assert_eq!(first["job_id"], second["job_id"]);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_hold_long_tasks_timeouts_kill_and_idle_workers_exit() {
+    let mut h = Harness::start(|o| {
+        o.workers = 1;
+        o.lease_seconds = 3;
+        o.idle_timeout_seconds = 2;
+    })
+    .await;
+    let job = h
+        .submit(
+            r#"
+name: lease-and-timeout
+tasks:
+  - {id: longer-than-the-lease, command: [sleep, "5"]}
+  - {id: too-slow, command: [sleep, "60"], timeout_seconds: 1}
+"#,
+        )
+        .await;
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "FAILED", "{done}");
+    let long = h.task(&job, "longer-than-the-lease").await;
+    assert_eq!(long["state"], "SUCCEEDED", "{long}");
+    assert_eq!(
+        long["attempt"], 1,
+        "heartbeats kept the lease: no second attempt"
+    );
+    let slow = h.task(&job, "too-slow").await;
+    assert_eq!(slow["state"], "FAILED");
+    assert!(
+        slow["status_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Job attempt duration exceeded timeout"),
+        "{slow}"
+    );
+    let a = &attempts(&slow)[0];
+    assert_eq!(a["signal"], Value::Null);
+    let ran = millis(&a["finished_at"]) - millis(&a["started_at"]);
+    assert!(
+        (900..10_000).contains(&ran),
+        "killed after about a second, not 60: {ran} ms"
+    );
+    // With nothing left to run, the worker exits after its idle time.
+    let pid = h.stack.worker_pids()[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !h.stack.worker_exited(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle worker did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.shutdown().await;
+}

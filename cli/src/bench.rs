@@ -30,9 +30,10 @@ pub struct BenchArgs {
     /// Tasks in the no-op scenario.
     #[arg(long, default_value_t = 1000)]
     noop_tasks: usize,
-    /// Width of the wide levels of the 10-level DAG.
-    #[arg(long, default_value_t = 20)]
-    dag_width: usize,
+    /// Width of the wide levels of the 10-level DAG (default: the parallelism, so a
+    /// level fits the workers and release latency is not time spent waiting for a slot).
+    #[arg(long)]
+    dag_width: Option<usize>,
     /// Which scenarios (sleep, noop, dag); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -209,7 +210,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         let scenario = match name {
             "sleep" => flat("sleep", args.sleep_tasks, "sleep 1"),
             "noop" => flat("noop", args.noop_tasks, "true"),
-            _ => dag(args.dag_width),
+            _ => dag(args.dag_width.unwrap_or(parallelism)),
         };
         eprintln!(
             "== {name}: {} tasks, parallelism {parallelism}",

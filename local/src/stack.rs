@@ -227,6 +227,15 @@ impl LocalStack {
         Ok(pid)
     }
 
+    /// Whether the worker with this pid has exited (idle workers exit by themselves).
+    pub fn worker_exited(&mut self, pid: u32) -> bool {
+        self.workers
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .map(|c| matches!(c.try_wait(), Ok(Some(_))))
+            .unwrap_or(true)
+    }
+
     pub fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(|c| c.id()).collect()
     }

@@ -14,11 +14,24 @@ use tokio::sync::watch;
 /// Batch size, as an event source mapping's `BatchSize`.
 pub const BATCH_SIZE: i32 = 1000;
 
-/// How the poller treats records, for tests that need the at-least-once cases.
-#[derive(Debug, Clone, Copy, Default)]
+/// How the poller reads the stream.
+#[derive(Debug, Clone, Copy)]
 pub struct PollerOptions {
-    /// Deliver every batch twice (a retried Lambda invocation).
+    /// Deliver every batch twice (a retried Lambda invocation), for tests.
     pub duplicate_batches: bool,
+    /// How often each shard is read. Lambda reads a shard about four times a second;
+    /// reading at a fixed cadence (rather than again at once after a batch) is what
+    /// makes batches, and so per-batch writes such as job counts, amortise.
+    pub interval: Duration,
+}
+
+impl Default for PollerOptions {
+    fn default() -> Self {
+        PollerOptions {
+            duplicate_batches: false,
+            interval: Duration::from_millis(100),
+        }
+    }
 }
 
 fn to_event_record(r: &aws_sdk_dynamodbstreams::types::Record, arn: &str) -> EventRecord {
@@ -96,7 +109,7 @@ pub async fn poll(
             }
             last_describe = Instant::now();
         }
-        let mut any = false;
+        let round = Instant::now();
         let shard_ids: Vec<String> = iterators.keys().cloned().collect();
         for shard_id in shard_ids {
             let Some(Some(iterator)) = iterators.get(&shard_id).cloned() else {
@@ -128,7 +141,6 @@ pub async fn poll(
             let records = out.records();
             let mut next = out.next_shard_iterator().map(str::to_string);
             if !records.is_empty() {
-                any = true;
                 let mut event = Event::default();
                 event.records = records
                     .iter()
@@ -160,11 +172,10 @@ pub async fn poll(
             }
             iterators.insert(shard_id, next);
         }
-        if !any {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(40)) => {}
-                _ = stop.changed() => {}
-            }
+        let rest = opts.interval.saturating_sub(round.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
+            _ = stop.changed() => {}
         }
     }
 }

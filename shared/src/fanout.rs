@@ -132,6 +132,13 @@ impl Fanout {
             }
         }
 
+        // Release dependents of succeeded tasks: the batch's edges into one dependent
+        // go in one write, so a fan-in whose dependencies finish together is cheap.
+        match self.release_all(changes).await {
+            Ok(n) => outcome.released += n,
+            Err(failed) => first_failed = first_failed.min(failed),
+        }
+
         // Enqueue runnable command tasks, grouped by queue, ten a request.
         let mut by_queue: BTreeMap<String, Vec<(usize, TaskMessage)>> = BTreeMap::new();
         for (i, c) in changes.iter().enumerate() {
@@ -187,34 +194,12 @@ impl Fanout {
                 .await?;
             return Ok(0);
         }
-        if task.dependents.is_empty() {
+        let failed = became(t, TaskState::Failed) || became(t, TaskState::Cancelled);
+        if task.dependents.is_empty() || !failed {
             return Ok(0);
         }
         let shard_count = self.shard_count(&task.job_id).await?;
-        if became(t, TaskState::Succeeded) {
-            let dependents = self
-                .store
-                .get_tasks(&task.job_id, shard_count, &task.dependents)
-                .await?;
-            warn_missing(task, &dependents);
-            let mut released = 0;
-            let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.into_values())
-                .map(|d| {
-                    let store = self.store.clone();
-                    let dep = task.task_id.clone();
-                    async move { store.release_edge(&d, &dep).await }
-                })
-                .buffer_unordered(EFFECT_CONCURRENCY)
-                .collect()
-                .await;
-            for r in results {
-                if r? {
-                    released += 1;
-                }
-            }
-            return Ok(released);
-        }
-        if became(t, TaskState::Failed) || became(t, TaskState::Cancelled) {
+        {
             // Name the user task at the root, looking through barriers.
             let root = match task.kind {
                 TaskKind::Barrier => task
@@ -250,6 +235,81 @@ impl Fanout {
             }
         }
         Ok(0)
+    }
+
+    /// Release the dependents of every task that succeeded in this batch. On failure,
+    /// the index of the first record whose releases did not all go through.
+    async fn release_all(&self, changes: &[Change]) -> Result<usize, usize> {
+        // job → dependent → (finished dependencies, first record index naming it)
+        let mut edges: BTreeMap<&str, BTreeMap<&str, (Vec<String>, usize)>> = BTreeMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            let Change::Task(t) = c else { continue };
+            if !became(t, TaskState::Succeeded) {
+                continue;
+            }
+            let job = edges.entry(t.task.job_id.as_str()).or_default();
+            for d in &t.task.dependents {
+                let e = job.entry(d.as_str()).or_insert((Vec::new(), i));
+                e.0.push(t.task.task_id.clone());
+                e.1 = e.1.min(i);
+            }
+        }
+        let mut released = 0;
+        let mut failed: Option<usize> = None;
+        for (job_id, dependents) in edges {
+            let first = dependents.values().map(|(_, i)| *i).min().unwrap_or(0);
+            let shard_count = match self.shard_count(job_id).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, job_id, "release failed; will retry");
+                    failed = Some(failed.map_or(first, |f| f.min(first)));
+                    continue;
+                }
+            };
+            let ids: Vec<String> = dependents.keys().map(|d| d.to_string()).collect();
+            let found = match self.store.get_tasks(job_id, shard_count, &ids).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, job_id, "reading dependents failed; will retry");
+                    failed = Some(failed.map_or(first, |f| f.min(first)));
+                    continue;
+                }
+            };
+            for id in &ids {
+                if !found.contains_key(id) {
+                    tracing::error!(job_id, dependent = %id, "dependent task item is missing");
+                }
+            }
+            let work: Vec<(TaskRecord, Vec<String>, usize)> = found
+                .into_values()
+                .filter_map(|d| {
+                    let (deps, i) = dependents.get(d.task_id.as_str())?.clone();
+                    Some((d, deps, i))
+                })
+                .collect();
+            let results: Vec<(usize, Result<bool, StoreError>)> = stream::iter(work)
+                .map(|(d, deps, i)| {
+                    let store = self.store.clone();
+                    async move { (i, store.release_edges(&d, &deps).await) }
+                })
+                .buffer_unordered(EFFECT_CONCURRENCY)
+                .collect()
+                .await;
+            for (i, r) in results {
+                match r {
+                    Ok(true) => released += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, job_id, "release failed; will retry");
+                        failed = Some(failed.map_or(i, |f| f.min(i)));
+                    }
+                }
+            }
+        }
+        match failed {
+            Some(i) => Err(i),
+            None => Ok(released),
+        }
     }
 
     async fn shard_count(&self, job_id: &str) -> Result<u32, FanoutError> {
@@ -376,16 +436,6 @@ impl Fanout {
             tracing::info!(job_id, state = %state, "job finished");
         }
         Ok(closed.then_some(state))
-    }
-}
-
-/// Dependents are written before anything can run, so a missing one means an item was
-/// lost; say so rather than wait forever in silence.
-fn warn_missing(task: &TaskRecord, found: &HashMap<String, TaskRecord>) {
-    for d in &task.dependents {
-        if !found.contains_key(d) {
-            tracing::error!(job_id = %task.job_id, task_id = %task.task_id, dependent = %d, "dependent task item is missing");
-        }
     }
 }
 

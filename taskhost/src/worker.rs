@@ -51,6 +51,14 @@ pub struct Options {
     /// Long-poll wait for an empty queue, in seconds.
     #[arg(long, default_value_t = 2)]
     pub poll_wait_seconds: u64,
+    /// Messages to hold beyond free capacity, so a freed slot starts its next task
+    /// without a round trip to SQS. Held messages stay invisible to other workers.
+    #[arg(long, env = "BATCHPLANE_PREFETCH", default_value_t = 1)]
+    pub prefetch: usize,
+    /// A held message that has not found room this long goes back to the queue, so a
+    /// free worker elsewhere can take it.
+    #[arg(long, default_value_t = 1000)]
+    pub hold_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +174,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let mut running: HashMap<String, Running> = HashMap::new();
-    let mut held: VecDeque<(Delivery, TaskMessage)> = VecDeque::new();
+    let mut held: VecDeque<(Delivery, TaskMessage, Instant)> = VecDeque::new();
     let mut to_delete: Vec<String> = Vec::new();
     let mut deletes: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let (mut cpu_used, mut mem_used) = (0u32, 0u64);
@@ -181,11 +189,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         // Start held tasks that fit now; their claims go out together.
         let mut startable = Vec::new();
         let (mut cpu_plan, mut mem_plan) = (cpu_used, mem_used);
-        while let Some((_, m)) = held.front() {
+        while let Some((_, m, _)) = held.front() {
             if cpu_plan + m.cpu_milli > cpu_total || mem_plan + m.memory_mib > mem_total {
                 break;
             }
-            let Some((d, m)) = held.pop_front() else {
+            let Some((d, m, _)) = held.pop_front() else {
                 break;
             };
             cpu_plan += m.cpu_milli;
@@ -210,6 +218,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 Started::Later => {}
             }
         }
+        // Held too long without room: back to the queue for another worker.
+        let hold = Duration::from_millis(opts.hold_ms);
+        let mut give_back = Vec::new();
+        while let Some((_, _, since)) = held.front() {
+            if since.elapsed() < hold {
+                break;
+            }
+            if let Some((d, _, _)) = held.pop_front() {
+                give_back.push(d.receipt_handle);
+            }
+        }
+        if !give_back.is_empty() {
+            let _ = queues.extend(&url, &give_back, Duration::ZERO).await;
+        }
         if !to_delete.is_empty() {
             // Deleting is bookkeeping: keep it off the path that starts the next task.
             let (queues, url, batch) =
@@ -232,12 +254,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         } else {
             last_busy = Instant::now();
         }
-        // Room for more? Ask for roughly one message per free vCPU.
-        let want = if draining || !held.is_empty() || cpu_used >= cpu_total || mem_used >= mem_total
-        {
+        // Room for more? Ask for roughly one message per free vCPU, plus the prefetch.
+        let free_slots = if cpu_used >= cpu_total || mem_used >= mem_total {
             0
         } else {
-            ((cpu_total - cpu_used) / 1000).clamp(1, 10) as i32
+            ((cpu_total - cpu_used) / 1000).max(1) as usize
+        };
+        // A worker with room asks for exactly that; a full one holds `prefetch` for the
+        // next free slot. Asking for more than the room would hoard work other
+        // workers could start now.
+        let want = if draining {
+            0
+        } else if free_slots > 0 {
+            free_slots.saturating_sub(held.len()).min(10) as i32
+        } else {
+            opts.prefetch.saturating_sub(held.len()).min(10) as i32
         };
         want_tx.send_if_modified(|w| {
             let changed = *w != want;
@@ -273,18 +304,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         let _ = queues.extend(&url, std::slice::from_ref(&d.receipt_handle), Duration::from_secs(5)).await;
                         continue;
                     }
-                    held.push_back((d, m));
+                    held.push_back((d, m, Instant::now()));
                 }
                 // Tell the receiver we took these (it waits for a change).
                 want_tx.send_modify(|w| *w = -1);
             }
+            _ = tokio::time::sleep(Duration::from_millis(opts.hold_ms.max(10))), if !held.is_empty() => {}
             _ = heartbeat.tick() => {
                 keep_alive(&ctx, &running, &held, &queues, &url).await;
             }
             _ = sigterm.recv() => {
                 tracing::info!(worker_id, running = running.len(), "SIGTERM: draining");
                 draining = true;
-                let receipts: Vec<String> = held.drain(..).map(|(d, _)| d.receipt_handle).collect();
+                let receipts: Vec<String> = held.drain(..).map(|(d, _, _)| d.receipt_handle).collect();
                 let _ = queues.extend(&url, &receipts, Duration::ZERO).await;
             }
         }
@@ -307,7 +339,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 async fn keep_alive(
     ctx: &Ctx,
     running: &HashMap<String, Running>,
-    held: &VecDeque<(Delivery, TaskMessage)>,
+    held: &VecDeque<(Delivery, TaskMessage, Instant)>,
     queues: &Queues,
     url: &str,
 ) {
@@ -334,7 +366,7 @@ async fn keep_alive(
     let receipts: Vec<String> = running
         .values()
         .map(|r| r.receipt.clone())
-        .chain(held.iter().map(|(d, _)| d.receipt_handle.clone()))
+        .chain(held.iter().map(|(d, _, _)| d.receipt_handle.clone()))
         .collect();
     if let Err(e) = queues.extend(url, &receipts, ctx.lease).await {
         tracing::warn!(error = %e, "extending message visibility failed");

@@ -1,4 +1,5 @@
 //! The fanout Lambda's entry point: build clients once, handle stream batches.
+#![recursion_limit = "256"]
 
 use lambda_runtime::{run, service_fn, LambdaEvent};
 

@@ -916,30 +916,49 @@ impl Store {
         Ok(tasks)
     }
 
-    /// Release one finished dependency into a waiting task, and make the task RUNNABLE
-    /// when it was the last. Idempotent: the dependency is added to a set, and the
-    /// transition is conditional on PENDING. `dependent` is the task as last read.
-    /// The common case is one write: the last edge sets RUNNABLE in the same update.
+    /// Release one finished dependency into a waiting task; see [`Store::release_edges`].
     pub async fn release_edge(
         &self,
         dependent: &TaskRecord,
         dep: &str,
     ) -> Result<bool, StoreError> {
-        if dependent.state != TaskState::Pending {
+        self.release_edges(dependent, &[dep.to_string()]).await
+    }
+
+    /// Release finished dependencies into a waiting task, and make the task RUNNABLE
+    /// when they were the last. Idempotent: dependencies are added to a set, and the
+    /// transition is conditional on PENDING. `dependent` is the task as last read.
+    /// Usually one write, however many dependencies it carries: the write that
+    /// completes the set also sets RUNNABLE. Returns whether the task became RUNNABLE.
+    pub async fn release_edges(
+        &self,
+        dependent: &TaskRecord,
+        deps: &[String],
+    ) -> Result<bool, StoreError> {
+        if dependent.state != TaskState::Pending || deps.is_empty() {
             return Ok(false);
         }
         let k = key(
             task_pk(&dependent.job_id, dependent.shard),
             task_sk(&dependent.task_id),
         );
-        let already = dependent.deps_done.iter().any(|d| d == dep);
+        let new: Vec<String> = deps
+            .iter()
+            .filter(|d| !dependent.deps_done.contains(d))
+            .cloned()
+            .collect();
         let completes = dependent
             .deps
             .iter()
-            .all(|d| d == dep || dependent.deps_done.contains(d));
+            .all(|d| deps.contains(d) || dependent.deps_done.contains(d));
+        let set = AttributeValue::Ss(if new.is_empty() {
+            deps.to_vec()
+        } else {
+            new.clone()
+        });
         if completes {
-            // The last edge, as far as we saw: add it and release in one write, provided
-            // nobody changed the set since we read it.
+            // The last edges, as far as we saw: add them and release in one write,
+            // provided nobody changed the set since we read it.
             let size_cond = if dependent.deps_done.is_empty() {
                 "attribute_not_exists(deps_done)".to_string()
             } else {
@@ -953,7 +972,7 @@ impl Store {
                 .update_expression("ADD deps_done :d SET #state = :runnable")
                 .condition_expression(format!("#state = :pending AND {size_cond}"))
                 .expression_attribute_names("#state", "state")
-                .expression_attribute_values(":d", AttributeValue::Ss(vec![dep.to_string()]))
+                .expression_attribute_values(":d", set.clone())
                 .expression_attribute_values(":runnable", s(TaskState::Runnable.as_str()))
                 .expression_attribute_values(":pending", s(TaskState::Pending.as_str()))
                 .return_consumed_capacity(ReturnConsumedCapacity::Total);
@@ -964,10 +983,10 @@ impl Store {
             if self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))? {
                 return Ok(true);
             }
-        } else if already {
+        } else if new.is_empty() {
             return Ok(false);
         }
-        // Not the last edge (or a race): add it and look at what the set became.
+        // Not the last edges (or a race): add them and look at what the set became.
         let res = self
             .ddb
             .update_item()
@@ -976,7 +995,7 @@ impl Store {
             .update_expression("ADD deps_done :d")
             .condition_expression("#state = :pending")
             .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":d", AttributeValue::Ss(vec![dep.to_string()]))
+            .expression_attribute_values(":d", set)
             .expression_attribute_values(":pending", s(TaskState::Pending.as_str()))
             .return_values(ReturnValue::AllNew)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
