@@ -299,22 +299,27 @@ impl Store {
         Ok(())
     }
 
-    pub async fn get_job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    /// One item by key, read consistently.
+    async fn read_item(&self, k: Item) -> Result<Option<Item>, StoreError> {
         let out = self
             .ddb
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(job_pk(job_id), META_SK.into())))
+            .set_key(Some(k))
             .consistent_read(true)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(|e| classify("GetItem", e))?;
         record_capacity("GetItem", out.consumed_capacity());
-        Ok(match out.item() {
-            Some(it) => Some(job_from_item(it)?),
-            None => None,
-        })
+        Ok(out.item().cloned())
+    }
+
+    pub async fn get_job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        match self.read_item(key(job_pk(job_id), META_SK.into())).await? {
+            Some(it) => Ok(Some(job_from_item(&it)?)),
+            None => Ok(None),
+        }
     }
 
     /// Move a job's stored state, if it is still one of `from`.
@@ -728,21 +733,7 @@ impl Store {
         task_id: &str,
     ) -> Result<Option<TaskRecord>, StoreError> {
         let shard = crate::domain::ids::task_shard(task_id, shard_count);
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(task_pk(job_id, shard), task_sk(task_id))))
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("GetItem", e))?;
-        record_capacity("GetItem", out.consumed_capacity());
-        Ok(match out.item() {
-            Some(it) => Some(task_from_item(it)?),
-            None => None,
-        })
+        self.get_task_in_shard(job_id, shard, task_id).await
     }
 
     /// Tasks by id (100 a request, consistent reads); missing ids are simply absent.
@@ -1467,19 +1458,13 @@ impl Store {
         shard: u32,
         task_id: &str,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(task_pk(job_id, shard), task_sk(task_id))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify("GetItem", e))?;
-        Ok(match out.item() {
-            Some(it) => Some(task_from_item(it)?),
-            None => None,
-        })
+        match self
+            .read_item(key(task_pk(job_id, shard), task_sk(task_id)))
+            .await?
+        {
+            Some(it) => Ok(Some(task_from_item(&it)?)),
+            None => Ok(None),
+        }
     }
 }
 
