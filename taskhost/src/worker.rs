@@ -211,7 +211,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 Started::Running(r) => {
                     cpu_used += r.cpu_milli;
                     mem_used += r.memory_mib;
-                    running.insert(task_key(m), r);
+                    running.insert(task_key(m), *r);
                     last_busy = Instant::now();
                 }
                 Started::Drop(receipt) => to_delete.push(receipt),
@@ -375,7 +375,7 @@ async fn keep_alive(
 
 /// What became of a delivered message.
 enum Started {
-    Running(Running),
+    Running(Box<Running>),
     /// Nothing to run (finished, exhausted, unreadable): delete the message.
     Drop(String),
     /// Not now (another worker's live lease, or a failed claim): the message comes back.
@@ -431,7 +431,7 @@ async fn start(
         run_attempt(&ctx, &task, kill_rx).await;
         let _ = done.send(Finished { key, receipt });
     });
-    Started::Running(running)
+    Started::Running(Box::new(running))
 }
 
 enum Ending {

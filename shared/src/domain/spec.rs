@@ -123,6 +123,10 @@ impl SpecError {
 /// (and, later, array jobs, which are rules rather than lists).
 pub const MAX_TASKS_PER_REQUEST: usize = 1_000_000;
 
+/// The most bytes of argv and environment one task may carry: a task item must stay
+/// well inside DynamoDB's 400 KB, with room for its attempts and edges.
+pub const MAX_TASK_BYTES: usize = 64 * 1024;
+
 /// Parse a job spec from YAML or JSON text and validate it completely.
 pub fn parse_job_spec(text: &str) -> Result<JobSpec, SpecError> {
     let spec: JobSpec = parse_document(text)?;
@@ -285,6 +289,18 @@ fn validate_tasks(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), 
                 &t.id,
                 "timeout_seconds",
                 "must be at least 1".into(),
+            ));
+        }
+        let size: usize = t.command.iter().map(String::len).sum::<usize>()
+            + t.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if size > MAX_TASK_BYTES {
+            return Err(task_error(
+                "InvalidField",
+                &t.id,
+                "command",
+                format!(
+                    "command and env together are {size} bytes; at most {MAX_TASK_BYTES} (pass large inputs as files)"
+                ),
             ));
         }
         if let Some(key) = t
@@ -542,6 +558,20 @@ tasks:
         let e = err("name: x\ntasks:\n - {id: a, command: [true], dependson: [b]}\n");
         assert_eq!(e.code, "ParseError");
         assert!(e.message.contains("dependson"), "{}", e.message);
+    }
+
+    #[test]
+    fn oversized_task_is_rejected_before_it_reaches_the_store() {
+        let big = "x".repeat(MAX_TASK_BYTES);
+        let e = err(&format!(
+            "name: x\ntasks:\n - {{id: a, command: [echo, {big}]}}\n"
+        ));
+        assert_eq!(e.code, "InvalidField");
+        assert!(
+            e.message.contains("\"a\"") && e.message.contains("bytes"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
