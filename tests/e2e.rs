@@ -517,3 +517,55 @@ tasks:
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_strategy_retries_failures_and_evaluate_on_exit_can_stop_it() {
+    let h = Harness::start(|_| {}).await;
+    let job = h
+        .submit(
+            r#"
+name: retries
+retry_strategy: {attempts: 3}
+tasks:
+  - {id: flaky, command: [sh, -c, 'test "$BATCHPLANE_ATTEMPT" -ge 2']}
+  - {id: always-fails, command: [sh, -c, 'exit 4']}
+  - id: fatal
+    command: [sh, -c, 'exit 3']
+    retry_strategy:
+      attempts: 5
+      evaluate_on_exit:
+        - {on_exit_code: "3", action: EXIT}
+  - id: after-flaky
+    command: ['true']
+    depends_on: [flaky]
+"#,
+        )
+        .await;
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "FAILED", "{done}");
+    let flaky = h.task(&job, "flaky").await;
+    assert_eq!(flaky["state"], "SUCCEEDED", "{flaky}");
+    assert_eq!(flaky["attempt"], 2);
+    let a = attempts(&flaky);
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0]["exit_code"], 1);
+    assert_eq!(a[1]["exit_code"], 0);
+    assert_eq!(h.task(&job, "after-flaky").await["state"], "SUCCEEDED");
+    let always = h.task(&job, "always-fails").await;
+    assert_eq!(always["state"], "FAILED");
+    assert_eq!(
+        attempts(&always).len(),
+        3,
+        "all three attempts used: {always}"
+    );
+    assert_eq!(always["status_reason"], "exit code 4");
+    let fatal = h.task(&job, "fatal").await;
+    assert_eq!(fatal["state"], "FAILED");
+    assert_eq!(
+        attempts(&fatal).len(),
+        1,
+        "the EXIT rule stopped the retries: {fatal}"
+    );
+    assert_eq!(fatal["retry_strategy"]["attempts"], 5);
+    h.shutdown().await;
+}

@@ -4,6 +4,7 @@
 //! on SIGTERM: no running task is interrupted by a scale-down).
 
 use crate::shim::Report;
+use batchplane::domain::retry::{AttemptEnd, RetryAction};
 use batchplane::domain::{AttemptRecord, TaskRecord, TaskState};
 use batchplane::queue::{Delivery, Queues, TaskMessage};
 use batchplane::store::{now_ms, Claim, Heartbeat, Store};
@@ -532,6 +533,7 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
         attempt.cpu_system_seconds = Some(r.cpu_system_seconds);
         attempt.max_rss_kib = Some(r.max_rss_kib);
     }
+    let timed_out = matches!(ending, Ending::TimedOut);
     let (state, reason) = match ending {
         Ending::Killed(Kill::LeaseLost) => {
             // Someone else owns this task now; there is nothing of ours to record.
@@ -581,6 +583,29 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
         },
     };
     attempt.reason = reason.clone();
+    // A failed attempt may be tried again, per the task's retry strategy. A timeout is
+    // final, as in AWS Batch.
+    let (state, reason) = if state == TaskState::Failed && !timed_out {
+        let end = AttemptEnd {
+            exit_code: attempt.exit_code,
+            reason: reason.as_deref(),
+            status_reason: reason.as_deref(),
+        };
+        match task.retry.decide(task.attempt, &end) {
+            RetryAction::Retry => (
+                TaskState::Runnable,
+                Some(format!(
+                    "{}; retrying (attempt {} of {})",
+                    reason.as_deref().unwrap_or("failed"),
+                    task.attempt,
+                    task.retry.attempts
+                )),
+            ),
+            RetryAction::Exit => (state, reason),
+        }
+    } else {
+        (state, reason)
+    };
     match ctx
         .store
         .finish_attempt(task, &ctx.worker_id, state, reason.as_deref(), &attempt)

@@ -4,6 +4,7 @@
 pub mod ids;
 pub mod plan;
 pub mod records;
+pub mod retry;
 pub mod spec;
 pub mod state;
 

@@ -7,6 +7,7 @@
 //! 100-wide barriers: every item stays a few KB (DynamoDB bills an update by the
 //! item's whole size) and no item is written more than 100 times.
 
+use super::retry::RetryStrategy;
 use super::spec::TaskSpec;
 use super::state::TaskState;
 use std::collections::{BTreeMap, HashMap};
@@ -51,6 +52,7 @@ pub struct PlannedTask {
     pub deps: Vec<String>,
     pub dependents: Vec<String>,
     pub state: TaskState,
+    pub retry: RetryStrategy,
 }
 
 impl PlannedTask {
@@ -63,6 +65,7 @@ impl PlannedTask {
             cpu_milli: t.cpu_milli(),
             memory_mib: t.memory_mib,
             timeout_seconds: t.timeout_seconds,
+            retry: t.retry_strategy.clone().unwrap_or_default(),
             deps: t.depends_on.clone(),
             dependents: Vec::new(),
             state: TaskState::Pending,
@@ -81,6 +84,7 @@ impl PlannedTask {
             deps: Vec::new(),
             dependents: Vec::new(),
             state: TaskState::Pending,
+            retry: RetryStrategy::default(),
         }
     }
 }
@@ -215,6 +219,7 @@ mod tests {
             memory_mib: 16,
             timeout_seconds: None,
             depends_on: deps.to_vec(),
+            retry_strategy: None,
         }
     }
 

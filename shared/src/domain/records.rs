@@ -62,6 +62,7 @@ pub struct TaskRecord {
     pub cpu_milli: u32,
     pub memory_mib: u64,
     pub timeout_seconds: Option<u64>,
+    pub retry: super::retry::RetryStrategy,
     pub deps: Vec<String>,
     pub deps_done: Vec<String>,
     pub dependents: Vec<String>,

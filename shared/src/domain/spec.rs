@@ -2,6 +2,7 @@
 //! A spec that fails here writes nothing: every check runs before the first store call.
 
 use super::ids::is_valid_task_id;
+use super::retry::RetryStrategy;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,6 +16,9 @@ pub struct JobSpec {
     pub team: String,
     #[serde(default = "default_queue")]
     pub queue: String,
+    /// The retry strategy of every task that does not give its own.
+    #[serde(default)]
+    pub retry_strategy: Option<RetryStrategy>,
     pub tasks: Vec<TaskSpec>,
 }
 
@@ -36,6 +40,9 @@ pub struct TaskSpec {
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Attempts and `evaluate_on_exit` rules (AWS Batch's retryStrategy).
+    #[serde(default)]
+    pub retry_strategy: Option<RetryStrategy>,
 }
 
 /// Tasks added to a running job under `tasks:` (a bare list is accepted too).
@@ -129,7 +136,21 @@ pub const MAX_TASK_BYTES: usize = 64 * 1024;
 
 /// Parse a job spec from YAML or JSON text and validate it completely.
 pub fn parse_job_spec(text: &str) -> Result<JobSpec, SpecError> {
-    let spec: JobSpec = parse_document(text)?;
+    let mut spec: JobSpec = parse_document(text)?;
+    if let Some(default) = &spec.retry_strategy {
+        default.validate().map_err(|e| {
+            SpecError::new(
+                "InvalidField",
+                format!("field {e}"),
+                json!({"field": "retry_strategy"}),
+            )
+        })?;
+        for t in &mut spec.tasks {
+            if t.retry_strategy.is_none() {
+                t.retry_strategy = Some(default.clone());
+            }
+        }
+    }
     let name = spec.name.trim();
     if name.is_empty() || name.len() > 256 {
         return Err(SpecError::new(
@@ -290,6 +311,10 @@ fn validate_tasks(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), 
                 "timeout_seconds",
                 "must be at least 1".into(),
             ));
+        }
+        if let Some(r) = &t.retry_strategy {
+            r.validate()
+                .map_err(|e| task_error("InvalidField", &t.id, "retry_strategy", e))?;
         }
         let size: usize = t.command.iter().map(String::len).sum::<usize>()
             + t.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
@@ -533,6 +558,7 @@ tasks:
                 } else {
                     vec![]
                 },
+                retry_strategy: None,
             })
             .collect();
         validate_tasks(&tasks, &HashSet::new()).unwrap();
@@ -569,6 +595,24 @@ tasks:
         assert_eq!(e.code, "InvalidField");
         assert!(
             e.message.contains("\"a\"") && e.message.contains("bytes"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn retry_strategy_defaults_from_the_job_and_is_checked() {
+        let spec = parse_job_spec(
+            "name: x\nretry_strategy: {attempts: 3}\ntasks:\n - {id: a, command: ['true']}\n - {id: b, command: ['true'], retry_strategy: {attempts: 1}}\n",
+        )
+        .unwrap();
+        assert_eq!(spec.tasks[0].retry_strategy.as_ref().unwrap().attempts, 3);
+        assert_eq!(spec.tasks[1].retry_strategy.as_ref().unwrap().attempts, 1);
+        let e =
+            err("name: x\ntasks:\n - {id: a, command: ['true'], retry_strategy: {attempts: 0}}\n");
+        assert_eq!(e.details["field"], "retry_strategy");
+        assert!(
+            e.message.contains("\"a\"") && e.message.contains("attempts"),
             "{}",
             e.message
         );

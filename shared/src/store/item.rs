@@ -193,7 +193,14 @@ pub fn new_task_item(
     item.insert("queue".into(), s(queue));
     item.insert("state".into(), s(t.state.as_str()));
     item.insert("attempt".into(), n(0));
-    item.insert("max_attempts".into(), n(max_attempts));
+    // A worker lost mid-task costs an attempt too; the retry strategy can raise the budget.
+    item.insert("max_attempts".into(), n(max_attempts.max(t.retry.attempts)));
+    if t.retry != crate::domain::retry::RetryStrategy::default() {
+        item.insert(
+            "retry".into(),
+            s(serde_json::to_string(&t.retry).unwrap_or_default()),
+        );
+    }
     item.insert("created_at".into(), n(now));
     if !t.command.is_empty() {
         item.insert("command".into(), list_s(&t.command));
@@ -287,6 +294,12 @@ pub fn task_from_item(item: &Item) -> Result<TaskRecord, Malformed> {
         cpu_milli: r.opt_n("cpu_milli")?.unwrap_or(0),
         memory_mib: r.opt_n("memory_mib")?.unwrap_or(0),
         timeout_seconds: r.opt_n("timeout_seconds")?,
+        retry: match r.opt_s("retry")? {
+            Some(json) => {
+                serde_json::from_str(&json).map_err(|e| r.bad("retry", &e.to_string()))?
+            }
+            None => Default::default(),
+        },
         deps: r.strings("deps")?,
         deps_done: r.strings("deps_done")?,
         dependents: r.strings("dependents")?,

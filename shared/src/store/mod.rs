@@ -1356,7 +1356,12 @@ impl Store {
         reason: Option<&str>,
         record: &AttemptRecord,
     ) -> Result<bool, StoreError> {
-        let mut update = "SET #state = :to, finished_at = :now, attempts = list_append(if_not_exists(attempts, :empty), :rec) REMOVE lease_expires".to_string();
+        // A retried attempt goes back to RUNNABLE (the stream re-queues it); only a
+        // terminal state closes the task.
+        let mut sets = vec![
+            "#state = :to",
+            "attempts = list_append(if_not_exists(attempts, :empty), :rec)",
+        ];
         let mut req = self
             .ddb
             .update_item()
@@ -1368,29 +1373,26 @@ impl Store {
             .condition_expression("#state = :running AND attempt = :attempt AND worker_id = :w")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":to", s(state.as_str()))
-            .expression_attribute_values(":now", n(record.finished_at.unwrap_or_else(now_ms)))
             .expression_attribute_values(":empty", AttributeValue::L(vec![]))
             .expression_attribute_values(":rec", AttributeValue::L(vec![attempt_to_value(record)]))
             .expression_attribute_values(":running", s("RUNNING"))
             .expression_attribute_values(":attempt", n(task.attempt))
             .expression_attribute_values(":w", s(worker_id))
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        if state.is_terminal() {
+            sets.push("finished_at = :now");
+            req = req
+                .expression_attribute_values(":now", n(record.finished_at.unwrap_or_else(now_ms)));
+        }
         if let Some(r) = reason {
-            update = update.replacen(
-                "finished_at = :now",
-                "finished_at = :now, reason = :reason",
-                1,
-            );
+            sets.push("reason = :reason");
             req = req.expression_attribute_values(":reason", s(r));
         }
         if let Some(code) = record.exit_code {
-            update = update.replacen(
-                "finished_at = :now",
-                "finished_at = :now, exit_code = :code",
-                1,
-            );
+            sets.push("exit_code = :code");
             req = req.expression_attribute_values(":code", n(code));
         }
+        let update = format!("SET {} REMOVE lease_expires", sets.join(", "));
         let res = req.update_expression(update).send().await;
         self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))
     }
