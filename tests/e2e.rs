@@ -170,6 +170,31 @@ tasks:
         ids,
         vec!["after-after", "after-broken", "broken", "missing"]
     );
+    // The failed element can be re-run here, exactly as it ran.
+    let bp = binary("batchplane");
+    let printed = std::process::Command::new(&bp)
+        .args(["repro", &job, "broken", "--api-url", &h.stack.api_url])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        line.contains(&format!("BATCHPLANE_JOB_ID={job}"))
+            && line.contains("'echo oops >&2; exit 3'"),
+        "{line}"
+    );
+    let rerun = std::process::Command::new(&bp)
+        .args([
+            "repro",
+            &job,
+            "broken",
+            "--run",
+            "--api-url",
+            &h.stack.api_url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(rerun.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&rerun.stderr).contains("oops"));
     h.shutdown().await;
 }
 

@@ -19,6 +19,10 @@ impl Api {
         })
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     async fn check(resp: reqwest::Response) -> anyhow::Result<Value> {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);

@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod dev;
 mod jobs;
+mod repro;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -66,6 +67,14 @@ enum Command {
         attempt: Option<u32>,
         #[arg(long)]
         stderr: bool,
+    },
+    /// The exact command line and environment a task ran with, shell-quoted; with --run,
+    /// run it here.
+    Repro {
+        job: String,
+        task: String,
+        #[arg(long)]
+        run: bool,
     },
     /// Cancel a job: waiting tasks end CANCELLED, running ones are killed.
     Cancel { job: String },
@@ -153,6 +162,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             stderr,
         } => jobs::logs(&api()?, job, task, *attempt, *stderr).await,
         Command::Cancel { job } => jobs::cancel(&api()?, job).await,
+        Command::Repro { job, task, run } => {
+            let api = api()?;
+            repro::run(&api, api.base(), job, task, *run).await
+        }
         Command::Add { job, file } => jobs::add(&api()?, job, file).await,
         Command::Dev { command } => dev::run(command).await,
         Command::Demo {
