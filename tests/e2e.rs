@@ -594,3 +594,30 @@ tasks:
     assert_eq!(fatal["retry_strategy"]["attempts"], 5);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_carry_sampled_memory_and_no_gpu_figures_without_a_gpu() {
+    let h = Harness::start(|o| o.workers = 1).await;
+    let job = h
+        .submit(
+            "name: memory\ntasks:\n  - {id: big, command: [python3, -c, 'x = bytearray(200 * 1024 * 1024); import time; time.sleep(0.5)']}\n",
+        )
+        .await;
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    let big = h.task(&job, "big").await;
+    let a = &attempts(&big)[0];
+    let peak = a["peak_rss_kib"].as_u64().unwrap();
+    assert!(
+        peak >= 200 * 1024,
+        "sampled peak RSS covers the 200 MiB: {a}"
+    );
+    assert!(a["avg_rss_kib"].as_u64().unwrap() <= peak);
+    assert!(a["wall_seconds"].as_f64().unwrap() >= 0.5);
+    // This machine has no GPU: the GPU figures are absent, not zero.
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        assert!(a.get("gpu_peak_memory_mib").is_none(), "{a}");
+        assert!(a.get("gpu_utilization_percent").is_none(), "{a}");
+    }
+    h.shutdown().await;
+}

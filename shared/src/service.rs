@@ -134,6 +134,14 @@ pub struct AttemptView {
     pub cpu_user_seconds: Option<f64>,
     pub cpu_system_seconds: Option<f64>,
     pub max_rss_kib: Option<u64>,
+    pub avg_rss_kib: Option<u64>,
+    pub peak_rss_kib: Option<u64>,
+    pub wall_seconds: Option<f64>,
+    /// Absent (not zero) where the worker has no GPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_peak_memory_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_utilization_percent: Option<f64>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
 }
@@ -172,6 +180,11 @@ fn attempt_view(a: &AttemptRecord) -> AttemptView {
         cpu_user_seconds: a.cpu_user_seconds,
         cpu_system_seconds: a.cpu_system_seconds,
         max_rss_kib: a.max_rss_kib,
+        avg_rss_kib: a.avg_rss_kib,
+        peak_rss_kib: a.peak_rss_kib,
+        wall_seconds: a.finished_at.map(|f| (f - a.started_at) as f64 / 1000.0),
+        gpu_peak_memory_mib: a.gpu_peak_memory_mib,
+        gpu_utilization_percent: a.gpu_utilization_percent,
         stdout: a.stdout.clone(),
         stderr: a.stderr.clone(),
     }

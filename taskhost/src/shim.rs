@@ -17,6 +17,16 @@ pub struct Report {
     pub max_rss_kib: u64,
     /// Set when the command could not be started at all.
     pub spawn_error: Option<String>,
+    /// Resident memory of the task's processes, sampled every 100 ms.
+    #[serde(default)]
+    pub avg_rss_kib: u64,
+    #[serde(default)]
+    pub peak_rss_kib: u64,
+    /// Present only where a GPU (NVML) is.
+    #[serde(default)]
+    pub gpu_peak_memory_mib: Option<u64>,
+    #[serde(default)]
+    pub gpu_utilization_percent: Option<f64>,
 }
 
 fn seconds(tv: nix::sys::time::TimeVal) -> f64 {
@@ -39,6 +49,35 @@ fn watch_parent() {
     });
 }
 
+/// Run the command and sample its process tree until it exits.
+fn run_sampled(
+    argv: &[String],
+) -> std::io::Result<(std::process::ExitStatus, crate::sampler::Usage)> {
+    let mut child = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .spawn()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    let mut sampler = crate::sampler::Sampler::new();
+    loop {
+        sampler.sample();
+        if rx
+            .recv_timeout(std::time::Duration::from_millis(100))
+            .is_ok()
+        {
+            break;
+        }
+    }
+    let status = waiter
+        .join()
+        .map_err(|_| std::io::Error::other("the waiting thread panicked"))??;
+    Ok((status, sampler.usage()))
+}
+
 pub fn main(args: &[String]) -> i32 {
     let (report_path, argv) = match args {
         [flag, path, sep, argv @ ..] if flag == "--report" && sep == "--" && !argv.is_empty() => {
@@ -51,11 +90,14 @@ pub fn main(args: &[String]) -> i32 {
     };
     let mut report = Report::default();
     watch_parent();
-    match std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .status()
-    {
-        Ok(status) => {
+    match run_sampled(&argv) {
+        Ok((status, usage)) => {
+            report.avg_rss_kib = usage.avg_rss_kib;
+            report.peak_rss_kib = usage.peak_rss_kib;
+            if let Some(gpu) = usage.gpu {
+                report.gpu_peak_memory_mib = Some(gpu.peak_memory_mib);
+                report.gpu_utilization_percent = Some(gpu.utilization_percent);
+            }
             report.exit_code = status.code();
             report.signal = status.signal();
             if let Ok(usage) =

@@ -532,6 +532,10 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
         attempt.cpu_user_seconds = Some(r.cpu_user_seconds);
         attempt.cpu_system_seconds = Some(r.cpu_system_seconds);
         attempt.max_rss_kib = Some(r.max_rss_kib);
+        attempt.avg_rss_kib = Some(r.avg_rss_kib);
+        attempt.peak_rss_kib = Some(r.peak_rss_kib);
+        attempt.gpu_peak_memory_mib = r.gpu_peak_memory_mib;
+        attempt.gpu_utilization_percent = r.gpu_utilization_percent;
     }
     let timed_out = matches!(ending, Ending::TimedOut);
     let (state, reason) = match ending {

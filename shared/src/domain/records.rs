@@ -38,6 +38,12 @@ pub struct AttemptRecord {
     pub cpu_user_seconds: Option<f64>,
     pub cpu_system_seconds: Option<f64>,
     pub max_rss_kib: Option<u64>,
+    /// Resident memory of the task's processes sampled while it ran (every 100 ms).
+    pub avg_rss_kib: Option<u64>,
+    pub peak_rss_kib: Option<u64>,
+    /// GPU figures for the task's own processes; absent where the worker has no GPU.
+    pub gpu_peak_memory_mib: Option<u64>,
+    pub gpu_utilization_percent: Option<f64>,
     /// Where this attempt's stdout and stderr are (`file://…` locally; S3 or CloudWatch
     /// Logs URIs in AWS).
     pub stdout: Option<String>,

@@ -244,6 +244,14 @@ pub fn attempt_to_value(a: &AttemptRecord) -> AttributeValue {
     opt(&mut m, "cpu_user_seconds", a.cpu_user_seconds.map(n));
     opt(&mut m, "cpu_system_seconds", a.cpu_system_seconds.map(n));
     opt(&mut m, "max_rss_kib", a.max_rss_kib.map(n));
+    opt(&mut m, "avg_rss_kib", a.avg_rss_kib.map(n));
+    opt(&mut m, "peak_rss_kib", a.peak_rss_kib.map(n));
+    opt(&mut m, "gpu_peak_memory_mib", a.gpu_peak_memory_mib.map(n));
+    opt(
+        &mut m,
+        "gpu_utilization_percent",
+        a.gpu_utilization_percent.map(n),
+    );
     opt(&mut m, "stdout", a.stdout.clone().map(s));
     opt(&mut m, "stderr", a.stderr.clone().map(s));
     AttributeValue::M(m)
@@ -262,6 +270,10 @@ fn attempt_from_value(item: &Item) -> Result<AttemptRecord, Malformed> {
         cpu_user_seconds: r.opt_n("cpu_user_seconds")?,
         cpu_system_seconds: r.opt_n("cpu_system_seconds")?,
         max_rss_kib: r.opt_n("max_rss_kib")?,
+        avg_rss_kib: r.opt_n("avg_rss_kib")?,
+        peak_rss_kib: r.opt_n("peak_rss_kib")?,
+        gpu_peak_memory_mib: r.opt_n("gpu_peak_memory_mib")?,
+        gpu_utilization_percent: r.opt_n("gpu_utilization_percent")?,
         stdout: r.opt_s("stdout")?,
         stderr: r.opt_s("stderr")?,
     })

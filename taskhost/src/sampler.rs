@@ -1,0 +1,151 @@
+//! Samples a running task's process tree (the shim's process group): resident memory,
+//! peak and average, and, where NVIDIA's NVML library loads, the GPU memory and SM
+//! utilisation of the task's own processes. With no GPU the GPU figures are absent, not
+//! zero.
+
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use std::collections::HashSet;
+
+/// What the samples add up to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub peak_rss_kib: u64,
+    pub avg_rss_kib: u64,
+    /// Present only where NVML is.
+    pub gpu: Option<GpuUsage>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuUsage {
+    /// GPUs NVML sees on this machine.
+    pub devices: u32,
+    /// The most GPU memory the task's processes held at once, MiB.
+    pub peak_memory_mib: u64,
+    /// Mean SM utilisation of the task's processes over the samples NVML kept, percent
+    /// (0 when the task never used a GPU).
+    pub utilization_percent: f64,
+}
+
+pub struct Sampler {
+    pgid: i32,
+    me: i32,
+    page_kib: u64,
+    rss_sum: u128,
+    samples: u64,
+    peak_rss_kib: u64,
+    nvml: Option<nvml_wrapper::Nvml>,
+    gpu_peak_bytes: u64,
+    util_sum: u64,
+    util_samples: u64,
+    last_util_ts: Option<u64>,
+}
+
+impl Sampler {
+    pub fn new() -> Sampler {
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as u64;
+        Sampler {
+            pgid: nix::unistd::getpgrp().as_raw(),
+            me: std::process::id() as i32,
+            page_kib: (page / 1024).max(1),
+            rss_sum: 0,
+            samples: 0,
+            peak_rss_kib: 0,
+            // Loads libnvidia-ml at run time; absent on machines without a GPU.
+            nvml: nvml_wrapper::Nvml::init().ok(),
+            gpu_peak_bytes: 0,
+            util_sum: 0,
+            util_samples: 0,
+            last_util_ts: None,
+        }
+    }
+
+    /// The task's processes: this process group, less the shim itself.
+    fn task_pids(&self) -> Vec<i32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| *pid != self.me)
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        // After the command name in parentheses: state, ppid, pgrp, …
+                        let rest = &stat[stat.rfind(')')? + 2..];
+                        rest.split_whitespace().nth(2)?.parse::<i32>().ok()
+                    })
+                    == Some(self.pgid)
+            })
+            .collect()
+    }
+
+    fn rss_kib(&self, pid: i32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/statm"))
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|pages| pages * self.page_kib)
+            .unwrap_or(0)
+    }
+
+    /// Take one sample.
+    pub fn sample(&mut self) {
+        let pids = self.task_pids();
+        let rss: u64 = pids.iter().map(|p| self.rss_kib(*p)).sum();
+        self.rss_sum += u128::from(rss);
+        self.samples += 1;
+        self.peak_rss_kib = self.peak_rss_kib.max(rss);
+        if let Some(nvml) = &self.nvml {
+            let ours: HashSet<u32> = pids.iter().map(|p| *p as u32).collect();
+            let mut bytes = 0u64;
+            let mut newest = self.last_util_ts;
+            let count = nvml.device_count().unwrap_or(0);
+            for i in 0..count {
+                let Ok(dev) = nvml.device_by_index(i) else {
+                    continue;
+                };
+                for p in dev.running_compute_processes().unwrap_or_default() {
+                    if let (true, UsedGpuMemory::Used(b)) =
+                        (ours.contains(&p.pid), p.used_gpu_memory)
+                    {
+                        bytes += b;
+                    }
+                }
+                for s in dev
+                    .process_utilization_stats(self.last_util_ts)
+                    .unwrap_or_default()
+                {
+                    if ours.contains(&s.pid) {
+                        self.util_sum += u64::from(s.sm_util);
+                        self.util_samples += 1;
+                    }
+                    newest = Some(newest.map_or(s.timestamp, |n: u64| n.max(s.timestamp)));
+                }
+            }
+            self.last_util_ts = newest;
+            self.gpu_peak_bytes = self.gpu_peak_bytes.max(bytes);
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            peak_rss_kib: self.peak_rss_kib,
+            avg_rss_kib: if self.samples == 0 {
+                0
+            } else {
+                (self.rss_sum / u128::from(self.samples)) as u64
+            },
+            gpu: self.nvml.as_ref().map(|nvml| GpuUsage {
+                devices: nvml.device_count().unwrap_or(0),
+                peak_memory_mib: self.gpu_peak_bytes.div_ceil(1024 * 1024),
+                utilization_percent: if self.util_samples == 0 {
+                    0.0
+                } else {
+                    self.util_sum as f64 / self.util_samples as f64
+                },
+            }),
+        }
+    }
+}
