@@ -207,26 +207,35 @@ async fn batch_counts_are_recorded_once_and_survive_folding() {
     let mut delta = TaskCounts::default();
     delta.add(TaskState::Runnable, -1);
     delta.add(TaskState::Succeeded, 1);
+    let usage = batchplane::domain::Usage {
+        attempts: 1.0,
+        cpu_seconds_requested: 2.0,
+        cpu_seconds_used: 0.5,
+        memory_mib_seconds_requested: 1024.0,
+        memory_mib_seconds_used: 256.0,
+    };
     for i in 0..60 {
+        let key = format!("{i:03}-{i:03}");
         assert!(store
-            .put_batch_counts(&job, &format!("{i:03}-{i:03}"), &delta)
+            .put_batch_counts(&job, &key, &delta, &usage)
             .await
             .unwrap());
     }
-    assert!(
-        !store
-            .put_batch_counts(&job, "007-007", &delta)
-            .await
-            .unwrap(),
-        "a retried batch is refused"
-    );
-    let (before, items) = store.job_counts(&job).await.unwrap();
+    let retried = store
+        .put_batch_counts(&job, "007-007", &delta, &usage)
+        .await
+        .unwrap();
+    assert!(!retried, "a retried batch is refused");
+    let (before, used_before, items) = store.job_counts(&job).await.unwrap();
     assert_eq!(items, 60);
     assert_eq!(before.get(TaskState::Succeeded), 60);
+    assert_eq!(used_before.attempts, 60.0);
+    assert_eq!(used_before.cpu_seconds_requested, 120.0);
     store.fold_counts(&job).await.unwrap();
-    let (after, items) = store.job_counts(&job).await.unwrap();
+    let (after, used_after, items) = store.job_counts(&job).await.unwrap();
     assert!(items < 60, "folded into the base item");
     assert_eq!(after, before);
+    assert_eq!(used_after, used_before, "folding keeps the usage sums");
 }
 
 #[tokio::test]

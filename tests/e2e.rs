@@ -621,3 +621,43 @@ async fn attempts_carry_sampled_memory_and_no_gpu_figures_without_a_gpu() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_reports_requested_versus_used_cpu_and_memory() {
+    let h = Harness::start(|_| {}).await;
+    let job = h
+        .submit(
+            r#"
+name: usage
+tasks:
+  - {id: idle, command: [sleep, "1"], cpu: 2, memory_mib: 1024}
+  - {id: busy, command: [python3, -c, "import time\nt = time.time()\nwhile time.time() - t < 1: pass"], cpu: 1, memory_mib: 256}
+"#,
+        )
+        .await;
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    let u = &done["usage"];
+    assert_eq!(u["attempts"], 2.0, "{u}");
+    let requested = u["cpu_seconds_requested"].as_f64().unwrap();
+    let used = u["cpu_seconds_used"].as_f64().unwrap();
+    // idle reserves 2 vCPUs for ~1 s and uses none; busy reserves 1 for ~1 s and uses it.
+    assert!((2.9..6.0).contains(&requested), "{u}");
+    assert!((0.7..2.0).contains(&used), "{u}");
+    let mem_req = u["memory_mib_seconds_requested"].as_f64().unwrap();
+    let mem_used = u["memory_mib_seconds_used"].as_f64().unwrap();
+    assert!(
+        mem_req >= 1024.0 + 256.0 && mem_used > 0.0 && mem_used < mem_req,
+        "{u}"
+    );
+    let out = std::process::Command::new(binary("batchplane"))
+        .args(["usage", &job, "--api-url", &h.stack.api_url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cpu") && text.contains("memory") && text.contains('%'),
+        "{text}"
+    );
+    h.shutdown().await;
+}

@@ -337,3 +337,49 @@ pub async fn add(api: &Api, job_id: &str, file: &Path) -> anyhow::Result<u8> {
     println!("added {} tasks to {job_id}", resp["added"]);
     Ok(0)
 }
+
+pub async fn usage(api: &Api, job_id: &str, output: Output) -> anyhow::Result<u8> {
+    let job = api.get(&format!("/v1/jobs/{job_id}")).await?;
+    let u = &job["usage"];
+    if let Output::Json = output {
+        println!("{}", serde_json::to_string_pretty(u)?);
+        return Ok(0);
+    }
+    let f = |k: &str| u[k].as_f64().unwrap_or(0.0);
+    let ratio = |used: f64, requested: f64| {
+        if requested > 0.0 {
+            format!("{:.1}%", 100.0 * used / requested)
+        } else {
+            "-".into()
+        }
+    };
+    println!(
+        "job {job_id} ({}), {} attempts measured",
+        job["name"].as_str().unwrap_or(""),
+        f("attempts")
+    );
+    println!(
+        "{:<8} {:>16} {:>16} {:>8}",
+        "", "requested", "used", "used/req"
+    );
+    let (cr, cu) = (f("cpu_seconds_requested"), f("cpu_seconds_used"));
+    println!(
+        "{:<8} {:>14.1} s {:>14.1} s {:>8}",
+        "cpu",
+        cr,
+        cu,
+        ratio(cu, cr)
+    );
+    let (mr, mu) = (
+        f("memory_mib_seconds_requested") / 3600.0 / 1024.0,
+        f("memory_mib_seconds_used") / 3600.0 / 1024.0,
+    );
+    println!(
+        "{:<8} {:>12.4} GiB·h {:>12.4} GiB·h {:>8}",
+        "memory",
+        mr,
+        mu,
+        ratio(mu, mr)
+    );
+    Ok(0)
+}

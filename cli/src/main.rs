@@ -76,6 +76,12 @@ enum Command {
         #[arg(long)]
         run: bool,
     },
+    /// Requested versus used CPU and memory of a job's measured attempts.
+    Usage {
+        job: String,
+        #[arg(short = 'o', long, default_value = "text")]
+        output: jobs::Output,
+    },
     /// Cancel a job: waiting tasks end CANCELLED, running ones are killed.
     Cancel { job: String },
     /// Add tasks (a YAML or JSON list, or `tasks:`) to a running job.
@@ -162,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             stderr,
         } => jobs::logs(&api()?, job, task, *attempt, *stderr).await,
         Command::Cancel { job } => jobs::cancel(&api()?, job).await,
+        Command::Usage { job, output } => jobs::usage(&api()?, job, *output).await,
         Command::Repro { job, task, run } => {
             let api = api()?;
             repro::run(&api, api.base(), job, task, *run).await

@@ -7,7 +7,7 @@
 //! Records arrive at least once; every effect is conditional, so applying a record twice
 //! changes nothing.
 
-use crate::domain::{JobState, TaskCounts, TaskKind, TaskRecord, TaskState};
+use crate::domain::{JobState, TaskCounts, TaskKind, TaskRecord, TaskState, Usage};
 use crate::queue::{Queues, TaskMessage};
 use crate::store::item::{is_task_item, task_from_item, Item};
 use crate::store::{Store, StoreError};
@@ -347,7 +347,7 @@ impl Fanout {
             return Ok(());
         };
         let batch_key = format!("{}-{}", first.sequence_number(), last.sequence_number());
-        let mut per_job: HashMap<String, (TaskCounts, Option<i64>, bool)> = HashMap::new();
+        let mut per_job: HashMap<String, (TaskCounts, Option<i64>, bool, Usage)> = HashMap::new();
         for c in done {
             let Change::Task(t) = c else { continue };
             if t.task.kind != TaskKind::Command || t.old_state == Some(t.task.state) {
@@ -365,13 +365,24 @@ impl Fanout {
             if t.task.state.is_terminal() {
                 entry.2 = true;
             }
+            // An attempt that ran to its end (finished, or failed and retried) is measured.
+            if t.old_state == Some(TaskState::Running) {
+                if let Some(u) = t
+                    .task
+                    .attempts
+                    .last()
+                    .and_then(|a| Usage::of_attempt(t.task.cpu_milli, t.task.memory_mib, a))
+                {
+                    entry.3.add(&u);
+                }
+            }
         }
-        for (job_id, (counts, started, finished_some)) in per_job {
+        for (job_id, (counts, started, finished_some, usage)) in per_job {
             if counts.is_empty() {
                 continue;
             }
             self.store
-                .put_batch_counts(&job_id, &batch_key, &counts)
+                .put_batch_counts(&job_id, &batch_key, &counts, &usage)
                 .await?;
             if let Some(at) = started {
                 let known = self
@@ -405,7 +416,7 @@ impl Fanout {
         if job.state.is_terminal() {
             return Ok(None);
         }
-        let (counts, items) = self.store.job_counts(job_id).await?;
+        let (counts, _, items) = self.store.job_counts(job_id).await?;
         if items > 50 {
             self.store.fold_counts(job_id).await?;
         }

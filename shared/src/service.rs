@@ -95,6 +95,8 @@ pub struct JobView {
     pub finished_at: Option<String>,
     pub total_tasks: u64,
     pub task_counts: BTreeMap<String, u64>,
+    /// Requested versus used CPU and memory over the attempts measured so far.
+    pub usage: crate::domain::Usage,
 }
 
 /// A task as the API shows it.
@@ -330,8 +332,10 @@ impl Service {
 
     pub async fn get_job(&self, job_id: &str) -> Result<JobView, ApiError> {
         let job = self.job(job_id).await?;
-        let (counts, _) = self.store.job_counts(job_id).await?;
-        Ok(job_view(&job, &counts))
+        let (counts, usage, _) = self.store.job_counts(job_id).await?;
+        let mut view = job_view(&job, &counts);
+        view.usage = usage;
+        Ok(view)
     }
 
     pub async fn list_tasks(
@@ -574,6 +578,7 @@ pub fn job_view(job: &JobRecord, counts: &TaskCounts) -> JobView {
             .iter()
             .map(|st| (st.as_str().to_string(), counts.get(*st)))
             .collect(),
+        usage: Default::default(),
     }
 }
 

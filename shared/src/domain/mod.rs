@@ -9,6 +9,6 @@ pub mod spec;
 pub mod state;
 
 pub use plan::{plan_addition, plan_job, ExistingEdge, PlannedTask, TaskKind, MAX_EDGES};
-pub use records::{AttemptRecord, JobRecord, TaskRecord};
+pub use records::{AttemptRecord, JobRecord, TaskRecord, Usage};
 pub use spec::{parse_job_spec, parse_task_list, validate_addition, JobSpec, SpecError, TaskSpec};
 pub use state::{JobState, TaskCounts, TaskState};

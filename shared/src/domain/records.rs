@@ -90,3 +90,96 @@ impl TaskRecord {
         self.deps.iter().all(|d| self.deps_done.contains(d))
     }
 }
+
+/// Requested versus used resources, summed over measured attempts: the "requested vs
+/// used" table that shows how much of what tasks reserve they actually use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub attempts: f64,
+    pub cpu_seconds_requested: f64,
+    pub cpu_seconds_used: f64,
+    pub memory_mib_seconds_requested: f64,
+    pub memory_mib_seconds_used: f64,
+}
+
+impl Usage {
+    /// Field names as stored (`u_…` attributes of count items).
+    pub const FIELDS: [&'static str; 5] = [
+        "attempts",
+        "cpu_seconds_requested",
+        "cpu_seconds_used",
+        "memory_mib_seconds_requested",
+        "memory_mib_seconds_used",
+    ];
+
+    /// What one finished attempt of a task asking for `cpu_milli` and `memory_mib` used.
+    pub fn of_attempt(cpu_milli: u32, memory_mib: u64, a: &AttemptRecord) -> Option<Usage> {
+        let wall = (a.finished_at? - a.started_at).max(0) as f64 / 1000.0;
+        Some(Usage {
+            attempts: 1.0,
+            cpu_seconds_requested: f64::from(cpu_milli) / 1000.0 * wall,
+            cpu_seconds_used: a.cpu_user_seconds.unwrap_or(0.0)
+                + a.cpu_system_seconds.unwrap_or(0.0),
+            memory_mib_seconds_requested: memory_mib as f64 * wall,
+            memory_mib_seconds_used: a.avg_rss_kib.unwrap_or(0) as f64 / 1024.0 * wall,
+        })
+    }
+
+    pub fn values(&self) -> [f64; 5] {
+        [
+            self.attempts,
+            self.cpu_seconds_requested,
+            self.cpu_seconds_used,
+            self.memory_mib_seconds_requested,
+            self.memory_mib_seconds_used,
+        ]
+    }
+
+    pub fn from_values(v: [f64; 5]) -> Usage {
+        Usage {
+            attempts: v[0],
+            cpu_seconds_requested: v[1],
+            cpu_seconds_used: v[2],
+            memory_mib_seconds_requested: v[3],
+            memory_mib_seconds_used: v[4],
+        }
+    }
+
+    pub fn add(&mut self, other: &Usage) {
+        let (a, b) = (self.values(), other.values());
+        *self = Usage::from_values(std::array::from_fn(|i| a[i] + b[i]));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attempts == 0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_of_an_attempt_is_reserved_times_wall_time_versus_measured() {
+        let a = AttemptRecord {
+            started_at: 1_000,
+            finished_at: Some(3_000),
+            cpu_user_seconds: Some(0.5),
+            cpu_system_seconds: Some(0.25),
+            avg_rss_kib: Some(256 * 1024),
+            ..Default::default()
+        };
+        let u = Usage::of_attempt(2000, 1024, &a).unwrap();
+        assert_eq!(u.cpu_seconds_requested, 4.0);
+        assert_eq!(u.cpu_seconds_used, 0.75);
+        assert_eq!(u.memory_mib_seconds_requested, 2048.0);
+        assert_eq!(u.memory_mib_seconds_used, 512.0);
+        let mut sum = u.clone();
+        sum.add(&u);
+        assert_eq!(sum.attempts, 2.0);
+        assert!(
+            Usage::of_attempt(1000, 1, &AttemptRecord::default()).is_none(),
+            "unfinished"
+        );
+    }
+}

@@ -360,3 +360,16 @@ pub fn job_state_of(item: &Item) -> Option<JobState> {
         _ => None,
     }
 }
+
+/// Usage sums on a count item: attributes `u_<field>`.
+pub fn usage_attr(field: &str) -> String {
+    format!("u_{field}")
+}
+
+pub fn usage_from_item(item: &Item) -> crate::domain::Usage {
+    let get = |f: &str| match item.get(&usage_attr(f)) {
+        Some(AttributeValue::N(v)) => v.parse::<f64>().unwrap_or(0.0),
+        _ => 0.0,
+    };
+    crate::domain::Usage::from_values(crate::domain::Usage::FIELDS.map(get))
+}

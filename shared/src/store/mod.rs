@@ -7,6 +7,7 @@ pub mod item;
 
 use crate::domain::{
     AttemptRecord, JobRecord, JobState, PlannedTask, TaskCounts, TaskKind, TaskRecord, TaskState,
+    Usage,
 };
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
@@ -486,11 +487,17 @@ impl Store {
         job_id: &str,
         batch_key: &str,
         counts: &TaskCounts,
+        usage: &Usage,
     ) -> Result<bool, StoreError> {
         let mut it = key(job_pk(job_id), format!("{COUNTS_PREFIX}{batch_key}"));
         for (st, delta) in &counts.0 {
             if *delta != 0 {
                 it.insert(counts_attr(*st), n(*delta));
+            }
+        }
+        if !usage.is_empty() {
+            for (field, v) in Usage::FIELDS.iter().zip(usage.values()) {
+                it.insert(usage_attr(field), n(v));
             }
         }
         let res = self
@@ -505,10 +512,12 @@ impl Store {
         self.conditional("PutItem", res.map(|o| o.consumed_capacity().cloned()))
     }
 
-    /// A job's counts of tasks by state: the sum of its batch count items. Returns how
-    /// many items were summed too, so callers can fold them when they pile up.
-    pub async fn job_counts(&self, job_id: &str) -> Result<(TaskCounts, usize), StoreError> {
+    /// A job's counts of tasks by state and its resource usage: the sum of its batch
+    /// count items. Returns how many items were summed too, so callers can fold them
+    /// when they pile up.
+    pub async fn job_counts(&self, job_id: &str) -> Result<(TaskCounts, Usage, usize), StoreError> {
         let mut total = TaskCounts::default();
+        let mut usage = Usage::default();
         let mut items = 0;
         let mut start: Option<Item> = None;
         loop {
@@ -528,6 +537,7 @@ impl Store {
             record_capacity("Query", out.consumed_capacity());
             for it in out.items() {
                 total.merge(&counts_from_item(it));
+                usage.add(&usage_from_item(it));
                 items += 1;
             }
             match out.last_evaluated_key() {
@@ -535,7 +545,7 @@ impl Store {
                 None => break,
             }
         }
-        Ok((total, items))
+        Ok((total, usage, items))
     }
 
     /// Fold batch count items into `C#base`, 99 at a time, each fold one transaction, so
@@ -565,8 +575,10 @@ impl Store {
             return Ok(());
         }
         let mut sum = TaskCounts::default();
+        let mut usage = Usage::default();
         for it in &batch {
             sum.merge(&counts_from_item(it));
+            usage.add(&usage_from_item(it));
         }
         use aws_sdk_dynamodb::types::{Delete, TransactWriteItem, Update};
         let mut update_parts = Vec::new();
@@ -574,6 +586,12 @@ impl Store {
         for (i, (st, delta)) in sum.0.iter().enumerate() {
             update_parts.push(format!("{} :v{i}", counts_attr(*st)));
             values.insert(format!(":v{i}"), n(*delta));
+        }
+        if !usage.is_empty() {
+            for (i, (field, v)) in Usage::FIELDS.iter().zip(usage.values()).enumerate() {
+                update_parts.push(format!("{} :u{i}", usage_attr(field)));
+                values.insert(format!(":u{i}"), n(v));
+            }
         }
         let mut items = Vec::new();
         if !update_parts.is_empty() {
