@@ -27,6 +27,8 @@ pub struct GpuUsage {
 }
 
 pub struct Sampler {
+    /// The task's own process (the shim's child).
+    root: Option<i32>,
     pgid: i32,
     me: i32,
     page_kib: u64,
@@ -41,12 +43,13 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new() -> Sampler {
+    pub fn new(root: Option<u32>) -> Sampler {
         let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
             .ok()
             .flatten()
             .unwrap_or(4096) as u64;
         Sampler {
+            root: root.map(|p| p as i32),
             pgid: nix::unistd::getpgrp().as_raw(),
             me: std::process::id() as i32,
             page_kib: (page / 1024).max(1),
@@ -62,8 +65,38 @@ impl Sampler {
         }
     }
 
-    /// The task's processes: this process group, less the shim itself.
+    /// The task's processes: its root and every descendant, found through
+    /// `/proc/<pid>/task/<tid>/children` (a few small reads); where the kernel lacks
+    /// those files, every process in the shim's process group.
     fn task_pids(&self) -> Vec<i32> {
+        let Some(root) = self.root else {
+            return Vec::new();
+        };
+        if !std::path::Path::new(&format!("/proc/{root}/task/{root}/children")).exists() {
+            return self.group_pids();
+        }
+        let mut pids = vec![root];
+        let mut i = 0;
+        while i < pids.len() {
+            let pid = pids[i];
+            i += 1;
+            let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for t in threads.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                pids.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+        pids
+    }
+
+    fn group_pids(&self) -> Vec<i32> {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };

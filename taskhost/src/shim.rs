@@ -56,13 +56,14 @@ fn run_sampled(
     let mut child = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .spawn()?;
+    let root = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let status = child.wait();
         let _ = tx.send(());
         status
     });
-    let mut sampler = crate::sampler::Sampler::new();
+    let mut sampler = crate::sampler::Sampler::new(Some(root));
     loop {
         sampler.sample();
         if rx
