@@ -283,7 +283,10 @@ async fn run_scenario(
     let in_process = diff(&metrics::snapshot(), &before);
     let latencies = release_latencies(&api, &job_id, &scenario.spec).await?;
     let metrics_dir = stack.opts.metrics_dir.clone().context("metrics dir")?;
+    let store = stack.service.store.clone();
     stack.shutdown().await?;
+    // Each scenario starts on an emulator without the last one's table in its memory.
+    store.delete_table().await?;
     let mut counts = in_process;
     for entry in std::fs::read_dir(&metrics_dir)? {
         let worker: RequestCounts = serde_json::from_slice(&std::fs::read(entry?.path())?)?;

@@ -54,11 +54,12 @@ pub struct Options {
     pub poll_wait_seconds: u64,
     /// Messages to hold beyond free capacity, so a freed slot starts its next task
     /// without a round trip to SQS. Held messages stay invisible to other workers.
-    #[arg(long, env = "BATCHPLANE_PREFETCH", default_value_t = 1)]
+    #[arg(long, env = "BATCHPLANE_PREFETCH", default_value_t = 4)]
     pub prefetch: usize,
     /// A held message that has not found room this long goes back to the queue, so a
-    /// free worker elsewhere can take it.
-    #[arg(long, default_value_t = 1000)]
+    /// free worker elsewhere can take it. Longer than most short tasks, so a full
+    /// worker's next task is usually already in hand when a slot frees.
+    #[arg(long, env = "BATCHPLANE_HOLD_MS", default_value_t = 5000)]
     pub hold_ms: u64,
 }
 
@@ -76,9 +77,14 @@ struct Running {
     kill: watch::Sender<Option<Kill>>,
 }
 
-struct Finished {
-    key: String,
-    receipt: String,
+/// What a running attempt tells the worker loop.
+enum Progress {
+    /// The process has ended: its CPU and memory are free for the next task.
+    SlotFree { key: String },
+    /// The attempt is over. `receipt` is the message to delete, present only when the
+    /// result was recorded: otherwise the message must come back (after the lease
+    /// lapses) so the task is not left RUNNING with nobody to finish it.
+    Done { receipt: Option<String> },
 }
 
 struct Ctx {
@@ -173,7 +179,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         })
     };
 
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Progress>();
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut held: VecDeque<(Delivery, TaskMessage, Instant)> = VecDeque::new();
     let mut to_delete: Vec<String> = Vec::new();
@@ -278,18 +284,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         });
 
         tokio::select! {
-            Some(f) = done_rx.recv() => {
-                if let Some(r) = running.remove(&f.key) {
-                    cpu_used -= r.cpu_milli;
-                    mem_used -= r.memory_mib;
-                }
-                to_delete.push(f.receipt);
-                while let Ok(f) = done_rx.try_recv() {
-                    if let Some(r) = running.remove(&f.key) {
-                        cpu_used -= r.cpu_milli;
-                        mem_used -= r.memory_mib;
+            Some(first) = done_rx.recv() => {
+                let mut next = Some(first);
+                while let Some(p) = next {
+                    match p {
+                        Progress::SlotFree { key } => {
+                            if let Some(r) = running.remove(&key) {
+                                cpu_used -= r.cpu_milli;
+                                mem_used -= r.memory_mib;
+                            }
+                        }
+                        Progress::Done { receipt } => to_delete.extend(receipt),
                     }
-                    to_delete.push(f.receipt);
+                    next = done_rx.try_recv().ok();
                 }
             }
             Some(batch) = deliveries_rx.recv() => {
@@ -389,7 +396,7 @@ async fn start(
     ctx: &Arc<Ctx>,
     d: &Delivery,
     m: &TaskMessage,
-    done: &mpsc::UnboundedSender<Finished>,
+    done: &mpsc::UnboundedSender<Progress>,
     queues: &Queues,
     url: &str,
 ) -> Started {
@@ -429,8 +436,13 @@ async fn start(
     let key = task_key(m);
     let receipt = d.receipt_handle.clone();
     tokio::spawn(async move {
-        run_attempt(&ctx, &task, kill_rx).await;
-        let _ = done.send(Finished { key, receipt });
+        let recorded = run_attempt(&ctx, &task, kill_rx, || {
+            let _ = done.send(Progress::SlotFree { key });
+        })
+        .await;
+        let _ = done.send(Progress::Done {
+            receipt: recorded.then_some(receipt),
+        });
     });
     Started::Running(Box::new(running))
 }
@@ -478,7 +490,14 @@ async fn kill_requested(kill: &mut watch::Receiver<Option<Kill>>) -> Kill {
     }
 }
 
-async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Option<Kill>>) {
+/// Run one attempt and record how it ended; `slot_free` is called as soon as the process
+/// has ended, before the result is written. Returns whether the result was recorded.
+async fn run_attempt(
+    ctx: &Ctx,
+    task: &TaskRecord,
+    mut kill: watch::Receiver<Option<Kill>>,
+    slot_free: impl FnOnce(),
+) -> bool {
     let started_at = task.started_at.unwrap_or_else(now_ms);
     let dir = ctx.log_dir.join(&task.job_id).join(&task.task_id);
     let stdout_path = dir.join(format!("attempt-{}.stdout", task.attempt));
@@ -515,6 +534,7 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
             }
         }
     };
+    slot_free();
     let report: Option<Report> = std::fs::read(&report_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -540,8 +560,9 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
     let timed_out = matches!(ending, Ending::TimedOut);
     let (state, reason) = match ending {
         Ending::Killed(Kill::LeaseLost) => {
-            // Someone else owns this task now; there is nothing of ours to record.
-            return;
+            // Someone else owns this task now; there is nothing of ours to record, and
+            // the message is theirs to delete.
+            return false;
         }
         Ending::Killed(Kill::Cancelled) => {
             (TaskState::Cancelled, Some("job cancelled".to_string()))
@@ -616,13 +637,16 @@ async fn run_attempt(ctx: &Ctx, task: &TaskRecord, mut kill: watch::Receiver<Opt
         .await
     {
         Ok(true) => {
-            tracing::info!(job_id = %task.job_id, task_id = %task.task_id, state = %state, "task finished")
+            tracing::info!(job_id = %task.job_id, task_id = %task.task_id, state = %state, "task finished");
+            true
         }
         Ok(false) => {
-            tracing::warn!(task_id = %task.task_id, "lease lost before the result was recorded")
+            tracing::warn!(task_id = %task.task_id, "lease lost before the result was recorded");
+            false
         }
         Err(e) => {
-            tracing::error!(error = %e, task_id = %task.task_id, "recording the result failed; the lease will lapse and the task run again")
+            tracing::error!(error = %e, task_id = %task.task_id, "recording the result failed; the lease will lapse and the task run again");
+            false
         }
     }
 }

@@ -229,6 +229,15 @@ impl Store {
         })
     }
 
+    /// Delete the table (local stacks and benchmarks clean up after themselves).
+    pub async fn delete_table(&self) -> Result<(), StoreError> {
+        match self.ddb.delete_table().table_name(&self.table).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(()),
+            Err(e) => Err(classify("DeleteTable", e)),
+        }
+    }
+
     /// The table's stream ARN (the local stack polls it).
     pub async fn stream_arn(&self) -> Result<Option<String>, StoreError> {
         let d = self
