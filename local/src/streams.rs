@@ -62,6 +62,30 @@ fn to_event_record(r: &aws_sdk_dynamodbstreams::types::Record, arn: &str) -> Eve
     rec
 }
 
+/// An iterator for a shard: from its start, or at a sequence number (to retry from the
+/// record a batch failed at).
+async fn shard_iterator(
+    client: &aws_sdk_dynamodbstreams::Client,
+    stream_arn: &str,
+    shard_id: &str,
+    at: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let kind = if at.is_some() {
+        ShardIteratorType::AtSequenceNumber
+    } else {
+        ShardIteratorType::TrimHorizon
+    };
+    let out = client
+        .get_shard_iterator()
+        .stream_arn(stream_arn)
+        .shard_id(shard_id)
+        .shard_iterator_type(kind)
+        .set_sequence_number(at)
+        .send()
+        .await?;
+    Ok(out.shard_iterator().map(str::to_string))
+}
+
 /// Poll `stream_arn` until `stop` turns true, invoking the fanout for each batch.
 pub async fn poll(
     client: aws_sdk_dynamodbstreams::Client,
@@ -93,14 +117,8 @@ pub async fn poll(
                     if iterators.contains_key(&id) {
                         continue;
                     }
-                    let it = client
-                        .get_shard_iterator()
-                        .stream_arn(&stream_arn)
-                        .shard_id(&id)
-                        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                        .send()
-                        .await?;
-                    iterators.insert(id, it.shard_iterator().map(str::to_string));
+                    let it = shard_iterator(&client, &stream_arn, &id, None).await?;
+                    iterators.insert(id, it);
                 }
                 match desc.last_evaluated_shard_id() {
                     Some(s) => start = Some(s.to_string()),
@@ -127,14 +145,8 @@ pub async fn poll(
                     tracing::warn!(error = %aws_sdk_dynamodbstreams::error::DisplayErrorContext(&e), shard_id, "GetRecords failed");
                     // An expired iterator: start again from the shard's beginning;
                     // every effect is idempotent.
-                    let it = client
-                        .get_shard_iterator()
-                        .stream_arn(&stream_arn)
-                        .shard_id(&shard_id)
-                        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                        .send()
-                        .await?;
-                    iterators.insert(shard_id, it.shard_iterator().map(str::to_string));
+                    let it = shard_iterator(&client, &stream_arn, &shard_id, None).await?;
+                    iterators.insert(shard_id, it);
                     continue;
                 }
             };
@@ -159,15 +171,7 @@ pub async fn poll(
                 if let Some(seq) = failed_at {
                     // Resume from the failed record, after a pause, as Lambda retries.
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    let it = client
-                        .get_shard_iterator()
-                        .stream_arn(&stream_arn)
-                        .shard_id(&shard_id)
-                        .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                        .sequence_number(seq)
-                        .send()
-                        .await?;
-                    next = it.shard_iterator().map(str::to_string);
+                    next = shard_iterator(&client, &stream_arn, &shard_id, Some(seq)).await?;
                 }
             }
             iterators.insert(shard_id, next);

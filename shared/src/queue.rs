@@ -50,6 +50,12 @@ pub enum QueueError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("building a {operation} request: {source}")]
+    Build {
+        operation: &'static str,
+        #[source]
+        source: aws_sdk_sqs::error::BuildError,
+    },
     #[error("SQS {operation}: {failed} of the batch's entries failed ({first})")]
     PartialBatch {
         operation: &'static str,
@@ -170,9 +176,12 @@ impl Queues {
                         .id(id)
                         .message_body(body)
                         .build()
-                        .expect("entry has id and body")
+                        .map_err(|source| QueueError::Build {
+                            operation: "SendMessageBatch",
+                            source,
+                        })
                 })
-                .collect();
+                .collect::<Result<Vec<_>, _>>()?;
             let out = self
                 .sqs
                 .send_message_batch()
@@ -249,9 +258,12 @@ impl Queues {
                         .id(i.to_string())
                         .receipt_handle(r)
                         .build()
-                        .expect("entry has id and receipt")
+                        .map_err(|source| QueueError::Build {
+                            operation: "DeleteMessageBatch",
+                            source,
+                        })
                 })
-                .collect();
+                .collect::<Result<Vec<_>, _>>()?;
             self.sqs
                 .delete_message_batch()
                 .queue_url(url)
@@ -280,9 +292,12 @@ impl Queues {
                         .receipt_handle(r)
                         .visibility_timeout(visibility.as_secs() as i32)
                         .build()
-                        .expect("entry has id and receipt")
+                        .map_err(|source| QueueError::Build {
+                            operation: "ChangeMessageVisibilityBatch",
+                            source,
+                        })
                 })
-                .collect();
+                .collect::<Result<Vec<_>, _>>()?;
             self.sqs
                 .change_message_visibility_batch()
                 .queue_url(url)

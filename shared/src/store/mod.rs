@@ -45,6 +45,12 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Malformed(#[from] Malformed),
+    #[error("building a {operation} request: {source}")]
+    Build {
+        operation: &'static str,
+        #[source]
+        source: aws_sdk_dynamodb::error::BuildError,
+    },
     #[error("{operation}: {remaining} items still unprocessed after retries")]
     Unprocessed {
         operation: &'static str,
@@ -177,30 +183,39 @@ impl Store {
                 .attribute_name(name)
                 .attribute_type(ScalarAttributeType::S)
                 .build()
-                .expect("attribute definition has its required fields")
+                .map_err(|source| StoreError::Build {
+                    operation: "CreateTable",
+                    source,
+                })
         };
         let key = |name: &str, kt: KeyType| {
             KeySchemaElement::builder()
                 .attribute_name(name)
                 .key_type(kt)
                 .build()
-                .expect("key schema has its required fields")
+                .map_err(|source| StoreError::Build {
+                    operation: "CreateTable",
+                    source,
+                })
         };
         let res = self
             .ddb
             .create_table()
             .table_name(&self.table)
-            .attribute_definitions(attr("pk"))
-            .attribute_definitions(attr("sk"))
-            .key_schema(key("pk", KeyType::Hash))
-            .key_schema(key("sk", KeyType::Range))
+            .attribute_definitions(attr("pk")?)
+            .attribute_definitions(attr("sk")?)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
             .billing_mode(BillingMode::PayPerRequest)
             .stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
                     .stream_view_type(StreamViewType::NewAndOldImages)
                     .build()
-                    .expect("stream specification has its required fields"),
+                    .map_err(|source| StoreError::Build {
+                        operation: "CreateTable",
+                        source,
+                    })?,
             )
             .send()
             .await;
@@ -696,7 +711,7 @@ impl Store {
             .iter()
             .map(|t| {
                 let shard = crate::domain::ids::task_shard(&t.id, shard_count);
-                WriteRequest::builder()
+                Ok(WriteRequest::builder()
                     .put_request(
                         PutRequest::builder()
                             .set_item(Some(new_task_item(
@@ -708,11 +723,14 @@ impl Store {
                                 t,
                             )))
                             .build()
-                            .expect("put request has its item"),
+                            .map_err(|source| StoreError::Build {
+                                operation: "BatchWriteItem",
+                                source,
+                            })?,
                     )
-                    .build()
+                    .build())
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
         let chunks: Vec<Vec<WriteRequest>> = requests.chunks(25).map(|c| c.to_vec()).collect();
         stream::iter(chunks)
             .map(|chunk| self.batch_write(chunk))
@@ -802,7 +820,10 @@ impl Store {
                                 .set_keys(Some(std::mem::take(&mut keys)))
                                 .consistent_read(true)
                                 .build()
-                                .expect("keys are set"),
+                                .map_err(|source| StoreError::Build {
+                                    operation: "BatchGetItem",
+                                    source,
+                                })?,
                         )
                         .return_consumed_capacity(ReturnConsumedCapacity::Total)
                         .send()
