@@ -641,14 +641,15 @@ tasks:
     assert_eq!(u["attempts"], 2.0, "{u}");
     let requested = u["cpu_seconds_requested"].as_f64().unwrap();
     let used = u["cpu_seconds_used"].as_f64().unwrap();
-    // idle reserves 2 vCPUs for at least 1 s and uses almost none; busy does a fixed
-    // amount of real CPU work, however loaded the machine is.
+    // idle reserves 2 vCPUs and 1024 MiB for at least 1 s and uses almost none; busy
+    // does a fixed amount of real CPU work whose wall time depends on the machine, so
+    // only idle's share of the request is certain.
     assert!(requested >= 2.0, "{u}");
     assert!(used >= 0.1 && used < requested, "{u}");
     let mem_req = u["memory_mib_seconds_requested"].as_f64().unwrap();
     let mem_used = u["memory_mib_seconds_used"].as_f64().unwrap();
     assert!(
-        mem_req >= 1024.0 + 256.0 && mem_used > 0.0 && mem_used < mem_req,
+        mem_req >= 1024.0 && mem_used > 0.0 && mem_used < mem_req,
         "{u}"
     );
     let out = std::process::Command::new(binary("batchplane"))
