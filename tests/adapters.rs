@@ -42,6 +42,10 @@ async fn stored_job(store: &Store, spec: &str) -> (String, u32) {
             total_tasks: plan.len() as u64,
             shard_count: shards,
             cancel_requested: false,
+            array: None,
+            gates_met: 0,
+            dispatched: 0,
+            dependents: vec![],
         })
         .await
         .unwrap();
@@ -157,7 +161,7 @@ async fn a_lapsed_lease_is_taken_over_and_the_old_holder_is_shut_out() {
             .await
             .unwrap(),
         Heartbeat::Held {
-            cancel_requested: false
+            cancel_requested: false,
         }
     ));
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -293,6 +297,7 @@ async fn queue_round_trip_and_unknown_queue() {
             shard: 1,
             cpu_milli: 250,
             memory_mib: 64,
+            array_child: false,
         })
         .collect();
     queues.send("default", &msgs).await.unwrap();

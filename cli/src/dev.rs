@@ -34,6 +34,10 @@ pub struct StackArgs {
     /// Task lease, seconds.
     #[arg(long, default_value_t = 30)]
     pub lease_seconds: u64,
+    /// Queues the workers serve, comma-separated, in the order they are polled when job
+    /// queues do not say otherwise (AWS Batch job queues created later need listing here).
+    #[arg(long, value_delimiter = ',', default_value = "default")]
+    pub queues: Vec<String>,
     /// Where the stack keeps its pid, logs and task output.
     #[arg(long, default_value = ".batchplane/dev")]
     pub state_dir: PathBuf,
@@ -103,6 +107,7 @@ async fn start_stack(args: &StackArgs) -> anyhow::Result<(Emulators, LocalStack)
     opts.worker_cpus = args.worker_cpus;
     opts.worker_memory_mib = args.worker_memory_mib;
     opts.lease_seconds = args.lease_seconds;
+    opts.queues = args.queues.clone();
     let stack = LocalStack::start(opts).await?;
     Ok((emulators, stack))
 }
@@ -162,6 +167,8 @@ pub async fn run(cmd: &DevCommand) -> anyhow::Result<u8> {
                 .arg(args.worker_memory_mib.to_string())
                 .arg("--lease-seconds")
                 .arg(args.lease_seconds.to_string())
+                .arg("--queues")
+                .arg(args.queues.join(","))
                 .arg("--state-dir")
                 .arg(&args.state_dir)
                 .stdin(std::process::Stdio::null())

@@ -36,6 +36,8 @@ pub struct StackOptions {
     pub poller: PollerOptions,
     /// Where workers write their request counts on exit (benchmarks).
     pub metrics_dir: Option<PathBuf>,
+    /// Children of one array job queued at once.
+    pub job_window: u32,
 }
 
 impl StackOptions {
@@ -58,6 +60,7 @@ impl StackOptions {
             taskhost: taskhost_exe()?,
             poller: PollerOptions::default(),
             metrics_dir: None,
+            job_window: 256,
         })
     }
 }
@@ -113,6 +116,7 @@ impl LocalStack {
             store: store.clone(),
             queues: Queues::new(clients.sqs.clone(), opts.queue_prefix.clone()),
             max_attempts: 3,
+            job_window: opts.job_window,
         });
         let fanout = Arc::new(Fanout::new(
             store.clone(),
@@ -187,7 +191,7 @@ impl LocalStack {
         ]
     }
 
-    /// Start one more taskhost on the first queue; returns its pid.
+    /// Start one more taskhost on the stack's queues; returns its pid.
     pub fn spawn_worker(&mut self) -> anyhow::Result<u32> {
         let n = self.workers.len();
         let dir = self.opts.log_dir.join("workers");
@@ -195,7 +199,7 @@ impl LocalStack {
         let log = std::fs::File::create(dir.join(format!("worker-{n}.log")))?;
         let mut cmd = Command::new(&self.opts.taskhost);
         cmd.arg("--queue")
-            .arg(&self.opts.queues[0])
+            .arg(self.opts.queues.join(","))
             .arg("--worker-id")
             .arg(format!("local-{n}-{}", std::process::id()))
             .arg("--cpus")

@@ -21,6 +21,9 @@ pub struct Config {
     pub lease: Duration,
     /// `BATCHPLANE_MAX_ATTEMPTS`: how many times a task whose worker vanished is claimed.
     pub max_attempts: u32,
+    /// `BATCHPLANE_JOB_WINDOW`: children of one array job queued at once; what a job
+    /// submitted later waits behind, per job ahead of it.
+    pub job_window: u32,
     /// `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_SQS`: local emulators.
     pub endpoints: Endpoints,
 }
@@ -32,6 +35,7 @@ impl Default for Config {
             queue_prefix: "batchplane-".into(),
             lease: Duration::from_secs(30),
             max_attempts: 3,
+            job_window: 256,
             endpoints: Endpoints::default(),
         }
     }
@@ -66,6 +70,8 @@ impl Config {
             queue_prefix: var("BATCHPLANE_QUEUE_PREFIX").unwrap_or(d.queue_prefix),
             lease: Duration::from_secs(lease),
             max_attempts: number("BATCHPLANE_MAX_ATTEMPTS", u64::from(d.max_attempts))? as u32,
+            job_window: number("BATCHPLANE_JOB_WINDOW", u64::from(d.job_window))?.clamp(1, 100_000)
+                as u32,
             endpoints: Endpoints {
                 dynamodb: var("AWS_ENDPOINT_URL_DYNAMODB"),
                 sqs: var("AWS_ENDPOINT_URL_SQS"),

@@ -7,9 +7,10 @@
 //! Records arrive at least once; every effect is conditional, so applying a record twice
 //! changes nothing.
 
+use crate::domain::JobRecord;
 use crate::domain::{JobState, TaskCounts, TaskKind, TaskRecord, TaskState, Usage};
 use crate::queue::{Queues, TaskMessage};
-use crate::store::item::{is_task_item, task_from_item, Item};
+use crate::store::item::{is_job_item, is_task_item, job_from_item, task_from_item, Item};
 use crate::store::{Store, StoreError};
 use aws_lambda_events::event::dynamodb::EventRecord;
 use futures::{stream, StreamExt};
@@ -23,11 +24,20 @@ pub struct TaskChange {
     pub task: TaskRecord,
 }
 
+/// One job item change from the stream, decoded.
+#[derive(Debug, Clone)]
+pub struct JobChange {
+    pub sequence_number: String,
+    pub old_state: Option<JobState>,
+    pub job: JobRecord,
+}
+
 /// A stream record as the fanout sees it.
 #[derive(Debug, Clone)]
 pub enum Change {
     Task(Box<TaskChange>),
-    /// Job, counter and key items: nothing to do today.
+    Job(Box<JobChange>),
+    /// Counter, marker and key items: nothing to do.
     Other {
         sequence_number: String,
     },
@@ -37,6 +47,7 @@ impl Change {
     pub fn sequence_number(&self) -> &str {
         match self {
             Change::Task(t) => &t.sequence_number,
+            Change::Job(j) => &j.sequence_number,
             Change::Other { sequence_number } => sequence_number,
         }
     }
@@ -60,6 +71,17 @@ pub fn decode_record(record: &EventRecord) -> Result<Change, FanoutError> {
     let seq = record.change.sequence_number.clone().unwrap_or_default();
     let new: Item = record.change.new_image.clone().into();
     let old: Item = record.change.old_image.clone().into();
+    if record.event_name != "REMOVE" && is_job_item(&new) {
+        let job = job_from_item(&new).map_err(|e| FanoutError::BadRecord {
+            sequence_number: seq.clone(),
+            problem: e.to_string(),
+        })?;
+        return Ok(Change::Job(Box::new(JobChange {
+            sequence_number: seq,
+            old_state: crate::store::item::job_state_of(&old),
+            job,
+        })));
+    }
     if record.event_name == "REMOVE" || !is_task_item(&new) {
         return Ok(Change::Other {
             sequence_number: seq,
@@ -132,6 +154,11 @@ impl Fanout {
             }
         }
 
+        // Array jobs: dispatch windows and the rules between jobs.
+        if let Err(failed) = self.array_effects(changes, &mut outcome).await {
+            first_failed = first_failed.min(failed);
+        }
+
         // Release dependents of succeeded tasks: the batch's edges into one dependent
         // go in one write, so a fan-in whose dependencies finish together is cheap.
         match self.release_all(changes).await {
@@ -152,6 +179,7 @@ impl Fanout {
                             shard: t.task.shard,
                             cpu_milli: t.task.cpu_milli,
                             memory_mib: t.task.memory_mib,
+                            array_child: t.task.index.is_some(),
                         },
                     ));
                 }
@@ -437,7 +465,7 @@ impl Fanout {
             .store
             .close_job(
                 job_id,
-                &[JobState::Submitted, JobState::Pending],
+                &[JobState::Submitted, JobState::Pending, JobState::Runnable],
                 state,
                 reason.as_deref(),
                 job.total_tasks,

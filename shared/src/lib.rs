@@ -3,7 +3,9 @@
 //! (`service` for the API, `fanout` for the stream) and the worker's claim/report calls.
 
 pub mod aws;
+pub mod batch_api;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod fanout;
 pub mod metrics;

@@ -28,11 +28,17 @@ pub struct TaskMessage {
     pub cpu_milli: u32,
     #[serde(rename = "m", default)]
     pub memory_mib: u64,
+    /// A child of an array job: its item may not exist yet, and its command comes from
+    /// the job's template.
+    #[serde(rename = "a", default, skip_serializing_if = "std::ops::Not::not")]
+    pub array_child: bool,
 }
 
 /// A received message.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The queue it came from (where it is deleted or handed back).
+    pub queue_url: String,
     pub receipt_handle: String,
     pub message: Option<TaskMessage>,
     pub body: String,
@@ -234,6 +240,7 @@ impl Queues {
             .map(|m| {
                 let body = m.body().unwrap_or_default().to_string();
                 Delivery {
+                    queue_url: url.to_string(),
                     receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
                     message: serde_json::from_str(&body).ok(),
                     receive_count: m

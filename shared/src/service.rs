@@ -3,9 +3,10 @@
 //! requests onto these and [`ApiError`]s onto status codes.
 
 use crate::domain::ids::{is_valid_job_id, is_valid_task_id, new_job_id, shard_count_for};
+use crate::domain::spec::{parse_submission, Submission};
 use crate::domain::{
-    parse_job_spec, parse_task_list, plan_addition, plan_job, validate_addition, AttemptRecord,
-    JobRecord, JobState, SpecError, TaskCounts, TaskKind, TaskRecord, TaskState, MAX_EDGES,
+    parse_task_list, plan_addition, plan_job, validate_addition, AttemptRecord, JobRecord,
+    JobState, SpecError, TaskCounts, TaskKind, TaskRecord, TaskState, MAX_EDGES,
 };
 use crate::queue::{QueueError, Queues};
 use crate::store::{now_ms, Store, StoreError};
@@ -95,8 +96,21 @@ pub struct JobView {
     pub finished_at: Option<String>,
     pub total_tasks: u64,
     pub task_counts: BTreeMap<String, u64>,
+    /// Single and array jobs: children (absent for a single job), the job definition's
+    /// ARN, whether children run one at a time. Their children are tasks `0`, `1`, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayView>,
     /// Requested versus used CPU and memory over the attempts measured so far.
     pub usage: crate::domain::Usage,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArrayView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_definition: Option<String>,
+    pub sequential: bool,
 }
 
 /// A task as the API shows it.
@@ -229,6 +243,8 @@ pub struct Service {
     pub queues: Queues,
     /// Attempts a task gets when its worker vanishes.
     pub max_attempts: u32,
+    /// Children of an array job queued at once (before its share's weight).
+    pub job_window: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -246,6 +262,31 @@ pub struct Added {
 }
 
 impl Service {
+    /// Claim `key` for `job_id`; the job it already named, if another submission claimed
+    /// it first.
+    async fn claim_idempotency(
+        &self,
+        team: &str,
+        key: Option<&str>,
+        job_id: &str,
+    ) -> Result<Option<Submitted>, ApiError> {
+        let Some(k) = key else { return Ok(None) };
+        if k.is_empty() || k.len() > 256 {
+            return Err(ApiError::bad_request(
+                "header Idempotency-Key: must be 1 to 256 characters",
+                json!({"header": "Idempotency-Key"}),
+            ));
+        }
+        Ok(self
+            .store
+            .claim_idempotency_key(team, k, job_id)
+            .await?
+            .map(|existing| Submitted {
+                job_id: existing,
+                created: false,
+            }))
+    }
+
     /// Validate, then store a job: the job item (SUBMITTED), its tasks in batches, then
     /// the job marked PENDING. A spec that fails validation writes nothing; a store
     /// failure part-way marks the job FAILED with the cause.
@@ -254,27 +295,31 @@ impl Service {
         body: &str,
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, ApiError> {
-        let spec = parse_job_spec(body)?;
+        let spec = match parse_submission(body)? {
+            Submission::Dag(spec) => spec,
+            Submission::Array(spec) => {
+                let job_id = new_job_id(now_ms());
+                if let Some(existing) = self
+                    .claim_idempotency(&spec.team, idempotency_key, &job_id)
+                    .await?
+                {
+                    return Ok(existing);
+                }
+                let job_id = self.submit_native_array(job_id, spec).await?;
+                return Ok(Submitted {
+                    job_id,
+                    created: true,
+                });
+            }
+        };
         self.queues.url(&spec.queue).await?;
         let now = now_ms();
         let job_id = new_job_id(now);
-        if let Some(k) = idempotency_key {
-            if k.is_empty() || k.len() > 256 {
-                return Err(ApiError::bad_request(
-                    "header Idempotency-Key: must be 1 to 256 characters",
-                    json!({"header": "Idempotency-Key"}),
-                ));
-            }
-            if let Some(existing) = self
-                .store
-                .claim_idempotency_key(&spec.team, k, &job_id)
-                .await?
-            {
-                return Ok(Submitted {
-                    job_id: existing,
-                    created: false,
-                });
-            }
+        if let Some(existing) = self
+            .claim_idempotency(&spec.team, idempotency_key, &job_id)
+            .await?
+        {
+            return Ok(existing);
         }
         let plan = plan_job(&spec.tasks);
         let shard_count = shard_count_for(plan.len());
@@ -291,6 +336,10 @@ impl Service {
             total_tasks: spec.tasks.len() as u64,
             shard_count,
             cancel_requested: false,
+            array: None,
+            gates_met: 0,
+            dispatched: 0,
+            dependents: vec![],
         };
         self.store.put_job(&job).await?;
         if let Err(e) = self
@@ -558,6 +607,7 @@ impl Service {
 }
 
 pub fn job_view(job: &JobRecord, counts: &TaskCounts) -> JobView {
+    let counts = &crate::domain::batch::child_counts(job, counts);
     let state = if job.state.is_terminal() || job.state == JobState::Submitted {
         job.state
     } else {
@@ -578,6 +628,11 @@ pub fn job_view(job: &JobRecord, counts: &TaskCounts) -> JobView {
             .iter()
             .map(|st| (st.as_str().to_string(), counts.get(*st)))
             .collect(),
+        array: job.array.as_ref().map(|a| ArrayView {
+            size: a.array_size,
+            job_definition: a.job_definition.clone(),
+            sequential: a.sequential,
+        }),
         usage: Default::default(),
     }
 }

@@ -4,6 +4,7 @@
 
 mod sampler;
 mod shim;
+mod templates;
 mod worker;
 
 use clap::Parser;

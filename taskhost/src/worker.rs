@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, watch};
     about = "Run Batchplane tasks from a queue as unix processes"
 )]
 pub struct Options {
-    /// The Batchplane queue (worker pool) to take tasks from.
+    /// The Batchplane queues (job queues) to take tasks from, comma-separated. Where a
+    /// queue is a registered job queue, higher priority is served first.
     #[arg(long, env = "BATCHPLANE_QUEUE", default_value = "default")]
     pub queue: String,
     /// This worker's id in attempts and leases (default: host name and pid).
@@ -71,6 +72,7 @@ enum Kill {
 
 struct Running {
     task: TaskRecord,
+    queue_url: String,
     receipt: String,
     cpu_milli: u32,
     memory_mib: u64,
@@ -84,16 +86,18 @@ enum Progress {
     /// The attempt is over. `receipt` is the message to delete, present only when the
     /// result was recorded: otherwise the message must come back (after the lease
     /// lapses) so the task is not left RUNNING with nobody to finish it.
-    Done { receipt: Option<String> },
+    Done { receipt: Option<(String, String)> },
 }
 
 struct Ctx {
     store: Store,
+    jobs: crate::templates::JobCache,
     worker_id: String,
     lease: Duration,
     log_dir: PathBuf,
     api_url: Option<String>,
     exe: PathBuf,
+    max_attempts: u32,
 }
 
 fn machine_memory_mib() -> u64 {
@@ -118,7 +122,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let clients = batchplane::aws::Clients::new(&config.endpoints).await;
     let store = Store::new(clients.dynamodb, config.table.clone());
     let queues = Arc::new(Queues::new(clients.sqs, config.queue_prefix.clone()));
-    let url = queues.url(&opts.queue).await?;
+    let names: Vec<String> = opts
+        .queue
+        .split(',')
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(String::from)
+        .collect();
+    let names = crate::templates::by_priority(&store, names).await;
+    let mut urls = Vec::new();
+    for q in &names {
+        urls.push(queues.url(q).await?);
+    }
     let worker_id = opts.worker_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -133,21 +148,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .round() as u32;
     let mem_total = opts.memory_mib.unwrap_or_else(machine_memory_mib);
     let ctx = Arc::new(Ctx {
+        jobs: crate::templates::JobCache::new(store.clone()),
         store,
         worker_id: worker_id.clone(),
         lease: config.lease,
         log_dir: std::path::absolute(&opts.log_dir)?,
         api_url: opts.api_url.clone(),
+        max_attempts: config.max_attempts,
         exe: std::env::current_exe()?,
     });
-    tracing::info!(worker_id, queue = %opts.queue, cpus = f64::from(cpu_total) / 1000.0, memory_mib = mem_total, "taskhost started");
+    tracing::info!(worker_id, queues = ?names, cpus = f64::from(cpu_total) / 1000.0, memory_mib = mem_total, "taskhost started");
 
     // The receiver asks SQS for as many messages as the worker has room for (`want`).
     let (want_tx, mut want_rx) = watch::channel(0i32);
     let (deliveries_tx, mut deliveries_rx) = mpsc::channel::<Vec<Delivery>>(4);
     let receiver = {
         let queues = queues.clone();
-        let url = url.clone();
+        let urls = urls.clone();
         let wait = Duration::from_secs(opts.poll_wait_seconds);
         let visibility = config.lease;
         tokio::spawn(async move {
@@ -159,7 +176,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     }
                     continue;
                 }
-                match queues.receive(&url, want, wait, visibility).await {
+                match crate::templates::receive_in_order(&queues, &urls, want, wait, visibility)
+                    .await
+                {
                     Ok(d) if d.is_empty() => {}
                     Ok(d) => {
                         if deliveries_tx.send(d).await.is_err() {
@@ -182,7 +201,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Progress>();
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut held: VecDeque<(Delivery, TaskMessage, Instant)> = VecDeque::new();
-    let mut to_delete: Vec<String> = Vec::new();
+    let mut to_delete: Vec<(String, String)> = Vec::new();
     let mut deletes: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let (mut cpu_used, mut mem_used) = (0u32, 0u64);
     let mut last_busy = Instant::now();
@@ -210,7 +229,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let outcomes = futures::future::join_all(
             startable
                 .iter()
-                .map(|(d, m)| start(&ctx, d, m, &done_tx, &queues, &url)),
+                .map(|(d, m)| start(&ctx, d, m, &done_tx, &queues)),
         )
         .await;
         for ((_, m), outcome) in startable.iter().zip(outcomes) {
@@ -233,19 +252,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 break;
             }
             if let Some((d, _, _)) = held.pop_front() {
-                give_back.push(d.receipt_handle);
+                give_back.push((d.queue_url, d.receipt_handle));
             }
         }
         if !give_back.is_empty() {
-            let _ = queues.extend(&url, &give_back, Duration::ZERO).await;
+            extend_all(&queues, give_back, Duration::ZERO).await;
         }
         if !to_delete.is_empty() {
             // Deleting is bookkeeping: keep it off the path that starts the next task.
-            let (queues, url, batch) =
-                (queues.clone(), url.clone(), std::mem::take(&mut to_delete));
+            let (queues, batch) = (queues.clone(), std::mem::take(&mut to_delete));
             deletes.push(tokio::spawn(async move {
-                if let Err(e) = queues.delete(&url, &batch).await {
-                    tracing::warn!(error = %e, "delete failed; the messages will come back and be dropped then");
+                for (url, receipts) in by_queue(batch) {
+                    if let Err(e) = queues.delete(&url, &receipts).await {
+                        tracing::warn!(error = %e, "delete failed; the messages will come back and be dropped then");
+                    }
                 }
             }));
             deletes.retain(|h| !h.is_finished());
@@ -303,13 +323,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 for d in batch {
                     let Some(m) = d.message.clone() else {
                         tracing::warn!(body = %d.body, "unreadable message dropped");
-                        to_delete.push(d.receipt_handle.clone());
+                        to_delete.push((d.queue_url.clone(), d.receipt_handle.clone()));
                         continue;
                     };
                     if m.cpu_milli > cpu_total || m.memory_mib > mem_total {
                         tracing::warn!(job_id = %m.job_id, task_id = %m.task_id, cpu_milli = m.cpu_milli, memory_mib = m.memory_mib,
                             "task is larger than this worker; leaving it for a bigger one");
-                        let _ = queues.extend(&url, std::slice::from_ref(&d.receipt_handle), Duration::from_secs(5)).await;
+                        let _ = queues.extend(&d.queue_url, std::slice::from_ref(&d.receipt_handle), Duration::from_secs(5)).await;
                         continue;
                     }
                     held.push_back((d, m, Instant::now()));
@@ -319,13 +339,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep(Duration::from_millis(opts.hold_ms.max(10))), if !held.is_empty() => {}
             _ = heartbeat.tick() => {
-                keep_alive(&ctx, &running, &held, &queues, &url).await;
+                keep_alive(&ctx, &running, &held, &queues).await;
             }
             _ = sigterm.recv() => {
                 tracing::info!(worker_id, running = running.len(), "SIGTERM: draining");
                 draining = true;
-                let receipts: Vec<String> = held.drain(..).map(|(d, _, _)| d.receipt_handle).collect();
-                let _ = queues.extend(&url, &receipts, Duration::ZERO).await;
+                let receipts: Vec<(String, String)> = held.drain(..).map(|(d, _, _)| (d.queue_url, d.receipt_handle)).collect();
+                extend_all(&queues, receipts, Duration::ZERO).await;
             }
         }
     }
@@ -349,7 +369,6 @@ async fn keep_alive(
     running: &HashMap<String, Running>,
     held: &VecDeque<(Delivery, TaskMessage, Instant)>,
     queues: &Queues,
-    url: &str,
 ) {
     let beats = running.values().map(|r| async move {
         match ctx
@@ -371,13 +390,31 @@ async fn keep_alive(
         }
     });
     futures::future::join_all(beats).await;
-    let receipts: Vec<String> = running
+    let receipts: Vec<(String, String)> = running
         .values()
-        .map(|r| r.receipt.clone())
-        .chain(held.iter().map(|(d, _, _)| d.receipt_handle.clone()))
+        .map(|r| (r.queue_url.clone(), r.receipt.clone()))
+        .chain(
+            held.iter()
+                .map(|(d, _, _)| (d.queue_url.clone(), d.receipt_handle.clone())),
+        )
         .collect();
-    if let Err(e) = queues.extend(url, &receipts, ctx.lease).await {
-        tracing::warn!(error = %e, "extending message visibility failed");
+    extend_all(queues, receipts, ctx.lease).await;
+}
+
+/// Receipts grouped by the queue they belong to.
+fn by_queue(items: Vec<(String, String)>) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (url, r) in items {
+        m.entry(url).or_default().push(r);
+    }
+    m
+}
+
+async fn extend_all(queues: &Queues, items: Vec<(String, String)>, by: Duration) {
+    for (url, receipts) in by_queue(items) {
+        if let Err(e) = queues.extend(&url, &receipts, by).await {
+            tracing::warn!(error = %e, "changing message visibility failed");
+        }
     }
 }
 
@@ -385,7 +422,7 @@ async fn keep_alive(
 enum Started {
     Running(Box<Running>),
     /// Nothing to run (finished, exhausted, unreadable): delete the message.
-    Drop(String),
+    Drop((String, String)),
     /// Not now (another worker's live lease, or a failed claim): the message comes back.
     Later,
 }
@@ -398,12 +435,34 @@ async fn start(
     m: &TaskMessage,
     done: &mpsc::UnboundedSender<Progress>,
     queues: &Queues,
-    url: &str,
 ) -> Started {
-    let claim = ctx
-        .store
-        .claim_task(&m.job_id, m.shard, &m.task_id, &ctx.worker_id, ctx.lease)
-        .await;
+    let url = d.queue_url.as_str();
+    let drop = || Started::Drop((d.queue_url.clone(), d.receipt_handle.clone()));
+    let claim = if m.array_child {
+        // A child's command is its job's template; a job that has ended (cancelled,
+        // or failed by a dependency) starts no more children.
+        match ctx.jobs.get(&m.job_id).await {
+            Ok(Some(job)) if !job.state.is_terminal() && !job.cancel_requested => {
+                match crate::templates::seed(&job, m, ctx.max_attempts) {
+                    Some(seed) => ctx
+                        .store
+                        .claim_child(&m.job_id, m.shard, &seed, &ctx.worker_id, ctx.lease)
+                        .await
+                        .map(|c| crate::templates::with_template(c, &job)),
+                    None => return drop(),
+                }
+            }
+            Ok(_) => return drop(),
+            Err(e) => {
+                tracing::warn!(error = %e, job_id = %m.job_id, "reading the job failed; the message will come back");
+                return Started::Later;
+            }
+        }
+    } else {
+        ctx.store
+            .claim_task(&m.job_id, m.shard, &m.task_id, &ctx.worker_id, ctx.lease)
+            .await
+    };
     let task = match claim {
         Ok(Claim::Claimed(task)) => *task,
         Ok(Claim::NotClaimable { reason }) => {
@@ -414,9 +473,9 @@ async fn start(
                     .await;
                 return Started::Later;
             }
-            return Started::Drop(d.receipt_handle.clone());
+            return drop();
         }
-        Ok(Claim::Exhausted) => return Started::Drop(d.receipt_handle.clone()),
+        Ok(Claim::Exhausted) => return drop(),
         Err(e) => {
             tracing::warn!(error = %e, task_id = %m.task_id, "claim failed; the message will come back");
             return Started::Later;
@@ -426,6 +485,7 @@ async fn start(
     let (kill_tx, kill_rx) = watch::channel(None);
     let running = Running {
         task: task.clone(),
+        queue_url: d.queue_url.clone(),
         receipt: d.receipt_handle.clone(),
         cpu_milli: m.cpu_milli,
         memory_mib: m.memory_mib,
@@ -434,7 +494,7 @@ async fn start(
     let ctx = ctx.clone();
     let done = done.clone();
     let key = task_key(m);
-    let receipt = d.receipt_handle.clone();
+    let receipt = (d.queue_url.clone(), d.receipt_handle.clone());
     tokio::spawn(async move {
         let recorded = run_attempt(&ctx, &task, kill_rx, || {
             let _ = done.send(Progress::SlotFree { key });
@@ -465,6 +525,16 @@ pub fn task_environment(task: &TaskRecord, api_url: Option<&str>) -> Vec<(String
     env.push(("BATCHPLANE_JOB_ID".into(), task.job_id.clone()));
     env.push(("BATCHPLANE_TASK_ID".into(), task.task_id.clone()));
     env.push(("BATCHPLANE_ATTEMPT".into(), task.attempt.to_string()));
+    // AWS Batch's names, so a container moved off AWS Batch finds what it expects.
+    let aws_id = match task.index {
+        Some(i) if task.env.contains_key("AWS_BATCH_JOB_ARRAY_INDEX") => {
+            format!("{}:{i}", task.job_id)
+        }
+        _ => task.job_id.clone(),
+    };
+    env.push(("AWS_BATCH_JOB_ID".into(), aws_id));
+    env.push(("AWS_BATCH_JOB_ATTEMPT".into(), task.attempt.to_string()));
+    env.push(("AWS_BATCH_JQ_NAME".into(), task.queue.clone()));
     if let Some(url) = api_url {
         env.push(("BATCHPLANE_API_URL".into(), url.to_string()));
     }

@@ -1,6 +1,8 @@
 //! The api function: Batchplane's HTTP API as an axum router. The same router is served
 //! by `lambda_http` in AWS and by hyper in the local stack.
 
+pub mod batch;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +43,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{job_id}/tasks/{task_id}", get(get_task))
         .route("/v1/jobs/{job_id}/cancel", post(cancel_job))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(batch::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
@@ -147,6 +150,7 @@ pub async fn service_from_env() -> anyhow::Result<Arc<Service>> {
         store: batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
         queues: batchplane::queue::Queues::new(clients.sqs, config.queue_prefix.clone()),
         max_attempts: config.max_attempts,
+        job_window: config.job_window,
     }))
 }
 
@@ -167,6 +171,7 @@ mod tests {
             store: batchplane::store::Store::new(clients.dynamodb, "batchplane"),
             queues: batchplane::queue::Queues::new(clients.sqs, "batchplane-"),
             max_attempts: 3,
+            job_window: 256,
         })
     }
 

@@ -23,6 +23,14 @@ pub struct JobRecord {
     pub total_tasks: u64,
     pub shard_count: u32,
     pub cancel_requested: bool,
+    /// For an array (or single AWS-style) job: its template and rules.
+    pub array: Option<super::batch::ArrayJob>,
+    /// Gating dependencies met so far (array jobs).
+    pub gates_met: u32,
+    /// Children handed to the queue so far by the dispatch cursor (array jobs).
+    pub dispatched: u64,
+    /// Jobs waiting on this one, encoded as [`super::batch::Dependent`].
+    pub dependents: Vec<String>,
 }
 
 /// One run of a task on a worker.
@@ -82,6 +90,8 @@ pub struct TaskRecord {
     pub finished_at: Option<i64>,
     pub exit_code: Option<i32>,
     pub attempts: Vec<AttemptRecord>,
+    /// For a child of an array job: its index (its item is created by its claim).
+    pub index: Option<u32>,
 }
 
 impl TaskRecord {

@@ -45,6 +45,170 @@ pub struct TaskSpec {
     pub retry_strategy: Option<RetryStrategy>,
 }
 
+/// One command run once or as an array (AWS Batch's single and array jobs), as the
+/// native API takes it: a spec without `tasks:`. The command and resources come from
+/// `job_definition` when it names one, with the fields given here winning.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArrayJobSpec {
+    pub name: String,
+    #[serde(default = "default_team")]
+    pub team: String,
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Children, 2 to 1,000,000; absent for a single job.
+    #[serde(default)]
+    pub array_size: Option<u32>,
+    /// Children run one after another, in index order (AWS's SEQUENTIAL).
+    #[serde(default)]
+    pub sequential: bool,
+    /// A registered job definition, `name` (latest active revision) or `name:revision`.
+    #[serde(default)]
+    pub job_definition: Option<String>,
+    /// Values for `Ref::name` in the command.
+    #[serde(default, deserialize_with = "scalar_values_as_strings")]
+    pub parameters: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "scalars_as_strings")]
+    pub command: Vec<String>,
+    #[serde(default, deserialize_with = "scalar_values_as_strings")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub retry_strategy: Option<RetryStrategy>,
+    #[serde(default)]
+    pub depends_on: Vec<JobDependencySpec>,
+    #[serde(default)]
+    pub scheduling_priority: i32,
+    #[serde(default, deserialize_with = "scalar_values_as_strings")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// `{job: <job id>}` (the whole job), `{job: <job id>:<index>}` (one child), or
+/// `{job: <array job id>, type: N_TO_N}` (child i waits for child i).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDependencySpec {
+    pub job: String,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// What `POST /v1/jobs` accepts: a DAG of tasks, or one command run once or as an array.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submission {
+    Dag(JobSpec),
+    Array(ArrayJobSpec),
+}
+
+/// Parse a submission: a document with `tasks:` is a DAG job ([`parse_job_spec`]), any
+/// other a single or array job ([`parse_array_job_spec`]).
+pub fn parse_submission(text: &str) -> Result<Submission, SpecError> {
+    #[derive(Deserialize)]
+    struct Probe {
+        tasks: Option<serde::de::IgnoredAny>,
+    }
+    // An unparseable document falls through to the DAG parser, whose errors name lines.
+    match parse_document::<Probe>(text) {
+        Ok(Probe { tasks: None }) => Ok(Submission::Array(parse_array_job_spec(text)?)),
+        _ => Ok(Submission::Dag(parse_job_spec(text)?)),
+    }
+}
+
+fn invalid(field: &str, message: String) -> SpecError {
+    SpecError::new("InvalidField", message, json!({"field": field}))
+}
+
+/// Parse and check a single or array job spec; nothing is stored before this passes.
+pub fn parse_array_job_spec(text: &str) -> Result<ArrayJobSpec, SpecError> {
+    use super::batch::{DependencyKind, JobDependency, MAX_ARRAY_SIZE, MAX_JOB_DEPENDENCIES};
+    let spec: ArrayJobSpec = parse_document(text)?;
+    let name = spec.name.trim();
+    if name.is_empty() || name.len() > 256 {
+        return Err(invalid(
+            "name",
+            "field `name`: must be 1 to 256 characters".into(),
+        ));
+    }
+    for (field, value) in [("team", &spec.team), ("queue", &spec.queue)] {
+        if !is_valid_task_id(value) || value.len() > 64 {
+            return Err(invalid(
+                field,
+                format!("field `{field}`: {value:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
+            ));
+        }
+    }
+    if let Some(n) = spec.array_size {
+        if !(2..=MAX_ARRAY_SIZE).contains(&n) {
+            return Err(invalid(
+                "array_size",
+                format!("field `array_size`: {n} must be 2 to {MAX_ARRAY_SIZE}"),
+            ));
+        }
+    }
+    if spec.sequential && spec.array_size.is_none() {
+        return Err(invalid(
+            "sequential",
+            "field `sequential`: only an array job (with `array_size`) has children to order"
+                .into(),
+        ));
+    }
+    if spec.job_definition.is_none() && spec.command.is_empty() {
+        return Err(invalid(
+            "command",
+            "field `command`: required (an argv) unless `job_definition` gives one".into(),
+        ));
+    }
+    if let Some(cpu) = spec.cpu {
+        if !(cpu > 0.0 && cpu <= 1024.0) {
+            return Err(invalid(
+                "cpu",
+                format!("field `cpu`: {cpu} must be in (0, 1024]"),
+            ));
+        }
+    }
+    if spec.memory_mib == Some(0) {
+        return Err(invalid(
+            "memory_mib",
+            "field `memory_mib`: must be at least 1".into(),
+        ));
+    }
+    if let Some(r) = &spec.retry_strategy {
+        r.validate()
+            .map_err(|e| invalid("retry_strategy", format!("field {e}")))?;
+    }
+    if spec.depends_on.len() > MAX_JOB_DEPENDENCIES {
+        return Err(invalid(
+            "depends_on",
+            format!(
+                "field `depends_on`: {} dependencies; at most {MAX_JOB_DEPENDENCIES}",
+                spec.depends_on.len()
+            ),
+        ));
+    }
+    for (i, d) in spec.depends_on.iter().enumerate() {
+        let dep = JobDependency::parse(&d.job, d.kind.as_deref()).map_err(|e| {
+            invalid(
+                &format!("depends_on[{i}]"),
+                format!("field `depends_on[{i}]`: {e}"),
+            )
+        })?;
+        if dep.kind == DependencyKind::Sequential {
+            return Err(invalid(
+                &format!("depends_on[{i}]"),
+                format!(
+                    "field `depends_on[{i}]`: SEQUENTIAL is `sequential: true`, not a dependency"
+                ),
+            ));
+        }
+    }
+    Ok(spec)
+}
+
 /// Tasks added to a running job under `tasks:` (a bare list is accepted too).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -650,5 +814,61 @@ tasks:
         .unwrap();
         assert_eq!(spec.tasks[0].command, vec!["true"]);
         assert_eq!(spec.tasks[0].env["PORT"], "8080");
+    }
+
+    #[test]
+    fn a_spec_without_tasks_is_a_single_or_array_job() {
+        let Submission::Array(a) = parse_submission(
+            "name: render\narray_size: 1000\ncommand: [render, 7]\nsequential: true\n\
+             depends_on: [{job: j-1-a, type: N_TO_N}, {job: 'j-1-b:3'}]\n",
+        )
+        .unwrap() else {
+            panic!("not an array job")
+        };
+        assert_eq!(a.array_size, Some(1000));
+        assert_eq!(a.command, vec!["render", "7"]);
+        assert!(a.sequential);
+        assert_eq!(a.depends_on[0].kind.as_deref(), Some("N_TO_N"));
+        assert_eq!(a.depends_on[1].job, "j-1-b:3");
+        assert!(matches!(
+            parse_submission(DIAMOND).unwrap(),
+            Submission::Dag(_)
+        ));
+        // Neither shape: the DAG parser's error, which names the missing field.
+        let e = parse_submission("name: x\ntasks: 3\n").unwrap_err();
+        assert_eq!(e.code, "ParseError", "{}", e.message);
+    }
+
+    #[test]
+    fn array_job_specs_are_checked_field_by_field() {
+        for (text, field) in [
+            ("name: ''\ncommand: [true]", "name"),
+            ("name: x\nqueue: 'a b'\ncommand: [true]", "queue"),
+            (
+                "name: x\narray_size: 1000001\ncommand: [true]",
+                "array_size",
+            ),
+            ("name: x\nsequential: true\ncommand: [true]", "sequential"),
+            ("name: x", "command"),
+            ("name: x\ncommand: [true]\nmemory_mib: 0", "memory_mib"),
+            (
+                "name: x\ncommand: [true]\nretry_strategy: {attempts: 11}",
+                "retry_strategy",
+            ),
+            (
+                "name: x\ncommand: [true]\ndepends_on: [{job: 'j:x'}]",
+                "depends_on[0]",
+            ),
+            (
+                "name: x\ncommand: [true]\ndepends_on: [{job: j, type: SEQUENTIAL}]",
+                "depends_on[0]",
+            ),
+        ] {
+            let e = parse_array_job_spec(text).unwrap_err();
+            assert_eq!(e.details["field"], field, "{text}: {}", e.message);
+        }
+        // With a job definition the command may come from it.
+        let ok = parse_array_job_spec("name: x\njob_definition: render:2\n").unwrap();
+        assert_eq!(ok.job_definition.as_deref(), Some("render:2"));
     }
 }

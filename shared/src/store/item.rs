@@ -153,8 +153,26 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     if let Some(r) = &job.reason {
         item.insert("reason".into(), s(r));
     }
+    // Only job items carry `jq`: the sparse `by_queue` index lists jobs, never tasks.
+    item.insert(JOB_QUEUE_ATTR.into(), s(&job.queue));
+    if let Some(a) = &job.array {
+        item.insert(
+            "array".into(),
+            s(serde_json::to_string(a).unwrap_or_default()),
+        );
+        item.insert("gates_met".into(), n(job.gates_met));
+        item.insert("gate_count".into(), n(a.gate_count));
+        item.insert("dispatched".into(), n(job.dispatched));
+    }
+    if job.cancel_requested {
+        item.insert("cancel_requested".into(), AttributeValue::Bool(true));
+    }
     item
 }
+
+/// The attribute the `by_queue` index is keyed on (with `created_at`).
+pub const JOB_QUEUE_ATTR: &str = "jq";
+pub const BY_QUEUE_INDEX: &str = "by_queue";
 
 pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
     let r = Reader::new(item);
@@ -172,6 +190,15 @@ pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
         total_tasks: r.req_n("total_tasks")?,
         shard_count: r.req_n("shard_count")?,
         cancel_requested: r.bool("cancel_requested"),
+        array: match r.opt_s("array")? {
+            Some(json) => {
+                Some(serde_json::from_str(&json).map_err(|e| r.bad("array", &e.to_string()))?)
+            }
+            None => None,
+        },
+        gates_met: r.opt_n("gates_met")?.unwrap_or(0),
+        dispatched: r.opt_n("dispatched")?.unwrap_or(0),
+        dependents: r.strings("dependents")?,
     })
 }
 
@@ -324,6 +351,7 @@ pub fn task_from_item(item: &Item) -> Result<TaskRecord, Malformed> {
         finished_at: r.opt_n("finished_at")?,
         exit_code: r.opt_n("exit_code")?,
         attempts,
+        index: r.opt_n("idx")?,
     })
 }
 
@@ -340,6 +368,12 @@ pub fn counts_from_item(item: &Item) -> crate::domain::TaskCounts {
         }
     }
     c
+}
+
+/// Whether an item is a job's own item.
+pub fn is_job_item(item: &Item) -> bool {
+    matches!(item.get("sk"), Some(AttributeValue::S(sk)) if sk == META_SK)
+        && matches!(item.get("pk"), Some(AttributeValue::S(pk)) if pk.starts_with("J#"))
 }
 
 /// Whether an item is a task item (by its sort key).

@@ -3,7 +3,9 @@
 //! the attempt and worker, for a claimed task), so a duplicate message or stream record
 //! loses the race instead of acting twice.
 
+pub mod arrays;
 pub mod item;
+pub mod registry;
 
 use crate::domain::{
     AttemptRecord, JobRecord, JobState, PlannedTask, TaskCounts, TaskKind, TaskRecord, TaskState,
@@ -36,10 +38,11 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("DynamoDB {operation} failed: {code}")]
+    #[error("DynamoDB {operation} failed: {code}: {message}")]
     Request {
         operation: &'static str,
         code: String,
+        message: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -85,8 +88,10 @@ where
             source: Box::new(err),
         };
     }
+    let message = err.message().unwrap_or("").to_string();
     StoreError::Request {
         operation,
+        message,
         code: if code.is_empty() {
             "unknown".into()
         } else {
@@ -137,6 +142,16 @@ pub enum Claim {
     Exhausted,
 }
 
+/// What a child's first claim writes into its new item.
+#[derive(Debug, Clone)]
+pub struct ChildSeed {
+    pub index: u32,
+    pub queue: String,
+    pub cpu_milli: u32,
+    pub memory_mib: u64,
+    pub max_attempts: u32,
+}
+
 /// What a heartbeat learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heartbeat {
@@ -145,6 +160,14 @@ pub enum Heartbeat {
     },
     /// The lease is gone (another worker took the task, or it was finished elsewhere).
     Lost,
+}
+
+/// Where a listing of a queue's jobs stopped (the `by_queue` index's key of the last
+/// job returned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListKey {
+    pub created_at: i64,
+    pub job_id: String,
 }
 
 /// A page of tasks and the token for the next one.
@@ -204,8 +227,45 @@ impl Store {
             .table_name(&self.table)
             .attribute_definitions(attr("pk")?)
             .attribute_definitions(attr("sk")?)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(JOB_QUEUE_ATTR)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(|source| StoreError::Build {
+                        operation: "CreateTable",
+                        source,
+                    })?,
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("created_at")
+                    .attribute_type(ScalarAttributeType::N)
+                    .build()
+                    .map_err(|source| StoreError::Build {
+                        operation: "CreateTable",
+                        source,
+                    })?,
+            )
             .key_schema(key("pk", KeyType::Hash)?)
             .key_schema(key("sk", KeyType::Range)?)
+            // Jobs by queue, newest last: ListJobs. Sparse: only job items have `jq`.
+            .global_secondary_indexes(
+                aws_sdk_dynamodb::types::GlobalSecondaryIndex::builder()
+                    .index_name(BY_QUEUE_INDEX)
+                    .key_schema(key(JOB_QUEUE_ATTR, KeyType::Hash)?)
+                    .key_schema(key("created_at", KeyType::Range)?)
+                    .projection(
+                        aws_sdk_dynamodb::types::Projection::builder()
+                            .projection_type(aws_sdk_dynamodb::types::ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .map_err(|source| StoreError::Build {
+                        operation: "CreateTable",
+                        source,
+                    })?,
+            )
             .billing_mode(BillingMode::PayPerRequest)
             .stream_specification(
                 StreamSpecification::builder()
@@ -240,8 +300,31 @@ impl Store {
         Err(StoreError::Request {
             operation: "CreateTable",
             code: "NotActive".into(),
+            message: format!("table {} did not become ACTIVE", self.table),
             source: format!("table {} did not become ACTIVE", self.table).into(),
         })
+    }
+
+    /// Items in the table, by a counting scan (benchmarks: what a run left behind).
+    pub async fn count_items(&self) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .ddb
+                .scan()
+                .table_name(&self.table)
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("Scan", e))?;
+            total += out.count() as u64;
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(total),
+            }
+        }
     }
 
     /// Delete the table (local stacks and benchmarks clean up after themselves).
@@ -419,6 +502,59 @@ impl Store {
         self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))
     }
 
+    /// A queue's jobs, newest first, that pass `keep`: up to `max`, and where to go on.
+    pub async fn list_jobs_in_queue(
+        &self,
+        queue: &str,
+        max: usize,
+        start: Option<ListKey>,
+        keep: impl Fn(&JobRecord) -> bool,
+    ) -> Result<(Vec<JobRecord>, Option<ListKey>), StoreError> {
+        let mut out = Vec::new();
+        let mut exclusive: Option<Item> = start.map(|k| {
+            let mut it = key(job_pk(&k.job_id), META_SK.into());
+            it.insert(JOB_QUEUE_ATTR.into(), s(queue));
+            it.insert("created_at".into(), n(k.created_at));
+            it
+        });
+        loop {
+            let page = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_QUEUE_INDEX)
+                .key_condition_expression("#jq = :q")
+                .expression_attribute_names("#jq", JOB_QUEUE_ATTR)
+                .expression_attribute_values(":q", s(queue))
+                .scan_index_forward(false)
+                .limit(100)
+                .set_exclusive_start_key(exclusive.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| classify("Query", e))?;
+            record_capacity("Query", page.consumed_capacity());
+            for it in page.items() {
+                let job = job_from_item(it)?;
+                if keep(&job) {
+                    out.push(job);
+                    if out.len() == max {
+                        let last = &out[out.len() - 1];
+                        let k = ListKey {
+                            created_at: last.created_at,
+                            job_id: last.job_id.clone(),
+                        };
+                        return Ok((out, Some(k)));
+                    }
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) => exclusive = Some(k.clone()),
+                None => return Ok((out, None)),
+            }
+        }
+    }
+
     /// Record when the job's first task started (once).
     pub async fn mark_job_started(&self, job_id: &str, at: i64) -> Result<bool, StoreError> {
         let res = self
@@ -465,11 +601,12 @@ impl Store {
             .table_name(&self.table)
             .set_key(Some(key(job_pk(job_id), META_SK.into())))
             .update_expression("SET cancel_requested = :true")
-            .condition_expression("#state IN (:submitted, :pending)")
+            .condition_expression("#state IN (:submitted, :pending, :runnable)")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":submitted", s(JobState::Submitted.as_str()))
             .expression_attribute_values(":pending", s(JobState::Pending.as_str()))
+            .expression_attribute_values(":runnable", s(JobState::Runnable.as_str()))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
@@ -628,10 +765,9 @@ impl Store {
                             .update_expression(format!("ADD {}", update_parts.join(", ")))
                             .set_expression_attribute_values(Some(values))
                             .build()
-                            .map_err(|e| StoreError::Request {
+                            .map_err(|source| StoreError::Build {
                                 operation: "TransactWriteItems",
-                                code: "Build".into(),
-                                source: Box::new(e),
+                                source,
                             })?,
                     )
                     .build(),
@@ -647,10 +783,9 @@ impl Store {
                             .set_key(Some(k))
                             .condition_expression("attribute_exists(pk)")
                             .build()
-                            .map_err(|e| StoreError::Request {
+                            .map_err(|source| StoreError::Build {
                                 operation: "TransactWriteItems",
-                                code: "Build".into(),
-                                source: Box::new(e),
+                                source,
                             })?,
                     )
                     .build(),
@@ -1199,18 +1334,75 @@ impl Store {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
+        self.claim(job_id, shard, task_id, worker_id, lease, None)
+            .await
+    }
+
+    /// Claim a child of an array job. Its item does not exist until its first claim,
+    /// which creates it (with what the job's template says about it); after that it is
+    /// claimed like any task.
+    pub async fn claim_child(
+        &self,
+        job_id: &str,
+        shard: u32,
+        seed: &ChildSeed,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.claim(
+            job_id,
+            shard,
+            &seed.index.to_string(),
+            worker_id,
+            lease,
+            Some(seed),
+        )
+        .await
+    }
+
+    async fn claim(
+        &self,
+        job_id: &str,
+        shard: u32,
+        task_id: &str,
+        worker_id: &str,
+        lease: Duration,
+        seed: Option<&ChildSeed>,
+    ) -> Result<Claim, StoreError> {
         let now = now_ms();
         let lease_until = now + lease.as_millis() as i64;
         let k = key(task_pk(job_id, shard), task_sk(task_id));
-        let res = self
+        let mut req = self
             .ddb
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(k.clone()))
-            .update_expression(
-                "SET #state = :running, attempt = attempt + :one, worker_id = :w, lease_expires = :lease, started_at = :now",
-            )
-            .condition_expression("#state = :runnable")
+            .set_key(Some(k.clone()));
+        req = match seed {
+            None => req
+                .update_expression(
+                    "SET #state = :running, attempt = attempt + :one, worker_id = :w, lease_expires = :lease, started_at = :now",
+                )
+                .condition_expression("#state = :runnable"),
+            Some(c) => req
+                .update_expression(
+                    "SET #state = :running, attempt = if_not_exists(attempt, :zero) + :one, worker_id = :w, lease_expires = :lease, started_at = :now, \
+                     job_id = :job, task_id = :task, idx = :idx, #shard = :shard, kind = :kind, queue = :queue, cpu_milli = :cpu, memory_mib = :mem, \
+                     max_attempts = if_not_exists(max_attempts, :max), created_at = if_not_exists(created_at, :now)",
+                )
+                .condition_expression("attribute_not_exists(#state) OR #state = :runnable")
+                .expression_attribute_names("#shard", "shard")
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":job", s(job_id))
+                .expression_attribute_values(":task", s(task_id))
+                .expression_attribute_values(":idx", n(c.index))
+                .expression_attribute_values(":shard", n(shard))
+                .expression_attribute_values(":kind", s(TaskKind::Command.as_str()))
+                .expression_attribute_values(":queue", s(&c.queue))
+                .expression_attribute_values(":cpu", n(c.cpu_milli))
+                .expression_attribute_values(":mem", n(c.memory_mib))
+                .expression_attribute_values(":max", n(c.max_attempts)),
+        };
+        let res = req
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":running", s("RUNNING"))
             .expression_attribute_values(":runnable", s("RUNNABLE"))

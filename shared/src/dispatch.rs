@@ -1,0 +1,410 @@
+//! Array jobs in the fanout: dispatch windows and the rules between jobs.
+//!
+//! - A job becoming RUNNABLE (every gate met) queues its first `window` children (or,
+//!   SEQUENTIAL, child 0; or, N_TO_N, every child whose predecessors already ended).
+//! - Each child that ends queues one more (the window slides), so a job has at most
+//!   `window` children waiting in SQS and a job submitted later is not stuck behind a
+//!   million messages. The cursor moves with a conditional write after the messages are
+//!   sent: a crash in between re-sends, and a duplicate message loses its claim.
+//! - A child that ends releases what its rules say: child `i + 1` (SEQUENTIAL), child
+//!   `i` of N_TO_N dependents, and jobs waiting on exactly this child.
+//! - A job that ends releases (or fails) the jobs waiting on it.
+
+use crate::domain::batch::{child_task_id, Dependent};
+use crate::domain::ids::task_shard;
+use crate::domain::{JobRecord, JobState, TaskState};
+use crate::fanout::{BatchOutcome, Change, Fanout, FanoutError, JobChange, TaskChange};
+use crate::queue::TaskMessage;
+use futures::{stream, StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, HashMap};
+
+const CONCURRENCY: usize = 16;
+
+/// A child's message, from its job.
+pub fn child_message(job: &JobRecord, index: u32) -> Option<TaskMessage> {
+    let a = job.array.as_ref()?;
+    let task_id = child_task_id(index);
+    Some(TaskMessage {
+        shard: task_shard(&task_id, job.shard_count),
+        job_id: job.job_id.clone(),
+        task_id,
+        cpu_milli: a.template.cpu_milli,
+        memory_mib: a.template.memory_mib,
+        array_child: true,
+    })
+}
+
+impl Fanout {
+    /// The array-job effects of a batch. On failure, the index of the first record whose
+    /// effects did not all happen.
+    pub(crate) async fn array_effects(
+        &self,
+        changes: &[Change],
+        outcome: &mut BatchOutcome,
+    ) -> Result<(), usize> {
+        let mut failed: Option<usize> = None;
+        let mut fail_at = |i: usize, e: FanoutError| {
+            tracing::warn!(error = %e, seq = changes[i].sequence_number(), "array effect failed; will retry");
+            failed = Some(failed.map_or(i, |f: usize| f.min(i)));
+        };
+        // Job transitions.
+        for (i, c) in changes.iter().enumerate() {
+            if let Change::Job(j) = c {
+                if j.old_state != Some(j.job.state) {
+                    match self.job_transition(j).await {
+                        Ok(n) => outcome.enqueued += n,
+                        Err(e) => fail_at(i, e),
+                    }
+                }
+            }
+        }
+        // Children that ended, per job.
+        let mut ended: BTreeMap<&str, Vec<(usize, &TaskChange)>> = BTreeMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            if let Change::Task(t) = c {
+                if t.task.index.is_some()
+                    && t.task.state.is_terminal()
+                    && t.old_state != Some(t.task.state)
+                {
+                    ended
+                        .entry(t.task.job_id.as_str())
+                        .or_default()
+                        .push((i, t));
+                }
+            }
+        }
+        for (job_id, children) in ended {
+            let first = children[0].0;
+            match self.children_ended(job_id, &children).await {
+                Ok(n) => outcome.enqueued += n,
+                Err(e) => fail_at(first, e),
+            }
+        }
+        match failed {
+            Some(i) => Err(i),
+            None => Ok(()),
+        }
+    }
+
+    async fn job_transition(&self, change: &JobChange) -> Result<usize, FanoutError> {
+        let job = &change.job;
+        match job.state {
+            JobState::Runnable if job.array.is_some() => self.start_array(job).await,
+            st if st.is_terminal() => {
+                self.release_job_dependents(job).await?;
+                Ok(0)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// A job whose gates are all met starts its children.
+    async fn start_array(&self, job: &JobRecord) -> Result<usize, FanoutError> {
+        let Some(a) = &job.array else { return Ok(0) };
+        if a.dispatched_by_cursor() {
+            return self.dispatch(&job.job_id, u64::from(a.window)).await;
+        }
+        if a.sequential {
+            return self.send_children(job, &[0]).await;
+        }
+        self.sweep_n_to_n(job).await
+    }
+
+    /// Slide the window: queue up to `count` more children from the cursor.
+    pub async fn dispatch(&self, job_id: &str, count: u64) -> Result<usize, FanoutError> {
+        for _ in 0..5 {
+            let Some(job) = self.store.get_job(job_id).await? else {
+                return Ok(0);
+            };
+            let Some(a) = &job.array else { return Ok(0) };
+            if job.state != JobState::Runnable || job.cancel_requested {
+                return Ok(0);
+            }
+            let from = job.dispatched;
+            let to = (from + count).min(u64::from(a.size()));
+            if to <= from {
+                return Ok(0);
+            }
+            let indexes: Vec<u32> = (from as u32..to as u32).collect();
+            let sent = self.send_children(&job, &indexes).await?;
+            if self.store.advance_dispatch(job_id, from, to).await? {
+                return Ok(sent);
+            }
+            // Another batch moved the cursor meanwhile; what we sent were duplicates.
+        }
+        Ok(0)
+    }
+
+    async fn send_children(&self, job: &JobRecord, indexes: &[u32]) -> Result<usize, FanoutError> {
+        let messages: Vec<TaskMessage> = indexes
+            .iter()
+            .filter_map(|i| child_message(job, *i))
+            .collect();
+        let chunks: Vec<Vec<TaskMessage>> = messages.chunks(10).map(|c| c.to_vec()).collect();
+        stream::iter(chunks)
+            .map(|chunk| async move { self.queues.send(&job.queue, &chunk).await })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(messages.len())
+    }
+
+    /// Queue every child whose N_TO_N predecessors all succeeded; fail those whose
+    /// predecessor failed or can no longer run.
+    async fn sweep_n_to_n(&self, job: &JobRecord) -> Result<usize, FanoutError> {
+        let Some(a) = &job.array else { return Ok(0) };
+        let size = a.size();
+        // index → Some(true) all succeeded so far, Some(false) one failed
+        let mut ready: Vec<Option<bool>> = vec![Some(true); size as usize];
+        let mut reasons: HashMap<u32, String> = HashMap::new();
+        for pred_id in &a.n_to_n {
+            let Some(pred) = self.store.get_job(pred_id).await? else {
+                continue;
+            };
+            let tasks = self.store.all_tasks(pred_id, pred.shard_count).await?;
+            let mut seen = vec![false; size as usize];
+            for t in tasks {
+                let Some(i) = t.index.filter(|i| *i < size) else {
+                    continue;
+                };
+                seen[i as usize] = true;
+                match t.state {
+                    TaskState::Succeeded => {}
+                    st if st.is_terminal() => {
+                        ready[i as usize] = Some(false);
+                        reasons
+                            .entry(i)
+                            .or_insert_with(|| format!("Dependent job {pred_id}:{i} {st}"));
+                    }
+                    _ => {
+                        if ready[i as usize] == Some(true) {
+                            ready[i as usize] = None;
+                        }
+                    }
+                }
+            }
+            for (i, s) in seen.iter().enumerate() {
+                if !s {
+                    if pred.state.is_terminal() {
+                        ready[i] = Some(false);
+                        reasons.entry(i as u32).or_insert_with(|| {
+                            format!("Dependent job {pred_id}:{i} ended without running")
+                        });
+                    } else if ready[i] == Some(true) {
+                        ready[i] = None;
+                    }
+                }
+            }
+        }
+        let go: Vec<u32> = (0..size)
+            .filter(|i| ready[*i as usize] == Some(true))
+            .collect();
+        let fail: Vec<u32> = (0..size)
+            .filter(|i| ready[*i as usize] == Some(false))
+            .collect();
+        let sent = self.send_children(job, &go).await?;
+        self.fail_children(job, &fail, |i| reasons.get(&i).cloned().unwrap_or_default())
+            .await?;
+        Ok(sent)
+    }
+
+    async fn fail_children(
+        &self,
+        job: &JobRecord,
+        indexes: &[u32],
+        reason: impl Fn(u32) -> String,
+    ) -> Result<(), FanoutError> {
+        let work: Vec<(u32, String)> = indexes.iter().map(|i| (*i, reason(*i))).collect();
+        stream::iter(work)
+            .map(|(i, r)| async move { self.store.fail_unstarted_child(job, i, &r).await })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Children of one job that ended in this batch.
+    async fn children_ended(
+        &self,
+        job_id: &str,
+        children: &[(usize, &TaskChange)],
+    ) -> Result<usize, FanoutError> {
+        let Some(job) = self.store.get_job(job_id).await? else {
+            return Ok(0);
+        };
+        let Some(a) = &job.array else { return Ok(0) };
+        let mut sent = 0;
+        if a.dispatched_by_cursor() {
+            sent += self.dispatch(job_id, children.len() as u64).await?;
+        }
+        if a.sequential && job.state == JobState::Runnable {
+            let mut next = Vec::new();
+            let mut fail = Vec::new();
+            for (_, t) in children {
+                let i = t.task.index.unwrap_or(0);
+                if i + 1 >= a.size() {
+                    continue;
+                }
+                if t.task.state == TaskState::Succeeded {
+                    next.push(i + 1);
+                } else {
+                    fail.extend(i + 1..a.size());
+                }
+            }
+            sent += self.send_children(&job, &next).await?;
+            let prev = |i: u32| format!("Dependent job {job_id}:{} did not succeed", i - 1);
+            // A failed child fails the rest of the sequence; each write is conditional
+            // on the child not existing, so this is safe to repeat.
+            self.fail_children(&job, &fail, prev).await?;
+        }
+        for d in job.dependents.iter().filter_map(|d| Dependent::decode(d)) {
+            match d {
+                Dependent::NToN(dep_id) => {
+                    sent += self.n_to_n_children(&dep_id, job_id, children).await?;
+                }
+                Dependent::Child {
+                    job_id: dep_id,
+                    index,
+                } => {
+                    for (_, t) in children.iter().filter(|(_, t)| t.task.index == Some(index)) {
+                        if t.task.state == TaskState::Succeeded {
+                            self.store
+                                .meet_gate(&dep_id, &format!("{job_id}:{index}"))
+                                .await?;
+                        } else {
+                            self.store
+                                .fail_job(
+                                    &dep_id,
+                                    JobState::Failed,
+                                    &format!("Dependent job {job_id}:{index} {}", t.task.state),
+                                )
+                                .await?;
+                        }
+                    }
+                }
+                Dependent::WholeJob(_) => {}
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Children of `pred_id` ended: queue (or fail) the same children of `dep_id`.
+    async fn n_to_n_children(
+        &self,
+        dep_id: &str,
+        pred_id: &str,
+        children: &[(usize, &TaskChange)],
+    ) -> Result<usize, FanoutError> {
+        let Some(dep) = self.store.get_job(dep_id).await? else {
+            return Ok(0);
+        };
+        let Some(a) = &dep.array else { return Ok(0) };
+        // Not started yet: its sweep will see these children when it starts.
+        if dep.state != JobState::Runnable {
+            return Ok(0);
+        }
+        let mut go = Vec::new();
+        let mut fail = Vec::new();
+        for (_, t) in children {
+            let i = t.task.index.unwrap_or(0);
+            if i >= a.size() {
+                continue;
+            }
+            if t.task.state == TaskState::Succeeded {
+                go.push(i);
+            } else {
+                fail.push((i, t.task.state));
+            }
+        }
+        // With several N_TO_N predecessors, child i waits for all of them.
+        if a.n_to_n.len() > 1 && !go.is_empty() {
+            let mut all_ok = go.clone();
+            for other in a.n_to_n.iter().filter(|o| o.as_str() != pred_id) {
+                let Some(o) = self.store.get_job(other).await? else {
+                    continue;
+                };
+                let ids: Vec<String> = go.iter().map(|i| child_task_id(*i)).collect();
+                let found = self.store.get_tasks(other, o.shard_count, &ids).await?;
+                all_ok.retain(|i| {
+                    found
+                        .get(&child_task_id(*i))
+                        .is_some_and(|t| t.state == TaskState::Succeeded)
+                });
+            }
+            go = all_ok;
+        }
+        let sent = self.send_children(&dep, &go).await?;
+        let reasons: HashMap<u32, TaskState> = fail.iter().cloned().collect();
+        let idx: Vec<u32> = fail.iter().map(|(i, _)| *i).collect();
+        self.fail_children(&dep, &idx, |i| {
+            format!(
+                "Dependent job {pred_id}:{i} {}",
+                reasons.get(&i).copied().unwrap_or(TaskState::Failed)
+            )
+        })
+        .await?;
+        Ok(sent)
+    }
+
+    /// A job ended: jobs waiting on all of it are released (it succeeded) or failed; its
+    /// N_TO_N dependents get a sweep (children that will now never run fail theirs).
+    async fn release_job_dependents(&self, job: &JobRecord) -> Result<(), FanoutError> {
+        let work: Vec<Dependent> = job
+            .dependents
+            .iter()
+            .filter_map(|d| Dependent::decode(d))
+            .collect();
+        stream::iter(work)
+            .map(|d| async move {
+                match d {
+                    Dependent::WholeJob(dep_id) => {
+                        if job.state == JobState::Succeeded {
+                            self.store.meet_gate(&dep_id, &job.job_id).await?;
+                        } else {
+                            self.store
+                                .fail_job(
+                                    &dep_id,
+                                    JobState::Failed,
+                                    &format!("Dependent job {} {}", job.job_id, job.state),
+                                )
+                                .await?;
+                        }
+                    }
+                    Dependent::NToN(dep_id) => {
+                        if job.state != JobState::Succeeded {
+                            if let Some(dep) = self.store.get_job(&dep_id).await? {
+                                if dep.state == JobState::Runnable {
+                                    self.sweep_n_to_n(&dep).await?;
+                                }
+                            }
+                        }
+                    }
+                    Dependent::Child { job_id, index } => {
+                        // The child may never have run (its job was cancelled).
+                        let id = child_task_id(index);
+                        let found = self
+                            .store
+                            .get_tasks(&job.job_id, job.shard_count, std::slice::from_ref(&id))
+                            .await?;
+                        if !found.get(&id).is_some_and(|t| t.state.is_terminal()) {
+                            self.store
+                                .fail_job(
+                                    &job_id,
+                                    JobState::Failed,
+                                    &format!(
+                                        "Dependent job {}:{index} ended without running",
+                                        job.job_id
+                                    ),
+                                )
+                                .await?;
+                        }
+                    }
+                }
+                Ok::<(), FanoutError>(())
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+}

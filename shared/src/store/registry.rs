@@ -1,0 +1,177 @@
+//! Named resources: job definitions, job queues, compute environments and scheduling
+//! policies. Each is one item, `R#<kind>` / `<name>` (job definitions:
+//! `<name>#<revision, 8 digits>`), holding the resource as AWS Batch describes it (JSON),
+//! so describing is a read and nothing is translated twice.
+
+use super::item::*;
+use super::{classify, record_capacity, Store, StoreError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity, ReturnValue};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    JobDefinition,
+    JobQueue,
+    ComputeEnvironment,
+    SchedulingPolicy,
+}
+
+impl ResourceKind {
+    fn pk(self) -> &'static str {
+        match self {
+            ResourceKind::JobDefinition => "R#job-definition",
+            ResourceKind::JobQueue => "R#job-queue",
+            ResourceKind::ComputeEnvironment => "R#compute-environment",
+            ResourceKind::SchedulingPolicy => "R#scheduling-policy",
+        }
+    }
+    /// The resource type in its ARN.
+    pub fn arn_type(self) -> &'static str {
+        &self.pk()[2..]
+    }
+}
+
+/// The sort key of one revision of a job definition.
+pub fn revision_sk(name: &str, revision: u32) -> String {
+    format!("{name}#{revision:08}")
+}
+
+impl Store {
+    /// Store a resource document. `create`: only if the name is free (false if taken);
+    /// otherwise only if it exists (false if not).
+    pub async fn put_resource(
+        &self,
+        kind: ResourceKind,
+        sk: &str,
+        doc: &Value,
+        create: bool,
+    ) -> Result<bool, StoreError> {
+        let mut it = key(kind.pk().to_string(), sk.to_string());
+        it.insert("doc".into(), s(doc.to_string()));
+        let res = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(it))
+            .condition_expression(if create {
+                "attribute_not_exists(pk)"
+            } else {
+                "attribute_exists(pk)"
+            })
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        self.conditional("PutItem", res.map(|o| o.consumed_capacity().cloned()))
+    }
+
+    pub async fn get_resource(
+        &self,
+        kind: ResourceKind,
+        sk: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        match self
+            .read_item(key(kind.pk().to_string(), sk.to_string()))
+            .await?
+        {
+            Some(it) => Ok(Some(doc_of(&it)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every resource of a kind whose sort key starts with `prefix`, in key order.
+    pub async fn list_resources(
+        &self,
+        kind: ResourceKind,
+        prefix: &str,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut q = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_values(":pk", s(kind.pk()));
+            q = if prefix.is_empty() {
+                q.key_condition_expression("pk = :pk")
+            } else {
+                q.key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                    .expression_attribute_values(":p", s(prefix))
+            };
+            let page = q
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| classify("Query", e))?;
+            record_capacity("Query", page.consumed_capacity());
+            for it in page.items() {
+                if it.contains_key("doc") {
+                    out.push(doc_of(it)?);
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_resource(&self, kind: ResourceKind, sk: &str) -> Result<bool, StoreError> {
+        let res = self
+            .ddb
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(kind.pk().to_string(), sk.to_string())))
+            .condition_expression("attribute_exists(pk)")
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        self.conditional("DeleteItem", res.map(|o| o.consumed_capacity().cloned()))
+    }
+
+    /// The next revision number of a job definition (1, 2, …; never reused).
+    pub async fn next_revision(&self, name: &str) -> Result<u32, StoreError> {
+        let out = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                "R#job-definition-revision".to_string(),
+                name.to_string(),
+            )))
+            .update_expression("ADD rev :one")
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| classify("UpdateItem", e))?;
+        record_capacity("UpdateItem", out.consumed_capacity());
+        match out.attributes().and_then(|a| a.get("rev")) {
+            Some(AttributeValue::N(v)) => v.parse().map_err(|_| {
+                StoreError::Malformed(Malformed {
+                    key: format!("job definition revision counter {name}"),
+                    problem: format!("rev {v:?} is not a number"),
+                })
+            }),
+            _ => Err(StoreError::Malformed(Malformed {
+                key: format!("job definition revision counter {name}"),
+                problem: "no rev returned".into(),
+            })),
+        }
+    }
+}
+
+fn doc_of(it: &Item) -> Result<Value, StoreError> {
+    let r = Reader::new(it);
+    let text = r.req_s("doc")?;
+    serde_json::from_str(&text).map_err(|e| {
+        StoreError::Malformed(Malformed {
+            key: format!("{:?}/{:?}", it.get("pk"), it.get("sk")),
+            problem: format!("doc is not JSON: {e}"),
+        })
+    })
+}

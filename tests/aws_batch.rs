@@ -1,0 +1,91 @@
+//! AWS Batch compatibility: boto3's `batch` client and the AWS CLI (installed from PyPI
+//! by `make test`) drive a local stack through `tests/clients/batch_clients.py`. Each
+//! scenario is one test, so they run side by side.
+
+use batchplane_tests::Harness;
+use std::path::PathBuf;
+
+fn clients_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("BATCHPLANE_CLIENTS_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    home.join(".cache/batchplane/venv-awscli-1.46.2/bin/python")
+}
+
+async fn scenario(name: &str, configure: impl FnOnce(&mut batchplane_local::StackOptions)) {
+    // Timeouts of a few seconds keep the timeout scenario short; AWS's floor is 60 s.
+    std::env::set_var("BATCHPLANE_ALLOW_SHORT_TIMEOUTS", "1");
+    let h = Harness::start(|o| {
+        // The scenarios' job queue: workers serve it beside the default one.
+        o.queues = vec!["default".into(), "jq".into()];
+        configure(o)
+    })
+    .await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/batch_clients.py");
+    let api = h.stack.api_url.clone();
+    let python = clients_python();
+    let name = name.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&name)
+            .arg(&api)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e} (make test installs it)", python.display()))
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    h.shutdown().await;
+    assert!(out.status.success(), "scenario failed\n{stdout}\n{stderr}");
+    println!("{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_queues_environments_policies_and_tags() {
+    scenario("resources", |o| o.workers = 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1000_child_array_runs_and_lists_page_by_page() {
+    scenario("array", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_to_n_releases_each_child_as_its_predecessor_succeeds() {
+    scenario("n_to_n", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_children_run_one_after_another_and_a_failure_stops_the_rest() {
+    scenario("sequential", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_1000_dependencies() {
+    scenario("many_dependencies", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_strategy_evaluate_on_exit_and_attempt_timeouts() {
+    scenario("retries", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_terminate() {
+    scenario("cancel_terminate", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_job_is_not_starved_by_a_million_child_job() {
+    scenario("fair_share", |o| o.job_window = 64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_works_unchanged() {
+    scenario("cli", |_| {}).await;
+}

@@ -1,0 +1,338 @@
+"""AWS Batch compatibility scenarios, driven by clients nobody here wrote: boto3's
+`batch` client and the AWS CLI, pointed at a local Batchplane stack.
+
+    python batch_clients.py SCENARIO API_URL
+
+Exits non-zero with the reason when a check fails. botocore parses every response,
+so a response AWS's model cannot read fails the scenario too.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import botocore.exceptions
+
+URL = sys.argv[2]
+batch = boto3.client("batch", endpoint_url=URL, region_name="us-east-1",
+                     aws_access_key_id="AKIDBATCHTEST", aws_secret_access_key="secret")
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def setup(queue="jq", size=None):
+    batch.create_compute_environment(
+        computeEnvironmentName=f"{queue}-ce", type="MANAGED", state="ENABLED",
+        computeResources={"type": "SPOT", "allocationStrategy": "SPOT_PRICE_CAPACITY_OPTIMIZED",
+                          "minvCpus": 0, "maxvCpus": 256, "desiredvCpus": 0,
+                          "instanceTypes": ["c7g.large", "m7g.xlarge"], "subnets": ["subnet-1"],
+                          "securityGroupIds": ["sg-1"], "instanceRole": "ecsInstanceRole"})
+    batch.create_job_queue(jobQueueName=queue, state="ENABLED", priority=10,
+                           computeEnvironmentOrder=[{"order": 1, "computeEnvironment": f"{queue}-ce"}])
+    batch.register_job_definition(
+        jobDefinitionName="sh", type="container",
+        parameters={"code": "0"},
+        containerProperties={"image": "unused", "command": ["sh", "-c", "Ref::script"],
+                             "resourceRequirements": [{"type": "VCPU", "value": "0.5"},
+                                                      {"type": "MEMORY", "value": "128"}]})
+
+
+def submit(name, script, queue="jq", **kw):
+    params = kw.pop("parameters", {})
+    params["script"] = script
+    return batch.submit_job(jobName=name, jobQueue=queue, jobDefinition="sh",
+                            parameters=params, **kw)["jobId"]
+
+
+def describe(job_id):
+    jobs = batch.describe_jobs(jobs=[job_id])["jobs"]
+    check(len(jobs) == 1, f"describe_jobs({job_id}) returned {len(jobs)}")
+    return jobs[0]
+
+
+def wait(job_id, timeout=120, states=("SUCCEEDED", "FAILED")):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        j = describe(job_id)
+        if j["status"] in states:
+            return j
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {describe(job_id)['status']} after {timeout}s")
+
+
+def children(parent, **kw):
+    out, token = [], None
+    pages = 0
+    while True:
+        args = dict(arrayJobId=parent, maxResults=100, **kw)
+        if token:
+            args["nextToken"] = token
+        page = batch.list_jobs(**args)
+        pages += 1
+        out += page["jobSummaryList"]
+        token = page.get("nextToken")
+        if not token:
+            return out, pages
+
+
+def client_error(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except botocore.exceptions.ClientError as e:
+        check(e.response["Error"]["Code"] == "ClientException", f"error code {e.response['Error']}")
+        check(e.response["ResponseMetadata"]["HTTPStatusCode"] == 400, "status 400")
+        return e.response["Error"]["Message"]
+    raise AssertionError(f"{fn.__name__} succeeded; expected a ClientException")
+
+
+def resources():
+    setup()
+    ces = batch.describe_compute_environments(computeEnvironments=["jq-ce"])["computeEnvironments"]
+    check(ces[0]["computeResources"]["allocationStrategy"] == "SPOT_PRICE_CAPACITY_OPTIMIZED", ces)
+    check(ces[0]["computeEnvironmentArn"].endswith(":compute-environment/jq-ce"), ces)
+    batch.update_compute_environment(computeEnvironment="jq-ce", computeResources={"desiredvCpus": 8})
+    ce = batch.describe_compute_environments(computeEnvironments=["jq-ce"])["computeEnvironments"][0]
+    check(ce["computeResources"]["desiredvCpus"] == 8, ce)
+    msg = client_error(batch.create_compute_environment, computeEnvironmentName="bad", type="MANAGED",
+                       computeResources={"type": "EC2", "maxvCpus": 4, "minvCpus": 8, "subnets": ["s"]})
+    check("minvCpus" in msg, msg)
+    msg = client_error(batch.delete_compute_environment, computeEnvironment="jq-ce")
+    check("DISABLED" in msg, msg)
+    # Definitions: revisions, name:rev, latest, deregister.
+    second = batch.register_job_definition(jobDefinitionName="sh", type="container",
+                                           containerProperties={"image": "x", "command": ["true"]})
+    check(second["revision"] == 2, second)
+    defs = batch.describe_job_definitions(jobDefinitionName="sh")["jobDefinitions"]
+    check([d["revision"] for d in defs] == [1, 2], defs)
+    batch.deregister_job_definition(jobDefinition="sh:2")
+    active = batch.describe_job_definitions(jobDefinitionName="sh", status="ACTIVE")["jobDefinitions"]
+    check([d["revision"] for d in active] == [1], active)
+    one = batch.describe_job_definitions(jobDefinitions=["sh:1"])["jobDefinitions"]
+    check(one[0]["containerProperties"]["command"] == ["sh", "-c", "Ref::script"], one)
+    # Pagination over definitions.
+    for i in range(5):
+        batch.register_job_definition(jobDefinitionName=f"d{i}", type="container",
+                                      containerProperties={"image": "x", "command": ["true"]})
+    seen, token = [], None
+    while True:
+        page = batch.describe_job_definitions(maxResults=2, **({"nextToken": token} if token else {}))
+        seen += page["jobDefinitions"]
+        token = page.get("nextToken")
+        if not token:
+            break
+    check(len(seen) == 7, f"{len(seen)} definitions over pages")
+    # Queues.
+    q = batch.describe_job_queues(jobQueues=["jq"])["jobQueues"][0]
+    check(q["priority"] == 10 and q["state"] == "ENABLED", q)
+    batch.update_job_queue(jobQueue="jq", priority=20)
+    check(batch.describe_job_queues(jobQueues=["jq"])["jobQueues"][0]["priority"] == 20, "priority updated")
+    msg = client_error(batch.create_job_queue, jobQueueName="q2", priority=1,
+                       computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "missing"}])
+    check("missing" in msg, msg)
+    # Scheduling policies.
+    p = batch.create_scheduling_policy(name="fair", fairsharePolicy={
+        "shareDistribution": [{"shareIdentifier": "teamA", "weightFactor": 0.5}]})
+    got = batch.describe_scheduling_policies(arns=[p["arn"]])["schedulingPolicies"]
+    check(got[0]["fairsharePolicy"]["shareDistribution"][0]["shareIdentifier"] == "teamA", got)
+    check(batch.list_scheduling_policies()["schedulingPolicies"][0]["arn"] == p["arn"], "listed")
+    # Tags.
+    arn = q["jobQueueArn"]
+    batch.tag_resource(resourceArn=arn, tags={"team": "research", "cost": "42"})
+    check(batch.list_tags_for_resource(resourceArn=arn)["tags"] == {"team": "research", "cost": "42"}, "tags")
+    batch.untag_resource(resourceArn=arn, tagKeys=["cost"])
+    check(batch.list_tags_for_resource(resourceArn=arn)["tags"] == {"team": "research"}, "untagged")
+    # A disabled queue accepts no jobs; deleting needs DISABLED too.
+    batch.update_job_queue(jobQueue="jq", state="DISABLED")
+    msg = client_error(batch.submit_job, jobName="x", jobQueue="jq", jobDefinition="sh:1")
+    check("DISABLED" in msg, msg)
+    batch.delete_job_queue(jobQueue="jq")
+    check(batch.describe_job_queues(jobQueues=["jq"])["jobQueues"] == [], "queue deleted")
+    batch.update_compute_environment(computeEnvironment="jq-ce", state="DISABLED")
+    batch.delete_compute_environment(computeEnvironment="jq-ce")
+    # What Batchplane does not do is refused, never silently accepted.
+    msg = client_error(batch.create_quota_share, quotaShareName="q", jobQueue="jq",
+                       capacityLimits=[{"maxCapacity": 1, "capacityUnit": "VCPU"}],
+                       resourceSharingConfiguration={"strategy": "RESERVE"}, preemptionConfiguration={"inSharePreemption": "DISABLED"}, state="ENABLED")
+    check("not supported" in msg, msg)
+    msg = client_error(batch.submit_job, jobName="bad name!", jobQueue="jq", jobDefinition="sh")
+    check("jobName" in msg, msg)
+
+
+def array():
+    setup()
+    parent = submit("thousand", 'echo "child $AWS_BATCH_JOB_ARRAY_INDEX of $AWS_BATCH_JOB_ID in $AWS_BATCH_JQ_NAME attempt $AWS_BATCH_JOB_ATTEMPT"',
+                    arrayProperties={"size": 1000})
+    j = wait(parent, timeout=300)
+    check(j["status"] == "SUCCEEDED", j)
+    check(j["arrayProperties"]["size"] == 1000, j)
+    check(j["arrayProperties"]["statusSummary"]["SUCCEEDED"] == 1000, j["arrayProperties"])
+    kids, pages = children(parent, jobStatus="SUCCEEDED")
+    check(len(kids) == 1000 and pages == 10, f"{len(kids)} children over {pages} pages")
+    check(len({k["jobId"] for k in kids}) == 1000, "distinct child ids")
+    child = describe(f"{parent}:7")
+    check(child["status"] == "SUCCEEDED" and child["arrayProperties"]["index"] == 7, child)
+    log = child["attempts"][0]["container"]["logStreamName"].removeprefix("file://")
+    out = open(log).read().strip()
+    check(out == f"child 7 of {parent}:7 in jq attempt 1", out)
+    listed = batch.list_jobs(jobQueue="jq", jobStatus="SUCCEEDED")["jobSummaryList"]
+    check([x["jobId"] for x in listed] == [parent], listed)
+    check(batch.describe_jobs(jobs=["nope", parent + ":5000"])["jobs"] == [], "unknown ids are left out")
+
+
+def n_to_n():
+    setup()
+    a = submit("a", "sleep 0.$((AWS_BATCH_JOB_ARRAY_INDEX % 5))", arrayProperties={"size": 40})
+    b = submit("b", "true", arrayProperties={"size": 40}, dependsOn=[{"jobId": a, "type": "N_TO_N"}])
+    check(describe(b)["dependsOn"] == [{"jobId": a, "type": "N_TO_N"}], describe(b)["dependsOn"])
+    wait(b, timeout=180)
+    check(describe(a)["status"] == "SUCCEEDED" and describe(b)["status"] == "SUCCEEDED", "both succeeded")
+    a_kids = {k["arrayProperties"]["index"]: k for k in children(a, jobStatus="SUCCEEDED")[0]}
+    b_kids = {k["arrayProperties"]["index"]: k for k in children(b, jobStatus="SUCCEEDED")[0]}
+    check(len(a_kids) == 40 and len(b_kids) == 40, f"{len(a_kids)} and {len(b_kids)} children")
+    a_done = max(k["stoppedAt"] for k in a_kids.values())
+    early = 0
+    for i in range(40):
+        check(b_kids[i]["startedAt"] >= a_kids[i]["stoppedAt"], f"b:{i} started before a:{i} ended")
+        early += b_kids[i]["startedAt"] < a_done
+    check(early > 0, "release is eager: some b child starts before all of a has finished")
+    # Sizes must match.
+    c = submit("c", "true", arrayProperties={"size": 3})
+    msg = client_error(batch.submit_job, jobName="d", jobQueue="jq", jobDefinition="sh",
+                       parameters={"script": "true"}, arrayProperties={"size": 4},
+                       dependsOn=[{"jobId": c, "type": "N_TO_N"}])
+    check("same size" in msg, msg)
+
+
+def sequential():
+    setup()
+    s = submit("seq", "sleep 0.2", arrayProperties={"size": 6}, dependsOn=[{"type": "SEQUENTIAL"}])
+    j = wait(s, timeout=120)
+    check(j["status"] == "SUCCEEDED", j)
+    kids = sorted(children(s, jobStatus="SUCCEEDED")[0], key=lambda k: k["arrayProperties"]["index"])
+    check([k["arrayProperties"]["index"] for k in kids] == list(range(6)), kids)
+    for prev, nxt in zip(kids, kids[1:]):
+        check(nxt["startedAt"] >= prev["stoppedAt"], f"{nxt['jobId']} overlapped {prev['jobId']}")
+    f = submit("seqfail", 'test "$AWS_BATCH_JOB_ARRAY_INDEX" != 2', arrayProperties={"size": 5},
+               dependsOn=[{"type": "SEQUENTIAL"}])
+    j = wait(f, timeout=120)
+    check(j["status"] == "FAILED", j)
+    summary = j["arrayProperties"]["statusSummary"]
+    check(summary["SUCCEEDED"] == 2 and summary["FAILED"] == 3, summary)
+    check("did not succeed" in describe(f"{f}:4")["statusReason"], describe(f"{f}:4"))
+
+
+def many_dependencies():
+    setup()
+    t0 = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        deps = list(pool.map(lambda i: submit(f"dep{i}", "true"), range(1000)))
+    t1 = time.time()
+    last = submit("after-all", "true", dependsOn=[{"jobId": d} for d in deps])
+    t2 = time.time()
+    j = wait(last, timeout=600)
+    print(f"submitted 1000 jobs in {t1 - t0:.1f}s, the dependent in {t2 - t1:.1f}s, "
+          f"all done {time.time() - t2:.1f}s later")
+    check(j["status"] == "SUCCEEDED", j)
+    check(len(j["dependsOn"]) == 1000, len(j["dependsOn"]))
+    latest = max(describe(d)["stoppedAt"] for d in deps[-20:])
+    check(j["startedAt"] >= latest, "started after its dependencies")
+    bad = submit("fails", "exit 1")
+    after_bad = submit("after-bad", "true", dependsOn=[{"jobId": bad}])
+    j = wait(after_bad)
+    check(j["status"] == "FAILED" and bad in j["statusReason"], j)
+
+
+def retries():
+    setup()
+    batch.register_job_definition(
+        jobDefinitionName="flaky", type="container",
+        containerProperties={"image": "x", "command": ["sh", "-c", "exit $AWS_BATCH_JOB_ATTEMPT"]},
+        retryStrategy={"attempts": 3, "evaluateOnExit": [{"onExitCode": "2", "action": "EXIT"}]})
+    j = wait(batch.submit_job(jobName="stops", jobQueue="jq", jobDefinition="flaky")["jobId"])
+    check(j["status"] == "FAILED" and len(j["attempts"]) == 2, j)
+    check([a["container"]["exitCode"] for a in j["attempts"]] == [1, 2], j["attempts"])
+    j = wait(batch.submit_job(jobName="retried", jobQueue="jq", jobDefinition="flaky",
+                              retryStrategy={"attempts": 3})["jobId"])
+    check(len(j["attempts"]) == 3 and j["status"] == "FAILED", j)
+    j = wait(submit("slow", "sleep 30", timeout={"attemptDurationSeconds": 2}), timeout=60)
+    check(j["status"] == "FAILED" and "Job attempt duration exceeded timeout" in j["statusReason"], j)
+    msg = client_error(batch.submit_job, jobName="x", jobQueue="jq", jobDefinition="sh",
+                       retryStrategy={"attempts": 11})
+    check("attempts" in msg, msg)
+
+
+def cancel_terminate():
+    setup()
+    running = submit("runs", "sleep 60")
+    wait(running, states=("RUNNING",), timeout=60)
+    # Waits on the running job: PENDING until it ends, so cancelling it fails it at once.
+    big = submit("waits", "sleep 60", arrayProperties={"size": 50}, dependsOn=[{"jobId": running}])
+    check(describe(big)["status"] == "PENDING", describe(big))
+    batch.cancel_job(jobId=big, reason="not needed")
+    j = wait(big, timeout=30)
+    check(j["status"] == "FAILED" and j["statusReason"] == "Cancelled: not needed", j)
+    check(j["arrayProperties"]["statusSummary"]["FAILED"] == 50, j["arrayProperties"])
+    # cancel_job on a RUNNING job leaves it running, as AWS Batch does.
+    batch.cancel_job(jobId=running, reason="too late")
+    check(describe(running)["status"] == "RUNNING", describe(running))
+    batch.terminate_job(jobId=running, reason="stop now")
+    j = wait(running, timeout=30)
+    check(j["status"] == "FAILED" and "stop now" in j["statusReason"], j)
+    # Its attempt was killed, not left running.
+    deadline = time.time() + 30
+    while time.time() < deadline and not describe(running)["attempts"]:
+        time.sleep(0.3)
+    check(describe(running)["attempts"], "the terminated attempt is recorded")
+
+
+def fair_share():
+    setup()
+    big = submit("million", "sleep 0.05", arrayProperties={"size": 1000000})
+    wait(big, states=("RUNNING",), timeout=60)
+    time.sleep(2)
+    t0 = time.time()
+    small = submit("small", "true", arrayProperties={"size": 10})
+    j = wait(small, timeout=60)
+    took = time.time() - t0
+    check(j["status"] == "SUCCEEDED", j)
+    check(took < 30, f"the small job took {took:.1f}s behind the million-child job")
+    batch.terminate_job(jobId=big, reason="done")
+    print(json.dumps({"small_job_seconds": round(took, 2)}))
+
+
+def cli():
+    setup()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDCLI", AWS_SECRET_ACCESS_KEY="secret",
+               AWS_DEFAULT_REGION="us-east-1")
+    aws = os.path.join(os.path.dirname(sys.executable), "aws")
+
+    def run(*args):
+        out = subprocess.run([aws, "batch", *args, "--endpoint-url", URL, "--output", "json"],
+                             env=env, capture_output=True, text=True)
+        check(out.returncode == 0, f"aws batch {' '.join(args)}: {out.stderr}")
+        return json.loads(out.stdout) if out.stdout.strip() else {}
+
+    queues = run("describe-job-queues")["jobQueues"]
+    check([q["jobQueueName"] for q in queues] == ["jq"], queues)
+    job = run("submit-job", "--job-name", "from-cli", "--job-queue", "jq", "--job-definition", "sh",
+              "--parameters", "script=exit 0", "--array-properties", "size=3")
+    check(job["jobName"] == "from-cli", job)
+    wait(job["jobId"])
+    listed = run("list-jobs", "--job-queue", "jq", "--job-status", "SUCCEEDED")["jobSummaryList"]
+    check([x["jobId"] for x in listed] == [job["jobId"]], listed)
+    got = run("describe-jobs", "--jobs", job["jobId"])["jobs"][0]
+    check(got["status"] == "SUCCEEDED" and got["arrayProperties"]["statusSummary"]["SUCCEEDED"] == 3, got)
+    bad = subprocess.run([aws, "batch", "submit-job", "--job-name", "x", "--job-queue", "nope",
+                          "--job-definition", "sh", "--endpoint-url", URL], env=env, capture_output=True, text=True)
+    check(bad.returncode != 0 and "ClientException" in bad.stderr and "nope" in bad.stderr, bad.stderr)
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1]]()
+    print(f"{sys.argv[1]}: ok")
