@@ -34,7 +34,11 @@ pub struct BenchArgs {
     /// level fits the workers and release latency is not time spent waiting for a slot).
     #[arg(long)]
     dag_width: Option<usize>,
-    /// Which scenarios (sleep, noop, dag); default all.
+    /// Children of each array in the `array` scenario (an array job and its N_TO_N
+    /// successor of the same size).
+    #[arg(long, default_value_t = 100_000)]
+    array_size: u32,
+    /// Which scenarios (sleep, noop, dag, array); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results.
@@ -61,6 +65,11 @@ struct ScenarioResult {
     requests_per_task: HashMap<String, f64>,
     lambda_invocations_per_task: f64,
     dollars_per_million_tasks: f64,
+    /// Array scenario: round trip of each submission (the array, its successor).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    submit_ms: Vec<f64>,
+    /// Items in the table once the scenario ended.
+    items_in_table: Option<u64>,
 }
 
 struct Scenario {
@@ -165,12 +174,7 @@ async fn release_latencies(api: &Api, job_id: &str, spec: &Value) -> anyhow::Res
         let id = t["id"].as_str().unwrap_or_default();
         let view = api.get(&format!("/v1/jobs/{job_id}/tasks/{id}")).await?;
         if let Some(a) = view["attempts"].as_array().and_then(|a| a.last()) {
-            let ms = |v: &Value| {
-                v.as_str()
-                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                    .map(|t| t.timestamp_millis())
-            };
-            if let (Some(s), Some(f)) = (ms(&a["started_at"]), ms(&a["finished_at"])) {
+            if let (Some(s), Some(f)) = (epoch_ms(&a["started_at"]), epoch_ms(&a["finished_at"])) {
                 started.insert(id.to_string(), s);
                 finished.insert(id.to_string(), f);
             }
@@ -197,7 +201,7 @@ async fn release_latencies(api: &Api, job_id: &str, spec: &Value) -> anyhow::Res
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let parallelism = (args.workers as f64 * args.worker_cpus).floor() as usize;
-    let all = ["sleep", "noop", "dag"];
+    let all = ["sleep", "noop", "dag", "array"];
     let chosen: Vec<&str> = all
         .iter()
         .copied()
@@ -207,6 +211,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let mut emulators = Emulators::start(&state.join("emulators"), free_port()?, free_port()?)?;
     let mut results = Vec::new();
     for name in chosen {
+        if name == "array" {
+            let n = args.array_size as usize;
+            eprintln!("== array: 2 × {n} children (N_TO_N), parallelism {parallelism}");
+            let floor_s = floor(
+                &[vec!["true".to_string(); n], vec!["true".to_string(); n]],
+                parallelism,
+            )?;
+            results.push(run_array(args, parallelism, &emulators, &state, floor_s).await?);
+            continue;
+        }
         let scenario = match name {
             "sleep" => flat("sleep", args.sleep_tasks, "sleep 1"),
             "noop" => flat("noop", args.noop_tasks, "true"),
@@ -238,15 +252,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn run_scenario(
-    scenario: &Scenario,
+/// A stack for one scenario, its metrics going to the scenario's own folder.
+async fn start_stack(
+    name: &str,
     args: &BenchArgs,
-    parallelism: usize,
     emulators: &Emulators,
     state: &std::path::Path,
-    floor_s: f64,
-) -> anyhow::Result<ScenarioResult> {
-    let dir = state.join(scenario.name);
+) -> anyhow::Result<(LocalStack, Api)> {
+    let dir = state.join(name);
     let mut opts = StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir)?;
     opts.workers = args.workers;
     opts.worker_cpus = args.worker_cpus;
@@ -256,35 +269,20 @@ async fn run_scenario(
     let api = Api::new(&stack.api_url)?;
     // Workers' first long polls and the stream poller settle before the clock starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = metrics::snapshot();
-    let started = Instant::now();
-    let resp = api
-        .post("/v1/jobs", scenario.spec.to_string(), None)
-        .await?;
-    let job_id = resp["job_id"].as_str().context("job_id")?.to_string();
-    let done = jobs::wait_for(&api, &job_id, true).await?;
-    let observed = started.elapsed().as_secs_f64();
-    // Server-side: submission accepted to job finished (the poll adds up to 250 ms).
-    let at = |k: &str| {
-        done[k]
-            .as_str()
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.timestamp_millis())
-    };
-    let makespan = match (at("created_at"), at("finished_at")) {
-        (Some(c), Some(f)) => (f - c) as f64 / 1000.0,
-        _ => observed,
-    };
-    anyhow::ensure!(
-        done["state"] == "SUCCEEDED",
-        "benchmark job ended {}",
-        done["state"]
-    );
-    let in_process = diff(&metrics::snapshot(), &before);
-    let latencies = release_latencies(&api, &job_id, &scenario.spec).await?;
+    Ok((stack, api))
+}
+
+/// Stop the stack, count the items it left, drop its table; the requests of this process
+/// since `before` plus those the workers wrote on exit.
+async fn finish_stack(
+    stack: LocalStack,
+    before: &RequestCounts,
+) -> anyhow::Result<(RequestCounts, u64)> {
+    let in_process = diff(&metrics::snapshot(), before);
     let metrics_dir = stack.opts.metrics_dir.clone().context("metrics dir")?;
     let store = stack.service.store.clone();
     stack.shutdown().await?;
+    let items = store.count_items().await?;
     // Each scenario starts on an emulator without the last one's table in its memory.
     store.delete_table().await?;
     let mut counts = in_process;
@@ -292,7 +290,37 @@ async fn run_scenario(
         let worker: RequestCounts = serde_json::from_slice(&std::fs::read(entry?.path())?)?;
         counts.merge(&worker);
     }
-    let n = scenario.levels.iter().map(Vec::len).sum::<usize>();
+    Ok((counts, items))
+}
+
+/// An RFC 3339 time of the API as milliseconds since the epoch.
+fn epoch_ms(v: &Value) -> Option<i64> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis())
+}
+
+/// Server-side makespan: from the first job's creation to the last one's end.
+fn makespan_s(first: &Value, last: &Value) -> Option<f64> {
+    Some((epoch_ms(&last["finished_at"])? - epoch_ms(&first["created_at"])?) as f64 / 1000.0)
+}
+
+/// What a scenario measured.
+struct Measured {
+    name: String,
+    tasks: usize,
+    parallelism: usize,
+    makespan_s: f64,
+    floor_s: f64,
+    latencies: Vec<f64>,
+    counts: RequestCounts,
+    submit_ms: Vec<f64>,
+    items: u64,
+}
+
+fn result(m: Measured) -> ScenarioResult {
+    let n = m.tasks;
+    let counts = &m.counts;
     let per = |x: f64| x / n as f64;
     let lambda = counts.requests.get("Lambda.Invoke").copied().unwrap_or(0) + 1; // + the API call
     let mut requests_per_task: HashMap<String, f64> = HashMap::new();
@@ -307,25 +335,138 @@ async fn run_scenario(
         .filter(|(_, v)| **v > 0.0)
         .map(|(k, v)| (k.clone(), per(*v)))
         .collect();
-    let dollars = metrics::dollars(&counts)
+    let dollars = metrics::dollars(counts)
         + lambda as f64 * metrics::prices::LAMBDA_PER_MILLION_REQUESTS / 1e6;
-    Ok(ScenarioResult {
-        scenario: scenario.name.to_string(),
+    ScenarioResult {
+        scenario: m.name,
         tasks: n,
-        parallelism,
-        makespan_s: makespan,
-        floor_makespan_s: floor_s,
-        efficiency: floor_s / makespan,
-        tasks_per_s: n as f64 / makespan,
-        release_latency_p50_ms: percentile(&latencies, 0.50),
-        release_latency_p99_ms: percentile(&latencies, 0.99),
+        parallelism: m.parallelism,
+        makespan_s: m.makespan_s,
+        floor_makespan_s: m.floor_s,
+        efficiency: m.floor_s / m.makespan_s,
+        tasks_per_s: n as f64 / m.makespan_s,
+        release_latency_p50_ms: percentile(&m.latencies, 0.50),
+        release_latency_p99_ms: percentile(&m.latencies, 0.99),
         dynamodb_write_units_per_task: per(counts.total_write_units()),
         dynamodb_read_units_per_task: per(counts.total_read_units()),
         write_units_per_task_by_operation,
         requests_per_task,
         lambda_invocations_per_task: per(lambda as f64),
         dollars_per_million_tasks: dollars / n as f64 * 1e6,
-    })
+        submit_ms: m.submit_ms,
+        items_in_table: Some(m.items),
+    }
+}
+
+async fn run_scenario(
+    scenario: &Scenario,
+    args: &BenchArgs,
+    parallelism: usize,
+    emulators: &Emulators,
+    state: &std::path::Path,
+    floor_s: f64,
+) -> anyhow::Result<ScenarioResult> {
+    let (stack, api) = start_stack(scenario.name, args, emulators, state).await?;
+    let before = metrics::snapshot();
+    let started = Instant::now();
+    let resp = api
+        .post("/v1/jobs", scenario.spec.to_string(), None)
+        .await?;
+    let submit_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let job_id = resp["job_id"].as_str().context("job_id")?.to_string();
+    let done = jobs::wait_for(&api, &job_id, true).await?;
+    // Server-side: submission accepted to job finished (the poll adds up to 250 ms).
+    let makespan = makespan_s(&done, &done).unwrap_or_else(|| started.elapsed().as_secs_f64());
+    anyhow::ensure!(
+        done["state"] == "SUCCEEDED",
+        "benchmark job ended {}",
+        done["state"]
+    );
+    let latencies = release_latencies(&api, &job_id, &scenario.spec).await?;
+    let (counts, items) = finish_stack(stack, &before).await?;
+    Ok(result(Measured {
+        name: scenario.name.to_string(),
+        tasks: scenario.levels.iter().map(Vec::len).sum::<usize>(),
+        parallelism,
+        makespan_s: makespan,
+        floor_s,
+        latencies,
+        counts,
+        submit_ms: vec![submit_ms],
+        items,
+    }))
+}
+
+/// An array of `array_size` no-op children and an N_TO_N successor of the same size,
+/// each submitted as one request. Release latency is child i of the successor starting
+/// minus child i of the first ending, over up to 1,000 evenly spaced indexes.
+async fn run_array(
+    args: &BenchArgs,
+    parallelism: usize,
+    emulators: &Emulators,
+    state: &std::path::Path,
+    floor_s: f64,
+) -> anyhow::Result<ScenarioResult> {
+    let n = args.array_size;
+    let (stack, api) = start_stack("array", args, emulators, state).await?;
+    let before = metrics::snapshot();
+    let mut submit_ms = Vec::new();
+    let submit = |spec: Value| {
+        let api = &api;
+        async move {
+            let t = Instant::now();
+            let r = api.post("/v1/jobs", spec.to_string(), None).await?;
+            let id = r["job_id"].as_str().context("job_id")?.to_string();
+            anyhow::Ok((id, t.elapsed().as_secs_f64() * 1000.0))
+        }
+    };
+    let child = json!({"command": ["true"], "cpu": 1, "memory_mib": 64});
+    let mut first = json!({"name": "bench-array", "array_size": n});
+    let mut second = json!({"name": "bench-array-successor", "array_size": n});
+    for spec in [&mut first, &mut second] {
+        for (k, v) in child.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+    }
+    let (a, ms) = submit(first).await?;
+    submit_ms.push(ms);
+    second["depends_on"] = json!([{"job": a, "type": "N_TO_N"}]);
+    let (b, ms) = submit(second).await?;
+    submit_ms.push(ms);
+    let done_b = jobs::wait_for(&api, &b, true).await?;
+    let done_a = jobs::wait_for(&api, &a, false).await?;
+    for d in [&done_a, &done_b] {
+        anyhow::ensure!(
+            d["state"] == "SUCCEEDED",
+            "benchmark job ended {}",
+            d["state"]
+        );
+    }
+    let makespan = makespan_s(&done_a, &done_b).context("job times")?;
+    let mut latencies = Vec::new();
+    let step = (n / 1000).max(1) as usize;
+    for i in (0..n).step_by(step) {
+        let ta = api.get(&format!("/v1/jobs/{a}/tasks/{i}")).await?;
+        let tb = api.get(&format!("/v1/jobs/{b}/tasks/{i}")).await?;
+        if let (Some(end), Some(start)) =
+            (epoch_ms(&ta["finished_at"]), epoch_ms(&tb["started_at"]))
+        {
+            latencies.push((start - end) as f64);
+        }
+    }
+    latencies.sort_by(|x, y| x.total_cmp(y));
+    let (counts, items) = finish_stack(stack, &before).await?;
+    Ok(result(Measured {
+        name: "array".into(),
+        tasks: 2 * n as usize,
+        parallelism,
+        makespan_s: makespan,
+        floor_s,
+        latencies,
+        counts,
+        submit_ms,
+        items,
+    }))
 }
 
 fn print_table(results: &[ScenarioResult]) {
@@ -371,5 +512,13 @@ fn print_table(results: &[ScenarioResult]) {
         wcu.sort_by(|a, b| a.0.cmp(b.0));
         let parts: Vec<String> = wcu.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
         println!("{} write units/task: {}", r.scenario, parts.join(", "));
+        if r.scenario == "array" {
+            let subs: Vec<String> = r.submit_ms.iter().map(|m| format!("{m:.0} ms")).collect();
+            println!(
+                "array submissions (one request each): {}; items in the table after: {}",
+                subs.join(", "),
+                r.items_in_table.unwrap_or(0)
+            );
+        }
     }
 }
