@@ -1563,10 +1563,6 @@ impl Service {
                 );
             }
         }
-        if job.started_at.is_none() {
-            // botocore's shapes want a number here when present; leave it out instead.
-            d.remove("startedAt");
-        }
         d.insert("container".into(), container);
         Ok(Some(Value::Object(d)))
     }

@@ -386,8 +386,14 @@ impl Fanout {
                 entry.0.add(old, -1);
             }
             entry.0.add(t.task.state, 1);
-            if t.task.state == TaskState::Running {
-                let at = t.task.started_at.unwrap_or_else(crate::store::now_ms);
+            // A task seen running, or seen only once it had ended (its RUNNING record may
+            // have come in a batch whose counts were already recorded), started the job.
+            let started_at = match t.task.state {
+                TaskState::Running => Some(t.task.started_at.unwrap_or_else(crate::store::now_ms)),
+                st if st.is_terminal() => t.task.started_at,
+                _ => None,
+            };
+            if let Some(at) = started_at {
                 entry.1 = Some(entry.1.map_or(at, |x: i64| x.min(at)));
             }
             if t.task.state.is_terminal() {
