@@ -12,8 +12,13 @@ const MINUTE: Duration = Duration::from_secs(60);
 async fn children(h: &Harness, job_id: &str) -> HashMap<u64, Value> {
     let mut out = HashMap::new();
     for t in h.all_tasks(job_id, None, 5).await {
-        let id = t["task_id"].as_str().unwrap();
-        out.insert(id.parse().unwrap(), h.task(job_id, id).await);
+        let id = t["task_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a listed task without task_id: {t}"));
+        let index = id
+            .parse()
+            .unwrap_or_else(|e| panic!("child id {id:?} is not an index: {e}"));
+        out.insert(index, h.task(job_id, id).await);
     }
     out
 }
@@ -139,7 +144,9 @@ async fn bad_array_specs_are_refused_with_the_field_named() {
             "{spec}: {}",
             r.body
         );
-        let msg = r.body["error"]["message"].as_str().unwrap();
+        let msg = r.body["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{spec}: no error message in {}", r.body));
         assert!(msg.contains(needle), "{spec}: {msg}");
     }
     // A misspelt field is named, not ignored.
@@ -147,10 +154,13 @@ async fn bad_array_specs_are_refused_with_the_field_named() {
         .post("/v1/jobs", "name: x\ncommand: [true]\narray_sise: 3\n")
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("array_sise"));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("array_sise")),
+        "{}",
+        r.body
+    );
     // A dependency on a job that does not exist, and an unknown definition.
     let r = h
         .post(

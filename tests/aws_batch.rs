@@ -27,21 +27,24 @@ async fn scenario(name: &str, configure: impl FnOnce(&mut batchplane_local::Stac
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/batch_clients.py");
     let api = h.stack.api_url.clone();
     let python = clients_python();
-    let name = name.to_string();
+    let scenario_arg = name.to_string();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&python)
             .arg(&script)
-            .arg(&name)
+            .arg(&scenario_arg)
             .arg(&api)
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e} (make test installs it)", python.display()))
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("scenario {name}: the client task failed: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     h.shutdown().await;
-    assert!(out.status.success(), "scenario failed\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "scenario {name} failed\n{stdout}\n{stderr}"
+    );
     println!("{stdout}");
 }
 

@@ -1431,16 +1431,7 @@ impl Service {
         d.insert("platformCapabilities".into(), json!(["EC2"]));
         let Some(a) = &job.array else {
             // A native DAG job: its tasks are a graph, not one container.
-            d.insert("status".into(), json!(aws_status(&job)));
-            if let Some(r) = &job.reason {
-                d.insert("statusReason".into(), json!(r));
-            }
-            if let Some(t) = job.started_at {
-                d.insert("startedAt".into(), json!(t));
-            }
-            if let Some(t) = job.finished_at {
-                d.insert("stoppedAt".into(), json!(t));
-            }
+            job_status_fields(&job, &mut d);
             d.insert("jobDefinition".into(), json!(""));
             d.insert("container".into(), json!({}));
             return Ok(Some(Value::Object(d)));
@@ -1546,16 +1537,7 @@ impl Service {
                 for st in TaskState::ALL {
                     *summary.entry(task_status(&st)).or_default() += counts.get(st);
                 }
-                d.insert("status".into(), json!(aws_status(&job)));
-                if let Some(r) = &job.reason {
-                    d.insert("statusReason".into(), json!(r));
-                }
-                if let Some(t) = job.started_at {
-                    d.insert("startedAt".into(), json!(t));
-                }
-                if let Some(t) = job.finished_at {
-                    d.insert("stoppedAt".into(), json!(t));
-                }
+                job_status_fields(&job, &mut d);
                 d.insert("attempts".into(), json!([]));
                 d.insert(
                     "arrayProperties".into(),
@@ -1754,23 +1736,31 @@ impl Service {
     }
 }
 
+/// A job's own `status`, `statusReason`, `startedAt` and `stoppedAt` (the last three
+/// only when known: botocore wants numbers where they are present).
+fn job_status_fields(j: &JobRecord, d: &mut Map<String, Value>) {
+    d.insert("status".into(), json!(aws_status(j)));
+    if let Some(r) = &j.reason {
+        d.insert("statusReason".into(), json!(r));
+    }
+    if let Some(t) = j.started_at {
+        d.insert("startedAt".into(), json!(t));
+    }
+    if let Some(t) = j.finished_at {
+        d.insert("stoppedAt".into(), json!(t));
+    }
+}
+
 fn job_summary(j: &JobRecord) -> Value {
     let mut m = json!({
         "jobArn": arn("job", &j.job_id),
         "jobId": j.job_id,
         "jobName": j.name,
         "createdAt": j.created_at,
-        "status": aws_status(j),
         "container": {},
     });
-    if let Some(r) = &j.reason {
-        m["statusReason"] = json!(r);
-    }
-    if let Some(t) = j.started_at {
-        m["startedAt"] = json!(t);
-    }
-    if let Some(t) = j.finished_at {
-        m["stoppedAt"] = json!(t);
+    if let Value::Object(fields) = &mut m {
+        job_status_fields(j, fields);
     }
     if let Some(a) = &j.array {
         if let Some(s) = a.array_size {

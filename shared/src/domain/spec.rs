@@ -119,6 +119,27 @@ pub fn parse_submission(text: &str) -> Result<Submission, SpecError> {
     }
 }
 
+/// The fields every job spec has: a name of 1 to 256 characters, a team and a queue of
+/// 1 to 64 of `[A-Za-z0-9_.-]`.
+fn check_job_header(name: &str, team: &str, queue: &str) -> Result<(), SpecError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 256 {
+        return Err(invalid(
+            "name",
+            "field `name`: must be 1 to 256 characters".into(),
+        ));
+    }
+    for (field, value) in [("team", team), ("queue", queue)] {
+        if !is_valid_task_id(value) || value.len() > 64 {
+            return Err(invalid(
+                field,
+                format!("field `{field}`: {value:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn invalid(field: &str, message: String) -> SpecError {
     SpecError::new("InvalidField", message, json!({"field": field}))
 }
@@ -127,21 +148,7 @@ fn invalid(field: &str, message: String) -> SpecError {
 pub fn parse_array_job_spec(text: &str) -> Result<ArrayJobSpec, SpecError> {
     use super::batch::{DependencyKind, JobDependency, MAX_ARRAY_SIZE, MAX_JOB_DEPENDENCIES};
     let spec: ArrayJobSpec = parse_document(text)?;
-    let name = spec.name.trim();
-    if name.is_empty() || name.len() > 256 {
-        return Err(invalid(
-            "name",
-            "field `name`: must be 1 to 256 characters".into(),
-        ));
-    }
-    for (field, value) in [("team", &spec.team), ("queue", &spec.queue)] {
-        if !is_valid_task_id(value) || value.len() > 64 {
-            return Err(invalid(
-                field,
-                format!("field `{field}`: {value:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
-            ));
-        }
-    }
+    check_job_header(&spec.name, &spec.team, &spec.queue)?;
     if let Some(n) = spec.array_size {
         if !(2..=MAX_ARRAY_SIZE).contains(&n) {
             return Err(invalid(
@@ -315,23 +322,7 @@ pub fn parse_job_spec(text: &str) -> Result<JobSpec, SpecError> {
             }
         }
     }
-    let name = spec.name.trim();
-    if name.is_empty() || name.len() > 256 {
-        return Err(SpecError::new(
-            "InvalidField",
-            "field `name`: must be 1 to 256 characters",
-            json!({"field": "name"}),
-        ));
-    }
-    for (field, value) in [("team", &spec.team), ("queue", &spec.queue)] {
-        if !is_valid_task_id(value) || value.len() > 64 {
-            return Err(SpecError::new(
-                "InvalidField",
-                format!("field `{field}`: {value:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
-                json!({"field": field}),
-            ));
-        }
-    }
+    check_job_header(&spec.name, &spec.team, &spec.queue)?;
     validate_tasks(&spec.tasks, &HashSet::new())?;
     Ok(spec)
 }
