@@ -151,7 +151,7 @@ async fn a_lapsed_lease_is_taken_over_and_the_old_holder_is_shut_out() {
         ..Default::default()
     };
     assert!(!store
-        .finish_attempt(&first, "old", TaskState::Succeeded, None, &rec)
+        .finish_attempt(&first, "old", TaskState::Succeeded, None, &rec, None)
         .await
         .unwrap());
     // The new holder can; after max_attempts (2) a lapsed lease fails the task.
@@ -297,6 +297,7 @@ async fn queue_round_trip_and_unknown_queue() {
             shard: 1,
             cpu_milli: 250,
             memory_mib: 64,
+            gpu: 0,
             array_child: false,
         })
         .collect();

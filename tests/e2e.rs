@@ -348,6 +348,7 @@ async fn duplicate_sqs_deliveries_run_each_task_once() {
             task_id: id,
             cpu_milli: 500,
             memory_mib: 512,
+            gpu: 0,
             array_child: false,
         });
     }

@@ -34,6 +34,10 @@ pub struct StackArgs {
     /// Task lease, seconds.
     #[arg(long, default_value_t = 30)]
     pub lease_seconds: u64,
+    /// A worker for a tier shape's pools, `CPU:MEMORY_MIB[:GPU][xSLOTS]` (e.g. `1:1024x4`:
+    /// four 1-vCPU, 1 GiB tasks at once); repeat for more shapes.
+    #[arg(long = "pool")]
+    pub pools: Vec<batchplane_local::stack::PoolWorkers>,
     /// Queues the workers serve, comma-separated, in the order they are polled when job
     /// queues do not say otherwise (AWS Batch job queues created later need listing here).
     #[arg(long, value_delimiter = ',', default_value = "default")]
@@ -108,6 +112,7 @@ async fn start_stack(args: &StackArgs) -> anyhow::Result<(Emulators, LocalStack)
     opts.worker_memory_mib = args.worker_memory_mib;
     opts.lease_seconds = args.lease_seconds;
     opts.queues = args.queues.clone();
+    opts.pools = args.pools.clone();
     let stack = LocalStack::start(opts).await?;
     Ok((emulators, stack))
 }
@@ -169,6 +174,18 @@ pub async fn run(cmd: &DevCommand) -> anyhow::Result<u8> {
                 .arg(args.lease_seconds.to_string())
                 .arg("--queues")
                 .arg(args.queues.join(","))
+                .args(args.pools.iter().flat_map(|p| {
+                    [
+                        "--pool".to_string(),
+                        format!(
+                            "{}:{}:{}x{}",
+                            p.shape.cpu(),
+                            p.shape.memory_mib,
+                            p.shape.gpu,
+                            p.slots
+                        ),
+                    ]
+                }))
                 .arg("--state-dir")
                 .arg(&args.state_dir)
                 .stdin(std::process::Stdio::null())

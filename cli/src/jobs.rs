@@ -258,18 +258,87 @@ pub async fn task(api: &Api, job_id: &str, task_id: &str, output: Output) -> any
     println!("command   {}", serde_json::to_string(&t["command"])?);
     println!("env       {}", serde_json::to_string(&t["env"])?);
     println!(
-        "resources cpu {}  memory {} MiB  timeout {}",
-        t["cpu"], t["memory_mib"], t["timeout_seconds"]
+        "resources cpu {}  memory {} MiB  timeout {}  pool {}",
+        t["cpu"],
+        t["memory_mib"],
+        t["timeout_seconds"],
+        s(&t["pool"])
     );
-    println!("depends   {}", serde_json::to_string(&t["depends_on"])?);
+    if let Some(tiers) = t["tiers"].as_array() {
+        let current = t["tier"].as_u64().unwrap_or(0) as usize;
+        let list: Vec<String> = tiers
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let mark = if i == current { "*" } else { "" };
+                let gpu = x["gpu"]
+                    .as_u64()
+                    .map(|g| format!(" {g} GPU"))
+                    .unwrap_or_default();
+                format!("{mark}{} vCPU {} MiB{gpu}", x["cpu"], x["memory_mib"])
+            })
+            .collect();
+        println!("tiers     {}  (* = current)", list.join(" → "));
+    }
+    let deps: Vec<String> = t["depends_on"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let id = d.as_str().unwrap_or("");
+            format!(
+                "{id} ({})",
+                t["dependency_states"][id].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    println!(
+        "depends   {}",
+        if deps.is_empty() {
+            "-".into()
+        } else {
+            deps.join(", ")
+        }
+    );
     println!("dependents {}", serde_json::to_string(&t["dependents"])?);
     for a in t["attempts"].as_array().cloned().unwrap_or_default() {
+        let tier = a["tier"]
+            .as_u64()
+            .map(|i| format!(" tier {}", i + 1))
+            .unwrap_or_default();
         println!(
-            "attempt {} on {}: {} → {}  exit {} signal {}  cpu user {}s sys {}s  max rss {} KiB  {}",
-            a["attempt"], s(&a["worker_id"]), s(&a["started_at"]), s(&a["finished_at"]),
-            a["exit_code"], a["signal"], a["cpu_user_seconds"], a["cpu_system_seconds"], a["max_rss_kib"],
+            "attempt {}{tier} on {}: {} → {}  exit {} signal {}  {}",
+            a["attempt"],
+            s(&a["worker_id"]),
+            s(&a["started_at"]),
+            s(&a["finished_at"]),
+            a["exit_code"],
+            a["signal"],
             a["reason"].as_str().unwrap_or("")
         );
+        let kib = |k: &str| {
+            a[k].as_u64()
+                .map(|v| format!("{:.1} MiB", v as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "  reserved {} vCPU {} MiB ({})  cpu user {}s sys {}s  wall {}s  rss avg {} peak {}",
+            a["cpu"],
+            a["memory_mib"],
+            a["memory_enforcement"].as_str().unwrap_or("no limit"),
+            a["cpu_user_seconds"],
+            a["cpu_system_seconds"],
+            a["wall_seconds"],
+            kib("avg_rss_kib"),
+            kib("peak_rss_kib"),
+        );
+        if a.get("gpu_peak_memory_mib").is_some() {
+            println!(
+                "  gpu peak {} MiB  utilisation {}%",
+                a["gpu_peak_memory_mib"], a["gpu_utilization_percent"]
+            );
+        }
         println!("  stdout {}\n  stderr {}", s(&a["stdout"]), s(&a["stderr"]));
     }
     Ok(0)

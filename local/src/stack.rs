@@ -38,6 +38,37 @@ pub struct StackOptions {
     pub metrics_dir: Option<PathBuf>,
     /// Children of one array job queued at once.
     pub job_window: u32,
+    /// Tier pools to run a worker for, each with how many tasks of its shape the worker
+    /// runs at once: the worker serves that shape's pool of every queue.
+    pub pools: Vec<PoolWorkers>,
+}
+
+/// One worker for a tier shape, offering `slots` times the shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolWorkers {
+    pub shape: batchplane::domain::tiers::Tier,
+    pub slots: u32,
+}
+
+impl std::str::FromStr for PoolWorkers {
+    type Err = String;
+    /// `CPU:MEMORY_MIB[:GPU][xSLOTS]`, e.g. `1:1024x4`.
+    fn from_str(text: &str) -> Result<PoolWorkers, String> {
+        let (shape, slots) = match text.rsplit_once('x') {
+            Some((s, n)) => (
+                s,
+                n.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{text:?}: slots {n:?} must be a positive count"))?,
+            ),
+            None => (text, 1),
+        };
+        Ok(PoolWorkers {
+            shape: batchplane::domain::tiers::Tier::parse_shape(shape)?,
+            slots,
+        })
+    }
 }
 
 impl StackOptions {
@@ -61,6 +92,7 @@ impl StackOptions {
             poller: PollerOptions::default(),
             metrics_dir: None,
             job_window: 256,
+            pools: Vec::new(),
         })
     }
 }
@@ -106,9 +138,14 @@ impl LocalStack {
         let store = Store::new(clients.dynamodb.clone(), opts.table.clone());
         store.create_table().await.context("creating the table")?;
         let queues = Queues::new(clients.sqs.clone(), opts.queue_prefix.clone());
-        for q in &opts.queues {
+        let pool_queues = opts.queues.iter().flat_map(|q| {
+            opts.pools.iter().map(move |p| {
+                batchplane::domain::tiers::WorkerPool::new(q.clone(), Some(p.shape)).name()
+            })
+        });
+        for q in opts.queues.clone().into_iter().chain(pool_queues) {
             queues
-                .create(q, Duration::from_secs(opts.lease_seconds))
+                .create(&q, Duration::from_secs(opts.lease_seconds))
                 .await
                 .with_context(|| format!("creating queue {q}"))?;
         }
@@ -169,6 +206,9 @@ impl LocalStack {
         for _ in 0..stack.opts.workers {
             stack.spawn_worker()?;
         }
+        for p in stack.opts.pools.clone() {
+            stack.spawn_pool_worker(p)?;
+        }
         Ok(stack)
     }
 
@@ -193,20 +233,50 @@ impl LocalStack {
 
     /// Start one more taskhost on the stack's queues; returns its pid.
     pub fn spawn_worker(&mut self) -> anyhow::Result<u32> {
-        let n = self.workers.len();
+        let (cpus, memory) = (self.opts.worker_cpus, self.opts.worker_memory_mib);
+        self.spawn_taskhost(&format!("local-{}", self.workers.len()), |cmd| {
+            cmd.arg("--cpus")
+                .arg(cpus.to_string())
+                .arg("--memory-mib")
+                .arg(memory.to_string());
+        })
+    }
+
+    /// Start a taskhost for one tier shape's pools (`slots` tasks of that shape at once).
+    pub fn spawn_pool_worker(&mut self, p: PoolWorkers) -> anyhow::Result<u32> {
+        let name = format!("local-{}-{}", self.workers.len(), p.shape.label());
+        self.spawn_taskhost(&name, |cmd| {
+            cmd.arg("--tier")
+                .arg(format!(
+                    "{}:{}:{}",
+                    p.shape.cpu(),
+                    p.shape.memory_mib,
+                    p.shape.gpu
+                ))
+                .arg("--cpus")
+                .arg((p.shape.cpu() * f64::from(p.slots)).to_string())
+                .arg("--memory-mib")
+                .arg((p.shape.memory_mib * u64::from(p.slots)).to_string())
+                .arg("--gpus")
+                .arg((p.shape.gpu * p.slots).to_string());
+        })
+    }
+
+    fn spawn_taskhost(
+        &mut self,
+        name: &str,
+        shape: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<u32> {
         let dir = self.opts.log_dir.join("workers");
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join(format!("worker-{n}.log")))?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut cmd = Command::new(&self.opts.taskhost);
         cmd.arg("--queue")
             .arg(self.opts.queues.join(","))
             .arg("--worker-id")
-            .arg(format!("local-{n}-{}", std::process::id()))
-            .arg("--cpus")
-            .arg(self.opts.worker_cpus.to_string())
-            .arg("--memory-mib")
-            .arg(self.opts.worker_memory_mib.to_string())
-            .arg("--idle-timeout-seconds")
+            .arg(format!("{name}-{}", std::process::id()));
+        shape(&mut cmd);
+        cmd.arg("--idle-timeout-seconds")
             .arg(self.opts.idle_timeout_seconds.to_string())
             .arg("--log-dir")
             .arg(self.opts.log_dir.join("tasks"))
@@ -221,7 +291,7 @@ impl LocalStack {
         if let Some(m) = &self.opts.metrics_dir {
             std::fs::create_dir_all(m)?;
             cmd.arg("--metrics-file")
-                .arg(m.join(format!("worker-{n}.json")));
+                .arg(m.join(format!("{name}.json")));
         }
         let child = cmd
             .spawn()

@@ -12,6 +12,7 @@ use crate::domain::batch::{
 use crate::domain::ids::{is_valid_job_id, new_job_id, shard_count_for, task_shard};
 use crate::domain::retry::{ExitRule, RetryAction, RetryStrategy};
 use crate::domain::spec::ArrayJobSpec;
+use crate::domain::tiers::{validate_tiers, Tier};
 use crate::domain::{JobRecord, JobState, TaskRecord, TaskState};
 use crate::service::{ApiError, Service};
 use crate::store::arrays::DependencyStatus;
@@ -355,6 +356,7 @@ impl Service {
             .ok_or_else(|| client("containerProperties is required for type container"))?;
         resources(container, "containerProperties")?;
         retry_from(input.get("retryStrategy"), "retryStrategy")?;
+        definition_tiers(input)?;
         let revision = self.store.next_revision(&name).await?;
         let definition_arn = arn("job-definition", &format!("{name}:{revision}"));
         let mut doc = input.clone();
@@ -1023,6 +1025,7 @@ impl Service {
                 timeout_seconds: timeout,
                 retry: retry_from(input.get("retryStrategy"), "retryStrategy")?,
                 parameters: string_map(input.get("parameters"), "parameters")?,
+                tiers: Vec::new(),
             },
         )?;
         let array_size = match input.get("arrayProperties").and_then(|a| a.get("size")) {
@@ -1137,6 +1140,7 @@ impl Service {
                 timeout_seconds: spec.timeout_seconds,
                 retry: spec.retry_strategy.clone(),
                 parameters: spec.parameters.clone(),
+                tiers: spec.tiers.clone(),
             },
         )?;
         let depends_on = spec
@@ -1199,6 +1203,7 @@ impl Service {
         if sub.template.command.is_empty() {
             return Err(client("command is empty"));
         }
+        self.ensure_pools(&sub.queue, &sub.template.tiers).await?;
         // Every dependency must name a job that exists, with the right shape.
         let ids: Vec<String> = sub.depends_on.iter().map(|d| d.job_id.clone()).collect();
         let store = self.store.clone();
@@ -1823,6 +1828,27 @@ pub struct TemplateInput {
     pub timeout_seconds: Option<u64>,
     pub retry: Option<RetryStrategy>,
     pub parameters: BTreeMap<String, String>,
+    /// Resource tiers; none given means the definition's (its `batchplane:tiers` tag).
+    pub tiers: Vec<Tier>,
+}
+
+/// The tag by which a job definition lists resource tiers (AWS's RegisterJobDefinition
+/// has no field for them): `CPU:MEMORY_MIB[:GPU]` per tier, comma-separated, small to
+/// large, e.g. `1:1024,2:8192,8:32768:1`.
+pub const TIERS_TAG: &str = "batchplane:tiers";
+
+/// The tiers a job definition's tags list (none without the tag).
+pub fn definition_tiers(def: &Value) -> Result<Vec<Tier>, ApiError> {
+    let Some(text) = def["tags"][TIERS_TAG].as_str() else {
+        return Ok(Vec::new());
+    };
+    let tiers = text
+        .split(',')
+        .map(|t| Tier::parse_shape(t.trim()))
+        .collect::<Result<Vec<Tier>, String>>()
+        .map_err(|e| client(format!("tags.{TIERS_TAG}: {e}")))?;
+    validate_tiers(&tiers).map_err(|e| client(format!("tags.{TIERS_TAG}: {e}")))?;
+    Ok(tiers)
 }
 
 /// A job's template: the definition (if any) under what the submission gives, with
@@ -1852,11 +1878,24 @@ fn template_from(
             retry_from(def.get("retryStrategy"), "jobDefinition retryStrategy")?.unwrap_or_default()
         }
     };
+    let tiers = if given.tiers.is_empty() {
+        definition_tiers(def)?
+    } else {
+        given.tiers
+    };
+    let (cpu_milli, memory_mib) = match tiers.first() {
+        Some(t) => (t.cpu_milli, t.memory_mib),
+        None => (
+            ((given.cpu.or(def_cpu).unwrap_or(1.0)) * 1000.0).round() as u32,
+            given.memory_mib.or(def_mem).unwrap_or(2048),
+        ),
+    };
     let template = JobTemplate {
         command: substitute_parameters(&raw, &parameters),
         env,
-        cpu_milli: ((given.cpu.or(def_cpu).unwrap_or(1.0)) * 1000.0).round() as u32,
-        memory_mib: given.memory_mib.or(def_mem).unwrap_or(2048),
+        cpu_milli,
+        memory_mib,
+        tiers,
         timeout_seconds: given
             .timeout_seconds
             .or_else(|| def["timeout"]["attemptDurationSeconds"].as_u64()),

@@ -30,8 +30,19 @@ pub fn child_message(job: &JobRecord, index: u32) -> Option<TaskMessage> {
         task_id,
         cpu_milli: a.template.cpu_milli,
         memory_mib: a.template.memory_mib,
+        gpu: a.template.tiers.first().map_or(0, |t| t.gpu),
         array_child: true,
     })
+}
+
+/// The pool a job's children start in: the first tier's, or the job's queue.
+pub fn first_pool(job: &JobRecord) -> String {
+    let tiers = job
+        .array
+        .as_ref()
+        .map(|a| a.template.tiers.as_slice())
+        .unwrap_or_default();
+    crate::domain::tiers::WorkerPool::for_task(&job.queue, tiers, 0).name()
 }
 
 impl Fanout {
@@ -142,7 +153,7 @@ impl Fanout {
             .collect();
         let chunks: Vec<Vec<TaskMessage>> = messages.chunks(10).map(|c| c.to_vec()).collect();
         stream::iter(chunks)
-            .map(|chunk| async move { self.queues.send(&job.queue, &chunk).await })
+            .map(|chunk| async move { self.queues.send(&first_pool(job), &chunk).await })
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;

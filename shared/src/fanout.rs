@@ -166,22 +166,26 @@ impl Fanout {
             Err(failed) => first_failed = first_failed.min(failed),
         }
 
-        // Enqueue runnable command tasks, grouped by queue, ten a request.
+        // Enqueue runnable command tasks, grouped by pool, ten a request.
         let mut by_queue: BTreeMap<String, Vec<(usize, TaskMessage)>> = BTreeMap::new();
         for (i, c) in changes.iter().enumerate() {
             if let Change::Task(t) = c {
                 if became(t, TaskState::Runnable) && t.task.kind == TaskKind::Command {
-                    by_queue.entry(t.task.queue.clone()).or_default().push((
-                        i,
-                        TaskMessage {
-                            job_id: t.task.job_id.clone(),
-                            task_id: t.task.task_id.clone(),
-                            shard: t.task.shard,
-                            cpu_milli: t.task.cpu_milli,
-                            memory_mib: t.task.memory_mib,
-                            array_child: t.task.index.is_some(),
-                        },
-                    ));
+                    by_queue
+                        .entry(t.task.pool_name().to_string())
+                        .or_default()
+                        .push((
+                            i,
+                            TaskMessage {
+                                job_id: t.task.job_id.clone(),
+                                task_id: t.task.task_id.clone(),
+                                shard: t.task.shard,
+                                cpu_milli: t.task.cpu_milli,
+                                memory_mib: t.task.memory_mib,
+                                gpu: t.task.gpu,
+                                array_child: t.task.index.is_some(),
+                            },
+                        ));
                 }
             }
         }

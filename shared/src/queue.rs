@@ -1,4 +1,5 @@
-//! The SQS adapter: one queue per Batchplane queue (worker pool), carrying references to
+//! The SQS adapter: one queue per worker pool (a Batchplane queue, or a queue and a
+//! tier's shape: see [`crate::domain::tiers::WorkerPool`]), carrying references to
 //! runnable tasks. A message says which task; the task item says everything else, and
 //! the claim in DynamoDB decides who runs it, so a duplicate message is harmless.
 
@@ -28,10 +29,16 @@ pub struct TaskMessage {
     pub cpu_milli: u32,
     #[serde(rename = "m", default)]
     pub memory_mib: u64,
+    #[serde(rename = "g", default, skip_serializing_if = "is_zero")]
+    pub gpu: u32,
     /// A child of an array job: its item may not exist yet, and its command comes from
     /// the job's template.
     #[serde(rename = "a", default, skip_serializing_if = "std::ops::Not::not")]
     pub array_child: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A received message.
@@ -156,6 +163,36 @@ impl Queues {
             .unwrap_or_else(|p| p.into_inner())
             .insert(queue.to_string(), url.clone());
         Ok(url)
+    }
+
+    /// Make sure a worker pool's queue exists, created like its job queue's own (same
+    /// visibility timeout) the first time a task of that shape is submitted. CreateQueue
+    /// with the same attributes is idempotent, so racing submissions agree.
+    pub async fn ensure_pool(
+        &self,
+        pool: &crate::domain::tiers::WorkerPool,
+    ) -> Result<String, QueueError> {
+        let name = pool.name();
+        match self.url(&name).await {
+            Err(QueueError::NoSuchQueue { .. }) => {}
+            other => return other,
+        }
+        let base = self.url(&pool.queue).await?;
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&base)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| classify("GetQueueAttributes", e))?;
+        let visibility = out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        tracing::info!(pool = %name, "creating the worker pool's queue");
+        self.create(&name, Duration::from_secs(visibility)).await
     }
 
     /// Send task messages, ten a request, retrying entries SQS reports as failed.

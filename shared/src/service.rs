@@ -123,11 +123,23 @@ pub struct TaskView {
     pub status_reason: Option<String>,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The current tier's CPU and memory (the task's own without tiers).
     pub cpu: f64,
     pub memory_mib: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gpu: u32,
+    /// Worker configs from small to large, and the one the task is on (0-based).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<crate::domain::tiers::Tier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u32>,
+    /// The worker pool the task is (or was last) queued in.
+    pub pool: String,
     pub timeout_seconds: Option<u64>,
     pub retry_strategy: crate::domain::retry::RetryStrategy,
     pub depends_on: Vec<String>,
+    /// Each dependency's state now (`~…` ids are internal barriers joining wide edges).
+    pub dependency_states: BTreeMap<String, TaskState>,
     pub dependents: Vec<String>,
     pub attempt: u32,
     pub worker_id: Option<String>,
@@ -147,6 +159,12 @@ pub struct AttemptView {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub reason: Option<String>,
+    /// The tier the attempt ran on, what it reserved, and how its memory was held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u32>,
+    pub cpu: Option<f64>,
+    pub memory_mib: Option<u64>,
+    pub memory_enforcement: Option<String>,
     pub cpu_user_seconds: Option<f64>,
     pub cpu_system_seconds: Option<f64>,
     pub max_rss_kib: Option<u64>,
@@ -178,6 +196,10 @@ pub struct TaskSummary {
     pub exit_code: Option<i32>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -193,6 +215,10 @@ fn attempt_view(a: &AttemptRecord) -> AttemptView {
         exit_code: a.exit_code,
         signal: a.signal,
         reason: a.reason.clone(),
+        tier: a.tier,
+        cpu: a.cpu_milli.map(|c| f64::from(c) / 1000.0),
+        memory_mib: a.memory_mib,
+        memory_enforcement: a.memory_enforcement.clone(),
         cpu_user_seconds: a.cpu_user_seconds,
         cpu_system_seconds: a.cpu_system_seconds,
         max_rss_kib: a.max_rss_kib,
@@ -222,9 +248,14 @@ pub fn task_view(t: &TaskRecord) -> TaskView {
         env: t.env.clone(),
         cpu: f64::from(t.cpu_milli) / 1000.0,
         memory_mib: t.memory_mib,
+        gpu: t.gpu,
+        tiers: t.tiers.clone(),
+        tier: (!t.tiers.is_empty()).then_some(t.tier),
+        pool: t.pool_name().to_string(),
         timeout_seconds: t.timeout_seconds,
         retry_strategy: t.retry.clone(),
         depends_on: user_edges(&t.deps),
+        dependency_states: BTreeMap::new(),
         dependents: user_edges(&t.dependents),
         attempt: t.attempt,
         worker_id: t.worker_id.clone(),
@@ -262,6 +293,21 @@ pub struct Added {
 }
 
 impl Service {
+    /// Make sure the queues of the worker pools these tiers use exist, before anything
+    /// of the job is written.
+    pub async fn ensure_pools<'a>(
+        &self,
+        queue: &str,
+        tiers: impl IntoIterator<Item = &'a crate::domain::tiers::Tier>,
+    ) -> Result<(), ApiError> {
+        for t in tiers {
+            self.queues
+                .ensure_pool(&crate::domain::tiers::WorkerPool::new(queue, Some(*t)))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Claim `key` for `job_id`; the job it already named, if another submission claimed
     /// it first.
     async fn claim_idempotency(
@@ -305,7 +351,7 @@ impl Service {
                 {
                     return Ok(existing);
                 }
-                let job_id = self.submit_native_array(job_id, spec).await?;
+                let job_id = self.submit_native_array(job_id, *spec).await?;
                 return Ok(Submitted {
                     job_id,
                     created: true,
@@ -313,6 +359,12 @@ impl Service {
             }
         };
         self.queues.url(&spec.queue).await?;
+        let shapes: std::collections::BTreeSet<crate::domain::tiers::Tier> = spec
+            .tasks
+            .iter()
+            .flat_map(|t| t.tiers.iter().copied())
+            .collect();
+        self.ensure_pools(&spec.queue, &shapes).await?;
         let now = now_ms();
         let job_id = new_job_id(now);
         if let Some(existing) = self
@@ -447,13 +499,22 @@ impl Service {
                 "no task {task_id:?} in job {job_id}"
             )));
         }
-        let task = self
+        let mut task = self
             .store
             .get_task(job_id, job.shard_count, task_id)
             .await?
             .filter(|t| t.kind == TaskKind::Command)
             .ok_or_else(|| ApiError::not_found(format!("no task {task_id:?} in job {job_id}")))?;
-        Ok(task_view(&task))
+        if let Some(a) = &job.array {
+            crate::domain::batch::apply_template(&mut task, a);
+        }
+        let deps = self
+            .store
+            .get_tasks(job_id, job.shard_count, &task.deps)
+            .await?;
+        let mut view = task_view(&task);
+        view.dependency_states = deps.into_iter().map(|(id, t)| (id, t.state)).collect();
+        Ok(view)
     }
 
     /// Add tasks to a job that has not finished. New tasks may depend on any task of
@@ -493,6 +554,9 @@ impl Service {
             .map(|t| t.task_id.clone())
             .collect();
         validate_addition(&tasks, &existing)?;
+        let shapes: std::collections::BTreeSet<crate::domain::tiers::Tier> =
+            tasks.iter().flat_map(|t| t.tiers.iter().copied()).collect();
+        self.ensure_pools(&job.queue, &shapes).await?;
         let (plan, edges) = plan_addition(&tasks);
         let mut fan_out: BTreeMap<&str, usize> = BTreeMap::new();
         for e in &edges {

@@ -68,7 +68,7 @@ impl Sampler {
     /// The task's processes: its root and every descendant, found through
     /// `/proc/<pid>/task/<tid>/children` (a few small reads); where the kernel lacks
     /// those files, every process in the shim's process group.
-    fn task_pids(&self) -> Vec<i32> {
+    pub fn task_pids(&self) -> Vec<i32> {
         let Some(root) = self.root else {
             return Vec::new();
         };
@@ -123,8 +123,8 @@ impl Sampler {
             .unwrap_or(0)
     }
 
-    /// Take one sample.
-    pub fn sample(&mut self) {
+    /// Take one sample; returns the task's resident memory now, KiB.
+    pub fn sample(&mut self) -> u64 {
         let pids = self.task_pids();
         let rss: u64 = pids.iter().map(|p| self.rss_kib(*p)).sum();
         self.rss_sum += u128::from(rss);
@@ -160,6 +160,7 @@ impl Sampler {
             self.last_util_ts = newest;
             self.gpu_peak_bytes = self.gpu_peak_bytes.max(bytes);
         }
+        rss
     }
 
     pub fn usage(&self) -> Usage {

@@ -1,8 +1,9 @@
-//! `taskhost exec --report FILE -- ARGV…`: run one task's command as this process's only
-//! child, wait for it, and write what it used (exit, signal, CPU user/sys, max RSS) as
-//! JSON to FILE. The worker starts each task under this shim, in a process group of its
-//! own, so the measurement covers exactly the task's process tree and a kill reaches all
-//! of it.
+//! `taskhost exec --report FILE [--memory-limit-mib N --memory-enforcement HOW] -- ARGV…`:
+//! run one task's command as this process's only child, hold it to its memory limit
+//! (see [`crate::memory`]), wait for it, and write what it used (exit, signal, CPU
+//! user/sys, memory, GPU, whether it ran out of memory) as JSON to FILE. The worker
+//! starts each task under this shim, in a process group of its own, so the measurement
+//! covers exactly the task's process tree and a kill reaches all of it.
 
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::ExitStatusExt;
@@ -27,6 +28,18 @@ pub struct Report {
     pub gpu_peak_memory_mib: Option<u64>,
     #[serde(default)]
     pub gpu_utilization_percent: Option<f64>,
+    /// The task was killed for exceeding its memory limit.
+    #[serde(default)]
+    pub out_of_memory: bool,
+    /// How the limit was held (absent when the task had none).
+    #[serde(default)]
+    pub memory_enforcement: Option<String>,
+}
+
+/// The memory limit a task runs under, and how it is held.
+struct Limit {
+    mib: u64,
+    mechanism: crate::memory::Mechanism,
 }
 
 fn seconds(tv: nix::sys::time::TimeVal) -> f64 {
@@ -49,13 +62,63 @@ fn watch_parent() {
     });
 }
 
-/// Run the command and sample its process tree until it exits.
-fn run_sampled(
-    argv: &[String],
-) -> std::io::Result<(std::process::ExitStatus, crate::sampler::Usage)> {
-    let mut child = std::process::Command::new(&argv[0])
+/// What running the task came to.
+struct Outcome {
+    status: std::process::ExitStatus,
+    usage: crate::sampler::Usage,
+    out_of_memory: bool,
+    /// The mechanism that held the limit (a cgroup may fail for one task: then polling).
+    enforcement: Option<&'static str>,
+}
+
+/// Kill the task's processes: stop them all first, so none forks past the kill.
+fn kill_tree(sampler: &crate::sampler::Sampler) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
+        for pid in sampler.task_pids() {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+}
+
+/// Run the command under its limit and sample its process tree until it exits.
+fn run_sampled(argv: &[String], limit: Option<&Limit>) -> std::io::Result<Outcome> {
+    use crate::memory::{Mechanism, TaskGroup};
+    let group = match limit {
+        Some(Limit { mib, mechanism }) if *mechanism != Mechanism::Poll => {
+            TaskGroup::enter(mechanism, *mib).ok()
+        }
+        _ => None,
+    };
+    let poll_limit_kib = match (limit, &group) {
+        (Some(l), None) => {
+            // No cgroup: the RSS poll below holds the limit; RLIMIT_DATA is the backstop.
+            let backstop = crate::memory::data_backstop_bytes(l.mib);
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_DATA,
+                backstop,
+                backstop,
+            );
+            Some(l.mib * 1024)
+        }
+        _ => None,
+    };
+    let spawned = std::process::Command::new(&argv[0])
         .args(&argv[1..])
-        .spawn()?;
+        .spawn();
+    if let Some(g) = &group {
+        g.leave();
+    }
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(g) = &group {
+                g.remove();
+            }
+            return Err(e);
+        }
+    };
     let root = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
@@ -64,8 +127,15 @@ fn run_sampled(
         status
     });
     let mut sampler = crate::sampler::Sampler::new(Some(root));
+    let mut polled_out = false;
     loop {
-        sampler.sample();
+        let rss = sampler.sample();
+        if let Some(max) = poll_limit_kib {
+            if rss > max && !polled_out {
+                polled_out = true;
+                kill_tree(&sampler);
+            }
+        }
         if rx
             .recv_timeout(std::time::Duration::from_millis(100))
             .is_ok()
@@ -76,23 +146,100 @@ fn run_sampled(
     let status = waiter
         .join()
         .map_err(|_| std::io::Error::other("the waiting thread panicked"))??;
-    Ok((status, sampler.usage()))
+    let (out_of_memory, enforcement) = match (&group, limit) {
+        (Some(g), Some(l)) => {
+            let oom = g.oom_killed();
+            g.remove();
+            (oom, Some(l.mechanism.name()))
+        }
+        (None, Some(_)) => (polled_out, Some(crate::memory::POLL)),
+        _ => (false, None),
+    };
+    Ok(Outcome {
+        status,
+        usage: sampler.usage(),
+        out_of_memory,
+        enforcement,
+    })
+}
+
+/// Parse `--report FILE [--memory-limit-mib N --memory-enforcement HOW] -- ARGV…`.
+fn parse(args: &[String]) -> Result<(String, Option<Limit>, Vec<String>), String> {
+    let mut report = None;
+    let mut limit_mib = None;
+    let mut mechanism = None;
+    let mut i = 0;
+    while i < args.len() {
+        let value = || {
+            args.get(i + 1)
+                .cloned()
+                .ok_or(format!("{} needs a value", args[i]))
+        };
+        match args[i].as_str() {
+            "--" => {
+                let argv = args[i + 1..].to_vec();
+                if argv.is_empty() {
+                    return Err("no command after --".into());
+                }
+                let report = report.ok_or("--report is required")?;
+                let limit = match (limit_mib, mechanism) {
+                    (Some(mib), mechanism) => Some(Limit {
+                        mib,
+                        mechanism: mechanism.unwrap_or(crate::memory::Mechanism::Poll),
+                    }),
+                    (None, Some(_)) => {
+                        return Err("--memory-enforcement needs --memory-limit-mib".into())
+                    }
+                    (None, None) => None,
+                };
+                return Ok((report, limit, argv));
+            }
+            "--report" => report = Some(value()?),
+            "--memory-limit-mib" => {
+                limit_mib = Some(
+                    value()?
+                        .parse::<u64>()
+                        .map_err(|e| format!("--memory-limit-mib: {e}"))?,
+                )
+            }
+            // `auto`: choose here, as a worker would (a task run by hand, or a test).
+            "--memory-enforcement" => {
+                let v = value()?;
+                mechanism = Some(if v == "auto" {
+                    crate::memory::detect(crate::memory::Preference::Auto).0
+                } else {
+                    crate::memory::Mechanism::from_arg(&v)?
+                })
+            }
+            other => return Err(format!("unknown option {other:?}")),
+        }
+        i += 2;
+    }
+    Err("no command (give it after --)".into())
 }
 
 pub fn main(args: &[String]) -> i32 {
-    let (report_path, argv) = match args {
-        [flag, path, sep, argv @ ..] if flag == "--report" && sep == "--" && !argv.is_empty() => {
-            (path.clone(), argv.to_vec())
-        }
-        _ => {
-            eprintln!("usage: taskhost exec --report FILE -- COMMAND [ARG…]");
+    let (report_path, limit, argv) = match parse(args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("taskhost exec: {e}");
+            eprintln!("usage: taskhost exec --report FILE [--memory-limit-mib N --memory-enforcement HOW] -- COMMAND [ARG…]");
             return 2;
         }
     };
     let mut report = Report::default();
     watch_parent();
-    match run_sampled(&argv) {
-        Ok((status, usage)) => {
+    // Orphans of the task stay below the shim, where the memory poll can see them.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    match run_sampled(&argv, limit.as_ref()) {
+        Ok(Outcome {
+            status,
+            usage,
+            out_of_memory,
+            enforcement,
+        }) => {
+            report.out_of_memory = out_of_memory;
+            report.memory_enforcement = enforcement.map(str::to_string);
             report.avg_rss_kib = usage.avg_rss_kib;
             report.peak_rss_kib = usage.peak_rss_kib;
             if let Some(gpu) = usage.gpu {
@@ -117,6 +264,9 @@ pub fn main(args: &[String]) -> i32 {
                 _ => format!("could not start {}: {e}", argv[0]),
             });
         }
+    }
+    if let Some(l) = &limit {
+        l.mechanism.release();
     }
     let json = serde_json::to_vec(&report).unwrap_or_default();
     if let Err(e) = std::fs::write(&report_path, json) {

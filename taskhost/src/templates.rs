@@ -2,7 +2,6 @@
 //! templates (read once, refreshed every few seconds so a cancelled job stops starting
 //! children), and the order its queues are polled in.
 
-use batchplane::domain::batch::JobTemplate;
 use batchplane::domain::JobRecord;
 use batchplane::queue::{Delivery, QueueError, Queues, TaskMessage};
 use batchplane::store::registry::ResourceKind;
@@ -61,8 +60,10 @@ pub fn seed(job: &JobRecord, m: &TaskMessage, max_attempts: u32) -> Option<Child
     Some(ChildSeed {
         index,
         queue: job.queue.clone(),
+        pool: (!a.template.tiers.is_empty()).then(|| batchplane::dispatch::first_pool(job)),
         cpu_milli: a.template.cpu_milli,
         memory_mib: a.template.memory_mib,
+        gpu: a.template.tiers.first().map_or(0, |t| t.gpu),
         max_attempts: max_attempts.max(a.template.retry.attempts),
     })
 }
@@ -74,23 +75,7 @@ pub fn with_template(claim: Claim, job: &JobRecord) -> Claim {
         return claim;
     };
     if let Some(a) = &job.array {
-        let JobTemplate {
-            command,
-            env,
-            timeout_seconds,
-            retry,
-            ..
-        } = &a.template;
-        task.command = command.clone();
-        task.env = env.clone();
-        task.timeout_seconds = *timeout_seconds;
-        task.retry = retry.clone();
-        if a.array_size.is_some() {
-            if let Some(i) = task.index {
-                task.env
-                    .insert("AWS_BATCH_JOB_ARRAY_INDEX".into(), i.to_string());
-            }
-        }
+        batchplane::domain::batch::apply_template(&mut task, a);
     }
     Claim::Claimed(task)
 }

@@ -5,9 +5,12 @@
 
 use crate::shim::Report;
 use batchplane::domain::retry::{AttemptEnd, RetryAction};
+use batchplane::domain::tiers::{
+    after_oom, budgeted_attempts, OomOutcome, WorkerPool, OOM_ON_LARGEST_TIER, OUT_OF_MEMORY,
+};
 use batchplane::domain::{AttemptRecord, TaskRecord, TaskState};
 use batchplane::queue::{Delivery, Queues, TaskMessage};
-use batchplane::store::{now_ms, Claim, Heartbeat, Store};
+use batchplane::store::{now_ms, Claim, Escalation, Heartbeat, Store};
 use clap::Parser;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -34,6 +37,23 @@ pub struct Options {
     /// Memory this worker offers its tasks, in MiB (default: the machine's).
     #[arg(long, env = "BATCHPLANE_WORKER_MEMORY_MIB")]
     pub memory_mib: Option<u64>,
+    /// GPUs this worker offers its tasks (default: those NVML sees, else none).
+    #[arg(long, env = "BATCHPLANE_WORKER_GPUS")]
+    pub gpus: Option<u32>,
+    /// Serve the pools of this tier shape, `CPU:MEMORY_MIB[:GPU]` (e.g. `2:8192`), of
+    /// each queue, instead of the queues' own pools. Without --cpus/--memory-mib the
+    /// worker offers one such slot.
+    #[arg(long, env = "BATCHPLANE_WORKER_TIER", value_parser = parse_tier)]
+    pub tier: Option<batchplane::domain::tiers::Tier>,
+    /// How tasks are held to their memory: a cgroup where the host allows one (auto),
+    /// or always rlimit + RSS polling.
+    #[arg(
+        long,
+        env = "BATCHPLANE_MEMORY_ENFORCEMENT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub memory_enforcement: crate::memory::Preference,
     /// Exit after this many seconds with nothing to run (0: never).
     #[arg(long, env = "BATCHPLANE_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
     pub idle_timeout_seconds: u64,
@@ -64,6 +84,18 @@ pub struct Options {
     pub hold_ms: u64,
 }
 
+fn parse_tier(text: &str) -> Result<batchplane::domain::tiers::Tier, String> {
+    batchplane::domain::tiers::Tier::parse_shape(text)
+}
+
+/// GPUs NVML sees here (none where it does not load).
+fn machine_gpus() -> u32 {
+    nvml_wrapper::Nvml::init()
+        .ok()
+        .and_then(|n| n.device_count().ok())
+        .unwrap_or(0)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kill {
     Cancelled,
@@ -76,6 +108,7 @@ struct Running {
     receipt: String,
     cpu_milli: u32,
     memory_mib: u64,
+    gpu: u32,
     kill: watch::Sender<Option<Kill>>,
 }
 
@@ -98,6 +131,7 @@ struct Ctx {
     api_url: Option<String>,
     exe: PathBuf,
     max_attempts: u32,
+    memory: crate::memory::Mechanism,
 }
 
 fn machine_memory_mib() -> u64 {
@@ -129,7 +163,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .filter(|q| !q.is_empty())
         .map(String::from)
         .collect();
-    let names = crate::templates::by_priority(&store, names).await;
+    let names: Vec<String> = crate::templates::by_priority(&store, names)
+        .await
+        .into_iter()
+        .map(|q| batchplane::domain::tiers::WorkerPool::new(q, opts.tier).name())
+        .collect();
     let mut urls = Vec::new();
     for q in &names {
         urls.push(queues.url(q).await?);
@@ -140,13 +178,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "host".into());
         format!("{host}-{}", std::process::id())
     });
-    let cpu_total = (opts.cpus.unwrap_or_else(|| {
-        std::thread::available_parallelism()
+    let cpu_total = (opts.cpus.unwrap_or_else(|| match opts.tier {
+        Some(t) => t.cpu(),
+        None => std::thread::available_parallelism()
             .map(|n| n.get() as f64)
-            .unwrap_or(1.0)
+            .unwrap_or(1.0),
     }) * 1000.0)
         .round() as u32;
-    let mem_total = opts.memory_mib.unwrap_or_else(machine_memory_mib);
+    let mem_total = opts
+        .memory_mib
+        .unwrap_or_else(|| opts.tier.map_or_else(machine_memory_mib, |t| t.memory_mib));
+    let gpu_total = opts
+        .gpus
+        .unwrap_or_else(|| opts.tier.map_or_else(machine_gpus, |t| t.gpu));
+    let (memory, why_not_cgroup) = crate::memory::detect(opts.memory_enforcement);
     let ctx = Arc::new(Ctx {
         jobs: crate::templates::JobCache::new(store.clone()),
         store,
@@ -156,8 +201,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         api_url: opts.api_url.clone(),
         max_attempts: config.max_attempts,
         exe: std::env::current_exe()?,
+        memory: memory.clone(),
     });
-    tracing::info!(worker_id, queues = ?names, cpus = f64::from(cpu_total) / 1000.0, memory_mib = mem_total, "taskhost started");
+    tracing::info!(worker_id, pools = ?names, cpus = f64::from(cpu_total) / 1000.0, memory_mib = mem_total, gpus = gpu_total,
+        memory_enforcement = memory.name(), why_not_cgroup = why_not_cgroup.as_deref().unwrap_or(""), "taskhost started");
 
     // The receiver asks SQS for as many messages as the worker has room for (`want`).
     let (want_tx, mut want_rx) = watch::channel(0i32);
@@ -203,7 +250,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut held: VecDeque<(Delivery, TaskMessage, Instant)> = VecDeque::new();
     let mut to_delete: Vec<(String, String)> = Vec::new();
     let mut deletes: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    let (mut cpu_used, mut mem_used) = (0u32, 0u64);
+    let (mut cpu_used, mut mem_used, mut gpu_used) = (0u32, 0u64, 0u32);
     let mut last_busy = Instant::now();
     let idle = Duration::from_secs(opts.idle_timeout_seconds);
     let mut heartbeat = tokio::time::interval(config.lease / 3);
@@ -214,9 +261,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     loop {
         // Start held tasks that fit now; their claims go out together.
         let mut startable = Vec::new();
-        let (mut cpu_plan, mut mem_plan) = (cpu_used, mem_used);
+        let (mut cpu_plan, mut mem_plan, mut gpu_plan) = (cpu_used, mem_used, gpu_used);
         while let Some((_, m, _)) = held.front() {
-            if cpu_plan + m.cpu_milli > cpu_total || mem_plan + m.memory_mib > mem_total {
+            if cpu_plan + m.cpu_milli > cpu_total
+                || mem_plan + m.memory_mib > mem_total
+                || gpu_plan + m.gpu > gpu_total
+            {
                 break;
             }
             let Some((d, m, _)) = held.pop_front() else {
@@ -224,6 +274,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             };
             cpu_plan += m.cpu_milli;
             mem_plan += m.memory_mib;
+            gpu_plan += m.gpu;
             startable.push((d, m));
         }
         let outcomes = futures::future::join_all(
@@ -237,6 +288,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 Started::Running(r) => {
                     cpu_used += r.cpu_milli;
                     mem_used += r.memory_mib;
+                    gpu_used += r.gpu;
                     running.insert(task_key(m), *r);
                     last_busy = Instant::now();
                 }
@@ -312,6 +364,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                             if let Some(r) = running.remove(&key) {
                                 cpu_used -= r.cpu_milli;
                                 mem_used -= r.memory_mib;
+                                gpu_used -= r.gpu;
                             }
                         }
                         Progress::Done { receipt } => to_delete.extend(receipt),
@@ -326,8 +379,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         to_delete.push((d.queue_url.clone(), d.receipt_handle.clone()));
                         continue;
                     };
-                    if m.cpu_milli > cpu_total || m.memory_mib > mem_total {
-                        tracing::warn!(job_id = %m.job_id, task_id = %m.task_id, cpu_milli = m.cpu_milli, memory_mib = m.memory_mib,
+                    if m.cpu_milli > cpu_total || m.memory_mib > mem_total || m.gpu > gpu_total {
+                        tracing::warn!(job_id = %m.job_id, task_id = %m.task_id, cpu_milli = m.cpu_milli, memory_mib = m.memory_mib, gpu = m.gpu,
                             "task is larger than this worker; leaving it for a bigger one");
                         let _ = queues.extend(&d.queue_url, std::slice::from_ref(&d.receipt_handle), Duration::from_secs(5)).await;
                         continue;
@@ -350,6 +403,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     receiver.abort();
+    ctx.memory.release();
     for d in deletes {
         let _ = d.await;
     }
@@ -489,6 +543,7 @@ async fn start(
         receipt: d.receipt_handle.clone(),
         cpu_milli: m.cpu_milli,
         memory_mib: m.memory_mib,
+        gpu: m.gpu,
         kill: kill_tx,
     };
     let ctx = ctx.clone();
@@ -616,6 +671,9 @@ async fn run_attempt(
         finished_at: Some(now_ms()),
         stdout: Some(format!("file://{}", stdout_path.display())),
         stderr: Some(format!("file://{}", stderr_path.display())),
+        tier: (!task.tiers.is_empty()).then_some(task.tier),
+        cpu_milli: Some(task.cpu_milli),
+        memory_mib: Some(task.memory_mib),
         ..Default::default()
     };
     if let Some(r) = &report {
@@ -626,8 +684,11 @@ async fn run_attempt(
         attempt.peak_rss_kib = Some(r.peak_rss_kib);
         attempt.gpu_peak_memory_mib = r.gpu_peak_memory_mib;
         attempt.gpu_utilization_percent = r.gpu_utilization_percent;
+        attempt.memory_enforcement = r.memory_enforcement.clone();
     }
     let timed_out = matches!(ending, Ending::TimedOut);
+    let out_of_memory =
+        matches!(ending, Ending::Exited(_)) && report.as_ref().is_some_and(|r| r.out_of_memory);
     let (state, reason) = match ending {
         Ending::Killed(Kill::LeaseLost) => {
             // Someone else owns this task now; there is nothing of ours to record, and
@@ -645,6 +706,13 @@ async fn run_attempt(
             )),
         ),
         Ending::SpawnFailed(e) => (TaskState::Failed, Some(e)),
+        Ending::Exited(_) if out_of_memory => {
+            if let Some(r) = &report {
+                attempt.exit_code = r.exit_code;
+                attempt.signal = r.signal;
+            }
+            (TaskState::Failed, Some(OUT_OF_MEMORY.to_string()))
+        }
         Ending::Exited(shim_status) => match &report {
             Some(Report {
                 spawn_error: Some(e),
@@ -678,32 +746,18 @@ async fn run_attempt(
         },
     };
     attempt.reason = reason.clone();
-    // A failed attempt may be tried again, per the task's retry strategy. A timeout is
-    // final, as in AWS Batch.
-    let (state, reason) = if state == TaskState::Failed && !timed_out {
-        let end = AttemptEnd {
-            exit_code: attempt.exit_code,
-            reason: reason.as_deref(),
-            status_reason: reason.as_deref(),
-        };
-        match task.retry.decide(task.attempt, &end) {
-            RetryAction::Retry => (
-                TaskState::Runnable,
-                Some(format!(
-                    "{}; retrying (attempt {} of {})",
-                    reason.as_deref().unwrap_or("failed"),
-                    task.attempt,
-                    task.retry.attempts
-                )),
-            ),
-            RetryAction::Exit => (state, reason),
-        }
-    } else {
-        (state, reason)
-    };
+    let (state, reason, escalation) =
+        next_step(task, state, reason, &attempt, timed_out, out_of_memory);
     match ctx
         .store
-        .finish_attempt(task, &ctx.worker_id, state, reason.as_deref(), &attempt)
+        .finish_attempt(
+            task,
+            &ctx.worker_id,
+            state,
+            reason.as_deref(),
+            &attempt,
+            escalation.as_ref(),
+        )
         .await
     {
         Ok(true) => {
@@ -718,6 +772,64 @@ async fn run_attempt(
             tracing::error!(error = %e, task_id = %task.task_id, "recording the result failed; the lease will lapse and the task run again");
             false
         }
+    }
+}
+
+/// What follows a finished attempt. An attempt that ran out of memory moves the task up
+/// a tier (not charged to the retry budget), or fails it on the largest; any other
+/// failure is tried again per the task's retry strategy, counting only attempts that did
+/// not end in an escalation. A timeout is final, as in AWS Batch.
+fn next_step(
+    task: &TaskRecord,
+    state: TaskState,
+    reason: Option<String>,
+    attempt: &AttemptRecord,
+    timed_out: bool,
+    out_of_memory: bool,
+) -> (TaskState, Option<String>, Option<Escalation>) {
+    if state != TaskState::Failed || timed_out {
+        return (state, reason, None);
+    }
+    if out_of_memory {
+        let n = task.tiers.len();
+        match after_oom(&task.tiers, task.tier) {
+            OomOutcome::Escalate { tier, shape } => {
+                let pool = WorkerPool::for_task(&task.queue, &task.tiers, tier).name();
+                let why = format!(
+                    "OutOfMemory on tier {} of {n} ({} MiB); moving to tier {} of {n} ({}) in pool {pool}",
+                    task.tier + 1,
+                    task.memory_mib,
+                    tier + 1,
+                    shape.describe()
+                );
+                return (
+                    TaskState::Runnable,
+                    Some(why),
+                    Some(Escalation { tier, shape, pool }),
+                );
+            }
+            OomOutcome::LargestTier => {
+                return (TaskState::Failed, Some(OOM_ON_LARGEST_TIER.into()), None)
+            }
+            OomOutcome::NoTiers => {}
+        }
+    }
+    let end = AttemptEnd {
+        exit_code: attempt.exit_code,
+        reason: reason.as_deref(),
+        status_reason: reason.as_deref(),
+    };
+    let used = budgeted_attempts(task.attempt, task.tier);
+    match task.retry.decide(used, &end) {
+        RetryAction::Retry => {
+            let why = format!(
+                "{}; retrying (attempt {used} of {})",
+                reason.as_deref().unwrap_or("failed"),
+                task.retry.attempts
+            );
+            (TaskState::Runnable, Some(why), None)
+        }
+        RetryAction::Exit => (state, reason, None),
     }
 }
 
@@ -736,10 +848,14 @@ fn spawn(
     let err = std::fs::File::create(stderr)
         .map_err(|e| format!("cannot create {}: {e}", stderr.display()))?;
     let mut cmd = tokio::process::Command::new(&ctx.exe);
-    cmd.arg("exec")
-        .arg("--report")
-        .arg(report)
-        .arg("--")
+    cmd.arg("exec").arg("--report").arg(report);
+    if task.memory_mib > 0 {
+        cmd.arg("--memory-limit-mib")
+            .arg(task.memory_mib.to_string())
+            .arg("--memory-enforcement")
+            .arg(ctx.memory.to_arg());
+    }
+    cmd.arg("--")
         .args(&task.command)
         .env_clear()
         .envs(task_environment(task, ctx.api_url.as_deref()))

@@ -27,8 +27,11 @@ pub struct JobTemplate {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The first tier's, when there are tiers.
     pub cpu_milli: u32,
     pub memory_mib: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<super::tiers::Tier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
@@ -178,6 +181,23 @@ impl ArrayJob {
     }
 }
 
+/// Fill in what a child's item does not hold: the template's command, environment,
+/// timeout, retry strategy and tiers, and the array index variable.
+pub fn apply_template(task: &mut super::TaskRecord, a: &ArrayJob) {
+    let t = &a.template;
+    task.command = t.command.clone();
+    task.env = t.env.clone();
+    task.timeout_seconds = t.timeout_seconds;
+    task.retry = t.retry.clone();
+    task.tiers = t.tiers.clone();
+    if a.array_size.is_some() {
+        if let Some(i) = task.index {
+            task.env
+                .insert("AWS_BATCH_JOB_ARRAY_INDEX".into(), i.to_string());
+        }
+    }
+}
+
 /// Task id of child `i`.
 pub fn child_task_id(index: u32) -> String {
     index.to_string()
@@ -311,6 +331,7 @@ mod tests {
             env: Default::default(),
             cpu_milli: 1000,
             memory_mib: 512,
+            tiers: Vec::new(),
             timeout_seconds: None,
             retry: Default::default(),
         };

@@ -8,6 +8,7 @@ pub mod records;
 pub mod retry;
 pub mod spec;
 pub mod state;
+pub mod tiers;
 
 pub use plan::{plan_addition, plan_job, ExistingEdge, PlannedTask, TaskKind, MAX_EDGES};
 pub use records::{AttemptRecord, JobRecord, TaskRecord, Usage};

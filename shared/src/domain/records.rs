@@ -43,6 +43,13 @@ pub struct AttemptRecord {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub reason: Option<String>,
+    /// The tier this attempt ran on (tasks with tiers) and what it reserved.
+    pub tier: Option<u32>,
+    pub cpu_milli: Option<u32>,
+    pub memory_mib: Option<u64>,
+    /// How the worker held the attempt to its memory: `cgroup-v2`, `cgroup-v1` or
+    /// `rlimit+rss-poll`.
+    pub memory_enforcement: Option<String>,
     pub cpu_user_seconds: Option<f64>,
     pub cpu_system_seconds: Option<f64>,
     pub max_rss_kib: Option<u64>,
@@ -73,8 +80,15 @@ pub struct TaskRecord {
     pub max_attempts: u32,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The current tier's CPU and memory (the task's own without tiers).
     pub cpu_milli: u32,
     pub memory_mib: u64,
+    pub gpu: u32,
+    /// Worker configs from small to large, and the one the task is on.
+    pub tiers: Vec<super::tiers::Tier>,
+    pub tier: u32,
+    /// The worker pool (and queue) the task is sent to; the job's queue when absent.
+    pub pool: Option<String>,
     pub timeout_seconds: Option<u64>,
     pub retry: super::retry::RetryStrategy,
     pub deps: Vec<String>,
@@ -98,6 +112,11 @@ impl TaskRecord {
     /// Whether every dependency has been released into this task.
     pub fn all_deps_done(&self) -> bool {
         self.deps.iter().all(|d| self.deps_done.contains(d))
+    }
+
+    /// The pool (and queue) whose workers run this task now.
+    pub fn pool_name(&self) -> &str {
+        self.pool.as_deref().unwrap_or(&self.queue)
     }
 }
 
@@ -123,8 +142,11 @@ impl Usage {
     ];
 
     /// What one finished attempt of a task asking for `cpu_milli` and `memory_mib` used.
+    /// An attempt that recorded what it reserved (its tier) is measured against that.
     pub fn of_attempt(cpu_milli: u32, memory_mib: u64, a: &AttemptRecord) -> Option<Usage> {
         let wall = (a.finished_at? - a.started_at).max(0) as f64 / 1000.0;
+        let cpu_milli = a.cpu_milli.unwrap_or(cpu_milli);
+        let memory_mib = a.memory_mib.unwrap_or(memory_mib);
         Some(Usage {
             attempts: 1.0,
             cpu_seconds_requested: f64::from(cpu_milli) / 1000.0 * wall,

@@ -3,6 +3,7 @@
 
 use super::ids::is_valid_task_id;
 use super::retry::RetryStrategy;
+use super::tiers::{validate_tiers, Tier};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,11 +32,16 @@ pub struct TaskSpec {
     pub command: Vec<String>,
     #[serde(default, deserialize_with = "scalar_values_as_strings")]
     pub env: BTreeMap<String, String>,
-    /// vCPUs; fractions allowed.
-    #[serde(default = "default_cpu")]
-    pub cpu: f64,
-    #[serde(default = "default_memory")]
-    pub memory_mib: u64,
+    /// vCPUs; fractions allowed (default 1).
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    /// Default 512.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Worker configs from small to large, instead of `cpu` and `memory_mib`: the task
+    /// starts on the first and moves up one on running out of memory.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
@@ -76,6 +82,10 @@ pub struct ArrayJobSpec {
     pub cpu: Option<f64>,
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// Worker configs from small to large (see [`TaskSpec::tiers`]); the job
+    /// definition's `batchplane:tiers` tag when not given.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
@@ -102,7 +112,7 @@ pub struct JobDependencySpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submission {
     Dag(JobSpec),
-    Array(ArrayJobSpec),
+    Array(Box<ArrayJobSpec>),
 }
 
 /// Parse a submission: a document with `tasks:` is a DAG job ([`parse_job_spec`]), any
@@ -114,7 +124,7 @@ pub fn parse_submission(text: &str) -> Result<Submission, SpecError> {
     }
     // An unparseable document falls through to the DAG parser, whose errors name lines.
     match parse_document::<Probe>(text) {
-        Ok(Probe { tasks: None }) => Ok(Submission::Array(parse_array_job_spec(text)?)),
+        Ok(Probe { tasks: None }) => Ok(Submission::Array(Box::new(parse_array_job_spec(text)?))),
         _ => Ok(Submission::Dag(parse_job_spec(text)?)),
     }
 }
@@ -184,6 +194,16 @@ pub fn parse_array_job_spec(text: &str) -> Result<ArrayJobSpec, SpecError> {
             "field `memory_mib`: must be at least 1".into(),
         ));
     }
+    if !spec.tiers.is_empty() && (spec.cpu.is_some() || spec.memory_mib.is_some()) {
+        return Err(invalid(
+            "tiers",
+            "field `tiers`: give either `tiers` or `cpu`/`memory_mib`: with tiers, each tier says both".into(),
+        ));
+    }
+    validate_tiers(&spec.tiers).map_err(|e| {
+        let field = e.split_once(": ").map_or("tiers", |(f, _)| f).to_string();
+        invalid(&field, format!("field {e}"))
+    })?;
     if let Some(r) = &spec.retry_strategy {
         r.validate()
             .map_err(|e| invalid("retry_strategy", format!("field {e}")))?;
@@ -263,17 +283,26 @@ fn default_team() -> String {
 fn default_queue() -> String {
     "default".into()
 }
-fn default_cpu() -> f64 {
-    1.0
-}
-fn default_memory() -> u64 {
-    512
-}
+/// A task's CPU and memory when its spec gives neither.
+pub const DEFAULT_CPU: f64 = 1.0;
+pub const DEFAULT_MEMORY_MIB: u64 = 512;
 
 impl TaskSpec {
-    /// CPU in thousandths of a vCPU, the unit workers count capacity in.
+    /// CPU in thousandths of a vCPU (the unit workers count capacity in): the first
+    /// tier's, or `cpu`.
     pub fn cpu_milli(&self) -> u32 {
-        (self.cpu * 1000.0).round() as u32
+        match self.tiers.first() {
+            Some(t) => t.cpu_milli,
+            None => (self.cpu.unwrap_or(DEFAULT_CPU) * 1000.0).round() as u32,
+        }
+    }
+
+    /// Memory the task starts with: the first tier's, or `memory_mib`.
+    pub fn memory_mib(&self) -> u64 {
+        match self.tiers.first() {
+            Some(t) => t.memory_mib,
+            None => self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+        }
     }
 }
 
@@ -443,22 +472,38 @@ fn validate_tasks(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), 
                 "the command is empty; give an argv such as [sh, -c, \"echo hi\"]".into(),
             ));
         }
-        if !(t.cpu.is_finite() && t.cpu > 0.0 && t.cpu <= 1024.0) {
+        if let Some(cpu) = t.cpu {
+            if !(cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0) {
+                return Err(task_error(
+                    "InvalidField",
+                    &t.id,
+                    "cpu",
+                    format!("{cpu} must be more than 0 and at most 1024 vCPUs"),
+                ));
+            }
+        }
+        if let Some(mem) = t.memory_mib {
+            if mem == 0 || mem > 4 * 1024 * 1024 {
+                return Err(task_error(
+                    "InvalidField",
+                    &t.id,
+                    "memory_mib",
+                    format!("{mem} must be 1 to 4194304"),
+                ));
+            }
+        }
+        if !t.tiers.is_empty() && (t.cpu.is_some() || t.memory_mib.is_some()) {
             return Err(task_error(
                 "InvalidField",
                 &t.id,
-                "cpu",
-                format!("{} must be more than 0 and at most 1024 vCPUs", t.cpu),
+                "tiers",
+                "give either `tiers` or `cpu`/`memory_mib`: with tiers, each tier says both".into(),
             ));
         }
-        if t.memory_mib == 0 || t.memory_mib > 4 * 1024 * 1024 {
-            return Err(task_error(
-                "InvalidField",
-                &t.id,
-                "memory_mib",
-                format!("{} must be 1 to 4194304", t.memory_mib),
-            ));
-        }
+        validate_tiers(&t.tiers).map_err(|e| {
+            let (field, what) = e.split_once(": ").unwrap_or(("tiers", &e));
+            task_error("InvalidField", &t.id, field, what.to_string())
+        })?;
         if t.timeout_seconds == Some(0) {
             return Err(task_error(
                 "InvalidField",
@@ -628,7 +673,7 @@ tasks:
         assert_eq!(spec.queue, "default");
         assert_eq!(spec.tasks.len(), 4);
         assert_eq!(spec.tasks[0].cpu_milli(), 1000);
-        assert_eq!(spec.tasks[0].memory_mib, 512);
+        assert_eq!(spec.tasks[0].memory_mib(), 512);
         assert_eq!(spec.tasks[2].cpu_milli(), 500);
         assert_eq!(spec.tasks[2].env["K"], "v");
         assert_eq!(spec.tasks[3].depends_on, vec!["b", "c"]);
@@ -705,8 +750,9 @@ tasks:
                 id: format!("t{i}"),
                 command: vec!["true".into()],
                 env: Default::default(),
-                cpu: 1.0,
-                memory_mib: 1,
+                cpu: Some(1.0),
+                memory_mib: Some(1),
+                tiers: Vec::new(),
                 timeout_seconds: None,
                 depends_on: if i > 0 {
                     vec![format!("t{}", i - 1)]

@@ -259,6 +259,7 @@ impl Store {
         it.insert("kind".into(), s("command"));
         it.insert("queue".into(), s(&job.queue));
         it.insert("state".into(), s(TaskState::Failed.as_str()));
+        it.insert(super::item::FAILED_IN_ATTR.into(), s(&job.job_id));
         it.insert("reason".into(), s(reason));
         it.insert("attempt".into(), n(0));
         it.insert("created_at".into(), n(now));

@@ -172,6 +172,11 @@ pub fn job_to_item(job: &JobRecord) -> Item {
 
 /// The attribute the `by_queue` index is keyed on (with `created_at`).
 pub const JOB_QUEUE_ATTR: &str = "jq";
+/// Set (to the job id) on a task item when it fails, and never removed (FAILED is
+/// final): the key of the sparse `failures` index, so a job's failed tasks are a query
+/// however many tasks succeeded beside them.
+pub const FAILED_IN_ATTR: &str = "failed_in";
+pub const FAILURES_INDEX: &str = "failures";
 pub const BY_QUEUE_INDEX: &str = "by_queue";
 
 pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
@@ -242,6 +247,16 @@ pub fn new_task_item(
         item.insert("cpu_milli".into(), n(t.cpu_milli));
         item.insert("memory_mib".into(), n(t.memory_mib));
     }
+    if let Some(first) = t.tiers.first() {
+        item.insert("tiers".into(), s(tiers_json(&t.tiers)));
+        if first.gpu > 0 {
+            item.insert("gpu".into(), n(first.gpu));
+        }
+        item.insert(
+            "pool".into(),
+            s(crate::domain::tiers::WorkerPool::for_task(queue, &t.tiers, 0).name()),
+        );
+    }
     if let Some(secs) = t.timeout_seconds {
         item.insert("timeout_seconds".into(), n(secs));
     }
@@ -252,6 +267,11 @@ pub fn new_task_item(
         item.insert("dependents".into(), list_s(&t.dependents));
     }
     item
+}
+
+/// Tiers as stored: the JSON of the spec's form.
+pub fn tiers_json(tiers: &[crate::domain::tiers::Tier]) -> String {
+    serde_json::to_string(tiers).unwrap_or_default()
 }
 
 pub fn attempt_to_value(a: &AttemptRecord) -> AttributeValue {
@@ -268,6 +288,14 @@ pub fn attempt_to_value(a: &AttemptRecord) -> AttributeValue {
     opt(&mut m, "exit_code", a.exit_code.map(n));
     opt(&mut m, "signal", a.signal.map(n));
     opt(&mut m, "reason", a.reason.clone().map(s));
+    opt(&mut m, "tier", a.tier.map(n));
+    opt(&mut m, "cpu_milli", a.cpu_milli.map(n));
+    opt(&mut m, "memory_mib", a.memory_mib.map(n));
+    opt(
+        &mut m,
+        "memory_enforcement",
+        a.memory_enforcement.clone().map(s),
+    );
     opt(&mut m, "cpu_user_seconds", a.cpu_user_seconds.map(n));
     opt(&mut m, "cpu_system_seconds", a.cpu_system_seconds.map(n));
     opt(&mut m, "max_rss_kib", a.max_rss_kib.map(n));
@@ -294,6 +322,10 @@ fn attempt_from_value(item: &Item) -> Result<AttemptRecord, Malformed> {
         exit_code: r.opt_n("exit_code")?,
         signal: r.opt_n("signal")?,
         reason: r.opt_s("reason")?,
+        tier: r.opt_n("tier")?,
+        cpu_milli: r.opt_n("cpu_milli")?,
+        memory_mib: r.opt_n("memory_mib")?,
+        memory_enforcement: r.opt_s("memory_enforcement")?,
         cpu_user_seconds: r.opt_n("cpu_user_seconds")?,
         cpu_system_seconds: r.opt_n("cpu_system_seconds")?,
         max_rss_kib: r.opt_n("max_rss_kib")?,
@@ -332,6 +364,15 @@ pub fn task_from_item(item: &Item) -> Result<TaskRecord, Malformed> {
         env: r.string_map("env")?,
         cpu_milli: r.opt_n("cpu_milli")?.unwrap_or(0),
         memory_mib: r.opt_n("memory_mib")?.unwrap_or(0),
+        gpu: r.opt_n("gpu")?.unwrap_or(0),
+        tiers: match r.opt_s("tiers")? {
+            Some(json) => {
+                serde_json::from_str(&json).map_err(|e| r.bad("tiers", &e.to_string()))?
+            }
+            None => Vec::new(),
+        },
+        tier: r.opt_n("tier")?.unwrap_or(0),
+        pool: r.opt_s("pool")?,
         timeout_seconds: r.opt_n("timeout_seconds")?,
         retry: match r.opt_s("retry")? {
             Some(json) => {

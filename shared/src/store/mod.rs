@@ -147,9 +147,21 @@ pub enum Claim {
 pub struct ChildSeed {
     pub index: u32,
     pub queue: String,
+    /// The first tier's pool, for a job with tiers.
+    pub pool: Option<String>,
     pub cpu_milli: u32,
     pub memory_mib: u64,
+    pub gpu: u32,
     pub max_attempts: u32,
+}
+
+/// A task moving up a tier after running out of memory: the next attempt reserves the
+/// new tier's resources and is sent to that tier's pool.
+#[derive(Debug, Clone)]
+pub struct Escalation {
+    pub tier: u32,
+    pub shape: crate::domain::tiers::Tier,
+    pub pool: String,
 }
 
 /// What a heartbeat learned.
@@ -237,6 +249,7 @@ impl Store {
                         source,
                     })?,
             )
+            .attribute_definitions(attr(FAILED_IN_ATTR)?)
             .attribute_definitions(
                 AttributeDefinition::builder()
                     .attribute_name("created_at")
@@ -255,6 +268,23 @@ impl Store {
                     .index_name(BY_QUEUE_INDEX)
                     .key_schema(key(JOB_QUEUE_ATTR, KeyType::Hash)?)
                     .key_schema(key("created_at", KeyType::Range)?)
+                    .projection(
+                        aws_sdk_dynamodb::types::Projection::builder()
+                            .projection_type(aws_sdk_dynamodb::types::ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .map_err(|source| StoreError::Build {
+                        operation: "CreateTable",
+                        source,
+                    })?,
+            )
+            // A job's failed tasks. Sparse: only failed task items have `failed_in`.
+            .global_secondary_indexes(
+                aws_sdk_dynamodb::types::GlobalSecondaryIndex::builder()
+                    .index_name(FAILURES_INDEX)
+                    .key_schema(key(FAILED_IN_ATTR, KeyType::Hash)?)
+                    .key_schema(key("sk", KeyType::Range)?)
                     .projection(
                         aws_sdk_dynamodb::types::Projection::builder()
                             .projection_type(aws_sdk_dynamodb::types::ProjectionType::All)
@@ -1003,6 +1033,9 @@ impl Store {
         limit: usize,
         start: Option<(u32, String)>,
     ) -> Result<TaskPage, StoreError> {
+        if state == Some(TaskState::Failed) {
+            return self.list_failed_tasks(job_id, limit, start).await;
+        }
         let (mut shard, mut after) = match start {
             Some((sh, sk)) => (sh, Some(sk)),
             None => (0, None),
@@ -1054,6 +1087,61 @@ impl Store {
             }
         }
         Ok(TaskPage { tasks, next: None })
+    }
+
+    /// A page of a job's failed tasks, from the sparse `failures` index: it holds only
+    /// failed tasks, so finding the one failure among a million successes reads one item.
+    async fn list_failed_tasks(
+        &self,
+        job_id: &str,
+        limit: usize,
+        start: Option<(u32, String)>,
+    ) -> Result<TaskPage, StoreError> {
+        let mut tasks = Vec::new();
+        let mut after = start.map(|(shard, sk)| {
+            let mut k = key(task_pk(job_id, shard), sk);
+            k.insert(FAILED_IN_ATTR.into(), s(job_id));
+            k
+        });
+        loop {
+            let out = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .index_name(FAILURES_INDEX)
+                .key_condition_expression("failed_in = :job")
+                .filter_expression("#kind = :command")
+                .expression_attribute_names("#kind", "kind")
+                .expression_attribute_values(":job", s(job_id))
+                .expression_attribute_values(":command", s(TaskKind::Command.as_str()))
+                .set_exclusive_start_key(after.take())
+                .limit((limit - tasks.len()).clamp(1, 1000) as i32)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| classify("Query", e))?;
+            record_capacity("Query", out.consumed_capacity());
+            for it in out.items() {
+                tasks.push(task_from_item(it)?);
+            }
+            let next = out.last_evaluated_key().cloned();
+            match next {
+                Some(k) if tasks.len() >= limit => {
+                    let r = Reader::new(&k);
+                    let shard = r
+                        .req_s("pk")?
+                        .rsplit_once('#')
+                        .and_then(|(_, n)| n.parse().ok())
+                        .unwrap_or(0);
+                    return Ok(TaskPage {
+                        tasks,
+                        next: Some((shard, r.req_s("sk")?)),
+                    });
+                }
+                Some(k) => after = Some(k),
+                None => return Ok(TaskPage { tasks, next: None }),
+            }
+        }
     }
 
     /// Every task of a job, shard by shard (cancel walks them).
@@ -1255,7 +1343,8 @@ impl Store {
                 task_pk(&dependent.job_id, dependent.shard),
                 task_sk(&dependent.task_id),
             )))
-            .update_expression("SET #state = :failed, reason = :reason, failed_dependency = :root, finished_at = :now")
+            .update_expression("SET #state = :failed, reason = :reason, failed_dependency = :root, finished_at = :now, failed_in = :job")
+            .expression_attribute_values(":job", s(&dependent.job_id))
             .condition_expression("#state = :pending")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":failed", s(TaskState::Failed.as_str()))
@@ -1383,14 +1472,37 @@ impl Store {
                     "SET #state = :running, attempt = attempt + :one, worker_id = :w, lease_expires = :lease, started_at = :now",
                 )
                 .condition_expression("#state = :runnable"),
+            // A child claimed again (retried, or moved up a tier) keeps what its item
+            // says about its resources and pool.
             Some(c) => req
-                .update_expression(
+                .update_expression(format!(
                     "SET #state = :running, attempt = if_not_exists(attempt, :zero) + :one, worker_id = :w, lease_expires = :lease, started_at = :now, \
-                     job_id = :job, task_id = :task, idx = :idx, #shard = :shard, kind = :kind, queue = :queue, cpu_milli = :cpu, memory_mib = :mem, \
-                     max_attempts = if_not_exists(max_attempts, :max), created_at = if_not_exists(created_at, :now)",
-                )
+                     job_id = :job, task_id = :task, idx = :idx, #shard = :shard, kind = :kind, queue = :queue, \
+                     cpu_milli = if_not_exists(cpu_milli, :cpu), memory_mib = if_not_exists(memory_mib, :mem), \
+                     max_attempts = if_not_exists(max_attempts, :max), created_at = if_not_exists(created_at, :now){}{}",
+                    // `pool` is a reserved word.
+                    if c.pool.is_some() { ", #pool = if_not_exists(#pool, :pool)" } else { "" },
+                    if c.gpu > 0 { ", gpu = if_not_exists(gpu, :gpu)" } else { "" },
+                ))
+                .set_expression_attribute_values(Some(
+                    [
+                        c.pool.as_ref().map(|p| (":pool".to_string(), s(p))),
+                        (c.gpu > 0).then(|| (":gpu".to_string(), n(c.gpu))),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                ))
                 .condition_expression("attribute_not_exists(#state) OR #state = :runnable")
-                .expression_attribute_names("#shard", "shard")
+                .set_expression_attribute_names(Some(
+                    [
+                        Some(("#shard".to_string(), "shard".to_string())),
+                        c.pool.as_ref().map(|_| ("#pool".to_string(), "pool".to_string())),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                ))
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":job", s(job_id))
                 .expression_attribute_values(":task", s(task_id))
@@ -1465,7 +1577,7 @@ impl Store {
             )),
             ..Default::default()
         };
-        if task.attempt >= task.max_attempts {
+        if crate::domain::tiers::budgeted_attempts(task.attempt, task.tier) >= task.max_attempts {
             let reason = format!(
                 "worker lost on attempt {} of {}; no attempts left",
                 task.attempt, task.max_attempts
@@ -1476,8 +1588,9 @@ impl Store {
                 .table_name(&self.table)
                 .set_key(Some(k))
                 .update_expression(
-                    "SET #state = :failed, reason = :reason, finished_at = :now, attempts = list_append(if_not_exists(attempts, :empty), :lost) REMOVE lease_expires",
+                    "SET #state = :failed, reason = :reason, finished_at = :now, failed_in = :job, attempts = list_append(if_not_exists(attempts, :empty), :lost) REMOVE lease_expires",
                 )
+                .expression_attribute_values(":job", s(job_id))
                 .condition_expression("#state = :running AND attempt = :attempt AND lease_expires < :now")
                 .expression_attribute_names("#state", "state")
                 .expression_attribute_values(":failed", s("FAILED"))
@@ -1595,6 +1708,7 @@ impl Store {
         state: TaskState,
         reason: Option<&str>,
         record: &AttemptRecord,
+        escalation: Option<&Escalation>,
     ) -> Result<bool, StoreError> {
         // A retried attempt goes back to RUNNABLE (the stream re-queues it); only a
         // terminal state closes the task.
@@ -1602,6 +1716,22 @@ impl Store {
             "#state = :to",
             "attempts = list_append(if_not_exists(attempts, :empty), :rec)",
         ];
+        let mut values: HashMap<String, AttributeValue> = HashMap::new();
+        if let Some(e) = escalation {
+            sets.push(
+                "tier = :tier, cpu_milli = :cpu, memory_mib = :mem, gpu = :gpu, #pool = :pool",
+            );
+            values.insert(":tier".into(), n(e.tier));
+            values.insert(":cpu".into(), n(e.shape.cpu_milli));
+            values.insert(":mem".into(), n(e.shape.memory_mib));
+            values.insert(":gpu".into(), n(e.shape.gpu));
+            values.insert(":pool".into(), s(&e.pool));
+        }
+        if state == TaskState::Failed {
+            // The sparse index of failures: `tasks --state FAILED` is a query.
+            sets.push("failed_in = :job");
+            values.insert(":job".into(), s(&task.job_id));
+        }
         let mut req = self
             .ddb
             .update_item()
@@ -1611,7 +1741,16 @@ impl Store {
                 task_sk(&task.task_id),
             )))
             .condition_expression("#state = :running AND attempt = :attempt AND worker_id = :w")
-            .expression_attribute_names("#state", "state")
+            .set_expression_attribute_values(Some(values))
+            .set_expression_attribute_names(Some(
+                [
+                    Some(("#state".to_string(), "state".to_string())),
+                    escalation.map(|_| ("#pool".to_string(), "pool".to_string())),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ))
             .expression_attribute_values(":to", s(state.as_str()))
             .expression_attribute_values(":empty", AttributeValue::L(vec![]))
             .expression_attribute_values(":rec", AttributeValue::L(vec![attempt_to_value(record)]))

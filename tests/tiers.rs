@@ -1,0 +1,199 @@
+//! Resource tiers end to end: tasks that allocate real memory under the taskhost's
+//! limits, each worker pool served by its own workers, escalation on OOM.
+
+use batchplane::domain::tiers::Tier;
+use batchplane_local::stack::PoolWorkers;
+use batchplane_tests::{binary, Harness};
+use serde_json::Value;
+use std::time::Duration;
+
+const MINUTES: Duration = Duration::from_secs(180);
+
+fn pool(cpu: u32, memory_mib: u64, slots: u32) -> PoolWorkers {
+    PoolWorkers {
+        shape: Tier {
+            cpu_milli: cpu * 1000,
+            memory_mib,
+            gpu: 0,
+        },
+        slots,
+    }
+}
+
+/// A task that holds `mib` MiB of real memory for a moment, on tiers of 96, 256 and
+/// 640 MiB.
+fn allocating(id: &str, mib: u64) -> String {
+    format!(
+        "  - {{id: {id}, command: [python3, -c, \"import time; x = b'x' * ({mib} << 20); time.sleep(0.4)\"], \
+         tiers: [{{cpu: 1, memory_mib: 96}}, {{cpu: 1, memory_mib: 256}}, {{cpu: 1, memory_mib: 640}}]}}\n"
+    )
+}
+
+fn attempts(task: &Value) -> Vec<Value> {
+    task["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no attempts: {task}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_task_ends_on_the_smallest_tier_that_fits_it() {
+    // One worker per tier pool; none for the queue's own pool, so a tiered task can only
+    // run where its tier's pool is served.
+    let h = Harness::start(|o| {
+        o.workers = 0;
+        o.pools = vec![pool(1, 96, 4), pool(1, 256, 2), pool(1, 640, 1)];
+    })
+    .await;
+    let mut spec = String::from("name: tiers\ntasks:\n");
+    for i in 0..8 {
+        spec.push_str(&allocating(&format!("small{i}"), 16));
+    }
+    spec.push_str(&allocating("medium0", 150));
+    spec.push_str(&allocating("medium1", 150));
+    spec.push_str(&allocating("large", 400));
+    let job = h.submit(&spec).await;
+    let done = h.wait(&job, MINUTES).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+
+    for i in 0..8 {
+        let t = h.task(&job, &format!("small{i}")).await;
+        let a = attempts(&t);
+        assert_eq!(a.len(), 1, "a small task needs one attempt on tier 1: {t}");
+        assert_eq!(a[0]["tier"], 0, "{t}");
+        assert_eq!(a[0]["memory_mib"], 96, "{t}");
+        assert!(
+            a[0]["worker_id"].as_str().unwrap().contains("96mib"),
+            "run by the 96 MiB pool's worker: {t}"
+        );
+    }
+    for id in ["medium0", "medium1"] {
+        let t = h.task(&job, id).await;
+        let a = attempts(&t);
+        assert_eq!(a.len(), 2, "{t}");
+        assert_eq!(a[0]["reason"], "OutOfMemory", "{t}");
+        assert_eq!(a[0]["tier"], 0, "{t}");
+        assert_eq!(a[1]["tier"], 1, "{t}");
+        assert_eq!(a[1]["exit_code"], 0, "{t}");
+        assert!(
+            a[1]["worker_id"].as_str().unwrap().contains("256mib"),
+            "{t}"
+        );
+        assert_eq!(t["tier"], 1, "{t}");
+        assert_eq!(t["pool"], "default--1cpu-256mib", "{t}");
+    }
+    let large = h.task(&job, "large").await;
+    let a = attempts(&large);
+    assert_eq!(a.len(), 3, "{large}");
+    let tiers: Vec<u64> = a.iter().map(|x| x["tier"].as_u64().unwrap()).collect();
+    assert_eq!(tiers, [0, 1, 2], "{large}");
+    let reasons: Vec<&str> = a
+        .iter()
+        .map(|x| x["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(reasons[..2], ["OutOfMemory", "OutOfMemory"], "{large}");
+    assert!(
+        a[2]["worker_id"].as_str().unwrap().contains("640mib"),
+        "{large}"
+    );
+    // Each attempt says how its memory was held; the escalations did not use up the
+    // retry budget (one attempt by default).
+    for x in &a {
+        let how = x["memory_enforcement"].as_str().unwrap_or_default();
+        assert!(
+            ["cgroup-v2", "cgroup-v1", "rlimit+rss-poll"].contains(&how),
+            "{x}"
+        );
+    }
+    assert_eq!(large["retry_strategy"]["attempts"], 1, "{large}");
+    assert_eq!(done["task_counts"]["SUCCEEDED"], 11, "{done}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_on_the_largest_tier_fails_the_task_and_plain_failures_keep_their_budget() {
+    let h = Harness::start(|o| {
+        o.workers = 0;
+        o.pools = vec![pool(1, 64, 2), pool(1, 128, 2)];
+    })
+    .await;
+    let job = h
+        .submit(
+            r#"
+name: too-big
+tasks:
+  - id: hog
+    command: [python3, -c, "import time; x = b'x' * (300 << 20); time.sleep(0.4)"]
+    tiers: [{cpu: 1, memory_mib: 64}, {cpu: 1, memory_mib: 128}]
+  - id: flaky
+    command: [sh, -c, "exit 3"]
+    tiers: [{cpu: 1, memory_mib: 64}, {cpu: 1, memory_mib: 128}]
+    retry_strategy: {attempts: 2}
+"#,
+        )
+        .await;
+    let done = h.wait(&job, MINUTES).await;
+    assert_eq!(done["state"], "FAILED", "{done}");
+    let hog = h.task(&job, "hog").await;
+    assert_eq!(hog["status_reason"], "OutOfMemory on largest tier", "{hog}");
+    assert_eq!(attempts(&hog).len(), 2, "{hog}");
+    // An ordinary failure is retried on the same tier, per its retry strategy.
+    let flaky = h.task(&job, "flaky").await;
+    let a = attempts(&flaky);
+    assert_eq!(a.len(), 2, "{flaky}");
+    assert!(a.iter().all(|x| x["tier"] == 0), "{flaky}");
+    assert_eq!(flaky["status_reason"], "exit code 3", "{flaky}");
+
+    // Failures are a query: the CLI lists both with their reasons.
+    let out = std::process::Command::new(binary("batchplane"))
+        .args([
+            "tasks",
+            &job,
+            "--state",
+            "FAILED",
+            "--api-url",
+            &h.stack.api_url,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("hog") && text.contains("OutOfMemory on largest tier"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flaky") && text.contains("exit code 3"),
+        "{text}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_array_child_that_runs_out_of_memory_moves_up_alone() {
+    let h = Harness::start(|o| {
+        o.workers = 0;
+        o.pools = vec![pool(1, 96, 4), pool(1, 256, 1)];
+    })
+    .await;
+    let job = h
+        .submit(
+            r#"
+name: array-tiers
+array_size: 6
+command: [python3, -c, "import os, time; i = int(os.environ['AWS_BATCH_JOB_ARRAY_INDEX']); x = b'x' * ((150 if i == 3 else 8) << 20); time.sleep(0.3)"]
+tiers: [{cpu: 1, memory_mib: 96}, {cpu: 1, memory_mib: 256}]
+"#,
+        )
+        .await;
+    let done = h.wait(&job, MINUTES).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    for i in 0..6 {
+        let t = h.task(&job, &i.to_string()).await;
+        let a = attempts(&t);
+        let want = if i == 3 { 2 } else { 1 };
+        assert_eq!(a.len(), want, "child {i}: {t}");
+        assert_eq!(t["tiers"].as_array().map(Vec::len), Some(2), "{t}");
+        assert_eq!(a.last().unwrap()["tier"], want - 1, "{t}");
+    }
+    h.shutdown().await;
+}
