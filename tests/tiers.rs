@@ -29,6 +29,12 @@ fn allocating(id: &str, mib: u64) -> String {
     )
 }
 
+async fn explain(h: &Harness, job: &str, task: &str) -> Value {
+    let r = h.get(&format!("/v1/jobs/{job}/tasks/{task}/explain")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
 fn attempts(task: &Value) -> Vec<Value> {
     task["attempts"]
         .as_array()
@@ -195,5 +201,66 @@ tiers: [{cpu: 1, memory_mib: 96}, {cpu: 1, memory_mib: 256}]
         assert_eq!(t["tiers"].as_array().map(Vec::len), Some(2), "{t}");
         assert_eq!(a.last().unwrap()["tier"], want - 1, "{t}");
     }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_missing_pool_and_the_dependency_waited_on() {
+    let mut h = Harness::start(|o| o.workers = 1).await;
+    let job = h
+        .submit(
+            r#"
+name: stuck
+tasks:
+  - {id: big, command: ["true"], tiers: [{cpu: 1, memory_mib: 200}]}
+  - {id: after, command: ["true"], depends_on: [big]}
+"#,
+        )
+        .await;
+    // Nothing serves the 200 MiB pool: the task is queued there, and explain says so.
+    let mut big = explain(&h, &job, "big").await;
+    for _ in 0..50 {
+        if big["state"] == "RUNNABLE" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        big = explain(&h, &job, "big").await;
+    }
+    let codes: Vec<&str> = big["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(
+        codes.contains(&"Queued") && codes.contains(&"NoWorkerPool"),
+        "{big}"
+    );
+    assert!(big.to_string().contains("default--1cpu-200mib"), "{big}");
+    let after = explain(&h, &job, "after").await;
+    assert_eq!(
+        after["reasons"][0]["code"], "WaitingOnDependencies",
+        "{after}"
+    );
+    assert!(
+        after["reasons"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("big (RUNNABLE)"),
+        "{after}"
+    );
+    let out = std::process::Command::new(binary("batchplane"))
+        .args(["explain", &job, "big", "--api-url", &h.stack.api_url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("NoWorkerPool"), "{text}");
+
+    // A worker for that shape arrives: the job runs to the end.
+    h.stack.spawn_pool_worker(pool(1, 200, 1)).unwrap();
+    let done = h.wait(&job, MINUTES).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    let finished = explain(&h, &job, "big").await;
+    assert_eq!(finished["reasons"][0]["code"], "Finished", "{finished}");
     h.shutdown().await;
 }

@@ -407,6 +407,36 @@ pub async fn add(api: &Api, job_id: &str, file: &Path) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+pub async fn explain(
+    api: &Api,
+    job_id: &str,
+    task_id: Option<&str>,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let path = match task_id {
+        Some(t) => format!("/v1/jobs/{job_id}/tasks/{t}/explain"),
+        None => format!("/v1/jobs/{job_id}/explain"),
+    };
+    let e = api.get(&path).await?;
+    if let Output::Json = output {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(0);
+    }
+    let what = match task_id {
+        Some(t) => format!("task {t} of job {job_id}"),
+        None => format!("job {job_id}"),
+    };
+    println!("{what} is {}", e["state"].as_str().unwrap_or("?"));
+    for r in e["reasons"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "  {:<22} {}",
+            r["code"].as_str().unwrap_or(""),
+            r["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
 pub async fn usage(api: &Api, job_id: &str, output: Output) -> anyhow::Result<u8> {
     let job = api.get(&format!("/v1/jobs/{job_id}")).await?;
     let u = &job["usage"];

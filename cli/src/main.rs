@@ -76,6 +76,14 @@ enum Command {
         #[arg(long)]
         run: bool,
     },
+    /// Why a job (or one of its tasks) is not running: dependencies, queue position,
+    /// worker pools, job queue state, each from recorded state.
+    Explain {
+        job: String,
+        task: Option<String>,
+        #[arg(short = 'o', long, default_value = "text")]
+        output: jobs::Output,
+    },
     /// Requested versus used CPU and memory of a job's measured attempts.
     Usage {
         job: String,
@@ -168,6 +176,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             stderr,
         } => jobs::logs(&api()?, job, task, *attempt, *stderr).await,
         Command::Cancel { job } => jobs::cancel(&api()?, job).await,
+        Command::Explain { job, task, output } => {
+            jobs::explain(&api()?, job, task.as_deref(), *output).await
+        }
         Command::Usage { job, output } => jobs::usage(&api()?, job, *output).await,
         Command::Repro { job, task, run } => {
             let api = api()?;

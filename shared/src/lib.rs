@@ -7,6 +7,7 @@ pub mod batch_api;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod explain;
 pub mod fanout;
 pub mod metrics;
 pub mod queue;

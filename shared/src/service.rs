@@ -421,7 +421,7 @@ impl Service {
         })
     }
 
-    async fn job(&self, job_id: &str) -> Result<JobRecord, ApiError> {
+    pub(crate) async fn job(&self, job_id: &str) -> Result<JobRecord, ApiError> {
         if !is_valid_job_id(job_id) {
             return Err(ApiError::not_found(format!("no job {job_id:?}")));
         }

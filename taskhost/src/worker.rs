@@ -206,6 +206,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tracing::info!(worker_id, pools = ?names, cpus = f64::from(cpu_total) / 1000.0, memory_mib = mem_total, gpus = gpu_total,
         memory_enforcement = memory.name(), why_not_cgroup = why_not_cgroup.as_deref().unwrap_or(""), "taskhost started");
 
+    let me = Announce {
+        pools: names.clone(),
+        worker_id: worker_id.clone(),
+        cpu_milli: cpu_total,
+        memory_mib: mem_total,
+        gpu: gpu_total,
+        lease: config.lease,
+    };
+    me.refresh(&ctx.store, 0).await;
+
     // The receiver asks SQS for as many messages as the worker has room for (`want`).
     let (want_tx, mut want_rx) = watch::channel(0i32);
     let (deliveries_tx, mut deliveries_rx) = mpsc::channel::<Vec<Delivery>>(4);
@@ -393,6 +403,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = tokio::time::sleep(Duration::from_millis(opts.hold_ms.max(10))), if !held.is_empty() => {}
             _ = heartbeat.tick() => {
                 keep_alive(&ctx, &running, &held, &queues).await;
+                me.refresh(&ctx.store, running.len() as u32).await;
             }
             _ = sigterm.recv() => {
                 tracing::info!(worker_id, running = running.len(), "SIGTERM: draining");
@@ -404,6 +415,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     receiver.abort();
     ctx.memory.release();
+    me.forget(&ctx.store).await;
     for d in deletes {
         let _ = d.await;
     }
@@ -414,6 +426,45 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// This worker in the pools' worker records (what `explain` reads).
+struct Announce {
+    pools: Vec<String>,
+    worker_id: String,
+    cpu_milli: u32,
+    memory_mib: u64,
+    gpu: u32,
+    lease: Duration,
+}
+
+impl Announce {
+    async fn refresh(&self, store: &Store, running: u32) {
+        let now = now_ms();
+        for pool in &self.pools {
+            let record = batchplane::store::workers::WorkerRecord {
+                pool: pool.clone(),
+                worker_id: self.worker_id.clone(),
+                cpu_milli: self.cpu_milli,
+                memory_mib: self.memory_mib,
+                gpu: self.gpu,
+                running,
+                last_seen: now,
+                expires_at: now / 1000 + 3 * self.lease.as_secs() as i64,
+            };
+            if let Err(e) = store.put_worker(&record).await {
+                tracing::warn!(error = %e, pool, "recording this worker failed");
+            }
+        }
+    }
+
+    async fn forget(&self, store: &Store) {
+        for pool in &self.pools {
+            if let Err(e) = store.delete_worker(pool, &self.worker_id).await {
+                tracing::warn!(error = %e, pool, "removing this worker's record failed");
+            }
+        }
+    }
 }
 
 /// Extend every running task's lease (learning of cancellations and lost leases), and

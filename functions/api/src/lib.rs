@@ -41,6 +41,11 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{job_id}", get(get_job))
         .route("/v1/jobs/{job_id}/tasks", get(list_tasks).post(add_tasks))
         .route("/v1/jobs/{job_id}/tasks/{task_id}", get(get_task))
+        .route("/v1/jobs/{job_id}/explain", get(explain_job))
+        .route(
+            "/v1/jobs/{job_id}/tasks/{task_id}/explain",
+            get(explain_task),
+        )
         .route("/v1/jobs/{job_id}/cancel", post(cancel_job))
         .route("/healthz", get(|| async { "ok" }))
         .merge(batch::routes())
@@ -124,6 +129,20 @@ async fn get_task(
     Path((job_id, task_id)): Path<(String, String)>,
 ) -> Result<Response> {
     Ok(Json(svc.get_task(&job_id, &task_id).await?).into_response())
+}
+
+async fn explain_job(
+    State(svc): State<Arc<Service>>,
+    Path(job_id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.explain_job(&job_id).await?).into_response())
+}
+
+async fn explain_task(
+    State(svc): State<Arc<Service>>,
+    Path((job_id, task_id)): Path<(String, String)>,
+) -> Result<Response> {
+    Ok(Json(svc.explain_task(&job_id, &task_id).await?).into_response())
 }
 
 async fn add_tasks(

@@ -6,6 +6,7 @@
 pub mod arrays;
 pub mod item;
 pub mod registry;
+pub mod workers;
 
 use crate::domain::{
     AttemptRecord, JobRecord, JobState, PlannedTask, TaskCounts, TaskKind, TaskRecord, TaskState,

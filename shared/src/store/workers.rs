@@ -1,0 +1,112 @@
+//! Live workers, by pool: each taskhost records itself under every pool it serves when
+//! it starts and on every heartbeat, and removes itself when it exits. `explain` reads
+//! them to say whether anyone serves a task's pool, and whether any worker there is big
+//! enough. Items expire by TTL (`expires_at`) so a worker that vanished leaves nothing
+//! behind for long. All under one partition (`WORKERS`), `<pool>#<worker id>`: a
+//! heartbeat every ten seconds per worker keeps even 5,000 workers well inside one
+//! partition's write rate.
+
+use super::item::*;
+use super::{classify, record_capacity, Store, StoreError};
+use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+use serde::{Deserialize, Serialize};
+
+const WORKERS_PK: &str = "WORKERS";
+
+/// A worker as one pool sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub pool: String,
+    pub worker_id: String,
+    pub cpu_milli: u32,
+    pub memory_mib: u64,
+    pub gpu: u32,
+    /// Tasks running on it at its last heartbeat.
+    pub running: u32,
+    pub last_seen: i64,
+    /// Seconds since the epoch, DynamoDB's TTL unit.
+    pub expires_at: i64,
+}
+
+impl Store {
+    /// Record (or refresh) a worker under one pool.
+    pub async fn put_worker(&self, w: &WorkerRecord) -> Result<(), StoreError> {
+        let mut it = key(WORKERS_PK.into(), format!("{}#{}", w.pool, w.worker_id));
+        it.insert("pool_name".into(), s(&w.pool));
+        it.insert("worker_id".into(), s(&w.worker_id));
+        it.insert("cpu_milli".into(), n(w.cpu_milli));
+        it.insert("memory_mib".into(), n(w.memory_mib));
+        it.insert("gpu".into(), n(w.gpu));
+        it.insert("running".into(), n(w.running));
+        it.insert("last_seen".into(), n(w.last_seen));
+        it.insert("expires_at".into(), n(w.expires_at));
+        let out = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(it))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| classify("PutItem", e))?;
+        record_capacity("PutItem", out.consumed_capacity());
+        Ok(())
+    }
+
+    /// Forget a worker under one pool (it is exiting).
+    pub async fn delete_worker(&self, pool: &str, worker_id: &str) -> Result<(), StoreError> {
+        let out = self
+            .ddb
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(WORKERS_PK.into(), format!("{pool}#{worker_id}"))))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| classify("DeleteItem", e))?;
+        record_capacity("DeleteItem", out.consumed_capacity());
+        Ok(())
+    }
+
+    /// Workers recorded under pools whose names start with `prefix` (a queue's name
+    /// gives its own pool and its tier pools), seen at or after `since` (ms).
+    pub async fn workers(&self, prefix: &str, since: i64) -> Result<Vec<WorkerRecord>, StoreError> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(WORKERS_PK))
+                .expression_attribute_values(":prefix", s(prefix))
+                .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| classify("Query", e))?;
+            record_capacity("Query", out.consumed_capacity());
+            for it in out.items() {
+                let r = Reader::new(it);
+                let w = WorkerRecord {
+                    pool: r.req_s("pool_name")?,
+                    worker_id: r.req_s("worker_id")?,
+                    cpu_milli: r.req_n("cpu_milli")?,
+                    memory_mib: r.req_n("memory_mib")?,
+                    gpu: r.opt_n("gpu")?.unwrap_or(0),
+                    running: r.opt_n("running")?.unwrap_or(0),
+                    last_seen: r.req_n("last_seen")?,
+                    expires_at: r.req_n("expires_at")?,
+                };
+                if w.last_seen >= since {
+                    found.push(w);
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => return Ok(found),
+            }
+        }
+    }
+}
