@@ -663,5 +663,22 @@ tasks:
         text.contains("cpu") && text.contains("memory") && text.contains('%'),
         "{text}"
     );
+    // The team's rollup holds the job once it has closed (its own table: one job).
+    let mut team = Value::Null;
+    for _ in 0..50 {
+        team = h.get("/v1/teams/default/usage?days=1").await.body;
+        if team["jobs"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(team["jobs"], 1, "{team}");
+    assert_eq!(team["usage"], done["usage"], "{team}");
+    let out = std::process::Command::new(binary("batchplane"))
+        .args(["usage", "--team", "default", "--api-url", &h.stack.api_url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("team default: 1 jobs"), "{text}");
     h.shutdown().await;
 }

@@ -437,6 +437,23 @@ pub async fn explain(
     Ok(0)
 }
 
+pub async fn team_usage(api: &Api, team: &str, days: u32, output: Output) -> anyhow::Result<u8> {
+    let t = api
+        .get(&format!("/v1/teams/{team}/usage?days={days}"))
+        .await?;
+    if let Output::Json = output {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+        return Ok(0);
+    }
+    println!(
+        "team {team}: {} jobs finished since {}",
+        t["jobs"],
+        t["since"].as_str().unwrap_or("")
+    );
+    usage_table(&t["usage"]);
+    Ok(0)
+}
+
 pub async fn usage(api: &Api, job_id: &str, output: Output) -> anyhow::Result<u8> {
     let job = api.get(&format!("/v1/jobs/{job_id}")).await?;
     let u = &job["usage"];
@@ -444,6 +461,17 @@ pub async fn usage(api: &Api, job_id: &str, output: Output) -> anyhow::Result<u8
         println!("{}", serde_json::to_string_pretty(u)?);
         return Ok(0);
     }
+    println!(
+        "job {job_id} ({}), {} attempts measured",
+        job["name"].as_str().unwrap_or(""),
+        u["attempts"].as_f64().unwrap_or(0.0)
+    );
+    usage_table(u);
+    Ok(0)
+}
+
+/// The requested-vs-used table of a usage document.
+fn usage_table(u: &Value) {
     let f = |k: &str| u[k].as_f64().unwrap_or(0.0);
     let ratio = |used: f64, requested: f64| {
         if requested > 0.0 {
@@ -452,11 +480,6 @@ pub async fn usage(api: &Api, job_id: &str, output: Output) -> anyhow::Result<u8
             "-".into()
         }
     };
-    println!(
-        "job {job_id} ({}), {} attempts measured",
-        job["name"].as_str().unwrap_or(""),
-        f("attempts")
-    );
     println!(
         "{:<8} {:>16} {:>16} {:>8}",
         "", "requested", "used", "used/req"
@@ -480,5 +503,4 @@ pub async fn usage(api: &Api, job_id: &str, output: Output) -> anyhow::Result<u8
         mu,
         ratio(mu, mr)
     );
-    Ok(0)
 }

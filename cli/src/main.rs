@@ -84,9 +84,15 @@ enum Command {
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
     },
-    /// Requested versus used CPU and memory of a job's measured attempts.
+    /// Requested versus used CPU and memory of a job's measured attempts, or (--team)
+    /// of a team's jobs that finished in the last --days days.
     Usage {
-        job: String,
+        #[arg(required_unless_present = "team")]
+        job: Option<String>,
+        #[arg(long, conflicts_with = "job")]
+        team: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
     },
@@ -179,7 +185,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Explain { job, task, output } => {
             jobs::explain(&api()?, job, task.as_deref(), *output).await
         }
-        Command::Usage { job, output } => jobs::usage(&api()?, job, *output).await,
+        Command::Usage {
+            job,
+            team,
+            days,
+            output,
+        } => match (job, team) {
+            (Some(job), _) => jobs::usage(&api()?, job, *output).await,
+            (None, Some(team)) => jobs::team_usage(&api()?, team, *days, *output).await,
+            (None, None) => anyhow::bail!("give a JOB or --team TEAM"),
+        },
         Command::Repro { job, task, run } => {
             let api = api()?;
             repro::run(&api, api.base(), job, task, *run).await

@@ -452,9 +452,20 @@ impl Fanout {
             return Ok(None);
         };
         if job.state.is_terminal() {
+            // Closed by an earlier try of this batch that stopped before the team's
+            // rollup: add it now (the rollup counts a job once).
+            let (_, usage, _) = self.store.job_counts(job_id).await?;
+            self.store
+                .add_team_usage(
+                    &job.team,
+                    job_id,
+                    job.finished_at.unwrap_or_else(crate::store::now_ms),
+                    &usage,
+                )
+                .await?;
             return Ok(None);
         }
-        let (counts, _, items) = self.store.job_counts(job_id).await?;
+        let (counts, usage, items) = self.store.job_counts(job_id).await?;
         if items > 50 {
             self.store.fold_counts(job_id).await?;
         }
@@ -483,6 +494,9 @@ impl Fanout {
             .await?;
         if closed {
             tracing::info!(job_id, state = %state, "job finished");
+            self.store
+                .add_team_usage(&job.team, job_id, crate::store::now_ms(), &usage)
+                .await?;
         }
         Ok(closed.then_some(state))
     }

@@ -670,6 +670,64 @@ impl Service {
     }
 }
 
+/// A team's requested versus used resources over its jobs that finished in a span of days.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeamUsageView {
+    pub team: String,
+    /// The first day counted (UTC).
+    pub since: String,
+    pub jobs: u64,
+    pub usage: crate::domain::Usage,
+    pub days: Vec<TeamDayView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TeamDayView {
+    pub date: String,
+    pub jobs: u64,
+    pub usage: crate::domain::Usage,
+}
+
+impl Service {
+    /// A team's usage over the jobs that finished in the last `days` days (today too).
+    pub async fn team_usage(&self, team: &str, days: u32) -> Result<TeamUsageView, ApiError> {
+        if !crate::domain::ids::is_valid_task_id(team) || team.len() > 64 {
+            return Err(ApiError::bad_request(
+                format!("team {team:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
+                json!({"parameter": "team"}),
+            ));
+        }
+        if !(1..=3660).contains(&days) {
+            return Err(ApiError::bad_request(
+                format!("query parameter `days`: {days} must be 1 to 3660"),
+                json!({"parameter": "days"}),
+            ));
+        }
+        let since = (chrono::Utc::now() - chrono::Duration::days(i64::from(days) - 1))
+            .format("%Y-%m-%d")
+            .to_string();
+        let rows = self.store.team_usage(team, &since).await?;
+        let mut usage = crate::domain::Usage::default();
+        for r in &rows {
+            usage.add(&r.usage);
+        }
+        Ok(TeamUsageView {
+            team: team.to_string(),
+            since,
+            jobs: rows.iter().map(|r| r.jobs).sum(),
+            usage,
+            days: rows
+                .into_iter()
+                .map(|r| TeamDayView {
+                    date: r.date,
+                    jobs: r.jobs,
+                    usage: r.usage,
+                })
+                .collect(),
+        })
+    }
+}
+
 pub fn job_view(job: &JobRecord, counts: &TaskCounts) -> JobView {
     let counts = &crate::domain::batch::child_counts(job, counts);
     let state = if job.state.is_terminal() || job.state == JobState::Submitted {

@@ -42,6 +42,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{job_id}/tasks", get(list_tasks).post(add_tasks))
         .route("/v1/jobs/{job_id}/tasks/{task_id}", get(get_task))
         .route("/v1/jobs/{job_id}/explain", get(explain_job))
+        .route("/v1/teams/{team}/usage", get(team_usage))
         .route(
             "/v1/jobs/{job_id}/tasks/{task_id}/explain",
             get(explain_task),
@@ -129,6 +130,28 @@ async fn get_task(
     Path((job_id, task_id)): Path<(String, String)>,
 ) -> Result<Response> {
     Ok(Json(svc.get_task(&job_id, &task_id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct DaysQuery {
+    days: Option<String>,
+}
+
+async fn team_usage(
+    State(svc): State<Arc<Service>>,
+    Path(team): Path<String>,
+    Query(q): Query<DaysQuery>,
+) -> Result<Response> {
+    let days = match q.days.as_deref() {
+        None | Some("") => 30,
+        Some(d) => d.parse::<u32>().map_err(|_| {
+            Error(ApiError::bad_request(
+                format!("query parameter `days`: {d:?} is not a whole number"),
+                serde_json::json!({"parameter": "days"}),
+            ))
+        })?,
+    };
+    Ok(Json(svc.team_usage(&team, days).await?).into_response())
 }
 
 async fn explain_job(

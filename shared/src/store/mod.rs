@@ -6,6 +6,7 @@
 pub mod arrays;
 pub mod item;
 pub mod registry;
+pub mod teams;
 pub mod workers;
 
 use crate::domain::{

@@ -1,0 +1,127 @@
+//! Per-team usage: the "requested vs used" table by team. When a job closes, its final
+//! usage is added to its team's bucket for that day (`TEAM#<team>` / `USAGE#<date>`),
+//! once: the add and a per-job marker (`TEAM#<team>` / `JOB#<job>`) go in one
+//! transaction whose marker must not exist yet.
+
+use super::item::*;
+use super::{classify, record_capacity, Store, StoreError};
+use crate::domain::Usage;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::{Put, ReturnConsumedCapacity, TransactWriteItem, Update};
+use std::collections::HashMap;
+
+fn team_pk(team: &str) -> String {
+    format!("TEAM#{team}")
+}
+
+/// One day of a team's finished jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeamDay {
+    /// `YYYY-MM-DD` (UTC) of the jobs' finish.
+    pub date: String,
+    pub jobs: u64,
+    pub usage: Usage,
+}
+
+impl Store {
+    /// Add a finished job's usage to its team's day; false if it was added before.
+    pub async fn add_team_usage(
+        &self,
+        team: &str,
+        job_id: &str,
+        finished_at: i64,
+        usage: &Usage,
+    ) -> Result<bool, StoreError> {
+        let date = chrono::DateTime::from_timestamp_millis(finished_at)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let build = |source| StoreError::Build {
+            operation: "TransactWriteItems",
+            source,
+        };
+        let mut marker = key(team_pk(team), format!("JOB#{job_id}"));
+        marker.insert("date".into(), s(&date));
+        let mut parts = vec!["jobs :one".to_string()];
+        let mut values = HashMap::from([(":one".to_string(), n(1))]);
+        for (i, (field, v)) in Usage::FIELDS.iter().zip(usage.values()).enumerate() {
+            parts.push(format!("{} :u{i}", usage_attr(field)));
+            values.insert(format!(":u{i}"), n(v));
+        }
+        let res = self
+            .ddb
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(marker))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            )
+            .transact_items(
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(key(team_pk(team), format!("USAGE#{date}"))))
+                            .update_expression(format!("ADD {}", parts.join(", ")))
+                            .set_expression_attribute_values(Some(values))
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            )
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        match res {
+            Ok(out) => {
+                for c in out.consumed_capacity() {
+                    record_capacity("TransactWriteItems", Some(c));
+                }
+                Ok(true)
+            }
+            // The marker exists: this job was counted already.
+            Err(e) if e.code() == Some("TransactionCanceledException") => Ok(false),
+            Err(e) => Err(classify("TransactWriteItems", e)),
+        }
+    }
+
+    /// A team's days from `since` (`YYYY-MM-DD`) on, oldest first.
+    pub async fn team_usage(&self, team: &str, since: &str) -> Result<Vec<TeamDay>, StoreError> {
+        let mut days = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(team_pk(team)))
+                .expression_attribute_values(":from", s(format!("USAGE#{since}")))
+                .expression_attribute_values(":to", s("USAGE#9999"))
+                .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| classify("Query", e))?;
+            record_capacity("Query", out.consumed_capacity());
+            for it in out.items() {
+                let r = Reader::new(it);
+                days.push(TeamDay {
+                    date: r.req_s("sk")?.trim_start_matches("USAGE#").to_string(),
+                    jobs: r.opt_n("jobs")?.unwrap_or(0),
+                    usage: usage_from_item(it),
+                });
+            }
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => return Ok(days),
+            }
+        }
+    }
+}
