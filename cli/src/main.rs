@@ -5,6 +5,7 @@ mod client;
 mod dev;
 mod jobs;
 mod repro;
+mod tier_bench;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -118,6 +119,9 @@ enum Command {
     },
     /// Benchmark the local stack against `xargs -P` and write JSON.
     Bench(bench::BenchArgs),
+    /// Simulate a workload with and without resource tiers: reserved versus used
+    /// memory-hours; prints a table and writes JSON.
+    BenchTiers(tier_bench::TierBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -207,5 +211,6 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             stack,
         } => dev::demo(samples, job.as_deref(), stack).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchTiers(args) => tier_bench::run(args),
     }
 }
