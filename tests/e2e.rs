@@ -382,6 +382,15 @@ async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
         .await;
     let running = h.wait_task(&job, "slow", "RUNNING", MINUTE).await;
     let first_worker = running["worker_id"].as_str().unwrap().to_string();
+    // Kill the worker once the task's process has started (the claim comes a moment
+    // before the process: its memory limit is set up in between).
+    for _ in 0..600 {
+        if !lines(&marker).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lines(&marker), vec!["1"], "the first attempt started");
     let pid = h.stack.worker_pids()[0];
     h.stack
         .signal_worker(pid, nix::sys::signal::Signal::SIGKILL)

@@ -40,6 +40,9 @@ pub struct Report {
 struct Limit {
     mib: u64,
     mechanism: crate::memory::Mechanism,
+    /// Chosen by this shim (`auto`), not handed down by a worker: what it set up for
+    /// the choice is its own to remove.
+    chosen_here: bool,
 }
 
 fn seconds(tv: nix::sys::time::TimeVal) -> f64 {
@@ -86,7 +89,7 @@ fn kill_tree(sampler: &crate::sampler::Sampler) {
 fn run_sampled(argv: &[String], limit: Option<&Limit>) -> std::io::Result<Outcome> {
     use crate::memory::{Mechanism, TaskGroup};
     let group = match limit {
-        Some(Limit { mib, mechanism }) if *mechanism != Mechanism::Poll => {
+        Some(Limit { mib, mechanism, .. }) if *mechanism != Mechanism::Poll => {
             TaskGroup::enter(mechanism, *mib).ok()
         }
         _ => None,
@@ -168,6 +171,7 @@ fn parse(args: &[String]) -> Result<(String, Option<Limit>, Vec<String>), String
     let mut report = None;
     let mut limit_mib = None;
     let mut mechanism = None;
+    let mut chosen_here = false;
     let mut i = 0;
     while i < args.len() {
         let value = || {
@@ -186,6 +190,7 @@ fn parse(args: &[String]) -> Result<(String, Option<Limit>, Vec<String>), String
                     (Some(mib), mechanism) => Some(Limit {
                         mib,
                         mechanism: mechanism.unwrap_or(crate::memory::Mechanism::Poll),
+                        chosen_here,
                     }),
                     (None, Some(_)) => {
                         return Err("--memory-enforcement needs --memory-limit-mib".into())
@@ -205,6 +210,7 @@ fn parse(args: &[String]) -> Result<(String, Option<Limit>, Vec<String>), String
             // `auto`: choose here, as a worker would (a task run by hand, or a test).
             "--memory-enforcement" => {
                 let v = value()?;
+                chosen_here = v == "auto";
                 mechanism = Some(if v == "auto" {
                     crate::memory::detect(crate::memory::Preference::Auto).0
                 } else {
@@ -265,7 +271,8 @@ pub fn main(args: &[String]) -> i32 {
             });
         }
     }
-    if let Some(l) = &limit {
+    // A worker's mechanism outlives this task; one chosen here does not.
+    if let Some(l) = limit.as_ref().filter(|l| l.chosen_here) {
         l.mechanism.release();
     }
     let json = serde_json::to_vec(&report).unwrap_or_default();
