@@ -35,6 +35,23 @@ async fn explain(h: &Harness, job: &str, task: &str) -> Value {
     r.body
 }
 
+/// A string field, or a panic that shows the whole document.
+fn text<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string `{field}` in {v}"))
+}
+
+/// The `batchplane` CLI's stdout for these arguments against the test stack.
+fn cli(h: &Harness, args: &[&str]) -> String {
+    let out = std::process::Command::new(binary("batchplane"))
+        .args(args)
+        .args(["--api-url", &h.stack.api_url])
+        .output()
+        .unwrap_or_else(|e| panic!("running batchplane {args:?}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn attempts(task: &Value) -> Vec<Value> {
     task["attempts"]
         .as_array()
@@ -69,7 +86,7 @@ async fn each_task_ends_on_the_smallest_tier_that_fits_it() {
         assert_eq!(a[0]["tier"], 0, "{t}");
         assert_eq!(a[0]["memory_mib"], 96, "{t}");
         assert!(
-            a[0]["worker_id"].as_str().unwrap().contains("96mib"),
+            text(&a[0], "worker_id").contains("96mib"),
             "run by the 96 MiB pool's worker: {t}"
         );
     }
@@ -81,27 +98,24 @@ async fn each_task_ends_on_the_smallest_tier_that_fits_it() {
         assert_eq!(a[0]["tier"], 0, "{t}");
         assert_eq!(a[1]["tier"], 1, "{t}");
         assert_eq!(a[1]["exit_code"], 0, "{t}");
-        assert!(
-            a[1]["worker_id"].as_str().unwrap().contains("256mib"),
-            "{t}"
-        );
+        assert!(text(&a[1], "worker_id").contains("256mib"), "{t}");
         assert_eq!(t["tier"], 1, "{t}");
         assert_eq!(t["pool"], "default--1cpu-256mib", "{t}");
     }
     let large = h.task(&job, "large").await;
     let a = attempts(&large);
     assert_eq!(a.len(), 3, "{large}");
-    let tiers: Vec<u64> = a.iter().map(|x| x["tier"].as_u64().unwrap()).collect();
+    let tiers: Vec<u64> = a
+        .iter()
+        .map(|x| x["tier"].as_u64().unwrap_or_else(|| panic!("no tier: {x}")))
+        .collect();
     assert_eq!(tiers, [0, 1, 2], "{large}");
     let reasons: Vec<&str> = a
         .iter()
         .map(|x| x["reason"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(reasons[..2], ["OutOfMemory", "OutOfMemory"], "{large}");
-    assert!(
-        a[2]["worker_id"].as_str().unwrap().contains("640mib"),
-        "{large}"
-    );
+    assert!(text(&a[2], "worker_id").contains("640mib"), "{large}");
     // Each attempt says how its memory was held; the escalations did not use up the
     // retry budget (one attempt by default).
     for x in &a {
@@ -151,25 +165,14 @@ tasks:
     assert_eq!(flaky["status_reason"], "exit code 3", "{flaky}");
 
     // Failures are a query: the CLI lists both with their reasons.
-    let out = std::process::Command::new(binary("batchplane"))
-        .args([
-            "tasks",
-            &job,
-            "--state",
-            "FAILED",
-            "--api-url",
-            &h.stack.api_url,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let listed = cli(&h, &["tasks", &job, "--state", "FAILED"]);
     assert!(
-        text.contains("hog") && text.contains("OutOfMemory on largest tier"),
-        "{text}"
+        listed.contains("hog") && listed.contains("OutOfMemory on largest tier"),
+        "{listed}"
     );
     assert!(
-        text.contains("flaky") && text.contains("exit code 3"),
-        "{text}"
+        listed.contains("flaky") && listed.contains("exit code 3"),
+        "{listed}"
     );
     h.shutdown().await;
 }
@@ -199,7 +202,7 @@ tiers: [{cpu: 1, memory_mib: 96}, {cpu: 1, memory_mib: 256}]
         let want = if i == 3 { 2 } else { 1 };
         assert_eq!(a.len(), want, "child {i}: {t}");
         assert_eq!(t["tiers"].as_array().map(Vec::len), Some(2), "{t}");
-        assert_eq!(a.last().unwrap()["tier"], want - 1, "{t}");
+        assert_eq!(a[a.len() - 1]["tier"], want - 1, "{t}");
     }
     h.shutdown().await;
 }
@@ -228,9 +231,9 @@ tasks:
     }
     let codes: Vec<&str> = big["reasons"]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no reasons: {big}"))
         .iter()
-        .map(|r| r["code"].as_str().unwrap())
+        .map(|r| text(r, "code"))
         .collect();
     assert!(
         codes.contains(&"Queued") && codes.contains(&"NoWorkerPool"),
@@ -243,21 +246,16 @@ tasks:
         "{after}"
     );
     assert!(
-        after["reasons"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("big (RUNNABLE)"),
+        text(&after["reasons"][0], "message").contains("big (RUNNABLE)"),
         "{after}"
     );
-    let out = std::process::Command::new(binary("batchplane"))
-        .args(["explain", &job, "big", "--api-url", &h.stack.api_url])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("NoWorkerPool"), "{text}");
+    let shown = cli(&h, &["explain", &job, "big"]);
+    assert!(shown.contains("NoWorkerPool"), "{shown}");
 
     // A worker for that shape arrives: the job runs to the end.
-    h.stack.spawn_pool_worker(pool(1, 200, 1)).unwrap();
+    h.stack
+        .spawn_pool_worker(pool(1, 200, 1))
+        .unwrap_or_else(|e| panic!("starting a 200 MiB pool worker: {e}"));
     let done = h.wait(&job, MINUTES).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     let finished = explain(&h, &job, "big").await;

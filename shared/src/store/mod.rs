@@ -645,6 +645,31 @@ impl Store {
         self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))
     }
 
+    /// Every item of a key-condition query, page by page. `query` gives the request
+    /// (table, key condition, values); paging and capacity counting are done here.
+    pub(crate) async fn query_all(
+        &self,
+        query: impl Fn() -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = query()
+                .table_name(&self.table)
+                .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| classify("Query", e))?;
+            record_capacity("Query", out.consumed_capacity());
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => return Ok(items),
+            }
+        }
+    }
+
     fn conditional(
         &self,
         operation: &'static str,

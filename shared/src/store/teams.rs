@@ -93,35 +93,26 @@ impl Store {
 
     /// A team's days from `since` (`YYYY-MM-DD`) on, oldest first.
     pub async fn team_usage(&self, team: &str, since: &str) -> Result<Vec<TeamDay>, StoreError> {
-        let mut days = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .ddb
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-                .expression_attribute_values(":pk", s(team_pk(team)))
-                .expression_attribute_values(":from", s(format!("USAGE#{since}")))
-                .expression_attribute_values(":to", s("USAGE#9999"))
-                .set_exclusive_start_key(start.take())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await
-                .map_err(|e| classify("Query", e))?;
-            record_capacity("Query", out.consumed_capacity());
-            for it in out.items() {
+        let items = self
+            .query_all(|| {
+                self.ddb
+                    .query()
+                    .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                    .expression_attribute_values(":pk", s(team_pk(team)))
+                    .expression_attribute_values(":from", s(format!("USAGE#{since}")))
+                    .expression_attribute_values(":to", s("USAGE#9999"))
+            })
+            .await?;
+        items
+            .iter()
+            .map(|it| {
                 let r = Reader::new(it);
-                days.push(TeamDay {
+                Ok(TeamDay {
                     date: r.req_s("sk")?.trim_start_matches("USAGE#").to_string(),
                     jobs: r.opt_n("jobs")?.unwrap_or(0),
                     usage: usage_from_item(it),
-                });
-            }
-            match out.last_evaluated_key() {
-                Some(k) => start = Some(k.clone()),
-                None => return Ok(days),
-            }
-        }
+                })
+            })
+            .collect()
     }
 }

@@ -71,42 +71,32 @@ impl Store {
     /// Workers recorded under pools whose names start with `prefix` (a queue's name
     /// gives its own pool and its tier pools), seen at or after `since` (ms).
     pub async fn workers(&self, prefix: &str, since: i64) -> Result<Vec<WorkerRecord>, StoreError> {
+        let items = self
+            .query_all(|| {
+                self.ddb
+                    .query()
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":pk", s(WORKERS_PK))
+                    .expression_attribute_values(":prefix", s(prefix))
+            })
+            .await?;
         let mut found = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .ddb
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(WORKERS_PK))
-                .expression_attribute_values(":prefix", s(prefix))
-                .set_exclusive_start_key(start.take())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await
-                .map_err(|e| classify("Query", e))?;
-            record_capacity("Query", out.consumed_capacity());
-            for it in out.items() {
-                let r = Reader::new(it);
-                let w = WorkerRecord {
-                    pool: r.req_s("pool_name")?,
-                    worker_id: r.req_s("worker_id")?,
-                    cpu_milli: r.req_n("cpu_milli")?,
-                    memory_mib: r.req_n("memory_mib")?,
-                    gpu: r.opt_n("gpu")?.unwrap_or(0),
-                    running: r.opt_n("running")?.unwrap_or(0),
-                    last_seen: r.req_n("last_seen")?,
-                    expires_at: r.req_n("expires_at")?,
-                };
-                if w.last_seen >= since {
-                    found.push(w);
-                }
-            }
-            match out.last_evaluated_key() {
-                Some(k) => start = Some(k.clone()),
-                None => return Ok(found),
+        for it in &items {
+            let r = Reader::new(it);
+            let w = WorkerRecord {
+                pool: r.req_s("pool_name")?,
+                worker_id: r.req_s("worker_id")?,
+                cpu_milli: r.req_n("cpu_milli")?,
+                memory_mib: r.req_n("memory_mib")?,
+                gpu: r.opt_n("gpu")?.unwrap_or(0),
+                running: r.opt_n("running")?.unwrap_or(0),
+                last_seen: r.req_n("last_seen")?,
+                expires_at: r.req_n("expires_at")?,
+            };
+            if w.last_seen >= since {
+                found.push(w);
             }
         }
+        Ok(found)
     }
 }
