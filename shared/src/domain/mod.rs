@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod ids;
+pub mod placement;
 pub mod plan;
 pub mod records;
 pub mod retry;

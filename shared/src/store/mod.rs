@@ -5,6 +5,7 @@
 
 pub mod arrays;
 pub mod item;
+pub mod placement;
 pub mod registry;
 pub mod teams;
 pub mod workers;
