@@ -71,4 +71,16 @@ impl Api {
         let resp = req.send().await.with_context(|| format!("POST {url}"))?;
         Self::check(resp).await
     }
+
+    pub async fn put(&self, path: &str, body: String) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .put(&url)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("PUT {url}"))?;
+        Self::check(resp).await
+    }
 }

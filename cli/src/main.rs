@@ -1,5 +1,6 @@
 //! `batchplane`: submit and inspect jobs, run the local stack, run the benchmark.
 
+mod admin;
 mod bench;
 mod client;
 mod dev;
@@ -101,6 +102,22 @@ enum Command {
     Cancel { job: String },
     /// Add tasks (a YAML or JSON list, or `tasks:`) to a running job.
     Add { job: String, file: PathBuf },
+    /// Teams and their quotas: a used/limit table per team; `teams set` creates a team
+    /// or replaces its quota.
+    Teams {
+        #[command(subcommand)]
+        command: Option<admin::TeamsCommand>,
+        #[arg(short = 'o', long, default_value = "text")]
+        output: jobs::Output,
+    },
+    /// Clusters workers are placed in: a used/capacity table per cluster; register,
+    /// enable, disable.
+    Clusters {
+        #[command(subcommand)]
+        command: Option<admin::ClustersCommand>,
+        #[arg(short = 'o', long, default_value = "text")]
+        output: jobs::Output,
+    },
     /// The local stack.
     Dev {
         #[command(subcommand)]
@@ -204,6 +221,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             repro::run(&api, api.base(), job, task, *run).await
         }
         Command::Add { job, file } => jobs::add(&api()?, job, file).await,
+        Command::Teams { command, output } => {
+            admin::teams(&api()?, command.as_ref(), *output).await
+        }
+        Command::Clusters { command, output } => {
+            admin::clusters(&api()?, command.as_ref(), *output).await
+        }
         Command::Dev { command } => dev::run(command).await,
         Command::Demo {
             samples,

@@ -24,6 +24,9 @@ pub struct Config {
     /// `BATCHPLANE_JOB_WINDOW`: children of one array job queued at once; what a job
     /// submitted later waits behind, per job ahead of it.
     pub job_window: u32,
+    /// `BATCHPLANE_RESERVATION_LEASE_SECONDS`: how long a worker's placement holds its
+    /// team's quota without the worker renewing it; the sweeper reclaims it after.
+    pub reservation_lease: Duration,
     /// `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_SQS`: local emulators.
     pub endpoints: Endpoints,
 }
@@ -36,6 +39,7 @@ impl Default for Config {
             lease: Duration::from_secs(30),
             max_attempts: 3,
             job_window: 256,
+            reservation_lease: Duration::from_secs(300),
             endpoints: Endpoints::default(),
         }
     }
@@ -72,6 +76,13 @@ impl Config {
             max_attempts: number("BATCHPLANE_MAX_ATTEMPTS", u64::from(d.max_attempts))? as u32,
             job_window: number("BATCHPLANE_JOB_WINDOW", u64::from(d.job_window))?.clamp(1, 100_000)
                 as u32,
+            reservation_lease: Duration::from_secs(
+                number(
+                    "BATCHPLANE_RESERVATION_LEASE_SECONDS",
+                    d.reservation_lease.as_secs(),
+                )?
+                .max(3),
+            ),
             endpoints: Endpoints {
                 dynamodb: var("AWS_ENDPOINT_URL_DYNAMODB"),
                 sqs: var("AWS_ENDPOINT_URL_SQS"),

@@ -128,6 +128,7 @@ impl Service {
                     None => WorkerPool::new(&job.queue, None),
                 };
                 self.pool_reasons(&first, 0, 0, 0, &mut reasons).await?;
+                reasons.extend(self.placement_reasons(&job.team, &first).await?);
             }
         }
         Ok(Explanation {
@@ -352,14 +353,28 @@ impl Service {
         Ok(())
     }
 
-    /// What placement (team quotas across clusters) and the autoscaler (capacity-limited
-    /// launch configs) have recorded against a team's pool. Neither records anything
-    /// yet, so nothing holds a task back here.
+    /// What placement (team quotas across clusters) has recorded against a team's pool:
+    /// the last refusal for it, until a grant clears it. (Capacity-limited launch configs
+    /// from the autoscaler join here too.)
     pub async fn placement_reasons(
         &self,
-        _team: &str,
-        _pool: &WorkerPool,
+        team: &str,
+        pool: &WorkerPool,
     ) -> Result<Vec<Reason>, ApiError> {
-        Ok(Vec::new())
+        let name = pool.name();
+        let record = self.store.team(team).await?;
+        let Some((code, why, at)) = crate::placement::refusal_for(record.as_ref(), &name) else {
+            return Ok(Vec::new());
+        };
+        let when = chrono::DateTime::from_timestamp_millis(at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        Ok(vec![reason(
+            "PlacementRefused",
+            format!(
+                "no new worker for pool {name}: placement refused team {team}: {why} (at {when})"
+            ),
+            json!({"pool": name, "team": team, "code": code, "at": when}),
+        )])
     }
 }

@@ -276,6 +276,8 @@ pub struct Service {
     pub max_attempts: u32,
     /// Children of an array job queued at once (before its share's weight).
     pub job_window: u32,
+    /// How long a worker's placement holds quota without a renewal.
+    pub reservation_lease: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

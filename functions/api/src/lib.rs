@@ -43,6 +43,16 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{job_id}/tasks/{task_id}", get(get_task))
         .route("/v1/jobs/{job_id}/explain", get(explain_job))
         .route("/v1/teams/{team}/usage", get(team_usage))
+        .route("/v1/teams", get(list_teams))
+        .route("/v1/teams/{team}", get(get_team).put(set_team))
+        .route("/v1/clusters", get(list_clusters))
+        .route(
+            "/v1/clusters/{name}",
+            get(get_cluster).put(register_cluster),
+        )
+        .route("/v1/clusters/{name}/enable", post(enable_cluster))
+        .route("/v1/clusters/{name}/disable", post(disable_cluster))
+        .route("/v1/placements", post(placement))
         .route(
             "/v1/jobs/{job_id}/tasks/{task_id}/explain",
             get(explain_task),
@@ -184,6 +194,59 @@ async fn cancel_job(
     Ok(Json(svc.cancel_job(&job_id).await?).into_response())
 }
 
+async fn list_teams(State(svc): State<Arc<Service>>) -> Result<Response> {
+    Ok(Json(serde_json::json!({"teams": svc.teams().await?})).into_response())
+}
+
+async fn get_team(State(svc): State<Arc<Service>>, Path(team): Path<String>) -> Result<Response> {
+    Ok(Json(svc.team(&team).await?).into_response())
+}
+
+async fn set_team(
+    State(svc): State<Arc<Service>>,
+    Path(team): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    Ok(Json(svc.set_team(&team, body_text(&body)?).await?).into_response())
+}
+
+async fn list_clusters(State(svc): State<Arc<Service>>) -> Result<Response> {
+    Ok(Json(serde_json::json!({"clusters": svc.clusters().await?})).into_response())
+}
+
+async fn get_cluster(
+    State(svc): State<Arc<Service>>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.cluster(&name).await?).into_response())
+}
+
+async fn register_cluster(
+    State(svc): State<Arc<Service>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    Ok(Json(svc.register_cluster(&name, body_text(&body)?).await?).into_response())
+}
+
+async fn enable_cluster(
+    State(svc): State<Arc<Service>>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.set_cluster_enabled(&name, true).await?).into_response())
+}
+
+async fn disable_cluster(
+    State(svc): State<Arc<Service>>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.set_cluster_enabled(&name, false).await?).into_response())
+}
+
+async fn placement(State(svc): State<Arc<Service>>, body: axum::body::Bytes) -> Result<Response> {
+    Ok(Json(svc.placement(body_text(&body)?).await?).into_response())
+}
+
 /// Build the service from configuration (cold start).
 pub async fn service_from_env() -> anyhow::Result<Arc<Service>> {
     let config = batchplane::config::Config::from_env()?;
@@ -193,6 +256,7 @@ pub async fn service_from_env() -> anyhow::Result<Arc<Service>> {
         queues: batchplane::queue::Queues::new(clients.sqs, config.queue_prefix.clone()),
         max_attempts: config.max_attempts,
         job_window: config.job_window,
+        reservation_lease: config.reservation_lease,
     }))
 }
 
@@ -214,6 +278,7 @@ mod tests {
             queues: batchplane::queue::Queues::new(clients.sqs, "batchplane-"),
             max_attempts: 3,
             job_window: 256,
+            reservation_lease: std::time::Duration::from_secs(300),
         })
     }
 

@@ -24,15 +24,55 @@ use std::collections::BTreeMap;
 /// The GPU type of a request that names none.
 pub const ANY_GPU: &str = "any";
 
-/// Amounts of each resource: a worker's size, a quota, a capacity, a usage.
+/// Amounts of each resource: a worker's size, a quota, a capacity, a usage. Written as
+/// `{cpu: 96, memory_mib: 393216, gpu: {a100: 8}}` (vCPUs, fractions allowed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ResourceFields", into = "ResourceFields")]
 pub struct Resources {
     /// Thousandths of a vCPU.
     pub cpu_milli: u64,
     pub memory_mib: u64,
     /// GPUs by type (`a100`, `t4`, `any`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gpus: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceFields {
+    cpu: f64,
+    memory_mib: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    gpu: BTreeMap<String, u64>,
+}
+
+impl TryFrom<ResourceFields> for Resources {
+    type Error = String;
+    fn try_from(f: ResourceFields) -> Result<Resources, String> {
+        if !(f.cpu.is_finite() && f.cpu >= 0.0 && f.cpu <= 1e9) {
+            return Err(format!(
+                "cpu: {} must be a number of vCPUs, 0 or more",
+                f.cpu
+            ));
+        }
+        for t in f.gpu.keys() {
+            check_label("gpu", t, 32)?;
+        }
+        Ok(Resources {
+            cpu_milli: (f.cpu * 1000.0).round() as u64,
+            memory_mib: f.memory_mib,
+            gpus: f.gpu,
+        })
+    }
+}
+
+impl From<Resources> for ResourceFields {
+    fn from(r: Resources) -> ResourceFields {
+        ResourceFields {
+            cpu: r.cpu_milli as f64 / 1000.0,
+            memory_mib: r.memory_mib,
+            gpu: r.gpus,
+        }
+    }
 }
 
 /// One resource of [`Resources`], as named in reasons and stored attribute names.

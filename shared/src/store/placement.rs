@@ -110,6 +110,10 @@ impl ClusterRecord {
 pub struct TeamRecord {
     #[serde(flatten)]
     pub quota: TeamQuota,
+    /// Whether an operator set a quota (a team refused for having none has a record
+    /// holding just the refusal).
+    #[serde(skip)]
+    pub quota_set: bool,
     /// Pool → the last refusal for it, until a grant for that pool clears it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub refusals: BTreeMap<String, RecordedRefusal>,
@@ -231,6 +235,7 @@ fn team_from_item(team: &str, item: &Item) -> TeamRecord {
         }
     }
     TeamRecord {
+        quota_set: has_prefix(item, "limit_"),
         quota: TeamQuota {
             team: team.to_string(),
             limit: resources_with_prefix(item, "limit_"),
@@ -440,12 +445,12 @@ impl Store {
         Ok(out.item)
     }
 
-    /// A team's quota, usage and last refusals; `None` for a team no quota was set for.
+    /// A team's quota, usage and last refusals; `None` for a team never heard of (see
+    /// [`TeamRecord::quota_set`] for one refused for having no quota).
     pub async fn team(&self, team: &str) -> Result<Option<TeamRecord>, StoreError> {
         Ok(self
             .get_item(team_pk(team), QUOTA_SK.into())
             .await?
-            .filter(|it| has_prefix(it, "limit_"))
             .map(|it| team_from_item(team, &it)))
     }
 
@@ -462,7 +467,7 @@ impl Store {
         let mut teams = Vec::new();
         for it in &names {
             let name = Reader::new(it).req_s("sk")?;
-            if let Some(t) = self.team(&name).await? {
+            if let Some(t) = self.team(&name).await?.filter(|t| t.quota_set) {
                 teams.push(t);
             }
         }
@@ -579,6 +584,7 @@ impl Store {
             let (team, clusters) = tokio::try_join!(self.team(&request.team), self.clusters())?;
             requests += 2;
             let loads: Vec<ClusterLoad> = clusters.iter().map(ClusterRecord::load).collect();
+            let team = team.filter(|t| t.quota_set);
             let grant = match decide(request, team.as_ref().map(|t| &t.quota), &loads) {
                 Decision::Refuse(refusal) => {
                     if let Some(done) = self.granted_before(request).await? {

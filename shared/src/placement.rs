@@ -1,0 +1,315 @@
+//! The placement operations, independent of how they are called: the placement Lambda
+//! (invoked by the launcher, or on a schedule to sweep) and the admin API both come
+//! here. Team quotas and cluster registrations are validated field by field before
+//! anything is written.
+
+use crate::domain::placement::{check_label, PlacementRequest, Resources};
+use crate::service::{ApiError, Service};
+use crate::store::placement::{ClusterRecord, ClusterRegistration, TeamRecord};
+use crate::store::{now_ms, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// What the placement function is invoked with: `{"action": "place", ...request}`,
+/// `{"action": "release", "reservation_id", "slots"}`, `{"action": "renew", ...}`,
+/// `{"action": "sweep"}`; an EventBridge scheduled event also means sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum PlacementCall {
+    Place(PlacementRequest),
+    Release {
+        reservation_id: String,
+        /// The slots to release; all live ones when absent.
+        #[serde(default)]
+        slots: Option<Vec<u32>>,
+    },
+    Renew {
+        reservation_id: String,
+        slot: u32,
+    },
+    Sweep,
+}
+
+impl PlacementCall {
+    /// Read an invocation payload: a call, or a scheduled event (sweep).
+    pub fn from_event(event: &Value) -> Result<PlacementCall, ApiError> {
+        if event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
+            return Ok(PlacementCall::Sweep);
+        }
+        serde_json::from_value(event.clone()).map_err(|e| {
+            ApiError::bad_request(
+                format!("placement call: {e}"),
+                json!({"expected": "{\"action\": \"place\"|\"release\"|\"renew\"|\"sweep\", ...}"}),
+            )
+        })
+    }
+}
+
+/// Carry out one placement call.
+pub async fn handle(
+    store: &Store,
+    lease: Duration,
+    call: PlacementCall,
+) -> Result<Value, ApiError> {
+    match call {
+        PlacementCall::Place(request) => {
+            request
+                .validate()
+                .map_err(|m| ApiError::bad_request(m, json!({"request_id": request.request_id})))?;
+            let out = store.place(&request, lease).await?;
+            Ok(serde_json::to_value(out).unwrap_or_default())
+        }
+        PlacementCall::Release {
+            reservation_id,
+            slots,
+        } => {
+            let released = store
+                .release_slots(&reservation_id, slots.as_deref(), None)
+                .await?;
+            Ok(json!({"reservation_id": reservation_id, "released": released}))
+        }
+        PlacementCall::Renew {
+            reservation_id,
+            slot,
+        } => {
+            let until = now_ms() + lease.as_millis() as i64;
+            let live = store.renew_slot(&reservation_id, slot, until).await?;
+            Ok(
+                json!({"reservation_id": reservation_id, "slot": slot, "live": live,
+                "lease_expires_at": live.then_some(until)}),
+            )
+        }
+        PlacementCall::Sweep => {
+            let swept = store.sweep_reservations(now_ms()).await?;
+            Ok(json!({"swept": swept}))
+        }
+    }
+}
+
+/// A team's quota as the admin API takes it: `{"quota": {"cpu", "memory_mib", "gpu"}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSpec {
+    pub quota: Resources,
+}
+
+/// A cluster registration as the admin API takes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// `eks` (default) or `local`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub eks_cluster_name: Option<String>,
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub certificate_authority: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub capacity: Resources,
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(what: &str, body: &str) -> Result<T, ApiError> {
+    serde_json::from_str(body).map_err(|e| {
+        ApiError::bad_request(
+            format!("{what}: {e}"),
+            json!({"line": e.line(), "column": e.column()}),
+        )
+    })
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
+    check_label(field, value, 40).map_err(|m| ApiError::bad_request(m, json!({"field": field})))
+}
+
+/// The team name rule of job specs (teams are named there first).
+fn check_team(team: &str) -> Result<(), ApiError> {
+    let ok = !team.is_empty() && team.len() <= 64 && crate::domain::ids::is_valid_task_id(team);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            format!("team: {team:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
+            json!({"field": "team"}),
+        ))
+    }
+}
+
+impl ClusterSpec {
+    fn registration(self, name: &str) -> Result<ClusterRegistration, ApiError> {
+        let kind = self.kind.unwrap_or_else(|| "eks".into());
+        let bad = |field: &str, m: String| ApiError::bad_request(m, json!({"field": field}));
+        match kind.as_str() {
+            "eks" => {
+                if !self.endpoint.starts_with("https://") {
+                    return Err(bad(
+                        "endpoint",
+                        format!(
+                            "endpoint: {:?} must be the cluster's https:// API server URL",
+                            self.endpoint
+                        ),
+                    ));
+                }
+                if self.region.is_empty() {
+                    return Err(bad("region", "region: required for an eks cluster".into()));
+                }
+            }
+            "local" => {}
+            other => {
+                return Err(bad(
+                    "kind",
+                    format!("kind: {other:?} must be \"eks\" or \"local\""),
+                ))
+            }
+        }
+        if let Some(ns) = &self.namespace {
+            check_label("namespace", ns, 63).map_err(|m| bad("namespace", m))?;
+        }
+        Ok(ClusterRegistration {
+            kind,
+            region: self.region,
+            eks_cluster_name: self.eks_cluster_name.unwrap_or_else(|| name.to_string()),
+            endpoint: self.endpoint,
+            certificate_authority: self.certificate_authority,
+            namespace: self.namespace.unwrap_or_else(|| "batchplane".into()),
+            capacity: self.capacity,
+        })
+    }
+}
+
+fn store_error_for_missing(e: StoreError, what: String) -> ApiError {
+    if e.is_condition_failed() {
+        ApiError::not_found(what)
+    } else {
+        e.into()
+    }
+}
+
+impl Service {
+    /// Create a team or replace its quota (`PUT /v1/teams/{team}`).
+    pub async fn set_team(&self, team: &str, body: &str) -> Result<TeamRecord, ApiError> {
+        check_team(team)?;
+        let spec: TeamSpec = parse_body("team", body)?;
+        self.store.set_team_quota(team, &spec.quota).await?;
+        self.team(team).await
+    }
+
+    /// One team's quota, usage, workers per cluster and last refusals.
+    pub async fn team(&self, team: &str) -> Result<TeamRecord, ApiError> {
+        self.store
+            .team(team)
+            .await?
+            .filter(|t| t.quota_set)
+            .ok_or_else(|| ApiError::not_found(format!("team {team:?} has no quota")))
+    }
+
+    pub async fn teams(&self) -> Result<Vec<TeamRecord>, ApiError> {
+        Ok(self.store.teams().await?)
+    }
+
+    /// Register or update a cluster (`PUT /v1/clusters/{name}`).
+    pub async fn register_cluster(
+        &self,
+        name: &str,
+        body: &str,
+    ) -> Result<ClusterRecord, ApiError> {
+        check_name("name", name)?;
+        let spec: ClusterSpec = parse_body("cluster", body)?;
+        let reg = spec.registration(name)?;
+        self.store.register_cluster(name, &reg).await?;
+        self.cluster(name).await
+    }
+
+    pub async fn cluster(&self, name: &str) -> Result<ClusterRecord, ApiError> {
+        self.store
+            .clusters()
+            .await?
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))
+    }
+
+    pub async fn clusters(&self) -> Result<Vec<ClusterRecord>, ApiError> {
+        Ok(self.store.clusters().await?)
+    }
+
+    /// Enable or disable a cluster: a disabled one gets no new placements.
+    pub async fn set_cluster_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+    ) -> Result<ClusterRecord, ApiError> {
+        self.store
+            .set_cluster_enabled(name, enabled)
+            .await
+            .map_err(|e| store_error_for_missing(e, format!("no cluster named {name:?}")))?;
+        self.cluster(name).await
+    }
+
+    /// A placement call through the API (`POST /v1/placements`).
+    pub async fn placement(&self, body: &str) -> Result<Value, ApiError> {
+        let call: PlacementCall = parse_body("placement call", body)?;
+        handle(&self.store, self.reservation_lease, call).await
+    }
+}
+
+/// What the placement refusals for a task's team and pool say, for `explain`.
+pub fn refusal_for(team: Option<&TeamRecord>, pool: &str) -> Option<(String, String, i64)> {
+    let r = team?.refusals.get(pool)?;
+    Some((r.refusal.code.clone(), r.refusal.reason.clone(), r.at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_parse_from_their_json_and_schedules_mean_sweep() {
+        let call = PlacementCall::from_event(&json!({
+            "action": "place", "request_id": "r1", "team": "research", "pool": "default",
+            "cpu": 2, "memory_mib": 8192, "workers": 3
+        }))
+        .unwrap();
+        assert!(matches!(call, PlacementCall::Place(r) if r.workers == 3 && r.cpu == 2.0));
+        let sched = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+        assert_eq!(
+            PlacementCall::from_event(&sched).unwrap(),
+            PlacementCall::Sweep
+        );
+        let bad = PlacementCall::from_event(&json!({"action": "grow"})).unwrap_err();
+        assert!(
+            bad.message.contains("unknown variant `grow`"),
+            "{}",
+            bad.message
+        );
+    }
+
+    #[test]
+    fn cluster_specs_are_checked_by_field() {
+        let spec: ClusterSpec = serde_json::from_value(json!({
+            "endpoint": "http://x", "region": "us-east-1", "capacity": {"cpu": 64, "memory_mib": 1024}
+        }))
+        .unwrap();
+        let e = spec.registration("c1").unwrap_err();
+        assert_eq!(e.details["field"], "endpoint");
+        let spec: ClusterSpec = serde_json::from_value(json!({
+            "endpoint": "https://abc.eks.amazonaws.com", "region": "us-east-1",
+            "capacity": {"cpu": 64, "memory_mib": 1024, "gpu": {"a100": 8}}
+        }))
+        .unwrap();
+        let reg = spec.registration("c1").unwrap();
+        assert_eq!(reg.eks_cluster_name, "c1");
+        assert_eq!(reg.namespace, "batchplane");
+        assert_eq!(reg.capacity.gpus["a100"], 8);
+        let e = serde_json::from_value::<ClusterSpec>(json!({
+            "capacity": {"cpu": 1, "memory_mib": 1, "gpu": {"A100": 1}}
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("gpu: \"A100\""), "{e}");
+    }
+}
