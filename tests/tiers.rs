@@ -17,6 +17,7 @@ fn pool(cpu: u32, memory_mib: u64, slots: u32) -> PoolWorkers {
             gpu: 0,
         },
         slots,
+        team: None,
     }
 }
 
@@ -255,6 +256,7 @@ tasks:
     // A worker for that shape arrives: the job runs to the end.
     h.stack
         .spawn_pool_worker(pool(1, 200, 1))
+        .await
         .unwrap_or_else(|e| panic!("starting a 200 MiB pool worker: {e}"));
     let done = h.wait(&job, MINUTES).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");

@@ -36,8 +36,14 @@ pub struct StackArgs {
     pub lease_seconds: u64,
     /// A worker for a tier shape's pools, `CPU:MEMORY_MIB[:GPU][xSLOTS]` (e.g. `1:1024x4`:
     /// four 1-vCPU, 1 GiB tasks at once); repeat for more shapes.
+    /// Add `@TEAM` to place it for a team other than `default` (`2:8192@vision`); a
+    /// worker placement refuses is tried again every second.
     #[arg(long = "pool")]
     pub pools: Vec<batchplane_local::stack::PoolWorkers>,
+    /// A local cluster workers are placed in, `NAME:CPU:MEMORY_MIB[:GPU]`; repeat for
+    /// more. Default: `local-a` and `local-b`, 256 vCPU and 1 TiB each.
+    #[arg(long = "cluster")]
+    pub clusters: Vec<batchplane_local::stack::LocalCluster>,
     /// Queues the workers serve, comma-separated, in the order they are polled when job
     /// queues do not say otherwise (AWS Batch job queues created later need listing here).
     #[arg(long, value_delimiter = ',', default_value = "default")]
@@ -113,6 +119,9 @@ async fn start_stack(args: &StackArgs) -> anyhow::Result<(Emulators, LocalStack)
     opts.lease_seconds = args.lease_seconds;
     opts.queues = args.queues.clone();
     opts.pools = args.pools.clone();
+    if !args.clusters.is_empty() {
+        opts.clusters = args.clusters.clone();
+    }
     let stack = LocalStack::start(opts).await?;
     Ok((emulators, stack))
 }
@@ -174,18 +183,16 @@ pub async fn run(cmd: &DevCommand) -> anyhow::Result<u8> {
                 .arg(args.lease_seconds.to_string())
                 .arg("--queues")
                 .arg(args.queues.join(","))
-                .args(args.pools.iter().flat_map(|p| {
-                    [
-                        "--pool".to_string(),
-                        format!(
-                            "{}:{}:{}x{}",
-                            p.shape.cpu(),
-                            p.shape.memory_mib,
-                            p.shape.gpu,
-                            p.slots
-                        ),
-                    ]
-                }))
+                .args(
+                    args.pools
+                        .iter()
+                        .flat_map(|p| ["--pool".to_string(), p.to_string()]),
+                )
+                .args(
+                    args.clusters
+                        .iter()
+                        .flat_map(|c| ["--cluster".to_string(), c.to_string()]),
+                )
                 .arg("--state-dir")
                 .arg(&args.state_dir)
                 .stdin(std::process::Stdio::null())

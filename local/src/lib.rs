@@ -3,6 +3,7 @@
 //! and queues, serves the api router over HTTP, polls the DynamoDB stream and hands each
 //! batch to the fanout handler as a Lambda event, and runs taskhosts as processes.
 
+pub mod backend;
 pub mod emulators;
 pub mod stack;
 pub mod streams;

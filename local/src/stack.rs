@@ -1,15 +1,18 @@
 //! One local Batchplane: table, queues, the api router on a loopback port, the stream
 //! poller feeding the fanout, and N taskhost processes.
 
+use crate::backend::LocalBackend;
 use crate::streams::{self, PollerOptions};
 use anyhow::{bail, Context};
 use batchplane::aws::{Clients, Endpoints};
+use batchplane::domain::placement::{PlacementRequest, Resources};
 use batchplane::fanout::Fanout;
+use batchplane::launcher::{launch_workers, WorkerSpec};
 use batchplane::queue::Queues;
 use batchplane::service::Service;
+use batchplane::store::placement::{ClusterRegistration, PlacementOutcome};
 use batchplane::store::Store;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -41,19 +44,100 @@ pub struct StackOptions {
     /// Tier pools to run a worker for, each with how many tasks of its shape the worker
     /// runs at once: the worker serves that shape's pool of every queue.
     pub pools: Vec<PoolWorkers>,
+    /// The local "clusters" workers are placed in (each a capacity; all on this machine).
+    pub clusters: Vec<LocalCluster>,
+    /// The team the stack's own workers are placed for (given a quota if it has none).
+    pub team: String,
 }
 
-/// One worker for a tier shape, offering `slots` times the shape.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A local cluster: a name and what placement may put there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalCluster {
+    pub name: String,
+    pub capacity: Resources,
+}
+
+impl std::str::FromStr for LocalCluster {
+    type Err = String;
+    /// `NAME:CPU:MEMORY_MIB[:GPU]`, e.g. `local-a:64:262144`.
+    fn from_str(text: &str) -> Result<LocalCluster, String> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let bad = || format!("{text:?}: expected NAME:CPU:MEMORY_MIB[:GPU]");
+        if !(3..=4).contains(&parts.len()) {
+            return Err(bad());
+        }
+        batchplane::domain::placement::check_label("cluster name", parts[0], 40)?;
+        let cpu: f64 = parts[1].parse().map_err(|_| bad())?;
+        let mut capacity = Resources {
+            cpu_milli: (cpu * 1000.0).round() as u64,
+            memory_mib: parts[2].parse().map_err(|_| bad())?,
+            ..Default::default()
+        };
+        if let Some(g) = parts.get(3) {
+            capacity.gpus.insert(
+                batchplane::domain::placement::ANY_GPU.into(),
+                g.parse().map_err(|_| bad())?,
+            );
+        }
+        Ok(LocalCluster {
+            name: parts[0].into(),
+            capacity,
+        })
+    }
+}
+
+impl std::fmt::Display for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}",
+            self.name,
+            batchplane::domain::placement::vcpus(self.capacity.cpu_milli),
+            self.capacity.memory_mib
+        )?;
+        let gpus: u64 = self.capacity.gpus.values().sum();
+        if gpus > 0 {
+            write!(f, ":{gpus}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One worker for a tier shape, offering `slots` times the shape, placed for `team`
+/// (the stack's team when `None`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolWorkers {
     pub shape: batchplane::domain::tiers::Tier,
     pub slots: u32,
+    pub team: Option<String>,
+}
+
+impl std::fmt::Display for PoolWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}x{}",
+            self.shape.cpu(),
+            self.shape.memory_mib,
+            self.shape.gpu,
+            self.slots
+        )?;
+        if let Some(t) = &self.team {
+            write!(f, "@{t}")?;
+        }
+        Ok(())
+    }
 }
 
 impl std::str::FromStr for PoolWorkers {
     type Err = String;
-    /// `CPU:MEMORY_MIB[:GPU][xSLOTS]`, e.g. `1:1024x4`.
-    fn from_str(text: &str) -> Result<PoolWorkers, String> {
+    /// `CPU:MEMORY_MIB[:GPU][xSLOTS][@TEAM]`, e.g. `1:1024x4`, `2:8192@vision`.
+    fn from_str(full: &str) -> Result<PoolWorkers, String> {
+        let (text, team) = match full.split_once('@') {
+            Some((t, team)) if !team.is_empty() => (t, Some(team.to_string())),
+            Some(_) => return Err(format!("{full:?}: a team name must follow '@'")),
+            None => (full, None),
+        };
         let (shape, slots) = match text.rsplit_once('x') {
             Some((s, n)) => (
                 s,
@@ -67,6 +151,7 @@ impl std::str::FromStr for PoolWorkers {
         Ok(PoolWorkers {
             shape: batchplane::domain::tiers::Tier::parse_shape(shape)?,
             slots,
+            team,
         })
     }
 }
@@ -93,9 +178,41 @@ impl StackOptions {
             metrics_dir: None,
             job_window: 256,
             pools: Vec::new(),
+            clusters: vec![
+                LocalCluster {
+                    name: "local-a".into(),
+                    capacity: LOCAL_CLUSTER_CAPACITY.clone(),
+                },
+                LocalCluster {
+                    name: "local-b".into(),
+                    capacity: LOCAL_CLUSTER_CAPACITY.clone(),
+                },
+            ],
+            team: "default".into(),
         })
     }
 }
+
+/// What each default local cluster may hold: generous, since local workers share one
+/// machine and placement here is about quotas and enable/disable, not real capacity.
+static LOCAL_CLUSTER_CAPACITY: std::sync::LazyLock<Resources> =
+    std::sync::LazyLock::new(|| Resources {
+        cpu_milli: 256_000,
+        memory_mib: 1024 * 1024,
+        gpus: [(batchplane::domain::placement::ANY_GPU.to_string(), 16)].into(),
+    });
+
+/// The quota the stack's team gets when it has none.
+fn local_team_quota() -> Resources {
+    Resources {
+        cpu_milli: 512_000,
+        memory_mib: 2 * 1024 * 1024,
+        gpus: [(batchplane::domain::placement::ANY_GPU.to_string(), 32)].into(),
+    }
+}
+
+/// How long a local worker's placement holds without a renewal.
+const LOCAL_RESERVATION_LEASE: Duration = Duration::from_secs(300);
 
 /// The taskhost binary: `BATCHPLANE_TASKHOST`, or beside the running executable (for
 /// `target/debug/batchplane`), or one folder up (for test binaries in `target/debug/deps`).
@@ -122,10 +239,14 @@ pub struct LocalStack {
     pub service: Arc<Service>,
     pub fanout: Arc<Fanout>,
     pub opts: StackOptions,
-    workers: Vec<Child>,
+    /// The stack's workers, started through placement in the local clusters.
+    pub backend: Arc<LocalBackend>,
     stop: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
     poller: Option<JoinHandle<anyhow::Result<()>>>,
+    launcher: Option<JoinHandle<()>>,
+    /// Pool workers whose placement was refused, tried again by the launcher loop.
+    waiting: Arc<std::sync::Mutex<Vec<PoolWorkers>>>,
 }
 
 impl LocalStack {
@@ -149,11 +270,35 @@ impl LocalStack {
                 .await
                 .with_context(|| format!("creating queue {q}"))?;
         }
+        for c in &opts.clusters {
+            store
+                .register_cluster(
+                    &c.name,
+                    &ClusterRegistration {
+                        kind: "local".into(),
+                        region: "local".into(),
+                        eks_cluster_name: c.name.clone(),
+                        endpoint: String::new(),
+                        certificate_authority: None,
+                        namespace: "local".into(),
+                        capacity: c.capacity.clone(),
+                    },
+                )
+                .await
+                .with_context(|| format!("registering local cluster {}", c.name))?;
+        }
+        if !store.team(&opts.team).await?.is_some_and(|t| t.quota_set) {
+            store
+                .set_team_quota(&opts.team, &local_team_quota())
+                .await
+                .with_context(|| format!("giving team {} a quota", opts.team))?;
+        }
         let service = Arc::new(Service {
             store: store.clone(),
             queues: Queues::new(clients.sqs.clone(), opts.queue_prefix.clone()),
             max_attempts: 3,
             job_window: opts.job_window,
+            reservation_lease: LOCAL_RESERVATION_LEASE,
         });
         let fanout = Arc::new(Fanout::new(
             store.clone(),
@@ -193,23 +338,51 @@ impl LocalStack {
             stop_rx,
         ));
 
+        let mut backend = LocalBackend::new(
+            opts.taskhost.clone(),
+            opts.log_dir.clone(),
+            opts.idle_timeout_seconds,
+        );
+        backend.metrics_dir = opts.metrics_dir.clone();
         let mut stack = LocalStack {
             api_url,
             service,
             fanout,
             opts,
-            workers: Vec::new(),
+            backend: Arc::new(backend),
             stop,
             server: Some(server),
             poller: Some(poller),
+            launcher: None,
+            waiting: Arc::default(),
         };
         for _ in 0..stack.opts.workers {
-            stack.spawn_worker()?;
+            stack.spawn_worker().await?;
         }
         for p in stack.opts.pools.clone() {
-            stack.spawn_pool_worker(p)?;
+            if !stack.try_pool_worker(&p).await? {
+                stack
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(p);
+            }
         }
+        stack.launcher = Some(tokio::spawn(launcher_loop(stack.clone_parts())));
         Ok(stack)
+    }
+
+    fn clone_parts(&self) -> LauncherParts {
+        LauncherParts {
+            store: self.service.store.clone(),
+            backend: self.backend.clone(),
+            waiting: self.waiting.clone(),
+            specs: WorkerSpecs {
+                opts: self.opts.clone(),
+                env: self.worker_env(),
+            },
+            stop: self.stop.subscribe(),
+        }
     }
 
     /// The environment a local taskhost gets.
@@ -227,91 +400,56 @@ impl LocalStack {
                 "BATCHPLANE_LEASE_SECONDS".into(),
                 o.lease_seconds.to_string(),
             ),
+            (
+                "BATCHPLANE_RESERVATION_LEASE_SECONDS".into(),
+                LOCAL_RESERVATION_LEASE.as_secs().to_string(),
+            ),
             ("BATCHPLANE_API_URL".into(), self.api_url.clone()),
         ]
     }
 
-    /// Start one more taskhost on the stack's queues; returns its pid.
-    pub fn spawn_worker(&mut self) -> anyhow::Result<u32> {
-        let (cpus, memory) = (self.opts.worker_cpus, self.opts.worker_memory_mib);
-        self.spawn_taskhost(&format!("local-{}", self.workers.len()), |cmd| {
-            cmd.arg("--cpus")
-                .arg(cpus.to_string())
-                .arg("--memory-mib")
-                .arg(memory.to_string());
-        })
+    /// Start one more taskhost on the stack's queues, placed for the stack's team;
+    /// returns its pid.
+    pub async fn spawn_worker(&mut self) -> anyhow::Result<u32> {
+        let specs = self.clone_parts().specs;
+        let (request, spec) = specs.general();
+        self.launch(&request, &spec).await?.context(
+            "placement refused the stack's own worker (see `batchplane teams` and `batchplane clusters`)",
+        )
     }
 
-    /// Start a taskhost for one tier shape's pools (`slots` tasks of that shape at once).
-    pub fn spawn_pool_worker(&mut self, p: PoolWorkers) -> anyhow::Result<u32> {
-        let name = format!("local-{}-{}", self.workers.len(), p.shape.label());
-        self.spawn_taskhost(&name, |cmd| {
-            cmd.arg("--tier")
-                .arg(format!(
-                    "{}:{}:{}",
-                    p.shape.cpu(),
-                    p.shape.memory_mib,
-                    p.shape.gpu
-                ))
-                .arg("--cpus")
-                .arg((p.shape.cpu() * f64::from(p.slots)).to_string())
-                .arg("--memory-mib")
-                .arg((p.shape.memory_mib * u64::from(p.slots)).to_string())
-                .arg("--gpus")
-                .arg((p.shape.gpu * p.slots).to_string());
-        })
+    /// Start a taskhost for one tier shape's pools (`slots` tasks of that shape at once),
+    /// placed for its team; an error if placement refuses it.
+    pub async fn spawn_pool_worker(&mut self, p: PoolWorkers) -> anyhow::Result<u32> {
+        let specs = self.clone_parts().specs;
+        let (request, spec) = specs.pool(&p);
+        self.launch(&request, &spec)
+            .await?
+            .with_context(|| format!("placement refused the pool worker {}", p.shape.label()))
     }
 
-    fn spawn_taskhost(
-        &mut self,
-        name: &str,
-        shape: impl FnOnce(&mut Command),
-    ) -> anyhow::Result<u32> {
-        let dir = self.opts.log_dir.join("workers");
-        std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let mut cmd = Command::new(&self.opts.taskhost);
-        cmd.arg("--queue")
-            .arg(self.opts.queues.join(","))
-            .arg("--worker-id")
-            .arg(format!("{name}-{}", std::process::id()));
-        shape(&mut cmd);
-        cmd.arg("--idle-timeout-seconds")
-            .arg(self.opts.idle_timeout_seconds.to_string())
-            .arg("--log-dir")
-            .arg(self.opts.log_dir.join("tasks"))
-            .envs(self.worker_env())
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if let Some(m) = &self.opts.metrics_dir {
-            std::fs::create_dir_all(m)?;
-            cmd.arg("--metrics-file")
-                .arg(m.join(format!("{name}.json")));
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.opts.taskhost.display()))?;
-        let pid = child.id();
-        self.workers.push(child);
-        Ok(pid)
+    async fn try_pool_worker(&mut self, p: &PoolWorkers) -> anyhow::Result<bool> {
+        let specs = self.clone_parts().specs;
+        let (request, spec) = specs.pool(p);
+        Ok(self.launch(&request, &spec).await?.is_some())
+    }
+
+    /// Place and start one worker; its pid, or `None` when placement refused.
+    async fn launch(
+        &self,
+        request: &PlacementRequest,
+        spec: &WorkerSpec,
+    ) -> anyhow::Result<Option<u32>> {
+        launch_one(&self.service.store, &self.backend, request, spec).await
     }
 
     /// Whether the worker with this pid has exited (idle workers exit by themselves).
     pub fn worker_exited(&mut self, pid: u32) -> bool {
-        self.workers
-            .iter_mut()
-            .find(|c| c.id() == pid)
-            .map(|c| matches!(c.try_wait(), Ok(Some(_))))
-            .unwrap_or(true)
+        self.backend.exited(pid)
     }
 
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.workers.iter().map(|c| c.id()).collect()
+        self.backend.pids()
     }
 
     /// Send a signal to one worker (tests kill workers mid-task).
@@ -320,30 +458,14 @@ impl LocalStack {
         Ok(())
     }
 
-    /// Drain the workers (SIGTERM: they finish running tasks), then stop the API and
-    /// the poller.
+    /// Drain the workers (SIGTERM: they finish running tasks and release their
+    /// placements), then stop the launcher, the API and the poller.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        for w in &self.workers {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(w.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        for w in &mut self.workers {
-            loop {
-                if w.try_wait()?.is_some() {
-                    break;
-                }
-                if std::time::Instant::now() > deadline {
-                    let _ = w.kill();
-                    let _ = w.wait();
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
         let _ = self.stop.send(true);
+        if let Some(launcher) = self.launcher.take() {
+            let _ = launcher.await;
+        }
+        self.backend.stop_all(Duration::from_secs(30)).await;
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
@@ -357,14 +479,187 @@ impl LocalStack {
     }
 }
 
-impl Drop for LocalStack {
-    fn drop(&mut self) {
-        for w in &mut self.workers {
-            if let Ok(None) = w.try_wait() {
-                let _ = w.kill();
-                let _ = w.wait();
+/// What the stack's worker requests are made of.
+#[derive(Clone)]
+struct WorkerSpecs {
+    opts: StackOptions,
+    env: Vec<(String, String)>,
+}
+
+impl WorkerSpecs {
+    fn spec(&self, team: &str, pool: String, shape: batchplane::domain::tiers::Tier) -> WorkerSpec {
+        WorkerSpec {
+            team: team.to_string(),
+            pool,
+            queues: self.opts.queues.clone(),
+            shape,
+            tier: None,
+            gpu_type: None,
+            reservation_id: String::new(),
+            slots: Vec::new(),
+            capacity_type: None,
+            instance_type: None,
+            env: self.env.iter().cloned().collect(),
+        }
+    }
+
+    fn request(
+        &self,
+        team: &str,
+        pool: &str,
+        shape: batchplane::domain::tiers::Tier,
+    ) -> PlacementRequest {
+        PlacementRequest {
+            request_id: format!("local-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+            team: team.to_string(),
+            pool: pool.to_string(),
+            cpu: shape.cpu(),
+            memory_mib: shape.memory_mib,
+            gpu: shape.gpu,
+            gpu_type: None,
+            workers: 1,
+            allow_partial: false,
+        }
+    }
+
+    /// A worker of the stack's own size for its queues' own pool.
+    fn general(&self) -> (PlacementRequest, WorkerSpec) {
+        let shape = batchplane::domain::tiers::Tier {
+            cpu_milli: (self.opts.worker_cpus * 1000.0).round() as u32,
+            memory_mib: self.opts.worker_memory_mib,
+            gpu: 0,
+        };
+        let pool = self
+            .opts
+            .queues
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "default".into());
+        let team = &self.opts.team;
+        (
+            self.request(team, &pool, shape),
+            self.spec(team, pool.clone(), shape),
+        )
+    }
+
+    /// A worker for one tier shape's pool.
+    fn pool(&self, p: &PoolWorkers) -> (PlacementRequest, WorkerSpec) {
+        let shape = batchplane::domain::tiers::Tier {
+            cpu_milli: p.shape.cpu_milli * p.slots,
+            memory_mib: p.shape.memory_mib * u64::from(p.slots),
+            gpu: p.shape.gpu * p.slots,
+        };
+        let pool = batchplane::domain::tiers::WorkerPool::new(
+            self.opts
+                .queues
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "default".into()),
+            Some(p.shape),
+        )
+        .name();
+        let team = p.team.as_deref().unwrap_or(&self.opts.team);
+        let mut spec = self.spec(team, pool.clone(), shape);
+        spec.tier = Some(p.shape);
+        (self.request(team, &pool, shape), spec)
+    }
+}
+
+async fn launch_one(
+    store: &Store,
+    backend: &LocalBackend,
+    request: &PlacementRequest,
+    spec: &WorkerSpec,
+) -> anyhow::Result<Option<u32>> {
+    let launched = launch_workers(store, backend, request, spec, LOCAL_RESERVATION_LEASE)
+        .await
+        .with_context(|| {
+            format!(
+                "launching a worker for team {} pool {}",
+                request.team, request.pool
+            )
+        })?;
+    if let Some((cluster, e)) = launched.failed.first() {
+        bail!("starting a worker in local cluster {cluster}: {e}");
+    }
+    match (&launched.outcome, launched.workers.first()) {
+        (PlacementOutcome::Granted { .. }, Some(w)) => Ok(backend.pid_of(&w.name)),
+        (PlacementOutcome::Refused { reason, .. }, _) => {
+            tracing::warn!(team = %request.team, pool = %request.pool, reason, "placement refused a local worker");
+            Ok(None)
+        }
+        (PlacementOutcome::Granted { .. }, None) => Ok(None),
+    }
+}
+
+/// What the launcher loop needs from the stack.
+struct LauncherParts {
+    store: Store,
+    backend: Arc<LocalBackend>,
+    waiting: Arc<std::sync::Mutex<Vec<PoolWorkers>>>,
+    specs: WorkerSpecs,
+    stop: watch::Receiver<bool>,
+}
+
+/// Every second: try the refused pool workers again (a raised quota or an enabled
+/// cluster lets them start), release the placements of workers that died without doing
+/// so, and every ten seconds sweep lapsed reservations (the placement function's
+/// schedule in AWS).
+async fn launcher_loop(mut parts: LauncherParts) {
+    let mut tick = 0u64;
+    loop {
+        tokio::select! {
+            _ = parts.stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        tick += 1;
+        let waiting: Vec<PoolWorkers> = parts
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for p in waiting {
+            let (request, spec) = parts.specs.pool(&p);
+            match launch_one(&parts.store, &parts.backend, &request, &spec).await {
+                Ok(Some(pid)) => {
+                    tracing::info!(pid, pool = %request.pool, team = %request.team, "a refused pool worker was placed");
+                    parts
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|w| w != &p);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "launching a waiting pool worker failed"),
             }
         }
+        match parts.store.clusters().await {
+            Ok(clusters) => {
+                for c in clusters.iter().filter(|c| c.kind == "local") {
+                    if let Err(e) =
+                        batchplane::launcher::reap(&parts.store, parts.backend.as_ref(), c).await
+                    {
+                        tracing::warn!(error = %e, cluster = %c.name, "reaping ended workers failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading clusters failed"),
+        }
+        if tick.is_multiple_of(10) {
+            if let Err(e) = parts
+                .store
+                .sweep_reservations(batchplane::store::now_ms())
+                .await
+            {
+                tracing::warn!(error = %e, "sweeping reservations failed");
+            }
+        }
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        self.backend.kill_all();
         let _ = self.stop.send(true);
     }
 }

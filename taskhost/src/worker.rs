@@ -82,6 +82,14 @@ pub struct Options {
     /// worker's next task is usually already in hand when a slot frees.
     #[arg(long, env = "BATCHPLANE_HOLD_MS", default_value_t = 5000)]
     pub hold_ms: u64,
+    /// The placement reservation this worker was launched under (`<cluster>.<request>`):
+    /// the worker renews its slot's lease each heartbeat and releases it on exit, so
+    /// its team's quota is held exactly while it lives.
+    #[arg(long, env = "BATCHPLANE_RESERVATION_ID", requires = "slot")]
+    pub reservation: Option<String>,
+    /// This worker's slot in the reservation.
+    #[arg(long, env = "BATCHPLANE_RESERVATION_SLOT")]
+    pub slot: Option<u32>,
 }
 
 fn parse_tier(text: &str) -> Result<batchplane::domain::tiers::Tier, String> {
@@ -207,6 +215,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         memory_enforcement = memory.name(), why_not_cgroup = why_not_cgroup.as_deref().unwrap_or(""), "taskhost started");
 
     let me = Announce {
+        reservation: opts.reservation.clone().zip(opts.slot),
+        reservation_lease: config.reservation_lease,
         pools: names.clone(),
         worker_id: worker_id.clone(),
         cpu_milli: cpu_total,
@@ -214,7 +224,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         gpu: gpu_total,
         lease: config.lease,
     };
-    me.refresh(&ctx.store, 0).await;
+    let placed = me.refresh(&ctx.store, 0).await;
+    if !placed {
+        tracing::warn!(
+            worker_id,
+            "this worker's placement is not live: it will run nothing"
+        );
+    }
 
     // The receiver asks SQS for as many messages as the worker has room for (`want`).
     let (want_tx, mut want_rx) = watch::channel(0i32);
@@ -266,7 +282,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut heartbeat = tokio::time::interval(config.lease / 3);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut draining = false;
+    let mut draining = !placed;
 
     loop {
         // Start held tasks that fit now; their claims go out together.
@@ -403,7 +419,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = tokio::time::sleep(Duration::from_millis(opts.hold_ms.max(10))), if !held.is_empty() => {}
             _ = heartbeat.tick() => {
                 keep_alive(&ctx, &running, &held, &queues).await;
-                me.refresh(&ctx.store, running.len() as u32).await;
+                if !me.refresh(&ctx.store, running.len() as u32).await && !draining {
+                    tracing::warn!(worker_id, "this worker's placement was reclaimed: draining");
+                    draining = true;
+                }
             }
             _ = sigterm.recv() => {
                 tracing::info!(worker_id, running = running.len(), "SIGTERM: draining");
@@ -430,6 +449,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
 /// This worker in the pools' worker records (what `explain` reads).
 struct Announce {
+    /// The placement slot this worker holds, if it was placed.
+    reservation: Option<(String, u32)>,
+    reservation_lease: Duration,
     pools: Vec<String>,
     worker_id: String,
     cpu_milli: u32,
@@ -439,8 +461,20 @@ struct Announce {
 }
 
 impl Announce {
-    async fn refresh(&self, store: &Store, running: u32) {
+    /// Record this worker again and renew its placement; false once the placement is
+    /// gone (released or swept), when the worker should drain and exit.
+    async fn refresh(&self, store: &Store, running: u32) -> bool {
         let now = now_ms();
+        let mut placed = true;
+        if let Some((id, slot)) = &self.reservation {
+            let until = now + self.reservation_lease.as_millis() as i64;
+            match store.renew_slot(id, *slot, until).await {
+                Ok(live) => placed = live,
+                Err(e) => {
+                    tracing::warn!(error = %e, reservation_id = %id, slot, "renewing this worker's placement failed")
+                }
+            }
+        }
         for pool in &self.pools {
             let record = batchplane::store::workers::WorkerRecord {
                 pool: pool.clone(),
@@ -456,9 +490,19 @@ impl Announce {
                 tracing::warn!(error = %e, pool, "recording this worker failed");
             }
         }
+        placed
     }
 
     async fn forget(&self, store: &Store) {
+        if let Some((id, slot)) = &self.reservation {
+            match store.release_slots(id, Some(&[*slot]), None).await {
+                Ok(n) => {
+                    tracing::info!(reservation_id = %id, slot, released = n, "placement released")
+                }
+                Err(e) => tracing::warn!(error = %e, reservation_id = %id, slot,
+                    "releasing this worker's placement failed; the sweeper reclaims it when its lease lapses"),
+            }
+        }
         for pool in &self.pools {
             if let Err(e) = store.delete_worker(pool, &self.worker_id).await {
                 tracing::warn!(error = %e, pool, "removing this worker's record failed");

@@ -112,6 +112,21 @@ impl Harness {
         }
     }
 
+    pub async fn put_json(&self, path: &str, body: &str) -> Response {
+        let r = self
+            .http
+            .put(self.url(path))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        let status = r.status().as_u16();
+        Response {
+            status,
+            body: r.json().await.unwrap_or(Value::Null),
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         let r = self.http.get(self.url(path)).send().await.unwrap();
         let status = r.status().as_u16();

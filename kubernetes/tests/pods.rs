@@ -1,0 +1,358 @@
+//! The Kubernetes backend against a mock API server (`tower-test`): each scenario checks
+//! the exact requests the backend makes (create, list by label, delete) and answers them
+//! as a real API server would, errors included (409, 403, 404, 5xx).
+
+use batchplane::domain::tiers::Tier;
+use batchplane::launcher::{BackendError, CapacityType, WorkerBackend, WorkerPhase, WorkerSpec};
+use batchplane::store::placement::ClusterRecord;
+use batchplane_kubernetes::{KubernetesBackend, PodSettings};
+use http::{Method, Request, Response};
+use kube::client::Body;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn backend() -> (KubernetesBackend, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let settings = PodSettings {
+        image: "123456789012.dkr.ecr.us-east-1.amazonaws.com/taskhost:1.4".into(),
+        service_account: "batchplane-taskhost".into(),
+        termination_grace: std::time::Duration::from_secs(900),
+    };
+    (KubernetesBackend::with_client(client, settings), handle)
+}
+
+fn cluster() -> ClusterRecord {
+    ClusterRecord {
+        name: "east".into(),
+        kind: "eks".into(),
+        region: "us-east-1".into(),
+        eks_cluster_name: "batch-east".into(),
+        endpoint: "https://ABC.gr7.us-east-1.eks.amazonaws.com".into(),
+        namespace: "batchplane".into(),
+        enabled: true,
+        ..Default::default()
+    }
+}
+
+fn spec(slots: Vec<u32>) -> WorkerSpec {
+    WorkerSpec {
+        team: "vision".into(),
+        pool: "default--2cpu-8192mib-1gpu".into(),
+        queues: vec!["default".into()],
+        shape: Tier {
+            cpu_milli: 2500,
+            memory_mib: 8192,
+            gpu: 1,
+        },
+        tier: Some(Tier {
+            cpu_milli: 2000,
+            memory_mib: 8192,
+            gpu: 1,
+        }),
+        gpu_type: Some("a100".into()),
+        reservation_id: "east.autoscaler-42".into(),
+        slots,
+        capacity_type: Some(CapacityType::Spot),
+        instance_type: Some("p4d.24xlarge".into()),
+        env: BTreeMap::from([("BATCHPLANE_TABLE".to_string(), "batchplane".to_string())]),
+    }
+}
+
+async fn body_json(request: Request<Body>) -> Value {
+    let bytes = request
+        .into_body()
+        .collect_bytes()
+        .await
+        .expect("the request body");
+    serde_json::from_slice(&bytes).expect("a JSON request body")
+}
+
+fn respond(status: u16, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+        .expect("a response")
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+#[tokio::test]
+async fn launch_creates_one_pod_per_slot_with_resources_labels_and_placement() {
+    let (backend, mut api) = backend();
+    let server = tokio::spawn(async move {
+        let mut names = Vec::new();
+        for slot in [0, 1] {
+            let (request, send) = api.next_request().await.expect("a create request");
+            assert_eq!(request.method(), Method::POST);
+            assert_eq!(request.uri().path(), "/api/v1/namespaces/batchplane/pods");
+            let pod = body_json(request).await;
+            let meta = &pod["metadata"];
+            let name = meta["name"].as_str().expect("a pod name").to_string();
+            assert!(
+                name.starts_with("bp-default-2cpu-8192mib-1gpu-autoscaler-42-"),
+                "{name}"
+            );
+            assert!(name.ends_with(&format!("-{slot}")), "{name}");
+            assert_eq!(meta["namespace"], "batchplane");
+            let labels = &meta["labels"];
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "batchplane");
+            assert_eq!(labels["batchplane.io/team"], "vision");
+            assert_eq!(labels["batchplane.io/cost-center"], "vision");
+            assert_eq!(labels["batchplane.io/pool"], "default--2cpu-8192mib-1gpu");
+            assert_eq!(labels["batchplane.io/reservation"], "east.autoscaler-42");
+            assert_eq!(labels["batchplane.io/slot"], slot.to_string());
+            assert_eq!(labels["batchplane.io/capacity-type"], "spot");
+            assert_eq!(
+                meta["annotations"]["batchplane.io/reservation-id"],
+                "east.autoscaler-42"
+            );
+            let spec = &pod["spec"];
+            assert_eq!(spec["restartPolicy"], "Never");
+            assert_eq!(spec["serviceAccountName"], "batchplane-taskhost");
+            assert_eq!(spec["terminationGracePeriodSeconds"], 900);
+            assert_eq!(
+                spec["nodeSelector"],
+                json!({"batchplane.io/capacity-type": "spot",
+                       "node.kubernetes.io/instance-type": "p4d.24xlarge",
+                       "batchplane.io/gpu-type": "a100"})
+            );
+            let tolerations: Vec<&str> = spec["tolerations"]
+                .as_array()
+                .expect("tolerations")
+                .iter()
+                .map(|t| t["key"].as_str().unwrap_or(""))
+                .collect();
+            assert_eq!(tolerations, ["batchplane.io/spot", "nvidia.com/gpu"]);
+            let c = &spec["containers"][0];
+            assert_eq!(
+                c["image"],
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com/taskhost:1.4"
+            );
+            let want = json!({"cpu": "2500m", "memory": "8192Mi", "nvidia.com/gpu": "1"});
+            assert_eq!(c["resources"]["requests"], want);
+            assert_eq!(c["resources"]["limits"], want);
+            let args: Vec<&str> = c["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let args = args.join(" ");
+            assert!(
+                args.contains(&format!("--reservation east.autoscaler-42 --slot {slot}")),
+                "{args}"
+            );
+            assert!(args.contains("--tier 2:8192:1"), "{args}");
+            assert!(args.contains(&format!("--worker-id {name}")), "{args}");
+            let env: Vec<&str> = c["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .filter_map(|e| e["name"].as_str())
+                .collect();
+            assert_eq!(
+                env,
+                [
+                    "BATCHPLANE_TABLE",
+                    "BATCHPLANE_CLUSTER",
+                    "BATCHPLANE_NODE_NAME"
+                ]
+            );
+            names.push(name);
+            send.send_response(respond(201, pod));
+        }
+        names
+    });
+    let workers = backend
+        .launch(&cluster(), &spec(vec![0, 1]))
+        .await
+        .expect("the pods are created");
+    let names = server.await.expect("the API server scenario");
+    assert_eq!(
+        workers.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
+        names
+    );
+    assert!(workers
+        .iter()
+        .all(|w| w.phase == WorkerPhase::Pending && w.cluster == "east"));
+}
+
+#[tokio::test]
+async fn a_pod_that_exists_already_is_not_an_error_but_forbidden_and_5xx_are() {
+    let (backend, mut api) = backend();
+    let server = tokio::spawn(async move {
+        // Slot 0 was created by an earlier try: 409; slot 1 is created.
+        let (_, send) = api.next_request().await.expect("create slot 0");
+        send.send_response(respond(
+            409,
+            status(409, "AlreadyExists", "pods \"x\" already exists"),
+        ));
+        let (request, send) = api.next_request().await.expect("create slot 1");
+        let pod = body_json(request).await;
+        send.send_response(respond(201, pod));
+        // RBAC denies: the launch stops at the first pod.
+        let (_, send) = api.next_request().await.expect("create, forbidden");
+        send.send_response(respond(
+            403,
+            status(
+                403,
+                "Forbidden",
+                "pods is forbidden: User \"batchplane\" cannot create resource \"pods\"",
+            ),
+        ));
+        // The API server is overloaded.
+        let (_, send) = api.next_request().await.expect("create, unavailable");
+        send.send_response(respond(
+            503,
+            status(503, "ServiceUnavailable", "etcd leader changed"),
+        ));
+    });
+    let workers = backend
+        .launch(&cluster(), &spec(vec![0, 1]))
+        .await
+        .expect("launch with a 409");
+    assert_eq!(workers.len(), 2);
+    match backend.launch(&cluster(), &spec(vec![2, 3])).await {
+        Err(BackendError::Forbidden { action, message }) => {
+            assert!(action.starts_with("create pod bp-"), "{action}");
+            assert!(message.contains("cannot create resource"), "{message}");
+        }
+        other => panic!("expected Forbidden, got {other:?}"),
+    }
+    match backend.launch(&cluster(), &spec(vec![4])).await {
+        Err(BackendError::Unavailable { message, .. }) => {
+            assert!(
+                message.contains("503") && message.contains("etcd leader changed"),
+                "{message}"
+            )
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    server.await.expect("the API server scenario");
+}
+
+#[tokio::test]
+async fn list_selects_by_label_and_reads_each_pods_phase() {
+    let (backend, mut api) = backend();
+    let server = tokio::spawn(async move {
+        let (request, send) = api.next_request().await.expect("a list request");
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), "/api/v1/namespaces/batchplane/pods");
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let selector: String = url_decode(
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("labelSelector="))
+                .expect("a label selector"),
+        );
+        assert_eq!(
+            selector,
+            "app.kubernetes.io/managed-by=batchplane,batchplane.io/pool=default--2cpu-8192mib-1gpu"
+        );
+        let pod = |name: &str, slot: u32, phase: &str| {
+            json!({"metadata": {"name": name, "labels": {
+                        "app.kubernetes.io/managed-by": "batchplane", "batchplane.io/team": "vision",
+                        "batchplane.io/pool": "default--2cpu-8192mib-1gpu",
+                        "batchplane.io/reservation": "east.autoscaler-42", "batchplane.io/slot": slot.to_string()},
+                    "annotations": {"batchplane.io/pool-name": "default--2cpu-8192mib-1gpu",
+                        "batchplane.io/reservation-id": "east.autoscaler-42"}},
+                   "status": {"phase": phase}})
+        };
+        send.send_response(respond(
+            200,
+            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {},
+                   "items": [pod("w0", 0, "Running"), pod("w1", 1, "Succeeded"), pod("w2", 2, "Failed"),
+                             {"metadata": {"name": "stray", "labels": {"app.kubernetes.io/managed-by": "batchplane"}}}]}),
+        ));
+    });
+    let workers = backend
+        .list(&cluster(), Some("default--2cpu-8192mib-1gpu"))
+        .await
+        .expect("the list");
+    server.await.expect("the API server scenario");
+    let seen: Vec<(&str, u32, WorkerPhase)> = workers
+        .iter()
+        .map(|w| (w.name.as_str(), w.slot, w.phase))
+        .collect();
+    // The pod without Batchplane's labels is not a worker.
+    assert_eq!(
+        seen,
+        [
+            ("w0", 0, WorkerPhase::Running),
+            ("w1", 1, WorkerPhase::Succeeded),
+            ("w2", 2, WorkerPhase::Failed)
+        ]
+    );
+    assert!(workers
+        .iter()
+        .all(|w| w.reservation_id == "east.autoscaler-42" && w.team == "vision"));
+}
+
+#[tokio::test]
+async fn terminate_deletes_the_pod_and_a_missing_pod_is_already_done() {
+    let (backend, mut api) = backend();
+    let server = tokio::spawn(async move {
+        let (request, send) = api.next_request().await.expect("a delete");
+        assert_eq!(request.method(), Method::DELETE);
+        assert_eq!(
+            request.uri().path(),
+            "/api/v1/namespaces/batchplane/pods/w0"
+        );
+        send.send_response(respond(
+            200,
+            json!({"metadata": {"name": "w0"}, "status": {"phase": "Running"}}),
+        ));
+        let (request, send) = api.next_request().await.expect("a delete of a gone pod");
+        assert_eq!(
+            request.uri().path(),
+            "/api/v1/namespaces/batchplane/pods/gone"
+        );
+        send.send_response(respond(
+            404,
+            status(404, "NotFound", "pods \"gone\" not found"),
+        ));
+        let (_, send) = api.next_request().await.expect("a delete that fails");
+        send.send_response(respond(500, status(500, "InternalError", "boom")));
+    });
+    backend.terminate(&cluster(), "w0").await.expect("deleted");
+    backend
+        .terminate(&cluster(), "gone")
+        .await
+        .expect("gone already");
+    assert!(matches!(
+        backend.terminate(&cluster(), "w1").await,
+        Err(BackendError::Unavailable { .. })
+    ));
+    server.await.expect("the API server scenario");
+}
+
+fn url_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() + 1 => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_default()
+}

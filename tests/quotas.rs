@@ -1,0 +1,186 @@
+//! Quotas and clusters through the local stack: a team without room gets no worker and
+//! `explain` says why for its waiting tasks; raising the quota lets the worker start and
+//! the job finish; `batchplane teams` / `clusters` show used/limit; disabling a cluster
+//! moves placements to the others.
+
+use batchplane_local::stack::PoolWorkers;
+use batchplane_tests::{binary, Harness};
+use serde_json::Value;
+use std::time::Duration;
+
+const MINUTES: Duration = Duration::from_secs(180);
+
+/// The `batchplane` CLI's stdout for these arguments against the test stack; panics
+/// with its stderr when it fails.
+fn cli(h: &Harness, args: &[&str]) -> String {
+    let out = std::process::Command::new(binary("batchplane"))
+        .args(args)
+        .args(["--api-url", &h.stack.api_url])
+        .output()
+        .unwrap_or_else(|e| panic!("running batchplane {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "batchplane {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn explain_reasons(h: &Harness, job: &str, task: &str) -> Vec<Value> {
+    let r = h.get(&format!("/v1/jobs/{job}/tasks/{task}/explain")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["reasons"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no reasons in {}", r.body))
+}
+
+/// Wait until the task's explanation has a PlacementRefused reason containing `text`.
+async fn wait_for_refusal(h: &Harness, job: &str, task: &str, text: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let reasons = explain_reasons(h, job, task).await;
+        if let Some(r) = reasons.iter().find(|r| {
+            r["code"] == "PlacementRefused"
+                && r["message"].as_str().is_some_and(|m| m.contains(text))
+        }) {
+            return r["message"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no PlacementRefused reason containing {text:?}: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_at_quota_waits_with_the_reason_shown_until_its_quota_is_raised() {
+    // The stack's own worker serves the queue's own pool; the 128 MiB tier pool has one
+    // worker, placed for team vision, which has no quota yet.
+    let h = Harness::start(|o| {
+        o.workers = 1;
+        o.pools = vec![PoolWorkers {
+            shape: batchplane::domain::tiers::Tier::parse_shape("1:128").expect("a shape"),
+            slots: 1,
+            team: Some("vision".into()),
+        }];
+    })
+    .await;
+    let job = h
+        .submit(
+            "name: quota\nteam: vision\ntasks:\n  - {id: t, command: [sh, -c, \"echo hi\"], tiers: [{cpu: 1, memory_mib: 128}]}\n",
+        )
+        .await;
+    let why = wait_for_refusal(&h, &job, "t", "team vision has no quota").await;
+    assert!(why.contains("pool default--1cpu-128mib"), "{why}");
+
+    // A quota too small for one worker: the reason names the binding resource.
+    let shown = cli(
+        &h,
+        &[
+            "teams",
+            "set",
+            "vision",
+            "--cpu",
+            "0.5",
+            "--memory-mib",
+            "1024",
+        ],
+    );
+    assert!(shown.contains("vision"), "{shown}");
+    let why = wait_for_refusal(&h, &job, "t", "team quota exhausted: cpu 0/0.5").await;
+    assert!(why.contains("a worker needs 1 vCPU, 128 MiB"), "{why}");
+    let text = cli(&h, &["explain", &job, "t"]);
+    assert!(text.contains("team quota exhausted: cpu 0/0.5"), "{text}");
+
+    // Room for it: the waiting worker is placed, runs the task, the job finishes.
+    cli(
+        &h,
+        &[
+            "teams",
+            "set",
+            "vision",
+            "--cpu",
+            "2",
+            "--memory-mib",
+            "1024",
+        ],
+    );
+    let done = h.wait(&job, MINUTES).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    let reasons = explain_reasons(&h, &job, "t").await;
+    assert!(
+        reasons.iter().all(|r| r["code"] != "PlacementRefused"),
+        "the grant cleared the refusal: {reasons:?}"
+    );
+
+    // The table shows the team's use of its quota and where its worker is.
+    let teams = cli(&h, &["teams"]);
+    let vision = teams
+        .lines()
+        .find(|l| l.starts_with("vision"))
+        .unwrap_or_else(|| panic!("no vision row in\n{teams}"));
+    assert!(vision.contains("1/2 (50%)"), "{vision}");
+    assert!(vision.contains("128/1024"), "{vision}");
+    assert!(vision.contains("local-"), "{vision}");
+    assert!(teams.lines().any(|l| l.starts_with("default")), "{teams}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_cluster_moves_new_workers_to_the_others() {
+    let h = Harness::start(|o| {
+        o.workers = 0;
+    })
+    .await;
+    let clusters = cli(&h, &["clusters"]);
+    assert!(
+        clusters.contains("local-a") && clusters.contains("local-b"),
+        "{clusters}"
+    );
+    let out = cli(&h, &["clusters", "disable", "local-a"]);
+    assert!(out.contains("local-a: disabled"), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("local-a"))
+        .unwrap_or_else(|| panic!("no local-a row in\n{out}"));
+    assert!(row.contains("DISABLED"), "{row}");
+    // Every new worker lands in local-b.
+    let mut h = h;
+    for _ in 0..3 {
+        h.stack.spawn_worker().await.expect("a worker");
+    }
+    let clusters: Value = h.get("/v1/clusters").await.body;
+    let used = |name: &str| -> f64 {
+        clusters["clusters"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .map(|c| c["used"]["cpu"].as_f64().unwrap_or(0.0))
+            .unwrap_or_else(|| panic!("no cluster {name} in {clusters}"))
+    };
+    assert_eq!(used("local-a"), 0.0, "{clusters}");
+    // The harness's workers are 8 vCPU each.
+    assert_eq!(used("local-b"), 24.0, "{clusters}");
+    // A cluster nobody registered is a 404 naming it.
+    let r = h.post("/v1/clusters/nowhere/disable", "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("nowhere"));
+    // Bad registrations name the field.
+    let r = h
+        .put_json(
+            "/v1/clusters/c1",
+            r#"{"kind": "eks", "region": "us-east-1", "endpoint": "http://x", "capacity": {"cpu": 1, "memory_mib": 1}}"#,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["details"]["field"], "endpoint",
+        "{}",
+        r.body
+    );
+    h.shutdown().await;
+}
