@@ -129,16 +129,32 @@ async fn a_team_at_quota_waits_with_the_reason_shown_until_its_quota_is_raised()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disabling_a_cluster_moves_new_workers_to_the_others() {
-    let h = Harness::start(|o| {
-        o.workers = 0;
+async fn disabling_a_cluster_drains_it_and_moves_new_workers_to_the_others() {
+    // Two workers of the default team: one in each local cluster.
+    let mut h = Harness::start(|o| {
+        o.workers = 2;
     })
     .await;
-    let clusters = cli(&h, &["clusters"]);
-    assert!(
-        clusters.contains("local-a") && clusters.contains("local-b"),
+    let used = |clusters: &Value, name: &str| -> f64 {
+        clusters["clusters"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .map(|c| c["used"]["cpu"].as_f64().unwrap_or(0.0))
+            .unwrap_or_else(|| panic!("no cluster {name} in {clusters}"))
+    };
+    let clusters: Value = h.get("/v1/clusters").await.body;
+    // The harness's workers are 8 vCPU each.
+    assert_eq!(
+        (used(&clusters, "local-a"), used(&clusters, "local-b")),
+        (8.0, 8.0),
         "{clusters}"
     );
+    let table = cli(&h, &["clusters"]);
+    assert!(
+        table.contains("local-a") && table.contains("8/256 (3%)"),
+        "{table}"
+    );
+
     let out = cli(&h, &["clusters", "disable", "local-a"]);
     assert!(out.contains("local-a: disabled"), "{out}");
     let row = out
@@ -146,22 +162,37 @@ async fn disabling_a_cluster_moves_new_workers_to_the_others() {
         .find(|l| l.starts_with("local-a"))
         .unwrap_or_else(|| panic!("no local-a row in\n{out}"));
     assert!(row.contains("DISABLED"), "{row}");
+    // Its worker drains and exits, giving its placement back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let clusters: Value = h.get("/v1/clusters").await.body;
+        if used(&clusters, "local-a") == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "local-a never drained: {clusters}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The launcher forgets the exited worker on its next round.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while h.stack.worker_pids().len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "workers: {:?}", h.stack.worker_pids());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Every new worker lands in local-b.
-    let mut h = h;
     for _ in 0..3 {
         h.stack.spawn_worker().await.expect("a worker");
     }
     let clusters: Value = h.get("/v1/clusters").await.body;
-    let used = |name: &str| -> f64 {
-        clusters["clusters"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == name))
-            .map(|c| c["used"]["cpu"].as_f64().unwrap_or(0.0))
-            .unwrap_or_else(|| panic!("no cluster {name} in {clusters}"))
-    };
-    assert_eq!(used("local-a"), 0.0, "{clusters}");
-    // The harness's workers are 8 vCPU each.
-    assert_eq!(used("local-b"), 24.0, "{clusters}");
+    assert_eq!(used(&clusters, "local-a"), 0.0, "{clusters}");
+    assert_eq!(used(&clusters, "local-b"), 32.0, "{clusters}");
+    // Work still runs on the remaining workers.
+    let job = h
+        .submit("name: after\ntasks:\n  - {id: a, command: [\"true\"]}\n")
+        .await;
+    assert_eq!(h.wait(&job, MINUTES).await["state"], "SUCCEEDED");
     // A cluster nobody registered is a 404 naming it.
     let r = h.post("/v1/clusters/nowhere/disable", "").await;
     assert_eq!(r.status, 404, "{}", r.body);

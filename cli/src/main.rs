@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod dev;
 mod jobs;
+mod placement_bench;
 mod repro;
 mod tier_bench;
 
@@ -139,6 +140,10 @@ enum Command {
     /// Simulate a workload with and without resource tiers: reserved versus used
     /// memory-hours; prints a table and writes JSON.
     BenchTiers(tier_bench::TierBenchArgs),
+    /// Placement throughput and latency (p50/p99) under contention from N concurrent
+    /// callers, DynamoDB requests per grant, beside a floor of plain conditional writes;
+    /// prints a table and writes JSON.
+    BenchPlacement(placement_bench::PlacementBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -235,5 +240,6 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => dev::demo(samples, job.as_deref(), stack).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchTiers(args) => tier_bench::run(args),
+        Command::BenchPlacement(args) => placement_bench::run(args).await,
     }
 }

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 struct Process {
     worker: LaunchedWorker,
     child: Child,
+    /// SIGTERM sent: the worker is draining.
+    stopping: bool,
 }
 
 /// Taskhost processes started for placements in local clusters.
@@ -150,7 +152,11 @@ impl WorkerBackend for LocalBackend {
             tracing::info!(worker = %worker.name, cluster = %cluster.name, team = %spec.team, pool = %spec.pool,
                 pid = child.id(), "local worker started");
             started.push(worker.clone());
-            self.processes().push(Process { worker, child });
+            self.processes().push(Process {
+                worker,
+                child,
+                stopping: false,
+            });
         }
         Ok(started)
     }
@@ -186,12 +192,14 @@ impl WorkerBackend for LocalBackend {
                 Ok(Some(_)) | Err(_) => {
                     processes.remove(i);
                 }
-                Ok(None) => {
+                Ok(None) if !processes[i].stopping => {
+                    processes[i].stopping = true;
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(processes[i].child.id() as i32),
                         nix::sys::signal::Signal::SIGTERM,
                     );
                 }
+                Ok(None) => {}
             }
         }
         Ok(())

@@ -603,7 +603,7 @@ struct LauncherParts {
 
 /// Every second: try the refused pool workers again (a raised quota or an enabled
 /// cluster lets them start), release the placements of workers that died without doing
-/// so, and every ten seconds sweep lapsed reservations (the placement function's
+/// so, drain the workers of disabled clusters, and every ten seconds sweep lapsed reservations (the placement function's
 /// schedule in AWS).
 async fn launcher_loop(mut parts: LauncherParts) {
     let mut tick = 0u64;
@@ -640,6 +640,11 @@ async fn launcher_loop(mut parts: LauncherParts) {
                         batchplane::launcher::reap(&parts.store, parts.backend.as_ref(), c).await
                     {
                         tracing::warn!(error = %e, cluster = %c.name, "reaping ended workers failed");
+                    }
+                    if let Err(e) =
+                        batchplane::launcher::drain_if_disabled(parts.backend.as_ref(), c).await
+                    {
+                        tracing::warn!(error = %e, cluster = %c.name, "draining a disabled cluster failed");
                     }
                 }
             }

@@ -277,6 +277,35 @@ pub async fn reap<B: WorkerBackend>(
     Ok(released)
 }
 
+/// Drain a disabled cluster: ask each of its live workers to stop (they stop taking
+/// tasks, finish the ones they run, release their slots and exit). Returns how many were
+/// asked. Does nothing for an enabled cluster.
+pub async fn drain_if_disabled<B: WorkerBackend>(
+    backend: &B,
+    cluster: &ClusterRecord,
+) -> Result<u32, LaunchError> {
+    if cluster.enabled {
+        return Ok(0);
+    }
+    let backend_error = |source| LaunchError::Backend {
+        cluster: cluster.name.clone(),
+        source,
+    };
+    let workers = backend.list(cluster, None).await.map_err(backend_error)?;
+    let mut asked = 0;
+    for w in workers.iter().filter(|w| !w.phase.ended()) {
+        backend
+            .terminate(cluster, &w.name)
+            .await
+            .map_err(backend_error)?;
+        asked += 1;
+    }
+    if asked > 0 {
+        tracing::info!(cluster = %cluster.name, workers = asked, "cluster disabled: draining its workers");
+    }
+    Ok(asked)
+}
+
 /// A pod or process name for a worker: `bp-<pool>-<request>-<slot>`, lower case, at
 /// most 63 characters of `[a-z0-9-]` (a Kubernetes name and label value).
 pub fn worker_name(pool: &str, reservation_id: &str, slot: u32) -> String {

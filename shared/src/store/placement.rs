@@ -630,6 +630,16 @@ impl Store {
                         requests,
                     });
                 }
+                // DynamoDB Local answers a transaction that waited too long for a lock
+                // with InternalServerError ("will succeed in actual DynamoDB"); DynamoDB
+                // itself may too. Either way nothing was written: try again.
+                Err(e) if e.code() == Some("InternalServerError") => {
+                    tracing::debug!(
+                        attempt,
+                        "placement transaction timed out on a lock; retrying"
+                    );
+                    backoff(attempt).await;
+                }
                 Err(e) if e.code() == Some("TransactionCanceledException") => {
                     let codes = cancellation_codes(&e);
                     // The request record is the last item: it existed, so this request
@@ -996,8 +1006,14 @@ impl Store {
                         swept = expired_before.is_some(), "worker slots released");
                     return Ok(chosen.len() as u32);
                 }
-                // A slot went (another release) or a lease moved (a renewal): read again.
-                Err(e) if e.code() == Some("TransactionCanceledException") => {
+                // A slot went (another release) or a lease moved (a renewal), or the
+                // transaction timed out on a lock: read again.
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some("TransactionCanceledException" | "InternalServerError")
+                    ) =>
+                {
                     backoff(attempt).await;
                 }
                 Err(e) => return Err(classify("TransactWriteItems", e)),
