@@ -178,7 +178,11 @@ async fn disabling_a_cluster_drains_it_and_moves_new_workers_to_the_others() {
     // The launcher forgets the exited worker on its next round.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while h.stack.worker_pids().len() != 1 {
-        assert!(std::time::Instant::now() < deadline, "workers: {:?}", h.stack.worker_pids());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers: {:?}",
+            h.stack.worker_pids()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Every new worker lands in local-b.
