@@ -311,6 +311,13 @@ fn cancellation_codes(
     }
 }
 
+/// DynamoDB Local answers a request that waited too long on an item a transaction holds
+/// with InternalServerError ("will succeed in actual DynamoDB"), as DynamoDB may answer
+/// any request now and then: nothing happened, so it can be tried again.
+fn is_lock_timeout(e: &StoreError) -> bool {
+    matches!(e, StoreError::Request { code, .. } if code == "InternalServerError")
+}
+
 /// Sleep a random share of an exponentially growing bound (full jitter), so racing
 /// grants spread out instead of colliding again in step.
 async fn backoff(attempt: u32) {
@@ -581,17 +588,36 @@ impl Store {
     ) -> Result<PlacementOutcome, StoreError> {
         let mut requests = 0u32;
         for attempt in 0..MAX_TRIES {
-            let (team, clusters) = tokio::try_join!(self.team(&request.team), self.clusters())?;
+            let read = tokio::try_join!(self.team(&request.team), self.clusters());
             requests += 2;
+            let (team, clusters) = match read {
+                Err(e) if is_lock_timeout(&e) => {
+                    backoff(attempt).await;
+                    continue;
+                }
+                other => other?,
+            };
             let loads: Vec<ClusterLoad> = clusters.iter().map(ClusterRecord::load).collect();
             let team = team.filter(|t| t.quota_set);
             let grant = match decide(request, team.as_ref().map(|t| &t.quota), &loads) {
                 Decision::Refuse(refusal) => {
-                    if let Some(done) = self.granted_before(request).await? {
-                        return Ok(done);
+                    match self.granted_before(request).await {
+                        Ok(Some(done)) => return Ok(done),
+                        Ok(None) => {}
+                        Err(e) if is_lock_timeout(&e) => {
+                            backoff(attempt).await;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    self.record_refusal(&request.team, &request.pool, &refusal)
-                        .await?;
+                    // The refusal is the answer; failing to record it for `explain` only
+                    // costs the explanation.
+                    if let Err(e) = self
+                        .record_refusal(&request.team, &request.pool, &refusal)
+                        .await
+                    {
+                        tracing::warn!(error = %e, team = %request.team, "recording a placement refusal failed");
+                    }
                     requests += 2;
                     tracing::info!(team = %request.team, pool = %request.pool, code = %refusal.code,
                         reason = %refusal.reason, "placement refused");
@@ -645,8 +671,11 @@ impl Store {
                     // The request record is the last item: it existed, so this request
                     // was granted before.
                     if codes.last().map(String::as_str) == Some("ConditionalCheckFailed") {
-                        if let Some(done) = self.granted_before(request).await? {
-                            return Ok(done);
+                        match self.granted_before(request).await {
+                            Ok(Some(done)) => return Ok(done),
+                            Ok(None) => {}
+                            Err(e) if is_lock_timeout(&e) => {}
+                            Err(e) => return Err(e),
                         }
                     }
                     tracing::debug!(
@@ -925,7 +954,14 @@ impl Store {
         expired_before: Option<i64>,
     ) -> Result<u32, StoreError> {
         for attempt in 0..MAX_TRIES {
-            let Some(res) = self.reservation(reservation_id).await? else {
+            let res = match self.reservation(reservation_id).await {
+                Err(e) if is_lock_timeout(&e) => {
+                    backoff(attempt).await;
+                    continue;
+                }
+                other => other?,
+            };
+            let Some(res) = res else {
                 return Ok(0);
             };
             let chosen: Vec<u32> = res
