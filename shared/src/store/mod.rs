@@ -68,6 +68,20 @@ impl StoreError {
     pub fn is_condition_failed(&self) -> bool {
         matches!(self, StoreError::ConditionFailed { .. })
     }
+
+    /// Whether trying again may succeed: no answer came back (`Unavailable`), DynamoDB
+    /// reported an internal error, or it throttled. (DynamoDB Local answers a request
+    /// that waited too long on an item a transaction holds with InternalServerError,
+    /// "this request will succeed in actual DynamoDB".)
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Throttled { .. } => true,
+            StoreError::Request { code, .. } => {
+                matches!(code.as_str(), "InternalServerError" | "Unavailable")
+            }
+            _ => false,
+        }
+    }
 }
 
 fn classify<E, R>(operation: &'static str, err: SdkError<E, R>) -> StoreError
@@ -88,6 +102,22 @@ where
     ) {
         return StoreError::Throttled {
             operation,
+            source: Box::new(err),
+        };
+    }
+    // No answer from DynamoDB (connection failed or reset, timed out): say so, with the
+    // transport's own words, so callers can tell it from a refusal.
+    if matches!(
+        err,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
+    ) {
+        let message = std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| err.to_string());
+        return StoreError::Request {
+            operation,
+            code: "Unavailable".into(),
+            message,
             source: Box::new(err),
         };
     }

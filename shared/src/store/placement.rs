@@ -311,13 +311,6 @@ fn cancellation_codes(
     }
 }
 
-/// DynamoDB Local answers a request that waited too long on an item a transaction holds
-/// with InternalServerError ("will succeed in actual DynamoDB"), as DynamoDB may answer
-/// any request now and then: nothing happened, so it can be tried again.
-fn is_lock_timeout(e: &StoreError) -> bool {
-    matches!(e, StoreError::Request { code, .. } if code == "InternalServerError")
-}
-
 /// Sleep a random share of an exponentially growing bound (full jitter), so racing
 /// grants spread out instead of colliding again in step.
 async fn backoff(attempt: u32) {
@@ -591,7 +584,7 @@ impl Store {
             let read = tokio::try_join!(self.team(&request.team), self.clusters());
             requests += 2;
             let (team, clusters) = match read {
-                Err(e) if is_lock_timeout(&e) => {
+                Err(e) if e.is_transient() => {
                     backoff(attempt).await;
                     continue;
                 }
@@ -604,7 +597,7 @@ impl Store {
                     match self.granted_before(request).await {
                         Ok(Some(done)) => return Ok(done),
                         Ok(None) => {}
-                        Err(e) if is_lock_timeout(&e) => {
+                        Err(e) if e.is_transient() => {
                             backoff(attempt).await;
                             continue;
                         }
@@ -656,14 +649,13 @@ impl Store {
                         requests,
                     });
                 }
-                // DynamoDB Local answers a transaction that waited too long for a lock
-                // with InternalServerError ("will succeed in actual DynamoDB"); DynamoDB
-                // itself may too. Either way nothing was written: try again.
-                Err(e) if e.code() == Some("InternalServerError") => {
-                    tracing::debug!(
-                        attempt,
-                        "placement transaction timed out on a lock; retrying"
-                    );
+                // A lock time-out or no answer: try again. Had it been applied after
+                // all, the request record turns the retry into "granted before".
+                Err(e)
+                    if e.code() == Some("InternalServerError")
+                        || !matches!(e, SdkError::ServiceError(_)) =>
+                {
+                    tracing::debug!(attempt, error = %e, "placement transaction got no clear answer; retrying");
                     backoff(attempt).await;
                 }
                 Err(e) if e.code() == Some("TransactionCanceledException") => {
@@ -674,7 +666,7 @@ impl Store {
                         match self.granted_before(request).await {
                             Ok(Some(done)) => return Ok(done),
                             Ok(None) => {}
-                            Err(e) if is_lock_timeout(&e) => {}
+                            Err(e) if e.is_transient() => {}
                             Err(e) => return Err(e),
                         }
                     }
@@ -955,7 +947,7 @@ impl Store {
     ) -> Result<u32, StoreError> {
         for attempt in 0..MAX_TRIES {
             let res = match self.reservation(reservation_id).await {
-                Err(e) if is_lock_timeout(&e) => {
+                Err(e) if e.is_transient() => {
                     backoff(attempt).await;
                     continue;
                 }
@@ -1048,7 +1040,7 @@ impl Store {
                     if matches!(
                         e.code(),
                         Some("TransactionCanceledException" | "InternalServerError")
-                    ) =>
+                    ) || !matches!(e, SdkError::ServiceError(_)) =>
                 {
                     backoff(attempt).await;
                 }
