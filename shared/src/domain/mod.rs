@@ -1,8 +1,10 @@
 //! The pure domain: job specs, validation, the dependency plan and the state machine.
 //! No AWS types and no I/O live here.
 
+pub mod autoscale;
 pub mod batch;
 pub mod ids;
+pub mod launch;
 pub mod placement;
 pub mod plan;
 pub mod records;

@@ -1,0 +1,302 @@
+//! Turning workers into nodes: launch configs (instance type × availability zone × spot
+//! or on-demand), their ranking for a pool, bin-packing workers onto instances, and the
+//! limits that bound what one tick may ask EC2 for. Pure: prices, marks and limits come
+//! in as data, the decision goes out as data.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Spot or on-demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Purchase {
+    Spot,
+    OnDemand,
+}
+
+/// One way to get a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchConfig {
+    pub instance_type: String,
+    pub zone: String,
+    pub purchase: Purchase,
+    /// Thousandths of a vCPU, MiB, GPUs the node offers to workers.
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+    pub gpus: u32,
+    /// Dollars per hour (on-demand list price, or the current spot price).
+    pub price_per_hour: f64,
+    /// An on-demand capacity reservation (ODCR) covers this config.
+    #[serde(default)]
+    pub reserved: bool,
+    /// EC2's spot placement score or similar (higher: more capacity), when known.
+    #[serde(default)]
+    pub capacity_score: Option<f64>,
+}
+
+impl LaunchConfig {
+    /// `m5.2xlarge:us-east-1a:spot`: the key capacity-limited marks and limits use.
+    pub fn key(&self) -> String {
+        let p = match self.purchase {
+            Purchase::Spot => "spot",
+            Purchase::OnDemand => "on-demand",
+        };
+        format!("{}:{}:{p}", self.instance_type, self.zone)
+    }
+}
+
+/// A worker's size, as a pool asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerShape {
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+    pub gpus: u32,
+}
+
+impl WorkerShape {
+    /// How many workers of this shape fit on one node of `c`.
+    pub fn per_node(&self, c: &LaunchConfig) -> u64 {
+        let mut fits = u64::MAX;
+        if self.cpu_milli > 0 {
+            fits = fits.min(c.cpu_milli / self.cpu_milli);
+        }
+        if self.memory_mib > 0 {
+            fits = fits.min(c.memory_mib / self.memory_mib);
+        }
+        if self.gpus > 0 {
+            fits = fits.min(u64::from(c.gpus / self.gpus));
+        }
+        if fits == u64::MAX {
+            0
+        } else {
+            fits
+        }
+    }
+
+    /// Price per worker-hour on `c`, when at least one worker fits.
+    pub fn price_per_worker(&self, c: &LaunchConfig) -> Option<f64> {
+        let k = self.per_node(c);
+        (k > 0).then(|| c.price_per_hour / k as f64)
+    }
+}
+
+/// How configs are ordered for a pool; the first that is not capacity-limited and
+/// within limits is asked first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Lowest price per worker (the pool's dominant resource decides how many fit).
+    #[default]
+    CheapestFirst,
+    /// Bigger nodes first (fewer nodes to boot and manage), ties by price.
+    PreferLarger,
+    /// Configs covered by a capacity reservation first, then cheapest.
+    PreferReserved,
+    /// Spot configs with the most capacity first (by score), then cheapest.
+    SpotCapacityOptimized,
+}
+
+/// Configs that can hold at least one worker of `shape`, best first under `strategy`,
+/// without those in `limited` (capacity-limited keys).
+pub fn rank<'a>(
+    configs: &'a [LaunchConfig],
+    shape: &WorkerShape,
+    strategy: Strategy,
+    limited: &BTreeSet<String>,
+) -> Vec<&'a LaunchConfig> {
+    let mut usable: Vec<&LaunchConfig> = configs
+        .iter()
+        .filter(|c| shape.per_node(c) > 0 && !limited.contains(&c.key()))
+        .collect();
+    let price = |c: &LaunchConfig| shape.price_per_worker(c).unwrap_or(f64::INFINITY);
+    usable.sort_by(|a, b| {
+        let by_price = price(a).total_cmp(&price(b));
+        let then = by_price.then_with(|| a.key().cmp(&b.key()));
+        match strategy {
+            Strategy::CheapestFirst => then,
+            Strategy::PreferLarger => shape.per_node(b).cmp(&shape.per_node(a)).then(then),
+            Strategy::PreferReserved => b.reserved.cmp(&a.reserved).then(then),
+            Strategy::SpotCapacityOptimized => {
+                let spot = |c: &LaunchConfig| c.purchase == Purchase::Spot;
+                let score = |c: &LaunchConfig| c.capacity_score.unwrap_or(0.0);
+                spot(b)
+                    .cmp(&spot(a))
+                    .then(score(b).total_cmp(&score(a)))
+                    .then(then)
+            }
+        }
+    });
+    usable
+}
+
+/// Nodes of `c` needed for `workers` workers of `shape` (whole nodes).
+pub fn nodes_for(workers: u64, shape: &WorkerShape, c: &LaunchConfig) -> u64 {
+    let k = shape.per_node(c);
+    if k == 0 {
+        return 0;
+    }
+    workers.div_ceil(k)
+}
+
+/// Limits on what the fleet may be, globally or for one config.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_nodes: Option<u64>,
+    pub max_dollars_per_hour: Option<f64>,
+    pub max_nodes_added_per_tick: Option<u64>,
+}
+
+/// The fleet as it stands (globally or for one config), and what this tick added so far.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Fleet {
+    pub nodes: u64,
+    pub dollars_per_hour: f64,
+    pub added_this_tick: u64,
+}
+
+/// How many of `want` nodes at `price` each the limits let through, and the limit that
+/// bound (`max_nodes 40`, `max_dollars_per_hour 100`, `max_nodes_added_per_tick 10`).
+pub fn allowed(want: u64, price: f64, fleet: &Fleet, limits: &Limits) -> (u64, Option<String>) {
+    let mut n = want;
+    let mut binding = None;
+    let mut cap = |room: u64, why: String| {
+        if room < n {
+            n = room;
+            binding = Some(why);
+        }
+    };
+    if let Some(max) = limits.max_nodes {
+        cap(max.saturating_sub(fleet.nodes), format!("max_nodes {max}"));
+    }
+    if let Some(max) = limits.max_nodes_added_per_tick {
+        cap(
+            max.saturating_sub(fleet.added_this_tick),
+            format!("max_nodes_added_per_tick {max}"),
+        );
+    }
+    if let (Some(max), true) = (limits.max_dollars_per_hour, price > 0.0) {
+        let room = ((max - fleet.dollars_per_hour).max(0.0) / price).floor() as u64;
+        cap(room, format!("max_dollars_per_hour {max}"));
+    }
+    (n, binding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(t: &str, purchase: Purchase, cpu: u64, mem_gib: u64, price: f64) -> LaunchConfig {
+        LaunchConfig {
+            instance_type: t.into(),
+            zone: "us-east-1a".into(),
+            purchase,
+            cpu_milli: cpu * 1000,
+            memory_mib: mem_gib * 1024,
+            gpus: 0,
+            price_per_hour: price,
+            reserved: false,
+            capacity_score: None,
+        }
+    }
+
+    fn shape(cpu: u64, mem_mib: u64) -> WorkerShape {
+        WorkerShape {
+            cpu_milli: cpu * 1000,
+            memory_mib: mem_mib,
+            gpus: 0,
+        }
+    }
+
+    fn configs() -> Vec<LaunchConfig> {
+        vec![
+            config("m5.2xlarge", Purchase::OnDemand, 8, 32, 0.384),
+            config("m5.2xlarge", Purchase::Spot, 8, 32, 0.15),
+            config("r5.2xlarge", Purchase::OnDemand, 8, 64, 0.504),
+            config("c5.4xlarge", Purchase::OnDemand, 16, 32, 0.68),
+        ]
+    }
+
+    #[test]
+    fn the_dominant_resource_decides_how_many_workers_a_node_holds() {
+        let c = &configs();
+        // 2 vCPU, 16 GiB: memory binds on m5 (2 a node), CPU on r5 (4 a node).
+        let s = shape(2, 16 * 1024);
+        assert_eq!(s.per_node(&c[0]), 2);
+        assert_eq!(s.per_node(&c[2]), 4);
+        assert_eq!(nodes_for(9, &s, &c[2]), 3);
+        assert_eq!(shape(64, 1).per_node(&c[0]), 0);
+    }
+
+    #[test]
+    fn cheapest_first_ranks_by_price_per_worker_and_skips_limited_configs() {
+        let c = configs();
+        let s = shape(2, 16 * 1024);
+        let keys = |v: Vec<&LaunchConfig>| v.iter().map(|c| c.key()).collect::<Vec<_>>();
+        // Per worker: m5 spot 0.075, r5 0.126, m5 on-demand 0.192, c5 0.34.
+        assert_eq!(
+            keys(rank(&c, &s, Strategy::CheapestFirst, &BTreeSet::new())),
+            [
+                "m5.2xlarge:us-east-1a:spot",
+                "r5.2xlarge:us-east-1a:on-demand",
+                "m5.2xlarge:us-east-1a:on-demand",
+                "c5.4xlarge:us-east-1a:on-demand"
+            ]
+        );
+        let limited = BTreeSet::from(["m5.2xlarge:us-east-1a:spot".to_string()]);
+        assert_eq!(
+            keys(rank(&c, &s, Strategy::CheapestFirst, &limited))[0],
+            "r5.2xlarge:us-east-1a:on-demand"
+        );
+    }
+
+    #[test]
+    fn strategies_reorder_the_same_configs() {
+        let mut c = configs();
+        c[3].reserved = true;
+        c[1].capacity_score = Some(9.0);
+        let s = shape(2, 4096);
+        let first = |st| rank(&c, &s, st, &BTreeSet::new())[0].key();
+        assert_eq!(
+            first(Strategy::PreferLarger),
+            "c5.4xlarge:us-east-1a:on-demand"
+        );
+        assert_eq!(
+            first(Strategy::PreferReserved),
+            "c5.4xlarge:us-east-1a:on-demand"
+        );
+        assert_eq!(
+            first(Strategy::SpotCapacityOptimized),
+            "m5.2xlarge:us-east-1a:spot"
+        );
+        assert_eq!(first(Strategy::CheapestFirst), "m5.2xlarge:us-east-1a:spot");
+    }
+
+    #[test]
+    fn limits_cap_a_request_and_name_the_one_that_bound() {
+        let none = Limits::default();
+        let fleet = Fleet {
+            nodes: 35,
+            dollars_per_hour: 90.0,
+            added_this_tick: 2,
+        };
+        assert_eq!(allowed(10, 1.0, &fleet, &none), (10, None));
+        let l = Limits {
+            max_nodes: Some(40),
+            ..Limits::default()
+        };
+        assert_eq!(
+            allowed(10, 1.0, &fleet, &l),
+            (5, Some("max_nodes 40".into()))
+        );
+        let l = Limits {
+            max_nodes: Some(40),
+            max_dollars_per_hour: Some(93.5),
+            max_nodes_added_per_tick: Some(6),
+        };
+        // $3.5/h of room at $1/h: 3 nodes, fewer than the 4 the tick limit leaves.
+        assert_eq!(
+            allowed(10, 1.0, &fleet, &l),
+            (3, Some("max_dollars_per_hour 93.5".into()))
+        );
+    }
+}
