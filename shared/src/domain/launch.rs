@@ -56,21 +56,15 @@ pub struct WorkerShape {
 impl WorkerShape {
     /// How many workers of this shape fit on one node of `c`.
     pub fn per_node(&self, c: &LaunchConfig) -> u64 {
-        let mut fits = u64::MAX;
-        if self.cpu_milli > 0 {
-            fits = fits.min(c.cpu_milli / self.cpu_milli);
-        }
-        if self.memory_mib > 0 {
-            fits = fits.min(c.memory_mib / self.memory_mib);
-        }
-        if self.gpus > 0 {
-            fits = fits.min(u64::from(c.gpus / self.gpus));
-        }
-        if fits == u64::MAX {
-            0
-        } else {
-            fits
-        }
+        [
+            c.cpu_milli.checked_div(self.cpu_milli),
+            c.memory_mib.checked_div(self.memory_mib),
+            u64::from(c.gpus).checked_div(u64::from(self.gpus)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(0)
     }
 
     /// Price per worker-hour on `c`, when at least one worker fits.
