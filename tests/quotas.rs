@@ -219,3 +219,49 @@ async fn disabling_a_cluster_drains_it_and_moves_new_workers_to_the_others() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_limited_launch_configs_are_listed_until_they_expire_and_explained() {
+    use batchplane::store::capacity::CapacityMark;
+    let h = Harness::start(|o| {
+        o.workers = 0;
+    })
+    .await;
+    assert!(cli(&h, &["capacity"]).contains("no launch config is capacity-limited"));
+    let now = batchplane::store::now_ms();
+    let store = &h.stack.service.store;
+    for (config, until) in [
+        ("m5.2xlarge:us-east-1a:spot", now + 180_000),
+        ("r5.xlarge:us-east-1b:on-demand", now - 1_000),
+    ] {
+        store
+            .mark_capacity_limited(&CapacityMark {
+                launch_config: config.into(),
+                reason: "InsufficientInstanceCapacity: got 3 of 10 instances".into(),
+                marked_at: now,
+                until,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("marking {config}: {e}"));
+    }
+    let table = cli(&h, &["capacity"]);
+    assert!(table.contains("m5.2xlarge:us-east-1a:spot"), "{table}");
+    assert!(table.contains("got 3 of 10 instances"), "{table}");
+    assert!(
+        !table.contains("r5.xlarge"),
+        "an expired mark is not listed: {table}"
+    );
+
+    // A task waiting with no worker names the mark among its reasons.
+    let job = h
+        .submit("name: waits\ntasks:\n  - {id: t, command: [\"true\"]}\n")
+        .await;
+    let reasons = explain_reasons(&h, &job, "t").await;
+    let limited = reasons
+        .iter()
+        .find(|r| r["code"] == "CapacityLimited")
+        .unwrap_or_else(|| panic!("no CapacityLimited reason: {reasons:?}"));
+    let message = limited["message"].as_str().unwrap_or_default();
+    assert!(message.contains("m5.2xlarge:us-east-1a:spot"), "{message}");
+    h.shutdown().await;
+}

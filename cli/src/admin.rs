@@ -292,3 +292,36 @@ pub async fn clusters(
     );
     Ok(0)
 }
+
+pub async fn capacity(api: &Api, output: Output) -> anyhow::Result<u8> {
+    let all = api.get("/v1/capacity").await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(0);
+    }
+    let marks = all["capacity_limited"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if marks.is_empty() {
+        println!("no launch config is capacity-limited");
+        return Ok(0);
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let rows: Vec<Vec<String>> = marks
+        .iter()
+        .map(|m| {
+            let until = m["until"].as_i64().unwrap_or(0);
+            vec![
+                m["launch_config"].as_str().unwrap_or("?").to_string(),
+                chrono::DateTime::from_timestamp_millis(until)
+                    .map(|t| t.format("%H:%M:%S UTC").to_string())
+                    .unwrap_or_default(),
+                format!("{}s", (until - now).max(0) / 1000),
+                m["reason"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["LAUNCH CONFIG", "UNTIL", "LEFT", "REASON"], &rows);
+    Ok(0)
+}

@@ -119,6 +119,12 @@ enum Command {
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
     },
+    /// Launch configs marked capacity-limited (EC2 gave fewer nodes than asked), with
+    /// the reason and when the mark expires.
+    Capacity {
+        #[arg(short = 'o', long, default_value = "text")]
+        output: jobs::Output,
+    },
     /// The local stack.
     Dev {
         #[command(subcommand)]
@@ -232,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Clusters { command, output } => {
             admin::clusters(&api()?, command.as_ref(), *output).await
         }
+        Command::Capacity { output } => admin::capacity(&api()?, *output).await,
         Command::Dev { command } => dev::run(command).await,
         Command::Demo {
             samples,

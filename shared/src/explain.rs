@@ -353,28 +353,48 @@ impl Service {
         Ok(())
     }
 
-    /// What placement (team quotas across clusters) has recorded against a team's pool:
-    /// the last refusal for it, until a grant clears it. (Capacity-limited launch configs
-    /// from the autoscaler join here too.)
+    /// What placement and the autoscaler have recorded that holds new workers back: the
+    /// launch configs marked capacity-limited, and the team's last placement refusal for
+    /// the pool (until a grant clears it).
     pub async fn placement_reasons(
         &self,
         team: &str,
         pool: &WorkerPool,
     ) -> Result<Vec<Reason>, ApiError> {
         let name = pool.name();
+        let now = now_ms();
+        let mut out: Vec<Reason> = self
+            .store
+            .capacity_marks(now)
+            .await?
+            .into_iter()
+            .map(|m| {
+                reason(
+                    "CapacityLimited",
+                    format!(
+                        "launch config {} is capacity-limited for {} s more: {}",
+                        m.launch_config,
+                        (m.until - now).max(0) / 1000,
+                        m.reason
+                    ),
+                    json!({"launch_config": m.launch_config, "until": m.until}),
+                )
+            })
+            .collect();
         let record = self.store.team(team).await?;
         let Some((code, why, at)) = crate::placement::refusal_for(record.as_ref(), &name) else {
-            return Ok(Vec::new());
+            return Ok(out);
         };
         let when = chrono::DateTime::from_timestamp_millis(at)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default();
-        Ok(vec![reason(
+        out.push(reason(
             "PlacementRefused",
             format!(
                 "no new worker for pool {name}: placement refused team {team}: {why} (at {when})"
             ),
             json!({"pool": name, "team": team, "code": code, "at": when}),
-        )])
+        ));
+        Ok(out)
     }
 }

@@ -251,6 +251,13 @@ impl Service {
         self.cluster(name).await
     }
 
+    /// Launch configs marked capacity-limited now (`GET /v1/capacity`).
+    pub async fn capacity_marks(
+        &self,
+    ) -> Result<Vec<crate::store::capacity::CapacityMark>, ApiError> {
+        Ok(self.store.capacity_marks(now_ms()).await?)
+    }
+
     /// A placement call through the API (`POST /v1/placements`).
     pub async fn placement(&self, body: &str) -> Result<Value, ApiError> {
         let call: PlacementCall = parse_body("placement call", body)?;

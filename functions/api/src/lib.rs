@@ -53,6 +53,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/clusters/{name}/enable", post(enable_cluster))
         .route("/v1/clusters/{name}/disable", post(disable_cluster))
         .route("/v1/placements", post(placement))
+        .route("/v1/capacity", get(capacity_marks))
         .route(
             "/v1/jobs/{job_id}/tasks/{task_id}/explain",
             get(explain_task),
@@ -241,6 +242,10 @@ async fn disable_cluster(
     Path(name): Path<String>,
 ) -> Result<Response> {
     Ok(Json(svc.set_cluster_enabled(&name, false).await?).into_response())
+}
+
+async fn capacity_marks(State(svc): State<Arc<Service>>) -> Result<Response> {
+    Ok(Json(serde_json::json!({"capacity_limited": svc.capacity_marks().await?})).into_response())
 }
 
 async fn placement(State(svc): State<Arc<Service>>, body: axum::body::Bytes) -> Result<Response> {
