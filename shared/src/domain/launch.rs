@@ -175,6 +175,81 @@ pub fn allowed(want: u64, price: f64, fleet: &Fleet, limits: &Limits) -> (u64, O
     (n, binding)
 }
 
+/// One fleet request the autoscaler will make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRequest {
+    pub launch_config: String,
+    pub nodes: u64,
+    /// Workers of the pool these nodes are for.
+    pub workers: u64,
+    pub dollars_per_hour: f64,
+}
+
+/// What one pool's new workers turn into: fleet requests in rank order, workers left
+/// without a node, and the limits that bound on the way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodePlan {
+    pub requests: Vec<NodeRequest>,
+    pub unplaced_workers: u64,
+    pub binding_limits: Vec<String>,
+}
+
+/// Plan nodes for `workers` new workers of `shape`: walk the ranked configs (capacity-
+/// limited ones already left out), give each as many nodes as the global and per-config
+/// limits allow, and go on to the next config for the rest. `global` and the per-config
+/// fleets are updated with what the plan adds, so several pools share one tick's limits.
+pub fn plan_nodes(
+    workers: u64,
+    shape: &WorkerShape,
+    ranked: &[&LaunchConfig],
+    global: &mut Fleet,
+    global_limits: &Limits,
+    per_config: &mut std::collections::BTreeMap<String, Fleet>,
+    config_limits: &std::collections::BTreeMap<String, Limits>,
+) -> NodePlan {
+    let mut plan = NodePlan::default();
+    let mut left = workers;
+    for c in ranked {
+        if left == 0 {
+            break;
+        }
+        let want = nodes_for(left, shape, c);
+        let key = c.key();
+        let (n, why) = allowed(want, c.price_per_hour, global, global_limits);
+        let mut n = n;
+        if let Some(w) = why {
+            plan.binding_limits.push(format!("global {w}"));
+        }
+        let fleet = per_config.entry(key.clone()).or_default();
+        if let Some(l) = config_limits.get(&key) {
+            let (m, why) = allowed(n, c.price_per_hour, fleet, l);
+            if let Some(w) = why {
+                plan.binding_limits.push(format!("{key} {w}"));
+            }
+            n = m;
+        }
+        if n == 0 {
+            continue;
+        }
+        let placed = (n * shape.per_node(c)).min(left);
+        left -= placed;
+        let dollars = n as f64 * c.price_per_hour;
+        for f in [&mut *global, fleet] {
+            f.nodes += n;
+            f.added_this_tick += n;
+            f.dollars_per_hour += dollars;
+        }
+        plan.requests.push(NodeRequest {
+            launch_config: key,
+            nodes: n,
+            workers: placed,
+            dollars_per_hour: dollars,
+        });
+    }
+    plan.unplaced_workers = left;
+    plan
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +366,73 @@ mod tests {
         assert_eq!(
             allowed(10, 1.0, &fleet, &l),
             (3, Some("max_dollars_per_hour 93.5".into()))
+        );
+    }
+
+    #[test]
+    fn a_plan_falls_back_to_the_next_config_when_a_limit_binds() {
+        use std::collections::BTreeMap;
+        let c = configs();
+        let s = shape(2, 16 * 1024);
+        let ranked = rank(&c, &s, Strategy::CheapestFirst, &BTreeSet::new());
+        // m5 spot holds 2 workers a node and may add only 3 nodes this tick; r5 takes the
+        // rest at 4 a node.
+        let mut per = BTreeMap::new();
+        let limits = BTreeMap::from([(
+            "m5.2xlarge:us-east-1a:spot".to_string(),
+            Limits {
+                max_nodes_added_per_tick: Some(3),
+                ..Limits::default()
+            },
+        )]);
+        let mut global = Fleet::default();
+        let plan = plan_nodes(
+            20,
+            &s,
+            &ranked,
+            &mut global,
+            &Limits::default(),
+            &mut per,
+            &limits,
+        );
+        let got: Vec<(&str, u64, u64)> = plan
+            .requests
+            .iter()
+            .map(|r| (r.launch_config.as_str(), r.nodes, r.workers))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("m5.2xlarge:us-east-1a:spot", 3, 6),
+                ("r5.2xlarge:us-east-1a:on-demand", 4, 14)
+            ]
+        );
+        assert_eq!(plan.unplaced_workers, 0);
+        assert_eq!(
+            plan.binding_limits,
+            ["m5.2xlarge:us-east-1a:spot max_nodes_added_per_tick 3"]
+        );
+        assert_eq!(global.nodes, 7);
+        // A global spend limit leaves workers without nodes, and says so.
+        let mut global = Fleet::default();
+        let spend = Limits {
+            max_dollars_per_hour: Some(0.5),
+            ..Limits::default()
+        };
+        let plan = plan_nodes(
+            20,
+            &s,
+            &ranked,
+            &mut global,
+            &spend,
+            &mut BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        assert_eq!(plan.requests[0].nodes, 3, "{plan:?}");
+        assert!(plan.unplaced_workers > 0, "{plan:?}");
+        assert!(
+            plan.binding_limits[0].starts_with("global max_dollars_per_hour 0.5"),
+            "{plan:?}"
         );
     }
 }
