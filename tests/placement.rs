@@ -6,7 +6,7 @@ use batchplane::aws::{Clients, Endpoints};
 use batchplane::domain::placement::{PlacementRequest, Resources};
 use batchplane::store::placement::{ClusterRegistration, PlacementOutcome};
 use batchplane::store::Store;
-use batchplane_tests::TestEmulators;
+use batchplane_tests::{Must, TestEmulators};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -285,10 +285,10 @@ async fn a_disabled_cluster_gets_no_new_placements_and_its_workers_drain() {
     let a = store
         .clusters()
         .await
-        .unwrap()
+        .must("store.clusters")
         .into_iter()
         .find(|c| c.name == "a")
-        .unwrap();
+        .must("the cluster named a");
     assert!(!a.enabled);
     assert_eq!(a.used.cpu_milli, 2000);
     assert!(store
@@ -304,7 +304,7 @@ async fn a_disabled_cluster_gets_no_new_placements_and_its_workers_drain() {
     match store
         .place(&request("r3", "research", 1, 1.0, 1024), LEASE)
         .await
-        .unwrap()
+        .must("store.place")
     {
         PlacementOutcome::Refused { reason, .. } => {
             assert!(
@@ -328,10 +328,17 @@ async fn a_team_at_quota_is_refused_with_the_reason_recorded_for_its_pool() {
     let mut r = request("g1", "vision", 2, 1.0, 4096);
     r.gpu = 1;
     r.gpu_type = Some("a100".into());
-    assert_eq!(store.place(&r, LEASE).await.unwrap().granted_workers(), 2);
+    assert_eq!(
+        store
+            .place(&r, LEASE)
+            .await
+            .must("store.place")
+            .granted_workers(),
+        2
+    );
     r.request_id = "g2".into();
     r.workers = 1;
-    let out = store.place(&r, LEASE).await.unwrap();
+    let out = store.place(&r, LEASE).await.must("store.place");
     let PlacementOutcome::Refused { code, reason, .. } = out else {
         panic!("expected a refusal, got {out:?}")
     };
@@ -340,19 +347,30 @@ async fn a_team_at_quota_is_refused_with_the_reason_recorded_for_its_pool() {
         reason.starts_with("team quota exhausted: gpu a100 2/2"),
         "{reason}"
     );
-    let team = store.team("vision").await.unwrap().expect("the team");
+    let team = store
+        .team("vision")
+        .await
+        .must("store.team")
+        .expect("the team");
     assert_eq!(team.refusals["default"].refusal.reason, reason);
 
     // Asking again with a granted request's id returns that grant, not a refusal.
     r.request_id = "g1".into();
     r.workers = 2;
-    assert_eq!(store.place(&r, LEASE).await.unwrap().granted_workers(), 2);
+    assert_eq!(
+        store
+            .place(&r, LEASE)
+            .await
+            .must("store.place")
+            .granted_workers(),
+        2
+    );
 
     // A team nobody gave a quota is refused by name.
     let out = store
         .place(&request("x", "nobody", 1, 1.0, 512), LEASE)
         .await
-        .unwrap();
+        .must("store.place");
     assert!(
         matches!(&out, PlacementOutcome::Refused { code, .. } if code == "NoQuota"),
         "{out:?}"
@@ -362,15 +380,22 @@ async fn a_team_at_quota_is_refused_with_the_reason_recorded_for_its_pool() {
     store
         .set_team_quota("vision", &res(4, 64 * 1024, &[("a100", 3)]))
         .await
-        .unwrap();
+        .must("store.set_team_quota");
     r.request_id = "g3".into();
     r.workers = 1;
-    assert_eq!(store.place(&r, LEASE).await.unwrap().granted_workers(), 1);
+    assert_eq!(
+        store
+            .place(&r, LEASE)
+            .await
+            .must("store.place")
+            .granted_workers(),
+        1
+    );
     assert!(store
         .team("vision")
         .await
-        .unwrap()
-        .unwrap()
+        .must("store.team")
+        .must("team record")
         .refusals
         .is_empty());
     assert_usage_matches_reservations(&store).await;
@@ -383,27 +408,27 @@ async fn the_sweeper_reclaims_slots_whose_lease_lapsed_and_renewals_keep_them() 
     store
         .set_team_quota("research", &res(16, 64 * 1024, &[]))
         .await
-        .unwrap();
+        .must("store.set_team_quota");
     let out = store
         .place(
             &request("s1", "research", 3, 2.0, 1024),
             Duration::from_secs(2),
         )
         .await
-        .unwrap();
+        .must("store.place");
     let PlacementOutcome::Granted { placements, .. } = out else {
         panic!("expected a grant")
     };
     let id = &placements[0].reservation_id;
     // Slot 0's worker keeps renewing; 1 and 2 vanished.
     let far = batchplane::store::now_ms() + 60_000;
-    assert!(store.renew_slot(id, 0, far).await.unwrap());
+    assert!(store.renew_slot(id, 0, far).await.must("store.renew_slot"));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         store
             .sweep_reservations(batchplane::store::now_ms())
             .await
-            .unwrap(),
+            .must("store.sweep_reservations"),
         2
     );
     // A second sweep finds nothing more; the vanished workers' renewals now fail.
@@ -411,21 +436,41 @@ async fn the_sweeper_reclaims_slots_whose_lease_lapsed_and_renewals_keep_them() 
         store
             .sweep_reservations(batchplane::store::now_ms())
             .await
-            .unwrap(),
+            .must("store.sweep_reservations"),
         0
     );
-    assert!(!store.renew_slot(id, 1, far).await.unwrap());
-    let team = store.team("research").await.unwrap().unwrap();
+    assert!(!store.renew_slot(id, 1, far).await.must("store.renew_slot"));
+    let team = store
+        .team("research")
+        .await
+        .must("store.team")
+        .must("team record");
     assert_eq!(team.quota.used.cpu_milli, 2000);
     assert_eq!(team.quota.workers.get("a"), Some(&1));
     assert_usage_matches_reservations(&store).await;
     // The last worker releases; the emptied reservation is dropped by the next sweep.
-    assert_eq!(store.release_slots(id, Some(&[0]), None).await.unwrap(), 1);
-    assert_eq!(store.release_slots(id, Some(&[0]), None).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .release_slots(id, Some(&[0]), None)
+            .await
+            .must("store.release_slots"),
+        1
+    );
+    assert_eq!(
+        store
+            .release_slots(id, Some(&[0]), None)
+            .await
+            .must("store.release_slots"),
+        0
+    );
     store
         .sweep_reservations(batchplane::store::now_ms())
         .await
-        .unwrap();
-    assert!(store.reservation(id).await.unwrap().is_none());
+        .must("store.sweep_reservations");
+    assert!(store
+        .reservation(id)
+        .await
+        .must("store.reservation")
+        .is_none());
     assert_usage_matches_reservations(&store).await;
 }

@@ -11,7 +11,7 @@ use batchplane::store::Store;
 use batchplane_ec2::{
     launch_nodes, Ec2, Ec2Api, Ec2Error, FleetOutcome, FleetRequest, LaunchContext, SpotPrice,
 };
-use batchplane_tests::TestEmulators;
+use batchplane_tests::{Must, TestEmulators};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,6 +21,15 @@ struct ShortFleets {
     inner: Ec2,
     caps: Mutex<BTreeMap<String, u64>>,
     asked: Mutex<Vec<(String, u64)>>,
+}
+
+impl ShortFleets {
+    fn caps(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.caps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn asked(&self) -> std::sync::MutexGuard<'_, Vec<(String, u64)>> {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Ec2Api for ShortFleets {
@@ -158,7 +167,7 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
     let on_demand = "m5.large:us-east-1a:on-demand".to_string();
 
     // Spot has no capacity: marked, and on-demand gets the 2 nodes in the same tick.
-    ec2.caps.lock().unwrap().insert(spot.clone(), 0);
+    ec2.caps().insert(spot.clone(), 0);
     let mut ctx = context(&store, &ec2, &template, Duration::from_secs(2));
     let done = launch_nodes(&mut ctx, &SHAPE, 4).await.expect("a launch");
     assert_eq!(done.unplaced_workers, 0, "{done:?}");
@@ -175,7 +184,7 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
     let marks = store
         .capacity_marks(batchplane::store::now_ms())
         .await
-        .unwrap();
+        .must("store.capacity_marks");
     let marked: Vec<&str> = marks.iter().map(|m| m.launch_config.as_str()).collect();
     assert_eq!(marked, [spot.as_str()]);
 
@@ -204,20 +213,20 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
     }
 
     // While the mark holds, spot is not even asked.
-    ec2.asked.lock().unwrap().clear();
+    ec2.asked().clear();
     let mut ctx = context(&store, &ec2, &template, Duration::from_secs(2));
     let again = launch_nodes(&mut ctx, &SHAPE, 2).await.expect("a launch");
-    assert_eq!(*ec2.asked.lock().unwrap(), [(on_demand.clone(), 1)]);
+    assert_eq!(*ec2.asked(), [(on_demand.clone(), 1)]);
     assert!(again.marked.is_empty());
 
     // A fleet that comes back short is marked too, and the rest goes on.
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    ec2.caps.lock().unwrap().insert(spot.clone(), 1);
-    ec2.asked.lock().unwrap().clear();
+    ec2.caps().insert(spot.clone(), 1);
+    ec2.asked().clear();
     let mut ctx = context(&store, &ec2, &template, Duration::from_secs(2));
     let short = launch_nodes(&mut ctx, &SHAPE, 6).await.expect("a launch");
     assert_eq!(
-        *ec2.asked.lock().unwrap(),
+        *ec2.asked(),
         [(spot.clone(), 3), (on_demand.clone(), 2)],
         "the expired mark let spot be asked first; its shortfall went to on-demand"
     );
@@ -226,11 +235,11 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
 
     // Expired again, with capacity back: spot is used.
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    ec2.caps.lock().unwrap().clear();
-    ec2.asked.lock().unwrap().clear();
+    ec2.caps().clear();
+    ec2.asked().clear();
     let mut ctx = context(&store, &ec2, &template, Duration::from_secs(2));
     let back = launch_nodes(&mut ctx, &SHAPE, 2).await.expect("a launch");
-    assert_eq!(*ec2.asked.lock().unwrap(), [(spot.clone(), 1)]);
+    assert_eq!(*ec2.asked(), [(spot.clone(), 1)]);
     assert!(back.marked.is_empty());
 
     // Scale-down terminates what was launched.

@@ -245,3 +245,21 @@ pub fn millis(rfc3339: &Value) -> i64 {
         .unwrap_or_else(|e| panic!("{text}: {e}"))
         .timestamp_millis()
 }
+
+/// `.must("what")`: the value, or a panic naming what was being done and the error (the
+/// store's and SDK's errors carry their cause in their message).
+pub trait Must<T> {
+    fn must(self, what: &str) -> T;
+}
+
+impl<T, E: std::fmt::Display> Must<T> for Result<T, E> {
+    fn must(self, what: &str) -> T {
+        self.unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+}
+
+impl<T> Must<T> for Option<T> {
+    fn must(self, what: &str) -> T {
+        self.unwrap_or_else(|| panic!("{what}: nothing there"))
+    }
+}
