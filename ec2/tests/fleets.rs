@@ -9,7 +9,7 @@ use batchplane::aws::{sdk_config, Clients, Endpoints};
 use batchplane::domain::launch::{Fleet, LaunchConfig, Limits, Purchase, WorkerShape};
 use batchplane::store::Store;
 use batchplane_ec2::{
-    launch_nodes, Ec2, Ec2Api, Ec2Error, FleetOutcome, FleetRequest, LaunchContext, SpotPrice,
+    launch_nodes, Ec2, Ec2Api, Ec2Error, FleetOutcome, FleetRequest, LaunchContext, Node, SpotPrice,
 };
 use batchplane_tests::{Must, TestEmulators};
 use std::collections::BTreeMap;
@@ -70,6 +70,10 @@ impl Ec2Api for ShortFleets {
 
     async fn spot_prices(&self, types: &[String]) -> Result<Vec<SpotPrice>, Ec2Error> {
         self.inner.spot_prices(types).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<Node>, Ec2Error> {
+        self.inner.nodes().await
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), Ec2Error> {
@@ -210,6 +214,24 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
         .collect();
     for id in &done.fleets[0].1 {
         assert!(tagged.contains(id), "{id} not tagged: {tagged:?}");
+    }
+
+    // DescribeInstances finds them as managed nodes of their launch config and pool.
+    let nodes = ec2
+        .nodes()
+        .await
+        .expect("DescribeInstances of managed nodes");
+    for id in &done.fleets[0].1 {
+        let node = nodes
+            .iter()
+            .find(|n| &n.instance_id == id)
+            .unwrap_or_else(|| panic!("{id} is not listed as a managed node: {nodes:?}"));
+        assert_eq!(node.launch_config(), on_demand);
+        assert_eq!(
+            node.tag(batchplane::nodes::TAG_POOL),
+            "default--1cpu-4096mib"
+        );
+        assert!(node.launched_at > 0, "{node:?}");
     }
 
     // While the mark holds, spot is not even asked.

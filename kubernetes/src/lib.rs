@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
     Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -237,6 +237,7 @@ fn worker_of(pod: &Pod, cluster: &str) -> Option<LaunchedWorker> {
             .or_else(|| label(labels::RESERVATION))?,
         slot: label(labels::SLOT)?.parse().ok()?,
         phase,
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
     })
 }
 
@@ -457,6 +458,22 @@ impl WorkerBackend for KubernetesBackend {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(classify(format!("delete pod {worker}"), e)),
+        }
+    }
+
+    async fn cordon(&self, cluster: &ClusterRecord, node: &str) -> Result<(), BackendError> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client(cluster).await?);
+        let patch = serde_json::json!({"spec": {"unschedulable": true}});
+        match nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(node, cluster = %cluster.name, "node cordoned");
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(classify(format!("cordon node {node}"), e)),
         }
     }
 }

@@ -263,6 +263,7 @@ async fn list_selects_by_label_and_reads_each_pods_phase() {
                         "batchplane.io/reservation": "east.autoscaler-42", "batchplane.io/slot": slot.to_string()},
                     "annotations": {"batchplane.io/pool-name": "default--2cpu-8192mib-1gpu",
                         "batchplane.io/reservation-id": "east.autoscaler-42"}},
+                   "spec": {"containers": [], "nodeName": format!("ip-10-0-0-{slot}.ec2.internal")},
                    "status": {"phase": phase}})
         };
         send.send_response(respond(
@@ -293,6 +294,52 @@ async fn list_selects_by_label_and_reads_each_pods_phase() {
     assert!(workers
         .iter()
         .all(|w| w.reservation_id == "east.autoscaler-42" && w.team == "vision"));
+    assert_eq!(workers[1].node.as_deref(), Some("ip-10-0-0-1.ec2.internal"));
+}
+
+#[tokio::test]
+async fn cordon_patches_the_node_unschedulable_and_a_gone_node_is_done() {
+    let (backend, mut api) = backend();
+    let server = tokio::spawn(async move {
+        let (request, send) = api.next_request().await.expect("a patch");
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(
+            request.uri().path(),
+            "/api/v1/nodes/ip-10-0-0-7.ec2.internal"
+        );
+        assert_eq!(
+            request
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(
+            body_json(request).await,
+            json!({"spec": {"unschedulable": true}})
+        );
+        send.send_response(respond(
+            200,
+            json!({"metadata": {"name": "ip-10-0-0-7.ec2.internal"}, "spec": {"unschedulable": true}}),
+        ));
+        let (_, send) = api.next_request().await.expect("a patch of a gone node");
+        send.send_response(respond(
+            404,
+            status(404, "NotFound", "nodes \"x\" not found"),
+        ));
+        let (_, send) = api.next_request().await.expect("a forbidden patch");
+        send.send_response(respond(403, status(403, "Forbidden", "cannot patch nodes")));
+    });
+    backend
+        .cordon(&cluster(), "ip-10-0-0-7.ec2.internal")
+        .await
+        .expect("cordoned");
+    backend.cordon(&cluster(), "x").await.expect("gone already");
+    assert!(matches!(
+        backend.cordon(&cluster(), "y").await,
+        Err(BackendError::Forbidden { .. })
+    ));
+    server.await.expect("the API server scenario");
 }
 
 #[tokio::test]

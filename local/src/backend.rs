@@ -184,6 +184,12 @@ impl WorkerBackend for LocalBackend {
             .collect())
     }
 
+    /// Local workers are processes on this machine, never on a node of their own:
+    /// there is nothing to cordon (the autoscaler's nodes exist only in EC2 here).
+    async fn cordon(&self, _cluster: &ClusterRecord, _node: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     async fn terminate(&self, _cluster: &ClusterRecord, worker: &str) -> Result<(), BackendError> {
         let mut processes = self.processes();
         if let Some(i) = processes.iter().position(|p| p.worker.name == worker) {

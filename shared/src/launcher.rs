@@ -109,6 +109,9 @@ pub struct LaunchedWorker {
     pub reservation_id: String,
     pub slot: u32,
     pub phase: WorkerPhase,
+    /// The node it was scheduled on (Kubernetes: the pod's node name), when it has one.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl LaunchedWorker {
@@ -128,6 +131,7 @@ impl LaunchedWorker {
             reservation_id: spec.reservation_id.clone(),
             slot,
             phase,
+            node: None,
         }
     }
 }
@@ -181,6 +185,14 @@ pub trait WorkerBackend: Send + Sync {
         &self,
         cluster: &ClusterRecord,
         worker: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Mark a node unschedulable so no new worker lands on it (the first step of taking
+    /// an idle node away). Cordoning a node that is gone is not an error.
+    fn cordon(
+        &self,
+        cluster: &ClusterRecord,
+        node: &str,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 

@@ -11,6 +11,7 @@ pub mod explain;
 pub mod fanout;
 pub mod launcher;
 pub mod metrics;
+pub mod nodes;
 pub mod placement;
 pub mod queue;
 pub mod service;

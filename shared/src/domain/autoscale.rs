@@ -20,6 +20,11 @@
 //! (a fixed pool). In between, a task that has waited one half-life counts half a slot
 //! more than a fresh one. A pool with a backlog and no worker at all always gets at least
 //! one; a pool with no backlog gets none (idle workers drain and exit by themselves).
+//!
+//! The backlog comes as cohorts (a count of tasks that joined it together, and their
+//! age), oldest first: SQS does not tell the age of each message, and the autoscaler
+//! tracks cohorts from tick to tick (see [`Backlog::update`]). The sum over a cohort is
+//! exact: with `S > 0` task `i` is reached in time iff `i < (⌊s/d⌋ + 1) · S`.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,11 +43,76 @@ impl Default for ReuseTargeting {
     }
 }
 
+/// Tasks that joined a pool's backlog together.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Cohort {
+    pub count: u64,
+    /// When the first of them was seen queued (ms since the epoch).
+    pub since_ms: i64,
+}
+
+/// A pool's backlog as cohorts, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Backlog {
+    pub cohorts: Vec<Cohort>,
+}
+
+impl Backlog {
+    pub fn total(&self) -> u64 {
+        self.cohorts.iter().map(|c| c.count).sum()
+    }
+
+    /// Carry the backlog to a tick that sees `queued` tasks at `now_ms`. The queue is
+    /// taken as first in, first out: a shrinking backlog loses its oldest cohorts first,
+    /// a growing one gains a fresh cohort for the difference. Ages are therefore a
+    /// lower bound for tasks that overtook older ones, never invented.
+    pub fn update(&mut self, queued: u64, now_ms: i64) {
+        let total = self.total();
+        if queued >= total {
+            if queued > total {
+                self.cohorts.push(Cohort {
+                    count: queued - total,
+                    since_ms: now_ms,
+                });
+            }
+            return;
+        }
+        let mut gone = total - queued;
+        while gone > 0 {
+            let first = &mut self.cohorts[0];
+            if first.count > gone {
+                first.count -= gone;
+                break;
+            }
+            gone -= first.count;
+            self.cohorts.remove(0);
+        }
+    }
+
+    /// The cohorts with their ages at `now_ms`, for [`PoolDemand::queued`].
+    pub fn ages(&self, now_ms: i64) -> Vec<Queued> {
+        self.cohorts
+            .iter()
+            .map(|c| Queued {
+                count: c.count,
+                age_seconds: (now_ms - c.since_ms).max(0) as f64 / 1000.0,
+            })
+            .collect()
+    }
+}
+
+/// `count` queued tasks of one age.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Queued {
+    pub count: u64,
+    pub age_seconds: f64,
+}
+
 /// What the autoscaler knows about one pool at a tick.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolDemand {
-    /// Ages (seconds) of the queued tasks, oldest first (queue order).
-    pub queued_ages: Vec<f64>,
+    /// The queued tasks, oldest first (queue order), in cohorts of one age.
+    pub queued: Vec<Queued>,
     /// Workers running now and workers still starting.
     pub live_workers: u32,
     pub starting_workers: u32,
@@ -62,7 +132,7 @@ pub struct WorkerTarget {
     /// Σ w_i: the slots' worth of queued work that should not wait for existing workers.
     pub weight: f64,
     /// Queued tasks existing workers will reach before a new worker could start.
-    pub absorbed: usize,
+    pub absorbed: u64,
 }
 
 impl ReuseTargeting {
@@ -81,23 +151,36 @@ impl ReuseTargeting {
     /// Workers to add to a pool (see the module doc for the formula).
     pub fn target(&self, demand: &PoolDemand) -> WorkerTarget {
         let per_worker = demand.slots_per_worker.max(1);
-        let slots = (demand.live_workers + demand.starting_workers) * per_worker;
+        let slots =
+            u64::from(demand.live_workers + demand.starting_workers) * u64::from(per_worker);
+        let d = demand.mean_task_seconds.max(0.0);
+        let s = demand.startup_seconds.max(0.0);
+        // Queue positions below this are reached by existing slots before a new worker
+        // could start: floor(i / S) · d ≤ s.
+        let reach: u64 = if slots == 0 {
+            0
+        } else if d == 0.0 {
+            u64::MAX
+        } else {
+            ((s / d).floor() as u64)
+                .saturating_add(1)
+                .saturating_mul(slots)
+        };
         let mut weight = 0.0;
-        let mut absorbed = 0;
-        for (i, age) in demand.queued_ages.iter().enumerate() {
-            let reached = if slots == 0 {
-                f64::INFINITY
-            } else {
-                (i as u64 / u64::from(slots)) as f64 * demand.mean_task_seconds.max(0.0)
-            };
-            if reached <= demand.startup_seconds {
-                absorbed += 1;
-                continue;
-            }
-            weight += self.weight(*age, demand.startup_seconds);
+        let mut absorbed: u64 = 0;
+        let mut position: u64 = 0;
+        let mut queued: u64 = 0;
+        for q in &demand.queued {
+            let reached = reach.saturating_sub(position).min(q.count);
+            absorbed += reached;
+            weight += (q.count - reached) as f64 * self.weight(q.age_seconds, s);
+            position = position.saturating_add(q.count);
+            queued += q.count;
         }
-        let mut new_workers = (weight / f64::from(per_worker) - 1e-9).ceil().max(0.0) as u32;
-        if slots == 0 && !demand.queued_ages.is_empty() {
+        let mut new_workers = (weight / f64::from(per_worker) - 1e-9)
+            .ceil()
+            .clamp(0.0, f64::from(u32::MAX)) as u32;
+        if slots == 0 && queued > 0 {
             new_workers = new_workers.max(1);
         }
         WorkerTarget {
@@ -114,7 +197,10 @@ mod tests {
 
     fn demand(queued: usize, age: f64, live: u32, slots: u32, d: f64, s: f64) -> PoolDemand {
         PoolDemand {
-            queued_ages: vec![age; queued],
+            queued: vec![Queued {
+                count: queued as u64,
+                age_seconds: age,
+            }],
             live_workers: live,
             starting_workers: 0,
             slots_per_worker: slots,
@@ -189,6 +275,66 @@ mod tests {
         }
         .target(&demand(100, 60.0, 1, 1, 600.0, 60.0));
         assert_eq!(older.new_workers, 75, "{older:?}");
+    }
+
+    #[test]
+    fn cohorts_sum_like_single_tasks() {
+        // The same 30 tasks as three cohorts or one task at a time give the same answer.
+        let r = ReuseTargeting::default();
+        let cohorts = [(10, 90.0), (15, 30.0), (5, 0.0)];
+        let mut grouped = demand(0, 0.0, 2, 2, 40.0, 60.0);
+        let mut single = grouped.clone();
+        for (n, age) in cohorts {
+            grouped.queued.push(Queued {
+                count: n,
+                age_seconds: age,
+            });
+            for _ in 0..n {
+                single.queued.push(Queued {
+                    count: 1,
+                    age_seconds: age,
+                });
+            }
+        }
+        let (a, b) = (r.target(&grouped), r.target(&single));
+        assert_eq!(a.new_workers, b.new_workers);
+        assert_eq!(a.absorbed, b.absorbed);
+        assert!((a.weight - b.weight).abs() < 1e-9);
+        // 4 slots, 40-second tasks, 60-second start-up: positions 0..8 are reached.
+        assert_eq!(a.absorbed, 8);
+    }
+
+    #[test]
+    fn the_backlog_keeps_its_oldest_cohorts_until_the_queue_shrinks() {
+        let mut b = Backlog::default();
+        b.update(10, 0);
+        b.update(25, 60_000);
+        assert_eq!(b.total(), 25);
+        let ages = b.ages(120_000);
+        assert_eq!(
+            ages,
+            [
+                Queued {
+                    count: 10,
+                    age_seconds: 120.0
+                },
+                Queued {
+                    count: 15,
+                    age_seconds: 60.0
+                }
+            ]
+        );
+        // 12 tasks left the queue: the oldest cohort went, 2 of the next.
+        b.update(13, 180_000);
+        assert_eq!(
+            b.cohorts,
+            [Cohort {
+                count: 13,
+                since_ms: 60_000
+            }]
+        );
+        b.update(0, 240_000);
+        assert!(b.cohorts.is_empty());
     }
 
     #[test]
