@@ -242,6 +242,10 @@ pub async fn launch_workers<B: WorkerBackend>(
             continue;
         };
         let mut spec = spec.clone();
+        spec.env.insert(
+            "BATCHPLANE_LAUNCHED_AT".into(),
+            crate::store::now_ms().to_string(),
+        );
         spec.reservation_id = p.reservation_id.clone();
         spec.slots = p.slots.clone();
         match backend.launch(cluster, &spec).await {

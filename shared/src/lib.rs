@@ -2,6 +2,7 @@
 //! on AWS (`store` for DynamoDB, `queue` for SQS), plus the operations the Lambdas call
 //! (`service` for the API, `fanout` for the stream) and the worker's claim/report calls.
 
+pub mod autoscaler;
 pub mod aws;
 pub mod batch_api;
 pub mod config;

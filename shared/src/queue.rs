@@ -353,6 +353,46 @@ impl Queues {
         Ok(())
     }
 
+    /// The Batchplane queues (job queues and worker pools) whose SQS queues exist: names
+    /// without the prefix, dead-letter queues left out.
+    pub async fn list(&self) -> Result<Vec<String>, QueueError> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .sqs
+                .list_queues()
+                .queue_name_prefix(&self.prefix)
+                .max_results(1000)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify("ListQueues", e))?;
+            for url in out.queue_urls() {
+                let Some(name) = url.rsplit('/').next() else {
+                    continue;
+                };
+                let Some(queue) = name.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                if queue.is_empty() || queue.ends_with("-dlq") {
+                    continue;
+                }
+                self.urls
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(queue.to_string(), url.clone());
+                names.push(queue.to_string());
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Messages in the queue and in flight (the bench and tests read it).
     pub async fn depth(&self, url: &str) -> Result<(u64, u64), QueueError> {
         let out = self

@@ -90,6 +90,10 @@ pub struct Options {
     /// This worker's slot in the reservation.
     #[arg(long, env = "BATCHPLANE_RESERVATION_SLOT")]
     pub slot: Option<u32>,
+    /// When the launcher asked for this worker (ms since the epoch): the worker reports
+    /// its start-up time, which the autoscaler weighs against queued work.
+    #[arg(long, env = "BATCHPLANE_LAUNCHED_AT")]
+    pub launched_at: Option<i64>,
 }
 
 fn parse_tier(text: &str) -> Result<batchplane::domain::tiers::Tier, String> {
@@ -118,6 +122,8 @@ struct Running {
     memory_mib: u64,
     gpu: u32,
     kill: watch::Sender<Option<Kill>>,
+    /// When the worker started it (its duration feeds the autoscaler).
+    since: Instant,
 }
 
 /// What a running attempt tells the worker loop.
@@ -223,6 +229,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         memory_mib: mem_total,
         gpu: gpu_total,
         lease: config.lease,
+        tasks_done: Default::default(),
+        busy_ms: Default::default(),
+        startup_ms: opts.launched_at.map(|at| (now_ms() - at).max(0)),
     };
     let placed = me.refresh(&ctx.store, 0).await;
     if !placed {
@@ -388,6 +397,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     match p {
                         Progress::SlotFree { key } => {
                             if let Some(r) = running.remove(&key) {
+                                me.task_ended(r.since.elapsed());
                                 cpu_used -= r.cpu_milli;
                                 mem_used -= r.memory_mib;
                                 gpu_used -= r.gpu;
@@ -458,9 +468,20 @@ struct Announce {
     memory_mib: u64,
     gpu: u32,
     lease: Duration,
+    /// Tasks this worker finished and the time they ran, in total.
+    tasks_done: std::sync::atomic::AtomicU64,
+    busy_ms: std::sync::atomic::AtomicU64,
+    /// From its launch (`BATCHPLANE_LAUNCHED_AT`) to taking work, when it was launched.
+    startup_ms: Option<i64>,
 }
 
 impl Announce {
+    fn task_ended(&self, ran: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.tasks_done.fetch_add(1, Relaxed);
+        self.busy_ms.fetch_add(ran.as_millis() as u64, Relaxed);
+    }
+
     /// Record this worker again and renew its placement; false once the placement is
     /// gone (released or swept), when the worker should drain and exit.
     async fn refresh(&self, store: &Store, running: u32) -> bool {
@@ -483,6 +504,9 @@ impl Announce {
                 memory_mib: self.memory_mib,
                 gpu: self.gpu,
                 running,
+                tasks_done: self.tasks_done.load(std::sync::atomic::Ordering::Relaxed),
+                busy_ms: self.busy_ms.load(std::sync::atomic::Ordering::Relaxed),
+                startup_ms: self.startup_ms,
                 last_seen: now,
                 expires_at: now / 1000 + 3 * self.lease.as_secs() as i64,
             };
@@ -640,6 +664,7 @@ async fn start(
         memory_mib: m.memory_mib,
         gpu: m.gpu,
         kill: kill_tx,
+        since: Instant::now(),
     };
     let ctx = ctx.clone();
     let done = done.clone();

@@ -89,6 +89,18 @@ impl Backlog {
         }
     }
 
+    /// Keep at most `max` cohorts: the two adjacent cohorts closest in time merge, and
+    /// take the younger one's time (ages stay a lower bound).
+    pub fn compact(&mut self, max: usize) {
+        while self.cohorts.len() > max.max(1) {
+            let i = (1..self.cohorts.len())
+                .min_by_key(|&i| self.cohorts[i].since_ms - self.cohorts[i - 1].since_ms)
+                .unwrap_or(1);
+            let older = self.cohorts.remove(i - 1);
+            self.cohorts[i - 1].count += older.count;
+        }
+    }
+
     /// The cohorts with their ages at `now_ms`, for [`PoolDemand::queued`].
     pub fn ages(&self, now_ms: i64) -> Vec<Queued> {
         self.cohorts
@@ -335,6 +347,13 @@ mod tests {
         );
         b.update(0, 240_000);
         assert!(b.cohorts.is_empty());
+        // Compacting merges the closest neighbours into the younger one.
+        for (i, t) in [0, 10_000, 11_000, 50_000].into_iter().enumerate() {
+            b.update(b.total() + i as u64 + 1, t);
+        }
+        b.compact(3);
+        let kept: Vec<(u64, i64)> = b.cohorts.iter().map(|c| (c.count, c.since_ms)).collect();
+        assert_eq!(kept, [(1, 0), (5, 11_000), (4, 50_000)]);
     }
 
     #[test]

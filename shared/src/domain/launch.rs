@@ -250,6 +250,43 @@ pub fn plan_nodes(
     plan
 }
 
+/// A node of one (cluster, pool) as the autoscaler sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    /// Workers of the pool it holds when full.
+    pub holds: u64,
+    /// A worker is known to be on it (Kubernetes says which node a pod runs on).
+    pub busy: bool,
+    pub price_per_hour: f64,
+}
+
+/// Workers of a pool that its nodes have no room for: they need new nodes.
+pub fn workers_without_room(nodes: &[NodeView], workers: u64) -> u64 {
+    workers.saturating_sub(nodes.iter().map(|n| n.holds).sum())
+}
+
+/// Nodes a pool can give up: empty ones whose room its `workers` (running, starting and
+/// just launched, wherever they sit) do not need, most expensive first. A node with a
+/// worker on it is never given up, so no running task is interrupted.
+pub fn surplus_nodes(nodes: &[NodeView], workers: u64) -> Vec<String> {
+    let mut room: u64 = nodes.iter().map(|n| n.holds).sum();
+    let mut empty: Vec<&NodeView> = nodes.iter().filter(|n| !n.busy).collect();
+    empty.sort_by(|a, b| {
+        b.price_per_hour
+            .total_cmp(&a.price_per_hour)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let mut surplus = Vec::new();
+    for n in empty {
+        if room - n.holds >= workers {
+            room -= n.holds;
+            surplus.push(n.id.clone());
+        }
+    }
+    surplus
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +404,31 @@ mod tests {
             allowed(10, 1.0, &fleet, &l),
             (3, Some("max_dollars_per_hour 93.5".into()))
         );
+    }
+
+    #[test]
+    fn only_empty_nodes_the_pool_does_not_need_are_surplus() {
+        let node = |id: &str, holds, busy, price| NodeView {
+            id: id.into(),
+            holds,
+            busy,
+            price_per_hour: price,
+        };
+        let nodes = [
+            node("cheap", 4, false, 0.1),
+            node("dear", 4, false, 0.5),
+            node("used", 4, true, 0.9),
+        ];
+        // 3 workers fit on one node; the busy one stays, the dearer empty one goes
+        // first, and the cheap one too since "used" alone holds the 3.
+        assert_eq!(surplus_nodes(&nodes, 3), ["dear", "cheap"]);
+        // 6 workers need two nodes: only the dear empty one goes.
+        assert_eq!(surplus_nodes(&nodes, 6), ["dear"]);
+        assert!(surplus_nodes(&nodes, 12).is_empty());
+        // No workers at all: every empty node goes, the busy one never does.
+        assert_eq!(surplus_nodes(&nodes, 0), ["dear", "cheap"]);
+        assert_eq!(workers_without_room(&nodes, 15), 3);
+        assert_eq!(workers_without_room(&nodes, 5), 0);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod ids;
 pub mod launch;
 pub mod placement;
 pub mod plan;
+pub mod prices;
 pub mod records;
 pub mod retry;
 pub mod spec;

@@ -91,6 +91,33 @@ impl Tier {
         label
     }
 
+    /// The shape a [`Tier::label`] names, if `label` is one.
+    pub fn from_label(label: &str) -> Option<Tier> {
+        let parts: Vec<&str> = label.split('-').collect();
+        if !(2..=3).contains(&parts.len()) {
+            return None;
+        }
+        let cpu_milli: u32 = match parts[0].strip_suffix("mcpu") {
+            Some(m) => m.parse().ok()?,
+            None => parts[0]
+                .strip_suffix("cpu")?
+                .parse::<u32>()
+                .ok()?
+                .checked_mul(1000)?,
+        };
+        let memory_mib = parts[1].strip_suffix("mib")?.parse().ok()?;
+        let gpu = match parts.get(2) {
+            Some(g) => g.strip_suffix("gpu")?.parse().ok()?,
+            None => 0,
+        };
+        let t = Tier {
+            cpu_milli,
+            memory_mib,
+            gpu,
+        };
+        (cpu_milli > 0 && memory_mib > 0 && t.label() == label).then_some(t)
+    }
+
     /// Parse `CPU:MEMORY_MIB[:GPU]` (the taskhost's `--tier` and the local stack's
     /// `--pool`), e.g. `2:8192` or `8:32768:1`.
     pub fn parse_shape(text: &str) -> Result<Tier, String> {
@@ -227,6 +254,17 @@ impl WorkerPool {
         WorkerPool::new(queue, tiers.get(tier as usize).copied())
     }
 
+    /// The pool a queue name stands for: `default--2cpu-8192mib` is the 2 vCPU, 8 GiB
+    /// pool of queue `default`; a name without a shape label is a queue's own pool.
+    pub fn parse(name: &str) -> WorkerPool {
+        if let Some((queue, label)) = name.rsplit_once(POOL_SEPARATOR) {
+            if let Some(shape) = Tier::from_label(label) {
+                return WorkerPool::new(queue, Some(shape));
+            }
+        }
+        WorkerPool::new(name, None)
+    }
+
     /// The pool's name, also the name of its queue: `default`, `default--2cpu-8192mib`.
     pub fn name(&self) -> String {
         match &self.shape {
@@ -253,6 +291,23 @@ mod tests {
             gpu,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn pool_names_parse_back_to_their_queue_and_shape() {
+        for pool in [
+            WorkerPool::new("default", None),
+            WorkerPool::new("default", Some(tier(2.0, 8192, 0))),
+            WorkerPool::new("gpu-jobs", Some(tier(0.5, 512, 1))),
+            WorkerPool::new("a--b", Some(tier(16.0, 65536, 0))),
+        ] {
+            assert_eq!(WorkerPool::parse(&pool.name()), pool);
+        }
+        // A queue whose name merely contains the separator is its own pool.
+        assert_eq!(
+            WorkerPool::parse("nightly--batch"),
+            WorkerPool::new("nightly--batch", None)
+        );
     }
 
     #[test]

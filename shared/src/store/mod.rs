@@ -4,6 +4,7 @@
 //! loses the race instead of acting twice.
 
 pub mod arrays;
+pub mod autoscaler;
 pub mod capacity;
 pub mod item;
 pub mod placement;

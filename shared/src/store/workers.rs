@@ -23,6 +23,14 @@ pub struct WorkerRecord {
     pub gpu: u32,
     /// Tasks running on it at its last heartbeat.
     pub running: u32,
+    /// Tasks it finished, and how long they ran in total (ms).
+    #[serde(default)]
+    pub tasks_done: u64,
+    #[serde(default)]
+    pub busy_ms: u64,
+    /// How long it took from its launch to taking work (ms), when it knows.
+    #[serde(default)]
+    pub startup_ms: Option<i64>,
     pub last_seen: i64,
     /// Seconds since the epoch, DynamoDB's TTL unit.
     pub expires_at: i64,
@@ -38,6 +46,11 @@ impl Store {
         it.insert("memory_mib".into(), n(w.memory_mib));
         it.insert("gpu".into(), n(w.gpu));
         it.insert("running".into(), n(w.running));
+        it.insert("tasks_done".into(), n(w.tasks_done));
+        it.insert("busy_ms".into(), n(w.busy_ms));
+        if let Some(ms) = w.startup_ms {
+            it.insert("startup_ms".into(), n(ms));
+        }
         it.insert("last_seen".into(), n(w.last_seen));
         it.insert("expires_at".into(), n(w.expires_at));
         let out = self
@@ -90,6 +103,9 @@ impl Store {
                 memory_mib: r.req_n("memory_mib")?,
                 gpu: r.opt_n("gpu")?.unwrap_or(0),
                 running: r.opt_n("running")?.unwrap_or(0),
+                tasks_done: r.opt_n("tasks_done")?.unwrap_or(0),
+                busy_ms: r.opt_n("busy_ms")?.unwrap_or(0),
+                startup_ms: r.opt_n("startup_ms")?,
                 last_seen: r.req_n("last_seen")?,
                 expires_at: r.req_n("expires_at")?,
             };
