@@ -48,6 +48,11 @@ pub struct StackArgs {
     /// queues do not say otherwise (AWS Batch job queues created later need listing here).
     #[arg(long, value_delimiter = ',', default_value = "default")]
     pub queues: Vec<String>,
+    /// Run the autoscaler every this many seconds (0: off): it places and starts
+    /// workers for the pools' backlogs in the local clusters (start with `--workers 0`
+    /// to see it do all the work); its workers exit after 30 idle seconds.
+    #[arg(long, default_value_t = 0)]
+    pub autoscale_seconds: u64,
     /// Where the stack keeps its pid, logs and task output.
     #[arg(long, default_value = ".batchplane/dev")]
     pub state_dir: PathBuf,
@@ -119,6 +124,10 @@ async fn start_stack(args: &StackArgs) -> anyhow::Result<(Emulators, LocalStack)
     opts.lease_seconds = args.lease_seconds;
     opts.queues = args.queues.clone();
     opts.pools = args.pools.clone();
+    if args.autoscale_seconds > 0 {
+        opts.autoscale_every = Some(std::time::Duration::from_secs(args.autoscale_seconds));
+        opts.idle_timeout_seconds = 30;
+    }
     if !args.clusters.is_empty() {
         opts.clusters = args.clusters.clone();
     }
@@ -183,6 +192,8 @@ pub async fn run(cmd: &DevCommand) -> anyhow::Result<u8> {
                 .arg(args.lease_seconds.to_string())
                 .arg("--queues")
                 .arg(args.queues.join(","))
+                .arg("--autoscale-seconds")
+                .arg(args.autoscale_seconds.to_string())
                 .args(
                     args.pools
                         .iter()

@@ -1,6 +1,7 @@
 //! `batchplane`: submit and inspect jobs, run the local stack, run the benchmark.
 
 mod admin;
+mod autoscaler;
 mod bench;
 mod client;
 mod dev;
@@ -125,6 +126,11 @@ enum Command {
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
     },
+    /// The autoscaler: its decisions tick by tick (`history`) and its settings.
+    Autoscaler {
+        #[command(subcommand)]
+        command: autoscaler::AutoscalerCommand,
+    },
     /// The local stack.
     Dev {
         #[command(subcommand)]
@@ -239,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             admin::clusters(&api()?, command.as_ref(), *output).await
         }
         Command::Capacity { output } => admin::capacity(&api()?, *output).await,
+        Command::Autoscaler { command } => autoscaler::run(&api()?, command).await,
         Command::Dev { command } => dev::run(command).await,
         Command::Demo {
             samples,

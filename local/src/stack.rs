@@ -48,6 +48,9 @@ pub struct StackOptions {
     pub clusters: Vec<LocalCluster>,
     /// The team the stack's own workers are placed for (given a quota if it has none).
     pub team: String,
+    /// Run the autoscaler this often (the scheduled Lambda's minute, shortened); its
+    /// workers are placed in the local clusters. `None`: only the fixed workers.
+    pub autoscale_every: Option<Duration>,
 }
 
 /// A local cluster: a name and what placement may put there.
@@ -189,6 +192,7 @@ impl StackOptions {
                 },
             ],
             team: "default".into(),
+            autoscale_every: None,
         })
     }
 }
@@ -245,6 +249,7 @@ pub struct LocalStack {
     server: Option<JoinHandle<()>>,
     poller: Option<JoinHandle<anyhow::Result<()>>>,
     launcher: Option<JoinHandle<()>>,
+    autoscaler: Option<JoinHandle<()>>,
     /// Pool workers whose placement was refused, tried again by the launcher loop.
     waiting: Arc<std::sync::Mutex<Vec<PoolWorkers>>>,
 }
@@ -354,6 +359,7 @@ impl LocalStack {
             server: Some(server),
             poller: Some(poller),
             launcher: None,
+            autoscaler: None,
             waiting: Arc::default(),
         };
         for _ in 0..stack.opts.workers {
@@ -369,7 +375,32 @@ impl LocalStack {
             }
         }
         stack.launcher = Some(tokio::spawn(launcher_loop(stack.clone_parts())));
+        if let Some(every) = stack.opts.autoscale_every {
+            stack.autoscaler = Some(tokio::spawn(autoscaler_loop(
+                stack.service.clone(),
+                stack.backend.clone(),
+                stack.worker_env().into_iter().collect(),
+                every,
+                stack.stop.subscribe(),
+            )));
+        }
         Ok(stack)
+    }
+
+    /// The autoscaler over this stack's clusters and workers, with EC2 nodes when `ec2`
+    /// is given (tests point it at moto).
+    pub fn autoscaler<'a, E: batchplane::nodes::Ec2Api>(
+        &'a self,
+        ec2: Option<&'a E>,
+    ) -> batchplane::autoscaler::Autoscaler<'a, LocalBackend, E> {
+        batchplane::autoscaler::Autoscaler {
+            store: &self.service.store,
+            queues: &self.service.queues,
+            backend: self.backend.as_ref(),
+            ec2,
+            worker_env: self.worker_env().into_iter().collect(),
+            reservation_lease: LOCAL_RESERVATION_LEASE,
+        }
     }
 
     fn clone_parts(&self) -> LauncherParts {
@@ -464,6 +495,9 @@ impl LocalStack {
         let _ = self.stop.send(true);
         if let Some(launcher) = self.launcher.take() {
             let _ = launcher.await;
+        }
+        if let Some(autoscaler) = self.autoscaler.take() {
+            let _ = autoscaler.await;
         }
         self.backend.stop_all(Duration::from_secs(30)).await;
         if let Some(server) = self.server.take() {
@@ -658,6 +692,34 @@ async fn launcher_loop(mut parts: LauncherParts) {
             {
                 tracing::warn!(error = %e, "sweeping reservations failed");
             }
+        }
+    }
+}
+
+/// The autoscaler on a timer (EventBridge's schedule in AWS), with the local clusters'
+/// fixed capacity (no EC2 nodes).
+async fn autoscaler_loop(
+    service: Arc<Service>,
+    backend: Arc<LocalBackend>,
+    worker_env: std::collections::BTreeMap<String, String>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let autoscaler = batchplane::autoscaler::Autoscaler::<_, batchplane::autoscaler::NoEc2> {
+            store: &service.store,
+            queues: &service.queues,
+            backend: backend.as_ref(),
+            ec2: None,
+            worker_env: worker_env.clone(),
+            reservation_lease: LOCAL_RESERVATION_LEASE,
+        };
+        if let Err(e) = autoscaler.tick(batchplane::store::now_ms()).await {
+            tracing::warn!(error = %e, "autoscaler tick failed");
         }
     }
 }

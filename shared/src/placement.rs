@@ -258,6 +258,33 @@ impl Service {
         Ok(self.store.capacity_marks(now_ms()).await?)
     }
 
+    /// The autoscaler's settings (the defaults until some are stored).
+    pub async fn autoscaler_settings(&self) -> Result<crate::autoscaler::Settings, ApiError> {
+        Ok(self.store.autoscaler_settings().await?.unwrap_or_default())
+    }
+
+    /// Replace the autoscaler's settings (`PUT /v1/autoscaler/settings`); bad settings
+    /// are refused with the field named, and the stored ones stay.
+    pub async fn set_autoscaler_settings(
+        &self,
+        body: &str,
+    ) -> Result<crate::autoscaler::Settings, ApiError> {
+        let settings: crate::autoscaler::Settings = parse_body("autoscaler settings", body)?;
+        settings
+            .check()
+            .map_err(|m| ApiError::bad_request(format!("autoscaler settings: {m}"), json!({})))?;
+        self.store.put_autoscaler_settings(&settings).await?;
+        Ok(settings)
+    }
+
+    /// The newest autoscaler decisions, newest first.
+    pub async fn autoscaler_history(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::autoscaler::Decision>, ApiError> {
+        Ok(self.store.decisions(limit).await?)
+    }
+
     /// A placement call through the API (`POST /v1/placements`).
     pub async fn placement(&self, body: &str) -> Result<Value, ApiError> {
         let call: PlacementCall = parse_body("placement call", body)?;

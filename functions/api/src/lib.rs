@@ -55,6 +55,11 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/placements", post(placement))
         .route("/v1/capacity", get(capacity_marks))
         .route(
+            "/v1/autoscaler/settings",
+            get(autoscaler_settings).put(set_autoscaler_settings),
+        )
+        .route("/v1/autoscaler/history", get(autoscaler_history))
+        .route(
             "/v1/jobs/{job_id}/tasks/{task_id}/explain",
             get(explain_task),
         )
@@ -246,6 +251,33 @@ async fn disable_cluster(
 
 async fn capacity_marks(State(svc): State<Arc<Service>>) -> Result<Response> {
     Ok(Json(serde_json::json!({"capacity_limited": svc.capacity_marks().await?})).into_response())
+}
+
+async fn autoscaler_settings(State(svc): State<Arc<Service>>) -> Result<Response> {
+    Ok(Json(svc.autoscaler_settings().await?).into_response())
+}
+
+async fn set_autoscaler_settings(
+    State(svc): State<Arc<Service>>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    Ok(Json(svc.set_autoscaler_settings(body_text(&body)?).await?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn autoscaler_history(
+    State(svc): State<Arc<Service>>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Result<Response> {
+    let limit = q.limit.unwrap_or(20);
+    Ok(
+        Json(serde_json::json!({"decisions": svc.autoscaler_history(limit).await?}))
+            .into_response(),
+    )
 }
 
 async fn placement(State(svc): State<Arc<Service>>, body: axum::body::Bytes) -> Result<Response> {
