@@ -82,15 +82,22 @@ impl Store {
     }
 
     /// Workers recorded under pools whose names start with `prefix` (a queue's name
-    /// gives its own pool and its tier pools), seen at or after `since` (ms).
+    /// gives its own pool and its tier pools; "" gives every pool), seen at or after
+    /// `since` (ms).
     pub async fn workers(&self, prefix: &str, since: i64) -> Result<Vec<WorkerRecord>, StoreError> {
         let items = self
             .query_all(|| {
-                self.ddb
+                let q = self
+                    .ddb
                     .query()
-                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                    .expression_attribute_values(":pk", s(WORKERS_PK))
-                    .expression_attribute_values(":prefix", s(prefix))
+                    .expression_attribute_values(":pk", s(WORKERS_PK));
+                // DynamoDB refuses an empty string in a key condition: "" means all.
+                if prefix.is_empty() {
+                    q.key_condition_expression("pk = :pk")
+                } else {
+                    q.key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                        .expression_attribute_values(":prefix", s(prefix))
+                }
             })
             .await?;
         let mut found = Vec::new();
