@@ -6,7 +6,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/batchplane/target
 export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/debug
 
-.PHONY: demo test build lint bench
+.PHONY: demo test build lint bench bench-autoscaler
 
 build:
 	cargo build --workspace --bins
@@ -24,3 +24,7 @@ lint:
 bench:
 	cargo build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/batchplane bench
+
+# The autoscaling policies in simulation (no AWS, seconds): writes bench-results/autoscaler.json.
+bench-autoscaler: build
+	$(BIN)/batchplane bench-autoscaler

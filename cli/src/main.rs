@@ -2,12 +2,14 @@
 
 mod admin;
 mod autoscaler;
+mod autoscaler_sim;
 mod bench;
 mod client;
 mod dev;
 mod jobs;
 mod placement_bench;
 mod repro;
+mod rng;
 mod tier_bench;
 
 use clap::{Parser, Subcommand};
@@ -152,6 +154,9 @@ enum Command {
     /// Simulate a workload with and without resource tiers: reserved versus used
     /// memory-hours; prints a table and writes JSON.
     BenchTiers(tier_bench::TierBenchArgs),
+    /// Simulate the autoscaling policies on workload traces (a benchmark of the policy:
+    /// makespan, waits, worker- and node-hours, dollars, utilisation); writes JSON.
+    BenchAutoscaler(autoscaler_sim::SimArgs),
     /// Placement throughput and latency (p50/p99) under contention from N concurrent
     /// callers, DynamoDB requests per grant, beside a floor of plain conditional writes;
     /// prints a table and writes JSON.
@@ -254,6 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => dev::demo(samples, job.as_deref(), stack).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchTiers(args) => tier_bench::run(args),
+        Command::BenchAutoscaler(args) => autoscaler_sim::run(args),
         Command::BenchPlacement(args) => placement_bench::run(args).await,
     }
 }

@@ -6,6 +6,7 @@
 //! for each and the ratio between them. A benchmark of the policy, not of the code:
 //! deterministic for a seed, no AWS involved.
 
+use crate::rng::Rng;
 use batchplane::domain::tiers::{after_oom, validate_tiers, OomOutcome, Tier, WorkerPool};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -26,22 +27,6 @@ pub struct TierBenchArgs {
     seed: u64,
     #[arg(long, default_value = "bench-results/tiers.json")]
     out: PathBuf,
-}
-
-/// xorshift64*: a small deterministic generator, so a seed reproduces a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Log-uniform between `lo` and `hi`.
-    fn log_uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        (lo.ln() + self.next_f64() * (hi.ln() - lo.ln())).exp()
-    }
 }
 
 /// One task of the workload: its peak memory and how long it runs when it fits.
