@@ -166,7 +166,7 @@ impl Ec2Api for Ec2 {
             .collect())
     }
 
-    async fn nodes(&self) -> Result<Vec<Node>, Ec2Error> {
+    async fn nodes(&self, deployment: &str) -> Result<Vec<Node>, Ec2Error> {
         let mut nodes = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -176,7 +176,7 @@ impl Ec2Api for Ec2 {
                 .filters(
                     Filter::builder()
                         .name(format!("tag:{TAG_MANAGED}"))
-                        .values("true")
+                        .values(deployment)
                         .build(),
                 )
                 .filters(

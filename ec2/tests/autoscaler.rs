@@ -133,7 +133,8 @@ async fn a_backlog_gets_workers_and_nodes_and_idle_nodes_are_cordoned_then_termi
         .fleets
         .iter()
         .all(|f| f.launch_config == "m5.large:us-east-1a:on-demand" && f.cluster == cluster));
-    let managed = ec2.nodes().await.must("DescribeInstances");
+    let deployment = h.stack.service.store.table().to_string();
+    let managed = ec2.nodes(&deployment).await.must("DescribeInstances");
     for id in &launched {
         let n = managed
             .iter()
@@ -194,7 +195,7 @@ async fn a_backlog_gets_workers_and_nodes_and_idle_nodes_are_cordoned_then_termi
         .must("the lease");
     let n4 = fourth.nodes.clone().must("a node decision");
     assert_eq!(n4.terminated.len(), 2, "{n4:?}");
-    let left = ec2.nodes().await.must("DescribeInstances");
+    let left = ec2.nodes(&deployment).await.must("DescribeInstances");
     for id in &launched {
         assert!(
             !left.iter().any(|n| &n.instance_id == id),

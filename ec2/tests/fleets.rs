@@ -72,8 +72,8 @@ impl Ec2Api for ShortFleets {
         self.inner.spot_prices(types).await
     }
 
-    async fn nodes(&self) -> Result<Vec<Node>, Ec2Error> {
-        self.inner.nodes().await
+    async fn nodes(&self, deployment: &str) -> Result<Vec<Node>, Ec2Error> {
+        self.inner.nodes(deployment).await
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), Ec2Error> {
@@ -218,7 +218,7 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
 
     // DescribeInstances finds them as managed nodes of their launch config and pool.
     let nodes = ec2
-        .nodes()
+        .nodes(store.table())
         .await
         .expect("DescribeInstances of managed nodes");
     for id in &done.fleets[0].1 {

@@ -369,7 +369,7 @@ impl Ec2Api for NoEc2 {
     async fn spot_prices(&self, _: &[String]) -> Result<Vec<SpotPrice>, Ec2Error> {
         match *self {}
     }
-    async fn nodes(&self) -> Result<Vec<Node>, Ec2Error> {
+    async fn nodes(&self, _: &str) -> Result<Vec<Node>, Ec2Error> {
         match *self {}
     }
     async fn terminate(&self, _: &[String]) -> Result<(), Ec2Error> {
@@ -780,7 +780,7 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
         now: i64,
     ) -> Result<NodeDecision, AutoscaleError> {
         let mut nd = NodeDecision::default();
-        let nodes = match ec2.nodes().await {
+        let nodes = match ec2.nodes(self.store.table()).await {
             Ok(n) => n,
             Err(e) => {
                 decision.errors.push(format!("listing nodes: {e}"));

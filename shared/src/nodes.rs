@@ -17,6 +17,8 @@ use std::future::Future;
 use std::time::Duration;
 
 /// Tags every node the autoscaler launches carries (cost accounting and discovery).
+/// `batchplane:managed` holds the deployment's name (its table), so two deployments in
+/// one account never see, or retire, each other's nodes.
 pub const TAG_MANAGED: &str = "batchplane:managed";
 pub const TAG_CLUSTER: &str = "batchplane:cluster";
 pub const TAG_TEAM: &str = "batchplane:team";
@@ -100,8 +102,8 @@ pub trait Ec2Api: Send + Sync {
         instance_types: &[String],
     ) -> impl Future<Output = Result<Vec<SpotPrice>, Ec2Error>> + Send;
 
-    /// The running and pending instances tagged [`TAG_MANAGED`].
-    fn nodes(&self) -> impl Future<Output = Result<Vec<Node>, Ec2Error>> + Send;
+    /// The running and pending instances whose [`TAG_MANAGED`] is `deployment`.
+    fn nodes(&self, deployment: &str) -> impl Future<Output = Result<Vec<Node>, Ec2Error>> + Send;
 
     /// Terminate instances (scale-down; their taskhosts have drained).
     fn terminate(
@@ -258,7 +260,7 @@ pub async fn launch_nodes<E: Ec2Api>(
                 nodes: asked,
                 tags: {
                     let mut tags = ctx.tags.clone();
-                    tags.insert(TAG_MANAGED.into(), "true".into());
+                    tags.insert(TAG_MANAGED.into(), ctx.store.table().to_string());
                     tags.insert(TAG_LAUNCH_CONFIG.into(), key.clone());
                     tags
                 },
