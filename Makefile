@@ -6,7 +6,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/batchplane/target
 export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/debug
 
-.PHONY: demo test build lint bench bench-autoscaler
+.PHONY: demo test build lint bench bench-autoscaler infra
 
 build:
 	cargo build --workspace --bins
@@ -16,6 +16,10 @@ demo: build
 
 test: build
 	bash scripts/test.sh
+
+# The SAM template: cfn-lint and sam validate --lint (pinned, installed on first use).
+infra:
+	bash scripts/infra.sh
 
 lint:
 	cargo fmt --all -- --check

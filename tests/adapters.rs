@@ -349,3 +349,67 @@ async fn a_job_that_grew_is_not_closed_on_old_counts() {
         batchplane::JobState::Succeeded
     );
 }
+
+#[tokio::test]
+async fn queues_created_at_run_time_redrive_to_the_dead_letter_queue_and_are_listed() {
+    let emu = TestEmulators::get();
+    let clients = Clients::new(&Endpoints {
+        dynamodb: Some(emu.dynamodb_url.clone()),
+        sqs: Some(emu.sqs_url.clone()),
+    })
+    .await;
+    let prefix = format!("dl{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let plain = Queues::new(clients.sqs.clone(), prefix.clone());
+    let dlq_url = plain
+        .create("tasks-dlq", Duration::from_secs(30))
+        .await
+        .expect("the dead-letter queue");
+    let arn = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("GetQueueAttributes")
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .cloned()
+        .expect("a queue ARN");
+    let queues = Queues::new(clients.sqs.clone(), prefix).with_dead_letter(arn.clone());
+    let url = queues
+        .create("default--2cpu-4096mib", Duration::from_secs(30))
+        .await
+        .expect("a pool queue");
+    let policy = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .expect("GetQueueAttributes")
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy))
+        .cloned()
+        .expect("a redrive policy");
+    let policy: serde_json::Value = serde_json::from_str(&policy).expect("JSON");
+    assert_eq!(policy["deadLetterTargetArn"], arn.as_str(), "{policy}");
+    assert_eq!(
+        policy["maxReceiveCount"].to_string().trim_matches('"'),
+        batchplane::queue::MAX_RECEIVES.to_string()
+    );
+    // Creating it again with the same attributes is the same queue (racing submissions).
+    assert_eq!(
+        queues
+            .create("default--2cpu-4096mib", Duration::from_secs(30))
+            .await
+            .expect("again"),
+        url
+    );
+    // Listing names the pool queue, not the dead-letter queue.
+    assert_eq!(
+        queues.list().await.expect("ListQueues"),
+        ["default--2cpu-4096mib"]
+    );
+}

@@ -7,6 +7,67 @@ use std::time::Duration;
 pub struct Api {
     base: String,
     http: reqwest::Client,
+    /// The region to sign for when the API is a deployed one (API Gateway with IAM
+    /// authorization); `None` for the local stack.
+    sigv4_region: Option<String>,
+    credentials: tokio::sync::OnceCell<aws_credential_types::Credentials>,
+}
+
+/// The region a deployed API's URL names (`https://ID.execute-api.REGION.amazonaws.com`),
+/// or the environment's when `BATCHPLANE_API_SIGV4=1` asks for signing elsewhere (a
+/// custom domain).
+pub fn sigv4_region(base: &str) -> Option<String> {
+    let host = base
+        .split("://")
+        .nth(1)
+        .unwrap_or(base)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    let parts: Vec<&str> = host.split('.').collect();
+    if let Some(i) = parts.iter().position(|p| *p == "execute-api") {
+        if let Some(region) = parts.get(i + 1) {
+            return Some(region.to_string());
+        }
+    }
+    if std::env::var("BATCHPLANE_API_SIGV4").is_ok_and(|v| v == "1") {
+        return std::env::var("AWS_REGION")
+            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+            .ok();
+    }
+    None
+}
+
+/// SigV4 headers (`authorization`, `x-amz-date`, and the session token when there is
+/// one) for an API Gateway request.
+pub fn sigv4_headers(
+    credentials: &aws_credential_types::Credentials,
+    region: &str,
+    method: &str,
+    url: &str,
+    body: &[u8],
+    now: std::time::SystemTime,
+) -> anyhow::Result<Vec<(String, String)>> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let identity = credentials.clone().into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("execute-api")
+        .time(now)
+        .settings(SigningSettings::default())
+        .build()?
+        .into();
+    let signable =
+        SignableRequest::new(method, url, std::iter::empty(), SignableBody::Bytes(body))?;
+    let (instructions, _) = sign(signable, &params)?.into_parts();
+    let mut request = http::Request::builder().method(method).uri(url).body(())?;
+    instructions.apply_to_request_http1x(&mut request);
+    Ok(request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect())
 }
 
 impl Api {
@@ -16,11 +77,58 @@ impl Api {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()?,
+            sigv4_region: sigv4_region(base),
+            credentials: tokio::sync::OnceCell::new(),
         })
     }
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// Send a request, signed when the API is a deployed one.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<String>,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut req = self.http.request(method.clone(), url);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        if let Some(region) = &self.sigv4_region {
+            let credentials = self
+                .credentials
+                .get_or_try_init(|| async {
+                    use aws_credential_types::provider::ProvideCredentials;
+                    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                    let provider = config.credentials_provider().context(
+                        "the API is a deployed one (SigV4): no AWS credentials provider is configured",
+                    )?;
+                    provider
+                        .provide_credentials()
+                        .await
+                        .context("loading AWS credentials to sign API requests with")
+                })
+                .await?;
+            let bytes = body.as_deref().unwrap_or("").as_bytes();
+            for (k, v) in sigv4_headers(
+                credentials,
+                region,
+                method.as_str(),
+                url,
+                bytes,
+                std::time::SystemTime::now(),
+            )? {
+                req = req.header(k, v);
+            }
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        req.send().await.with_context(|| format!("{method} {url}"))
     }
 
     async fn check(resp: reqwest::Response) -> anyhow::Result<Value> {
@@ -48,12 +156,7 @@ impl Api {
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
+        let resp = self.send(reqwest::Method::GET, &url, None, &[]).await?;
         Self::check(resp).await
     }
 
@@ -64,23 +167,68 @@ impl Api {
         idempotency_key: Option<&str>,
     ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.post(&url).body(body);
-        if let Some(k) = idempotency_key {
-            req = req.header("Idempotency-Key", k);
-        }
-        let resp = req.send().await.with_context(|| format!("POST {url}"))?;
+        let extra: Vec<(&str, &str)> = idempotency_key
+            .map(|k| ("Idempotency-Key", k))
+            .into_iter()
+            .collect();
+        let resp = self
+            .send(reqwest::Method::POST, &url, Some(body), &extra)
+            .await?;
         Self::check(resp).await
     }
 
     pub async fn put(&self, path: &str, body: String) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let resp = self
-            .http
-            .put(&url)
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("PUT {url}"))?;
+            .send(reqwest::Method::PUT, &url, Some(body), &[])
+            .await?;
         Self::check(resp).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployed_apis_are_signed_for_their_region_and_local_ones_are_not() {
+        assert_eq!(
+            sigv4_region("https://a1b2c3.execute-api.eu-west-1.amazonaws.com").as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(sigv4_region("http://127.0.0.1:8750"), None);
+    }
+
+    #[test]
+    fn a_signature_names_the_key_date_region_and_service() {
+        let c = aws_credential_types::Credentials::new(
+            "AKIDEXAMPLE",
+            "secret",
+            Some("token".into()),
+            None,
+            "test",
+        );
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_400_000);
+        let headers = sigv4_headers(
+            &c,
+            "us-east-1",
+            "POST",
+            "https://x.execute-api.us-east-1.amazonaws.com/v1/jobs",
+            b"{}",
+            now,
+        )
+        .expect("signed");
+        let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let auth = get("authorization").expect("an authorization header");
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+            "{auth}"
+        );
+        assert!(
+            auth.contains("/us-east-1/execute-api/aws4_request"),
+            "{auth}"
+        );
+        assert!(get("x-amz-date").is_some());
+        assert_eq!(get("x-amz-security-token").as_deref(), Some("token"));
     }
 }

@@ -166,6 +166,17 @@ impl Settings {
         Ok(s)
     }
 
+    /// The settings the deployment was given (`BATCHPLANE_AUTOSCALER_SETTINGS`, JSON),
+    /// used until some are stored; the defaults without it.
+    pub fn from_env() -> Result<Settings, String> {
+        match std::env::var("BATCHPLANE_AUTOSCALER_SETTINGS") {
+            Ok(text) if !text.trim().is_empty() => {
+                Settings::parse(&text).map_err(|e| format!("BATCHPLANE_AUTOSCALER_SETTINGS: {e}"))
+            }
+            _ => Ok(Settings::default()),
+        }
+    }
+
     pub fn check(&self) -> Result<(), String> {
         let half_life_ok = |h: f64| h >= 0.0 && !h.is_nan();
         if !half_life_ok(self.default_half_life_seconds) {
@@ -426,7 +437,10 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
     }
 
     async fn run(&self, tick_id: &str, now: i64) -> Result<Decision, AutoscaleError> {
-        let settings: Settings = self.store.autoscaler_settings().await?.unwrap_or_default();
+        let settings: Settings = match self.store.autoscaler_settings().await? {
+            Some(s) => s,
+            None => Settings::from_env().map_err(AutoscaleError::Settings)?,
+        };
         settings.check().map_err(AutoscaleError::Settings)?;
         let previous: Option<Decision> = self.store.decisions(1).await?.into_iter().next();
         let carried_before = previous.map(|d| d.carried).unwrap_or_default();

@@ -27,6 +27,9 @@ pub struct Config {
     /// `BATCHPLANE_RESERVATION_LEASE_SECONDS`: how long a worker's placement holds its
     /// team's quota without the worker renewing it; the sweeper reclaims it after.
     pub reservation_lease: Duration,
+    /// `BATCHPLANE_DEAD_LETTER_QUEUE_ARN`: where queues created at run time (job queues,
+    /// worker pools) send messages that keep coming back unclaimable.
+    pub dead_letter_queue_arn: Option<String>,
     /// `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_SQS`: local emulators.
     pub endpoints: Endpoints,
 }
@@ -40,6 +43,7 @@ impl Default for Config {
             max_attempts: 3,
             job_window: 256,
             reservation_lease: Duration::from_secs(300),
+            dead_letter_queue_arn: None,
             endpoints: Endpoints::default(),
         }
     }
@@ -83,11 +87,21 @@ impl Config {
                 )?
                 .max(3),
             ),
+            dead_letter_queue_arn: var("BATCHPLANE_DEAD_LETTER_QUEUE_ARN"),
             endpoints: Endpoints {
                 dynamodb: var("AWS_ENDPOINT_URL_DYNAMODB"),
                 sqs: var("AWS_ENDPOINT_URL_SQS"),
             },
         })
+    }
+
+    /// The task queues, with the dead-letter queue for those created at run time.
+    pub fn queues(&self, sqs: aws_sdk_sqs::Client) -> crate::queue::Queues {
+        let q = crate::queue::Queues::new(sqs, self.queue_prefix.clone());
+        match &self.dead_letter_queue_arn {
+            Some(arn) => q.with_dead_letter(arn.clone()),
+            None => q,
+        }
     }
 
     /// The SQS queue name for a Batchplane queue.

@@ -95,7 +95,13 @@ pub struct Queues {
     sqs: aws_sdk_sqs::Client,
     prefix: String,
     urls: Mutex<HashMap<String, String>>,
+    /// Redrive target for queues this creates.
+    dead_letter_arn: Option<String>,
 }
+
+/// Receives after which a message goes to the dead-letter queue: workers give messages
+/// back while they are full, so only one that keeps coming back unclaimable is dead.
+pub const MAX_RECEIVES: u32 = 100;
 
 impl Queues {
     pub fn new(sqs: aws_sdk_sqs::Client, prefix: impl Into<String>) -> Self {
@@ -103,7 +109,14 @@ impl Queues {
             sqs,
             prefix: prefix.into(),
             urls: Mutex::new(HashMap::new()),
+            dead_letter_arn: None,
         }
+    }
+
+    /// Queues this creates send dead messages to `arn` (after [`MAX_RECEIVES`]).
+    pub fn with_dead_letter(mut self, arn: String) -> Self {
+        self.dead_letter_arn = Some(arn);
+        self
     }
 
     pub fn client(&self) -> &aws_sdk_sqs::Client {
@@ -146,9 +159,15 @@ impl Queues {
 
     /// Create a queue's SQS queue (local stack and tests; SAM owns it in AWS).
     pub async fn create(&self, queue: &str, visibility: Duration) -> Result<String, QueueError> {
-        let out = self
-            .sqs
-            .create_queue()
+        let mut request = self.sqs.create_queue();
+        if let Some(arn) = &self.dead_letter_arn {
+            request = request.attributes(
+                QueueAttributeName::RedrivePolicy,
+                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": MAX_RECEIVES.to_string()})
+                    .to_string(),
+            );
+        }
+        let out = request
             .queue_name(format!("{}{}", self.prefix, queue))
             .attributes(
                 QueueAttributeName::VisibilityTimeout,

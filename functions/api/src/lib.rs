@@ -290,7 +290,7 @@ pub async fn service_from_env() -> anyhow::Result<Arc<Service>> {
     let clients = batchplane::aws::Clients::new(&config.endpoints).await;
     Ok(Arc::new(Service {
         store: batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
-        queues: batchplane::queue::Queues::new(clients.sqs, config.queue_prefix.clone()),
+        queues: config.queues(clients.sqs),
         max_attempts: config.max_attempts,
         job_window: config.job_window,
         reservation_lease: config.reservation_lease,

@@ -114,7 +114,7 @@ pub async fn autoscaler_from_env() -> anyhow::Result<AutoscalerFn> {
     };
     Ok(AutoscalerFn {
         store: Store::new(clients.dynamodb.clone(), config.table.clone()),
-        queues: Queues::new(clients.sqs, config.queue_prefix.clone()),
+        queues: config.queues(clients.sqs),
         backend: KubernetesBackend::eks(settings),
         ec2,
         worker_env: worker_env(&config),

@@ -50,7 +50,7 @@ pub async fn fanout_from_env() -> anyhow::Result<Fanout> {
     let clients = batchplane::aws::Clients::new(&config.endpoints).await;
     Ok(Fanout::new(
         batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
-        batchplane::queue::Queues::new(clients.sqs, config.queue_prefix.clone()),
+        config.queues(clients.sqs),
     ))
 }
 
