@@ -46,6 +46,7 @@ async fn stored_job(store: &Store, spec: &str) -> (String, u32) {
             gates_met: 0,
             dispatched: 0,
             dependents: vec![],
+            notify: Default::default(),
         })
         .await
         .unwrap();

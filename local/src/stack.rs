@@ -242,6 +242,11 @@ pub struct LocalStack {
     pub api_url: String,
     pub service: Arc<Service>,
     pub fanout: Arc<Fanout>,
+    /// Job and task state changes to the stack's event bus (named after its table) on
+    /// moto, and Step Functions callbacks.
+    pub publisher: Arc<batchplane_events::Publisher>,
+    /// The SDK configuration the stack's clients were built from (emulator credentials).
+    pub shared_config: aws_config::SdkConfig,
     pub opts: StackOptions,
     /// The stack's workers, started through placement in the local clusters.
     pub backend: Arc<LocalBackend>,
@@ -335,10 +340,47 @@ impl LocalStack {
             .stream_arn()
             .await?
             .context("the table has no stream")?;
+        // Job state changes go to an event bus of the stack's own on moto (named after
+        // its table), as the events function sends them to the deployment's bus.
+        let eventbridge = aws_sdk_eventbridge::Client::from_conf(
+            aws_sdk_eventbridge::config::Builder::from(&shared)
+                .endpoint_url(&opts.sqs_url)
+                .build(),
+        );
+        let sfn = aws_sdk_sfn::Client::from_conf(
+            aws_sdk_sfn::config::Builder::from(&shared)
+                .endpoint_url(&opts.sqs_url)
+                .build(),
+        );
+        match eventbridge
+            .create_event_bus()
+            .name(&opts.table)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e)
+                if aws_sdk_eventbridge::error::ProvideErrorMetadata::code(&e)
+                    == Some("ResourceAlreadyExistsException") => {}
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "creating the event bus {}: {}",
+                    opts.table,
+                    aws_sdk_eventbridge::error::DisplayErrorContext(&e)
+                ))
+            }
+        }
+        let publisher = Arc::new(batchplane_events::Publisher::new(
+            store.clone(),
+            eventbridge,
+            sfn,
+            opts.table.clone(),
+        ));
         let poller = tokio::spawn(streams::poll(
             streams_client,
             arn,
             fanout.clone(),
+            Some(publisher.clone()),
             opts.poller,
             stop_rx,
         ));
@@ -353,6 +395,8 @@ impl LocalStack {
             api_url,
             service,
             fanout,
+            publisher,
+            shared_config: shared.clone(),
             opts,
             backend: Arc::new(backend),
             stop,

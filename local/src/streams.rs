@@ -86,11 +86,13 @@ async fn shard_iterator(
     Ok(out.shard_iterator().map(str::to_string))
 }
 
-/// Poll `stream_arn` until `stop` turns true, invoking the fanout for each batch.
+/// Poll `stream_arn` until `stop` turns true, invoking the fanout for each batch, then
+/// the events publisher (the stream's second consumer in AWS) when there is one.
 pub async fn poll(
     client: aws_sdk_dynamodbstreams::Client,
     stream_arn: String,
     fanout: Arc<Fanout>,
+    events: Option<Arc<batchplane_events::Publisher>>,
     opts: PollerOptions,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -167,6 +169,14 @@ pub async fn poll(
                         .batch_item_failures
                         .first()
                         .and_then(|f| f.item_identifier.clone());
+                    if let (None, Some(p)) = (&failed_at, &events) {
+                        batchplane::metrics::record_request("Lambda", "Invoke");
+                        let response = events_fn::handle_stream(p, &event).await;
+                        failed_at = response
+                            .batch_item_failures
+                            .first()
+                            .and_then(|f| f.item_identifier.clone());
+                    }
                 }
                 if let Some(seq) = failed_at {
                     // Resume from the failed record, after a pause, as Lambda retries.

@@ -1289,6 +1289,7 @@ impl Service {
             gates_met: 0,
             dispatched: 0,
             dependents: Vec::new(),
+            notify: Default::default(),
         };
         self.store.put_job(&job).await?;
         if let Err(e) = self.register_dependencies(&job_id, &sub.depends_on).await {

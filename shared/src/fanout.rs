@@ -29,6 +29,8 @@ pub struct TaskChange {
 pub struct JobChange {
     pub sequence_number: String,
     pub old_state: Option<JobState>,
+    /// The job as it was before this change (`None` for its first write).
+    pub old_job: Option<Box<JobRecord>>,
     pub job: JobRecord,
 }
 
@@ -79,6 +81,9 @@ pub fn decode_record(record: &EventRecord) -> Result<Change, FanoutError> {
         return Ok(Change::Job(Box::new(JobChange {
             sequence_number: seq,
             old_state: crate::store::item::job_state_of(&old),
+            old_job: is_job_item(&old)
+                .then(|| job_from_item(&old).ok().map(Box::new))
+                .flatten(),
             job,
         })));
     }
@@ -97,6 +102,22 @@ pub fn decode_record(record: &EventRecord) -> Result<Change, FanoutError> {
         old_state,
         task,
     })))
+}
+
+/// Decode a stream batch. A record that cannot be read will not read better on retry:
+/// it is skipped loudly (as `Other`) rather than blocking the shard forever.
+pub fn decode_batch(records: &[EventRecord]) -> Vec<Change> {
+    records
+        .iter()
+        .map(|record| {
+            decode_record(record).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "undecodable stream record skipped");
+                Change::Other {
+                    sequence_number: record.change.sequence_number.clone().unwrap_or_default(),
+                }
+            })
+        })
+        .collect()
 }
 
 /// What processing a batch did, and where it stopped if it failed.

@@ -394,6 +394,10 @@ impl Service {
             gates_met: 0,
             dispatched: 0,
             dependents: vec![],
+            notify: crate::domain::Notify {
+                task_events: spec.task_events,
+                task_token: spec.task_token.clone(),
+            },
         };
         self.store.put_job(&job).await?;
         if let Err(e) = self

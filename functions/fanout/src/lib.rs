@@ -3,7 +3,7 @@
 
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use batchplane::fanout::{decode_record, Change, Fanout};
+use batchplane::fanout::{decode_batch, Fanout};
 use lambda_runtime::LambdaEvent;
 
 /// Decode the batch, apply it, and name the first record to retry from (if any).
@@ -16,21 +16,8 @@ pub async fn handle(
 
 /// The handler without the Lambda envelope (the local stack calls this too).
 pub async fn handle_event(fanout: &Fanout, event: &Event) -> DynamoDbEventResponse {
-    let mut changes: Vec<Change> = Vec::with_capacity(event.records.len());
+    let changes = decode_batch(&event.records);
     let mut failed_at: Option<String> = None;
-    for record in &event.records {
-        match decode_record(record) {
-            Ok(c) => changes.push(c),
-            Err(e) => {
-                // A record we cannot read will not read better on retry; skip it loudly
-                // rather than block the shard forever.
-                tracing::error!(error = %e, "undecodable stream record skipped");
-                changes.push(Change::Other {
-                    sequence_number: record.change.sequence_number.clone().unwrap_or_default(),
-                });
-            }
-        }
-    }
     let outcome = fanout.process(&changes).await;
     if let Some(seq) = outcome.failed_at {
         failed_at = Some(seq);
@@ -58,6 +45,7 @@ pub async fn fanout_from_env() -> anyhow::Result<Fanout> {
 mod tests {
     use super::*;
     use batchplane::domain::TaskState;
+    use batchplane::fanout::{decode_record, Change};
 
     /// The sample event in `events/fanout/` is what Lambda sends; it decodes into task
     /// changes the fanout acts on, and other items pass through untouched.

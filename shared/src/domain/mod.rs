@@ -15,6 +15,6 @@ pub mod state;
 pub mod tiers;
 
 pub use plan::{plan_addition, plan_job, ExistingEdge, PlannedTask, TaskKind, MAX_EDGES};
-pub use records::{AttemptRecord, JobRecord, TaskRecord, Usage};
+pub use records::{AttemptRecord, JobRecord, Notify, TaskRecord, Usage};
 pub use spec::{parse_job_spec, parse_task_list, validate_addition, JobSpec, SpecError, TaskSpec};
 pub use state::{JobState, TaskCounts, TaskState};

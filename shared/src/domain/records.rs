@@ -31,6 +31,26 @@ pub struct JobRecord {
     pub dispatched: u64,
     /// Jobs waiting on this one, encoded as [`super::batch::Dependent`].
     pub dependents: Vec<String>,
+    /// Who hears about the job besides its API: task events, a Step Functions token.
+    pub notify: Notify,
+}
+
+/// What a job asks to be told about, beyond its own state changes (always published).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    /// Publish every task state change too ("Task State Change").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub task_events: bool,
+    /// A Step Functions task token (`.waitForTaskToken`): SendTaskSuccess with the job's
+    /// summary when it succeeds, SendTaskFailure when it fails, heartbeats while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_token: Option<String>,
+}
+
+impl Notify {
+    pub fn is_empty(&self) -> bool {
+        !self.task_events && self.task_token.is_none()
+    }
 }
 
 /// One run of a task on a worker.

@@ -20,8 +20,17 @@ pub struct JobSpec {
     /// The retry strategy of every task that does not give its own.
     #[serde(default)]
     pub retry_strategy: Option<RetryStrategy>,
+    /// Publish every task state change as an event, not only the job's.
+    #[serde(default)]
+    pub task_events: bool,
+    /// A Step Functions task token: the job reports back to the waiting execution.
+    #[serde(default)]
+    pub task_token: Option<String>,
     pub tasks: Vec<TaskSpec>,
 }
+
+/// The longest task token Step Functions hands out.
+pub const MAX_TASK_TOKEN: usize = 1024;
 
 /// One task: an argv run as a unix process (no shell unless the argv asks for one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,6 +361,17 @@ pub fn parse_job_spec(text: &str) -> Result<JobSpec, SpecError> {
         }
     }
     check_job_header(&spec.name, &spec.team, &spec.queue)?;
+    if let Some(t) = &spec.task_token {
+        if t.is_empty() || t.len() > MAX_TASK_TOKEN {
+            return Err(invalid(
+                "task_token",
+                format!(
+                    "field `task_token`: {} characters; a task token has 1 to {MAX_TASK_TOKEN}",
+                    t.len()
+                ),
+            ));
+        }
+    }
     validate_tasks(&spec.tasks, &HashSet::new())?;
     Ok(spec)
 }

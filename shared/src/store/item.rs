@@ -167,6 +167,12 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     if job.cancel_requested {
         item.insert("cancel_requested".into(), AttributeValue::Bool(true));
     }
+    if !job.notify.is_empty() {
+        item.insert(
+            "notify".into(),
+            s(serde_json::to_string(&job.notify).unwrap_or_default()),
+        );
+    }
     item
 }
 
@@ -204,6 +210,12 @@ pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
         gates_met: r.opt_n("gates_met")?.unwrap_or(0),
         dispatched: r.opt_n("dispatched")?.unwrap_or(0),
         dependents: r.strings("dependents")?,
+        notify: match r.opt_s("notify")? {
+            Some(json) => {
+                serde_json::from_str(&json).map_err(|e| r.bad("notify", &e.to_string()))?
+            }
+            None => Default::default(),
+        },
     })
 }
 

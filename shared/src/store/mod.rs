@@ -6,6 +6,7 @@
 pub mod arrays;
 pub mod autoscaler;
 pub mod capacity;
+pub mod events;
 pub mod item;
 pub mod placement;
 pub mod registry;

@@ -1,0 +1,135 @@
+//! What the events publisher remembers: one marker per published transition (so a
+//! redelivered stream record publishes nothing twice) and the Step Functions task tokens
+//! of running jobs (for heartbeats).
+//!
+//! Markers: `EVENTS#<0-15>` / `<transition id>`, `sent` false while being published and
+//! true after; kept 14 days by TTL. A marker left `sent = false` (a publisher that died
+//! between publishing and confirming) is claimed again by the next delivery: at least
+//! once in that one case, exactly once otherwise. Tokens: `SFN#TOKENS` / `<job id>`.
+
+use super::item::*;
+use super::{classify, record_capacity, Store, StoreError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+
+const MARKER_SHARDS: u32 = 16;
+const MARKER_RETENTION_SECONDS: i64 = 14 * 24 * 3600;
+const TOKENS_PK: &str = "SFN#TOKENS";
+
+fn marker_key(transition_id: &str) -> Item {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in transition_id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    key(
+        format!("EVENTS#{}", h % MARKER_SHARDS),
+        transition_id.to_string(),
+    )
+}
+
+impl Store {
+    /// Claim a transition for publishing: true unless it was published already.
+    pub async fn claim_event(&self, transition_id: &str, now: i64) -> Result<bool, StoreError> {
+        let mut it = marker_key(transition_id);
+        it.insert("sent".into(), AttributeValue::Bool(false));
+        it.insert("claimed_at".into(), n(now));
+        it.insert(
+            "expires_at".into(),
+            n(now / 1000 + MARKER_RETENTION_SECONDS),
+        );
+        let res = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(it))
+            .condition_expression("attribute_not_exists(pk) OR sent = :false")
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        self.conditional("PutItem", res.map(|o| o.consumed_capacity().cloned()))
+    }
+
+    /// Record that a claimed transition went out.
+    pub async fn confirm_event(&self, transition_id: &str) -> Result<(), StoreError> {
+        let out = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(marker_key(transition_id)))
+            .update_expression("SET sent = :true")
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| classify("UpdateItem", e))?;
+        record_capacity("UpdateItem", out.consumed_capacity());
+        Ok(())
+    }
+
+    /// Give a claim back (publishing failed; the retried batch claims it again).
+    pub async fn release_event(&self, transition_id: &str) -> Result<(), StoreError> {
+        let res = self
+            .ddb
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(marker_key(transition_id)))
+            .condition_expression("sent = :false")
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        self.conditional("DeleteItem", res.map(|o| o.consumed_capacity().cloned()))
+            .map(|_| ())
+    }
+
+    /// Remember a running job's task token (heartbeats go to it).
+    pub async fn put_task_token(&self, job_id: &str, token: &str) -> Result<(), StoreError> {
+        let mut it = key(TOKENS_PK.into(), job_id.to_string());
+        it.insert("token".into(), s(token));
+        let out = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(it))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| classify("PutItem", e))?;
+        record_capacity("PutItem", out.consumed_capacity());
+        Ok(())
+    }
+
+    pub async fn delete_task_token(&self, job_id: &str) -> Result<(), StoreError> {
+        let out = self
+            .ddb
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(TOKENS_PK.into(), job_id.to_string())))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| classify("DeleteItem", e))?;
+        record_capacity("DeleteItem", out.consumed_capacity());
+        Ok(())
+    }
+
+    /// The running jobs' task tokens, `(job id, token)`.
+    pub async fn task_tokens(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let items = self
+            .query_all(|| {
+                self.ddb
+                    .query()
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", s(TOKENS_PK))
+            })
+            .await?;
+        items
+            .iter()
+            .map(|it| {
+                let r = Reader::new(it);
+                Ok((r.req_s("sk")?, r.req_s("token")?))
+            })
+            .collect()
+    }
+}

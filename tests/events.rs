@@ -1,0 +1,338 @@
+//! Events out, against moto: every job status change (submission included) arrives on an
+//! SQS target of an EventBridge rule exactly once, even though the stack delivers every
+//! stream batch twice; task state changes arrive only for jobs that asked. A job
+//! submitted with a Step Functions task token completes the waiting execution (moto runs
+//! the state machine: it hands the token out through SQS), fails it when the job fails,
+//! and gets heartbeats while it runs.
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use batchplane_tests::{Harness, Must};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn moto<B>(h: &Harness, build: impl FnOnce(&aws_config::SdkConfig) -> B) -> B {
+    build(&h.stack.shared_config)
+}
+
+async fn queue_with_arn(h: &Harness, name: &str) -> (String, String) {
+    let sqs = h.stack.service.queues.client();
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .must("CreateQueue")
+        .queue_url()
+        .must("a queue URL")
+        .to_string();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .must("GetQueueAttributes")
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .must("a queue ARN");
+    (url, arn)
+}
+
+/// Every message on the queue until it has been quiet for `quiet`.
+async fn drain(h: &Harness, url: &str, quiet: Duration) -> Vec<Value> {
+    let sqs = h.stack.service.queues.client();
+    let mut got = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .must("ReceiveMessage");
+        for m in out.messages() {
+            got.push(serde_json::from_str(m.body().unwrap_or("null")).must("an event body"));
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .must("DeleteMessage");
+            last = Instant::now();
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_transition_is_published_once_and_task_events_only_when_asked() {
+    let h = Harness::start(|o| o.poller.duplicate_batches = true).await;
+    let (url, arn) = queue_with_arn(&h, &format!("{}events", h.stack.opts.queue_prefix)).await;
+    let eventbridge = moto(&h, |c| {
+        aws_sdk_eventbridge::Client::from_conf(
+            aws_sdk_eventbridge::config::Builder::from(c)
+                .endpoint_url(&h.emulators.sqs_url)
+                .build(),
+        )
+    });
+    let bus = h.stack.opts.table.clone();
+    eventbridge
+        .put_rule()
+        .name("all-batchplane")
+        .event_bus_name(&bus)
+        .event_pattern(json!({"source": ["batchplane"]}).to_string())
+        .send()
+        .await
+        .must("PutRule");
+    eventbridge
+        .put_targets()
+        .rule("all-batchplane")
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(&arn)
+                .build()
+                .must("a target"),
+        )
+        .send()
+        .await
+        .must("PutTargets");
+
+    let chatty = h
+        .submit(r#"{"name": "chatty", "task_events": true, "tasks": [
+            {"id": "a", "command": ["true"]}, {"id": "b", "command": ["true"], "depends_on": ["a"]}]}"#)
+        .await;
+    let quiet = h
+        .submit(r#"{"name": "quiet", "tasks": [{"id": "only", "command": ["false"]}]}"#)
+        .await;
+    for j in [&chatty, &quiet] {
+        h.wait(j, Duration::from_secs(60)).await;
+    }
+    let events = drain(&h, &url, Duration::from_secs(4)).await;
+    assert!(events.iter().all(|e| e["source"] == "batchplane"));
+
+    // No transition twice, though every stream batch was delivered twice.
+    let mut seen = BTreeMap::new();
+    for e in &events {
+        let id = e["detail"]["transitionId"]
+            .as_str()
+            .must("a transition id")
+            .to_string();
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "published more than once: {twice:?}");
+
+    let statuses = |job: &str, kind: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["detail-type"] == kind && e["detail"]["jobId"] == job)
+            .map(|e| match e["detail"]["taskId"].as_str() {
+                Some(t) => format!("{t}:{}", e["detail"]["status"].as_str().unwrap_or("?")),
+                None => e["detail"]["status"].as_str().unwrap_or("?").to_string(),
+            })
+            .collect()
+    };
+    let chatty_jobs = statuses(&chatty, "Job State Change");
+    assert_eq!(
+        chatty_jobs.first().map(String::as_str),
+        Some("SUBMITTED"),
+        "{chatty_jobs:?}"
+    );
+    assert_eq!(
+        chatty_jobs.last().map(String::as_str),
+        Some("SUCCEEDED"),
+        "{chatty_jobs:?}"
+    );
+    assert!(
+        chatty_jobs.contains(&"RUNNING".to_string()),
+        "{chatty_jobs:?}"
+    );
+    let chatty_tasks = statuses(&chatty, "Task State Change");
+    for t in ["a:RUNNING", "a:SUCCEEDED", "b:RUNNING", "b:SUCCEEDED"] {
+        assert!(
+            chatty_tasks.contains(&t.to_string()),
+            "{t} missing: {chatty_tasks:?}"
+        );
+    }
+    let quiet_jobs = statuses(&quiet, "Job State Change");
+    assert_eq!(
+        quiet_jobs.last().map(String::as_str),
+        Some("FAILED"),
+        "{quiet_jobs:?}"
+    );
+    assert!(
+        statuses(&quiet, "Task State Change").is_empty(),
+        "task events were not asked for"
+    );
+    let failed = events
+        .iter()
+        .find(|e| e["detail"]["jobId"] == quiet.as_str() && e["detail"]["status"] == "FAILED")
+        .must("the FAILED event");
+    assert!(failed["detail"]["statusReason"].is_string(), "{failed}");
+    assert!(
+        failed["detail"]["jobArn"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(&quiet),
+        "{failed}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
+    let h = Harness::start(|_| {}).await;
+    reqwest::Client::new()
+        .post(format!("{}/moto-api/config", h.emulators.sqs_url))
+        .json(&json!({"stepfunctions": {"execute_state_machine": true}}))
+        .send()
+        .await
+        .must("configuring moto to run state machines");
+    let (tokens_url, _) = queue_with_arn(&h, &format!("{}tokens", h.stack.opts.queue_prefix)).await;
+    let sfn = moto(&h, |c| {
+        aws_sdk_sfn::Client::from_conf(
+            aws_sdk_sfn::config::Builder::from(c)
+                .endpoint_url(&h.emulators.sqs_url)
+                .build(),
+        )
+    });
+    // The step hands its task token out through SQS (moto runs that integration); the
+    // test plays the submitter.
+    let asl = json!({"StartAt": "Run", "States": {"Run": {
+        "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+        "Parameters": {"QueueUrl": tokens_url, "MessageBody": {"token.$": "$$.Task.Token", "command.$": "$.command"}},
+        "End": true}}});
+    let machine = sfn
+        .create_state_machine()
+        .name(format!("{}run-job", h.stack.opts.queue_prefix))
+        .definition(asl.to_string())
+        .role_arn("arn:aws:iam::123456789012:role/batchplane-sfn")
+        .send()
+        .await
+        .must("CreateStateMachine")
+        .state_machine_arn()
+        .to_string();
+    let run = |name: &'static str, command: &'static str| {
+        let (sfn, machine) = (sfn.clone(), machine.clone());
+        async move {
+            sfn.start_execution()
+                .state_machine_arn(machine)
+                .name(name)
+                .input(json!({"command": command}).to_string())
+                .send()
+                .await
+                .must("StartExecution")
+                .execution_arn()
+                .to_string()
+        }
+    };
+    let wait_status = |arn: String| {
+        let sfn = sfn.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let d = sfn
+                    .describe_execution()
+                    .execution_arn(&arn)
+                    .send()
+                    .await
+                    .must("DescribeExecution");
+                if d.status().as_str() != "RUNNING" {
+                    return d;
+                }
+                assert!(Instant::now() < deadline, "execution still RUNNING: {d:?}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+
+    for (name, command, expect) in [
+        ("ok", "sleep 2", "SUCCEEDED"),
+        ("broken", "exit 3", "FAILED"),
+    ] {
+        let execution = run(name, command).await;
+        let body = loop {
+            let out = h
+                .stack
+                .service
+                .queues
+                .client()
+                .receive_message()
+                .queue_url(&tokens_url)
+                .wait_time_seconds(2)
+                .send()
+                .await
+                .must("ReceiveMessage");
+            if let Some(m) = out.messages().first() {
+                break serde_json::from_str::<Value>(m.body().unwrap_or("{}"))
+                    .must("the token message");
+            }
+        };
+        let token = body["token"].as_str().must("a task token");
+        let spec = json!({"name": name, "task_token": token,
+            "tasks": [{"id": "step", "command": ["sh", "-c", body["command"]]}]});
+        let job = h.submit(&spec.to_string()).await;
+        if expect == "SUCCEEDED" {
+            // While it runs, its token is where the schedule's heartbeats read them
+            // (moto answers SendTaskHeartbeat with InvalidToken even for a live token,
+            // so the heartbeat itself cannot be sent here).
+            h.wait_task(&job, "step", "RUNNING", Duration::from_secs(30))
+                .await;
+            let tokens = h
+                .stack
+                .service
+                .store
+                .task_tokens()
+                .await
+                .must("task tokens");
+            assert!(
+                tokens.iter().any(|(j, t)| j == &job && t == token),
+                "the running job's token is not recorded: {tokens:?}"
+            );
+        }
+        let done = h.wait(&job, Duration::from_secs(60)).await;
+        let d = wait_status(execution).await;
+        assert_eq!(d.status().as_str(), expect, "{done} {d:?}");
+        if expect == "SUCCEEDED" {
+            let output: Value = serde_json::from_str(d.output().unwrap_or("{}")).must("the output");
+            assert_eq!(
+                (output["jobId"].as_str(), output["status"].as_str()),
+                (Some(job.as_str()), Some("SUCCEEDED")),
+                "{output}"
+            );
+        }
+    }
+    // Both jobs ended: no token is left to heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !h
+        .stack
+        .service
+        .store
+        .task_tokens()
+        .await
+        .must("task tokens")
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a finished job's token is still kept"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(h.stack.publisher.heartbeats().await.must("heartbeats"), 0);
+    // A bad token is refused, not retried forever: the job still ends.
+    let job = h
+        .submit(r#"{"name": "orphan", "task_token": "not-a-token", "tasks": [{"id": "x", "command": ["true"]}]}"#)
+        .await;
+    assert_eq!(
+        h.wait(&job, Duration::from_secs(60)).await["state"],
+        "SUCCEEDED"
+    );
+    h.shutdown().await;
+}
