@@ -547,6 +547,7 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
         }
         decision.took_ms = crate::store::now_ms() - now;
         self.store.put_decision(now, tick_id, &decision).await?;
+        emit_metrics(&decision);
         Ok(decision)
     }
 
@@ -1078,6 +1079,49 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
             }
         }
         Ok(nd)
+    }
+}
+
+/// A decision's metrics (EMF): backlog and workers launched per pool, refusals per
+/// team, capacity-limited marks.
+fn emit_metrics(d: &Decision) {
+    use crate::emf::{emit, Unit};
+    for p in &d.pools {
+        emit(
+            &[("Pool", &p.pool)],
+            &[
+                ("QueueBacklog", Unit::Count, vec![p.queued as f64]),
+                ("WorkersLaunched", Unit::Count, vec![f64::from(p.launched)]),
+            ],
+        );
+        if p.refused.is_some() {
+            emit(
+                &[("Team", &p.team)],
+                &[("PlacementRefusals", Unit::Count, vec![1.0])],
+            );
+        }
+    }
+    if let Some(n) = &d.nodes {
+        emit(
+            &[("Service", "autoscaler")],
+            &[
+                (
+                    "CapacityLimitedMarks",
+                    Unit::Count,
+                    vec![n.marked.len() as f64],
+                ),
+                (
+                    "NodesLaunched",
+                    Unit::Count,
+                    vec![n.fleets.iter().map(|f| f.instance_ids.len()).sum::<usize>() as f64],
+                ),
+                (
+                    "NodesTerminated",
+                    Unit::Count,
+                    vec![n.terminated.len() as f64],
+                ),
+            ],
+        );
     }
 }
 

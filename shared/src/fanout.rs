@@ -120,6 +120,62 @@ pub fn decode_batch(records: &[EventRecord]) -> Vec<Change> {
         .collect()
 }
 
+/// One queue's task transitions in a batch, for metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueMetrics {
+    pub released: u64,
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// For each succeeded task with dependents: its end to now, when they are released (ms).
+    pub release_latency_ms: Vec<f64>,
+}
+
+/// Count a batch's task transitions per queue (barriers left out).
+pub fn batch_metrics(changes: &[Change], now: i64) -> BTreeMap<String, QueueMetrics> {
+    let mut by_queue: BTreeMap<String, QueueMetrics> = BTreeMap::new();
+    for c in changes {
+        let Change::Task(t) = c else { continue };
+        if t.old_state == Some(t.task.state) || t.task.kind != TaskKind::Command {
+            continue;
+        }
+        let m = by_queue.entry(t.task.queue.clone()).or_default();
+        match t.task.state {
+            TaskState::Runnable => m.released += 1,
+            TaskState::Running => m.started += 1,
+            TaskState::Succeeded => {
+                m.succeeded += 1;
+                if !t.task.dependents.is_empty() {
+                    if let Some(end) = t.task.attempts.last().and_then(|a| a.finished_at) {
+                        m.release_latency_ms.push((now - end).max(0) as f64);
+                    }
+                }
+            }
+            TaskState::Failed => m.failed += 1,
+            _ => {}
+        }
+    }
+    by_queue
+}
+
+/// Emit a batch's metrics (EMF), per queue.
+pub fn emit_batch_metrics(changes: &[Change], now: i64) {
+    use crate::emf::{emit, Unit};
+    for (queue, m) in batch_metrics(changes, now) {
+        let count = |n: u64| if n > 0 { vec![n as f64] } else { vec![] };
+        emit(
+            &[("Queue", &queue)],
+            &[
+                ("TasksReleased", Unit::Count, count(m.released)),
+                ("TasksStarted", Unit::Count, count(m.started)),
+                ("TasksSucceeded", Unit::Count, count(m.succeeded)),
+                ("TasksFailed", Unit::Count, count(m.failed)),
+                ("ReleaseLatency", Unit::Milliseconds, m.release_latency_ms),
+            ],
+        );
+    }
+}
+
 /// What processing a batch did, and where it stopped if it failed.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {

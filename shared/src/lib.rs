@@ -8,6 +8,7 @@ pub mod batch_api;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod emf;
 pub mod explain;
 pub mod fanout;
 pub mod launcher;

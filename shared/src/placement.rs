@@ -58,6 +58,12 @@ pub async fn handle(
                 .validate()
                 .map_err(|m| ApiError::bad_request(m, json!({"request_id": request.request_id})))?;
             let out = store.place(&request, lease).await?;
+            if let crate::store::placement::PlacementOutcome::Refused { .. } = &out {
+                crate::emf::emit(
+                    &[("Team", &request.team)],
+                    &[("PlacementRefusals", crate::emf::Unit::Count, vec![1.0])],
+                );
+            }
             Ok(serde_json::to_value(out).unwrap_or_default())
         }
         PlacementCall::Release {

@@ -19,6 +19,9 @@ pub async fn handle_event(fanout: &Fanout, event: &Event) -> DynamoDbEventRespon
     let changes = decode_batch(&event.records);
     let mut failed_at: Option<String> = None;
     let outcome = fanout.process(&changes).await;
+    if outcome.failed_at.is_none() {
+        batchplane::fanout::emit_batch_metrics(&changes, batchplane::store::now_ms());
+    }
     if let Some(seq) = outcome.failed_at {
         failed_at = Some(seq);
     }
@@ -67,5 +70,11 @@ mod tests {
             decode_record(&event.records[1]).unwrap(),
             Change::Other { .. }
         ));
+        // Its metrics: one task succeeded in queue default, its dependents released
+        // 400 ms after it ended.
+        let changes = batchplane::fanout::decode_batch(&event.records);
+        let m = batchplane::fanout::batch_metrics(&changes, 1795348800000);
+        assert_eq!(m["default"].succeeded, 1);
+        assert_eq!(m["default"].release_latency_ms, [400.0]);
     }
 }
