@@ -1,4 +1,5 @@
-//! `batchplane autoscaler`: what the autoscaler decided tick by tick, and its settings.
+//! `batchplane autoscaler`: what the autoscaler decided tick by tick, and its settings;
+//! `batchplane templates`: the job templates events submit.
 
 use crate::admin::print_table;
 use crate::client::Api;
@@ -163,5 +164,42 @@ async fn history(api: &Api, limit: usize, output: Output) -> anyhow::Result<u8> 
     for n in notes {
         println!("{n}");
     }
+    Ok(0)
+}
+
+/// `batchplane templates`: job templates that events submit.
+#[derive(Subcommand, Debug)]
+pub enum TemplatesCommand {
+    /// Store a template (YAML or JSON job spec with `{{ $.path }}` references).
+    Put { name: String, file: PathBuf },
+    /// Show one template.
+    Show { name: String },
+    /// Submit a template's job for an event (a JSON file), once per event id.
+    Submit { name: String, event: PathBuf },
+}
+
+pub async fn templates(api: &Api, cmd: Option<&TemplatesCommand>) -> anyhow::Result<u8> {
+    let read = |f: &PathBuf| {
+        std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))
+    };
+    let out = match cmd {
+        Some(TemplatesCommand::Put { name, file }) => {
+            api.put(&format!("/v1/templates/{name}"), read(file)?)
+                .await?
+        }
+        Some(TemplatesCommand::Show { name }) => api.get(&format!("/v1/templates/{name}")).await?,
+        Some(TemplatesCommand::Submit { name, event }) => {
+            api.post(&format!("/v1/templates/{name}/submit"), read(event)?, None)
+                .await?
+        }
+        None => {
+            let all = api.get("/v1/templates").await?;
+            for t in all["templates"].as_array().into_iter().flatten() {
+                println!("{}", t["name"].as_str().unwrap_or("?"));
+            }
+            return Ok(0);
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(0)
 }

@@ -128,6 +128,11 @@ enum Command {
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
     },
+    /// Job templates that EventBridge events submit (list; put, show, submit).
+    Templates {
+        #[command(subcommand)]
+        command: Option<autoscaler::TemplatesCommand>,
+    },
     /// The autoscaler: its decisions tick by tick (`history`) and its settings.
     Autoscaler {
         #[command(subcommand)]
@@ -251,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Capacity { output } => admin::capacity(&api()?, *output).await,
         Command::Autoscaler { command } => autoscaler::run(&api()?, command).await,
+        Command::Templates { command } => autoscaler::templates(&api()?, command.as_ref()).await,
         Command::Dev { command } => dev::run(command).await,
         Command::Demo {
             samples,

@@ -264,6 +264,75 @@ impl Service {
         Ok(self.store.capacity_marks(now_ms()).await?)
     }
 
+    /// Store a job template (`PUT /v1/templates/{name}`): a job spec, YAML or JSON, with
+    /// `{{ $.path }}` references into the event that will trigger it. References are
+    /// checked now; the rendered spec is checked like any submission when it is used.
+    pub async fn put_template(&self, name: &str, body: &str) -> Result<Value, ApiError> {
+        check_name("name", name)?;
+        let template: Value = serde_yaml::from_str(body).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ApiError::bad_request(
+                format!("template: {e}"),
+                json!({"line": line, "column": column}),
+            )
+        })?;
+        if !template.is_object() {
+            return Err(ApiError::bad_request(
+                "template: a job spec (a mapping with name and tasks) is expected",
+                json!({}),
+            ));
+        }
+        crate::domain::template::check(&template)
+            .map_err(|e| ApiError::bad_request(format!("template {e}"), json!({"field": e.at})))?;
+        let doc = json!({"name": name, "template": template, "updated_at": now_ms()});
+        let kind = crate::store::registry::ResourceKind::JobTemplate;
+        if !self.store.put_resource(kind, name, &doc, true).await? {
+            self.store.put_resource(kind, name, &doc, false).await?;
+        }
+        Ok(doc)
+    }
+
+    pub async fn template(&self, name: &str) -> Result<Value, ApiError> {
+        self.store
+            .get_resource(crate::store::registry::ResourceKind::JobTemplate, name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no job template {name}")))
+    }
+
+    pub async fn templates(&self) -> Result<Vec<Value>, ApiError> {
+        Ok(self
+            .store
+            .list_resources(crate::store::registry::ResourceKind::JobTemplate, "")
+            .await?)
+    }
+
+    /// Render a template against an event and submit the job, once per event id (a
+    /// redelivered event gets the job the first delivery submitted).
+    pub async fn submit_from_template(
+        &self,
+        name: &str,
+        event: &Value,
+    ) -> Result<crate::service::Submitted, ApiError> {
+        let doc = self.template(name).await?;
+        let event_id = event["id"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "event: an EventBridge event with an `id` is expected",
+                    json!({"field": "id"}),
+                )
+            })?;
+        let spec = crate::domain::template::render(&doc["template"], event).map_err(|e| {
+            ApiError::bad_request(
+                format!("template {name}: {e}"),
+                json!({"template": name, "field": e.at, "event_id": event_id}),
+            )
+        })?;
+        self.submit_job(&spec.to_string(), Some(&format!("event:{event_id}")))
+            .await
+    }
+
     /// The autoscaler's settings (the defaults until some are stored).
     pub async fn autoscaler_settings(&self) -> Result<crate::autoscaler::Settings, ApiError> {
         Ok(self.store.autoscaler_settings().await?.unwrap_or_default())

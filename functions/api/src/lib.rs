@@ -59,6 +59,9 @@ pub fn router(service: Arc<Service>) -> Router {
             get(autoscaler_settings).put(set_autoscaler_settings),
         )
         .route("/v1/autoscaler/history", get(autoscaler_history))
+        .route("/v1/templates", get(list_templates))
+        .route("/v1/templates/{name}", get(get_template).put(put_template))
+        .route("/v1/templates/{name}/submit", post(submit_from_template))
         .route(
             "/v1/jobs/{job_id}/tasks/{task_id}/explain",
             get(explain_task),
@@ -251,6 +254,47 @@ async fn disable_cluster(
 
 async fn capacity_marks(State(svc): State<Arc<Service>>) -> Result<Response> {
     Ok(Json(serde_json::json!({"capacity_limited": svc.capacity_marks().await?})).into_response())
+}
+
+async fn list_templates(State(svc): State<Arc<Service>>) -> Result<Response> {
+    Ok(Json(serde_json::json!({"templates": svc.templates().await?})).into_response())
+}
+
+async fn get_template(
+    State(svc): State<Arc<Service>>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.template(&name).await?).into_response())
+}
+
+async fn put_template(
+    State(svc): State<Arc<Service>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    Ok(Json(svc.put_template(&name, body_text(&body)?).await?).into_response())
+}
+
+/// Submit a template's job for an event (what the trigger function does), once per
+/// event id.
+async fn submit_from_template(
+    State(svc): State<Arc<Service>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let event: serde_json::Value = serde_json::from_str(body_text(&body)?).map_err(|e| {
+        batchplane::service::ApiError::bad_request(
+            format!("event: {e}"),
+            serde_json::json!({"line": e.line(), "column": e.column()}),
+        )
+    })?;
+    let s = svc.submit_from_template(&name, &event).await?;
+    let status = if s.created {
+        axum::http::StatusCode::CREATED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((status, Json(s)).into_response())
 }
 
 async fn autoscaler_settings(State(svc): State<Arc<Service>>) -> Result<Response> {

@@ -12,6 +12,7 @@ pub mod records;
 pub mod retry;
 pub mod spec;
 pub mod state;
+pub mod template;
 pub mod tiers;
 
 pub use plan::{plan_addition, plan_job, ExistingEdge, PlannedTask, TaskKind, MAX_EDGES};

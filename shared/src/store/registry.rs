@@ -14,6 +14,8 @@ pub enum ResourceKind {
     JobQueue,
     ComputeEnvironment,
     SchedulingPolicy,
+    /// Batchplane's own: job templates rendered from events (`trigger`).
+    JobTemplate,
 }
 
 impl ResourceKind {
@@ -23,6 +25,7 @@ impl ResourceKind {
             ResourceKind::JobQueue => "R#job-queue",
             ResourceKind::ComputeEnvironment => "R#compute-environment",
             ResourceKind::SchedulingPolicy => "R#scheduling-policy",
+            ResourceKind::JobTemplate => "R#job-template",
         }
     }
     /// The resource type in its ARN.
