@@ -6,7 +6,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/batchplane/target
 export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/debug
 
-.PHONY: demo test build lint bench bench-autoscaler infra
+.PHONY: demo test build lint bench bench-autoscaler infra lambda
 
 build:
 	cargo build --workspace --bins
@@ -20,6 +20,10 @@ test: build
 # The SAM template: cfn-lint and sam validate --lint (pinned, installed on first use).
 infra:
 	bash scripts/infra.sh
+
+# Every function's bootstrap for arm64, as sam build makes them (cargo lambda + zig, pinned).
+lambda:
+	bash scripts/lambda-build.sh
 
 lint:
 	cargo fmt --all -- --check
