@@ -282,19 +282,28 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
             // While it runs, its token is where the schedule's heartbeats read them
             // (moto answers SendTaskHeartbeat with InvalidToken even for a live token,
             // so the heartbeat itself cannot be sent here).
+            // The events function records it from the job's submission record, on a
+            // stream poller of its own, so it may come a moment after the task starts.
             h.wait_task(&job, "step", "RUNNING", Duration::from_secs(30))
                 .await;
-            let tokens = h
-                .stack
-                .service
-                .store
-                .task_tokens()
-                .await
-                .must("task tokens");
-            assert!(
-                tokens.iter().any(|(j, t)| j == &job && t == token),
-                "the running job's token is not recorded: {tokens:?}"
-            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let tokens = h
+                    .stack
+                    .service
+                    .store
+                    .task_tokens()
+                    .await
+                    .must("task tokens");
+                if tokens.iter().any(|(j, t)| j == &job && t == token) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the running job's token is not recorded: {tokens:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         let done = h.wait(&job, Duration::from_secs(60)).await;
         let d = wait_status(execution).await;

@@ -38,6 +38,11 @@ pub struct BenchArgs {
     /// successor of the same size).
     #[arg(long, default_value_t = 100_000)]
     array_size: u32,
+    /// Runs of each stack scenario (sleep, noop, dag), each beside its own floor; the
+    /// table shows the run of median efficiency and the JSON every run, since timings on
+    /// a small shared machine move from run to run.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Which scenarios (sleep, noop, dag, array); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -70,6 +75,16 @@ struct ScenarioResult {
     submit_ms: Vec<f64>,
     /// Items in the table once the scenario ended.
     items_in_table: Option<u64>,
+    /// DynamoDB write units the workers spent on their own upkeep over the run
+    /// (announcing themselves each heartbeat, renewing and giving back placements):
+    /// per worker and second, not per task, so not in the per-task figures.
+    upkeep_write_units: f64,
+    /// Where the makespan went beyond the tasks themselves (DAG and flat scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeline: Option<Timeline>,
+    /// Every run of the scenario (this result is the one of median efficiency).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    runs: Vec<RunSummary>,
 }
 
 struct Scenario {
@@ -151,24 +166,26 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[idx])
 }
 
-fn diff(after: &RequestCounts, before: &RequestCounts) -> RequestCounts {
-    let mut d = after.clone();
-    for (k, v) in &before.requests {
-        *d.requests.entry(k.clone()).or_default() -= v;
-    }
-    for (k, v) in &before.write_units {
-        *d.write_units.entry(k.clone()).or_default() -= v;
-    }
-    for (k, v) in &before.read_units {
-        *d.read_units.entry(k.clone()).or_default() -= v;
-    }
-    d
+/// Where a job's time went, from its tasks' attempts.
+#[derive(Debug, Default, Serialize)]
+struct Timeline {
+    /// Each dependent's start minus its last dependency's end (ms), sorted.
+    #[serde(skip)]
+    release_latencies: Vec<f64>,
+    /// Job created → its first task started.
+    start_ms: f64,
+    /// Its last task ended → the job finished.
+    close_ms: f64,
+    /// Tasks each worker ran, fewest and most (an uneven split costs whole rounds).
+    tasks_per_worker_min: usize,
+    tasks_per_worker_max: usize,
 }
 
-/// Dependency release latency: each dependent's start minus its last dependency's end.
-async fn release_latencies(api: &Api, job_id: &str, spec: &Value) -> anyhow::Result<Vec<f64>> {
+/// The timeline of a finished job: release latencies, start and close, the split.
+async fn timeline(api: &Api, job_id: &str, spec: &Value, done: &Value) -> anyhow::Result<Timeline> {
     let mut finished: HashMap<String, i64> = HashMap::new();
     let mut started: HashMap<String, i64> = HashMap::new();
+    let mut per_worker: HashMap<String, usize> = HashMap::new();
     let tasks = spec["tasks"].as_array().cloned().unwrap_or_default();
     for t in &tasks {
         let id = t["id"].as_str().unwrap_or_default();
@@ -178,10 +195,38 @@ async fn release_latencies(api: &Api, job_id: &str, spec: &Value) -> anyhow::Res
                 started.insert(id.to_string(), s);
                 finished.insert(id.to_string(), f);
             }
+            *per_worker
+                .entry(a["worker_id"].as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
         }
     }
+    let gap = |from: Option<i64>, to: Option<i64>| match (from, to) {
+        (Some(a), Some(b)) => (b - a) as f64,
+        _ => 0.0,
+    };
+    Ok(Timeline {
+        release_latencies: release_latencies(&tasks, &started, &finished),
+        start_ms: gap(
+            epoch_ms(&done["created_at"]),
+            started.values().min().copied(),
+        ),
+        close_ms: gap(
+            finished.values().max().copied(),
+            epoch_ms(&done["finished_at"]),
+        ),
+        tasks_per_worker_min: per_worker.values().min().copied().unwrap_or(0),
+        tasks_per_worker_max: per_worker.values().max().copied().unwrap_or(0),
+    })
+}
+
+/// Dependency release latency: each dependent's start minus its last dependency's end.
+fn release_latencies(
+    tasks: &[Value],
+    started: &HashMap<String, i64>,
+    finished: &HashMap<String, i64>,
+) -> Vec<f64> {
     let mut out = Vec::new();
-    for t in &tasks {
+    for t in tasks {
         let deps: Vec<&str> = t["depends_on"]
             .as_array()
             .map(|d| d.iter().filter_map(|x| x.as_str()).collect())
@@ -196,7 +241,7 @@ async fn release_latencies(api: &Api, job_id: &str, spec: &Value) -> anyhow::Res
         }
     }
     out.sort_by(|a, b| a.total_cmp(b));
-    Ok(out)
+    out
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
@@ -208,6 +253,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s))
         .collect();
     let state = std::env::temp_dir().join(format!("batchplane-bench-{}", std::process::id()));
+    // Every run starts its own emulators (below); this handle holds the current pair.
     let mut emulators = Emulators::start(&state.join("emulators"), free_port()?, free_port()?)?;
     let mut results = Vec::new();
     for name in chosen {
@@ -218,6 +264,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
                 &[vec!["true".to_string(); n], vec!["true".to_string(); n]],
                 parallelism,
             )?;
+            emulators.stop();
+            emulators =
+                Emulators::start(&state.join("emulators-array"), free_port()?, free_port()?)?;
             results.push(run_array(args, parallelism, &emulators, &state, floor_s).await?);
             continue;
         }
@@ -230,9 +279,38 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
             "== {name}: {} tasks, parallelism {parallelism}",
             scenario.levels.iter().map(Vec::len).sum::<usize>()
         );
-        let floor_s = floor(&scenario.levels, parallelism)?;
-        let r = run_scenario(&scenario, args, parallelism, &emulators, &state, floor_s).await?;
-        results.push(r);
+        let mut runs = Vec::new();
+        for run in 0..args.runs.max(1) {
+            // Fresh emulators for every run: DynamoDB Local and moto slow down as runs
+            // pile up in them (dropped tables' streams, queues), which would charge one
+            // run for the last one's leftovers.
+            emulators.stop();
+            emulators = Emulators::start(
+                &state.join(format!("emulators-{name}-{}", run + 1)),
+                free_port()?,
+                free_port()?,
+            )?;
+            let floor_s = floor(&scenario.levels, parallelism)?;
+            let r = run_scenario(
+                &scenario,
+                run,
+                args,
+                parallelism,
+                &emulators,
+                &state,
+                floor_s,
+            )
+            .await?;
+            eprintln!(
+                "   run {}: efficiency {:.2}, release p50 {}",
+                run + 1,
+                r.efficiency,
+                r.release_latency_p50_ms
+                    .map_or("-".to_string(), |m| format!("{m:.0} ms"))
+            );
+            runs.push(r);
+        }
+        results.push(median_run(runs));
     }
     emulators.stop();
     print_table(&results);
@@ -278,7 +356,7 @@ async fn finish_stack(
     stack: LocalStack,
     before: &RequestCounts,
 ) -> anyhow::Result<(RequestCounts, u64)> {
-    let in_process = diff(&metrics::snapshot(), before);
+    let in_process = metrics::snapshot().since(before);
     let metrics_dir = stack.opts.metrics_dir.clone().context("metrics dir")?;
     let store = stack.service.store.clone();
     stack.shutdown().await?;
@@ -313,6 +391,7 @@ struct Measured {
     makespan_s: f64,
     floor_s: f64,
     latencies: Vec<f64>,
+    timeline: Option<Timeline>,
     counts: RequestCounts,
     submit_ms: Vec<f64>,
     items: u64,
@@ -355,18 +434,56 @@ fn result(m: Measured) -> ScenarioResult {
         dollars_per_million_tasks: dollars / n as f64 * 1e6,
         submit_ms: m.submit_ms,
         items_in_table: Some(m.items),
+        upkeep_write_units: counts
+            .upkeep
+            .as_ref()
+            .map_or(0.0, |u| u.total_write_units()),
+        timeline: m.timeline,
+        runs: Vec::new(),
     }
+}
+
+/// One run of a scenario, as the runs table in the JSON lists it.
+#[derive(Debug, Clone, Serialize)]
+struct RunSummary {
+    makespan_s: f64,
+    floor_makespan_s: f64,
+    efficiency: f64,
+    release_latency_p50_ms: Option<f64>,
+    release_latency_p99_ms: Option<f64>,
+    dynamodb_write_units_per_task: f64,
+}
+
+/// The run of median efficiency, carrying a summary of every run.
+fn median_run(mut runs: Vec<ScenarioResult>) -> ScenarioResult {
+    let summaries: Vec<RunSummary> = runs
+        .iter()
+        .map(|r| RunSummary {
+            makespan_s: r.makespan_s,
+            floor_makespan_s: r.floor_makespan_s,
+            efficiency: r.efficiency,
+            release_latency_p50_ms: r.release_latency_p50_ms,
+            release_latency_p99_ms: r.release_latency_p99_ms,
+            dynamodb_write_units_per_task: r.dynamodb_write_units_per_task,
+        })
+        .collect();
+    runs.sort_by(|a, b| a.efficiency.total_cmp(&b.efficiency));
+    let mut median = runs.swap_remove(runs.len() / 2);
+    median.runs = summaries;
+    median
 }
 
 async fn run_scenario(
     scenario: &Scenario,
+    run: usize,
     args: &BenchArgs,
     parallelism: usize,
     emulators: &Emulators,
     state: &std::path::Path,
     floor_s: f64,
 ) -> anyhow::Result<ScenarioResult> {
-    let (stack, api) = start_stack(scenario.name, args, emulators, state).await?;
+    let dir = format!("{}-{}", scenario.name, run + 1);
+    let (stack, api) = start_stack(&dir, args, emulators, state).await?;
     let before = metrics::snapshot();
     let started = Instant::now();
     let resp = api
@@ -382,7 +499,7 @@ async fn run_scenario(
         "benchmark job ended {}",
         done["state"]
     );
-    let latencies = release_latencies(&api, &job_id, &scenario.spec).await?;
+    let timeline = timeline(&api, &job_id, &scenario.spec, &done).await?;
     let (counts, items) = finish_stack(stack, &before).await?;
     Ok(result(Measured {
         name: scenario.name.to_string(),
@@ -390,7 +507,8 @@ async fn run_scenario(
         parallelism,
         makespan_s: makespan,
         floor_s,
-        latencies,
+        latencies: timeline.release_latencies.clone(),
+        timeline: Some(timeline),
         counts,
         submit_ms: vec![submit_ms],
         items,
@@ -463,6 +581,7 @@ async fn run_array(
         makespan_s: makespan,
         floor_s,
         latencies,
+        timeline: None,
         counts,
         submit_ms,
         items,
@@ -511,7 +630,42 @@ fn print_table(results: &[ScenarioResult]) {
         let mut wcu: Vec<(&String, &f64)> = r.write_units_per_task_by_operation.iter().collect();
         wcu.sort_by(|a, b| a.0.cmp(b.0));
         let parts: Vec<String> = wcu.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-        println!("{} write units/task: {}", r.scenario, parts.join(", "));
+        println!(
+            "{} write units/task: {}; workers' upkeep apart: {:.0} write units in all",
+            r.scenario,
+            parts.join(", "),
+            r.upkeep_write_units
+        );
+        if r.runs.len() > 1 {
+            let range = |f: &dyn Fn(&RunSummary) -> Option<f64>| {
+                let v: Vec<f64> = r.runs.iter().filter_map(f).collect();
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (lo, hi)
+            };
+            let (e0, e1) = range(&|x| Some(x.efficiency));
+            let mut line = format!(
+                "{} over {} runs: efficiency {e0:.2}–{e1:.2}",
+                r.scenario,
+                r.runs.len()
+            );
+            if r.release_latency_p50_ms.is_some() {
+                let (a0, a1) = range(&|x| x.release_latency_p50_ms);
+                let (b0, b1) = range(&|x| x.release_latency_p99_ms);
+                line.push_str(&format!(
+                    ", release p50 {a0:.0}–{a1:.0} ms, p99 {b0:.0}–{b1:.0} ms"
+                ));
+            }
+            let (w0, w1) = range(&|x| Some(x.dynamodb_write_units_per_task));
+            line.push_str(&format!(", write units per task {w0:.2}–{w1:.2}"));
+            println!("{line}");
+        }
+        if let Some(t) = &r.timeline {
+            println!(
+                "{} timeline: created → first start {:.0} ms, last end → finished {:.0} ms, tasks per worker {}–{}",
+                r.scenario, t.start_ms, t.close_ms, t.tasks_per_worker_min, t.tasks_per_worker_max
+            );
+        }
         if r.scenario == "array" {
             let subs: Vec<String> = r.submit_ms.iter().map(|m| format!("{m:.0} ms")).collect();
             println!(

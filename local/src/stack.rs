@@ -252,7 +252,8 @@ pub struct LocalStack {
     pub backend: Arc<LocalBackend>,
     stop: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
-    poller: Option<JoinHandle<anyhow::Result<()>>>,
+    /// One stream poller per consumer (the fanout, the events publisher).
+    pollers: Vec<JoinHandle<anyhow::Result<()>>>,
     launcher: Option<JoinHandle<()>>,
     autoscaler: Option<JoinHandle<()>>,
     /// Pool workers whose placement was refused, tried again by the launcher loop.
@@ -376,14 +377,21 @@ impl LocalStack {
             sfn,
             opts.table.clone(),
         ));
-        let poller = tokio::spawn(streams::poll(
-            streams_client,
-            arn,
-            fanout.clone(),
-            Some(publisher.clone()),
-            opts.poller,
-            stop_rx,
-        ));
+        let pollers = [
+            streams::Consumer::Fanout(fanout.clone()),
+            streams::Consumer::Events(publisher.clone()),
+        ]
+        .into_iter()
+        .map(|consumer| {
+            tokio::spawn(streams::poll(
+                streams_client.clone(),
+                arn.clone(),
+                consumer,
+                opts.poller,
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
 
         let mut backend = LocalBackend::new(
             opts.taskhost.clone(),
@@ -401,7 +409,7 @@ impl LocalStack {
             backend: Arc::new(backend),
             stop,
             server: Some(server),
-            poller: Some(poller),
+            pollers,
             launcher: None,
             autoscaler: None,
             waiting: Arc::default(),
@@ -534,7 +542,7 @@ impl LocalStack {
     }
 
     /// Drain the workers (SIGTERM: they finish running tasks and release their
-    /// placements), then stop the launcher, the API and the poller.
+    /// placements), then stop the launcher, the API and the stream pollers.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         if let Some(launcher) = self.launcher.take() {
@@ -547,10 +555,10 @@ impl LocalStack {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
-        if let Some(poller) = self.poller.take() {
+        for poller in std::mem::take(&mut self.pollers) {
             match poller.await {
                 Ok(r) => r?,
-                Err(e) => bail!("the stream poller panicked: {e}"),
+                Err(e) => bail!("a stream poller panicked: {e}"),
             }
         }
         Ok(())

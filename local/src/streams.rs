@@ -1,7 +1,9 @@
-//! The local stand-in for Lambda's DynamoDB event source mapping: read the table's
-//! stream shard by shard, hand each batch of records to the fanout handler as the same
+//! The local stand-in for Lambda's DynamoDB event source mappings: read the table's
+//! stream shard by shard, hand each batch of records to a consumer's handler as the same
 //! `aws_lambda_events` event Lambda would build, and on a reported failure resume from
-//! the failed record (as `ReportBatchItemFailures` does).
+//! the failed record (as `ReportBatchItemFailures` does). Each consumer (the fanout, the
+//! events publisher) has a poller of its own with its own iterators, as each function
+//! has its own mapping in AWS: a slow or failing consumer never holds back the other.
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord, StreamRecord};
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
@@ -23,6 +25,10 @@ pub struct PollerOptions {
     /// reading at a fixed cadence (rather than again at once after a batch) is what
     /// makes batches, and so per-batch writes such as job counts, amortise.
     pub interval: Duration,
+    /// How often the events publisher's poller reads each shard. Nothing waits on it
+    /// the way tasks wait on releases, and every read costs the emulator as much as the
+    /// fanout's, so it reads at about Lambda's own cadence.
+    pub events_interval: Duration,
 }
 
 impl Default for PollerOptions {
@@ -30,6 +36,7 @@ impl Default for PollerOptions {
         PollerOptions {
             duplicate_batches: false,
             interval: Duration::from_millis(100),
+            events_interval: Duration::from_millis(250),
         }
     }
 }
@@ -86,13 +93,35 @@ async fn shard_iterator(
     Ok(out.shard_iterator().map(str::to_string))
 }
 
-/// Poll `stream_arn` until `stop` turns true, invoking the fanout for each batch, then
-/// the events publisher (the stream's second consumer in AWS) when there is one.
+/// A function reading the stream through its own event source mapping.
+#[derive(Clone)]
+pub enum Consumer {
+    /// Releases, counts and job ends (`functions/fanout`).
+    Fanout(Arc<Fanout>),
+    /// State changes to EventBridge and Step Functions (`functions/events`).
+    Events(Arc<batchplane_events::Publisher>),
+}
+
+impl Consumer {
+    /// Invoke the handler on one batch; the first failed record's sequence number, if any.
+    async fn invoke(&self, event: &Event) -> Option<String> {
+        batchplane::metrics::record_request("Lambda", "Invoke");
+        let response = match self {
+            Consumer::Fanout(f) => fanout_fn::handle_event(f, event).await,
+            Consumer::Events(p) => events_fn::handle_stream(p, event).await,
+        };
+        response
+            .batch_item_failures
+            .first()
+            .and_then(|f| f.item_identifier.clone())
+    }
+}
+
+/// Poll `stream_arn` for `consumer` until `stop` turns true.
 pub async fn poll(
     client: aws_sdk_dynamodbstreams::Client,
     stream_arn: String,
-    fanout: Arc<Fanout>,
-    events: Option<Arc<batchplane_events::Publisher>>,
+    consumer: Consumer,
     opts: PollerOptions,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -163,20 +192,7 @@ pub async fn poll(
                 let times = if opts.duplicate_batches { 2 } else { 1 };
                 let mut failed_at = None;
                 for _ in 0..times {
-                    batchplane::metrics::record_request("Lambda", "Invoke");
-                    let response = fanout_fn::handle_event(&fanout, &event).await;
-                    failed_at = response
-                        .batch_item_failures
-                        .first()
-                        .and_then(|f| f.item_identifier.clone());
-                    if let (None, Some(p)) = (&failed_at, &events) {
-                        batchplane::metrics::record_request("Lambda", "Invoke");
-                        let response = events_fn::handle_stream(p, &event).await;
-                        failed_at = response
-                            .batch_item_failures
-                            .first()
-                            .and_then(|f| f.item_identifier.clone());
-                    }
+                    failed_at = consumer.invoke(&event).await;
                 }
                 if let Some(seq) = failed_at {
                     // Resume from the failed record, after a pause, as Lambda retries.
@@ -186,7 +202,11 @@ pub async fn poll(
             }
             iterators.insert(shard_id, next);
         }
-        let rest = opts.interval.saturating_sub(round.elapsed());
+        let interval = match consumer {
+            Consumer::Fanout(_) => opts.interval,
+            Consumer::Events(_) => opts.events_interval,
+        };
+        let rest = interval.saturating_sub(round.elapsed());
         tokio::select! {
             _ = tokio::time::sleep(rest) => {}
             _ = stop.changed() => {}

@@ -237,33 +237,33 @@ impl Fanout {
         }
 
         // Release dependents of succeeded tasks: the batch's edges into one dependent
-        // go in one write, so a fan-in whose dependencies finish together is cheap.
-        match self.release_all(changes).await {
+        // go in one write, so a fan-in whose dependencies finish together is cheap. The
+        // command tasks released are sent below with the rest, not a stream hop later.
+        let mut released_now: Vec<(usize, TaskRecord)> = Vec::new();
+        match self.release_all(changes, &mut released_now).await {
             Ok(n) => outcome.released += n,
             Err(failed) => first_failed = first_failed.min(failed),
         }
 
-        // Enqueue runnable command tasks, grouped by pool, ten a request.
+        // Enqueue runnable command tasks, grouped by pool, ten a request: those this
+        // batch released, and those the stream shows becoming RUNNABLE otherwise
+        // (submitted ready, retried, moved up a tier, released by the API).
         let mut by_queue: BTreeMap<String, Vec<(usize, TaskMessage)>> = BTreeMap::new();
-        for (i, c) in changes.iter().enumerate() {
-            if let Change::Task(t) = c {
-                if became(t, TaskState::Runnable) && t.task.kind == TaskKind::Command {
-                    by_queue
-                        .entry(t.task.pool_name().to_string())
-                        .or_default()
-                        .push((
-                            i,
-                            TaskMessage {
-                                job_id: t.task.job_id.clone(),
-                                task_id: t.task.task_id.clone(),
-                                shard: t.task.shard,
-                                cpu_milli: t.task.cpu_milli,
-                                memory_mib: t.task.memory_mib,
-                                gpu: t.task.gpu,
-                                array_child: t.task.index.is_some(),
-                            },
-                        ));
-                }
+        let from_stream = changes.iter().enumerate().filter_map(|(i, c)| match c {
+            Change::Task(t)
+                if became(t, TaskState::Runnable)
+                    && !(t.old_state == Some(TaskState::Pending) && t.task.enqueued_on_release) =>
+            {
+                Some((i, &t.task))
+            }
+            _ => None,
+        });
+        for (i, task) in from_stream.chain(released_now.iter().map(|(i, t)| (*i, t))) {
+            if task.kind == TaskKind::Command {
+                by_queue
+                    .entry(task.pool_name().to_string())
+                    .or_default()
+                    .push((i, TaskMessage::for_task(task)));
             }
         }
         for (queue, msgs) in by_queue {
@@ -346,9 +346,17 @@ impl Fanout {
         Ok(0)
     }
 
-    /// Release the dependents of every task that succeeded in this batch. On failure,
-    /// the index of the first record whose releases did not all go through.
-    async fn release_all(&self, changes: &[Change]) -> Result<usize, usize> {
+    /// Release the dependents of every task that succeeded in this batch, adding to
+    /// `send` each one this batch made RUNNABLE (with the index of the first record
+    /// naming it) for the caller to enqueue. A dependent already RUNNABLE by these very
+    /// edges is sent again: this may be a retry of the batch whose send was lost, and a
+    /// second message for a task is dropped by its claim. On failure, the index of the
+    /// first record whose releases did not all go through.
+    async fn release_all(
+        &self,
+        changes: &[Change],
+        send: &mut Vec<(usize, TaskRecord)>,
+    ) -> Result<usize, usize> {
         // job → dependent → (finished dependencies, first record index naming it)
         let mut edges: BTreeMap<&str, BTreeMap<&str, (Vec<String>, usize)>> = BTreeMap::new();
         for (i, c) in changes.iter().enumerate() {
@@ -396,17 +404,30 @@ impl Fanout {
                     Some((d, deps, i))
                 })
                 .collect();
-            let results: Vec<(usize, Result<bool, StoreError>)> = stream::iter(work)
+            let results: Vec<(usize, TaskRecord, Result<bool, StoreError>)> = stream::iter(work)
                 .map(|(d, deps, i)| {
                     let store = self.store.clone();
-                    async move { (i, store.release_edges(&d, &deps).await) }
+                    async move {
+                        let r = if d.state == TaskState::Runnable
+                            && d.enqueued_on_release
+                            && deps.iter().all(|x| d.deps_done.contains(x))
+                        {
+                            Ok(true)
+                        } else {
+                            store.release_edges(&d, &deps, true).await
+                        };
+                        (i, d, r)
+                    }
                 })
                 .buffer_unordered(EFFECT_CONCURRENCY)
                 .collect()
                 .await;
-            for (i, r) in results {
+            for (i, d, r) in results {
                 match r {
-                    Ok(true) => released += 1,
+                    Ok(true) => {
+                        released += 1;
+                        send.push((i, d));
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, job_id, "release failed; will retry");

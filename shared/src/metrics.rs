@@ -14,18 +14,44 @@ pub struct RequestCounts {
     pub write_units: BTreeMap<String, f64>,
     /// DynamoDB read capacity units consumed, by operation.
     pub read_units: BTreeMap<String, f64>,
+    /// Requests made for the fleet's own upkeep (a worker announcing itself, renewing
+    /// and giving back its placement), inside [`upkeep`]: they grow with workers and
+    /// time, not with tasks, so they are kept apart from the rest (and from its totals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upkeep: Option<Box<RequestCounts>>,
 }
 
 impl RequestCounts {
     pub fn merge(&mut self, other: &RequestCounts) {
+        self.combine(other, 1.0);
+    }
+
+    /// These counts less an earlier snapshot of the same process.
+    pub fn since(&self, before: &RequestCounts) -> RequestCounts {
+        let mut d = self.clone();
+        d.combine(before, -1.0);
+        d
+    }
+
+    fn combine(&mut self, other: &RequestCounts, sign: f64) {
         for (k, v) in &other.requests {
-            *self.requests.entry(k.clone()).or_default() += v;
+            let e = self.requests.entry(k.clone()).or_default();
+            *e = if sign < 0.0 {
+                e.saturating_sub(*v)
+            } else {
+                *e + v
+            };
         }
         for (k, v) in &other.write_units {
-            *self.write_units.entry(k.clone()).or_default() += v;
+            *self.write_units.entry(k.clone()).or_default() += sign * v;
         }
         for (k, v) in &other.read_units {
-            *self.read_units.entry(k.clone()).or_default() += v;
+            *self.read_units.entry(k.clone()).or_default() += sign * v;
+        }
+        if let Some(u) = &other.upkeep {
+            self.upkeep
+                .get_or_insert_with(Default::default)
+                .combine(u, sign);
         }
     }
     pub fn total_write_units(&self) -> f64 {
@@ -48,10 +74,25 @@ fn global() -> &'static Mutex<RequestCounts> {
     COUNTS.get_or_init(|| Mutex::new(RequestCounts::default()))
 }
 
+tokio::task_local! {
+    static UPKEEP: ();
+}
+
+/// Run `f` with its AWS requests counted as the fleet's upkeep (see
+/// [`RequestCounts::upkeep`]).
+pub async fn upkeep<F: std::future::Future>(f: F) -> F::Output {
+    UPKEEP.scope((), f).await
+}
+
+/// The counts a request made now goes to: the upkeep's inside [`upkeep`].
 fn with<R>(f: impl FnOnce(&mut RequestCounts) -> R) -> R {
     // A poisoned lock only means a panic elsewhere mid-increment; the counts stay usable.
     let mut guard = global().lock().unwrap_or_else(|p| p.into_inner());
-    f(&mut guard)
+    if UPKEEP.try_with(|_| ()).is_ok() {
+        f(guard.upkeep.get_or_insert_with(Default::default))
+    } else {
+        f(&mut guard)
+    }
 }
 
 pub fn record_request(service: &str, operation: &str) {
@@ -105,5 +146,21 @@ mod tests {
         assert_eq!(b.total_write_units(), 8.0);
         let d = dollars(&b);
         assert!((d - (8.0 * 0.625 + 4.0 * 0.40) / 1e6).abs() < 1e-12);
+        let back = b.since(&a);
+        assert_eq!(back.requests_of("SQS"), 2);
+        assert_eq!(back.total_write_units(), 4.0);
+    }
+
+    #[tokio::test]
+    async fn upkeep_is_counted_apart() {
+        let before = snapshot();
+        record_write_units("TestWork", 1.0);
+        upkeep(async { record_write_units("TestUpkeep", 2.0) }).await;
+        let d = snapshot().since(&before);
+        assert_eq!(d.write_units.get("TestUpkeep").copied().unwrap_or(0.0), 0.0);
+        assert_eq!(d.write_units["TestWork"], 1.0);
+        let u = d.upkeep.expect("upkeep counts");
+        assert_eq!(u.write_units["TestUpkeep"], 2.0);
+        assert_eq!(u.write_units.get("TestWork").copied().unwrap_or(0.0), 0.0);
     }
 }

@@ -37,6 +37,21 @@ pub struct TaskMessage {
     pub array_child: bool,
 }
 
+impl TaskMessage {
+    /// The message that sends a stored task to its pool's workers.
+    pub fn for_task(task: &crate::domain::TaskRecord) -> Self {
+        TaskMessage {
+            job_id: task.job_id.clone(),
+            task_id: task.task_id.clone(),
+            shard: task.shard,
+            cpu_milli: task.cpu_milli,
+            memory_mib: task.memory_mib,
+            gpu: task.gpu,
+            array_child: task.index.is_some(),
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

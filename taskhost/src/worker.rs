@@ -483,8 +483,13 @@ impl Announce {
     }
 
     /// Record this worker again and renew its placement; false once the placement is
-    /// gone (released or swept), when the worker should drain and exit.
+    /// gone (released or swept), when the worker should drain and exit. Its requests
+    /// are the fleet's upkeep in the request counts, not any task's.
     async fn refresh(&self, store: &Store, running: u32) -> bool {
+        batchplane::metrics::upkeep(self.record(store, running)).await
+    }
+
+    async fn record(&self, store: &Store, running: u32) -> bool {
         let now = now_ms();
         let mut placed = true;
         if let Some((id, slot)) = &self.reservation {
@@ -517,7 +522,12 @@ impl Announce {
         placed
     }
 
+    /// Give back the placement and remove the worker's records (upkeep, as above).
     async fn forget(&self, store: &Store) {
+        batchplane::metrics::upkeep(self.remove(store)).await
+    }
+
+    async fn remove(&self, store: &Store) {
         if let Some((id, slot)) = &self.reservation {
             match store.release_slots(id, Some(&[*slot]), None).await {
                 Ok(n) => {

@@ -119,6 +119,10 @@ pub struct TaskRecord {
     pub worker_id: Option<String>,
     pub lease_expires: Option<i64>,
     pub cancel_requested: bool,
+    /// Set by the write that made a waiting task RUNNABLE when that writer sends the
+    /// task's message itself (the fanout releasing dependents), so the stream's record
+    /// of the transition does not send it again.
+    pub enqueued_on_release: bool,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,

@@ -399,6 +399,7 @@ pub fn task_from_item(item: &Item) -> Result<TaskRecord, Malformed> {
         worker_id: r.opt_s("worker_id")?,
         lease_expires: r.opt_n("lease_expires")?,
         cancel_requested: r.bool("cancel_requested"),
+        enqueued_on_release: r.bool("enqueued"),
         created_at: r.opt_n("created_at")?.unwrap_or(0),
         started_at: r.opt_n("started_at")?,
         finished_at: r.opt_n("finished_at")?,

@@ -1245,7 +1245,8 @@ impl Store {
         dependent: &TaskRecord,
         dep: &str,
     ) -> Result<bool, StoreError> {
-        self.release_edges(dependent, &[dep.to_string()]).await
+        self.release_edges(dependent, &[dep.to_string()], false)
+            .await
     }
 
     /// Release finished dependencies into a waiting task, and make the task RUNNABLE
@@ -1253,11 +1254,20 @@ impl Store {
     /// transition is conditional on PENDING. `dependent` is the task as last read.
     /// Usually one write, however many dependencies it carries: the write that
     /// completes the set also sets RUNNABLE. Returns whether the task became RUNNABLE.
+    /// With `enqueue_follows` the caller sends the task's message itself when it does
+    /// (one stream hop less between a dependency's end and its dependent's start), and
+    /// the write marks the task `enqueued` so the stream's record of it sends nothing.
     pub async fn release_edges(
         &self,
         dependent: &TaskRecord,
         deps: &[String],
+        enqueue_follows: bool,
     ) -> Result<bool, StoreError> {
+        let runnable = if enqueue_follows {
+            "#state = :runnable, enqueued = :true"
+        } else {
+            "#state = :runnable"
+        };
         if dependent.state != TaskState::Pending || deps.is_empty() {
             return Ok(false);
         }
@@ -1292,7 +1302,7 @@ impl Store {
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(k.clone()))
-                .update_expression("ADD deps_done :d SET #state = :runnable")
+                .update_expression(format!("ADD deps_done :d SET {runnable}"))
                 .condition_expression(format!("#state = :pending AND {size_cond}"))
                 .expression_attribute_names("#state", "state")
                 .expression_attribute_values(":d", set.clone())
@@ -1301,6 +1311,9 @@ impl Store {
                 .return_consumed_capacity(ReturnConsumedCapacity::Total);
             if !dependent.deps_done.is_empty() {
                 req = req.expression_attribute_values(":seen", n(dependent.deps_done.len()));
+            }
+            if enqueue_follows {
+                req = req.expression_attribute_values(":true", AttributeValue::Bool(true));
             }
             let res = req.send().await;
             if self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))? {
@@ -1340,12 +1353,28 @@ impl Store {
                 other => return Err(other),
             },
         };
-        if now.all_deps_done() {
-            return self
-                .transition(&now, &[TaskState::Pending], TaskState::Runnable, None)
-                .await;
+        if !now.all_deps_done() {
+            return Ok(false);
         }
-        Ok(false)
+        let mut req = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                task_pk(&now.job_id, now.shard),
+                task_sk(&now.task_id),
+            )))
+            .update_expression(format!("SET {runnable}"))
+            .condition_expression("#state = :pending")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":runnable", s(TaskState::Runnable.as_str()))
+            .expression_attribute_values(":pending", s(TaskState::Pending.as_str()))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        if enqueue_follows {
+            req = req.expression_attribute_values(":true", AttributeValue::Bool(true));
+        }
+        let res = req.send().await;
+        self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))
     }
 
     /// Move a task between states with no other change, if it is in one of `from`.
