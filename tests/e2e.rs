@@ -370,6 +370,85 @@ async fn duplicate_sqs_deliveries_run_each_task_once() {
     h.shutdown().await;
 }
 
+/// A worker running tasks of steady length claims the next task just before a slot
+/// frees; a task claimed ahead still waits for its slot, so the worker never runs more
+/// at once than it has room for, and every task runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_claimed_ahead_wait_for_a_free_slot() {
+    let h = Harness::start(|o| {
+        o.workers = 1;
+        o.worker_cpus = 2.0;
+    })
+    .await;
+    let runs = h.dir.join("runs.log");
+    let mut spec = String::from("name: steady\ntasks:\n");
+    for i in 0..12 {
+        spec.push_str(&format!(
+            "  - {{id: t{i}, command: [sh, -c, 'echo t{i} >> {}; sleep 0.5']}}\n",
+            runs.display()
+        ));
+    }
+    let job = h.submit(&spec).await;
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    let mut ran = lines(&runs);
+    ran.sort();
+    assert_eq!(ran.len(), 12, "every task ran once: {ran:?}");
+    ran.dedup();
+    assert_eq!(ran.len(), 12, "no task ran twice");
+
+    // Never more than two processes at once: at each attempt's start, count the
+    // attempts already under way (a few ms of slack for the end being stamped after
+    // the slot is handed on).
+    let mut spans = Vec::new();
+    for i in 0..12 {
+        let t = h.task(&job, &format!("t{i}")).await;
+        let a = &attempts(&t)[0];
+        spans.push((millis(&a["started_at"]), millis(&a["finished_at"])));
+    }
+    for &(start, _) in &spans {
+        let under_way = spans
+            .iter()
+            .filter(|&&(s, f)| s <= start && start < f - 30)
+            .count();
+        assert!(
+            under_way <= 2,
+            "{under_way} tasks at once at {start}: {spans:?}"
+        );
+    }
+
+    // And it did claim ahead once it had seen the tasks' length.
+    let logs = std::fs::read_dir(h.dir.join("workers")).unwrap();
+    let mut ahead = 0;
+    for entry in logs {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        let plain = strip_ansi(&text);
+        ahead += plain
+            .lines()
+            .filter(|l| l.contains("task claimed") && l.contains("ahead=true"))
+            .count();
+    }
+    assert!(ahead > 0, "no task was claimed ahead");
+    h.shutdown().await;
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
     let mut h = Harness::start(|o| {

@@ -179,13 +179,27 @@ struct Timeline {
     /// Tasks each worker ran, fewest and most (an uneven split costs whole rounds).
     tasks_per_worker_min: usize,
     tasks_per_worker_max: usize,
+    /// Mean attempt length, claim to recorded end (ms): the command plus what the
+    /// worker spends starting and ending it.
+    attempt_ms_mean: f64,
+    /// Slot time left idle between a worker's first start and last end, per task (ms):
+    /// slots × span minus the attempts' time, divided by the tasks the worker ran.
+    idle_slot_ms_per_task: f64,
 }
 
 /// The timeline of a finished job: release latencies, start and close, the split.
-async fn timeline(api: &Api, job_id: &str, spec: &Value, done: &Value) -> anyhow::Result<Timeline> {
+async fn timeline(
+    api: &Api,
+    job_id: &str,
+    spec: &Value,
+    done: &Value,
+    slots: f64,
+) -> anyhow::Result<Timeline> {
     let mut finished: HashMap<String, i64> = HashMap::new();
     let mut started: HashMap<String, i64> = HashMap::new();
     let mut per_worker: HashMap<String, usize> = HashMap::new();
+    // worker → (first start, last end, attempts' total ms)
+    let mut spans: HashMap<String, (i64, i64, i64)> = HashMap::new();
     let tasks = spec["tasks"].as_array().cloned().unwrap_or_default();
     for t in &tasks {
         let id = t["id"].as_str().unwrap_or_default();
@@ -194,6 +208,12 @@ async fn timeline(api: &Api, job_id: &str, spec: &Value, done: &Value) -> anyhow
             if let (Some(s), Some(f)) = (epoch_ms(&a["started_at"]), epoch_ms(&a["finished_at"])) {
                 started.insert(id.to_string(), s);
                 finished.insert(id.to_string(), f);
+                let span = spans
+                    .entry(a["worker_id"].as_str().unwrap_or_default().to_string())
+                    .or_insert((s, f, 0));
+                span.0 = span.0.min(s);
+                span.1 = span.1.max(f);
+                span.2 += f - s;
             }
             *per_worker
                 .entry(a["worker_id"].as_str().unwrap_or_default().to_string())
@@ -214,6 +234,17 @@ async fn timeline(api: &Api, job_id: &str, spec: &Value, done: &Value) -> anyhow
             finished.values().max().copied(),
             epoch_ms(&done["finished_at"]),
         ),
+        attempt_ms_mean: {
+            let total: i64 = spans.values().map(|s| s.2).sum();
+            total as f64 / started.len().max(1) as f64
+        },
+        idle_slot_ms_per_task: {
+            let idle: f64 = spans
+                .values()
+                .map(|&(first, last, busy)| (slots * (last - first) as f64 - busy as f64).max(0.0))
+                .sum();
+            idle / started.len().max(1) as f64
+        },
         tasks_per_worker_min: per_worker.values().min().copied().unwrap_or(0),
         tasks_per_worker_max: per_worker.values().max().copied().unwrap_or(0),
     })
@@ -499,7 +530,14 @@ async fn run_scenario(
         "benchmark job ended {}",
         done["state"]
     );
-    let timeline = timeline(&api, &job_id, &scenario.spec, &done).await?;
+    let timeline = timeline(
+        &api,
+        &job_id,
+        &scenario.spec,
+        &done,
+        args.worker_cpus.floor(),
+    )
+    .await?;
     let (counts, items) = finish_stack(stack, &before).await?;
     Ok(result(Measured {
         name: scenario.name.to_string(),
@@ -662,8 +700,9 @@ fn print_table(results: &[ScenarioResult]) {
         }
         if let Some(t) = &r.timeline {
             println!(
-                "{} timeline: created → first start {:.0} ms, last end → finished {:.0} ms, tasks per worker {}–{}",
-                r.scenario, t.start_ms, t.close_ms, t.tasks_per_worker_min, t.tasks_per_worker_max
+                "{} timeline: created → first start {:.0} ms, last end → finished {:.0} ms, tasks per worker {}–{}, attempt {:.0} ms on average, idle slot time {:.0} ms per task",
+                r.scenario, t.start_ms, t.close_ms, t.tasks_per_worker_min, t.tasks_per_worker_max,
+                t.attempt_ms_mean, t.idle_slot_ms_per_task
             );
         }
         if r.scenario == "array" {

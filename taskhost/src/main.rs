@@ -2,6 +2,7 @@
 //! `taskhost` runs the worker; `taskhost exec` is the small shim each task runs under,
 //! which measures the task's resource use.
 
+mod forecast;
 mod memory;
 mod sampler;
 mod shim;

@@ -3,6 +3,7 @@
 //! visibility alive, record each attempt, and exit after an idle time (or drain and exit
 //! on SIGTERM: no running task is interrupted by a scale-down).
 
+use crate::forecast::{ClaimLatency, Forecast};
 use crate::shim::Report;
 use batchplane::domain::retry::{AttemptEnd, RetryAction};
 use batchplane::domain::tiers::{
@@ -16,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -73,10 +74,20 @@ pub struct Options {
     /// Long-poll wait for an empty queue, in seconds.
     #[arg(long, default_value_t = 2)]
     pub poll_wait_seconds: u64,
-    /// Messages to hold beyond free capacity, so a freed slot starts its next task
-    /// without a round trip to SQS. Held messages stay invisible to other workers.
+    /// Messages to hold beyond free capacity, at most, so a freed slot starts its next
+    /// task without a round trip to SQS. Held messages stay invisible to other workers.
+    /// Once the worker has seen its tasks' lengths it holds one only for each slot
+    /// expected to free within `--prefetch-horizon-ms`.
     #[arg(long, env = "BATCHPLANE_PREFETCH", default_value_t = 4)]
     pub prefetch: usize,
+    /// How far ahead of a slot's expected end its next message is fetched. Short: a
+    /// message a full worker holds is one an idle worker elsewhere cannot start.
+    #[arg(long, env = "BATCHPLANE_PREFETCH_HORIZON_MS", default_value_t = 300)]
+    pub prefetch_horizon_ms: u64,
+    /// Claim the next task just before a slot frees, when the tasks this worker runs are
+    /// steady in length, so the slot starts it without waiting for the claim write.
+    #[arg(long, env = "BATCHPLANE_CLAIM_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub claim_ahead: bool,
     /// A held message that has not found room this long goes back to the queue, so a
     /// free worker elsewhere can take it. Longer than most short tasks, so a full
     /// worker's next task is usually already in hand when a slot frees.
@@ -122,8 +133,25 @@ struct Running {
     memory_mib: u64,
     gpu: u32,
     kill: watch::Sender<Option<Kill>>,
-    /// When the worker started it (its duration feeds the autoscaler).
+    /// When the worker started it (its duration feeds the autoscaler and the forecast).
     since: Instant,
+    /// Claimed ahead of a free slot: the attempt waits for this before it starts its
+    /// process. Its resources count once it is started.
+    gate: Option<oneshot::Sender<()>>,
+}
+
+impl Running {
+    fn launched(&self) -> bool {
+        self.gate.is_none()
+    }
+
+    /// Let a task claimed ahead start its process now.
+    fn launch(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.send(());
+        }
+        self.since = Instant::now();
+    }
 }
 
 /// What a running attempt tells the worker loop.
@@ -292,8 +320,32 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut draining = !placed;
+    let mut forecast = Forecast::default();
+    let mut claim_latency = ClaimLatency::default();
+    let horizon = Duration::from_millis(opts.prefetch_horizon_ms);
+    // Tasks claimed ahead of a free slot, in the order claimed.
+    let mut waiting: VecDeque<String> = VecDeque::new();
 
     loop {
+        // Tasks claimed ahead start first, in the order claimed, as room frees.
+        while let Some(key) = waiting.front().cloned() {
+            let Some(r) = running.get_mut(&key) else {
+                waiting.pop_front();
+                continue;
+            };
+            if cpu_used + r.cpu_milli > cpu_total
+                || mem_used + r.memory_mib > mem_total
+                || gpu_used + r.gpu > gpu_total
+            {
+                break;
+            }
+            r.launch();
+            cpu_used += r.cpu_milli;
+            mem_used += r.memory_mib;
+            gpu_used += r.gpu;
+            waiting.pop_front();
+            last_busy = Instant::now();
+        }
         // Start held tasks that fit now; their claims go out together.
         let mut startable = Vec::new();
         let (mut cpu_plan, mut mem_plan, mut gpu_plan) = (cpu_used, mem_used, gpu_used);
@@ -315,12 +367,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let outcomes = futures::future::join_all(
             startable
                 .iter()
-                .map(|(d, m)| start(&ctx, d, m, &done_tx, &queues)),
+                .map(|(d, m)| start(&ctx, d, m, &done_tx, &queues, true)),
         )
         .await;
         for ((_, m), outcome) in startable.iter().zip(outcomes) {
             match outcome {
-                Started::Running(r) => {
+                Started::Running(r, took) => {
+                    claim_latency.observe(took);
                     cpu_used += r.cpu_milli;
                     mem_used += r.memory_mib;
                     gpu_used += r.gpu;
@@ -329,6 +382,79 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 }
                 Started::Drop(receipt) => to_delete.push(receipt),
                 Started::Later => {}
+            }
+        }
+        // Claim ahead: for each slot about to free (within a claim's time) that no task
+        // claimed ahead is already waiting for, claim the next held task that will fit.
+        if opts.claim_ahead && !draining && forecast.steady() && !held.is_empty() {
+            let lead = claim_latency.lead();
+            let ending: Vec<&Running> = running
+                .values()
+                .filter(|r| {
+                    r.launched()
+                        && forecast
+                            .remaining(r.since.elapsed())
+                            .is_some_and(|left| left <= lead)
+                })
+                .collect();
+            let mut wanted = ending.len().saturating_sub(waiting.len());
+            let promised = |f: &dyn Fn(&Running) -> i64| -> i64 {
+                waiting
+                    .iter()
+                    .filter_map(|k| running.get(k))
+                    .map(f)
+                    .sum::<i64>()
+            };
+            let mut room = [
+                i64::from(cpu_total) - i64::from(cpu_used)
+                    + ending.iter().map(|r| i64::from(r.cpu_milli)).sum::<i64>()
+                    - promised(&|r| i64::from(r.cpu_milli)),
+                mem_total as i64 - mem_used as i64
+                    + ending.iter().map(|r| r.memory_mib as i64).sum::<i64>()
+                    - promised(&|r| r.memory_mib as i64),
+                i64::from(gpu_total) - i64::from(gpu_used)
+                    + ending.iter().map(|r| i64::from(r.gpu)).sum::<i64>()
+                    - promised(&|r| i64::from(r.gpu)),
+            ];
+            let mut ahead = Vec::new();
+            while wanted > 0 {
+                let Some((_, m, _)) = held.front() else {
+                    break;
+                };
+                let need = [
+                    i64::from(m.cpu_milli),
+                    m.memory_mib as i64,
+                    i64::from(m.gpu),
+                ];
+                if need.iter().zip(&room).any(|(n, r)| n > r) {
+                    break;
+                }
+                let Some((d, m, _)) = held.pop_front() else {
+                    break;
+                };
+                for (r, n) in room.iter_mut().zip(need) {
+                    *r -= n;
+                }
+                wanted -= 1;
+                ahead.push((d, m));
+            }
+            let outcomes = futures::future::join_all(
+                ahead
+                    .iter()
+                    .map(|(d, m)| start(&ctx, d, m, &done_tx, &queues, false)),
+            )
+            .await;
+            for ((_, m), outcome) in ahead.iter().zip(outcomes) {
+                match outcome {
+                    Started::Running(r, took) => {
+                        claim_latency.observe(took);
+                        let key = task_key(m);
+                        waiting.push_back(key.clone());
+                        running.insert(key, *r);
+                    }
+                    Started::Drop(receipt) => to_delete.push(receipt),
+                    Started::Later => {}
+                }
             }
         }
         // Held too long without room: back to the queue for another worker.
@@ -377,12 +503,42 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         // A worker with room asks for exactly that; a full one holds `prefetch` for the
         // next free slot. Asking for more than the room would hoard work other
         // workers could start now.
+        // Once this worker's tasks are steady in length, it holds messages only for the
+        // slots expected to free soon, so work it cannot start yet stays in the queue
+        // for a worker that can.
+        let launched_for: Vec<Duration> = running
+            .values()
+            .filter(|r| r.launched())
+            .map(|r| r.since.elapsed())
+            .collect();
+        let prefetch = if forecast.steady() {
+            forecast
+                .ending_within(launched_for.iter().copied(), horizon)
+                .unwrap_or(opts.prefetch)
+                .saturating_sub(waiting.len())
+                .min(opts.prefetch)
+        } else {
+            opts.prefetch
+        };
         let want = if draining {
             0
         } else if free_slots > 0 {
             free_slots.saturating_sub(held.len()).min(10) as i32
         } else {
-            opts.prefetch.saturating_sub(held.len()).min(10) as i32
+            prefetch.saturating_sub(held.len()).min(10) as i32
+        };
+        // Wake when a running task comes near its expected end: to fetch its successor,
+        // or to claim it ahead.
+        let wake = if draining || !forecast.steady() {
+            None
+        } else {
+            let fetch = forecast.next_within(launched_for.iter().copied(), horizon);
+            let claim = if opts.claim_ahead && !held.is_empty() {
+                forecast.next_within(launched_for.iter().copied(), claim_latency.lead())
+            } else {
+                None
+            };
+            fetch.into_iter().chain(claim).min()
         };
         want_tx.send_if_modified(|w| {
             let changed = *w != want;
@@ -397,10 +553,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     match p {
                         Progress::SlotFree { key } => {
                             if let Some(r) = running.remove(&key) {
-                                me.task_ended(r.since.elapsed());
-                                cpu_used -= r.cpu_milli;
-                                mem_used -= r.memory_mib;
-                                gpu_used -= r.gpu;
+                                if r.launched() {
+                                    me.task_ended(r.since.elapsed());
+                                    forecast.observe(r.since.elapsed());
+                                    cpu_used -= r.cpu_milli;
+                                    mem_used -= r.memory_mib;
+                                    gpu_used -= r.gpu;
+                                } else {
+                                    // Cancelled (or lost) while waiting for its slot.
+                                    waiting.retain(|k| k != &key);
+                                }
                             }
                         }
                         Progress::Done { receipt } => to_delete.extend(receipt),
@@ -427,6 +589,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 want_tx.send_modify(|w| *w = -1);
             }
             _ = tokio::time::sleep(Duration::from_millis(opts.hold_ms.max(10))), if !held.is_empty() => {}
+            _ = tokio::time::sleep(wake.unwrap_or_default().max(Duration::from_millis(1))), if wake.is_some() => {}
             _ = heartbeat.tick() => {
                 keep_alive(&ctx, &running, &held, &queues).await;
                 if !me.refresh(&ctx.store, running.len() as u32).await && !draining {
@@ -603,7 +766,8 @@ async fn extend_all(queues: &Queues, items: Vec<(String, String)>, by: Duration)
 
 /// What became of a delivered message.
 enum Started {
-    Running(Box<Running>),
+    /// Claimed (in the time given) and started, or waiting for a slot if claimed ahead.
+    Running(Box<Running>, Duration),
     /// Nothing to run (finished, exhausted, unreadable): delete the message.
     Drop((String, String)),
     /// Not now (another worker's live lease, or a failed claim): the message comes back.
@@ -618,9 +782,11 @@ async fn start(
     m: &TaskMessage,
     done: &mpsc::UnboundedSender<Progress>,
     queues: &Queues,
+    launch_now: bool,
 ) -> Started {
     let url = d.queue_url.as_str();
     let drop = || Started::Drop((d.queue_url.clone(), d.receipt_handle.clone()));
+    let asked = Instant::now();
     let claim = if m.array_child {
         // A child's command is its job's template; a job that has ended (cancelled,
         // or failed by a dependency) starts no more children.
@@ -664,8 +830,16 @@ async fn start(
             return Started::Later;
         }
     };
-    tracing::info!(job_id = %task.job_id, task_id = %task.task_id, attempt = task.attempt, "task claimed");
+    let claim_took = asked.elapsed();
+    tracing::info!(job_id = %task.job_id, task_id = %task.task_id, attempt = task.attempt,
+        claim_ms = claim_took.as_millis() as u64, ahead = !launch_now, "task claimed");
     let (kill_tx, kill_rx) = watch::channel(None);
+    let (gate, gate_rx) = if launch_now {
+        (None, None)
+    } else {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    };
     let running = Running {
         task: task.clone(),
         queue_url: d.queue_url.clone(),
@@ -675,13 +849,14 @@ async fn start(
         gpu: m.gpu,
         kill: kill_tx,
         since: Instant::now(),
+        gate,
     };
     let ctx = ctx.clone();
     let done = done.clone();
     let key = task_key(m);
     let receipt = (d.queue_url.clone(), d.receipt_handle.clone());
     tokio::spawn(async move {
-        let recorded = run_attempt(&ctx, &task, kill_rx, || {
+        let recorded = run_attempt(&ctx, &task, kill_rx, gate_rx, || {
             let _ = done.send(Progress::SlotFree { key });
         })
         .await;
@@ -689,7 +864,7 @@ async fn start(
             receipt: recorded.then_some(receipt),
         });
     });
-    Started::Running(Box::new(running))
+    Started::Running(Box::new(running), claim_took)
 }
 
 enum Ending {
@@ -746,20 +921,47 @@ async fn kill_requested(kill: &mut watch::Receiver<Option<Kill>>) -> Kill {
 }
 
 /// Run one attempt and record how it ended; `slot_free` is called as soon as the process
-/// has ended, before the result is written. Returns whether the result was recorded.
+/// has ended, before the result is written. A task claimed ahead of a free slot starts
+/// its process when `gate` opens (or ends without one if it is cancelled first). Returns
+/// whether the result was recorded.
 async fn run_attempt(
     ctx: &Ctx,
     task: &TaskRecord,
     mut kill: watch::Receiver<Option<Kill>>,
+    gate: Option<oneshot::Receiver<()>>,
     slot_free: impl FnOnce(),
 ) -> bool {
-    let started_at = task.started_at.unwrap_or_else(now_ms);
+    let claimed_ahead = gate.is_some();
+    let before_start = match gate {
+        None => None,
+        Some(gate) => tokio::select! {
+            opened = gate => match opened {
+                Ok(()) => None,
+                // The worker let go of it without starting it: the lease lapses and
+                // the task comes back.
+                Err(_) => Some(Ending::Killed(Kill::LeaseLost)),
+            },
+            reason = kill_requested(&mut kill) => Some(Ending::Killed(reason)),
+        },
+    };
+    // RUNNING begins with the claim; a task claimed ahead of its slot starts when its
+    // process does (the wait for the slot is not running time).
+    let started_at = if claimed_ahead {
+        now_ms()
+    } else {
+        task.started_at.unwrap_or_else(now_ms)
+    };
     let dir = ctx.log_dir.join(&task.job_id).join(&task.task_id);
     let stdout_path = dir.join(format!("attempt-{}.stdout", task.attempt));
     let stderr_path = dir.join(format!("attempt-{}.stderr", task.attempt));
     let report_path = dir.join(format!("attempt-{}.report.json", task.attempt));
-    let ending = match spawn(ctx, task, &dir, &stdout_path, &stderr_path, &report_path) {
-        Err(e) => Ending::SpawnFailed(e),
+    let spawned = match before_start {
+        Some(ending) => Err(ending),
+        None => spawn(ctx, task, &dir, &stdout_path, &stderr_path, &report_path)
+            .map_err(Ending::SpawnFailed),
+    };
+    let ending = match spawned {
+        Err(ending) => ending,
         Ok(mut child) => {
             let pid = child.id();
             let timeout = task.timeout_seconds.map(Duration::from_secs);
