@@ -65,7 +65,9 @@ start() {
   setsid java -Xmx1g -Djava.library.path="$lib" -jar "$jar" -inMemory -port "$ddb_port" \
     >"$dir/dynamodb.log" 2>&1 < /dev/null &
   echo $! >"$dir/dynamodb.pid"
-  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$sqs_port" >"$dir/moto.log" 2>&1 < /dev/null &
+  # moto's server through a launcher that closes a race losing SQS messages (see it).
+  setsid "$VENV/bin/python" "$(dirname "${BASH_SOURCE[0]}")/moto_server.py" \
+    -H 127.0.0.1 -p "$sqs_port" >"$dir/moto.log" 2>&1 < /dev/null &
   echo $! >"$dir/moto.pid"
   wait_for "DynamoDB Local" "http://127.0.0.1:$ddb_port" || { stop "$dir"; exit 1; }
   wait_for "moto" "http://127.0.0.1:$sqs_port/moto-api/" || { stop "$dir"; exit 1; }
