@@ -418,10 +418,16 @@ async fn tasks_claimed_ahead_wait_for_a_free_slot() {
     }
 
     // And it did claim ahead once it had seen the tasks' length.
-    let logs = std::fs::read_dir(h.dir.join("workers")).unwrap();
+    let workers = h.dir.join("workers");
+    let logs = std::fs::read_dir(&workers)
+        .unwrap_or_else(|e| panic!("listing worker logs in {}: {e}", workers.display()));
     let mut ahead = 0;
     for entry in logs {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        let path = entry
+            .unwrap_or_else(|e| panic!("reading {}: {e}", workers.display()))
+            .path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading worker log {}: {e}", path.display()));
         let plain = strip_ansi(&text);
         ahead += plain
             .lines()

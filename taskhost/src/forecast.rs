@@ -131,14 +131,20 @@ mod tests {
             f.observe(ms(n));
         }
         assert!(f.steady(), "{f:?}");
-        let mean = f.mean().unwrap().as_millis();
+        let mean = f
+            .mean()
+            .expect("a forecast after five attempts")
+            .as_millis();
         assert!((995..=1025).contains(&mean), "mean {mean}");
         // Running for 100 ms, 850 ms, 990 ms and overdue at 1500 ms.
         let running = [ms(100), ms(850), ms(990), ms(1500)];
         assert_eq!(f.ending_within(running, ms(200)), Some(3));
         assert_eq!(f.ending_within(running, ms(50)), Some(2));
         // The 100 ms one comes within 200 ms of its end about 700 ms from now.
-        let next = f.next_within(running, ms(200)).unwrap().as_millis();
+        let next = f
+            .next_within(running, ms(200))
+            .expect("one task is still more than 200 ms from its end")
+            .as_millis();
         assert!((690..=730).contains(&next), "next {next}");
     }
 
@@ -162,7 +168,10 @@ mod tests {
         for _ in 0..30 {
             f.observe(ms(5000));
         }
-        let mean = f.mean().unwrap().as_millis();
+        let mean = f
+            .mean()
+            .expect("a forecast after fifty attempts")
+            .as_millis();
         assert!((4900..=5000).contains(&mean), "mean {mean}");
         assert!(f.steady());
     }
