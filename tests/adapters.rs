@@ -414,3 +414,144 @@ async fn queues_created_at_run_time_redrive_to_the_dead_letter_queue_and_are_lis
         ["default--2cpu-4096mib"]
     );
 }
+
+/// Every transition the store writes, tried from every state: the write goes through
+/// exactly when the one transition table (`TaskTransition::from`) says it may. Each
+/// task is put in its state directly, and the record handed to the store claims the
+/// state the transition wants, so it is DynamoDB's condition that decides.
+#[tokio::test]
+async fn every_store_transition_starts_only_where_the_table_says() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use batchplane::domain::TaskTransition;
+    use batchplane::store::item::{key, task_pk, task_sk};
+    use batchplane::store::Claim;
+
+    let emu = TestEmulators::get();
+    let store = store(&emu).await;
+    let cases: Vec<(TaskTransition, TaskState)> = TaskTransition::ALL
+        .iter()
+        .flat_map(|t| TaskState::ALL.map(|st| (*t, st)))
+        .collect();
+    let id = |t: TaskTransition, st: TaskState| format!("{t}-{}", st.as_str().to_lowercase());
+    let mut spec = String::from("name: table\ntasks:\n - {id: x, command: ['true']}\n");
+    for (t, st) in &cases {
+        spec.push_str(&format!(
+            " - {{id: {}, command: ['true'], depends_on: [x]}}\n",
+            id(*t, *st)
+        ));
+    }
+    let (job, shards) = stored_job(&store, &spec).await;
+    let ddb = Clients::new(&Endpoints {
+        dynamodb: Some(emu.dynamodb_url.clone()),
+        sqs: Some(emu.sqs_url.clone()),
+    })
+    .await
+    .dynamodb;
+    let now = batchplane::store::now_ms();
+    for (t, st) in cases {
+        let task_id = id(t, st);
+        // A lease that lapsed a minute ago for a take-over, else one held for a minute;
+        // the last attempt for leases that run out.
+        let lease = match t {
+            TaskTransition::TakeOver | TaskTransition::ExhaustLeases => now - 60_000,
+            _ => now + 60_000,
+        };
+        let max_attempts = if t == TaskTransition::ExhaustLeases {
+            1
+        } else {
+            3
+        };
+        ddb.update_item()
+            .table_name(store.table())
+            .set_key(Some(key(task_pk(&job, shard(&task_id, shards)), task_sk(&task_id))))
+            .update_expression("SET #state = :st, worker_id = :w, attempt = :one, lease_expires = :lease, max_attempts = :max")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":st", AttributeValue::S(st.as_str().into()))
+            .expression_attribute_values(":w", AttributeValue::S("w".into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":lease", AttributeValue::N(lease.to_string()))
+            .expression_attribute_values(":max", AttributeValue::N(max_attempts.to_string()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("putting {task_id} in {st}: {e}"));
+        let mut record = store
+            .get_task(&job, shards, &task_id)
+            .await
+            .unwrap_or_else(|e| panic!("reading {task_id}: {e}"))
+            .unwrap_or_else(|| panic!("{task_id} was written"));
+        record.state = t.from()[0];
+        let moved = match t {
+            TaskTransition::Release => store.release_edge(&record, "x").await,
+            TaskTransition::FailDependent => store.fail_dependent(&record, "x", "x failed").await,
+            TaskTransition::Claim => store
+                .claim_task(&job, record.shard, &task_id, "w2", Duration::from_secs(30))
+                .await
+                .map(|c| matches!(c, Claim::Claimed(ref t) if t.attempts.is_empty())),
+            TaskTransition::TakeOver => store
+                .claim_task(&job, record.shard, &task_id, "w2", Duration::from_secs(30))
+                .await
+                // A take-over records the lapsed attempt; a plain claim records none.
+                .map(|c| matches!(c, Claim::Claimed(ref t) if t.attempts.len() == 1)),
+            TaskTransition::ExhaustLeases => store
+                .claim_task(&job, record.shard, &task_id, "w2", Duration::from_secs(30))
+                .await
+                .map(|c| matches!(c, Claim::Exhausted)),
+            TaskTransition::Finish => {
+                let attempt = AttemptRecord {
+                    attempt: 1,
+                    worker_id: "w".into(),
+                    ..Default::default()
+                };
+                store
+                    .finish_attempt(&record, "w", TaskState::Succeeded, None, &attempt, None)
+                    .await
+            }
+            TaskTransition::PassBarrier | TaskTransition::Cancel => {
+                store.transition(&record, t, t.to()[0], None).await
+            }
+        }
+        .unwrap_or_else(|e| panic!("{t} from {st}: {e}"));
+        assert_eq!(
+            moved,
+            t.from().contains(&st),
+            "{t} from {st}: the table allows it from {:?}",
+            t.from()
+        );
+        let after = store
+            .get_task(&job, shards, &task_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if moved {
+            assert!(
+                t.to().contains(&after.state),
+                "{t} from {st} left it {}",
+                after.state
+            );
+            assert!(st.can_become(after.state) || st == after.state);
+        } else if matches!(t, TaskTransition::TakeOver | TaskTransition::ExhaustLeases)
+            && TaskTransition::Claim.from().contains(&st)
+        {
+            // A claim tries the plain claim first: that transition applies here instead.
+            assert_eq!(after.state, TaskState::Running, "{t} from {st}");
+            assert!(
+                after.attempts.is_empty(),
+                "{t} from {st} recorded a lost attempt"
+            );
+        } else {
+            assert_eq!(
+                after.state, st,
+                "{t} from {st} was refused but moved the task"
+            );
+        }
+    }
+
+    // A write the table has no transition for is refused before it is sent.
+    let record = store.get_task(&job, shards, "x").await.unwrap().unwrap();
+    let err = store
+        .transition(&record, TaskTransition::Cancel, TaskState::Succeeded, None)
+        .await
+        .expect_err("cancel cannot end a task SUCCEEDED");
+    assert!(err.to_string().contains("cancel"), "{err}");
+    store.delete_table().await.unwrap();
+}

@@ -8,7 +8,7 @@
 //! changes nothing.
 
 use crate::domain::JobRecord;
-use crate::domain::{JobState, TaskCounts, TaskKind, TaskRecord, TaskState, Usage};
+use crate::domain::{JobState, TaskCounts, TaskKind, TaskRecord, TaskState, TaskTransition, Usage};
 use crate::queue::{Queues, TaskMessage};
 use crate::store::item::{is_job_item, is_task_item, job_from_item, task_from_item, Item};
 use crate::store::{Store, StoreError};
@@ -299,7 +299,12 @@ impl Fanout {
         let task = &t.task;
         if became(t, TaskState::Runnable) && task.kind == TaskKind::Barrier {
             self.store
-                .transition(task, &[TaskState::Runnable], TaskState::Succeeded, None)
+                .transition(
+                    task,
+                    TaskTransition::PassBarrier,
+                    TaskState::Succeeded,
+                    None,
+                )
                 .await?;
             return Ok(0);
         }

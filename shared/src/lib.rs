@@ -7,7 +7,6 @@ pub mod aws;
 pub mod batch_api;
 pub mod config;
 pub mod dispatch;
-pub mod domain;
 pub mod emf;
 pub mod explain;
 pub mod fanout;
@@ -20,4 +19,6 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 
+/// The pure domain, its own crate so its tests build without the AWS SDK.
+pub use batchplane_domain as domain;
 pub use domain::{JobState, TaskState};

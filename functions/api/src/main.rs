@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! The api Lambda's entry point: build the service once, serve the router.
 
 #[tokio::main]

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! The events Lambda's entry point: build the clients once, answer invocations.
 
 use lambda_runtime::{run, service_fn, LambdaEvent};

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! The placement Lambda's entry point: build the store client once, answer invocations.
 
 use lambda_runtime::{run, service_fn, LambdaEvent};

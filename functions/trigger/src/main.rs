@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! The trigger Lambda's entry point: build the service once, answer invocations.
 
 use lambda_runtime::{run, service_fn, LambdaEvent};

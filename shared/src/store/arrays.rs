@@ -10,14 +10,12 @@
 //! dependency released twice (stream redelivery) counts once.
 
 use super::item::*;
-use super::{classify, record_capacity, Store, StoreError};
+use super::request::{send, send_if};
+use super::{Store, StoreError};
 use crate::domain::batch::{Dependent, JobDependency};
 use crate::domain::ids::task_shard;
 use crate::domain::{JobRecord, JobState, TaskState};
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
 
 /// Where a new dependency stands once registered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,16 +51,13 @@ impl Store {
             "deps".into(),
             s(serde_json::to_string(deps).unwrap_or_default()),
         );
-        let out = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("PutItem", e))?;
-        record_capacity("PutItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -202,20 +197,19 @@ impl Store {
 
     /// PENDING → RUNNABLE once every gate is met. Returns whether this call did it.
     pub async fn start_if_gates_met(&self, job_id: &str) -> Result<bool, StoreError> {
-        let res = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(job_pk(job_id), META_SK.into())))
-            .update_expression("SET #state = :runnable")
-            .condition_expression("#state = :pending AND gates_met >= gate_count")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":runnable", s(JobState::Runnable.as_str()))
-            .expression_attribute_values(":pending", s(JobState::Pending.as_str()))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))
+        Ok(send_if(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(job_pk(job_id), META_SK.into())))
+                .update_expression("SET #state = :runnable")
+                .condition_expression("#state = :pending AND gates_met >= gate_count")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_values(":runnable", s(JobState::Runnable.as_str()))
+                .expression_attribute_values(":pending", s(JobState::Pending.as_str())),
+        )
+        .await?
+        .is_some())
     }
 
     /// Move the dispatch cursor from `from` to `to`; false if another writer moved it.
@@ -225,19 +219,18 @@ impl Store {
         from: u64,
         to: u64,
     ) -> Result<bool, StoreError> {
-        let res = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(job_pk(job_id), META_SK.into())))
-            .update_expression("SET dispatched = :to")
-            .condition_expression("dispatched = :from")
-            .expression_attribute_values(":to", n(to))
-            .expression_attribute_values(":from", n(from))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.conditional("UpdateItem", res.map(|o| o.consumed_capacity().cloned()))
+        Ok(send_if(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(job_pk(job_id), META_SK.into())))
+                .update_expression("SET dispatched = :to")
+                .condition_expression("dispatched = :from")
+                .expression_attribute_values(":to", n(to))
+                .expression_attribute_values(":from", n(from)),
+        )
+        .await?
+        .is_some())
     }
 
     /// End a child that never ran (its dependency failed, or its job was cancelled):
@@ -264,16 +257,15 @@ impl Store {
         it.insert("attempt".into(), n(0));
         it.insert("created_at".into(), n(now));
         it.insert("finished_at".into(), n(now));
-        let res = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .condition_expression("attribute_not_exists(pk)")
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.conditional("PutItem", res.map(|o| o.consumed_capacity().cloned()))
+        Ok(send_if(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it))
+                .condition_expression("attribute_not_exists(pk)"),
+        )
+        .await?
+        .is_some())
     }
 
     /// Close an array job that cannot run (a dependency failed, or it was cancelled
@@ -295,40 +287,12 @@ impl Store {
 
     /// Run a transaction; false when a condition in it failed.
     async fn run_transaction(&self, items: Vec<TransactWriteItem>) -> Result<bool, StoreError> {
-        let res = self
-            .ddb
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        match res {
-            Ok(out) => {
-                for c in out.consumed_capacity() {
-                    record_capacity("TransactWriteItems", Some(c));
-                }
-                Ok(true)
-            }
-            Err(e) if e.code() == Some("TransactionCanceledException") => {
-                let conditional = e
-                    .as_service_error()
-                    .and_then(|se| match se {
-                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => Some(
-                            tc.cancellation_reasons()
-                                .iter()
-                                .any(|r| r.code() == Some("ConditionalCheckFailed")),
-                        ),
-                        _ => None,
-                    })
-                    .unwrap_or(false);
-                if conditional {
-                    super::record_failed_condition("TransactWriteItems");
-                    Ok(false)
-                } else {
-                    Err(classify("TransactWriteItems", e))
-                }
-            }
-            Err(e) => Err(classify("TransactWriteItems", e)),
-        }
+        Ok(send_if(
+            self.ddb
+                .transact_write_items()
+                .set_transact_items(Some(items)),
+        )
+        .await?
+        .is_some())
     }
 }

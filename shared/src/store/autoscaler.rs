@@ -6,8 +6,8 @@
 //! cordoned nodes), so the autoscaler itself keeps nothing between invocations.
 
 use super::item::*;
-use super::{classify, record_capacity, Store, StoreError};
-use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+use super::request::{send, send_if};
+use super::{Store, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -47,16 +47,13 @@ impl Store {
         let text = serde_json::to_string(doc)
             .map_err(|e| malformed("AUTOSCALER/SETTINGS", e.to_string()))?;
         it.insert("doc".into(), s(text));
-        let out = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("PutItem", e))?;
-        record_capacity("PutItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -71,33 +68,31 @@ impl Store {
         let mut it = key(AUTOSCALER_PK.into(), "TICK".into());
         it.insert("holder".into(), s(tick_id));
         it.insert("until".into(), n(until));
-        let res = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .condition_expression("attribute_not_exists(pk) OR #until < :now")
-            .expression_attribute_names("#until", "until")
-            .expression_attribute_values(":now", n(now))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.conditional("PutItem", res.map(|o| o.consumed_capacity().cloned()))
+        Ok(send_if(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it))
+                .condition_expression("attribute_not_exists(pk) OR #until < :now")
+                .expression_attribute_names("#until", "until")
+                .expression_attribute_values(":now", n(now)),
+        )
+        .await?
+        .is_some())
     }
 
     /// Give the tick lease back (only if `tick_id` still holds it).
     pub async fn release_tick(&self, tick_id: &str) -> Result<bool, StoreError> {
-        let res = self
-            .ddb
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(AUTOSCALER_PK.into(), "TICK".into())))
-            .condition_expression("holder = :me")
-            .expression_attribute_values(":me", s(tick_id))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.conditional("DeleteItem", res.map(|o| o.consumed_capacity().cloned()))
+        Ok(send_if(
+            self.ddb
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(AUTOSCALER_PK.into(), "TICK".into())))
+                .condition_expression("holder = :me")
+                .expression_attribute_values(":me", s(tick_id)),
+        )
+        .await?
+        .is_some())
     }
 
     /// Record one tick's decision.
@@ -116,35 +111,29 @@ impl Store {
             "expires_at".into(),
             n(at_ms / 1000 + DECISION_RETENTION_SECONDS),
         );
-        let out = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("PutItem", e))?;
-        record_capacity("PutItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it)),
+        )
+        .await?;
         Ok(())
     }
 
     /// The newest `limit` decisions, newest first.
     pub async fn decisions<T: DeserializeOwned>(&self, limit: usize) -> Result<Vec<T>, StoreError> {
-        let out = self
-            .ddb
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(DECISIONS_PK))
-            .scan_index_forward(false)
-            .limit(limit.clamp(1, 1000) as i32)
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("Query", e))?;
-        record_capacity("Query", out.consumed_capacity());
+        let out = send(
+            self.ddb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(DECISIONS_PK))
+                .scan_index_forward(false)
+                .limit(limit.clamp(1, 1000) as i32)
+                .consistent_read(true),
+        )
+        .await?;
         out.items()
             .iter()
             .map(|it| {

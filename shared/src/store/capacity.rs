@@ -5,8 +5,8 @@
 //! `batchplane capacity` and `explain`.
 
 use super::item::*;
-use super::{classify, record_capacity, Store, StoreError};
-use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+use super::request::send;
+use super::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 const CAPACITY_PK: &str = "CAPACITY";
@@ -33,16 +33,13 @@ impl Store {
         it.insert("until".into(), n(mark.until));
         // DynamoDB's TTL is in seconds and lazy; readers filter on `until` themselves.
         it.insert("expires_at".into(), n(mark.until / 1000 + 60));
-        let out = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("PutItem", e))?;
-        record_capacity("PutItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it)),
+        )
+        .await?;
         tracing::info!(launch_config = %mark.launch_config, reason = %mark.reason, until = mark.until,
             "launch config marked capacity-limited");
         Ok(())

@@ -8,8 +8,9 @@
 //! once in that one case, exactly once otherwise. Tokens: `SFN#TOKENS` / `<job id>`.
 
 use super::item::*;
-use super::{classify, record_capacity, Store, StoreError};
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+use super::request::{send, send_if};
+use super::{Store, StoreError};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 const MARKER_SHARDS: u32 = 16;
 const MARKER_RETENTION_SECONDS: i64 = 14 * 24 * 3600;
@@ -37,80 +38,69 @@ impl Store {
             "expires_at".into(),
             n(now / 1000 + MARKER_RETENTION_SECONDS),
         );
-        let res = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .condition_expression("attribute_not_exists(pk) OR sent = :false")
-            .expression_attribute_values(":false", AttributeValue::Bool(false))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.conditional("PutItem", res.map(|o| o.consumed_capacity().cloned()))
+        Ok(send_if(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it))
+                .condition_expression("attribute_not_exists(pk) OR sent = :false")
+                .expression_attribute_values(":false", AttributeValue::Bool(false)),
+        )
+        .await?
+        .is_some())
     }
 
     /// Record that a claimed transition went out.
     pub async fn confirm_event(&self, transition_id: &str) -> Result<(), StoreError> {
-        let out = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(marker_key(transition_id)))
-            .update_expression("SET sent = :true")
-            .expression_attribute_values(":true", AttributeValue::Bool(true))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("UpdateItem", e))?;
-        record_capacity("UpdateItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(marker_key(transition_id)))
+                .update_expression("SET sent = :true")
+                .expression_attribute_values(":true", AttributeValue::Bool(true)),
+        )
+        .await?;
         Ok(())
     }
 
     /// Give a claim back (publishing failed; the retried batch claims it again).
     pub async fn release_event(&self, transition_id: &str) -> Result<(), StoreError> {
-        let res = self
-            .ddb
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(marker_key(transition_id)))
-            .condition_expression("sent = :false")
-            .expression_attribute_values(":false", AttributeValue::Bool(false))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.conditional("DeleteItem", res.map(|o| o.consumed_capacity().cloned()))
-            .map(|_| ())
+        Ok(send_if(
+            self.ddb
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(marker_key(transition_id)))
+                .condition_expression("sent = :false")
+                .expression_attribute_values(":false", AttributeValue::Bool(false)),
+        )
+        .await?
+        .is_some())
+        .map(|_| ())
     }
 
     /// Remember a running job's task token (heartbeats go to it).
     pub async fn put_task_token(&self, job_id: &str, token: &str) -> Result<(), StoreError> {
         let mut it = key(TOKENS_PK.into(), job_id.to_string());
         it.insert("token".into(), s(token));
-        let out = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("PutItem", e))?;
-        record_capacity("PutItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it)),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn delete_task_token(&self, job_id: &str) -> Result<(), StoreError> {
-        let out = self
-            .ddb
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(TOKENS_PK.into(), job_id.to_string())))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("DeleteItem", e))?;
-        record_capacity("DeleteItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(TOKENS_PK.into(), job_id.to_string()))),
+        )
+        .await?;
         Ok(())
     }
 

@@ -21,15 +21,14 @@
 //! still being live, so it happens once whoever (worker, launcher, sweeper) asks.
 
 use super::item::*;
-use super::{classify, record_capacity, Store, StoreError};
+use super::request::{send, send_if, send_raw};
+use super::{classify, Store, StoreError};
 use crate::domain::placement::{
     decide, ClusterLoad, Decision, PlacementRequest, Refusal, Resource, Resources, TeamQuota,
 };
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -405,43 +404,35 @@ impl Store {
         let update = e.update(&self.table, key(team_pk(team), QUOTA_SK.into()))?;
         let mut marker = key(TEAMS_PK.into(), team.to_string());
         marker.insert("team".into(), s(team));
-        let out = self
-            .ddb
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(marker))
-                            .build()
-                            .map_err(build("TransactWriteItems"))?,
-                    )
-                    .build(),
-            )
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("TransactWriteItems", e))?;
-        for c in out.consumed_capacity() {
-            record_capacity("TransactWriteItems", Some(c));
-        }
+        let _out = send(
+            self.ddb
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().update(update).build())
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .put(
+                            Put::builder()
+                                .table_name(&self.table)
+                                .set_item(Some(marker))
+                                .build()
+                                .map_err(build("TransactWriteItems"))?,
+                        )
+                        .build(),
+                ),
+        )
+        .await?;
         Ok(())
     }
 
     async fn get_item(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk)))
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("GetItem", e))?;
-        record_capacity("GetItem", out.consumed_capacity());
+        let out = send(
+            self.ddb
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key(pk, sk)))
+                .consistent_read(true),
+        )
+        .await?;
         Ok(out.item)
     }
 
@@ -528,20 +519,17 @@ impl Store {
     }
 
     async fn send_update(&self, u: Update) -> Result<(), StoreError> {
-        let out = self
-            .ddb
-            .update_item()
-            .table_name(u.table_name())
-            .set_key(Some(u.key().clone()))
-            .update_expression(u.update_expression())
-            .set_condition_expression(u.condition_expression().map(String::from))
-            .set_expression_attribute_names(u.expression_attribute_names().cloned())
-            .set_expression_attribute_values(u.expression_attribute_values().cloned())
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("UpdateItem", e))?;
-        record_capacity("UpdateItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .update_item()
+                .table_name(u.table_name())
+                .set_key(Some(u.key().clone()))
+                .update_expression(u.update_expression())
+                .set_condition_expression(u.condition_expression().map(String::from))
+                .set_expression_attribute_names(u.expression_attribute_names().cloned())
+                .set_expression_attribute_values(u.expression_attribute_values().cloned()),
+        )
+        .await?;
         Ok(())
     }
 
@@ -629,18 +617,14 @@ impl Store {
             let expires = now + lease.as_millis() as i64;
             let items = self.grant_items(request, &team.quota, &clusters, &grant, now, expires)?;
             requests += 1;
-            let res = self
-                .ddb
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await;
-            match res {
-                Ok(out) => {
-                    for c in out.consumed_capacity() {
-                        record_capacity("TransactWriteItems", Some(c));
-                    }
+            match send_raw(
+                self.ddb
+                    .transact_write_items()
+                    .set_transact_items(Some(items)),
+            )
+            .await
+            {
+                Ok(_) => {
                     tracing::info!(team = %request.team, pool = %request.pool, ?grant, attempt, "placement granted");
                     return Ok(PlacementOutcome::Granted {
                         request_id: request.request_id.clone(),
@@ -1012,24 +996,20 @@ impl Store {
             let cluster_update =
                 cl.update(&self.table, key(CLUSTERS_PK.into(), res.cluster.clone()))?;
 
-            let out = self
-                .ddb
-                .transact_write_items()
-                .transact_items(
-                    TransactWriteItem::builder()
-                        .update(reservation_update)
-                        .build(),
-                )
-                .transact_items(TransactWriteItem::builder().update(team_update).build())
-                .transact_items(TransactWriteItem::builder().update(cluster_update).build())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await;
-            match out {
-                Ok(out) => {
-                    for c in out.consumed_capacity() {
-                        record_capacity("TransactWriteItems", Some(c));
-                    }
+            match send_raw(
+                self.ddb
+                    .transact_write_items()
+                    .transact_items(
+                        TransactWriteItem::builder()
+                            .update(reservation_update)
+                            .build(),
+                    )
+                    .transact_items(TransactWriteItem::builder().update(team_update).build())
+                    .transact_items(TransactWriteItem::builder().update(cluster_update).build()),
+            )
+            .await
+            {
+                Ok(_) => {
                     tracing::info!(reservation_id, slots = ?chosen, team = %res.team, cluster = %res.cluster,
                         swept = expired_before.is_some(), "worker slots released");
                     return Ok(chosen.len() as u32);
@@ -1061,23 +1041,18 @@ impl Store {
         for cluster in self.clusters().await? {
             for res in self.reservations(&cluster.name).await? {
                 if res.slots.is_empty() {
-                    let out = self
-                        .ddb
-                        .delete_item()
-                        .table_name(&self.table)
-                        .set_key(Some(key(
-                            reservation_pk(&res.cluster, &res.reservation_id),
-                            res.reservation_id.clone(),
-                        )))
-                        .condition_expression("attribute_not_exists(slots)")
-                        .send()
-                        .await;
-                    if let Err(e) = out {
-                        let e = classify("DeleteItem", e);
-                        if !e.is_condition_failed() {
-                            return Err(e);
-                        }
-                    }
+                    // Gone already, or slots came back meanwhile: either way, go on.
+                    send_if(
+                        self.ddb
+                            .delete_item()
+                            .table_name(&self.table)
+                            .set_key(Some(key(
+                                reservation_pk(&res.cluster, &res.reservation_id),
+                                res.reservation_id.clone(),
+                            )))
+                            .condition_expression("attribute_not_exists(slots)"),
+                    )
+                    .await?;
                     continue;
                 }
                 if res.slots.values().any(|lease| *lease < now) {

@@ -4,8 +4,9 @@
 //! so describing is a read and nothing is translated twice.
 
 use super::item::*;
-use super::{classify, record_capacity, Store, StoreError};
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity, ReturnValue};
+use super::request::{send, send_if};
+use super::{Store, StoreError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,20 +52,19 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut it = key(kind.pk().to_string(), sk.to_string());
         it.insert("doc".into(), s(doc.to_string()));
-        let res = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .condition_expression(if create {
-                "attribute_not_exists(pk)"
-            } else {
-                "attribute_exists(pk)"
-            })
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.conditional("PutItem", res.map(|o| o.consumed_capacity().cloned()))
+        Ok(send_if(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it))
+                .condition_expression(if create {
+                    "attribute_not_exists(pk)"
+                } else {
+                    "attribute_exists(pk)"
+                }),
+        )
+        .await?
+        .is_some())
     }
 
     pub async fn get_resource(
@@ -101,14 +101,11 @@ impl Store {
                 q.key_condition_expression("pk = :pk AND begins_with(sk, :p)")
                     .expression_attribute_values(":p", s(prefix))
             };
-            let page = q
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await
-                .map_err(|e| classify("Query", e))?;
-            record_capacity("Query", page.consumed_capacity());
+            let page = send(
+                q.consistent_read(true)
+                    .set_exclusive_start_key(start.take()),
+            )
+            .await?;
             for it in page.items() {
                 if it.contains_key("doc") {
                     out.push(doc_of(it)?);
@@ -123,36 +120,32 @@ impl Store {
     }
 
     pub async fn delete_resource(&self, kind: ResourceKind, sk: &str) -> Result<bool, StoreError> {
-        let res = self
-            .ddb
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(kind.pk().to_string(), sk.to_string())))
-            .condition_expression("attribute_exists(pk)")
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        self.conditional("DeleteItem", res.map(|o| o.consumed_capacity().cloned()))
+        Ok(send_if(
+            self.ddb
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(kind.pk().to_string(), sk.to_string())))
+                .condition_expression("attribute_exists(pk)"),
+        )
+        .await?
+        .is_some())
     }
 
     /// The next revision number of a job definition (1, 2, …; never reused).
     pub async fn next_revision(&self, name: &str) -> Result<u32, StoreError> {
-        let out = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                "R#job-definition-revision".to_string(),
-                name.to_string(),
-            )))
-            .update_expression("ADD rev :one")
-            .expression_attribute_values(":one", n(1))
-            .return_values(ReturnValue::UpdatedNew)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("UpdateItem", e))?;
-        record_capacity("UpdateItem", out.consumed_capacity());
+        let out = send(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(
+                    "R#job-definition-revision".to_string(),
+                    name.to_string(),
+                )))
+                .update_expression("ADD rev :one")
+                .expression_attribute_values(":one", n(1))
+                .return_values(ReturnValue::UpdatedNew),
+        )
+        .await?;
         match out.attributes().and_then(|a| a.get("rev")) {
             Some(AttributeValue::N(v)) => v.parse().map_err(|_| {
                 StoreError::Malformed(Malformed {

@@ -4,10 +4,10 @@
 //! transaction whose marker must not exist yet.
 
 use super::item::*;
-use super::{classify, record_capacity, Store, StoreError};
+use super::request::send_unless_cancelled;
+use super::{Store, StoreError};
 use crate::domain::Usage;
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::types::{Put, ReturnConsumedCapacity, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use std::collections::HashMap;
 
 fn team_pk(team: &str) -> String {
@@ -47,48 +47,37 @@ impl Store {
             parts.push(format!("{} :u{i}", usage_attr(field)));
             values.insert(format!(":u{i}"), n(v));
         }
-        let res = self
-            .ddb
-            .transact_write_items()
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(marker))
-                            .condition_expression("attribute_not_exists(pk)")
-                            .build()
-                            .map_err(build)?,
-                    )
-                    .build(),
-            )
-            .transact_items(
-                TransactWriteItem::builder()
-                    .update(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .set_key(Some(key(team_pk(team), format!("USAGE#{date}"))))
-                            .update_expression(format!("ADD {}", parts.join(", ")))
-                            .set_expression_attribute_values(Some(values))
-                            .build()
-                            .map_err(build)?,
-                    )
-                    .build(),
-            )
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
-        match res {
-            Ok(out) => {
-                for c in out.consumed_capacity() {
-                    record_capacity("TransactWriteItems", Some(c));
-                }
-                Ok(true)
-            }
-            // The marker exists: this job was counted already.
-            Err(e) if e.code() == Some("TransactionCanceledException") => Ok(false),
-            Err(e) => Err(classify("TransactWriteItems", e)),
-        }
+        // Cancelled: the marker exists, so this job was counted already.
+        send_unless_cancelled(
+            self.ddb
+                .transact_write_items()
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .put(
+                            Put::builder()
+                                .table_name(&self.table)
+                                .set_item(Some(marker))
+                                .condition_expression("attribute_not_exists(pk)")
+                                .build()
+                                .map_err(build)?,
+                        )
+                        .build(),
+                )
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .update(
+                            Update::builder()
+                                .table_name(&self.table)
+                                .set_key(Some(key(team_pk(team), format!("USAGE#{date}"))))
+                                .update_expression(format!("ADD {}", parts.join(", ")))
+                                .set_expression_attribute_values(Some(values))
+                                .build()
+                                .map_err(build)?,
+                        )
+                        .build(),
+                ),
+        )
+        .await
     }
 
     /// A team's days from `since` (`YYYY-MM-DD`) on, oldest first.

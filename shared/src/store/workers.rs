@@ -7,8 +7,8 @@
 //! partition's write rate.
 
 use super::item::*;
-use super::{classify, record_capacity, Store, StoreError};
-use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+use super::request::send;
+use super::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 const WORKERS_PK: &str = "WORKERS";
@@ -53,31 +53,25 @@ impl Store {
         }
         it.insert("last_seen".into(), n(w.last_seen));
         it.insert("expires_at".into(), n(w.expires_at));
-        let out = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(it))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("PutItem", e))?;
-        record_capacity("PutItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(it)),
+        )
+        .await?;
         Ok(())
     }
 
     /// Forget a worker under one pool (it is exiting).
     pub async fn delete_worker(&self, pool: &str, worker_id: &str) -> Result<(), StoreError> {
-        let out = self
-            .ddb
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(WORKERS_PK.into(), format!("{pool}#{worker_id}"))))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| classify("DeleteItem", e))?;
-        record_capacity("DeleteItem", out.consumed_capacity());
+        let _out = send(
+            self.ddb
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(WORKERS_PK.into(), format!("{pool}#{worker_id}")))),
+        )
+        .await?;
         Ok(())
     }
 

@@ -18,4 +18,4 @@ pub mod tiers;
 pub use plan::{plan_addition, plan_job, ExistingEdge, PlannedTask, TaskKind, MAX_EDGES};
 pub use records::{AttemptRecord, JobRecord, Notify, TaskRecord, Usage};
 pub use spec::{parse_job_spec, parse_task_list, validate_addition, JobSpec, SpecError, TaskSpec};
-pub use state::{JobState, TaskCounts, TaskState};
+pub use state::{JobState, TaskCounts, TaskState, TaskTransition};

@@ -1,4 +1,4 @@
-//! The on-demand price table shipped with Batchplane (`shared/data/ec2-prices.json`):
+//! The on-demand price table shipped with Batchplane (`shared/domain/data/ec2-prices.json`):
 //! instance types with their vCPUs, memory, GPUs and list price, and the date the prices
 //! were taken. The autoscaler turns compute environments' instance types into launch
 //! configs with it; spot prices replace the list price from DescribeSpotPriceHistory.
@@ -41,8 +41,8 @@ impl PriceTable {
     pub fn shipped() -> &'static PriceTable {
         static TABLE: OnceLock<PriceTable> = OnceLock::new();
         TABLE.get_or_init(|| {
-            serde_json::from_str(include_str!("../../data/ec2-prices.json"))
-                .expect("shared/data/ec2-prices.json is checked by a unit test")
+            serde_json::from_str(include_str!("../data/ec2-prices.json"))
+                .expect("shared/domain/data/ec2-prices.json is checked by a unit test")
         })
     }
 

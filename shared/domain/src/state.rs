@@ -51,20 +51,110 @@ impl TaskState {
         )
     }
 
-    /// Whether the state machine allows `self → next`. The store's condition expressions
-    /// enforce the same rule; this is the one place it is written down.
+    /// The states a task is still open in (not finished), in the order of its life.
+    pub const OPEN: [TaskState; 4] = [
+        TaskState::Pending,
+        TaskState::Runnable,
+        TaskState::Starting,
+        TaskState::Running,
+    ];
+
+    /// The states in which a worker holds the task under a lease.
+    pub const LEASED: [TaskState; 2] = [TaskState::Starting, TaskState::Running];
+
+    /// Whether some transition of the table ([`TaskTransition`]) takes `self` to `next`.
     pub fn can_become(self, next: TaskState) -> bool {
+        TaskTransition::ALL
+            .iter()
+            .any(|t| t.from().contains(&self) && t.to().contains(&next))
+    }
+}
+
+/// Every way a task's state changes: the one transition table. Each of the store's
+/// conditional writes names its transition and takes the states it may start from
+/// here, so the rule is written once; [`TaskState::can_become`] is derived from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskTransition {
+    /// Its last dependency succeeded (or it had none): the task is queued.
+    Release,
+    /// A dependency failed or was cancelled, so the task never runs.
+    FailDependent,
+    /// A worker claims it as its next attempt, under a lease. (An array child's first
+    /// claim creates its item RUNNING.)
+    Claim,
+    /// A worker takes over a task whose lease lapsed, as the next attempt.
+    TakeOver,
+    /// A lapsed lease was the task's last attempt: it fails instead of being taken over.
+    ExhaustLeases,
+    /// The holder of the lease reports how the attempt ended: the task ends, or goes back
+    /// to RUNNABLE to be tried again (retry strategy, or the next tier after an OOM).
+    Finish,
+    /// A barrier (a task with no command) completes the moment it becomes runnable.
+    PassBarrier,
+    /// Its job was cancelled before the task started.
+    Cancel,
+}
+
+impl TaskTransition {
+    pub const ALL: [TaskTransition; 8] = [
+        TaskTransition::Release,
+        TaskTransition::FailDependent,
+        TaskTransition::Claim,
+        TaskTransition::TakeOver,
+        TaskTransition::ExhaustLeases,
+        TaskTransition::Finish,
+        TaskTransition::PassBarrier,
+        TaskTransition::Cancel,
+    ];
+
+    /// The states the task may be in for this transition to happen.
+    pub fn from(self) -> &'static [TaskState] {
         use TaskState::*;
-        match (self, next) {
-            (Pending, Runnable | Failed | Cancelled) => true,
-            // A claim: straight to RUNNING, or STARTING where a later stage wants it.
-            (Runnable, Starting | Running | Cancelled | Failed) => true,
-            (Starting, Running | Succeeded | Failed | Cancelled) => true,
-            (Running, Succeeded | Failed | Cancelled) => true,
-            // A lost lease: the task is claimed again by another worker, attempt + 1.
-            (Running, Running) => true,
-            _ => false,
+        match self {
+            TaskTransition::Release | TaskTransition::FailDependent => &[Pending],
+            TaskTransition::Claim | TaskTransition::PassBarrier => &[Runnable],
+            TaskTransition::TakeOver | TaskTransition::ExhaustLeases | TaskTransition::Finish => {
+                &[Running]
+            }
+            TaskTransition::Cancel => &[Pending, Runnable],
         }
+    }
+
+    /// The states it may leave the task in.
+    pub fn to(self) -> &'static [TaskState] {
+        use TaskState::*;
+        match self {
+            TaskTransition::Release => &[Runnable],
+            TaskTransition::FailDependent | TaskTransition::ExhaustLeases => &[Failed],
+            TaskTransition::Claim | TaskTransition::TakeOver => &[Running],
+            TaskTransition::Finish => &[Succeeded, Failed, Cancelled, Runnable],
+            TaskTransition::PassBarrier => &[Succeeded],
+            TaskTransition::Cancel => &[Cancelled],
+        }
+    }
+
+    /// Whether this transition may end in `to`.
+    pub fn allows(self, to: TaskState) -> bool {
+        self.to().contains(&to)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskTransition::Release => "release",
+            TaskTransition::FailDependent => "fail-dependent",
+            TaskTransition::Claim => "claim",
+            TaskTransition::TakeOver => "take-over",
+            TaskTransition::ExhaustLeases => "exhaust-leases",
+            TaskTransition::Finish => "finish",
+            TaskTransition::PassBarrier => "pass-barrier",
+            TaskTransition::Cancel => "cancel",
+        }
+    }
+}
+
+impl fmt::Display for TaskTransition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -219,6 +309,41 @@ mod tests {
         assert!(!Pending.can_become(Running), "a task never skips the queue");
         assert!(!Failed.can_become(Runnable));
         assert!(!Cancelled.can_become(Runnable));
+        assert!(
+            Runnable.can_become(Succeeded),
+            "a barrier passes as it is released"
+        );
+        assert!(
+            Running.can_become(Runnable),
+            "a failed attempt is tried again"
+        );
+    }
+
+    #[test]
+    fn no_transition_leaves_a_finished_task() {
+        for t in TaskTransition::ALL {
+            for from in t.from() {
+                assert!(!from.is_terminal(), "{t} starts from {from}");
+            }
+            assert!(!t.to().is_empty(), "{t} goes nowhere");
+        }
+        for done in TaskState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for next in TaskState::ALL {
+                assert!(!done.can_become(next), "{done} -> {next}");
+            }
+        }
+    }
+
+    #[test]
+    fn open_states_are_the_non_terminal_ones() {
+        let open: Vec<TaskState> = TaskState::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        assert_eq!(open, TaskState::OPEN);
+        assert!(TaskState::LEASED
+            .iter()
+            .all(|s| TaskState::OPEN.contains(s)));
     }
 
     #[test]

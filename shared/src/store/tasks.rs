@@ -1,0 +1,350 @@
+//! Task items: writing a job's planned tasks, reading them by id, and listing them.
+
+use super::item::*;
+use super::request::send;
+use super::WRITE_CONCURRENCY;
+use super::{now_ms, Store, StoreError};
+use crate::domain::{PlannedTask, TaskKind, TaskRecord, TaskState};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use futures::{stream, StreamExt, TryStreamExt};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// A page of tasks and the token for the next one.
+#[derive(Debug)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskRecord>,
+    pub next: Option<(u32, String)>,
+}
+
+impl Store {
+    /// Write a job's planned tasks with BatchWriteItem (25 a request, several at once),
+    /// retrying unprocessed items with backoff. Every PENDING task is written before any
+    /// RUNNABLE one: only runnable tasks can start, so no task can finish before the
+    /// dependents it must release exist.
+    pub async fn write_tasks(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        queue: &str,
+        max_attempts: u32,
+        tasks: &[PlannedTask],
+    ) -> Result<(), StoreError> {
+        let (waiting, runnable): (Vec<&PlannedTask>, Vec<&PlannedTask>) =
+            tasks.iter().partition(|t| t.state != TaskState::Runnable);
+        self.put_tasks(job_id, shard_count, queue, max_attempts, &waiting)
+            .await?;
+        self.put_tasks(job_id, shard_count, queue, max_attempts, &runnable)
+            .await
+    }
+
+    async fn put_tasks(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        queue: &str,
+        max_attempts: u32,
+        tasks: &[&PlannedTask],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let requests: Vec<WriteRequest> = tasks
+            .iter()
+            .map(|t| {
+                let shard = crate::domain::ids::task_shard(&t.id, shard_count);
+                Ok(WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(new_task_item(
+                                job_id,
+                                shard,
+                                queue,
+                                max_attempts,
+                                now,
+                                t,
+                            )))
+                            .build()
+                            .map_err(|source| StoreError::Build {
+                                operation: "BatchWriteItem",
+                                source,
+                            })?,
+                    )
+                    .build())
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let chunks: Vec<Vec<WriteRequest>> = requests.chunks(25).map(|c| c.to_vec()).collect();
+        stream::iter(chunks)
+            .map(|chunk| self.batch_write(chunk))
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn batch_write(&self, mut pending: Vec<WriteRequest>) -> Result<(), StoreError> {
+        let mut backoff = Duration::from_millis(20);
+        for _ in 0..12 {
+            let out = send(
+                self.ddb
+                    .batch_write_item()
+                    .request_items(&self.table, pending.clone()),
+            )
+            .await?;
+            pending = out
+                .unprocessed_items()
+                .and_then(|m| m.get(&self.table))
+                .cloned()
+                .unwrap_or_default();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        Err(StoreError::Unprocessed {
+            operation: "BatchWriteItem",
+            remaining: pending.len(),
+        })
+    }
+
+    pub async fn get_task(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        task_id: &str,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let shard = crate::domain::ids::task_shard(task_id, shard_count);
+        self.get_task_in_shard(job_id, shard, task_id).await
+    }
+
+    /// Tasks by id (100 a request, consistent reads); missing ids are simply absent.
+    pub async fn get_tasks(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        ids: &[String],
+    ) -> Result<HashMap<String, TaskRecord>, StoreError> {
+        let unique: Vec<String> = ids
+            .iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
+        let chunks: Vec<Vec<String>> = unique.chunks(100).map(|c| c.to_vec()).collect();
+        let pages = stream::iter(chunks)
+            .map(|chunk| async move {
+                let mut keys: Vec<Item> = chunk
+                    .iter()
+                    .map(|id| {
+                        key(
+                            task_pk(job_id, crate::domain::ids::task_shard(id, shard_count)),
+                            task_sk(id),
+                        )
+                    })
+                    .collect();
+                let mut found = Vec::new();
+                for _ in 0..12 {
+                    if keys.is_empty() {
+                        break;
+                    }
+                    let out = send(
+                        self.ddb.batch_get_item().request_items(
+                            &self.table,
+                            KeysAndAttributes::builder()
+                                .set_keys(Some(std::mem::take(&mut keys)))
+                                .consistent_read(true)
+                                .build()
+                                .map_err(|source| StoreError::Build {
+                                    operation: "BatchGetItem",
+                                    source,
+                                })?,
+                        ),
+                    )
+                    .await?;
+                    if let Some(items) = out.responses().and_then(|r| r.get(&self.table)) {
+                        for it in items {
+                            found.push(task_from_item(it)?);
+                        }
+                    }
+                    keys = out
+                        .unprocessed_keys()
+                        .and_then(|m| m.get(&self.table))
+                        .map(|k| k.keys().to_vec())
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                Ok::<_, StoreError>(found)
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(pages
+            .into_iter()
+            .flatten()
+            .map(|t| (t.task_id.clone(), t))
+            .collect())
+    }
+
+    /// One page of a job's user tasks, optionally only those in `state`, walking the
+    /// job's shards in order. `start` is where the previous page stopped.
+    pub async fn list_tasks(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        state: Option<TaskState>,
+        limit: usize,
+        start: Option<(u32, String)>,
+    ) -> Result<TaskPage, StoreError> {
+        if state == Some(TaskState::Failed) {
+            return self.list_failed_tasks(job_id, limit, start).await;
+        }
+        let (mut shard, mut after) = match start {
+            Some((sh, sk)) => (sh, Some(sk)),
+            None => (0, None),
+        };
+        let mut tasks = Vec::new();
+        while shard < shard_count {
+            let mut q = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :t)")
+                .expression_attribute_values(":pk", s(task_pk(job_id, shard)))
+                .expression_attribute_values(":t", s("T#"))
+                .expression_attribute_values(":command", s(TaskKind::Command.as_str()))
+                .expression_attribute_names("#kind", "kind")
+                .limit(((limit - tasks.len()) * 2).clamp(10, 1000) as i32);
+            q = match state {
+                Some(st) => q
+                    .filter_expression("#kind = :command AND #state = :state")
+                    .expression_attribute_names("#state", "state")
+                    .expression_attribute_values(":state", s(st.as_str())),
+                None => q.filter_expression("#kind = :command"),
+            };
+            if let Some(sk) = after.take() {
+                q = q.set_exclusive_start_key(Some(key(task_pk(job_id, shard), sk)));
+            }
+            let out = send(q).await?;
+            for it in out.items() {
+                tasks.push(task_from_item(it)?);
+                if tasks.len() == limit {
+                    let last = tasks
+                        .last()
+                        .map(|t| task_sk(&t.task_id))
+                        .unwrap_or_default();
+                    let more = out.last_evaluated_key().is_some()
+                        || it != out.items().last().unwrap_or(it)
+                        || shard + 1 < shard_count;
+                    return Ok(TaskPage {
+                        tasks,
+                        next: more.then_some((shard, last)),
+                    });
+                }
+            }
+            match out.last_evaluated_key().and_then(|k| k.get("sk")) {
+                Some(AttributeValue::S(sk)) => after = Some(sk.clone()),
+                _ => shard += 1,
+            }
+        }
+        Ok(TaskPage { tasks, next: None })
+    }
+
+    /// A page of a job's failed tasks, from the sparse `failures` index: it holds only
+    /// failed tasks, so finding the one failure among a million successes reads one item.
+    async fn list_failed_tasks(
+        &self,
+        job_id: &str,
+        limit: usize,
+        start: Option<(u32, String)>,
+    ) -> Result<TaskPage, StoreError> {
+        let mut tasks = Vec::new();
+        let mut after = start.map(|(shard, sk)| {
+            let mut k = key(task_pk(job_id, shard), sk);
+            k.insert(FAILED_IN_ATTR.into(), s(job_id));
+            k
+        });
+        loop {
+            let out = send(
+                self.ddb
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(FAILURES_INDEX)
+                    .key_condition_expression("failed_in = :job")
+                    .filter_expression("#kind = :command")
+                    .expression_attribute_names("#kind", "kind")
+                    .expression_attribute_values(":job", s(job_id))
+                    .expression_attribute_values(":command", s(TaskKind::Command.as_str()))
+                    .set_exclusive_start_key(after.take())
+                    .limit((limit - tasks.len()).clamp(1, 1000) as i32),
+            )
+            .await?;
+            for it in out.items() {
+                tasks.push(task_from_item(it)?);
+            }
+            let next = out.last_evaluated_key().cloned();
+            match next {
+                Some(k) if tasks.len() >= limit => {
+                    let r = Reader::new(&k);
+                    let shard = r
+                        .req_s("pk")?
+                        .rsplit_once('#')
+                        .and_then(|(_, n)| n.parse().ok())
+                        .unwrap_or(0);
+                    return Ok(TaskPage {
+                        tasks,
+                        next: Some((shard, r.req_s("sk")?)),
+                    });
+                }
+                Some(k) => after = Some(k),
+                None => return Ok(TaskPage { tasks, next: None }),
+            }
+        }
+    }
+
+    /// Every task of a job, shard by shard (cancel walks them).
+    pub async fn all_tasks(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut tasks = Vec::new();
+        for shard in 0..shard_count {
+            let mut start: Option<Item> = None;
+            loop {
+                let out = send(
+                    self.ddb
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk")
+                        .expression_attribute_values(":pk", s(task_pk(job_id, shard)))
+                        .set_exclusive_start_key(start.take()),
+                )
+                .await?;
+                for it in out.items() {
+                    tasks.push(task_from_item(it)?);
+                }
+                match out.last_evaluated_key() {
+                    Some(k) => start = Some(k.clone()),
+                    None => break,
+                }
+            }
+        }
+        Ok(tasks)
+    }
+
+    pub(crate) async fn get_task_in_shard(
+        &self,
+        job_id: &str,
+        shard: u32,
+        task_id: &str,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        match self
+            .read_item(key(task_pk(job_id, shard), task_sk(task_id)))
+            .await?
+        {
+            Some(it) => Ok(Some(task_from_item(&it)?)),
+            None => Ok(None),
+        }
+    }
+}
