@@ -17,4 +17,5 @@ export BATCHPLANE_TEST_DYNAMODB_URL=http://127.0.0.1:$ddb_port
 export BATCHPLANE_TEST_SQS_URL=http://127.0.0.1:$sqs_port
 BATCHPLANE_CLIENTS_PYTHON=$(bash scripts/emulators.sh clients-python)
 export BATCHPLANE_CLIENTS_PYTHON
-cargo nextest run --workspace --no-fail-fast "$@"
+# CI selects the ci profile (no retries; the same limits and groups).
+cargo nextest run --workspace --no-fail-fast ${CI:+--profile ci} "$@"

@@ -59,7 +59,7 @@ fn every_function_has_samples_and_each_decodes_as_its_function_reads_it() {
         let e: aws_lambda_events::event::dynamodb::Event = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{}: not a stream batch: {e}", p.display()));
         for r in &e.records {
-            batchplane::fanout::decode_record(r).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            batchplane::stream::decode_record(r).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         }
     }
     for (p, text) in samples("placement") {
@@ -78,7 +78,7 @@ fn every_function_has_samples_and_each_decodes_as_its_function_reads_it() {
             let e: aws_lambda_events::event::dynamodb::Event = serde_json::from_value(v)
                 .unwrap_or_else(|e| panic!("{}: not a stream batch: {e}", p.display()));
             for r in &e.records {
-                batchplane::fanout::decode_record(r)
+                batchplane::stream::decode_record(r)
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             }
         } else {

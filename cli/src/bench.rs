@@ -7,7 +7,7 @@
 use crate::client::Api;
 use crate::jobs;
 use anyhow::Context;
-use batchplane::metrics::{self, RequestCounts};
+use batchplane::aws::accounting::{self, RequestCounts};
 use batchplane_local::emulators::{free_port, Emulators};
 use batchplane_local::{LocalStack, StackOptions};
 use serde::Serialize;
@@ -387,7 +387,7 @@ async fn finish_stack(
     stack: LocalStack,
     before: &RequestCounts,
 ) -> anyhow::Result<(RequestCounts, u64)> {
-    let in_process = metrics::snapshot().since(before);
+    let in_process = accounting::snapshot().since(before);
     let metrics_dir = stack.opts.metrics_dir.clone().context("metrics dir")?;
     let store = stack.service.store.clone();
     stack.shutdown().await?;
@@ -445,8 +445,8 @@ fn result(m: Measured) -> ScenarioResult {
         .filter(|(_, v)| **v > 0.0)
         .map(|(k, v)| (k.clone(), per(*v)))
         .collect();
-    let dollars = metrics::dollars(counts)
-        + lambda as f64 * metrics::prices::LAMBDA_PER_MILLION_REQUESTS / 1e6;
+    let dollars = accounting::dollars(counts)
+        + lambda as f64 * accounting::prices::LAMBDA_PER_MILLION_REQUESTS / 1e6;
     ScenarioResult {
         scenario: m.name,
         tasks: n,
@@ -515,7 +515,7 @@ async fn run_scenario(
 ) -> anyhow::Result<ScenarioResult> {
     let dir = format!("{}-{}", scenario.name, run + 1);
     let (stack, api) = start_stack(&dir, args, emulators, state).await?;
-    let before = metrics::snapshot();
+    let before = accounting::snapshot();
     let started = Instant::now();
     let resp = api
         .post("/v1/jobs", scenario.spec.to_string(), None)
@@ -565,7 +565,7 @@ async fn run_array(
 ) -> anyhow::Result<ScenarioResult> {
     let n = args.array_size;
     let (stack, api) = start_stack("array", args, emulators, state).await?;
-    let before = metrics::snapshot();
+    let before = accounting::snapshot();
     let mut submit_ms = Vec::new();
     let submit = |spec: Value| {
         let api = &api;

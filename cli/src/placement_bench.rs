@@ -9,9 +9,9 @@
 //! JSON. Not a test: numbers are measured, not asserted.
 
 use anyhow::Context;
+use batchplane::aws::accounting;
 use batchplane::aws::{Clients, Endpoints};
 use batchplane::domain::placement::{PlacementRequest, Resources};
-use batchplane::metrics;
 use batchplane::store::placement::{ClusterRegistration, PlacementOutcome};
 use batchplane::store::Store;
 use batchplane_local::emulators::{free_port, Emulators};
@@ -113,7 +113,7 @@ async fn one_run(
             .set_team_quota(&format!("team{t}"), &resources(1_000_000, 1 << 40))
             .await?;
     }
-    let before = metrics::snapshot();
+    let before = accounting::snapshot();
     let started = Instant::now();
     let work = (0..callers).map(|i| {
         let store = store.clone();
@@ -161,7 +161,7 @@ async fn one_run(
     });
     let results = futures::future::try_join_all(work).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    let after = metrics::snapshot();
+    let after = accounting::snapshot();
     let mut grant_ms: Vec<f64> = results.iter().flat_map(|r| r.0.clone()).collect();
     let mut release_ms: Vec<f64> = results.iter().flat_map(|r| r.1.clone()).collect();
     grant_ms.sort_by(f64::total_cmp);

@@ -3,7 +3,7 @@
 //! override, spot prices, the managed nodes, termination), and makes sure the launch
 //! template exists. Only this crate builds `aws-sdk-ec2`.
 
-pub use batchplane::nodes::*;
+pub use batchplane::scaling::fleet::*;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{

@@ -5,9 +5,9 @@
 //! workers have exited, the idle nodes are cordoned on one tick and terminated on the
 //! next, within the per-tick removal limit; every tick leaves a decision record.
 
-use batchplane::autoscaler::Decision;
 use batchplane::aws::{sdk_config, Endpoints};
-use batchplane::nodes::{Ec2Api, TAG_CLUSTER, TAG_POOL, TAG_TEAM};
+use batchplane::scaling::fleet::{Ec2Api, TAG_CLUSTER, TAG_POOL, TAG_TEAM};
+use batchplane::scaling::Decision;
 use batchplane::store::now_ms;
 use batchplane_ec2::Ec2;
 use batchplane_local::stack::LocalCluster;

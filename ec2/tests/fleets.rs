@@ -228,7 +228,7 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
             .unwrap_or_else(|| panic!("{id} is not listed as a managed node: {nodes:?}"));
         assert_eq!(node.launch_config(), on_demand);
         assert_eq!(
-            node.tag(batchplane::nodes::TAG_POOL),
+            node.tag(batchplane::scaling::fleet::TAG_POOL),
             "default--1cpu-4096mib"
         );
         assert!(node.launched_at > 0, "{node:?}");

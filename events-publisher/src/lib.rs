@@ -16,10 +16,10 @@
 //! after, so a redelivered record sends nothing twice (see `store::events`).
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
-use batchplane::batch_api::{arn, aws_status};
+use batchplane::aws_batch::{arn, aws_status};
 use batchplane::domain::{JobRecord, JobState, Notify};
-use batchplane::fanout::{Change, JobChange, TaskChange};
 use batchplane::store::{now_ms, Store, StoreError};
+use batchplane::stream::{Change, JobChange, TaskChange};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -7,7 +7,7 @@
 
 pub mod token;
 
-use batchplane::launcher::{
+use batchplane::scaling::launcher::{
     worker_name, BackendError, CapacityType, LaunchedWorker, WorkerBackend, WorkerPhase, WorkerSpec,
 };
 use batchplane::store::placement::ClusterRecord;

@@ -3,7 +3,9 @@
 //! as a real API server would, errors included (409, 403, 404, 5xx).
 
 use batchplane::domain::tiers::Tier;
-use batchplane::launcher::{BackendError, CapacityType, WorkerBackend, WorkerPhase, WorkerSpec};
+use batchplane::scaling::launcher::{
+    BackendError, CapacityType, WorkerBackend, WorkerPhase, WorkerSpec,
+};
 use batchplane::store::placement::ClusterRecord;
 use batchplane_kubernetes::{KubernetesBackend, PodSettings};
 use http::{Method, Request, Response};

@@ -2,7 +2,9 @@
 //! as the Kubernetes backend's pods (one worker per granted slot, found again by pool,
 //! stopped with SIGTERM so running tasks finish).
 
-use batchplane::launcher::{BackendError, LaunchedWorker, WorkerBackend, WorkerPhase, WorkerSpec};
+use batchplane::scaling::launcher::{
+    BackendError, LaunchedWorker, WorkerBackend, WorkerPhase, WorkerSpec,
+};
 use batchplane::store::placement::ClusterRecord;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -136,7 +138,8 @@ impl WorkerBackend for LocalBackend {
     ) -> Result<Vec<LaunchedWorker>, BackendError> {
         let mut started = Vec::new();
         for &slot in &spec.slots {
-            let name = batchplane::launcher::worker_name(&spec.pool, &spec.reservation_id, slot);
+            let name =
+                batchplane::scaling::launcher::worker_name(&spec.pool, &spec.reservation_id, slot);
             if self.processes().iter().any(|p| p.worker.name == name) {
                 continue;
             }

@@ -4,14 +4,14 @@
 use crate::backend::LocalBackend;
 use crate::streams::{self, PollerOptions};
 use anyhow::{bail, Context};
+use batchplane::api::Service;
 use batchplane::aws::{Clients, Endpoints};
 use batchplane::domain::placement::{PlacementRequest, Resources};
-use batchplane::fanout::Fanout;
-use batchplane::launcher::{launch_workers, WorkerSpec};
 use batchplane::queue::Queues;
-use batchplane::service::Service;
+use batchplane::scaling::launcher::{launch_workers, WorkerSpec};
 use batchplane::store::placement::{ClusterRegistration, PlacementOutcome};
 use batchplane::store::Store;
+use batchplane::stream::Fanout;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -441,11 +441,11 @@ impl LocalStack {
 
     /// The autoscaler over this stack's clusters and workers, with EC2 nodes when `ec2`
     /// is given (tests point it at moto).
-    pub fn autoscaler<'a, E: batchplane::nodes::Ec2Api>(
+    pub fn autoscaler<'a, E: batchplane::scaling::fleet::Ec2Api>(
         &'a self,
         ec2: Option<&'a E>,
-    ) -> batchplane::autoscaler::Autoscaler<'a, LocalBackend, E> {
-        batchplane::autoscaler::Autoscaler {
+    ) -> batchplane::scaling::Autoscaler<'a, LocalBackend, E> {
+        batchplane::scaling::Autoscaler {
             store: &self.service.store,
             queues: &self.service.queues,
             backend: self.backend.as_ref(),
@@ -543,6 +543,24 @@ impl LocalStack {
 
     /// Drain the workers (SIGTERM: they finish running tasks and release their
     /// placements), then stop the launcher, the API and the stream pollers.
+    /// Shut down, then delete what the stack created on the emulators (its table and
+    /// queues), so a suite of stacks on one DynamoDB Local does not pile tables up.
+    pub async fn shutdown_and_delete(self) -> anyhow::Result<()> {
+        let service = self.service.clone();
+        self.shutdown().await?;
+        service
+            .store
+            .delete_table()
+            .await
+            .context("deleting the stack's table")?;
+        service
+            .queues
+            .delete_all()
+            .await
+            .context("deleting the stack's queues")?;
+        Ok(())
+    }
+
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         if let Some(launcher) = self.launcher.take() {
@@ -723,12 +741,14 @@ async fn launcher_loop(mut parts: LauncherParts) {
             Ok(clusters) => {
                 for c in clusters.iter().filter(|c| c.kind == "local") {
                     if let Err(e) =
-                        batchplane::launcher::reap(&parts.store, parts.backend.as_ref(), c).await
+                        batchplane::scaling::launcher::reap(&parts.store, parts.backend.as_ref(), c)
+                            .await
                     {
                         tracing::warn!(error = %e, cluster = %c.name, "reaping ended workers failed");
                     }
                     if let Err(e) =
-                        batchplane::launcher::drain_if_disabled(parts.backend.as_ref(), c).await
+                        batchplane::scaling::launcher::drain_if_disabled(parts.backend.as_ref(), c)
+                            .await
                     {
                         tracing::warn!(error = %e, cluster = %c.name, "draining a disabled cluster failed");
                     }
@@ -762,7 +782,7 @@ async fn autoscaler_loop(
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let autoscaler = batchplane::autoscaler::Autoscaler::<_, batchplane::autoscaler::NoEc2> {
+        let autoscaler = batchplane::scaling::Autoscaler::<_, batchplane::scaling::NoEc2> {
             store: &service.store,
             queues: &service.queues,
             backend: backend.as_ref(),

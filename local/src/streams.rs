@@ -7,7 +7,7 @@
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord, StreamRecord};
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
-use batchplane::fanout::Fanout;
+use batchplane::stream::Fanout;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,7 +105,7 @@ pub enum Consumer {
 impl Consumer {
     /// Invoke the handler on one batch; the first failed record's sequence number, if any.
     async fn invoke(&self, event: &Event) -> Option<String> {
-        batchplane::metrics::record_request("Lambda", "Invoke");
+        batchplane::aws::accounting::record_request("Lambda", "Invoke");
         let response = match self {
             Consumer::Fanout(f) => fanout_fn::handle_event(f, event).await,
             Consumer::Events(p) => events_fn::handle_stream(p, event).await,

@@ -1,22 +1,27 @@
-//! Batchplane's library: the pure job/task domain (`domain`) and the adapters that put it
-//! on AWS (`store` for DynamoDB, `queue` for SQS), plus the operations the Lambdas call
-//! (`service` for the API, `fanout` for the stream) and the worker's claim/report calls.
+//! Batchplane's library. The modules follow the data:
+//!
+//! ```text
+//! jobs:     api / aws_batch ──► store (DynamoDB) ──► stream (the table's stream: release,
+//!           arrays, counts) ──► queue (SQS, one queue per pool) ──► taskhost (claims and
+//!           leases through store)
+//! capacity: scaling (the autoscaler's tick) ──► placement (quotas × cluster capacity)
+//!           ──► scaling::launcher (worker pods or processes) and scaling::fleet (EC2 nodes)
+//! ```
+//!
+//! `domain` (its own crate, pure) holds every rule these apply; `aws` builds the SDK
+//! clients and counts their requests; `metrics` writes CloudWatch's Embedded Metric Format;
+//! `config` is read once from the environment.
 
-pub mod autoscaler;
+pub mod api;
 pub mod aws;
-pub mod batch_api;
+pub mod aws_batch;
 pub mod config;
-pub mod dispatch;
-pub mod emf;
-pub mod explain;
-pub mod fanout;
-pub mod launcher;
 pub mod metrics;
-pub mod nodes;
 pub mod placement;
 pub mod queue;
-pub mod service;
+pub mod scaling;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 
 /// The pure domain, its own crate so its tests build without the AWS SDK.

@@ -1,134 +1,84 @@
-//! Request accounting: every AWS request this process makes, by service and operation,
-//! and the DynamoDB write units they consumed. Benchmarks read these to report AWS
-//! requests and dollars per task; they are process-wide because SDK clients are.
+//! CloudWatch metrics as Embedded Metric Format log lines: a function prints one JSON
+//! object to stdout, CloudWatch Logs turns it into metrics (no PutMetricData call, no
+//! SDK, nothing to batch or retry). Namespace `Batchplane`.
+//!
+//! Metrics: `TasksReleased`, `TasksStarted`, `TasksSucceeded`, `TasksFailed` per queue
+//! and `ReleaseLatency` (a task's end to its dependents' release, ms) from the fanout;
+//! `QueueBacklog` and `WorkersLaunched` per pool, `PlacementRefusals` per team and
+//! `CapacityLimitedMarks` from the autoscaler and placement.
+//!
+//! Lines are printed where CloudWatch Logs collects stdout (in Lambda, or with
+//! `BATCHPLANE_EMF=1`); elsewhere they go to the debug log.
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use serde_json::{json, Map, Value};
 
-/// Counts of requests and DynamoDB capacity, keyed `Service.Operation`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RequestCounts {
-    pub requests: BTreeMap<String, u64>,
-    /// DynamoDB write capacity units consumed, by operation (failed conditions count 1).
-    pub write_units: BTreeMap<String, f64>,
-    /// DynamoDB read capacity units consumed, by operation.
-    pub read_units: BTreeMap<String, f64>,
-    /// Requests made for the fleet's own upkeep (a worker announcing itself, renewing
-    /// and giving back its placement), inside [`upkeep`]: they grow with workers and
-    /// time, not with tasks, so they are kept apart from the rest (and from its totals).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upkeep: Option<Box<RequestCounts>>,
+pub const NAMESPACE: &str = "Batchplane";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Milliseconds,
 }
 
-impl RequestCounts {
-    pub fn merge(&mut self, other: &RequestCounts) {
-        self.combine(other, 1.0);
-    }
-
-    /// These counts less an earlier snapshot of the same process.
-    pub fn since(&self, before: &RequestCounts) -> RequestCounts {
-        let mut d = self.clone();
-        d.combine(before, -1.0);
-        d
-    }
-
-    fn combine(&mut self, other: &RequestCounts, sign: f64) {
-        for (k, v) in &other.requests {
-            let e = self.requests.entry(k.clone()).or_default();
-            *e = if sign < 0.0 {
-                e.saturating_sub(*v)
-            } else {
-                *e + v
-            };
-        }
-        for (k, v) in &other.write_units {
-            *self.write_units.entry(k.clone()).or_default() += sign * v;
-        }
-        for (k, v) in &other.read_units {
-            *self.read_units.entry(k.clone()).or_default() += sign * v;
-        }
-        if let Some(u) = &other.upkeep {
-            self.upkeep
-                .get_or_insert_with(Default::default)
-                .combine(u, sign);
+impl Unit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "Count",
+            Unit::Milliseconds => "Milliseconds",
         }
     }
-    pub fn total_write_units(&self) -> f64 {
-        self.write_units.values().sum()
+}
+
+/// One EMF line: `dimensions` name the series, `metrics` are (name, unit, values) —
+/// several values of one metric in one line are allowed (a latency per task).
+pub fn line(at_ms: i64, dimensions: &[(&str, &str)], metrics: &[(&str, Unit, Vec<f64>)]) -> Value {
+    let mut root = Map::new();
+    root.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": at_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [dimensions.iter().map(|(k, _)| *k).collect::<Vec<_>>()],
+                "Metrics": metrics.iter().map(|(n, u, _)| json!({"Name": n, "Unit": u.as_str()})).collect::<Vec<_>>(),
+            }]
+        }),
+    );
+    for (k, v) in dimensions {
+        root.insert((*k).to_string(), json!(v));
     }
-    pub fn total_read_units(&self) -> f64 {
-        self.read_units.values().sum()
+    for (n, _, values) in metrics {
+        let v = if values.len() == 1 {
+            json!(values[0])
+        } else {
+            json!(values)
+        };
+        root.insert((*n).to_string(), v);
     }
-    pub fn requests_of(&self, service: &str) -> u64 {
-        self.requests
-            .iter()
-            .filter(|(k, _)| k.split('.').next() == Some(service))
-            .map(|(_, v)| v)
-            .sum()
+    Value::Object(root)
+}
+
+fn to_stdout() -> bool {
+    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+        || std::env::var("BATCHPLANE_EMF").is_ok_and(|v| v == "1")
+}
+
+/// Emit one line (metrics without values are left out; nothing left, nothing printed).
+pub fn emit(dimensions: &[(&str, &str)], metrics: &[(&str, Unit, Vec<f64>)]) {
+    let metrics: Vec<(&str, Unit, Vec<f64>)> = metrics
+        .iter()
+        .filter(|(_, _, v)| !v.is_empty())
+        .cloned()
+        .collect();
+    if metrics.is_empty() {
+        return;
     }
-}
-
-fn global() -> &'static Mutex<RequestCounts> {
-    static COUNTS: OnceLock<Mutex<RequestCounts>> = OnceLock::new();
-    COUNTS.get_or_init(|| Mutex::new(RequestCounts::default()))
-}
-
-tokio::task_local! {
-    static UPKEEP: ();
-}
-
-/// Run `f` with its AWS requests counted as the fleet's upkeep (see
-/// [`RequestCounts::upkeep`]).
-pub async fn upkeep<F: std::future::Future>(f: F) -> F::Output {
-    UPKEEP.scope((), f).await
-}
-
-/// The counts a request made now goes to: the upkeep's inside [`upkeep`].
-fn with<R>(f: impl FnOnce(&mut RequestCounts) -> R) -> R {
-    // A poisoned lock only means a panic elsewhere mid-increment; the counts stay usable.
-    let mut guard = global().lock().unwrap_or_else(|p| p.into_inner());
-    if UPKEEP.try_with(|_| ()).is_ok() {
-        f(guard.upkeep.get_or_insert_with(Default::default))
+    let l = line(crate::store::now_ms(), dimensions, &metrics);
+    if to_stdout() {
+        println!("{l}");
     } else {
-        f(&mut guard)
+        tracing::debug!(emf = %l, "metrics");
     }
-}
-
-pub fn record_request(service: &str, operation: &str) {
-    with(|c| {
-        *c.requests
-            .entry(format!("{service}.{operation}"))
-            .or_default() += 1
-    });
-}
-
-pub fn record_write_units(operation: &str, units: f64) {
-    with(|c| *c.write_units.entry(operation.to_string()).or_default() += units);
-}
-
-pub fn record_read_units(operation: &str, units: f64) {
-    with(|c| *c.read_units.entry(operation.to_string()).or_default() += units);
-}
-
-/// A copy of this process's counts so far.
-pub fn snapshot() -> RequestCounts {
-    with(|c| c.clone())
-}
-
-/// List prices (us-east-1, late 2026) used to turn counts into dollars.
-pub mod prices {
-    pub const DYNAMODB_PER_MILLION_WRITES: f64 = 0.625;
-    pub const DYNAMODB_PER_MILLION_READS: f64 = 0.125;
-    pub const SQS_PER_MILLION_REQUESTS: f64 = 0.40;
-    pub const LAMBDA_PER_MILLION_REQUESTS: f64 = 0.20;
-}
-
-/// Dollars for these counts: DynamoDB by capacity units, SQS by request.
-pub fn dollars(c: &RequestCounts) -> f64 {
-    c.total_write_units() * prices::DYNAMODB_PER_MILLION_WRITES / 1e6
-        + c.total_read_units() * prices::DYNAMODB_PER_MILLION_READS / 1e6
-        + c.requests_of("SQS") as f64 * prices::SQS_PER_MILLION_REQUESTS / 1e6
 }
 
 #[cfg(test)]
@@ -136,31 +86,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merge_and_price() {
-        let mut a = RequestCounts::default();
-        a.requests.insert("SQS.SendMessageBatch".into(), 2);
-        a.write_units.insert("PutItem".into(), 4.0);
-        let mut b = a.clone();
-        b.merge(&a);
-        assert_eq!(b.requests_of("SQS"), 4);
-        assert_eq!(b.total_write_units(), 8.0);
-        let d = dollars(&b);
-        assert!((d - (8.0 * 0.625 + 4.0 * 0.40) / 1e6).abs() < 1e-12);
-        let back = b.since(&a);
-        assert_eq!(back.requests_of("SQS"), 2);
-        assert_eq!(back.total_write_units(), 4.0);
-    }
-
-    #[tokio::test]
-    async fn upkeep_is_counted_apart() {
-        let before = snapshot();
-        record_write_units("TestWork", 1.0);
-        upkeep(async { record_write_units("TestUpkeep", 2.0) }).await;
-        let d = snapshot().since(&before);
-        assert_eq!(d.write_units.get("TestUpkeep").copied().unwrap_or(0.0), 0.0);
-        assert_eq!(d.write_units["TestWork"], 1.0);
-        let u = d.upkeep.expect("upkeep counts");
-        assert_eq!(u.write_units["TestUpkeep"], 2.0);
-        assert_eq!(u.write_units.get("TestWork").copied().unwrap_or(0.0), 0.0);
+    fn a_line_declares_its_metrics_and_carries_dimensions_and_values() {
+        let l = line(
+            1_795_348_800_000,
+            &[("Queue", "default")],
+            &[
+                ("TasksReleased", Unit::Count, vec![3.0]),
+                ("ReleaseLatency", Unit::Milliseconds, vec![120.0, 80.0]),
+            ],
+        );
+        let cw = &l["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(cw["Namespace"], "Batchplane");
+        assert_eq!(cw["Dimensions"], json!([["Queue"]]));
+        assert_eq!(
+            cw["Metrics"][1],
+            json!({"Name": "ReleaseLatency", "Unit": "Milliseconds"})
+        );
+        assert_eq!(l["_aws"]["Timestamp"], 1_795_348_800_000i64);
+        assert_eq!(l["Queue"], "default");
+        assert_eq!(l["TasksReleased"], 3.0);
+        assert_eq!(l["ReleaseLatency"], json!([120.0, 80.0]));
     }
 }

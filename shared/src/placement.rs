@@ -3,8 +3,8 @@
 //! here. Team quotas and cluster registrations are validated field by field before
 //! anything is written.
 
+use crate::api::{ApiError, Service};
 use crate::domain::placement::{check_label, PlacementRequest, Resources};
-use crate::service::{ApiError, Service};
 use crate::store::placement::{ClusterRecord, ClusterRegistration, TeamRecord};
 use crate::store::{now_ms, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -59,9 +59,9 @@ pub async fn handle(
                 .map_err(|m| ApiError::bad_request(m, json!({"request_id": request.request_id})))?;
             let out = store.place(&request, lease).await?;
             if let crate::store::placement::PlacementOutcome::Refused { .. } = &out {
-                crate::emf::emit(
+                crate::metrics::emit(
                     &[("Team", &request.team)],
-                    &[("PlacementRefusals", crate::emf::Unit::Count, vec![1.0])],
+                    &[("PlacementRefusals", crate::metrics::Unit::Count, vec![1.0])],
                 );
             }
             Ok(serde_json::to_value(out).unwrap_or_default())
@@ -312,7 +312,7 @@ impl Service {
         &self,
         name: &str,
         event: &Value,
-    ) -> Result<crate::service::Submitted, ApiError> {
+    ) -> Result<crate::api::Submitted, ApiError> {
         let doc = self.template(name).await?;
         let event_id = event["id"]
             .as_str()
@@ -334,7 +334,7 @@ impl Service {
     }
 
     /// The autoscaler's settings (the defaults until some are stored).
-    pub async fn autoscaler_settings(&self) -> Result<crate::autoscaler::Settings, ApiError> {
+    pub async fn autoscaler_settings(&self) -> Result<crate::scaling::Settings, ApiError> {
         Ok(self.store.autoscaler_settings().await?.unwrap_or_default())
     }
 
@@ -343,8 +343,8 @@ impl Service {
     pub async fn set_autoscaler_settings(
         &self,
         body: &str,
-    ) -> Result<crate::autoscaler::Settings, ApiError> {
-        let settings: crate::autoscaler::Settings = parse_body("autoscaler settings", body)?;
+    ) -> Result<crate::scaling::Settings, ApiError> {
+        let settings: crate::scaling::Settings = parse_body("autoscaler settings", body)?;
         settings
             .check()
             .map_err(|m| ApiError::bad_request(format!("autoscaler settings: {m}"), json!({})))?;
@@ -356,7 +356,7 @@ impl Service {
     pub async fn autoscaler_history(
         &self,
         limit: usize,
-    ) -> Result<Vec<crate::autoscaler::Decision>, ApiError> {
+    ) -> Result<Vec<crate::scaling::Decision>, ApiError> {
         Ok(self.store.decisions(limit).await?)
     }
 

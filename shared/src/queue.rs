@@ -387,6 +387,38 @@ impl Queues {
         Ok(())
     }
 
+    /// Delete every SQS queue under this prefix, dead-letter queues included (a test
+    /// stack cleaning up after itself). Returns how many went.
+    pub async fn delete_all(&self) -> Result<usize, QueueError> {
+        let mut urls = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .sqs
+                .list_queues()
+                .queue_name_prefix(&self.prefix)
+                .max_results(1000)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify("ListQueues", e))?;
+            urls.extend(out.queue_urls().iter().cloned());
+            match out.next_token() {
+                Some(t) => token = Some(t.to_string()),
+                None => break,
+            }
+        }
+        for url in &urls {
+            self.sqs
+                .delete_queue()
+                .queue_url(url)
+                .send()
+                .await
+                .map_err(|e| classify("DeleteQueue", e))?;
+        }
+        Ok(urls.len())
+    }
+
     /// The Batchplane queues (job queues and worker pools) whose SQS queues exist: names
     /// without the prefix, dead-letter queues left out.
     pub async fn list(&self) -> Result<Vec<String>, QueueError> {

@@ -614,7 +614,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if let Some(path) = &opts.metrics_file {
         std::fs::write(
             path,
-            serde_json::to_vec_pretty(&batchplane::metrics::snapshot())?,
+            serde_json::to_vec_pretty(&batchplane::aws::accounting::snapshot())?,
         )?;
     }
     Ok(())
@@ -649,7 +649,7 @@ impl Announce {
     /// gone (released or swept), when the worker should drain and exit. Its requests
     /// are the fleet's upkeep in the request counts, not any task's.
     async fn refresh(&self, store: &Store, running: u32) -> bool {
-        batchplane::metrics::upkeep(self.record(store, running)).await
+        batchplane::aws::accounting::upkeep(self.record(store, running)).await
     }
 
     async fn record(&self, store: &Store, running: u32) -> bool {
@@ -687,7 +687,7 @@ impl Announce {
 
     /// Give back the placement and remove the worker's records (upkeep, as above).
     async fn forget(&self, store: &Store) {
-        batchplane::metrics::upkeep(self.remove(store)).await
+        batchplane::aws::accounting::upkeep(self.remove(store)).await
     }
 
     async fn remove(&self, store: &Store) {

@@ -223,8 +223,12 @@ impl Harness {
         }
     }
 
+    /// Stop the stack and delete its table and queues.
     pub async fn shutdown(self) {
-        self.stack.shutdown().await.unwrap();
+        self.stack
+            .shutdown_and_delete()
+            .await
+            .unwrap_or_else(|e| panic!("shutting the stack down: {e:#}"));
     }
 }
 

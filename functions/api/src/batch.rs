@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use batchplane::batch_api::CLIENT;
-use batchplane::service::{ApiError, Service};
+use batchplane::api::{ApiError, Service};
+use batchplane::aws_batch::CLIENT;
 use serde_json::Value;
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use batchplane::service::{ApiError, Service};
+use batchplane::api::{ApiError, Service};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -283,7 +283,7 @@ async fn submit_from_template(
     body: axum::body::Bytes,
 ) -> Result<Response> {
     let event: serde_json::Value = serde_json::from_str(body_text(&body)?).map_err(|e| {
-        batchplane::service::ApiError::bad_request(
+        batchplane::api::ApiError::bad_request(
             format!("event: {e}"),
             serde_json::json!({"line": e.line(), "column": e.column()}),
         )

@@ -3,8 +3,8 @@
 //! clusters and EC2; `{"action": "history", "limit": N}` answers the newest decisions.
 //! Bad input is an answer (`{"error": ...}`), not a failed invocation.
 
-use batchplane::autoscaler::{Autoscaler, Decision};
 use batchplane::queue::Queues;
+use batchplane::scaling::{Autoscaler, Decision};
 use batchplane::store::Store;
 use batchplane_ec2::Ec2;
 use batchplane_kubernetes::{KubernetesBackend, PodSettings};

@@ -4,7 +4,7 @@
 
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use batchplane::fanout::decode_batch;
+use batchplane::stream::decode_batch;
 use batchplane_events::Publisher;
 use serde_json::{json, Value};
 
@@ -67,7 +67,7 @@ pub async fn publisher_from_env() -> anyhow::Result<Publisher> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use batchplane::fanout::{decode_record, Change};
+    use batchplane::stream::{decode_record, Change};
 
     /// The sample stream batch decodes into a job's submission and a task's change.
     #[test]

@@ -3,7 +3,7 @@
 
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use batchplane::fanout::{decode_batch, Fanout};
+use batchplane::stream::{decode_batch, Fanout};
 use lambda_runtime::LambdaEvent;
 
 /// Decode the batch, apply it, and name the first record to retry from (if any).
@@ -20,7 +20,7 @@ pub async fn handle_event(fanout: &Fanout, event: &Event) -> DynamoDbEventRespon
     let mut failed_at: Option<String> = None;
     let outcome = fanout.process(&changes).await;
     if outcome.failed_at.is_none() {
-        batchplane::fanout::emit_batch_metrics(&changes, batchplane::store::now_ms());
+        batchplane::stream::emit_batch_metrics(&changes, batchplane::store::now_ms());
     }
     if let Some(seq) = outcome.failed_at {
         failed_at = Some(seq);
@@ -48,7 +48,7 @@ pub async fn fanout_from_env() -> anyhow::Result<Fanout> {
 mod tests {
     use super::*;
     use batchplane::domain::TaskState;
-    use batchplane::fanout::{decode_record, Change};
+    use batchplane::stream::{decode_record, Change};
 
     /// The sample event in `events/fanout/` is what Lambda sends; it decodes into task
     /// changes the fanout acts on, and other items pass through untouched.
@@ -72,8 +72,8 @@ mod tests {
         ));
         // Its metrics: one task succeeded in queue default, its dependents released
         // 400 ms after it ended.
-        let changes = batchplane::fanout::decode_batch(&event.records);
-        let m = batchplane::fanout::batch_metrics(&changes, 1795348800000);
+        let changes = batchplane::stream::decode_batch(&event.records);
+        let m = batchplane::stream::batch_metrics(&changes, 1795348800000);
         assert_eq!(m["default"].succeeded, 1);
         assert_eq!(m["default"].release_latency_ms, [400.0]);
     }

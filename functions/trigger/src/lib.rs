@@ -8,7 +8,7 @@
 //! retry could not help); a store failure fails the invocation, so EventBridge retries
 //! it (and sends it to the rule's dead-letter queue in the end).
 
-use batchplane::service::Service;
+use batchplane::api::Service;
 use serde_json::{json, Value};
 
 /// What an invocation asks for.

@@ -229,17 +229,17 @@ pub(crate) async fn send_if_current<R: Request>(
 pub(crate) fn record_capacity(operation: &'static str, c: Option<&ConsumedCapacity>) {
     let Some(c) = c else { return };
     if let Some(w) = c.write_capacity_units() {
-        crate::metrics::record_write_units(operation, w);
+        crate::aws::accounting::record_write_units(operation, w);
     }
     if let Some(r) = c.read_capacity_units() {
-        crate::metrics::record_read_units(operation, r);
+        crate::aws::accounting::record_read_units(operation, r);
     }
     if c.write_capacity_units().is_none() && c.read_capacity_units().is_none() {
         if let Some(total) = c.capacity_units() {
             if operation.contains("Get") || operation.contains("Query") {
-                crate::metrics::record_read_units(operation, total);
+                crate::aws::accounting::record_read_units(operation, total);
             } else {
-                crate::metrics::record_write_units(operation, total);
+                crate::aws::accounting::record_write_units(operation, total);
             }
         }
     }
@@ -247,7 +247,7 @@ pub(crate) fn record_capacity(operation: &'static str, c: Option<&ConsumedCapaci
 
 /// A failed condition still costs a write unit in DynamoDB; count it like one.
 pub(crate) fn record_failed_condition(operation: &'static str) {
-    crate::metrics::record_write_units(operation, 1.0);
+    crate::aws::accounting::record_write_units(operation, 1.0);
 }
 
 /// Send a transaction whose cancellation, for whatever reason (a condition, or a

@@ -2,6 +2,8 @@
 //! it and its tasks, add tasks while it runs, cancel it. The api Lambda's router maps
 //! requests onto these and [`ApiError`]s onto status codes.
 
+pub mod explain;
+
 use crate::domain::ids::{is_valid_job_id, is_valid_task_id, new_job_id, shard_count_for};
 use crate::domain::spec::{parse_submission, Submission};
 use crate::domain::{

@@ -13,8 +13,8 @@
 use crate::domain::batch::{child_task_id, Dependent};
 use crate::domain::ids::task_shard;
 use crate::domain::{JobRecord, JobState, TaskState};
-use crate::fanout::{BatchOutcome, Change, Fanout, FanoutError, JobChange, TaskChange};
 use crate::queue::TaskMessage;
+use crate::stream::{BatchOutcome, Change, Fanout, FanoutError, JobChange, TaskChange};
 use futures::{stream, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
 

@@ -7,6 +7,8 @@
 //! Records arrive at least once; every effect is conditional, so applying a record twice
 //! changes nothing.
 
+pub mod arrays;
+
 use crate::domain::JobRecord;
 use crate::domain::{JobState, TaskCounts, TaskKind, TaskRecord, TaskState, TaskTransition, Usage};
 use crate::queue::{Queues, TaskMessage};
@@ -160,7 +162,7 @@ pub fn batch_metrics(changes: &[Change], now: i64) -> BTreeMap<String, QueueMetr
 
 /// Emit a batch's metrics (EMF), per queue.
 pub fn emit_batch_metrics(changes: &[Change], now: i64) {
-    use crate::emf::{emit, Unit};
+    use crate::metrics::{emit, Unit};
     for (queue, m) in batch_metrics(changes, now) {
         let count = |n: u64| if n > 0 { vec![n as f64] } else { vec![] };
         emit(

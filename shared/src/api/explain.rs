@@ -5,9 +5,9 @@
 //! Team quotas and capacity-limited launch configs are recorded by the placement and
 //! autoscaler functions; their reasons join here through [`Service::placement_reasons`].
 
+use crate::api::{ApiError, Service};
 use crate::domain::tiers::WorkerPool;
 use crate::domain::{JobRecord, JobState, TaskKind, TaskRecord, TaskState};
-use crate::service::{ApiError, Service};
 use crate::store::now_ms;
 use crate::store::registry::ResourceKind;
 use serde::Serialize;

@@ -2,6 +2,8 @@
 //! interceptor and the same endpoint rules (the SDK's `AWS_ENDPOINT_URL_<SERVICE>`
 //! variables, or explicit endpoints for the local emulators).
 
+pub mod accounting;
+
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -9,7 +11,7 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
-/// Counts each request attempt (what AWS bills) into [`crate::metrics`].
+/// Counts each request attempt (what AWS bills) into [`crate::aws::accounting`].
 #[derive(Debug, Clone, Default)]
 pub struct CountRequests;
 
@@ -25,7 +27,7 @@ impl Intercept for CountRequests {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if let Some(meta) = cfg.load::<Metadata>() {
-            crate::metrics::record_request(meta.service(), meta.name());
+            crate::aws::accounting::record_request(meta.service(), meta.name());
         }
         Ok(())
     }

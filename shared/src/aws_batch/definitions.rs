@@ -1,0 +1,270 @@
+//! Job definitions: register (a new revision each time), describe, deregister; the
+//! container fields Batchplane reads (command, environment, resources, retry strategy)
+//! and the `batchplane:tiers` tag.
+
+use crate::api::{ApiError, Service};
+use crate::domain::retry::{ExitRule, RetryAction, RetryStrategy};
+use crate::domain::tiers::{validate_tiers, Tier};
+use crate::store::registry::{revision_sk, ResourceKind};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+use super::{arn::*, wire::*};
+
+/// AWS's `retryStrategy` → ours, with its limits checked.
+pub(super) fn retry_from(
+    v: Option<&Value>,
+    field: &str,
+) -> Result<Option<RetryStrategy>, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let attempts = v.get("attempts").and_then(Value::as_u64).unwrap_or(1) as u32;
+    let mut rules = Vec::new();
+    for (i, r) in v
+        .get("evaluateOnExit")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let action = match r
+            .get("action")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            Some("RETRY") => RetryAction::Retry,
+            Some("EXIT") => RetryAction::Exit,
+            other => {
+                return Err(client(format!(
+                    "{field}.evaluateOnExit[{i}].action {other:?} must be RETRY or EXIT"
+                )))
+            }
+        };
+        rules.push(ExitRule {
+            on_exit_code: opt_str(r, "onExitCode").map(String::from),
+            on_reason: opt_str(r, "onReason").map(String::from),
+            on_status_reason: opt_str(r, "onStatusReason").map(String::from),
+            action,
+        });
+    }
+    let s = RetryStrategy {
+        attempts,
+        evaluate_on_exit: rules,
+    };
+    s.validate()
+        .map_err(|e| client(format!("{field}: {}", e.replace("retry_strategy.", ""))))?;
+    Ok(Some(s))
+}
+
+pub(super) fn retry_to(r: &RetryStrategy) -> Value {
+    json!({
+        "attempts": r.attempts,
+        "evaluateOnExit": r.evaluate_on_exit.iter().map(|e| {
+            let mut m = Map::new();
+            if let Some(v) = &e.on_exit_code { m.insert("onExitCode".into(), json!(v)); }
+            if let Some(v) = &e.on_reason { m.insert("onReason".into(), json!(v)); }
+            if let Some(v) = &e.on_status_reason { m.insert("onStatusReason".into(), json!(v)); }
+            m.insert("action".into(), json!(match e.action { RetryAction::Retry => "RETRY", RetryAction::Exit => "EXIT" }));
+            Value::Object(m)
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// vCPUs and memory from `resourceRequirements` (or the older `vcpus`/`memory`).
+pub(super) fn resources(
+    container: &Value,
+    field: &str,
+) -> Result<(Option<f64>, Option<u64>), ApiError> {
+    let mut cpu = container.get("vcpus").and_then(Value::as_f64);
+    let mut mem = container.get("memory").and_then(Value::as_u64);
+    for (i, r) in container
+        .get("resourceRequirements")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let value = opt_str(r, "value").unwrap_or_default();
+        match opt_str(r, "type") {
+            Some("VCPU") => {
+                cpu = Some(value.parse::<f64>().ok().filter(|v| *v > 0.0).ok_or_else(|| {
+                    client(format!(
+                        "{field}.resourceRequirements[{i}]: VCPU {value:?} is not a positive number"
+                    ))
+                })?)
+            }
+            Some("MEMORY") => {
+                mem = Some(value.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+                    client(format!(
+                        "{field}.resourceRequirements[{i}]: MEMORY {value:?} is not a whole number of MiB"
+                    ))
+                })?)
+            }
+            Some("GPU") => {}
+            other => {
+                return Err(client(format!(
+                    "{field}.resourceRequirements[{i}].type {other:?} must be VCPU, MEMORY or GPU"
+                )))
+            }
+        }
+    }
+    Ok((cpu, mem))
+}
+
+pub(super) fn environment(container: &Value) -> BTreeMap<String, String> {
+    container
+        .get("environment")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|kv| {
+                    Some((
+                        opt_str(kv, "name")?.to_string(),
+                        opt_str(kv, "value").unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(super) fn command(container: &Value) -> Option<Vec<String>> {
+    container.get("command").and_then(Value::as_array).map(|c| {
+        c.iter()
+            .map(|a| {
+                a.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| a.to_string())
+            })
+            .collect()
+    })
+}
+
+impl Service {
+    // ---- job definitions ----
+
+    pub async fn register_job_definition(&self, input: &Value) -> Result<Value, ApiError> {
+        let name = checked_name(input, "jobDefinitionName")?;
+        match opt_str(input, "type") {
+            Some("container") => {}
+            Some(other) => {
+                return Err(client(format!(
+                    "type {other:?}: only container job definitions are supported (tasks run as processes on Batchplane workers)"
+                )))
+            }
+            None => return Err(client("type is required")),
+        }
+        let container = input
+            .get("containerProperties")
+            .ok_or_else(|| client("containerProperties is required for type container"))?;
+        resources(container, "containerProperties")?;
+        retry_from(input.get("retryStrategy"), "retryStrategy")?;
+        definition_tiers(input)?;
+        let revision = self.store.next_revision(&name).await?;
+        let definition_arn = arn("job-definition", &format!("{name}:{revision}"));
+        let mut doc = input.clone();
+        if let Some(m) = doc.as_object_mut() {
+            m.insert("jobDefinitionArn".into(), json!(definition_arn));
+            m.insert("revision".into(), json!(revision));
+            m.insert("status".into(), json!("ACTIVE"));
+        }
+        self.store
+            .put_resource(
+                ResourceKind::JobDefinition,
+                &revision_sk(&name, revision),
+                &doc,
+                true,
+            )
+            .await?;
+        Ok(
+            json!({"jobDefinitionName": name, "jobDefinitionArn": definition_arn, "revision": revision}),
+        )
+    }
+
+    /// `name:revision`, an ARN, or a bare name (its latest ACTIVE revision).
+    pub(super) async fn job_definition(&self, reference: &str) -> Result<Option<Value>, ApiError> {
+        let r = name_of(reference);
+        if let Some((name, rev)) = r.rsplit_once(':') {
+            let rev: u32 = rev
+                .parse()
+                .map_err(|_| client(format!("jobDefinition {reference:?}: bad revision")))?;
+            return Ok(self
+                .store
+                .get_resource(ResourceKind::JobDefinition, &revision_sk(name, rev))
+                .await?);
+        }
+        let all = self
+            .store
+            .list_resources(ResourceKind::JobDefinition, &format!("{r}#"))
+            .await?;
+        Ok(all.into_iter().rev().find(|d| d["status"] == "ACTIVE"))
+    }
+
+    pub async fn describe_job_definitions(&self, input: &Value) -> Result<Value, ApiError> {
+        let mut found = Vec::new();
+        if let Some(list) = input.get("jobDefinitions").and_then(Value::as_array) {
+            for r in list.iter().filter_map(Value::as_str) {
+                if let Some(d) = self.job_definition(r).await? {
+                    found.push(d);
+                }
+            }
+        } else {
+            let prefix = opt_str(input, "jobDefinitionName")
+                .map(|n| format!("{n}#"))
+                .unwrap_or_default();
+            found = self
+                .store
+                .list_resources(ResourceKind::JobDefinition, &prefix)
+                .await?;
+        }
+        if let Some(status) = opt_str(input, "status") {
+            found.retain(|d| d["status"] == status);
+        }
+        let (page, next) = paginate(found, input)?;
+        Ok(json!({"jobDefinitions": page, "nextToken": next}))
+    }
+
+    pub async fn deregister_job_definition(&self, input: &Value) -> Result<Value, ApiError> {
+        let reference = req_str(input, "jobDefinition")?;
+        let r = name_of(reference);
+        let Some((name, rev)) = r.rsplit_once(':') else {
+            return Err(client(format!(
+                "jobDefinition {reference:?}: give name:revision or an ARN"
+            )));
+        };
+        let sk = revision_sk(name, rev.parse().unwrap_or(0));
+        let mut doc = self
+            .store
+            .get_resource(ResourceKind::JobDefinition, &sk)
+            .await?
+            .ok_or_else(|| client(format!("job definition {reference} does not exist")))?;
+        doc["status"] = json!("INACTIVE");
+        self.store
+            .put_resource(ResourceKind::JobDefinition, &sk, &doc, false)
+            .await?;
+        Ok(json!({}))
+    }
+}
+
+/// The tag by which a job definition lists resource tiers (AWS's RegisterJobDefinition
+/// has no field for them): `CPU:MEMORY_MIB[:GPU]` per tier, comma-separated, small to
+/// large, e.g. `1:1024,2:8192,8:32768:1`.
+pub const TIERS_TAG: &str = "batchplane:tiers";
+
+/// The tiers a job definition's tags list (none without the tag).
+pub fn definition_tiers(def: &Value) -> Result<Vec<Tier>, ApiError> {
+    let Some(text) = def["tags"][TIERS_TAG].as_str() else {
+        return Ok(Vec::new());
+    };
+    let tiers = text
+        .split(',')
+        .map(|t| Tier::parse_shape(t.trim()))
+        .collect::<Result<Vec<Tier>, String>>()
+        .map_err(|e| client(format!("tags.{TIERS_TAG}: {e}")))?;
+    validate_tiers(&tiers).map_err(|e| client(format!("tags.{TIERS_TAG}: {e}")))?;
+    Ok(tiers)
+}

@@ -1,0 +1,445 @@
+//! DescribeJobs and ListJobs: jobs and array children in AWS Batch's shape and statuses.
+
+use crate::api::{ApiError, Service};
+use crate::domain::batch::{child_aws_id, child_counts, child_task_id, unborn_child_state};
+use crate::domain::ids::is_valid_job_id;
+use crate::domain::{JobRecord, JobState, TaskRecord, TaskState};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+use super::{arn::*, definitions::*, wire::*};
+
+/// AWS's status of a job, from what is stored: a job is RUNNING once a task started.
+pub fn aws_status(job: &JobRecord) -> &'static str {
+    match job.state {
+        JobState::Submitted => "SUBMITTED",
+        JobState::Succeeded => "SUCCEEDED",
+        JobState::Failed | JobState::Cancelled => "FAILED",
+        JobState::Pending if job.array.is_some() => "PENDING",
+        _ if job.started_at.is_some() => "RUNNING",
+        _ => "RUNNABLE",
+    }
+}
+
+pub(super) fn task_status(t: &TaskState) -> &'static str {
+    match t {
+        TaskState::Pending => "PENDING",
+        TaskState::Runnable => "RUNNABLE",
+        TaskState::Starting => "STARTING",
+        TaskState::Running => "RUNNING",
+        TaskState::Succeeded => "SUCCEEDED",
+        TaskState::Failed | TaskState::Cancelled => "FAILED",
+    }
+}
+
+pub(super) const ALL_STATUSES: [&str; 7] = [
+    "SUBMITTED",
+    "PENDING",
+    "RUNNABLE",
+    "STARTING",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+];
+
+pub(super) fn attempts_json(t: &TaskRecord) -> Value {
+    Value::Array(
+        t.attempts
+            .iter()
+            .map(|a| {
+                let mut c = Map::new();
+                if let Some(code) = a.exit_code {
+                    c.insert("exitCode".into(), json!(code));
+                }
+                if let Some(r) = &a.reason {
+                    c.insert("reason".into(), json!(r));
+                }
+                if let Some(l) = &a.stdout {
+                    c.insert("logStreamName".into(), json!(l));
+                }
+                let mut m = Map::new();
+                m.insert("container".into(), Value::Object(c));
+                m.insert("startedAt".into(), json!(a.started_at));
+                if let Some(f) = a.finished_at {
+                    m.insert("stoppedAt".into(), json!(f));
+                }
+                if let Some(r) = &a.reason {
+                    m.insert("statusReason".into(), json!(r));
+                }
+                Value::Object(m)
+            })
+            .collect(),
+    )
+}
+
+impl Service {
+    pub async fn describe_jobs(&self, input: &Value) -> Result<Value, ApiError> {
+        let ids: Vec<String> = input["jobs"]
+            .as_array()
+            .ok_or_else(|| client("jobs is required"))?
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        if ids.len() > 100 {
+            return Err(client(format!("jobs: {} ids; at most 100", ids.len())));
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(d) = self.job_detail(&id).await? {
+                out.push(d);
+            }
+        }
+        Ok(json!({ "jobs": out }))
+    }
+
+    /// AWS's JobDetail for a job id or an array child id (`<job>:<index>`).
+    pub(super) async fn job_detail(&self, id: &str) -> Result<Option<Value>, ApiError> {
+        let (job_id, index) = match id.rsplit_once(':') {
+            Some((j, i)) => match i.parse::<u32>() {
+                Ok(i) => (j, Some(i)),
+                Err(_) => return Ok(None),
+            },
+            None => (id, None),
+        };
+        if !is_valid_job_id(job_id) {
+            return Ok(None);
+        }
+        let Some(job) = self.store.get_job(job_id).await? else {
+            return Ok(None);
+        };
+        let deps = self.store.job_dependencies(job_id).await?;
+        let mut d = Map::new();
+        d.insert("jobArn".into(), json!(arn("job", id)));
+        d.insert("jobName".into(), json!(job.name));
+        d.insert("jobId".into(), json!(id));
+        d.insert("jobQueue".into(), json!(arn("job-queue", &job.queue)));
+        d.insert("createdAt".into(), json!(job.created_at));
+        d.insert(
+            "dependsOn".into(),
+            Value::Array(
+                deps.iter()
+                    .map(|x| match x.kind.aws_type() {
+                        Some(t) => json!({"jobId": x.key(), "type": t}),
+                        None => json!({"jobId": x.key()}),
+                    })
+                    .collect(),
+            ),
+        );
+        d.insert("platformCapabilities".into(), json!(["EC2"]));
+        let Some(a) = &job.array else {
+            // A native DAG job: its tasks are a graph, not one container.
+            job_status_fields(&job, &mut d);
+            d.insert("jobDefinition".into(), json!(""));
+            d.insert("container".into(), json!({}));
+            return Ok(Some(Value::Object(d)));
+        };
+        d.insert(
+            "jobDefinition".into(),
+            json!(a.job_definition.clone().unwrap_or_default()),
+        );
+        d.insert("parameters".into(), json!(a.parameters));
+        d.insert("tags".into(), json!(a.tags));
+        d.insert("retryStrategy".into(), retry_to(&a.template.retry));
+        if let Some(t) = a.template.timeout_seconds {
+            d.insert("timeout".into(), json!({"attemptDurationSeconds": t}));
+        }
+        if let Some(s) = &a.share_identifier {
+            d.insert("shareIdentifier".into(), json!(s));
+        }
+        d.insert("schedulingPriority".into(), json!(a.scheduling_priority));
+        if a.sequential {
+            if let Some(Value::Array(list)) = d.get_mut("dependsOn") {
+                list.push(json!({"type": "SEQUENTIAL"}));
+            }
+        }
+        let mut container = json!({
+            "command": a.template.command,
+            "environment": env_list(&a.template.env),
+            "resourceRequirements": [
+                {"type": "VCPU", "value": format!("{}", f64::from(a.template.cpu_milli) / 1000.0)},
+                {"type": "MEMORY", "value": a.template.memory_mib.to_string()},
+            ],
+        });
+        let child_index = match (a.array_size, index) {
+            (Some(size), Some(i)) if i < size => Some(i),
+            (Some(_), Some(_)) => return Ok(None),
+            (None, Some(_)) => return Ok(None),
+            (None, None) => Some(0),
+            (Some(_), None) => None,
+        };
+        match child_index {
+            Some(i) => {
+                // One container run: a child of an array, or a single job.
+                let task = self
+                    .store
+                    .get_task(job_id, job.shard_count, &child_task_id(i))
+                    .await?;
+                let (status, reason) = match &task {
+                    Some(t) => (task_status(&t.state), t.reason.clone()),
+                    None if job.state.is_terminal() => ("FAILED", job.reason.clone()),
+                    None if job.state == JobState::Runnable && a.dispatched_by_cursor() => {
+                        ("RUNNABLE", None)
+                    }
+                    None => ("PENDING", None),
+                };
+                let status = if index.is_none() && job.state.is_terminal() {
+                    aws_status(&job)
+                } else {
+                    status
+                };
+                d.insert("status".into(), json!(status));
+                if let Some(r) = reason.or_else(|| job.reason.clone().filter(|_| index.is_none())) {
+                    d.insert("statusReason".into(), json!(r));
+                }
+                if let Some(t) = &task {
+                    d.insert("attempts".into(), attempts_json(t));
+                    if let Some(at) = t.started_at {
+                        d.insert("startedAt".into(), json!(at));
+                    }
+                    if let Some(at) = t.finished_at {
+                        d.insert("stoppedAt".into(), json!(at));
+                    }
+                    if let Some(last) = t.attempts.last() {
+                        if let Some(c) = last.exit_code {
+                            container["exitCode"] = json!(c);
+                        }
+                        if let Some(r) = &last.reason {
+                            container["reason"] = json!(r);
+                        }
+                        if let Some(l) = &last.stdout {
+                            container["logStreamName"] = json!(l);
+                        }
+                    }
+                } else {
+                    d.insert("attempts".into(), json!([]));
+                }
+                if index.is_some() {
+                    d.insert("arrayProperties".into(), json!({"index": i}));
+                    d.insert("jobId".into(), json!(child_aws_id(job_id, true, i)));
+                }
+                if let Some(env) = container["environment"].as_array_mut() {
+                    if let Some(i) = index {
+                        env.push(
+                            json!({"name": "AWS_BATCH_JOB_ARRAY_INDEX", "value": i.to_string()}),
+                        );
+                    }
+                }
+            }
+            None => {
+                // The parent of an array: counts of its children by status.
+                let (counts, _, _) = self.store.job_counts(job_id).await?;
+                let counts = child_counts(&job, &counts);
+                let mut summary: BTreeMap<&str, u64> =
+                    ALL_STATUSES.iter().map(|s| (*s, 0)).collect();
+                for st in TaskState::ALL {
+                    *summary.entry(task_status(&st)).or_default() += counts.get(st);
+                }
+                job_status_fields(&job, &mut d);
+                d.insert("attempts".into(), json!([]));
+                d.insert(
+                    "arrayProperties".into(),
+                    json!({"size": a.size(), "statusSummary": summary}),
+                );
+            }
+        }
+        d.insert("container".into(), container);
+        Ok(Some(Value::Object(d)))
+    }
+
+    pub async fn list_jobs(&self, input: &Value) -> Result<Value, ApiError> {
+        if input.get("multiNodeJobId").is_some_and(|v| !v.is_null()) {
+            return Err(client(
+                "multiNodeJobId: multi-node parallel jobs are not supported",
+            ));
+        }
+        let filters = input["filters"].as_array().cloned().unwrap_or_default();
+        let mut name_filter: Option<String> = None;
+        let mut before: Option<i64> = None;
+        let mut after: Option<i64> = None;
+        for (i, f) in filters.iter().enumerate() {
+            let value = f["values"]
+                .as_array()
+                .and_then(|v| v.first())
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            match opt_str(f, "name") {
+                Some("JOB_NAME") => name_filter = Some(value.to_string()),
+                Some("BEFORE_CREATED_AT") => before = Some(value.parse().map_err(|_| client(format!("filters[{i}]: {value:?} is not a time in milliseconds")))?),
+                Some("AFTER_CREATED_AT") => after = Some(value.parse().map_err(|_| client(format!("filters[{i}]: {value:?} is not a time in milliseconds")))?),
+                Some("JOB_DEFINITION") => {}
+                other => return Err(client(format!("filters[{i}].name {other:?} must be JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT or AFTER_CREATED_AT"))),
+            }
+        }
+        // As AWS: with filters, the status is not used; without, it defaults to RUNNING.
+        let status = if filters.is_empty() {
+            Some(opt_str(input, "jobStatus").unwrap_or("RUNNING").to_string())
+        } else {
+            None
+        };
+        if let Some(s) = &status {
+            if !ALL_STATUSES.contains(&s.as_str()) {
+                return Err(client(format!("jobStatus {s:?} is not a job status")));
+            }
+        }
+        let max = input["maxResults"].as_u64().unwrap_or(100).clamp(1, 1000) as usize;
+        if let Some(parent) = opt_str(input, "arrayJobId") {
+            return self
+                .list_children(parent, status.as_deref(), max, opt_str(input, "nextToken"))
+                .await;
+        }
+        let queue = name_of(
+            req_str(input, "jobQueue").map_err(|_| client("jobQueue or arrayJobId is required"))?,
+        )
+        .to_string();
+        let start = match opt_str(input, "nextToken") {
+            Some(t) => Some(decode_key(t)?),
+            None => None,
+        };
+        let (jobs, next) = self
+            .store
+            .list_jobs_in_queue(&queue, max, start, |j| {
+                status.as_deref().is_none_or(|s| aws_status(j) == s)
+                    && name_filter
+                        .as_deref()
+                        .is_none_or(|n| match n.strip_suffix('*') {
+                            Some(p) => j.name.starts_with(p),
+                            None => j.name == n,
+                        })
+                    && before.is_none_or(|b| j.created_at < b)
+                    && after.is_none_or(|a| j.created_at > a)
+            })
+            .await?;
+        let summaries: Vec<Value> = jobs.iter().map(job_summary).collect();
+        Ok(json!({"jobSummaryList": summaries, "nextToken": next.map(|k| encode_key(&k))}))
+    }
+
+    pub(super) async fn list_children(
+        &self,
+        parent: &str,
+        status: Option<&str>,
+        max: usize,
+        token: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let job = self
+            .store
+            .get_job(parent)
+            .await?
+            .filter(|j| j.array.as_ref().is_some_and(|a| a.array_size.is_some()))
+            .ok_or_else(|| client(format!("arrayJobId {parent} is not an array job")))?;
+        let Some(a) = &job.array else {
+            return Ok(json!({"jobSummaryList": []}));
+        };
+        let size = a.size();
+        let mut from = match token {
+            Some(t) => decode_offset(t)? as u32,
+            None => 0,
+        };
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        while from < size && out.len() < max && scanned < 10_000 {
+            let to = (from + 100).min(size);
+            let ids: Vec<String> = (from..to).map(child_task_id).collect();
+            let found = self.store.get_tasks(parent, job.shard_count, &ids).await?;
+            let mut next_from = to;
+            for i in from..to {
+                if out.len() >= max {
+                    next_from = i;
+                    break;
+                }
+                let t = found.get(&child_task_id(i));
+                let st = match t {
+                    Some(t) => task_status(&t.state),
+                    None => task_status(&unborn_child_state(&job)),
+                };
+                if status.is_none_or(|s| s == st) {
+                    let mut m = json!({
+                        "jobArn": arn("job", &child_aws_id(parent, true, i)),
+                        "jobId": child_aws_id(parent, true, i),
+                        "jobName": job.name,
+                        "createdAt": t.map_or(job.created_at, |t| t.created_at),
+                        "status": st,
+                        "arrayProperties": {"index": i},
+                        "jobDefinition": a.job_definition.clone().unwrap_or_default(),
+                        "container": {},
+                    });
+                    if let Some(t) = t {
+                        if let Some(r) = &t.reason {
+                            m["statusReason"] = json!(r);
+                        }
+                        if let Some(s) = t.started_at {
+                            m["startedAt"] = json!(s);
+                        }
+                        if let Some(s) = t.finished_at {
+                            m["stoppedAt"] = json!(s);
+                        }
+                        if let Some(c) = t.exit_code {
+                            m["container"]["exitCode"] = json!(c);
+                        }
+                    }
+                    out.push(m);
+                }
+            }
+            from = next_from;
+            scanned += 100;
+        }
+        let next = (from < size).then(|| encode_offset(from as usize));
+        Ok(json!({"jobSummaryList": out, "nextToken": next}))
+    }
+}
+
+/// A job's own `status`, `statusReason`, `startedAt` and `stoppedAt` (the last three
+/// only when known: botocore wants numbers where they are present).
+pub(super) fn job_status_fields(j: &JobRecord, d: &mut Map<String, Value>) {
+    d.insert("status".into(), json!(aws_status(j)));
+    if let Some(r) = &j.reason {
+        d.insert("statusReason".into(), json!(r));
+    }
+    if let Some(t) = j.started_at {
+        d.insert("startedAt".into(), json!(t));
+    }
+    if let Some(t) = j.finished_at {
+        d.insert("stoppedAt".into(), json!(t));
+    }
+}
+
+pub(super) fn job_summary(j: &JobRecord) -> Value {
+    let mut m = json!({
+        "jobArn": arn("job", &j.job_id),
+        "jobId": j.job_id,
+        "jobName": j.name,
+        "createdAt": j.created_at,
+        "container": {},
+    });
+    if let Value::Object(fields) = &mut m {
+        job_status_fields(j, fields);
+    }
+    if let Some(a) = &j.array {
+        if let Some(s) = a.array_size {
+            m["arrayProperties"] = json!({"size": s});
+        }
+        m["jobDefinition"] = json!(a.job_definition.clone().unwrap_or_default());
+    }
+    m
+}
+
+pub(super) fn encode_key(k: &crate::store::ListKey) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("k:{}:{}", k.created_at, k.job_id))
+}
+
+pub(super) fn decode_key(t: &str) -> Result<crate::store::ListKey, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(t)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            let rest = s.strip_prefix("k:")?;
+            let (at, id) = rest.split_once(':')?;
+            Some(crate::store::ListKey {
+                created_at: at.parse().ok()?,
+                job_id: id.to_string(),
+            })
+        })
+        .ok_or_else(|| client("nextToken is not a token this API gave out"))
+}

@@ -1,0 +1,167 @@
+//! Job queues: priority, state and the compute environments they order.
+
+use crate::api::{ApiError, Service};
+use crate::store::registry::ResourceKind;
+use serde_json::{json, Value};
+
+use super::{arn::*, wire::*};
+
+impl Service {
+    // ---- job queues ----
+
+    pub(super) async fn check_job_queue(&self, doc: &Value) -> Result<(), ApiError> {
+        if let Some(st) = opt_str(doc, "state") {
+            if st != "ENABLED" && st != "DISABLED" {
+                return Err(client(format!("state {st:?} must be ENABLED or DISABLED")));
+            }
+        }
+        if doc.get("priority").is_some_and(|p| !p.is_i64()) {
+            return Err(client("priority must be a whole number"));
+        }
+        let order = doc["computeEnvironmentOrder"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if order.is_empty() {
+            return Err(client(
+                "computeEnvironmentOrder needs at least one compute environment",
+            ));
+        }
+        for (i, e) in order.iter().enumerate() {
+            let ce = opt_str(e, "computeEnvironment").ok_or_else(|| {
+                client(format!(
+                    "computeEnvironmentOrder[{i}].computeEnvironment is required"
+                ))
+            })?;
+            if self
+                .store
+                .get_resource(ResourceKind::ComputeEnvironment, name_of(ce))
+                .await?
+                .is_none()
+            {
+                return Err(client(format!(
+                    "computeEnvironmentOrder[{i}]: compute environment {ce} does not exist"
+                )));
+            }
+        }
+        if let Some(p) = opt_str(doc, "schedulingPolicyArn") {
+            if self
+                .store
+                .get_resource(ResourceKind::SchedulingPolicy, name_of(p))
+                .await?
+                .is_none()
+            {
+                return Err(client(format!("scheduling policy {p} does not exist")));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_job_queue(&self, input: &Value) -> Result<Value, ApiError> {
+        let name = checked_name(input, "jobQueueName")?;
+        let mut doc = input.clone();
+        if doc.get("state").is_none() {
+            doc["state"] = json!("ENABLED");
+        }
+        if doc.get("priority").is_none() {
+            return Err(client("priority is required"));
+        }
+        self.check_job_queue(&doc).await?;
+        let queue_arn = arn("job-queue", &name);
+        doc["jobQueueArn"] = json!(queue_arn);
+        doc["status"] = json!("VALID");
+        doc["statusReason"] = json!("JobQueue Healthy");
+        // The queue's workers take tasks from its SQS queue.
+        self.queues
+            .create(&name, std::time::Duration::from_secs(30))
+            .await?;
+        self.create_new(ResourceKind::JobQueue, &name, &doc).await?;
+        Ok(json!({"jobQueueName": name, "jobQueueArn": queue_arn}))
+    }
+
+    pub async fn describe_job_queues(&self, input: &Value) -> Result<Value, ApiError> {
+        self.describe(ResourceKind::JobQueue, input, "jobQueues", "jobQueues")
+            .await
+    }
+
+    pub async fn update_job_queue(&self, input: &Value) -> Result<Value, ApiError> {
+        let (name, mut doc) = self
+            .existing(ResourceKind::JobQueue, input, "jobQueue")
+            .await?;
+        for f in [
+            "state",
+            "priority",
+            "computeEnvironmentOrder",
+            "schedulingPolicyArn",
+        ] {
+            if let Some(v) = input.get(f) {
+                doc[f] = v.clone();
+            }
+        }
+        self.check_job_queue(&doc).await?;
+        self.store
+            .put_resource(ResourceKind::JobQueue, name, &doc, false)
+            .await?;
+        Ok(json!({"jobQueueName": name, "jobQueueArn": doc["jobQueueArn"]}))
+    }
+
+    pub async fn delete_job_queue(&self, input: &Value) -> Result<Value, ApiError> {
+        let (name, doc) = self
+            .existing(ResourceKind::JobQueue, input, "jobQueue")
+            .await?;
+        if doc["state"] != "DISABLED" {
+            return Err(client(format!(
+                "job queue {name} must be DISABLED before it is deleted"
+            )));
+        }
+        self.store
+            .delete_resource(ResourceKind::JobQueue, name)
+            .await?;
+        Ok(json!({}))
+    }
+
+    // ---- jobs ----
+
+    /// The job queue a job goes to, which must exist and be ENABLED; with its
+    /// scheduling policy's weight for `share`, if it has one.
+    pub(super) async fn enabled_queue(
+        &self,
+        reference: &str,
+        share: Option<&str>,
+    ) -> Result<(String, Option<f64>), ApiError> {
+        let name = name_of(reference);
+        let q = self
+            .store
+            .get_resource(ResourceKind::JobQueue, name)
+            .await?
+            .ok_or_else(|| client(format!("jobQueue {reference} does not exist")))?;
+        if q["state"] != "ENABLED" {
+            return Err(client(format!(
+                "jobQueue {name} is DISABLED and accepts no new jobs"
+            )));
+        }
+        let mut weight = None;
+        if let (Some(p), Some(share)) = (opt_str(&q, "schedulingPolicyArn"), share) {
+            if let Some(policy) = self
+                .store
+                .get_resource(ResourceKind::SchedulingPolicy, name_of(p))
+                .await?
+            {
+                weight = policy["fairsharePolicy"]["shareDistribution"]
+                    .as_array()
+                    .and_then(|l| {
+                        l.iter().find(|s| {
+                            opt_str(s, "shareIdentifier").is_some_and(|id| {
+                                id == share
+                                    || id
+                                        .strip_suffix('*')
+                                        .is_some_and(|pre| share.starts_with(pre))
+                            })
+                        })
+                    })
+                    .and_then(|s| s.get("weightFactor").and_then(Value::as_f64));
+            }
+        }
+        Ok((name.to_string(), weight))
+    }
+}

@@ -1,0 +1,15 @@
+//! The integration and end-to-end tests, one module per area, in one binary so the AWS
+//! SDK is linked once. They run against DynamoDB Local and moto (started by `make test`;
+//! see `support/`), with real taskhost processes where a test needs workers.
+
+mod adapters;
+mod arrays;
+mod autoscaling;
+mod aws_batch;
+mod contract;
+mod e2e;
+mod events;
+mod placement;
+mod quotas;
+mod tiers;
+mod triggers;
