@@ -9,17 +9,7 @@ use batchplane_tests::TestEmulators;
 use std::time::Duration;
 
 async fn store(emu: &TestEmulators) -> Store {
-    let clients = Clients::new(&Endpoints {
-        dynamodb: Some(emu.dynamodb_url.clone()),
-        sqs: Some(emu.sqs_url.clone()),
-    })
-    .await;
-    let store = Store::new(
-        clients.dynamodb,
-        format!("adapters-{}", uuid::Uuid::new_v4().simple()),
-    );
-    store.create_table().await.unwrap();
-    store
+    batchplane_tests::test_store(emu, "adapters").await
 }
 
 /// A stored job with the given spec; returns (job id, shard count).
@@ -30,23 +20,10 @@ async fn stored_job(store: &Store, spec: &str) -> (String, u32) {
     let shards = 4;
     store
         .put_job(&batchplane::domain::JobRecord {
-            job_id: job_id.clone(),
-            name: spec.name,
-            team: spec.team,
-            queue: spec.queue.clone(),
             state: batchplane::JobState::Pending,
-            reason: None,
-            created_at: 0,
-            started_at: None,
-            finished_at: None,
             total_tasks: plan.len() as u64,
             shard_count: shards,
-            cancel_requested: false,
-            array: None,
-            gates_met: 0,
-            dispatched: 0,
-            dependents: vec![],
-            notify: Default::default(),
+            ..batchplane::domain::JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
         })
         .await
         .unwrap();

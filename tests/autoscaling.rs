@@ -3,22 +3,8 @@
 //! job succeeds, and `batchplane autoscaler history` shows what each tick decided. A
 //! team without quota for the pool is refused, and the decision says why.
 
-use batchplane_tests::{binary, Harness, Must};
+use batchplane_tests::{Harness, Must};
 use std::time::Duration;
-
-fn cli(h: &Harness, args: &[&str]) -> String {
-    let out = std::process::Command::new(binary("batchplane"))
-        .args(args)
-        .args(["--api-url", &h.stack.api_url])
-        .output()
-        .unwrap_or_else(|e| panic!("running batchplane {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "batchplane {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_autoscaler_alone_starts_the_workers_a_job_needs() {
@@ -52,7 +38,7 @@ async fn the_autoscaler_alone_starts_the_workers_a_job_needs() {
     let done = h.wait(&job, Duration::from_secs(120)).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
 
-    let history = cli(&h, &["autoscaler", "history", "--limit", "100"]);
+    let history = h.cli(&["autoscaler", "history", "--limit", "100"]);
     assert!(history.contains("GRANTED/ASKED"), "{history}");
     assert!(history.contains("default--1cpu-512mib"), "{history}");
     let decisions = h.get("/v1/autoscaler/history?limit=100").await;

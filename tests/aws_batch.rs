@@ -54,7 +54,7 @@ async fn definitions_queues_environments_policies_and_tags() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_1000_child_array_runs_and_lists_page_by_page() {
+async fn a_300_child_array_runs_and_lists_page_by_page() {
     scenario("array", |_| {}).await;
 }
 
@@ -69,7 +69,7 @@ async fn sequential_children_run_one_after_another_and_a_failure_stops_the_rest(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_with_1000_dependencies() {
+async fn a_job_with_250_dependencies() {
     scenario("many_dependencies", |_| {}).await;
 }
 

@@ -3,36 +3,19 @@
 //! the job finish; `batchplane teams` / `clusters` show used/limit; disabling a cluster
 //! moves placements to the others.
 
-use batchplane_local::stack::PoolWorkers;
-use batchplane_tests::{binary, Harness};
+use batchplane_local::PoolWorkers;
+use batchplane_tests::Harness;
 use serde_json::Value;
 use std::time::Duration;
 
 const MINUTES: Duration = Duration::from_secs(180);
 
-/// The `batchplane` CLI's stdout for these arguments against the test stack; panics
-/// with its stderr when it fails.
-fn cli(h: &Harness, args: &[&str]) -> String {
-    let out = std::process::Command::new(binary("batchplane"))
-        .args(args)
-        .args(["--api-url", &h.stack.api_url])
-        .output()
-        .unwrap_or_else(|e| panic!("running batchplane {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "batchplane {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 async fn explain_reasons(h: &Harness, job: &str, task: &str) -> Vec<Value> {
-    let r = h.get(&format!("/v1/jobs/{job}/tasks/{task}/explain")).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body["reasons"]
+    let body = h.explain(job, task).await;
+    body["reasons"]
         .as_array()
         .cloned()
-        .unwrap_or_else(|| panic!("no reasons in {}", r.body))
+        .unwrap_or_else(|| panic!("no reasons in {body}"))
 }
 
 /// Wait until the task's explanation has a PlacementRefused reason containing `text`.
@@ -76,37 +59,31 @@ async fn a_team_at_quota_waits_with_the_reason_shown_until_its_quota_is_raised()
     assert!(why.contains("pool default--1cpu-128mib"), "{why}");
 
     // A quota too small for one worker: the reason names the binding resource.
-    let shown = cli(
-        &h,
-        &[
-            "teams",
-            "set",
-            "vision",
-            "--cpu",
-            "0.5",
-            "--memory-mib",
-            "1024",
-        ],
-    );
+    let shown = h.cli(&[
+        "teams",
+        "set",
+        "vision",
+        "--cpu",
+        "0.5",
+        "--memory-mib",
+        "1024",
+    ]);
     assert!(shown.contains("vision"), "{shown}");
     let why = wait_for_refusal(&h, &job, "t", "team quota exhausted: cpu 0/0.5").await;
     assert!(why.contains("a worker needs 1 vCPU, 128 MiB"), "{why}");
-    let text = cli(&h, &["explain", &job, "t"]);
+    let text = h.cli(&["explain", &job, "t"]);
     assert!(text.contains("team quota exhausted: cpu 0/0.5"), "{text}");
 
     // Room for it: the waiting worker is placed, runs the task, the job finishes.
-    cli(
-        &h,
-        &[
-            "teams",
-            "set",
-            "vision",
-            "--cpu",
-            "2",
-            "--memory-mib",
-            "1024",
-        ],
-    );
+    h.cli(&[
+        "teams",
+        "set",
+        "vision",
+        "--cpu",
+        "2",
+        "--memory-mib",
+        "1024",
+    ]);
     let done = h.wait(&job, MINUTES).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     let reasons = explain_reasons(&h, &job, "t").await;
@@ -116,7 +93,7 @@ async fn a_team_at_quota_waits_with_the_reason_shown_until_its_quota_is_raised()
     );
 
     // The table shows the team's use of its quota and where its worker is.
-    let teams = cli(&h, &["teams"]);
+    let teams = h.cli(&["teams"]);
     let vision = teams
         .lines()
         .find(|l| l.starts_with("vision"))
@@ -149,13 +126,13 @@ async fn disabling_a_cluster_drains_it_and_moves_new_workers_to_the_others() {
         (8.0, 8.0),
         "{clusters}"
     );
-    let table = cli(&h, &["clusters"]);
+    let table = h.cli(&["clusters"]);
     assert!(
         table.contains("local-a") && table.contains("8/256 (3%)"),
         "{table}"
     );
 
-    let out = cli(&h, &["clusters", "disable", "local-a"]);
+    let out = h.cli(&["clusters", "disable", "local-a"]);
     assert!(out.contains("local-a: disabled"), "{out}");
     let row = out
         .lines()
@@ -227,7 +204,9 @@ async fn capacity_limited_launch_configs_are_listed_until_they_expire_and_explai
         o.workers = 0;
     })
     .await;
-    assert!(cli(&h, &["capacity"]).contains("no launch config is capacity-limited"));
+    assert!(h
+        .cli(&["capacity"])
+        .contains("no launch config is capacity-limited"));
     let now = batchplane::store::now_ms();
     let store = &h.stack.service.store;
     for (config, until) in [
@@ -244,7 +223,7 @@ async fn capacity_limited_launch_configs_are_listed_until_they_expire_and_explai
             .await
             .unwrap_or_else(|e| panic!("marking {config}: {e}"));
     }
-    let table = cli(&h, &["capacity"]);
+    let table = h.cli(&["capacity"]);
     assert!(table.contains("m5.2xlarge:us-east-1a:spot"), "{table}");
     assert!(table.contains("got 3 of 10 instances"), "{table}");
     assert!(

@@ -2,8 +2,8 @@
 //! limits, each worker pool served by its own workers, escalation on OOM.
 
 use batchplane::domain::tiers::Tier;
-use batchplane_local::stack::PoolWorkers;
-use batchplane_tests::{binary, Harness};
+use batchplane_local::PoolWorkers;
+use batchplane_tests::{attempts, Harness};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -30,34 +30,11 @@ fn allocating(id: &str, mib: u64) -> String {
     )
 }
 
-async fn explain(h: &Harness, job: &str, task: &str) -> Value {
-    let r = h.get(&format!("/v1/jobs/{job}/tasks/{task}/explain")).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body
-}
-
 /// A string field, or a panic that shows the whole document.
 fn text<'a>(v: &'a Value, field: &str) -> &'a str {
     v[field]
         .as_str()
         .unwrap_or_else(|| panic!("no string `{field}` in {v}"))
-}
-
-/// The `batchplane` CLI's stdout for these arguments against the test stack.
-fn cli(h: &Harness, args: &[&str]) -> String {
-    let out = std::process::Command::new(binary("batchplane"))
-        .args(args)
-        .args(["--api-url", &h.stack.api_url])
-        .output()
-        .unwrap_or_else(|e| panic!("running batchplane {args:?}: {e}"));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn attempts(task: &Value) -> Vec<Value> {
-    task["attempts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("no attempts: {task}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +96,7 @@ async fn each_task_ends_on_the_smallest_tier_that_fits_it() {
     assert!(text(&a[2], "worker_id").contains("640mib"), "{large}");
     // Each attempt says how its memory was held; the escalations did not use up the
     // retry budget (one attempt by default).
-    for x in &a {
+    for x in a {
         let how = x["memory_enforcement"].as_str().unwrap_or_default();
         assert!(
             ["cgroup-v2", "cgroup-v1", "rlimit+rss-poll"].contains(&how),
@@ -166,7 +143,7 @@ tasks:
     assert_eq!(flaky["status_reason"], "exit code 3", "{flaky}");
 
     // Failures are a query: the CLI lists both with their reasons.
-    let listed = cli(&h, &["tasks", &job, "--state", "FAILED"]);
+    let listed = h.cli(&["tasks", &job, "--state", "FAILED"]);
     assert!(
         listed.contains("hog") && listed.contains("OutOfMemory on largest tier"),
         "{listed}"
@@ -222,13 +199,13 @@ tasks:
         )
         .await;
     // Nothing serves the 200 MiB pool: the task is queued there, and explain says so.
-    let mut big = explain(&h, &job, "big").await;
+    let mut big = h.explain(&job, "big").await;
     for _ in 0..50 {
         if big["state"] == "RUNNABLE" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        big = explain(&h, &job, "big").await;
+        big = h.explain(&job, "big").await;
     }
     let codes: Vec<&str> = big["reasons"]
         .as_array()
@@ -241,7 +218,7 @@ tasks:
         "{big}"
     );
     assert!(big.to_string().contains("default--1cpu-200mib"), "{big}");
-    let after = explain(&h, &job, "after").await;
+    let after = h.explain(&job, "after").await;
     assert_eq!(
         after["reasons"][0]["code"], "WaitingOnDependencies",
         "{after}"
@@ -250,7 +227,7 @@ tasks:
         text(&after["reasons"][0], "message").contains("big (RUNNABLE)"),
         "{after}"
     );
-    let shown = cli(&h, &["explain", &job, "big"]);
+    let shown = h.cli(&["explain", &job, "big"]);
     assert!(shown.contains("NoWorkerPool"), "{shown}");
 
     // A worker for that shape arrives: the job runs to the end.
@@ -260,7 +237,7 @@ tasks:
         .unwrap_or_else(|e| panic!("starting a 200 MiB pool worker: {e}"));
     let done = h.wait(&job, MINUTES).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
-    let finished = explain(&h, &job, "big").await;
+    let finished = h.explain(&job, "big").await;
     assert_eq!(finished["reasons"][0]["code"], "Finished", "{finished}");
     h.shutdown().await;
 }

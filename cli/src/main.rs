@@ -1,16 +1,10 @@
 //! `batchplane`: submit and inspect jobs, run the local stack, run the benchmark.
 
-mod admin;
-mod autoscaler;
-mod autoscaler_sim;
 mod bench;
 mod client;
-mod dev;
-mod jobs;
-mod placement_bench;
-mod repro;
-mod rng;
-mod tier_bench;
+mod commands;
+
+use commands::{admin, autoscaler, dev, jobs, repro};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -158,14 +152,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Simulate a workload with and without resource tiers: reserved versus used
     /// memory-hours; prints a table and writes JSON.
-    BenchTiers(tier_bench::TierBenchArgs),
+    BenchTiers(bench::tiers::TierBenchArgs),
     /// Simulate the autoscaling policies on workload traces (a benchmark of the policy:
     /// makespan, waits, worker- and node-hours, dollars, utilisation); writes JSON.
-    BenchAutoscaler(autoscaler_sim::SimArgs),
+    BenchAutoscaler(bench::autoscaler::SimArgs),
     /// Placement throughput and latency (p50/p99) under contention from N concurrent
     /// callers, DynamoDB requests per grant, beside a floor of plain conditional writes;
     /// prints a table and writes JSON.
-    BenchPlacement(placement_bench::PlacementBenchArgs),
+    BenchPlacement(bench::placement::PlacementBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -264,8 +258,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             stack,
         } => dev::demo(samples, job.as_deref(), stack).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::BenchTiers(args) => tier_bench::run(args),
-        Command::BenchAutoscaler(args) => autoscaler_sim::run(args),
-        Command::BenchPlacement(args) => placement_bench::run(args).await,
+        Command::BenchTiers(args) => bench::tiers::run(args),
+        Command::BenchAutoscaler(args) => bench::autoscaler::run(args),
+        Command::BenchPlacement(args) => bench::placement::run(args).await,
     }
 }

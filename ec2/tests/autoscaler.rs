@@ -10,7 +10,7 @@ use batchplane::scaling::fleet::{Ec2Api, TAG_CLUSTER, TAG_POOL, TAG_TEAM};
 use batchplane::scaling::Decision;
 use batchplane::store::now_ms;
 use batchplane_ec2::Ec2;
-use batchplane_local::stack::LocalCluster;
+use batchplane_local::LocalCluster;
 use batchplane_tests::{Harness, Must};
 use std::time::{Duration, Instant};
 

@@ -443,26 +443,17 @@ mod tests {
 
     fn job(state: JobState, started: bool) -> JobRecord {
         JobRecord {
-            job_id: "j1".into(),
-            name: "n".into(),
-            team: "t".into(),
-            queue: "default".into(),
             state,
             reason: (state == JobState::Failed).then(|| "task a failed".to_string()),
             created_at: 1,
             started_at: started.then_some(2),
             finished_at: state.is_terminal().then_some(3),
             total_tasks: 2,
-            shard_count: 1,
-            cancel_requested: false,
-            array: None,
-            gates_met: 0,
-            dispatched: 0,
-            dependents: vec![],
             notify: Notify {
                 task_events: false,
                 task_token: Some("tok".into()),
             },
+            ..JobRecord::new("j1", "n", "t", "default")
         }
     }
 

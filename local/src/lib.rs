@@ -5,7 +5,10 @@
 
 pub mod backend;
 pub mod emulators;
+mod launching;
+pub mod options;
 pub mod stack;
 pub mod streams;
 
-pub use stack::{LocalStack, StackOptions};
+pub use options::{LocalCluster, PoolWorkers, StackOptions};
+pub use stack::LocalStack;

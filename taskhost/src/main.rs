@@ -1,14 +1,7 @@
-//! The taskhost: a long-lived worker that runs Batchplane tasks as unix processes.
-//! `taskhost` runs the worker; `taskhost exec` is the small shim each task runs under,
-//! which measures the task's resource use.
+//! The taskhost binary: `taskhost` runs the worker; `taskhost exec` is the small shim
+//! each task runs under, which measures the task's resource use.
 
-mod forecast;
-mod memory;
-mod sampler;
-mod shim;
-mod templates;
-mod worker;
-
+use batchplane_taskhost::{shim, worker};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {

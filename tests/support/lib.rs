@@ -223,6 +223,32 @@ impl Harness {
         }
     }
 
+    /// The `batchplane` CLI's stdout for these arguments against this stack; panics with
+    /// its stderr when it exits non-zero.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(binary("batchplane"))
+            .args(args)
+            .args(["--api-url", &self.stack.api_url])
+            .output()
+            .unwrap_or_else(|e| panic!("running batchplane {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "batchplane {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Why a task is not running, as the API explains it.
+    pub async fn explain(&self, job: &str, task: &str) -> Value {
+        let r = self
+            .get(&format!("/v1/jobs/{job}/tasks/{task}/explain"))
+            .await;
+        assert_eq!(r.status, 200, "explain {job}/{task}: {}", r.body);
+        r.body
+    }
+
     /// Stop the stack and delete its table and queues.
     pub async fn shutdown(self) {
         self.stack
@@ -230,6 +256,32 @@ impl Harness {
             .await
             .unwrap_or_else(|e| panic!("shutting the stack down: {e:#}"));
     }
+}
+
+/// A task view's attempts, or a panic that shows the task.
+pub fn attempts(task: &Value) -> &[Value] {
+    task["attempts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_else(|| panic!("no attempts in {task}"))
+}
+
+/// A store on a fresh table (`<what>-<random>`) of the test emulators.
+pub async fn test_store(emu: &TestEmulators, what: &str) -> batchplane::store::Store {
+    let clients = batchplane::aws::Clients::new(&batchplane::aws::Endpoints {
+        dynamodb: Some(emu.dynamodb_url.clone()),
+        sqs: Some(emu.sqs_url.clone()),
+    })
+    .await;
+    let store = batchplane::store::Store::new(
+        clients.dynamodb,
+        format!("{what}-{}", uuid::Uuid::new_v4().simple()),
+    );
+    store
+        .create_table()
+        .await
+        .unwrap_or_else(|e| panic!("creating the test table: {e}"));
+    store
 }
 
 /// Lines of a file, or none if it does not exist.

@@ -8,17 +8,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use batchplane::api::{ApiError, Service};
+use batchplane::api::{ApiError, ErrorKind, Service};
 use batchplane::aws_batch::CLIENT;
 use serde_json::Value;
 use std::sync::Arc;
 
 /// AWS's error shape: the type in `x-amzn-ErrorType` and `__type`, and a `message`.
 fn error_response(e: ApiError) -> Response {
-    let (status, kind) = if e.status >= 500 {
-        (StatusCode::INTERNAL_SERVER_ERROR, "ServerException")
-    } else {
+    let (status, kind) = if e.kind.is_client() {
         (StatusCode::BAD_REQUEST, CLIENT)
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "ServerException")
     };
     let mut r = (
         status,
@@ -65,7 +65,7 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
-            400,
+            ErrorKind::Invalid,
             CLIENT,
             format!(
                 "request body is not JSON (line {}, column {}): {e}",
@@ -77,7 +77,7 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     })?;
     if !v.is_object() {
         return Err(ApiError::new(
-            400,
+            ErrorKind::Invalid,
             CLIENT,
             "request body must be a JSON object",
             Value::Null,
@@ -205,7 +205,7 @@ fn percent_decode(s: &str) -> String {
 /// success.
 async fn unsupported(Path(op): Path<String>) -> Response {
     error_response(ApiError::new(
-        400,
+        ErrorKind::Invalid,
         CLIENT,
         format!("operation {op} is not supported by Batchplane (service jobs, consumable resources, quota shares and multi-node jobs are not part of it)"),
         Value::Null,

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use batchplane::api::{ApiError, Service};
+use batchplane::api::{ApiError, ErrorKind, Service};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -18,10 +18,20 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 struct Error(ApiError);
 
+/// The one place an error's kind becomes an HTTP status.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = status_of(self.0.kind);
         (status, Json(self.0.body())).into_response()
     }
 }

@@ -47,7 +47,7 @@ pub async fn handle(service: &Service, payload: Value) -> Result<Value, lambda_r
                 job_id = %s.job_id, created = s.created, "triggered");
             Ok(json!({"job_id": s.job_id, "created": s.created}))
         }
-        Err(e) if e.status < 500 => {
+        Err(e) if e.kind.is_client() => {
             tracing::warn!(template = %t.template, error = %e.message, "the event cannot make a job");
             Ok(e.body())
         }

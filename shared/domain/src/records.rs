@@ -35,6 +35,32 @@ pub struct JobRecord {
     pub notify: Notify,
 }
 
+impl JobRecord {
+    /// A new job of `name` for `team` on `queue`, SUBMITTED, with nothing in it yet:
+    /// callers set what differs with struct update syntax (`..JobRecord::new(…)`).
+    pub fn new(job_id: &str, name: &str, team: &str, queue: &str) -> JobRecord {
+        JobRecord {
+            job_id: job_id.to_string(),
+            name: name.to_string(),
+            team: team.to_string(),
+            queue: queue.to_string(),
+            state: JobState::Submitted,
+            reason: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            total_tasks: 0,
+            shard_count: 1,
+            cancel_requested: false,
+            array: None,
+            gates_met: 0,
+            dispatched: 0,
+            dependents: Vec::new(),
+            notify: Notify::default(),
+        }
+    }
+}
+
 /// What a job asks to be told about, beyond its own state changes (always published).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notify {

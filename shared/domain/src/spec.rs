@@ -484,82 +484,7 @@ fn validate_tasks(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), 
                 json!({"task": t.id, "index": i, "field": "id"}),
             ));
         }
-        if t.command.is_empty() || t.command[0].is_empty() {
-            return Err(task_error(
-                "EmptyCommand",
-                &t.id,
-                "command",
-                "the command is empty; give an argv such as [sh, -c, \"echo hi\"]".into(),
-            ));
-        }
-        if let Some(cpu) = t.cpu {
-            if !(cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0) {
-                return Err(task_error(
-                    "InvalidField",
-                    &t.id,
-                    "cpu",
-                    format!("{cpu} must be more than 0 and at most 1024 vCPUs"),
-                ));
-            }
-        }
-        if let Some(mem) = t.memory_mib {
-            if mem == 0 || mem > 4 * 1024 * 1024 {
-                return Err(task_error(
-                    "InvalidField",
-                    &t.id,
-                    "memory_mib",
-                    format!("{mem} must be 1 to 4194304"),
-                ));
-            }
-        }
-        if !t.tiers.is_empty() && (t.cpu.is_some() || t.memory_mib.is_some()) {
-            return Err(task_error(
-                "InvalidField",
-                &t.id,
-                "tiers",
-                "give either `tiers` or `cpu`/`memory_mib`: with tiers, each tier says both".into(),
-            ));
-        }
-        validate_tiers(&t.tiers).map_err(|e| {
-            let (field, what) = e.split_once(": ").unwrap_or(("tiers", &e));
-            task_error("InvalidField", &t.id, field, what.to_string())
-        })?;
-        if t.timeout_seconds == Some(0) {
-            return Err(task_error(
-                "InvalidField",
-                &t.id,
-                "timeout_seconds",
-                "must be at least 1".into(),
-            ));
-        }
-        if let Some(r) = &t.retry_strategy {
-            r.validate()
-                .map_err(|e| task_error("InvalidField", &t.id, "retry_strategy", e))?;
-        }
-        let size: usize = t.command.iter().map(String::len).sum::<usize>()
-            + t.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        if size > MAX_TASK_BYTES {
-            return Err(task_error(
-                "InvalidField",
-                &t.id,
-                "command",
-                format!(
-                    "command and env together are {size} bytes; at most {MAX_TASK_BYTES} (pass large inputs as files)"
-                ),
-            ));
-        }
-        if let Some(key) = t
-            .env
-            .keys()
-            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
-        {
-            return Err(task_error(
-                "InvalidField",
-                &t.id,
-                "env",
-                format!("variable name {key:?} is not valid"),
-            ));
-        }
+        validate_task_fields(t)?;
         let mut seen = HashSet::new();
         for dep in &t.depends_on {
             if !seen.insert(dep) {
@@ -572,6 +497,109 @@ fn validate_tasks(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), 
             }
         }
     }
+    validate_dependencies(tasks, &index, existing)?;
+    if let Some(cycle) = find_cycle(tasks, &index) {
+        let path = cycle.join(" -> ");
+        return Err(SpecError::new(
+            "DependencyCycle",
+            format!(
+                "task {:?}, field `depends_on`: dependency cycle {path}",
+                cycle[0]
+            ),
+            json!({"task": cycle[0], "field": "depends_on", "cycle": cycle}),
+        ));
+    }
+    Ok(())
+}
+
+/// One task's own fields: its command, resources or tiers, timeout, retry strategy,
+/// size and environment.
+fn validate_task_fields(t: &TaskSpec) -> Result<(), SpecError> {
+    if t.command.is_empty() || t.command[0].is_empty() {
+        return Err(task_error(
+            "EmptyCommand",
+            &t.id,
+            "command",
+            "the command is empty; give an argv such as [sh, -c, \"echo hi\"]".into(),
+        ));
+    }
+    if let Some(cpu) = t.cpu {
+        if !(cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0) {
+            return Err(task_error(
+                "InvalidField",
+                &t.id,
+                "cpu",
+                format!("{cpu} must be more than 0 and at most 1024 vCPUs"),
+            ));
+        }
+    }
+    if let Some(mem) = t.memory_mib {
+        if mem == 0 || mem > 4 * 1024 * 1024 {
+            return Err(task_error(
+                "InvalidField",
+                &t.id,
+                "memory_mib",
+                format!("{mem} must be 1 to 4194304"),
+            ));
+        }
+    }
+    if !t.tiers.is_empty() && (t.cpu.is_some() || t.memory_mib.is_some()) {
+        return Err(task_error(
+            "InvalidField",
+            &t.id,
+            "tiers",
+            "give either `tiers` or `cpu`/`memory_mib`: with tiers, each tier says both".into(),
+        ));
+    }
+    validate_tiers(&t.tiers).map_err(|e| {
+        let (field, what) = e.split_once(": ").unwrap_or(("tiers", &e));
+        task_error("InvalidField", &t.id, field, what.to_string())
+    })?;
+    if t.timeout_seconds == Some(0) {
+        return Err(task_error(
+            "InvalidField",
+            &t.id,
+            "timeout_seconds",
+            "must be at least 1".into(),
+        ));
+    }
+    if let Some(r) = &t.retry_strategy {
+        r.validate()
+            .map_err(|e| task_error("InvalidField", &t.id, "retry_strategy", e))?;
+    }
+    let size: usize = t.command.iter().map(String::len).sum::<usize>()
+        + t.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    if size > MAX_TASK_BYTES {
+        return Err(task_error(
+            "InvalidField",
+            &t.id,
+            "command",
+            format!(
+                "command and env together are {size} bytes; at most {MAX_TASK_BYTES} (pass large inputs as files)"
+            ),
+        ));
+    }
+    if let Some(key) = t
+        .env
+        .keys()
+        .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+    {
+        return Err(task_error(
+            "InvalidField",
+            &t.id,
+            "env",
+            format!("variable name {key:?} is not valid"),
+        ));
+    }
+    Ok(())
+}
+
+/// Every dependency names a task of the job (new or stored), and none its own task.
+fn validate_dependencies(
+    tasks: &[TaskSpec],
+    index: &HashMap<&str, usize>,
+    existing: &HashSet<String>,
+) -> Result<(), SpecError> {
     for t in tasks {
         for dep in &t.depends_on {
             if dep == &t.id {
@@ -593,17 +621,6 @@ fn validate_tasks(tasks: &[TaskSpec], existing: &HashSet<String>) -> Result<(), 
                 ));
             }
         }
-    }
-    if let Some(cycle) = find_cycle(tasks, &index) {
-        let path = cycle.join(" -> ");
-        return Err(SpecError::new(
-            "DependencyCycle",
-            format!(
-                "task {:?}, field `depends_on`: dependency cycle {path}",
-                cycle[0]
-            ),
-            json!({"task": cycle[0], "field": "depends_on", "cycle": cycle}),
-        ));
     }
     Ok(())
 }

@@ -73,8 +73,40 @@ impl From<Tier> for TierFields {
 }
 
 impl Tier {
+    /// Nothing: no CPU, memory or GPU.
+    pub const ZERO: Tier = Tier {
+        cpu_milli: 0,
+        memory_mib: 0,
+        gpu: 0,
+    };
+
     pub fn cpu(&self) -> f64 {
         f64::from(self.cpu_milli) / 1000.0
+    }
+
+    /// Whether this much fits in `room`, resource by resource.
+    pub fn fits_in(self, room: Tier) -> bool {
+        self.cpu_milli <= room.cpu_milli
+            && self.memory_mib <= room.memory_mib
+            && self.gpu <= room.gpu
+    }
+
+    /// Both amounts together (saturating: amounts are bounded by what a worker offers).
+    pub fn plus(self, other: Tier) -> Tier {
+        Tier {
+            cpu_milli: self.cpu_milli.saturating_add(other.cpu_milli),
+            memory_mib: self.memory_mib.saturating_add(other.memory_mib),
+            gpu: self.gpu.saturating_add(other.gpu),
+        }
+    }
+
+    /// What is left of this after `other`, none below zero on any resource.
+    pub fn minus(self, other: Tier) -> Tier {
+        Tier {
+            cpu_milli: self.cpu_milli.saturating_sub(other.cpu_milli),
+            memory_mib: self.memory_mib.saturating_sub(other.memory_mib),
+            gpu: self.gpu.saturating_sub(other.gpu),
+        }
     }
 
     /// A name for the shape usable in queue names: `2cpu-8192mib`, `500mcpu-512mib-1gpu`.

@@ -170,81 +170,106 @@ impl Service {
         };
         match child_index {
             Some(i) => {
-                // One container run: a child of an array, or a single job.
-                let task = self
-                    .store
-                    .get_task(job_id, job.shard_count, &child_task_id(i))
-                    .await?;
-                let (status, reason) = match &task {
-                    Some(t) => (task_status(&t.state), t.reason.clone()),
-                    None if job.state.is_terminal() => ("FAILED", job.reason.clone()),
-                    None if job.state == JobState::Runnable && a.dispatched_by_cursor() => {
-                        ("RUNNABLE", None)
-                    }
-                    None => ("PENDING", None),
-                };
-                let status = if index.is_none() && job.state.is_terminal() {
-                    aws_status(&job)
-                } else {
-                    status
-                };
-                d.insert("status".into(), json!(status));
-                if let Some(r) = reason.or_else(|| job.reason.clone().filter(|_| index.is_none())) {
-                    d.insert("statusReason".into(), json!(r));
-                }
-                if let Some(t) = &task {
-                    d.insert("attempts".into(), attempts_json(t));
-                    if let Some(at) = t.started_at {
-                        d.insert("startedAt".into(), json!(at));
-                    }
-                    if let Some(at) = t.finished_at {
-                        d.insert("stoppedAt".into(), json!(at));
-                    }
-                    if let Some(last) = t.attempts.last() {
-                        if let Some(c) = last.exit_code {
-                            container["exitCode"] = json!(c);
-                        }
-                        if let Some(r) = &last.reason {
-                            container["reason"] = json!(r);
-                        }
-                        if let Some(l) = &last.stdout {
-                            container["logStreamName"] = json!(l);
-                        }
-                    }
-                } else {
-                    d.insert("attempts".into(), json!([]));
-                }
-                if index.is_some() {
-                    d.insert("arrayProperties".into(), json!({"index": i}));
-                    d.insert("jobId".into(), json!(child_aws_id(job_id, true, i)));
-                }
-                if let Some(env) = container["environment"].as_array_mut() {
-                    if let Some(i) = index {
-                        env.push(
-                            json!({"name": "AWS_BATCH_JOB_ARRAY_INDEX", "value": i.to_string()}),
-                        );
-                    }
-                }
+                self.child_detail(&job, index, i, &mut d, &mut container)
+                    .await?
             }
-            None => {
-                // The parent of an array: counts of its children by status.
-                let (counts, _, _) = self.store.job_counts(job_id).await?;
-                let counts = child_counts(&job, &counts);
-                let mut summary: BTreeMap<&str, u64> =
-                    ALL_STATUSES.iter().map(|s| (*s, 0)).collect();
-                for st in TaskState::ALL {
-                    *summary.entry(task_status(&st)).or_default() += counts.get(st);
-                }
-                job_status_fields(&job, &mut d);
-                d.insert("attempts".into(), json!([]));
-                d.insert(
-                    "arrayProperties".into(),
-                    json!({"size": a.size(), "statusSummary": summary}),
-                );
-            }
+            None => self.array_summary(&job, &mut d).await?,
         }
         d.insert("container".into(), container);
         Ok(Some(Value::Object(d)))
+    }
+
+    /// One container run's detail: a child of an array (`index`), or a single job.
+    async fn child_detail(
+        &self,
+        job: &JobRecord,
+        index: Option<u32>,
+        i: u32,
+        d: &mut Map<String, Value>,
+        container: &mut Value,
+    ) -> Result<(), ApiError> {
+        let job_id = job.job_id.as_str();
+        let Some(a) = &job.array else {
+            return Ok(());
+        };
+        let task = self
+            .store
+            .get_task(job_id, job.shard_count, &child_task_id(i))
+            .await?;
+        let (status, reason) = match &task {
+            Some(t) => (task_status(&t.state), t.reason.clone()),
+            None if job.state.is_terminal() => ("FAILED", job.reason.clone()),
+            None if job.state == JobState::Runnable && a.dispatched_by_cursor() => {
+                ("RUNNABLE", None)
+            }
+            None => ("PENDING", None),
+        };
+        let status = if index.is_none() && job.state.is_terminal() {
+            aws_status(job)
+        } else {
+            status
+        };
+        d.insert("status".into(), json!(status));
+        if let Some(r) = reason.or_else(|| job.reason.clone().filter(|_| index.is_none())) {
+            d.insert("statusReason".into(), json!(r));
+        }
+        if let Some(t) = &task {
+            d.insert("attempts".into(), attempts_json(t));
+            if let Some(at) = t.started_at {
+                d.insert("startedAt".into(), json!(at));
+            }
+            if let Some(at) = t.finished_at {
+                d.insert("stoppedAt".into(), json!(at));
+            }
+            if let Some(last) = t.attempts.last() {
+                if let Some(c) = last.exit_code {
+                    container["exitCode"] = json!(c);
+                }
+                if let Some(r) = &last.reason {
+                    container["reason"] = json!(r);
+                }
+                if let Some(l) = &last.stdout {
+                    container["logStreamName"] = json!(l);
+                }
+            }
+        } else {
+            d.insert("attempts".into(), json!([]));
+        }
+        if index.is_some() {
+            d.insert("arrayProperties".into(), json!({"index": i}));
+            d.insert("jobId".into(), json!(child_aws_id(job_id, true, i)));
+        }
+        if let Some(env) = container["environment"].as_array_mut() {
+            if let Some(i) = index {
+                env.push(json!({"name": "AWS_BATCH_JOB_ARRAY_INDEX", "value": i.to_string()}));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parent of an array: counts of its children by status.
+    async fn array_summary(
+        &self,
+        job: &JobRecord,
+        d: &mut Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        let job_id = job.job_id.as_str();
+        let Some(a) = &job.array else {
+            return Ok(());
+        };
+        let (counts, _, _) = self.store.job_counts(job_id).await?;
+        let counts = child_counts(job, &counts);
+        let mut summary: BTreeMap<&str, u64> = ALL_STATUSES.iter().map(|s| (*s, 0)).collect();
+        for st in TaskState::ALL {
+            *summary.entry(task_status(&st)).or_default() += counts.get(st);
+        }
+        job_status_fields(job, d);
+        d.insert("attempts".into(), json!([]));
+        d.insert(
+            "arrayProperties".into(),
+            json!({"size": a.size(), "statusSummary": summary}),
+        );
+        Ok(())
     }
 
     pub async fn list_jobs(&self, input: &Value) -> Result<Value, ApiError> {

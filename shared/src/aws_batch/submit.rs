@@ -241,7 +241,67 @@ impl Service {
             return Err(client("command is empty"));
         }
         self.ensure_pools(&sub.queue, &sub.template.tiers).await?;
-        // Every dependency must name a job that exists, with the right shape.
+        let n_to_n = self.check_dependencies(&sub).await?;
+        let gates: Vec<&JobDependency> = sub
+            .depends_on
+            .iter()
+            .filter(|d| d.kind == DependencyKind::Job)
+            .collect();
+        let now = now_ms();
+        let size = sub.array_size.unwrap_or(1);
+        let job = JobRecord {
+            // Nothing to wait for: RUNNABLE from the first write, one write and one stream
+            // hop fewer. With dependencies it waits PENDING until they are registered.
+            state: if sub.depends_on.is_empty() {
+                JobState::Runnable
+            } else {
+                JobState::Pending
+            },
+            created_at: now,
+            total_tasks: u64::from(size),
+            shard_count: shard_count_for(size as usize),
+            array: Some(ArrayJob {
+                template: sub.template,
+                array_size: sub.array_size,
+                sequential: sub.sequential,
+                n_to_n,
+                gate_count: gates.len() as u32,
+                window: weighted_window(self.job_window, sub.weight),
+                job_definition: sub.job_definition,
+                share_identifier: sub.share_identifier,
+                scheduling_priority: sub.scheduling_priority,
+                parameters: sub.parameters,
+                tags: sub.tags,
+                caller: sub.caller,
+            }),
+            ..JobRecord::new(&job_id, &sub.name, &sub.team, &sub.queue)
+        };
+        self.store.put_job(&job).await?;
+        if let Err(e) = self.register_dependencies(&job_id, &sub.depends_on).await {
+            let _ = self
+                .store
+                .fail_job(
+                    &job_id,
+                    JobState::Failed,
+                    &format!(
+                        "submission failed while registering dependencies: {}",
+                        e.message
+                    ),
+                )
+                .await;
+            return Err(e);
+        }
+        if !sub.depends_on.is_empty() {
+            self.store.start_if_gates_met(&job_id).await?;
+        }
+        tracing::info!(job_id, name = %sub.name, size, "array job submitted");
+        Ok(job_id)
+    }
+
+    /// Every dependency must name a job that exists, with the right shape: a child that
+    /// exists, N_TO_N between arrays of one size (and not with SEQUENTIAL). Returns the
+    /// jobs this one depends on N_TO_N.
+    async fn check_dependencies(&self, sub: &ArraySubmission) -> Result<Vec<String>, ApiError> {
         let ids: Vec<String> = sub.depends_on.iter().map(|d| d.job_id.clone()).collect();
         let store = self.store.clone();
         let targets: Vec<Result<Option<JobRecord>, ApiError>> = stream::iter(ids)
@@ -283,71 +343,7 @@ impl Service {
                 n_to_n.push(d.job_id.clone());
             }
         }
-        let gates: Vec<&JobDependency> = sub
-            .depends_on
-            .iter()
-            .filter(|d| d.kind == DependencyKind::Job)
-            .collect();
-        let now = now_ms();
-        let size = sub.array_size.unwrap_or(1);
-        let job = JobRecord {
-            job_id: job_id.clone(),
-            name: sub.name.clone(),
-            team: sub.team.clone(),
-            queue: sub.queue.clone(),
-            // Nothing to wait for: RUNNABLE from the first write, one write and one stream
-            // hop fewer. With dependencies it waits PENDING until they are registered.
-            state: if sub.depends_on.is_empty() {
-                JobState::Runnable
-            } else {
-                JobState::Pending
-            },
-            reason: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            total_tasks: u64::from(size),
-            shard_count: shard_count_for(size as usize),
-            cancel_requested: false,
-            array: Some(ArrayJob {
-                template: sub.template,
-                array_size: sub.array_size,
-                sequential: sub.sequential,
-                n_to_n,
-                gate_count: gates.len() as u32,
-                window: weighted_window(self.job_window, sub.weight),
-                job_definition: sub.job_definition,
-                share_identifier: sub.share_identifier,
-                scheduling_priority: sub.scheduling_priority,
-                parameters: sub.parameters,
-                tags: sub.tags,
-                caller: sub.caller,
-            }),
-            gates_met: 0,
-            dispatched: 0,
-            dependents: Vec::new(),
-            notify: Default::default(),
-        };
-        self.store.put_job(&job).await?;
-        if let Err(e) = self.register_dependencies(&job_id, &sub.depends_on).await {
-            let _ = self
-                .store
-                .fail_job(
-                    &job_id,
-                    JobState::Failed,
-                    &format!(
-                        "submission failed while registering dependencies: {}",
-                        e.message
-                    ),
-                )
-                .await;
-            return Err(e);
-        }
-        if !sub.depends_on.is_empty() {
-            self.store.start_if_gates_met(&job_id).await?;
-        }
-        tracing::info!(job_id, name = %sub.name, size, "array job submitted");
-        Ok(job_id)
+        Ok(n_to_n)
     }
 
     pub(super) async fn register_dependencies(

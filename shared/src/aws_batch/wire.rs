@@ -1,7 +1,7 @@
 //! AWS Batch's wire conventions shared by every operation: `ClientException`s naming
 //! the field, names and ARNs, required and optional fields, `nextToken` paging, tags.
 
-use crate::api::{ApiError, Service};
+use crate::api::{ApiError, ErrorKind, Service};
 use crate::store::registry::ResourceKind;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 pub const CLIENT: &str = "ClientException";
 
 pub(super) fn client(message: impl Into<String>) -> ApiError {
-    ApiError::new(400, CLIENT, message, Value::Null)
+    ApiError::new(ErrorKind::Invalid, CLIENT, message, Value::Null)
 }
 
 /// A name, or the name at the end of an ARN.

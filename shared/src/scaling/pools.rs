@@ -52,20 +52,7 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
                 .backlogs
                 .insert(name.clone(), backlog.clone());
         }
-        let pool_records: Vec<_> = records.iter().filter(|r| &r.pool == name).collect();
-        let done: u64 = pool_records.iter().map(|r| r.tasks_done).sum();
-        let busy: u64 = pool_records.iter().map(|r| r.busy_ms).sum();
-        let mean_task_seconds = if done > 0 {
-            busy as f64 / done as f64 / 1000.0
-        } else {
-            settings.default_task_seconds
-        };
-        let startups: Vec<i64> = pool_records.iter().filter_map(|r| r.startup_ms).collect();
-        let startup_seconds = if startups.is_empty() {
-            settings.startup_seconds
-        } else {
-            startups.iter().sum::<i64>() as f64 / startups.len() as f64 / 1000.0
-        };
+        let (mean_task_seconds, startup_seconds) = observed(records, name, settings);
         let own = settings.pools.iter().find(|p| &p.pool == name);
         let reuse = settings.half_life(&work.team, own);
         let demand = PoolDemand {
@@ -113,6 +100,19 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
         if asked == 0 {
             return Ok(Some(d));
         }
+        self.launch_for_pool(work, &mut d, decision).await?;
+        Ok(Some(d))
+    }
+
+    /// Ask placement for the pool's `d.asked` workers and start those granted; what came
+    /// of it goes into `d` (and failures into the tick's errors).
+    async fn launch_for_pool(
+        &self,
+        work: &PoolWork,
+        d: &mut PoolDecision,
+        decision: &mut Decision,
+    ) -> Result<(), AutoscaleError> {
+        let name = &work.name;
         let request = PlacementRequest {
             request_id: format!("autoscaler-{}-{}", decision.tick_id, short(name)),
             team: work.team.clone(),
@@ -121,7 +121,7 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
             memory_mib: work.shape.worker.memory_mib,
             gpu: work.shape.worker.gpu,
             gpu_type: work.gpu_type.clone(),
-            workers: asked,
+            workers: d.asked,
             allow_partial: true,
         };
         let spec = WorkerSpec {
@@ -157,7 +157,7 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
                         .errors
                         .push(format!("starting workers for {name} in {cluster}: {e}"));
                 }
-                tracing::info!(pool = %name, team = %work.team, queued, wanted = d.wanted, asked, granted = d.granted,
+                tracing::info!(pool = %name, team = %work.team, queued = d.queued, wanted = d.wanted, asked = d.asked, granted = d.granted,
                     launched = d.launched, refused = d.refused.as_deref().unwrap_or(""), "autoscaler: workers");
             }
             Err(LaunchError::Store(e)) => return Err(e.into()),
@@ -165,7 +165,7 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
                 .errors
                 .push(format!("launching workers for {name}: {e}")),
         }
-        Ok(Some(d))
+        Ok(())
     }
 
     /// Per queue: the launch configs and vCPU limit of its compute environments.
@@ -264,4 +264,28 @@ pub(super) fn short(name: &str) -> String {
         h = h.wrapping_mul(0x0100_0193);
     }
     format!("{h:08x}")
+}
+
+/// What the pool's workers have reported: the mean task length and the mean start-up
+/// time, each the settings' default until a worker has reported one.
+fn observed(
+    records: &[crate::store::workers::WorkerRecord],
+    pool: &str,
+    settings: &Settings,
+) -> (f64, f64) {
+    let pool_records: Vec<_> = records.iter().filter(|r| r.pool == pool).collect();
+    let done: u64 = pool_records.iter().map(|r| r.tasks_done).sum();
+    let busy: u64 = pool_records.iter().map(|r| r.busy_ms).sum();
+    let mean_task_seconds = if done > 0 {
+        busy as f64 / done as f64 / 1000.0
+    } else {
+        settings.default_task_seconds
+    };
+    let startups: Vec<i64> = pool_records.iter().filter_map(|r| r.startup_ms).collect();
+    let startup_seconds = if startups.is_empty() {
+        settings.startup_seconds
+    } else {
+        startups.iter().sum::<i64>() as f64 / startups.len() as f64 / 1000.0
+    };
+    (mean_task_seconds, startup_seconds)
 }

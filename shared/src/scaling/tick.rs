@@ -2,13 +2,12 @@
 
 use super::fleet::{Ec2Api, Ec2Error, FleetOutcome, FleetRequest, Node, SpotPrice};
 use super::launcher::{reap, LaunchedWorker, WorkerBackend};
+use super::{decision::*, settings::*};
 use crate::domain::tiers::WorkerPool;
 use crate::queue::{QueueError, Queues};
 use crate::store::{Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-use super::{decision::*, settings::*};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AutoscaleError {

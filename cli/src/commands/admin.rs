@@ -1,7 +1,7 @@
 //! Operator commands: team quotas and clusters, with used/limit tables.
 
 use crate::client::Api;
-use crate::jobs::Output;
+use crate::commands::jobs::Output;
 use clap::Subcommand;
 use serde_json::{json, Value};
 

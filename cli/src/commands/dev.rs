@@ -2,7 +2,7 @@
 //! `dev run` (in the foreground), and `demo` (up, one sample job, summary, down).
 
 use crate::client::Api;
-use crate::jobs;
+use crate::commands::jobs;
 use anyhow::{bail, Context};
 use batchplane_local::emulators::{free_port, Emulators};
 use batchplane_local::{LocalStack, StackOptions};
@@ -39,11 +39,11 @@ pub struct StackArgs {
     /// Add `@TEAM` to place it for a team other than `default` (`2:8192@vision`); a
     /// worker placement refuses is tried again every second.
     #[arg(long = "pool")]
-    pub pools: Vec<batchplane_local::stack::PoolWorkers>,
+    pub pools: Vec<batchplane_local::PoolWorkers>,
     /// A local cluster workers are placed in, `NAME:CPU:MEMORY_MIB[:GPU]`; repeat for
     /// more. Default: `local-a` and `local-b`, 256 vCPU and 1 TiB each.
     #[arg(long = "cluster")]
-    pub clusters: Vec<batchplane_local::stack::LocalCluster>,
+    pub clusters: Vec<batchplane_local::LocalCluster>,
     /// Queues the workers serve, comma-separated, in the order they are polled when job
     /// queues do not say otherwise (AWS Batch job queues created later need listing here).
     #[arg(long, value_delimiter = ',', default_value = "default")]
@@ -137,137 +137,145 @@ async fn start_stack(args: &StackArgs) -> anyhow::Result<(Emulators, LocalStack)
 
 pub async fn run(cmd: &DevCommand) -> anyhow::Result<u8> {
     match cmd {
-        DevCommand::Run(args) => {
-            let (mut emulators, stack) = start_stack(args).await?;
-            let ready = Ready {
-                pid: std::process::id(),
-                api_url: stack.api_url.clone(),
-                dynamodb_url: stack.opts.dynamodb_url.clone(),
-                sqs_url: stack.opts.sqs_url.clone(),
-                table: stack.opts.table.clone(),
-                queue_prefix: stack.opts.queue_prefix.clone(),
-            };
-            let ready_path = args.state_dir.join("ready.json");
-            std::fs::write(&ready_path, serde_json::to_vec_pretty(&ready)?)?;
-            println!("Batchplane local stack is up: API {}", stack.api_url);
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            println!("stopping");
-            let _ = std::fs::remove_file(&ready_path);
-            let result = stack.shutdown().await;
-            emulators.stop();
-            result?;
-            Ok(0)
-        }
-        DevCommand::Up(args) => {
-            std::fs::create_dir_all(&args.state_dir)?;
-            if let Some(url) = running_api_url() {
-                println!("already up: API {url}");
-                return Ok(0);
-            }
-            let ready_path = args.state_dir.join("ready.json");
-            let _ = std::fs::remove_file(&ready_path);
-            let log_path = args.state_dir.join("dev.log");
-            let log = std::fs::File::create(&log_path)?;
-            let exe = std::env::current_exe()?;
-            let mut cmd = std::process::Command::new(exe);
-            cmd.args(["dev", "run"])
-                .arg("--api-port")
-                .arg(args.api_port.to_string())
-                .arg("--dynamodb-port")
-                .arg(args.dynamodb_port.to_string())
-                .arg("--sqs-port")
-                .arg(args.sqs_port.to_string())
-                .arg("--workers")
-                .arg(args.workers.to_string())
-                .arg("--worker-cpus")
-                .arg(args.worker_cpus.to_string())
-                .arg("--worker-memory-mib")
-                .arg(args.worker_memory_mib.to_string())
-                .arg("--lease-seconds")
-                .arg(args.lease_seconds.to_string())
-                .arg("--queues")
-                .arg(args.queues.join(","))
-                .arg("--autoscale-seconds")
-                .arg(args.autoscale_seconds.to_string())
-                .args(
-                    args.pools
-                        .iter()
-                        .flat_map(|p| ["--pool".to_string(), p.to_string()]),
-                )
-                .args(
-                    args.clusters
-                        .iter()
-                        .flat_map(|c| ["--cluster".to_string(), c.to_string()]),
-                )
-                .arg("--state-dir")
-                .arg(&args.state_dir)
-                .stdin(std::process::Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            let mut child = cmd.spawn()?;
-            std::fs::write(args.state_dir.join("dev.pid"), child.id().to_string())?;
-            let deadline = Instant::now() + Duration::from_secs(300);
-            loop {
-                if let Ok(text) = std::fs::read_to_string(&ready_path) {
-                    let ready: Ready = serde_json::from_str(&text)?;
-                    println!("Batchplane local stack is up: API {}", ready.api_url);
-                    println!("  export BATCHPLANE_API_URL={}", ready.api_url);
-                    println!("  logs: {}", log_path.display());
-                    return Ok(0);
-                }
-                if let Some(status) = child.try_wait()? {
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    bail!("the local stack exited ({status}) before it was up:\n{log}");
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    bail!(
-                        "the local stack was not up after 5 minutes; see {}",
-                        log_path.display()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        DevCommand::Down { state_dir } => {
-            let pid_path = state_dir.join("dev.pid");
-            let Ok(pid) = std::fs::read_to_string(&pid_path) else {
-                println!("nothing to stop");
-                return Ok(0);
-            };
-            let pid: u32 = pid.trim().parse().context("dev.pid")?;
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while alive(pid) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            if alive(pid) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            // Whatever the stack could not stop itself (it was killed), stop here.
-            let _ = std::process::Command::new("bash")
-                .arg(batchplane_local::emulators::script())
-                .arg("stop")
-                .arg(state_dir.join("emulators"))
-                .status();
-            let _ = std::fs::remove_file(&pid_path);
-            let _ = std::fs::remove_file(state_dir.join("ready.json"));
-            println!("stopped");
-            Ok(0)
-        }
+        DevCommand::Run(args) => run_here(args).await,
+        DevCommand::Up(args) => up(args).await,
+        DevCommand::Down { state_dir } => down(state_dir).await,
     }
+}
+
+/// `dev run`: the stack in this process, until SIGTERM or Ctrl-C.
+async fn run_here(args: &StackArgs) -> anyhow::Result<u8> {
+    let (mut emulators, stack) = start_stack(args).await?;
+    let ready = Ready {
+        pid: std::process::id(),
+        api_url: stack.api_url.clone(),
+        dynamodb_url: stack.opts.dynamodb_url.clone(),
+        sqs_url: stack.opts.sqs_url.clone(),
+        table: stack.opts.table.clone(),
+        queue_prefix: stack.opts.queue_prefix.clone(),
+    };
+    let ready_path = args.state_dir.join("ready.json");
+    std::fs::write(&ready_path, serde_json::to_vec_pretty(&ready)?)?;
+    println!("Batchplane local stack is up: API {}", stack.api_url);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    println!("stopping");
+    let _ = std::fs::remove_file(&ready_path);
+    let result = stack.shutdown().await;
+    emulators.stop();
+    result?;
+    Ok(0)
+}
+
+/// `dev up`: `dev run` in the background; returns once its API answers.
+async fn up(args: &StackArgs) -> anyhow::Result<u8> {
+    std::fs::create_dir_all(&args.state_dir)?;
+    if let Some(url) = running_api_url() {
+        println!("already up: API {url}");
+        return Ok(0);
+    }
+    let ready_path = args.state_dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready_path);
+    let log_path = args.state_dir.join("dev.log");
+    let log = std::fs::File::create(&log_path)?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["dev", "run"])
+        .arg("--api-port")
+        .arg(args.api_port.to_string())
+        .arg("--dynamodb-port")
+        .arg(args.dynamodb_port.to_string())
+        .arg("--sqs-port")
+        .arg(args.sqs_port.to_string())
+        .arg("--workers")
+        .arg(args.workers.to_string())
+        .arg("--worker-cpus")
+        .arg(args.worker_cpus.to_string())
+        .arg("--worker-memory-mib")
+        .arg(args.worker_memory_mib.to_string())
+        .arg("--lease-seconds")
+        .arg(args.lease_seconds.to_string())
+        .arg("--queues")
+        .arg(args.queues.join(","))
+        .arg("--autoscale-seconds")
+        .arg(args.autoscale_seconds.to_string())
+        .args(
+            args.pools
+                .iter()
+                .flat_map(|p| ["--pool".to_string(), p.to_string()]),
+        )
+        .args(
+            args.clusters
+                .iter()
+                .flat_map(|c| ["--cluster".to_string(), c.to_string()]),
+        )
+        .arg("--state-dir")
+        .arg(&args.state_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn()?;
+    std::fs::write(args.state_dir.join("dev.pid"), child.id().to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready_path) {
+            let ready: Ready = serde_json::from_str(&text)?;
+            println!("Batchplane local stack is up: API {}", ready.api_url);
+            println!("  export BATCHPLANE_API_URL={}", ready.api_url);
+            println!("  logs: {}", log_path.display());
+            return Ok(0);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the local stack exited ({status}) before it was up:\n{log}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "the local stack was not up after 5 minutes; see {}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `dev down`: stop the background stack, and whatever it could not stop itself.
+async fn down(state_dir: &Path) -> anyhow::Result<u8> {
+    let pid_path = state_dir.join("dev.pid");
+    let Ok(pid) = std::fs::read_to_string(&pid_path) else {
+        println!("nothing to stop");
+        return Ok(0);
+    };
+    let pid: u32 = pid.trim().parse().context("dev.pid")?;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if alive(pid) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // Whatever the stack could not stop itself (it was killed), stop here.
+    let _ = std::process::Command::new("bash")
+        .arg(batchplane_local::emulators::script())
+        .arg("stop")
+        .arg(state_dir.join("emulators"))
+        .status();
+    let _ = std::fs::remove_file(&pid_path);
+    let _ = std::fs::remove_file(state_dir.join("ready.json"));
+    println!("stopped");
+    Ok(0)
 }
 
 /// Up, run one sample job with progress, print its summary and tasks, down.

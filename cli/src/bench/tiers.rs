@@ -6,7 +6,7 @@
 //! for each and the ratio between them. A benchmark of the policy, not of the code:
 //! deterministic for a seed, no AWS involved.
 
-use crate::rng::Rng;
+use crate::bench::rng::Rng;
 use batchplane::domain::tiers::{after_oom, validate_tiers, OomOutcome, Tier, WorkerPool};
 use serde::Serialize;
 use std::collections::BTreeMap;

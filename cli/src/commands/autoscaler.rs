@@ -1,9 +1,9 @@
 //! `batchplane autoscaler`: what the autoscaler decided tick by tick, and its settings;
 //! `batchplane templates`: the job templates events submit.
 
-use crate::admin::print_table;
 use crate::client::Api;
-use crate::jobs::Output;
+use crate::commands::admin::print_table;
+use crate::commands::jobs::Output;
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::Value;

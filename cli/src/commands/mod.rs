@@ -1,0 +1,9 @@
+//! The CLI's commands, one file per area: `jobs` (submit, status, tasks, logs, cancel,
+//! add, usage; output formats), `repro`, `admin` (teams, clusters, capacity), `autoscaler`
+//! (settings, decisions, templates) and `dev` (the local stack).
+
+pub mod admin;
+pub mod autoscaler;
+pub mod dev;
+pub mod jobs;
+pub mod repro;

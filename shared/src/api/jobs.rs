@@ -1,0 +1,198 @@
+//! Jobs: submit (idempotent on a key), look at, cancel.
+
+use crate::domain::ids::{is_valid_job_id, new_job_id, shard_count_for};
+use crate::domain::spec::{parse_submission, Submission};
+use crate::domain::{plan_job, JobRecord, JobState, TaskRecord, TaskState};
+use crate::store::{now_ms, StoreError};
+use serde::Serialize;
+use serde_json::json;
+
+use super::*;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Submitted {
+    pub job_id: String,
+    /// False when an `Idempotency-Key` named a job submitted before.
+    #[serde(skip)]
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Added {
+    pub job_id: String,
+    pub added: usize,
+}
+
+impl Service {
+    /// Make sure the queues of the worker pools these tiers use exist, before anything
+    /// of the job is written.
+    pub async fn ensure_pools<'a>(
+        &self,
+        queue: &str,
+        tiers: impl IntoIterator<Item = &'a crate::domain::tiers::Tier>,
+    ) -> Result<(), ApiError> {
+        for t in tiers {
+            self.queues
+                .ensure_pool(&crate::domain::tiers::WorkerPool::new(queue, Some(*t)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Claim `key` for `job_id`; the job it already named, if another submission claimed
+    /// it first.
+    pub(super) async fn claim_idempotency(
+        &self,
+        team: &str,
+        key: Option<&str>,
+        job_id: &str,
+    ) -> Result<Option<Submitted>, ApiError> {
+        let Some(k) = key else { return Ok(None) };
+        if k.is_empty() || k.len() > 256 {
+            return Err(ApiError::bad_request(
+                "header Idempotency-Key: must be 1 to 256 characters",
+                json!({"header": "Idempotency-Key"}),
+            ));
+        }
+        Ok(self
+            .store
+            .claim_idempotency_key(team, k, job_id)
+            .await?
+            .map(|existing| Submitted {
+                job_id: existing,
+                created: false,
+            }))
+    }
+
+    /// Validate, then store a job: the job item (SUBMITTED), its tasks in batches, then
+    /// the job marked PENDING. A spec that fails validation writes nothing; a store
+    /// failure part-way marks the job FAILED with the cause.
+    pub async fn submit_job(
+        &self,
+        body: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Submitted, ApiError> {
+        let spec = match parse_submission(body)? {
+            Submission::Dag(spec) => spec,
+            Submission::Array(spec) => {
+                let job_id = new_job_id(now_ms());
+                if let Some(existing) = self
+                    .claim_idempotency(&spec.team, idempotency_key, &job_id)
+                    .await?
+                {
+                    return Ok(existing);
+                }
+                let job_id = self.submit_native_array(job_id, *spec).await?;
+                return Ok(Submitted {
+                    job_id,
+                    created: true,
+                });
+            }
+        };
+        self.queues.url(&spec.queue).await?;
+        let shapes: std::collections::BTreeSet<crate::domain::tiers::Tier> = spec
+            .tasks
+            .iter()
+            .flat_map(|t| t.tiers.iter().copied())
+            .collect();
+        self.ensure_pools(&spec.queue, &shapes).await?;
+        let now = now_ms();
+        let job_id = new_job_id(now);
+        if let Some(existing) = self
+            .claim_idempotency(&spec.team, idempotency_key, &job_id)
+            .await?
+        {
+            return Ok(existing);
+        }
+        let plan = plan_job(&spec.tasks);
+        let shard_count = shard_count_for(plan.len());
+        let job = JobRecord {
+            created_at: now,
+            total_tasks: spec.tasks.len() as u64,
+            shard_count,
+            notify: crate::domain::Notify {
+                task_events: spec.task_events,
+                task_token: spec.task_token.clone(),
+            },
+            ..JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
+        };
+        self.store.put_job(&job).await?;
+        if let Err(e) = self
+            .store
+            .write_tasks(&job_id, shard_count, &spec.queue, self.max_attempts, &plan)
+            .await
+        {
+            let reason = format!("submission failed while writing tasks: {e}");
+            let _ = self
+                .store
+                .set_job_state(
+                    &job_id,
+                    &[JobState::Submitted],
+                    JobState::Failed,
+                    Some(&reason),
+                )
+                .await;
+            return Err(e.into());
+        }
+        self.store
+            .set_job_state(&job_id, &[JobState::Submitted], JobState::Pending, None)
+            .await?;
+        tracing::info!(job_id, name = %spec.name, tasks = spec.tasks.len(), "job submitted");
+        Ok(Submitted {
+            job_id,
+            created: true,
+        })
+    }
+
+    pub(crate) async fn job(&self, job_id: &str) -> Result<JobRecord, ApiError> {
+        if !is_valid_job_id(job_id) {
+            return Err(ApiError::not_found(format!("no job {job_id:?}")));
+        }
+        self.store
+            .get_job(job_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no job {job_id:?}")))
+    }
+
+    pub async fn get_job(&self, job_id: &str) -> Result<JobView, ApiError> {
+        let job = self.job(job_id).await?;
+        let (counts, usage, _) = self.store.job_counts(job_id).await?;
+        let mut view = job_view(&job, &counts);
+        view.usage = usage;
+        Ok(view)
+    }
+
+    /// Cancel a job: tasks not yet running end CANCELLED, running ones are flagged and
+    /// killed by their workers within a heartbeat; the job ends CANCELLED.
+    pub async fn cancel_job(&self, job_id: &str) -> Result<JobView, ApiError> {
+        let job = self.job(job_id).await?;
+        if job.state.is_terminal() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                "JobFinished",
+                format!("job {job_id} already ended {}", job.state),
+                json!({"job_id": job_id, "state": job.state}),
+            ));
+        }
+        self.store.request_job_cancel(job_id).await?;
+        let tasks = self.store.all_tasks(job_id, job.shard_count).await?;
+        use futures::StreamExt;
+        let open: Vec<TaskRecord> = tasks
+            .into_iter()
+            .filter(|t| !t.state.is_terminal())
+            .collect();
+        let results: Vec<Result<TaskState, StoreError>> = futures::stream::iter(open)
+            .map(|t| {
+                let store = self.store.clone();
+                async move { store.cancel_task(&t).await }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+        tracing::info!(job_id, "job cancel requested");
+        self.get_job(job_id).await
+    }
+}

@@ -1,0 +1,246 @@
+//! A job's tasks: list them page by page, look at one, add more while the job runs.
+
+use crate::domain::ids::is_valid_task_id;
+use crate::domain::{
+    parse_task_list, plan_addition, validate_addition, TaskKind, TaskState, MAX_EDGES,
+};
+use base64::Engine;
+use serde_json::json;
+use std::collections::{BTreeMap, HashSet};
+
+use super::*;
+
+impl Service {
+    pub async fn list_tasks(
+        &self,
+        job_id: &str,
+        state: Option<&str>,
+        limit: Option<usize>,
+        next_token: Option<&str>,
+    ) -> Result<TaskListView, ApiError> {
+        let job = self.job(job_id).await?;
+        let state = match state {
+            Some(s) => Some(s.parse::<TaskState>().map_err(|e| {
+                ApiError::bad_request(
+                    format!("query parameter `state`: {e}"),
+                    json!({"parameter": "state"}),
+                )
+            })?),
+            None => None,
+        };
+        let limit = limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::bad_request(
+                format!("query parameter `limit`: {limit} must be 1 to 1000"),
+                json!({"parameter": "limit"}),
+            ));
+        }
+        let start = match next_token {
+            Some(t) => Some(decode_token(t).ok_or_else(|| {
+                ApiError::bad_request(
+                    "query parameter `next_token`: not a token this API gave out",
+                    json!({"parameter": "next_token"}),
+                )
+            })?),
+            None => None,
+        };
+        let page = self
+            .store
+            .list_tasks(job_id, job.shard_count, state, limit, start)
+            .await?;
+        Ok(TaskListView {
+            tasks: page
+                .tasks
+                .iter()
+                .map(|t| TaskSummary {
+                    task_id: t.task_id.clone(),
+                    state: t.state,
+                    status_reason: t.reason.clone(),
+                    attempt: t.attempt,
+                    exit_code: t.exit_code,
+                })
+                .collect(),
+            next_token: page.next.map(|(shard, sk)| encode_token(shard, &sk)),
+        })
+    }
+
+    pub async fn get_task(&self, job_id: &str, task_id: &str) -> Result<TaskView, ApiError> {
+        let job = self.job(job_id).await?;
+        if !is_valid_task_id(task_id) {
+            return Err(ApiError::not_found(format!(
+                "no task {task_id:?} in job {job_id}"
+            )));
+        }
+        let mut task = self
+            .store
+            .get_task(job_id, job.shard_count, task_id)
+            .await?
+            .filter(|t| t.kind == TaskKind::Command)
+            .ok_or_else(|| ApiError::not_found(format!("no task {task_id:?} in job {job_id}")))?;
+        if let Some(a) = &job.array {
+            crate::domain::batch::apply_template(&mut task, a);
+        }
+        let deps = self
+            .store
+            .get_tasks(job_id, job.shard_count, &task.deps)
+            .await?;
+        let mut view = task_view(&task);
+        view.dependency_states = deps.into_iter().map(|(id, t)| (id, t.state)).collect();
+        Ok(view)
+    }
+
+    /// Add tasks to a job that has not finished. New tasks may depend on any task of
+    /// the job, finished or not; the job is not done until they are.
+    pub async fn add_tasks(&self, job_id: &str, body: &str) -> Result<Added, ApiError> {
+        let job = self.job(job_id).await?;
+        let refuse = || {
+            ApiError::new(
+                ErrorKind::Conflict,
+                "JobFinished",
+                format!("job {job_id} has finished or is being cancelled; tasks cannot be added"),
+                json!({"job_id": job_id}),
+            )
+        };
+        if job.state.is_terminal() || job.cancel_requested {
+            return Err(refuse());
+        }
+        let tasks = parse_task_list(body)?;
+        // Which of the ids the new tasks use exist already?
+        let new_ids: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let mut lookup: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        for t in &tasks {
+            for d in &t.depends_on {
+                if !new_ids.contains(d.as_str()) {
+                    lookup.push(d.clone());
+                }
+            }
+        }
+        lookup.retain(|id| is_valid_task_id(id));
+        let found = self
+            .store
+            .get_tasks(job_id, job.shard_count, &lookup)
+            .await?;
+        let existing: HashSet<String> = found
+            .values()
+            .filter(|t| t.kind == TaskKind::Command)
+            .map(|t| t.task_id.clone())
+            .collect();
+        validate_addition(&tasks, &existing)?;
+        let shapes: std::collections::BTreeSet<crate::domain::tiers::Tier> =
+            tasks.iter().flat_map(|t| t.tiers.iter().copied()).collect();
+        self.ensure_pools(&job.queue, &shapes).await?;
+        let (plan, edges) = plan_addition(&tasks);
+        let mut fan_out: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &edges {
+            *fan_out.entry(e.from.as_str()).or_default() += 1;
+        }
+        for (from, extra) in &fan_out {
+            let have = found.get(*from).map(|t| t.dependents.len()).unwrap_or(0);
+            if have + extra > MAX_EDGES {
+                return Err(ApiError::bad_request(
+                    format!(
+                        "task {from:?} would have {} dependents; a task added later may have at most {MAX_EDGES} (add an intermediate task)",
+                        have + extra
+                    ),
+                    json!({"task": from, "field": "depends_on"}),
+                ));
+            }
+        }
+        if !self.store.add_to_total(job_id, tasks.len() as u64).await? {
+            return Err(refuse());
+        }
+        self.store
+            .write_tasks(
+                job_id,
+                job.shard_count,
+                &job.queue,
+                self.max_attempts,
+                &plan,
+            )
+            .await?;
+        let written: std::collections::HashMap<&str, &crate::domain::PlannedTask> =
+            plan.iter().map(|t| (t.id.as_str(), t)).collect();
+        for e in &edges {
+            if let Err(from) = self
+                .store
+                .append_dependent(job_id, job.shard_count, &e.from, &e.to)
+                .await?
+            {
+                // The dependency finished before we could link it: act as its
+                // stream record would have.
+                let Some(planned) = written.get(e.to.as_str()) else {
+                    continue;
+                };
+                let Some(to) = self
+                    .store
+                    .get_tasks(job_id, job.shard_count, std::slice::from_ref(&planned.id))
+                    .await?
+                    .remove(&planned.id)
+                else {
+                    continue;
+                };
+                match from.state {
+                    TaskState::Succeeded => {
+                        self.store.release_edge(&to, &e.from).await?;
+                    }
+                    TaskState::Cancelled => {
+                        self.store
+                            .fail_dependent(
+                                &to,
+                                &e.from,
+                                &format!("dependency {} cancelled", e.from),
+                            )
+                            .await?;
+                    }
+                    _ => {
+                        self.store
+                            .fail_dependent(&to, &e.from, &format!("dependency {} failed", e.from))
+                            .await?;
+                    }
+                }
+            }
+        }
+        tracing::info!(job_id, added = tasks.len(), "tasks added");
+        Ok(Added {
+            job_id: job_id.to_string(),
+            added: tasks.len(),
+        })
+    }
+}
+
+pub(super) fn encode_token(shard: u32, sk: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{shard}:{sk}"))
+}
+
+pub(super) fn decode_token(token: &str) -> Option<(u32, String)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (shard, sk) = text.split_once(':')?;
+    if !sk.starts_with("T#") {
+        return None;
+    }
+    Some((shard.parse().ok()?, sk.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn tokens_round_trip_and_reject_garbage() {
+        let t = encode_token(3, "T#abc");
+        assert_eq!(decode_token(&t), Some((3, "T#abc".to_string())));
+        assert_eq!(decode_token("not-a-token"), None);
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1:META");
+        assert_eq!(decode_token(&forged), None);
+    }
+
+    #[test]
+    pub(super) fn api_error_body_shape() {
+        let e = ApiError::bad_request("bad", json!({"field": "x"}));
+        assert_eq!(e.body()["error"]["code"], "BadRequest");
+        assert_eq!(e.body()["error"]["details"]["field"], "x");
+    }
+}

@@ -1,0 +1,528 @@
+//! One attempt: claim the delivered task, wait for its slot if it was claimed ahead, run
+//! its process under the shim, and record how it ended and what follows (a retry, the
+//! next tier after running out of memory, or the end).
+
+use super::{Ctx, Kill, Progress, Running};
+use crate::shim::Report;
+use batchplane::domain::retry::{AttemptEnd, RetryAction};
+use batchplane::domain::tiers::{
+    after_oom, budgeted_attempts, OomOutcome, WorkerPool, OOM_ON_LARGEST_TIER, OUT_OF_MEMORY,
+};
+use batchplane::domain::{AttemptRecord, TaskRecord, TaskState};
+use batchplane::queue::{Delivery, Queues, TaskMessage};
+use batchplane::store::{now_ms, Claim, Escalation};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What became of a delivered message.
+pub(super) enum Started {
+    /// Claimed (in the time given) and started, or waiting for a slot if claimed ahead.
+    Running(Box<Running>, Duration),
+    /// Nothing to run (finished, exhausted, unreadable): delete the message.
+    Drop((String, String)),
+    /// Not now (another worker's live lease, or a failed claim): the message comes back.
+    Later,
+}
+
+/// Claim a delivered task and start it. A message for a task another live worker holds
+/// is made visible again when that lease would lapse, so a dead holder's task returns.
+pub(super) async fn start(
+    ctx: &Arc<Ctx>,
+    d: &Delivery,
+    m: &TaskMessage,
+    done: &mpsc::UnboundedSender<Progress>,
+    queues: &Queues,
+    launch_now: bool,
+) -> Started {
+    let url = d.queue_url.as_str();
+    let drop = || Started::Drop((d.queue_url.clone(), d.receipt_handle.clone()));
+    let asked = Instant::now();
+    let claim = if m.array_child {
+        // A child's command is its job's template; a job that has ended (cancelled,
+        // or failed by a dependency) starts no more children.
+        match ctx.jobs.get(&m.job_id).await {
+            Ok(Some(job)) if !job.state.is_terminal() && !job.cancel_requested => {
+                match crate::templates::seed(&job, m, ctx.max_attempts) {
+                    Some(seed) => ctx
+                        .store
+                        .claim_child(&m.job_id, m.shard, &seed, &ctx.worker_id, ctx.lease)
+                        .await
+                        .map(|c| crate::templates::with_template(c, &job)),
+                    None => return drop(),
+                }
+            }
+            Ok(_) => return drop(),
+            Err(e) => {
+                tracing::warn!(error = %e, job_id = %m.job_id, "reading the job failed; the message will come back");
+                return Started::Later;
+            }
+        }
+    } else {
+        ctx.store
+            .claim_task(&m.job_id, m.shard, &m.task_id, &ctx.worker_id, ctx.lease)
+            .await
+    };
+    let task = match claim {
+        Ok(Claim::Claimed(task)) => *task,
+        Ok(Claim::NotClaimable { reason }) => {
+            tracing::debug!(job_id = %m.job_id, task_id = %m.task_id, reason, "not claimed");
+            if reason.starts_with("held by") {
+                let _ = queues
+                    .extend(url, std::slice::from_ref(&d.receipt_handle), ctx.lease)
+                    .await;
+                return Started::Later;
+            }
+            return drop();
+        }
+        Ok(Claim::Exhausted) => return drop(),
+        Err(e) => {
+            tracing::warn!(error = %e, task_id = %m.task_id, "claim failed; the message will come back");
+            return Started::Later;
+        }
+    };
+    let claim_took = asked.elapsed();
+    tracing::info!(job_id = %task.job_id, task_id = %task.task_id, attempt = task.attempt,
+        claim_ms = claim_took.as_millis() as u64, ahead = !launch_now, "task claimed");
+    let (kill_tx, kill_rx) = watch::channel(None);
+    let (gate, gate_rx) = if launch_now {
+        (None, None)
+    } else {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    };
+    let running = Running {
+        task: task.clone(),
+        queue_url: d.queue_url.clone(),
+        receipt: d.receipt_handle.clone(),
+        need: super::need(m),
+        kill: kill_tx,
+        since: Instant::now(),
+        gate,
+    };
+    let ctx = ctx.clone();
+    let done = done.clone();
+    let key = super::task_key(m);
+    let receipt = (d.queue_url.clone(), d.receipt_handle.clone());
+    tokio::spawn(async move {
+        let recorded = run_attempt(&ctx, &task, kill_rx, gate_rx, || {
+            let _ = done.send(Progress::SlotFree { key });
+        })
+        .await;
+        let _ = done.send(Progress::Done {
+            receipt: recorded.then_some(receipt),
+        });
+    });
+    Started::Running(Box::new(running), claim_took)
+}
+
+enum Ending {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    Killed(Kill),
+    SpawnFailed(String),
+}
+
+/// The environment a task runs with: a few basics from the worker, the task's own
+/// variables, and Batchplane's (so a task can find its job and the API).
+pub fn task_environment(task: &TaskRecord, api_url: Option<&str>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    env.extend(task.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.push(("BATCHPLANE_JOB_ID".into(), task.job_id.clone()));
+    env.push(("BATCHPLANE_TASK_ID".into(), task.task_id.clone()));
+    env.push(("BATCHPLANE_ATTEMPT".into(), task.attempt.to_string()));
+    // AWS Batch's names, so a container moved off AWS Batch finds what it expects.
+    let aws_id = match task.index {
+        Some(i) if task.env.contains_key("AWS_BATCH_JOB_ARRAY_INDEX") => {
+            format!("{}:{i}", task.job_id)
+        }
+        _ => task.job_id.clone(),
+    };
+    env.push(("AWS_BATCH_JOB_ID".into(), aws_id));
+    env.push(("AWS_BATCH_JOB_ATTEMPT".into(), task.attempt.to_string()));
+    env.push(("AWS_BATCH_JQ_NAME".into(), task.queue.clone()));
+    if let Some(url) = api_url {
+        env.push(("BATCHPLANE_API_URL".into(), url.to_string()));
+    }
+    env
+}
+
+async fn sleep_or_forever(limit: Option<Duration>) {
+    match limit {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the worker asks for the task to be killed (never, if it never does).
+async fn kill_requested(kill: &mut watch::Receiver<Option<Kill>>) -> Kill {
+    loop {
+        if let Some(k) = *kill.borrow_and_update() {
+            return k;
+        }
+        if kill.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Where an attempt's output and report go.
+struct AttemptFiles {
+    dir: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    report: PathBuf,
+}
+
+impl AttemptFiles {
+    fn new(ctx: &Ctx, task: &TaskRecord) -> AttemptFiles {
+        let dir = ctx.log_dir.join(&task.job_id).join(&task.task_id);
+        AttemptFiles {
+            stdout: dir.join(format!("attempt-{}.stdout", task.attempt)),
+            stderr: dir.join(format!("attempt-{}.stderr", task.attempt)),
+            report: dir.join(format!("attempt-{}.report.json", task.attempt)),
+            dir,
+        }
+    }
+
+    /// The shim's report of the process (read once: the file is removed).
+    fn take_report(&self) -> Option<Report> {
+        let report = std::fs::read(&self.report)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let _ = std::fs::remove_file(&self.report);
+        report
+    }
+}
+
+/// Run one attempt and record how it ended; `slot_free` is called as soon as the process
+/// has ended, before the result is written. A task claimed ahead of a free slot starts
+/// its process when `gate` opens (or ends without one if it is cancelled first). Returns
+/// whether the result was recorded.
+async fn run_attempt(
+    ctx: &Ctx,
+    task: &TaskRecord,
+    mut kill: watch::Receiver<Option<Kill>>,
+    gate: Option<oneshot::Receiver<()>>,
+    slot_free: impl FnOnce(),
+) -> bool {
+    let claimed_ahead = gate.is_some();
+    let before_start = match gate {
+        None => None,
+        Some(gate) => wait_for_slot(gate, &mut kill).await,
+    };
+    // RUNNING begins with the claim; a task claimed ahead of its slot starts when its
+    // process does (the wait for the slot is not running time).
+    let started_at = if claimed_ahead {
+        now_ms()
+    } else {
+        task.started_at.unwrap_or_else(now_ms)
+    };
+    let files = AttemptFiles::new(ctx, task);
+    let ending = match before_start {
+        Some(ending) => ending,
+        None => run_process(ctx, task, &files, &mut kill).await,
+    };
+    slot_free();
+    let report = files.take_report();
+    let mut attempt = attempt_record(ctx, task, started_at, &files, report.as_ref());
+    let timed_out = matches!(ending, Ending::TimedOut);
+    let out_of_memory =
+        matches!(ending, Ending::Exited(_)) && report.as_ref().is_some_and(|r| r.out_of_memory);
+    // A lost lease: someone else owns this task now; there is nothing of ours to
+    // record, and the message is theirs to delete.
+    let Some((state, reason)) = how_it_ended(task, ending, report.as_ref(), &mut attempt) else {
+        return false;
+    };
+    attempt.reason = reason.clone();
+    let (state, reason, escalation) =
+        next_step(task, state, reason, &attempt, timed_out, out_of_memory);
+    record(
+        ctx,
+        task,
+        state,
+        reason.as_deref(),
+        &attempt,
+        escalation.as_ref(),
+    )
+    .await
+}
+
+/// A task claimed ahead waits for its slot: `None` once the gate opens, or how it ended
+/// without a process (cancelled, or let go of).
+async fn wait_for_slot(
+    gate: oneshot::Receiver<()>,
+    kill: &mut watch::Receiver<Option<Kill>>,
+) -> Option<Ending> {
+    tokio::select! {
+        opened = gate => match opened {
+            Ok(()) => None,
+            // The worker let go of it without starting it: the lease lapses and the
+            // task comes back.
+            Err(_) => Some(Ending::Killed(Kill::LeaseLost)),
+        },
+        reason = kill_requested(kill) => Some(Ending::Killed(reason)),
+    }
+}
+
+/// Start the task's process under the shim and wait for it to end, to time out, or to
+/// be killed (its whole process group).
+async fn run_process(
+    ctx: &Ctx,
+    task: &TaskRecord,
+    files: &AttemptFiles,
+    kill: &mut watch::Receiver<Option<Kill>>,
+) -> Ending {
+    let mut child = match spawn(ctx, task, files) {
+        Ok(child) => child,
+        Err(e) => return Ending::SpawnFailed(e),
+    };
+    let pid = child.id();
+    let timeout = task.timeout_seconds.map(Duration::from_secs);
+    let kill_group = || {
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
+    tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => Ending::Exited(s),
+            Err(e) => Ending::SpawnFailed(format!("waiting for the task failed: {e}")),
+        },
+        _ = sleep_or_forever(timeout) => {
+            kill_group();
+            let _ = child.wait().await;
+            Ending::TimedOut
+        }
+        reason = kill_requested(kill) => {
+            kill_group();
+            let _ = child.wait().await;
+            Ending::Killed(reason)
+        }
+    }
+}
+
+/// The attempt as recorded: who ran it, when, where its output is, what it reserved and
+/// what the shim measured.
+fn attempt_record(
+    ctx: &Ctx,
+    task: &TaskRecord,
+    started_at: i64,
+    files: &AttemptFiles,
+    report: Option<&Report>,
+) -> AttemptRecord {
+    let mut attempt = AttemptRecord {
+        attempt: task.attempt,
+        worker_id: ctx.worker_id.clone(),
+        started_at,
+        finished_at: Some(now_ms()),
+        stdout: Some(format!("file://{}", files.stdout.display())),
+        stderr: Some(format!("file://{}", files.stderr.display())),
+        tier: (!task.tiers.is_empty()).then_some(task.tier),
+        cpu_milli: Some(task.cpu_milli),
+        memory_mib: Some(task.memory_mib),
+        ..Default::default()
+    };
+    if let Some(r) = report {
+        attempt.cpu_user_seconds = Some(r.cpu_user_seconds);
+        attempt.cpu_system_seconds = Some(r.cpu_system_seconds);
+        attempt.max_rss_kib = Some(r.max_rss_kib);
+        attempt.avg_rss_kib = Some(r.avg_rss_kib);
+        attempt.peak_rss_kib = Some(r.peak_rss_kib);
+        attempt.gpu_peak_memory_mib = r.gpu_peak_memory_mib;
+        attempt.gpu_utilization_percent = r.gpu_utilization_percent;
+        attempt.memory_enforcement = r.memory_enforcement.clone();
+    }
+    attempt
+}
+
+/// The state and reason an attempt ended in (its exit code or signal into `attempt`);
+/// `None` when the lease was lost and the task is no longer this worker's.
+fn how_it_ended(
+    task: &TaskRecord,
+    ending: Ending,
+    report: Option<&Report>,
+    attempt: &mut AttemptRecord,
+) -> Option<(TaskState, Option<String>)> {
+    let out_of_memory = report.is_some_and(|r| r.out_of_memory);
+    Some(match ending {
+        Ending::Killed(Kill::LeaseLost) => return None,
+        Ending::Killed(Kill::Cancelled) => {
+            (TaskState::Cancelled, Some("job cancelled".to_string()))
+        }
+        Ending::TimedOut => (
+            TaskState::Failed,
+            Some(format!(
+                "Job attempt duration exceeded timeout ({} s)",
+                task.timeout_seconds.unwrap_or(0)
+            )),
+        ),
+        Ending::SpawnFailed(e) => (TaskState::Failed, Some(e)),
+        Ending::Exited(_) if out_of_memory => {
+            if let Some(r) = report {
+                attempt.exit_code = r.exit_code;
+                attempt.signal = r.signal;
+            }
+            (TaskState::Failed, Some(OUT_OF_MEMORY.to_string()))
+        }
+        Ending::Exited(shim_status) => match report {
+            Some(Report {
+                spawn_error: Some(e),
+                ..
+            }) => (TaskState::Failed, Some(e.clone())),
+            Some(Report {
+                exit_code: Some(0), ..
+            }) => {
+                attempt.exit_code = Some(0);
+                (TaskState::Succeeded, None)
+            }
+            Some(Report {
+                exit_code: Some(code),
+                ..
+            }) => {
+                attempt.exit_code = Some(*code);
+                (TaskState::Failed, Some(format!("exit code {code}")))
+            }
+            Some(Report {
+                signal: Some(sig), ..
+            }) => {
+                attempt.signal = Some(*sig);
+                (TaskState::Failed, Some(format!("killed by signal {sig}")))
+            }
+            _ => (
+                TaskState::Failed,
+                Some(format!(
+                    "the task's process ended without a report ({shim_status})"
+                )),
+            ),
+        },
+    })
+}
+
+/// Write the attempt's end; whether it was recorded (false when the lease was lost
+/// first, or the write failed: the lease then lapses and the task runs again).
+async fn record(
+    ctx: &Ctx,
+    task: &TaskRecord,
+    state: TaskState,
+    reason: Option<&str>,
+    attempt: &AttemptRecord,
+    escalation: Option<&Escalation>,
+) -> bool {
+    match ctx
+        .store
+        .finish_attempt(task, &ctx.worker_id, state, reason, attempt, escalation)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(job_id = %task.job_id, task_id = %task.task_id, state = %state, "task finished");
+            true
+        }
+        Ok(false) => {
+            tracing::warn!(task_id = %task.task_id, "lease lost before the result was recorded");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, task_id = %task.task_id, "recording the result failed; the lease will lapse and the task run again");
+            false
+        }
+    }
+}
+
+/// What follows a finished attempt. An attempt that ran out of memory moves the task up
+/// a tier (not charged to the retry budget), or fails it on the largest; any other
+/// failure is tried again per the task's retry strategy, counting only attempts that did
+/// not end in an escalation. A timeout is final, as in AWS Batch.
+fn next_step(
+    task: &TaskRecord,
+    state: TaskState,
+    reason: Option<String>,
+    attempt: &AttemptRecord,
+    timed_out: bool,
+    out_of_memory: bool,
+) -> (TaskState, Option<String>, Option<Escalation>) {
+    if state != TaskState::Failed || timed_out {
+        return (state, reason, None);
+    }
+    if out_of_memory {
+        let n = task.tiers.len();
+        match after_oom(&task.tiers, task.tier) {
+            OomOutcome::Escalate { tier, shape } => {
+                let pool = WorkerPool::for_task(&task.queue, &task.tiers, tier).name();
+                let why = format!(
+                    "OutOfMemory on tier {} of {n} ({} MiB); moving to tier {} of {n} ({}) in pool {pool}",
+                    task.tier + 1,
+                    task.memory_mib,
+                    tier + 1,
+                    shape.describe()
+                );
+                return (
+                    TaskState::Runnable,
+                    Some(why),
+                    Some(Escalation { tier, shape, pool }),
+                );
+            }
+            OomOutcome::LargestTier => {
+                return (TaskState::Failed, Some(OOM_ON_LARGEST_TIER.into()), None)
+            }
+            OomOutcome::NoTiers => {}
+        }
+    }
+    let end = AttemptEnd {
+        exit_code: attempt.exit_code,
+        reason: reason.as_deref(),
+        status_reason: reason.as_deref(),
+    };
+    let used = budgeted_attempts(task.attempt, task.tier);
+    match task.retry.decide(used, &end) {
+        RetryAction::Retry => {
+            let why = format!(
+                "{}; retrying (attempt {used} of {})",
+                reason.as_deref().unwrap_or("failed"),
+                task.retry.attempts
+            );
+            (TaskState::Runnable, Some(why), None)
+        }
+        RetryAction::Exit => (state, reason, None),
+    }
+}
+
+fn spawn(
+    ctx: &Ctx,
+    task: &TaskRecord,
+    files: &AttemptFiles,
+) -> Result<tokio::process::Child, String> {
+    let (dir, stdout, stderr, report) = (&files.dir, &files.stdout, &files.stderr, &files.report);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+    let out = std::fs::File::create(stdout)
+        .map_err(|e| format!("cannot create {}: {e}", stdout.display()))?;
+    let err = std::fs::File::create(stderr)
+        .map_err(|e| format!("cannot create {}: {e}", stderr.display()))?;
+    let mut cmd = tokio::process::Command::new(&ctx.exe);
+    cmd.arg("exec").arg("--report").arg(report);
+    if task.memory_mib > 0 {
+        cmd.arg("--memory-limit-mib")
+            .arg(task.memory_mib.to_string())
+            .arg("--memory-enforcement")
+            .arg(ctx.memory.to_arg());
+    }
+    cmd.arg("--")
+        .args(&task.command)
+        .env_clear()
+        .envs(task_environment(task, ctx.api_url.as_deref()))
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn()
+        .map_err(|e| format!("could not start the task shim: {e}"))
+}

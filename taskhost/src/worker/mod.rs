@@ -1,0 +1,571 @@
+//! The worker loop: receive task messages, claim tasks with a conditional write, run
+//! several at once within the worker's CPU and memory, keep their leases and message
+//! visibility alive, record each attempt, and exit after an idle time (or drain and exit
+//! on SIGTERM: no running task is interrupted by a scale-down).
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `options` | flags, and what the worker offers by default |
+//! | `slots` | the pure scheduler: what fits now, what to claim ahead, how much to ask for |
+//! | `receiver` | the task that long-polls SQS for as many messages as there is room for |
+//! | `attempt` | one attempt: claim, wait for its slot, run the process, record the end |
+//! | `leases` | heartbeats and message visibility for what the worker holds |
+//! | `announce` | this worker in the pools' worker records, and its placement slot |
+
+mod announce;
+mod attempt;
+mod leases;
+mod options;
+mod receiver;
+pub mod slots;
+
+use crate::forecast::{ClaimLatency, Forecast};
+use announce::Announce;
+pub use attempt::task_environment;
+use attempt::Started;
+use batchplane::domain::tiers::Tier;
+use batchplane::domain::TaskRecord;
+use batchplane::queue::{Delivery, Queues, TaskMessage};
+use batchplane::store::{now_ms, Store};
+pub use options::Options;
+use slots::Slots;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    Cancelled,
+    LeaseLost,
+}
+
+/// A task this worker holds the lease of: started, or claimed ahead and waiting for room.
+struct Running {
+    task: TaskRecord,
+    queue_url: String,
+    receipt: String,
+    /// What it reserves of the worker once started.
+    need: Tier,
+    kill: watch::Sender<Option<Kill>>,
+    /// When the worker started it (its duration feeds the autoscaler and the forecast).
+    since: Instant,
+    /// Claimed ahead of a free slot: the attempt waits for this before it starts its
+    /// process. Its resources count once it is started.
+    gate: Option<oneshot::Sender<()>>,
+}
+
+impl Running {
+    fn launched(&self) -> bool {
+        self.gate.is_none()
+    }
+
+    /// Let a task claimed ahead start its process now.
+    fn launch(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.send(());
+        }
+        self.since = Instant::now();
+    }
+}
+
+/// What a running attempt tells the worker loop.
+enum Progress {
+    /// The process has ended: its CPU and memory are free for the next task.
+    SlotFree { key: String },
+    /// The attempt is over. `receipt` is the message to delete, present only when the
+    /// result was recorded: otherwise the message must come back (after the lease
+    /// lapses) so the task is not left RUNNING with nobody to finish it.
+    Done { receipt: Option<(String, String)> },
+}
+
+/// What every attempt of this worker needs.
+struct Ctx {
+    store: Store,
+    jobs: crate::templates::JobCache,
+    worker_id: String,
+    lease: Duration,
+    log_dir: PathBuf,
+    api_url: Option<String>,
+    exe: PathBuf,
+    max_attempts: u32,
+    memory: crate::memory::Mechanism,
+}
+
+/// A delivered message the worker holds until there is room for its task.
+struct Held {
+    delivery: Delivery,
+    message: TaskMessage,
+    since: Instant,
+}
+
+impl Held {
+    fn receipt(&self) -> (String, String) {
+        (
+            self.delivery.queue_url.clone(),
+            self.delivery.receipt_handle.clone(),
+        )
+    }
+}
+
+fn task_key(m: &TaskMessage) -> String {
+    format!("{}/{}", m.job_id, m.task_id)
+}
+
+/// What a message's task reserves of a worker.
+fn need(m: &TaskMessage) -> Tier {
+    Tier {
+        cpu_milli: m.cpu_milli,
+        memory_mib: m.memory_mib,
+        gpu: m.gpu,
+    }
+}
+
+/// The worker loop's state: its slots, the tasks it holds and the messages it keeps.
+struct Worker {
+    slots: Slots,
+    running: HashMap<String, Running>,
+    held: VecDeque<Held>,
+    /// Tasks claimed ahead of a free slot, in the order claimed.
+    waiting: VecDeque<String>,
+    to_delete: Vec<(String, String)>,
+    deletes: Vec<tokio::task::JoinHandle<()>>,
+    last_busy: Instant,
+    draining: bool,
+    forecast: Forecast,
+    claim_latency: ClaimLatency,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let config = batchplane::config::Config::from_env()?;
+    let clients = batchplane::aws::Clients::new(&config.endpoints).await;
+    let store = Store::new(clients.dynamodb, config.table.clone());
+    let queues = Arc::new(Queues::new(clients.sqs, config.queue_prefix.clone()));
+    let pools = pools_served(&opts, &store).await;
+    let mut urls = Vec::new();
+    for q in &pools {
+        urls.push(queues.url(q).await?);
+    }
+    let worker_id = opts.worker_id();
+    let capacity = opts.capacity();
+    let (memory, why_not_cgroup) = crate::memory::detect(opts.memory_enforcement);
+    let ctx = Arc::new(Ctx {
+        jobs: crate::templates::JobCache::new(store.clone()),
+        store,
+        worker_id: worker_id.clone(),
+        lease: config.lease,
+        log_dir: std::path::absolute(&opts.log_dir)?,
+        api_url: opts.api_url.clone(),
+        max_attempts: config.max_attempts,
+        exe: std::env::current_exe()?,
+        memory: memory.clone(),
+    });
+    tracing::info!(worker_id, pools = ?pools, cpus = capacity.cpu(), memory_mib = capacity.memory_mib, gpus = capacity.gpu,
+        memory_enforcement = memory.name(), why_not_cgroup = why_not_cgroup.as_deref().unwrap_or(""), "taskhost started");
+
+    let me = Announce {
+        reservation: opts.reservation.clone().zip(opts.slot),
+        reservation_lease: config.reservation_lease,
+        pools,
+        worker_id: worker_id.clone(),
+        capacity,
+        lease: config.lease,
+        tasks_done: Default::default(),
+        busy_ms: Default::default(),
+        startup_ms: opts.launched_at.map(|at| (now_ms() - at).max(0)),
+    };
+    let placed = me.refresh(&ctx.store, 0).await;
+    if !placed {
+        tracing::warn!(
+            worker_id,
+            "this worker's placement is not live: it will run nothing"
+        );
+    }
+
+    // The receiver asks SQS for as many messages as the worker has room for (`want`).
+    let (want_tx, want_rx) = watch::channel(0i32);
+    let (deliveries_tx, deliveries_rx) = mpsc::channel::<Vec<Delivery>>(4);
+    let receiver = receiver::spawn(
+        queues.clone(),
+        urls,
+        Duration::from_secs(opts.poll_wait_seconds),
+        config.lease,
+        want_rx,
+        deliveries_tx,
+    );
+
+    let mut w = Worker {
+        slots: Slots::new(capacity),
+        running: HashMap::new(),
+        held: VecDeque::new(),
+        waiting: VecDeque::new(),
+        to_delete: Vec::new(),
+        deletes: Vec::new(),
+        last_busy: Instant::now(),
+        draining: !placed,
+        forecast: Forecast::default(),
+        claim_latency: ClaimLatency::default(),
+    };
+    let channels = Channels {
+        want: want_tx,
+        deliveries: deliveries_rx,
+    };
+    w.serve(&opts, &ctx, &queues, &me, channels, config.lease)
+        .await?;
+    receiver.abort();
+    ctx.memory.release();
+    me.forget(&ctx.store).await;
+    for d in w.deletes {
+        let _ = d.await;
+    }
+    if let Some(path) = &opts.metrics_file {
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&batchplane::aws::accounting::snapshot())?,
+        )?;
+    }
+    Ok(())
+}
+
+/// The pools this worker serves, highest queue priority first: each queue's own pool,
+/// or its pool of the worker's tier shape.
+async fn pools_served(opts: &Options, store: &Store) -> Vec<String> {
+    let queues: Vec<String> = opts
+        .queue
+        .split(',')
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(String::from)
+        .collect();
+    crate::templates::by_priority(store, queues)
+        .await
+        .into_iter()
+        .map(|q| batchplane::domain::tiers::WorkerPool::new(q, opts.tier).name())
+        .collect()
+}
+
+/// The worker loop's side of the receiver.
+struct Channels {
+    /// How many messages the worker wants now (-1: it took the last delivery).
+    want: watch::Sender<i32>,
+    deliveries: mpsc::Receiver<Vec<Delivery>>,
+}
+
+impl Worker {
+    /// The loop: start what fits, claim ahead, give back what waited too long, say how
+    /// many messages to fetch, then wait for the next thing to happen. Returns when the
+    /// worker has drained or been idle long enough.
+    async fn serve(
+        &mut self,
+        opts: &Options,
+        ctx: &Arc<Ctx>,
+        queues: &Arc<Queues>,
+        me: &Announce,
+        mut channels: Channels,
+        lease: Duration,
+    ) -> anyhow::Result<()> {
+        let worker_id = &ctx.worker_id;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Progress>();
+        let idle = Duration::from_secs(opts.idle_timeout_seconds);
+        let hold = Duration::from_millis(opts.hold_ms);
+        let mut heartbeat = tokio::time::interval(lease / 3);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            self.launch_waiting();
+            self.start_held(ctx, &done_tx, queues).await;
+            if opts.claim_ahead {
+                self.claim_ahead(ctx, &done_tx, queues).await;
+            }
+            self.give_back_stale(hold, queues).await;
+            self.flush_deletes(queues);
+            if self.done(idle) {
+                if !self.draining {
+                    tracing::info!(worker_id, "idle; exiting");
+                }
+                return Ok(());
+            }
+            let (want, wake) = self.plan(opts);
+            channels.want.send_if_modified(|current| {
+                let changed = *current != want;
+                *current = want;
+                changed
+            });
+
+            tokio::select! {
+                Some(first) = done_rx.recv() => {
+                    let mut next = Some(first);
+                    while let Some(p) = next {
+                        self.on_progress(p, me);
+                        next = done_rx.try_recv().ok();
+                    }
+                }
+                Some(batch) = channels.deliveries.recv() => {
+                    self.on_deliveries(batch, queues).await;
+                    // Tell the receiver we took these (it waits for a change).
+                    channels.want.send_modify(|w| *w = -1);
+                }
+                _ = tokio::time::sleep(hold.max(Duration::from_millis(10))), if !self.held.is_empty() => {}
+                _ = tokio::time::sleep(wake.unwrap_or_default().max(Duration::from_millis(1))), if wake.is_some() => {}
+                _ = heartbeat.tick() => {
+                    leases::keep_alive(ctx, &self.running, &self.held, queues).await;
+                    if !me.refresh(&ctx.store, self.running.len() as u32).await && !self.draining {
+                        tracing::warn!(worker_id, "this worker's placement was reclaimed: draining");
+                        self.draining = true;
+                    }
+                }
+                _ = sigterm.recv() => {
+                    tracing::info!(worker_id, running = self.running.len(), "SIGTERM: draining");
+                    self.drain(queues).await;
+                }
+            }
+        }
+    }
+
+    /// Tasks claimed ahead start first, in the order claimed, as room frees.
+    fn launch_waiting(&mut self) {
+        let needs = self
+            .waiting
+            .iter()
+            .map(|k| self.running.get(k).map_or(Tier::ZERO, |r| r.need));
+        let n = self.slots.fitting_now(needs);
+        for key in self.waiting.drain(..n) {
+            if let Some(r) = self.running.get_mut(&key) {
+                r.launch();
+                self.slots.take(r.need);
+                self.last_busy = Instant::now();
+            }
+        }
+    }
+
+    /// Start the held tasks that fit now; their claims go out together.
+    async fn start_held(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        done: &mpsc::UnboundedSender<Progress>,
+        queues: &Queues,
+    ) {
+        let n = self
+            .slots
+            .fitting_now(self.held.iter().map(|h| need(&h.message)));
+        let startable: Vec<Held> = self.held.drain(..n).collect();
+        let outcomes = futures::future::join_all(
+            startable
+                .iter()
+                .map(|h| attempt::start(ctx, &h.delivery, &h.message, done, queues, true)),
+        )
+        .await;
+        for (h, outcome) in startable.iter().zip(outcomes) {
+            match outcome {
+                Started::Running(r, took) => {
+                    self.claim_latency.observe(took);
+                    self.slots.take(r.need);
+                    self.running.insert(task_key(&h.message), *r);
+                    self.last_busy = Instant::now();
+                }
+                Started::Drop(receipt) => self.to_delete.push(receipt),
+                Started::Later => {}
+            }
+        }
+    }
+
+    /// Claim ahead: for each slot about to free (within a claim's time) that no task
+    /// claimed ahead already waits for, claim the next held task that will fit there,
+    /// while this worker's tasks are steady in length.
+    async fn claim_ahead(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        done: &mpsc::UnboundedSender<Progress>,
+        queues: &Queues,
+    ) {
+        if self.draining || !self.forecast.steady() || self.held.is_empty() {
+            return;
+        }
+        let lead = self.claim_latency.lead();
+        let ending: Vec<Tier> = self
+            .running
+            .values()
+            .filter(|r| {
+                r.launched()
+                    && self
+                        .forecast
+                        .remaining(r.since.elapsed())
+                        .is_some_and(|left| left <= lead)
+            })
+            .map(|r| r.need)
+            .collect();
+        let wanted = ending.len().saturating_sub(self.waiting.len());
+        let promised = self
+            .waiting
+            .iter()
+            .filter_map(|k| self.running.get(k))
+            .map(|r| r.need);
+        let n = self.slots.fitting_ahead(
+            ending.iter().copied(),
+            promised,
+            self.held.iter().map(|h| need(&h.message)),
+            wanted,
+        );
+        let ahead: Vec<Held> = self.held.drain(..n).collect();
+        let outcomes = futures::future::join_all(
+            ahead
+                .iter()
+                .map(|h| attempt::start(ctx, &h.delivery, &h.message, done, queues, false)),
+        )
+        .await;
+        for (h, outcome) in ahead.iter().zip(outcomes) {
+            match outcome {
+                Started::Running(r, took) => {
+                    self.claim_latency.observe(took);
+                    let key = task_key(&h.message);
+                    self.waiting.push_back(key.clone());
+                    self.running.insert(key, *r);
+                }
+                Started::Drop(receipt) => self.to_delete.push(receipt),
+                Started::Later => {}
+            }
+        }
+    }
+
+    /// Messages held this long without room go back to the queue for another worker.
+    async fn give_back_stale(&mut self, hold: Duration, queues: &Queues) {
+        let stale = self
+            .held
+            .iter()
+            .take_while(|h| h.since.elapsed() >= hold)
+            .count();
+        let give_back: Vec<(String, String)> =
+            self.held.drain(..stale).map(|h| h.receipt()).collect();
+        if !give_back.is_empty() {
+            leases::extend_all(queues, give_back, Duration::ZERO).await;
+        }
+    }
+
+    /// Delete the messages of recorded attempts. Deleting is bookkeeping: it is kept off
+    /// the path that starts the next task.
+    fn flush_deletes(&mut self, queues: &Arc<Queues>) {
+        if self.to_delete.is_empty() {
+            return;
+        }
+        let (queues, batch) = (queues.clone(), std::mem::take(&mut self.to_delete));
+        self.deletes.push(tokio::spawn(async move {
+            for (url, receipts) in leases::by_queue(batch) {
+                if let Err(e) = queues.delete(&url, &receipts).await {
+                    tracing::warn!(error = %e, "delete failed; the messages will come back and be dropped then");
+                }
+            }
+        }));
+        self.deletes.retain(|h| !h.is_finished());
+    }
+
+    /// Whether the worker is done: nothing held or running, and draining or idle for
+    /// `idle` (never, when `idle` is zero).
+    fn done(&mut self, idle: Duration) -> bool {
+        if !self.running.is_empty() || !self.held.is_empty() {
+            self.last_busy = Instant::now();
+            return false;
+        }
+        self.draining || (!idle.is_zero() && self.last_busy.elapsed() >= idle)
+    }
+
+    /// How many messages to ask for, and when to wake next without an event: when a
+    /// running task comes near its expected end, to fetch its successor or claim it ahead.
+    fn plan(&self, opts: &Options) -> (i32, Option<Duration>) {
+        let horizon = Duration::from_millis(opts.prefetch_horizon_ms);
+        let launched_for: Vec<Duration> = self
+            .running
+            .values()
+            .filter(|r| r.launched())
+            .map(|r| r.since.elapsed())
+            .collect();
+        // Once this worker's tasks are steady in length, it holds messages only for the
+        // slots expected to free soon, so work it cannot start yet stays in the queue
+        // for a worker that can.
+        let prefetch = if self.forecast.steady() {
+            self.forecast
+                .ending_within(launched_for.iter().copied(), horizon)
+                .unwrap_or(opts.prefetch)
+                .saturating_sub(self.waiting.len())
+                .min(opts.prefetch)
+        } else {
+            opts.prefetch
+        };
+        let want = slots::messages_wanted(
+            self.draining,
+            self.slots.free_vcpus(),
+            self.held.len(),
+            prefetch,
+        );
+        let wake = if self.draining || !self.forecast.steady() {
+            None
+        } else {
+            let fetch = self
+                .forecast
+                .next_within(launched_for.iter().copied(), horizon);
+            let claim = if opts.claim_ahead && !self.held.is_empty() {
+                self.forecast
+                    .next_within(launched_for.iter().copied(), self.claim_latency.lead())
+            } else {
+                None
+            };
+            fetch.into_iter().chain(claim).min()
+        };
+        (want as i32, wake)
+    }
+
+    fn on_progress(&mut self, p: Progress, me: &Announce) {
+        match p {
+            Progress::SlotFree { key } => {
+                let Some(r) = self.running.remove(&key) else {
+                    return;
+                };
+                if r.launched() {
+                    me.task_ended(r.since.elapsed());
+                    self.forecast.observe(r.since.elapsed());
+                    self.slots.give_back(r.need);
+                } else {
+                    // Cancelled (or lost) while waiting for its slot.
+                    self.waiting.retain(|k| k != &key);
+                }
+            }
+            Progress::Done { receipt } => self.to_delete.extend(receipt),
+        }
+    }
+
+    async fn on_deliveries(&mut self, batch: Vec<Delivery>, queues: &Queues) {
+        for d in batch {
+            let Some(m) = d.message.clone() else {
+                tracing::warn!(body = %d.body, "unreadable message dropped");
+                self.to_delete
+                    .push((d.queue_url.clone(), d.receipt_handle.clone()));
+                continue;
+            };
+            if !self.slots.could_ever_fit(need(&m)) {
+                tracing::warn!(job_id = %m.job_id, task_id = %m.task_id, cpu_milli = m.cpu_milli, memory_mib = m.memory_mib, gpu = m.gpu,
+                    "task is larger than this worker; leaving it for a bigger one");
+                let _ = queues
+                    .extend(
+                        &d.queue_url,
+                        std::slice::from_ref(&d.receipt_handle),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                continue;
+            }
+            self.held.push_back(Held {
+                delivery: d,
+                message: m,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Take no more work; give back what is held so other workers start it now.
+    async fn drain(&mut self, queues: &Queues) {
+        self.draining = true;
+        let receipts: Vec<(String, String)> = self.held.drain(..).map(|h| h.receipt()).collect();
+        leases::extend_all(queues, receipts, Duration::ZERO).await;
+    }
+}
