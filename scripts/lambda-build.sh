@@ -18,7 +18,7 @@ rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
   || rustup target add aarch64-unknown-linux-gnu
 target_dir=${CARGO_TARGET_DIR:-target}
 lambda_dir="$target_dir/lambda"
-functions=(api fanout placement autoscaler events trigger)
+functions=(api fanout placement autoscaler publisher trigger)
 packages=()
 for f in "${functions[@]}"; do packages+=(-p "batchplane-fn-$f"); done
 cargo lambda build --release --arm64 --lambda-dir "$lambda_dir" "${packages[@]}"

@@ -11,7 +11,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 ALLOWED = {
     'shared/src/store/schema.rs::create_table':
         'the table definition, declared in one piece: keys, both indexes, stream and TTL',
-    'kubernetes/src/lib.rs::worker_pod':
+    'shared/kubernetes/src/lib.rs::worker_pod':
         "the taskhost pod's spec, declared in one piece as Kubernetes reads it",
 }
 

@@ -5,11 +5,11 @@ use batchplane::aws::{Clients, Endpoints};
 use batchplane::domain::{parse_job_spec, plan_job, AttemptRecord, TaskCounts, TaskState};
 use batchplane::queue::{QueueError, Queues, TaskMessage};
 use batchplane::store::{Claim, Heartbeat, Store};
-use batchplane_tests::TestEmulators;
+use batchplane_testing::{ManualClock, TestEmulators};
 use std::time::Duration;
 
 async fn store(emu: &TestEmulators) -> Store {
-    batchplane_tests::test_store(emu, "adapters").await
+    batchplane_testing::test_store(emu, "adapters").await
 }
 
 /// A stored job with the given spec; returns (job id, shard count).
@@ -81,12 +81,14 @@ async fn exactly_one_of_many_concurrent_claims_wins() {
 #[tokio::test]
 async fn a_lapsed_lease_is_taken_over_and_the_old_holder_is_shut_out() {
     let emu = TestEmulators::get();
-    let store = store(&emu).await;
+    // The store's clock is the test's: leases lapse when it moves, not after a sleep.
+    let clock = ManualClock::default();
+    let store = store(&emu).await.with_clock(clock.clock());
     let (job, shards) =
         stored_job(&store, "name: x\ntasks:\n - {id: a, command: ['true']}\n").await;
     let s = shard("a", shards);
     let Claim::Claimed(first) = store
-        .claim_task(&job, s, "a", "old", Duration::from_millis(300))
+        .claim_task(&job, s, "a", "old", Duration::from_secs(30))
         .await
         .unwrap()
     else {
@@ -100,7 +102,18 @@ async fn a_lapsed_lease_is_taken_over_and_the_old_holder_is_shut_out() {
             .unwrap(),
         Claim::NotClaimable { .. }
     ));
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    clock.advance(Duration::from_secs(29));
+    assert!(
+        matches!(
+            store
+                .claim_task(&job, s, "a", "new", Duration::from_secs(30))
+                .await
+                .unwrap(),
+            Claim::NotClaimable { .. }
+        ),
+        "a lease one second from lapsing still holds"
+    );
+    clock.advance(Duration::from_secs(2));
     let Claim::Claimed(second) = store
         .claim_task(&job, s, "a", "new", Duration::from_secs(30))
         .await
@@ -135,14 +148,14 @@ async fn a_lapsed_lease_is_taken_over_and_the_old_holder_is_shut_out() {
     // The new holder can; after max_attempts (2) a lapsed lease fails the task.
     assert!(matches!(
         store
-            .heartbeat(&second, "new", Duration::from_millis(200))
+            .heartbeat(&second, "new", Duration::from_secs(30))
             .await
             .unwrap(),
         Heartbeat::Held {
             cancel_requested: false,
         }
     ));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    clock.advance(Duration::from_secs(31));
     assert!(matches!(
         store
             .claim_task(&job, s, "a", "third", Duration::from_secs(30))

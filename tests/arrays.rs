@@ -1,7 +1,7 @@
 //! The native API's single and array jobs: the same model as AWS Batch's SubmitJob,
 //! written as a spec without `tasks:`, through the real router, stream and workers.
 
-use batchplane_tests::{lines, millis, Harness};
+use batchplane_testing::{lines, millis, Harness};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! job succeeds, and `batchplane autoscaler history` shows what each tick decided. A
 //! team without quota for the pool is refused, and the decision says why.
 
-use batchplane_tests::{Harness, Must};
+use batchplane_testing::{Harness, Must};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,7 +2,7 @@
 //! by `make test`) drive a local stack through `tests/clients/batch_clients.py`. Each
 //! scenario is one test, so they run side by side.
 
-use batchplane_tests::Harness;
+use batchplane_testing::Harness;
 use std::path::PathBuf;
 
 fn clients_python() -> PathBuf {

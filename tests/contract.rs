@@ -2,7 +2,7 @@
 //! edited sample that the handler's decoding would reject fails here (the handlers'
 //! own tests run the samples end to end where they can without AWS).
 
-use batchplane_tests::Must;
+use batchplane_testing::Must;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -41,7 +41,7 @@ fn every_function_has_samples_and_each_decodes_as_its_function_reads_it() {
         "fanout",
         "placement",
         "autoscaler",
-        "events",
+        "publisher",
         "trigger",
     ] {
         assert!(
@@ -72,7 +72,7 @@ fn every_function_has_samples_and_each_decodes_as_its_function_reads_it() {
         autoscaler_fn::Invocation::from_event(&v)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
-    for (p, text) in samples("events") {
+    for (p, text) in samples("publisher") {
         let v: Value = serde_json::from_str(&text).must("JSON");
         if v.get("Records").is_some() {
             let e: aws_lambda_events::event::dynamodb::Event = serde_json::from_value(v)

@@ -2,7 +2,7 @@
 //! fanout, moto's SQS, and taskhost processes running real commands.
 
 use batchplane::queue::TaskMessage;
-use batchplane_tests::{attempts, binary, lines, millis, Harness};
+use batchplane_testing::{attempts, binary, lines, millis, Harness};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The integration and end-to-end tests, one module per area, in one binary so the AWS
 //! SDK is linked once. They run against DynamoDB Local and moto (started by `make test`;
-//! see `support/`), with real taskhost processes where a test needs workers.
+//! see `shared/testing`), with real taskhost processes where a test needs workers.
 
 mod adapters;
 mod arrays;
@@ -8,8 +8,8 @@ mod autoscaling;
 mod aws_batch;
 mod contract;
 mod e2e;
-mod events;
 mod placement;
+mod publisher;
 mod quotas;
 mod tiers;
 mod triggers;

@@ -5,12 +5,12 @@
 use batchplane::domain::placement::{PlacementRequest, Resources};
 use batchplane::store::placement::{ClusterRegistration, PlacementOutcome};
 use batchplane::store::Store;
-use batchplane_tests::{Must, TestEmulators};
+use batchplane_testing::{ManualClock, Must, TestEmulators};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 async fn store() -> Store {
-    batchplane_tests::test_store(&TestEmulators::get(), "placement").await
+    batchplane_testing::test_store(&TestEmulators::get(), "placement").await
 }
 
 fn res(cpu: u64, mem: u64, gpus: &[(&str, u64)]) -> Resources {
@@ -391,7 +391,9 @@ async fn a_team_at_quota_is_refused_with_the_reason_recorded_for_its_pool() {
 
 #[tokio::test]
 async fn the_sweeper_reclaims_slots_whose_lease_lapsed_and_renewals_keep_them() {
-    let store = store().await;
+    // Leases lapse by the store's clock, which this test moves.
+    let clock = ManualClock::default();
+    let store = store().await.with_clock(clock.clock());
     cluster(&store, "a", res(64, 256 * 1024, &[])).await;
     store
         .set_team_quota("research", &res(16, 64 * 1024, &[]))
@@ -400,7 +402,7 @@ async fn the_sweeper_reclaims_slots_whose_lease_lapsed_and_renewals_keep_them() 
     let out = store
         .place(
             &request("s1", "research", 3, 2.0, 1024),
-            Duration::from_secs(2),
+            Duration::from_secs(60),
         )
         .await
         .must("store.place");
@@ -409,12 +411,12 @@ async fn the_sweeper_reclaims_slots_whose_lease_lapsed_and_renewals_keep_them() 
     };
     let id = &placements[0].reservation_id;
     // Slot 0's worker keeps renewing; 1 and 2 vanished.
-    let far = batchplane::store::now_ms() + 60_000;
+    let far = store.now() + 600_000;
     assert!(store.renew_slot(id, 0, far).await.must("store.renew_slot"));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    clock.advance(Duration::from_secs(61));
     assert_eq!(
         store
-            .sweep_reservations(batchplane::store::now_ms())
+            .sweep_reservations(store.now())
             .await
             .must("store.sweep_reservations"),
         2
@@ -422,7 +424,7 @@ async fn the_sweeper_reclaims_slots_whose_lease_lapsed_and_renewals_keep_them() 
     // A second sweep finds nothing more; the vanished workers' renewals now fail.
     assert_eq!(
         store
-            .sweep_reservations(batchplane::store::now_ms())
+            .sweep_reservations(store.now())
             .await
             .must("store.sweep_reservations"),
         0
@@ -452,7 +454,7 @@ async fn the_sweeper_reclaims_slots_whose_lease_lapsed_and_renewals_keep_them() 
         0
     );
     store
-        .sweep_reservations(batchplane::store::now_ms())
+        .sweep_reservations(store.now())
         .await
         .must("store.sweep_reservations");
     assert!(store

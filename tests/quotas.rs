@@ -4,7 +4,7 @@
 //! moves placements to the others.
 
 use batchplane_local::PoolWorkers;
-use batchplane_tests::Harness;
+use batchplane_testing::Harness;
 use serde_json::Value;
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 
 use batchplane::domain::tiers::Tier;
 use batchplane_local::PoolWorkers;
-use batchplane_tests::{attempts, Harness};
+use batchplane_testing::{attempts, Harness};
 use serde_json::Value;
 use std::time::Duration;
 

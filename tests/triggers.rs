@@ -3,7 +3,7 @@
 //! often the event is delivered; bad templates and events that lack a referenced value
 //! are refused with the place named.
 
-use batchplane_tests::{Harness, Must};
+use batchplane_testing::{Harness, Must};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ async fn a_redelivered_event_submits_one_job_from_its_template() {
         "{}/../events/trigger/ingest-template.yaml",
         env!("CARGO_MANIFEST_DIR")
     );
-    let out = std::process::Command::new(batchplane_tests::binary("batchplane"))
+    let out = std::process::Command::new(batchplane_testing::binary("batchplane"))
         .args([
             "templates",
             "put",

@@ -54,9 +54,12 @@ pub async fn handle(
 ) -> Result<Value, ApiError> {
     match call {
         PlacementCall::Place(request) => {
-            request
-                .validate()
-                .map_err(|m| ApiError::bad_request(m, json!({"request_id": request.request_id})))?;
+            request.validate().map_err(|e| {
+                ApiError::bad_request(
+                    e.to_string(),
+                    json!({"request_id": request.request_id, "field": e.field}),
+                )
+            })?;
             let out = store.place(&request, lease).await?;
             if let crate::store::placement::PlacementOutcome::Refused { .. } = &out {
                 crate::metrics::emit(
@@ -130,7 +133,8 @@ fn parse_body<T: serde::de::DeserializeOwned>(what: &str, body: &str) -> Result<
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
-    check_label(field, value, 40).map_err(|m| ApiError::bad_request(m, json!({"field": field})))
+    check_label(field, value, 40)
+        .map_err(|e| ApiError::bad_request(e.to_string(), json!({"field": e.field})))
 }
 
 /// The team name rule of job specs (teams are named there first).
@@ -174,7 +178,7 @@ impl ClusterSpec {
             }
         }
         if let Some(ns) = &self.namespace {
-            check_label("namespace", ns, 63).map_err(|m| bad("namespace", m))?;
+            check_label("namespace", ns, 63).map_err(|e| bad("namespace", e.to_string()))?;
         }
         Ok(ClusterRegistration {
             kind,

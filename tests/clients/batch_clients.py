@@ -168,7 +168,7 @@ def array():
     setup()
     parent = submit("three-hundred", 'echo "child $AWS_BATCH_JOB_ARRAY_INDEX of $AWS_BATCH_JOB_ID in $AWS_BATCH_JQ_NAME attempt $AWS_BATCH_JOB_ATTEMPT"',
                     arrayProperties={"size": 300})
-    j = wait(parent, timeout=300)
+    j = wait(parent, timeout=200)
     check(j["status"] == "SUCCEEDED", j)
     check(j["arrayProperties"]["size"] == 300, j)
     check(j["arrayProperties"]["statusSummary"]["SUCCEEDED"] == 300, j["arrayProperties"])
@@ -235,7 +235,7 @@ def many_dependencies():
     t1 = time.time()
     last = submit("after-all", "true", dependsOn=[{"jobId": d} for d in deps])
     t2 = time.time()
-    j = wait(last, timeout=600)
+    j = wait(last, timeout=240)
     print(f"submitted 250 jobs in {t1 - t0:.1f}s, the dependent in {t2 - t1:.1f}s, "
           f"all done {time.time() - t2:.1f}s later")
     check(j["status"] == "SUCCEEDED", j)

@@ -3,6 +3,7 @@
 
 pub mod autoscale;
 pub mod batch;
+pub mod error;
 pub mod ids;
 pub mod launch;
 pub mod placement;
@@ -15,6 +16,7 @@ pub mod state;
 pub mod template;
 pub mod tiers;
 
+pub use error::FieldError;
 pub use plan::{plan_addition, plan_job, ExistingEdge, PlannedTask, TaskKind, MAX_EDGES};
 pub use records::{AttemptRecord, JobRecord, Notify, TaskRecord, Usage};
 pub use spec::{parse_job_spec, parse_task_list, validate_addition, JobSpec, SpecError, TaskSpec};

@@ -18,6 +18,7 @@
 //! The store turns a grant into one DynamoDB transaction whose conditions re-check the
 //! same limits, so a snapshot that went stale only costs a retry, never an overrun.
 
+use super::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -55,7 +56,7 @@ impl TryFrom<ResourceFields> for Resources {
             ));
         }
         for t in f.gpu.keys() {
-            check_label("gpu", t, 32)?;
+            check_label("gpu", t, 32).map_err(|e| e.to_string())?;
         }
         Ok(Resources {
             cpu_milli: (f.cpu * 1000.0).round() as u64,
@@ -229,7 +230,7 @@ pub const MAX_WORKERS_PER_REQUEST: u32 = 1000;
 
 /// A name usable in keys, attribute names and Kubernetes labels: 1 to `max` of
 /// `[a-z0-9-]`, starting with a letter or digit.
-pub fn check_label(field: &str, value: &str, max: usize) -> Result<(), String> {
+pub fn check_label(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     let ok = !value.is_empty()
         && value.len() <= max
         && value
@@ -239,15 +240,16 @@ pub fn check_label(field: &str, value: &str, max: usize) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{field}: {value:?} must be 1 to {max} of [a-z0-9-], not starting with '-'"
+        Err(FieldError::new(
+            field,
+            format!("{value:?} must be 1 to {max} of [a-z0-9-], not starting with '-'"),
         ))
     }
 }
 
 impl PlacementRequest {
     /// Check the request; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         let id_ok = !self.request_id.is_empty()
             && self.request_id.len() <= 64
             && self
@@ -255,39 +257,48 @@ impl PlacementRequest {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !id_ok {
-            return Err(format!(
-                "request_id: {:?} must be 1 to 64 of [A-Za-z0-9_-]",
-                self.request_id
+            return Err(FieldError::new(
+                "request_id",
+                format!("{:?} must be 1 to 64 of [A-Za-z0-9_-]", self.request_id),
             ));
         }
         if self.team.is_empty() || self.team.len() > 64 {
-            return Err(format!("team: {:?} must be 1 to 64 characters", self.team));
+            return Err(FieldError::new(
+                "team",
+                format!("{:?} must be 1 to 64 characters", self.team),
+            ));
         }
         if self.pool.is_empty() || self.pool.len() > 80 {
-            return Err(format!("pool: {:?} must be 1 to 80 characters", self.pool));
+            return Err(FieldError::new(
+                "pool",
+                format!("{:?} must be 1 to 80 characters", self.pool),
+            ));
         }
         if !(self.cpu.is_finite() && self.cpu > 0.0 && self.cpu <= 1024.0) {
-            return Err(format!(
-                "cpu: {} must be more than 0 and at most 1024",
-                self.cpu
+            return Err(FieldError::new(
+                "cpu",
+                format!("{} must be more than 0 and at most 1024", self.cpu),
             ));
         }
         if self.memory_mib == 0 || self.memory_mib > 4 * 1024 * 1024 {
-            return Err(format!(
-                "memory_mib: {} must be 1 to 4194304",
-                self.memory_mib
+            return Err(FieldError::new(
+                "memory_mib",
+                format!("{} must be 1 to 4194304", self.memory_mib),
             ));
         }
         if self.gpu > 64 {
-            return Err(format!("gpu: {} must be at most 64", self.gpu));
+            return Err(FieldError::new(
+                "gpu",
+                format!("{} must be at most 64", self.gpu),
+            ));
         }
         if let Some(t) = &self.gpu_type {
             check_label("gpu_type", t, 32)?;
         }
         if self.workers == 0 || self.workers > MAX_WORKERS_PER_REQUEST {
-            return Err(format!(
-                "workers: {} must be 1 to {MAX_WORKERS_PER_REQUEST}",
-                self.workers
+            return Err(FieldError::new(
+                "workers",
+                format!("{} must be 1 to {MAX_WORKERS_PER_REQUEST}", self.workers),
             ));
         }
         Ok(())
@@ -639,13 +650,13 @@ mod tests {
         let mut r = request(1, 1.0, 512);
         assert!(r.validate().is_ok());
         r.workers = 0;
-        assert!(r.validate().unwrap_err().starts_with("workers:"));
+        assert_eq!(r.validate().unwrap_err().field, "workers");
         r.workers = 1;
         r.gpu_type = Some("A100".into());
-        assert!(r.validate().unwrap_err().starts_with("gpu_type:"));
+        assert_eq!(r.validate().unwrap_err().field, "gpu_type");
         r.gpu_type = None;
         r.request_id = "a b".into();
-        assert!(r.validate().unwrap_err().starts_with("request_id:"));
+        assert_eq!(r.validate().unwrap_err().field, "request_id");
     }
 
     #[test]

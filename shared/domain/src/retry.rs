@@ -3,6 +3,7 @@
 //! first rule that matches says RETRY or EXIT, and when none matches the task is retried
 //! (while attempts remain), as AWS Batch does.
 
+use super::error::FieldError;
 use serde::{Deserialize, Serialize};
 
 pub const MAX_ATTEMPTS: u32 = 10;
@@ -99,30 +100,32 @@ impl RetryStrategy {
     }
 
     /// Check the limits; the error says which field is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if !(1..=MAX_ATTEMPTS).contains(&self.attempts) {
-            return Err(format!(
-                "retry_strategy.attempts: {} must be 1 to {MAX_ATTEMPTS}",
-                self.attempts
+            return Err(FieldError::new(
+                "retry_strategy.attempts",
+                format!("{} must be 1 to {MAX_ATTEMPTS}", self.attempts),
             ));
         }
         if self.evaluate_on_exit.len() > MAX_RULES {
-            return Err(format!(
-                "retry_strategy.evaluate_on_exit: {} rules; at most {MAX_RULES}",
-                self.evaluate_on_exit.len()
+            return Err(FieldError::new(
+                "retry_strategy.evaluate_on_exit",
+                format!("{} rules; at most {MAX_RULES}", self.evaluate_on_exit.len()),
             ));
         }
         for (i, r) in self.evaluate_on_exit.iter().enumerate() {
             if r.on_exit_code.is_none() && r.on_reason.is_none() && r.on_status_reason.is_none() {
-                return Err(format!(
-                    "retry_strategy.evaluate_on_exit[{i}]: give on_exit_code, on_reason or on_status_reason"
+                return Err(FieldError::new(
+                    format!("retry_strategy.evaluate_on_exit[{i}]"),
+                    "give on_exit_code, on_reason or on_status_reason",
                 ));
             }
             if let Some(code) = &r.on_exit_code {
                 let digits = code.strip_suffix('*').unwrap_or(code);
                 if digits.len() > 512 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(format!(
-                        "retry_strategy.evaluate_on_exit[{i}].on_exit_code: {code:?} must be digits, optionally ending in *"
+                    return Err(FieldError::new(
+                        format!("retry_strategy.evaluate_on_exit[{i}].on_exit_code"),
+                        format!("{code:?} must be digits, optionally ending in *"),
                     ));
                 }
             }
@@ -213,16 +216,24 @@ mod tests {
             attempts: 11,
             evaluate_on_exit: vec![],
         };
-        assert!(s.validate().unwrap_err().contains("attempts"));
+        assert!(s.validate().unwrap_err().to_string().contains("attempts"));
         s.attempts = 2;
         s.evaluate_on_exit = vec![rule(Some("x1"), None, RetryAction::Exit)];
-        assert!(s.validate().unwrap_err().contains("on_exit_code"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("on_exit_code"));
         s.evaluate_on_exit = vec![rule(None, None, RetryAction::Exit)];
-        assert!(s.validate().unwrap_err().contains("evaluate_on_exit[0]"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("evaluate_on_exit[0]"));
         s.evaluate_on_exit = (0..6)
             .map(|_| rule(Some("1"), None, RetryAction::Exit))
             .collect();
-        assert!(s.validate().unwrap_err().contains("at most 5"));
+        assert!(s.validate().unwrap_err().to_string().contains("at most 5"));
         s.evaluate_on_exit.truncate(5);
         s.validate().unwrap();
     }

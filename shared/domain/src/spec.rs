@@ -209,13 +209,10 @@ pub fn parse_array_job_spec(text: &str) -> Result<ArrayJobSpec, SpecError> {
             "field `tiers`: give either `tiers` or `cpu`/`memory_mib`: with tiers, each tier says both".into(),
         ));
     }
-    validate_tiers(&spec.tiers).map_err(|e| {
-        let field = e.split_once(": ").map_or("tiers", |(f, _)| f).to_string();
-        invalid(&field, format!("field {e}"))
-    })?;
+    validate_tiers(&spec.tiers).map_err(|e| invalid(&e.field, format!("field {e}")))?;
     if let Some(r) = &spec.retry_strategy {
         r.validate()
-            .map_err(|e| invalid("retry_strategy", format!("field {e}")))?;
+            .map_err(|e| invalid(&e.field, format!("field {e}")))?;
     }
     if spec.depends_on.len() > MAX_JOB_DEPENDENCIES {
         return Err(invalid(
@@ -351,7 +348,7 @@ pub fn parse_job_spec(text: &str) -> Result<JobSpec, SpecError> {
             SpecError::new(
                 "InvalidField",
                 format!("field {e}"),
-                json!({"field": "retry_strategy"}),
+                json!({"field": e.field}),
             )
         })?;
         for t in &mut spec.tasks {
@@ -551,10 +548,7 @@ fn validate_task_fields(t: &TaskSpec) -> Result<(), SpecError> {
             "give either `tiers` or `cpu`/`memory_mib`: with tiers, each tier says both".into(),
         ));
     }
-    validate_tiers(&t.tiers).map_err(|e| {
-        let (field, what) = e.split_once(": ").unwrap_or(("tiers", &e));
-        task_error("InvalidField", &t.id, field, what.to_string())
-    })?;
+    validate_tiers(&t.tiers).map_err(|e| task_error("InvalidField", &t.id, &e.field, e.problem))?;
     if t.timeout_seconds == Some(0) {
         return Err(task_error(
             "InvalidField",
@@ -565,7 +559,7 @@ fn validate_task_fields(t: &TaskSpec) -> Result<(), SpecError> {
     }
     if let Some(r) = &t.retry_strategy {
         r.validate()
-            .map_err(|e| task_error("InvalidField", &t.id, "retry_strategy", e))?;
+            .map_err(|e| task_error("InvalidField", &t.id, &e.field, e.problem))?;
     }
     let size: usize = t.command.iter().map(String::len).sum::<usize>()
         + t.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
@@ -848,7 +842,7 @@ tasks:
         assert_eq!(spec.tasks[1].retry_strategy.as_ref().unwrap().attempts, 1);
         let e =
             err("name: x\ntasks:\n - {id: a, command: ['true'], retry_strategy: {attempts: 0}}\n");
-        assert_eq!(e.details["field"], "retry_strategy");
+        assert_eq!(e.details["field"], "retry_strategy.attempts");
         assert!(
             e.message.contains("\"a\"") && e.message.contains("attempts"),
             "{}",
@@ -927,7 +921,7 @@ tasks:
             ("name: x\ncommand: [true]\nmemory_mib: 0", "memory_mib"),
             (
                 "name: x\ncommand: [true]\nretry_strategy: {attempts: 11}",
-                "retry_strategy",
+                "retry_strategy.attempts",
             ),
             (
                 "name: x\ncommand: [true]\ndepends_on: [{job: 'j:x'}]",

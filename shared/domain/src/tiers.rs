@@ -10,6 +10,7 @@
 //! so a task escalated to a big tier is only ever picked up by a worker of that shape.
 //! Tasks without tiers go to the queue's own pool, whose workers take any task that fits.
 
+use super::error::FieldError;
 use serde::{Deserialize, Serialize};
 
 /// The most tiers one task may list.
@@ -191,34 +192,34 @@ impl Tier {
 /// Check a tier list: 1 to [`MAX_TIERS`] tiers, each with more memory than the one
 /// before (an OOM escalation must get more memory) and no fewer CPUs or GPUs. The error
 /// names the tier (`tiers[1].memory_mib: …`).
-pub fn validate_tiers(tiers: &[Tier]) -> Result<(), String> {
+pub fn validate_tiers(tiers: &[Tier]) -> Result<(), FieldError> {
     if tiers.len() > MAX_TIERS {
-        return Err(format!("tiers: {} tiers; at most {MAX_TIERS}", tiers.len()));
+        return Err(FieldError::new(
+            "tiers",
+            format!("{} tiers; at most {MAX_TIERS}", tiers.len()),
+        ));
     }
     for (i, pair) in tiers.windows(2).enumerate() {
         let (a, b) = (pair[0], pair[1]);
         if b.memory_mib <= a.memory_mib {
-            return Err(format!(
-                "tiers[{}].memory_mib: {} must be more than tiers[{i}]'s {} (tiers go from small to large)",
-                i + 1,
-                b.memory_mib,
-                a.memory_mib
+            return Err(FieldError::new(
+                format!("tiers[{}].memory_mib", i + 1),
+                format!(
+                    "{} must be more than tiers[{i}]'s {} (tiers go from small to large)",
+                    b.memory_mib, a.memory_mib
+                ),
             ));
         }
         if b.cpu_milli < a.cpu_milli {
-            return Err(format!(
-                "tiers[{}].cpu: {} is less than tiers[{i}]'s {}",
-                i + 1,
-                b.cpu(),
-                a.cpu()
+            return Err(FieldError::new(
+                format!("tiers[{}].cpu", i + 1),
+                format!("{} is less than tiers[{i}]'s {}", b.cpu(), a.cpu()),
             ));
         }
         if b.gpu < a.gpu {
-            return Err(format!(
-                "tiers[{}].gpu: {} is less than tiers[{i}]'s {}",
-                i + 1,
-                b.gpu,
-                a.gpu
+            return Err(FieldError::new(
+                format!("tiers[{}].gpu", i + 1),
+                format!("{} is less than tiers[{i}]'s {}", b.gpu, a.gpu),
             ));
         }
     }
@@ -367,13 +368,17 @@ mod tests {
         validate_tiers(&ok).unwrap();
         let flat = [tier(1.0, 1024, 0), tier(2.0, 1024, 0)];
         let e = validate_tiers(&flat).unwrap_err();
-        assert!(e.starts_with("tiers[1].memory_mib"), "{e}");
+        assert_eq!(e.field, "tiers[1].memory_mib", "{e}");
         let fewer_cpus = [tier(2.0, 1024, 0), tier(1.0, 2048, 0)];
-        assert!(validate_tiers(&fewer_cpus)
-            .unwrap_err()
-            .starts_with("tiers[1].cpu"));
+        assert_eq!(
+            validate_tiers(&fewer_cpus).unwrap_err().field,
+            "tiers[1].cpu"
+        );
         let many: Vec<Tier> = (1..=9).map(|i| tier(1.0, i * 100, 0)).collect();
-        assert!(validate_tiers(&many).unwrap_err().contains("at most 8"));
+        assert!(validate_tiers(&many)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 8"));
     }
 
     #[test]

@@ -54,8 +54,10 @@ pub(super) fn retry_from(
         attempts,
         evaluate_on_exit: rules,
     };
-    s.validate()
-        .map_err(|e| client(format!("{field}: {}", e.replace("retry_strategy.", ""))))?;
+    s.validate().map_err(|e| {
+        let inner = e.field.trim_start_matches("retry_strategy.");
+        client(format!("{field}: {inner}: {}", e.problem))
+    })?;
     Ok(Some(s))
 }
 

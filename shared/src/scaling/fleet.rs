@@ -10,7 +10,7 @@
 
 use crate::domain::launch::{plan_nodes, Fleet, LaunchConfig, Limits, Purchase, WorkerShape};
 use crate::store::capacity::CapacityMark;
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -212,7 +212,7 @@ pub async fn launch_nodes<E: Ec2Api>(
     let mut done = NodesLaunched::default();
     let marks: BTreeSet<String> = ctx
         .store
-        .capacity_marks(now_ms())
+        .capacity_marks(ctx.store.now())
         .await?
         .into_iter()
         .map(|m| m.launch_config)
@@ -294,7 +294,7 @@ pub async fn launch_nodes<E: Ec2Api>(
                 Some((code, message)) => format!("{code}: {message} (got {got} of {asked})"),
                 None => format!("got {got} of {asked} instances"),
             };
-            let now = now_ms();
+            let now = ctx.store.now();
             ctx.store
                 .mark_capacity_limited(&CapacityMark {
                     launch_config: key.clone(),

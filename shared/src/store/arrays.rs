@@ -172,7 +172,7 @@ impl Store {
     /// then start the job if every gate is. Returns whether this call started it.
     pub async fn meet_gate(&self, job_id: &str, gate: &str) -> Result<bool, StoreError> {
         let mut marker = key(job_pk(job_id), format!("G#{gate}"));
-        marker.insert("at".into(), n(super::now_ms()));
+        marker.insert("at".into(), n(self.now()));
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(marker))
@@ -243,7 +243,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let task_id = index.to_string();
         let shard = task_shard(&task_id, job.shard_count);
-        let now = super::now_ms();
+        let now = self.now();
         let mut it = key(task_pk(&job.job_id, shard), task_sk(&task_id));
         it.insert("job_id".into(), s(&job.job_id));
         it.insert("task_id".into(), s(&task_id));

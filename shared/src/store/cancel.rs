@@ -3,7 +3,7 @@
 
 use super::item::*;
 use super::request::{send_if, state_in, StateCondition};
-use super::{now_ms, Store, StoreError};
+use super::{Store, StoreError};
 use crate::domain::TaskTransition;
 use crate::domain::{TaskRecord, TaskState};
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -26,7 +26,7 @@ impl Store {
         let mut update = "SET #state = :to".to_string();
         if to.is_terminal() {
             update.push_str(", finished_at = :now");
-            values.insert(":now".into(), n(now_ms()));
+            values.insert(":now".into(), n(self.now()));
         }
         if let Some(r) = reason {
             update.push_str(", reason = :reason");

@@ -101,7 +101,7 @@ impl Store {
         lease: Duration,
         seed: Option<&ChildSeed>,
     ) -> Result<Claim, StoreError> {
-        let now = now_ms();
+        let now = self.now();
         let lease = Lease {
             worker_id,
             now,
@@ -312,7 +312,7 @@ impl Store {
                 )))
                 .update_expression("SET lease_expires = :lease")
                 .condition_expression(holder_condition())
-                .expression_attribute_values(":lease", n(now_ms() + lease.as_millis() as i64))
+                .expression_attribute_values(":lease", n(self.now() + lease.as_millis() as i64))
                 .expression_attribute_values(":attempt", n(task.attempt))
                 .expression_attribute_values(":w", s(worker_id))
                 .return_values(ReturnValue::AllNew)

@@ -3,7 +3,7 @@
 
 use super::item::*;
 use super::request::{send_if, send_if_current, state_in, StateCondition};
-use super::{now_ms, Store, StoreError};
+use super::{Store, StoreError};
 use crate::domain::TaskTransition;
 use crate::domain::{TaskRecord, TaskState};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -149,7 +149,7 @@ impl Store {
             .expression_attribute_values(":failed", s(TaskState::Failed.as_str()))
             .expression_attribute_values(":reason", s(reason))
             .expression_attribute_values(":root", s(root))
-            .expression_attribute_values(":now", n(now_ms()))
+            .expression_attribute_values(":now", n(self.now()))
             .with_states(TaskTransition::FailDependent.from())).await?.is_some())
     }
 

@@ -2,7 +2,7 @@
 
 use super::item::*;
 use super::request::{send, send_if, send_if_current};
-use super::{now_ms, Store, StoreError};
+use super::{Store, StoreError};
 use crate::domain::{JobRecord, JobState};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         let mut it = key(format!("K#{team}#{key_value}"), "KEY".into());
         it.insert("job_id".into(), s(job_id));
-        it.insert("created_at".into(), n(now_ms()));
+        it.insert("created_at".into(), n(self.now()));
         match send_if_current(
             self.ddb
                 .put_item()
@@ -107,7 +107,7 @@ impl Store {
         let mut update = "SET #state = :to".to_string();
         if to.is_terminal() {
             update.push_str(", finished_at = :now");
-            values.insert(":now".into(), n(now_ms()));
+            values.insert(":now".into(), n(self.now()));
         }
         if let Some(r) = reason {
             update.push_str(", reason = :reason");

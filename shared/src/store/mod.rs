@@ -11,10 +11,10 @@ mod claims;
 mod counts;
 mod edges;
 mod error;
-pub mod events;
 pub mod item;
 mod jobs;
 pub mod placement;
+pub mod published;
 pub mod registry;
 pub(crate) mod request;
 mod schema;
@@ -36,11 +36,38 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Where the store reads the time (ms since the epoch) that leases, claims and
+/// finishes are measured by: the system clock, or a test's own.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(std::sync::Arc::new(now_ms))
+    }
+
+    /// A clock that reads `now` (a test moves it to lapse a lease without waiting).
+    pub fn from_fn(now: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
+        Clock(std::sync::Arc::new(now))
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
+
 /// The DynamoDB side of Batchplane.
 #[derive(Debug, Clone)]
 pub struct Store {
     ddb: aws_sdk_dynamodb::Client,
     table: String,
+    clock: Clock,
 }
 
 pub(super) const WRITE_CONCURRENCY: usize = 8;
@@ -50,7 +77,19 @@ impl Store {
         Store {
             ddb,
             table: table.into(),
+            clock: Clock::system(),
         }
+    }
+
+    /// The same store reading its time from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by the store's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     pub fn table(&self) -> &str {

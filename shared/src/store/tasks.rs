@@ -3,7 +3,7 @@
 use super::item::*;
 use super::request::send;
 use super::WRITE_CONCURRENCY;
-use super::{now_ms, Store, StoreError};
+use super::{Store, StoreError};
 use crate::domain::{PlannedTask, TaskKind, TaskRecord, TaskState};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use futures::{stream, StreamExt, TryStreamExt};
@@ -46,7 +46,7 @@ impl Store {
         max_attempts: u32,
         tasks: &[&PlannedTask],
     ) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now();
         let requests: Vec<WriteRequest> = tasks
             .iter()
             .map(|t| {

@@ -53,7 +53,7 @@ impl Store {
             }
         }
         let t = e.value(AttributeValue::Bool(true));
-        let now = e.value(n(crate::store::now_ms()));
+        let now = e.value(n(self.now()));
         e.set.push(format!(
             "enabled = if_not_exists(enabled, {t}), updated_at = {now}"
         ));
@@ -66,7 +66,7 @@ impl Store {
     pub async fn set_cluster_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
         let mut e = Expr::default();
         let v = e.value(AttributeValue::Bool(enabled));
-        let now = e.value(n(crate::store::now_ms()));
+        let now = e.value(n(self.now()));
         e.set.push(format!("enabled = {v}, updated_at = {now}"));
         e.condition.push("attribute_exists(pk)".into());
         let update = e.update(&self.table, key(CLUSTERS_PK.into(), name.to_string()))?;

@@ -69,7 +69,7 @@ impl Store {
             };
             // `decide` grants only to a team with a quota.
             let Some(team) = team else { continue };
-            let now = crate::store::now_ms();
+            let now = self.now();
             let expires = now + lease.as_millis() as i64;
             let items = self.grant_items(request, &team.quota, &clusters, &grant, now, expires)?;
             requests += 1;
@@ -252,7 +252,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let recorded = RecordedRefusal {
             refusal: refusal.clone(),
-            at: crate::store::now_ms(),
+            at: self.now(),
         };
         let mut e = Expr::default();
         let name = e.name(format!("refused@{pool}"));

@@ -30,7 +30,7 @@ impl Store {
             }
         }
         let team_name = e.value(s(team));
-        let now = e.value(n(crate::store::now_ms()));
+        let now = e.value(n(self.now()));
         e.set
             .push(format!("team = {team_name}, updated_at = {now}"));
         let update = e.update(&self.table, key(team_pk(team), QUOTA_SK.into()))?;

@@ -9,7 +9,7 @@ pub fn script() -> PathBuf {
     if let Some(p) = std::env::var_os("BATCHPLANE_EMULATORS_SCRIPT") {
         return PathBuf::from(p);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/emulators.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/emulators.sh")
 }
 
 /// Running emulators, stopped on drop.

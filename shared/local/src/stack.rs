@@ -40,7 +40,7 @@ pub struct LocalStack {
     pub fanout: Arc<Fanout>,
     /// Job and task state changes to the stack's event bus (named after its table) on
     /// moto, and Step Functions callbacks.
-    pub publisher: Arc<batchplane_events::Publisher>,
+    pub publisher: Arc<batchplane_publisher::Publisher>,
     /// The SDK configuration the stack's clients were built from (emulator credentials).
     pub shared_config: aws_config::SdkConfig,
     pub opts: StackOptions,
@@ -95,7 +95,7 @@ impl LocalStack {
         let publisher = Arc::new(publisher(&shared, &store, &opts).await?);
         let pollers = [
             streams::Consumer::Fanout(fanout.clone()),
-            streams::Consumer::Events(publisher.clone()),
+            streams::Consumer::Publisher(publisher.clone()),
         ]
         .into_iter()
         .map(|consumer| {
@@ -366,7 +366,7 @@ async fn publisher(
     shared: &aws_config::SdkConfig,
     store: &Store,
     opts: &StackOptions,
-) -> anyhow::Result<batchplane_events::Publisher> {
+) -> anyhow::Result<batchplane_publisher::Publisher> {
     let eventbridge = aws_sdk_eventbridge::Client::from_conf(
         aws_sdk_eventbridge::config::Builder::from(shared)
             .endpoint_url(&opts.sqs_url)
@@ -395,7 +395,7 @@ async fn publisher(
             ))
         }
     }
-    Ok(batchplane_events::Publisher::new(
+    Ok(batchplane_publisher::Publisher::new(
         store.clone(),
         eventbridge,
         sfn,

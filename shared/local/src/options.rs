@@ -68,7 +68,8 @@ impl std::str::FromStr for LocalCluster {
         if !(3..=4).contains(&parts.len()) {
             return Err(bad());
         }
-        batchplane::domain::placement::check_label("cluster name", parts[0], 40)?;
+        batchplane::domain::placement::check_label("cluster name", parts[0], 40)
+            .map_err(|e| e.to_string())?;
         let cpu: f64 = parts[1].parse().map_err(|_| bad())?;
         let mut capacity = Resources {
             cpu_milli: (cpu * 1000.0).round() as u64,

@@ -6,7 +6,7 @@
 //! and gets heartbeats while it runs.
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use batchplane_tests::{Harness, Must};
+use batchplane_testing::{Harness, Must};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -21,10 +21,23 @@ pub const CLUSTER_ID_HEADER: &str = "x-k8s-aws-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("no AWS credentials to mint an EKS token with: {0}")]
-    NoCredentials(String),
-    #[error("signing the EKS token's STS request: {0}")]
-    Signing(String),
+    /// The default chain has no provider at all.
+    #[error("no AWS credentials to mint an EKS token with: no credentials provider configured")]
+    NoProvider,
+    #[error("no AWS credentials to mint an EKS token with: {source}")]
+    NoCredentials {
+        #[source]
+        source: aws_credential_types::provider::error::CredentialsError,
+    },
+    #[error("signing the EKS token's STS request: {source}")]
+    Signing {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn signing(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> TokenError {
+    TokenError::Signing { source: e.into() }
 }
 
 /// An EKS token for `cluster_name` in `region`, signed at `now` with `credentials`.
@@ -47,7 +60,7 @@ pub fn eks_token(
         .time(now)
         .settings(settings)
         .build()
-        .map_err(|e| TokenError::Signing(e.to_string()))?
+        .map_err(signing)?
         .into();
     let headers = [(CLUSTER_ID_HEADER, cluster_name)];
     let signable = SignableRequest::new(
@@ -56,16 +69,14 @@ pub fn eks_token(
         headers.iter().copied(),
         SignableBody::Bytes(&[]),
     )
-    .map_err(|e| TokenError::Signing(e.to_string()))?;
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| TokenError::Signing(e.to_string()))?
-        .into_parts();
+    .map_err(signing)?;
+    let (instructions, _signature) = sign(signable, &params).map_err(signing)?.into_parts();
     let mut request = http::Request::builder()
         .method("GET")
         .uri(&url)
         .header(CLUSTER_ID_HEADER, cluster_name)
         .body(())
-        .map_err(|e| TokenError::Signing(e.to_string()))?;
+        .map_err(signing)?;
     instructions.apply_to_request_http1x(&mut request);
     let presigned = request.uri().to_string();
     Ok(format!(
@@ -80,11 +91,11 @@ pub async fn default_credentials() -> Result<Credentials, TokenError> {
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let provider = config
         .credentials_provider()
-        .ok_or_else(|| TokenError::NoCredentials("no credentials provider configured".into()))?;
+        .ok_or(TokenError::NoProvider)?;
     provider
         .provide_credentials()
         .await
-        .map_err(|e| TokenError::NoCredentials(e.to_string()))
+        .map_err(|source| TokenError::NoCredentials { source })
 }
 
 #[cfg(test)]

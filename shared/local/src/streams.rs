@@ -28,7 +28,7 @@ pub struct PollerOptions {
     /// How often the events publisher's poller reads each shard. Nothing waits on it
     /// the way tasks wait on releases, and every read costs the emulator as much as the
     /// fanout's, so it reads at about Lambda's own cadence.
-    pub events_interval: Duration,
+    pub publisher_interval: Duration,
 }
 
 impl Default for PollerOptions {
@@ -36,7 +36,7 @@ impl Default for PollerOptions {
         PollerOptions {
             duplicate_batches: false,
             interval: Duration::from_millis(100),
-            events_interval: Duration::from_millis(250),
+            publisher_interval: Duration::from_millis(250),
         }
     }
 }
@@ -99,7 +99,7 @@ pub enum Consumer {
     /// Releases, counts and job ends (`functions/fanout`).
     Fanout(Arc<Fanout>),
     /// State changes to EventBridge and Step Functions (`functions/events`).
-    Events(Arc<batchplane_events::Publisher>),
+    Publisher(Arc<batchplane_publisher::Publisher>),
 }
 
 impl Consumer {
@@ -108,7 +108,7 @@ impl Consumer {
         batchplane::aws::accounting::record_request("Lambda", "Invoke");
         let response = match self {
             Consumer::Fanout(f) => fanout_fn::handle_event(f, event).await,
-            Consumer::Events(p) => events_fn::handle_stream(p, event).await,
+            Consumer::Publisher(p) => publisher_fn::handle_stream(p, event).await,
         };
         response
             .batch_item_failures
@@ -204,7 +204,7 @@ pub async fn poll(
         }
         let interval = match consumer {
             Consumer::Fanout(_) => opts.interval,
-            Consumer::Events(_) => opts.events_interval,
+            Consumer::Publisher(_) => opts.publisher_interval,
         };
         let rest = interval.saturating_sub(round.elapsed());
         tokio::select! {

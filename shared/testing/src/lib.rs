@@ -319,3 +319,30 @@ impl<T> Must<T> for Option<T> {
         self.unwrap_or_else(|| panic!("{what}: nothing there"))
     }
 }
+
+/// A clock a test moves by hand, for the store's leases: it starts at the system's now
+/// and stands still until [`ManualClock::advance`], so a lease lapses when the test says
+/// and not after a sleep that a loaded machine may stretch.
+#[derive(Clone, Debug)]
+pub struct ManualClock(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock(std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
+            batchplane::store::now_ms(),
+        )))
+    }
+}
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        self.0
+            .fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The store's view of this clock.
+    pub fn clock(&self) -> batchplane::store::Clock {
+        let at = self.0.clone();
+        batchplane::store::Clock::from_fn(move || at.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}

@@ -11,7 +11,7 @@ use batchplane::store::Store;
 use batchplane_ec2::{
     launch_nodes, Ec2, Ec2Api, Ec2Error, FleetOutcome, FleetRequest, LaunchContext, Node, SpotPrice,
 };
-use batchplane_tests::{Must, TestEmulators};
+use batchplane_testing::{ManualClock, Must, TestEmulators};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -95,7 +95,8 @@ fn config(purchase: Purchase, price: f64) -> LaunchConfig {
     }
 }
 
-async fn setup() -> (Store, ShortFleets, String) {
+/// A store on its own table, reading the time from `clock`, and EC2 with short fleets.
+async fn setup(clock: &ManualClock) -> (Store, ShortFleets, String) {
     let emu = TestEmulators::get();
     let endpoints = Endpoints {
         dynamodb: Some(emu.dynamodb_url.clone()),
@@ -105,7 +106,8 @@ async fn setup() -> (Store, ShortFleets, String) {
     let store = Store::new(
         clients.dynamodb,
         format!("ec2-{}", uuid::Uuid::new_v4().simple()),
-    );
+    )
+    .with_clock(clock.clock());
     store.create_table().await.expect("creating the test table");
     let shared = sdk_config(&endpoints).await;
     let client = aws_sdk_ec2::Client::from_conf(
@@ -166,7 +168,9 @@ const SHAPE: WorkerShape = WorkerShape {
 
 #[tokio::test]
 async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires() {
-    let (store, ec2, template) = setup().await;
+    // Capacity marks expire by the store's clock, which this test moves.
+    let clock = ManualClock::default();
+    let (store, ec2, template) = setup(&clock).await;
     let spot = "m5.large:us-east-1a:spot".to_string();
     let on_demand = "m5.large:us-east-1a:on-demand".to_string();
 
@@ -186,7 +190,7 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
         (on_demand.as_str(), 2)
     );
     let marks = store
-        .capacity_marks(batchplane::store::now_ms())
+        .capacity_marks(store.now())
         .await
         .must("store.capacity_marks");
     let marked: Vec<&str> = marks.iter().map(|m| m.launch_config.as_str()).collect();
@@ -242,7 +246,7 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
     assert!(again.marked.is_empty());
 
     // A fleet that comes back short is marked too, and the rest goes on.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    clock.advance(Duration::from_millis(2200));
     ec2.caps().insert(spot.clone(), 1);
     ec2.asked().clear();
     let mut ctx = context(&store, &ec2, &template, Duration::from_secs(2));
@@ -256,7 +260,7 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
     assert_eq!(short.unplaced_workers, 0);
 
     // Expired again, with capacity back: spot is used.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    clock.advance(Duration::from_millis(2200));
     ec2.caps().clear();
     ec2.asked().clear();
     let mut ctx = context(&store, &ec2, &template, Duration::from_secs(2));
@@ -293,7 +297,7 @@ async fn a_short_config_is_marked_skipped_and_used_again_after_its_mark_expires(
 
 #[tokio::test]
 async fn limits_bind_and_spot_prices_come_from_ec2() {
-    let (store, ec2, template) = setup().await;
+    let (store, ec2, template) = setup(&ManualClock::default()).await;
     let mut ctx = context(&store, &ec2, &template, Duration::from_secs(180));
     ctx.global_limits.max_nodes_added_per_tick = Some(2);
     let done = launch_nodes(&mut ctx, &SHAPE, 10).await.expect("a launch");

@@ -5,7 +5,7 @@
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use batchplane::stream::decode_batch;
-use batchplane_events::Publisher;
+use batchplane_publisher::Publisher;
 use serde_json::{json, Value};
 
 /// Publish a stream batch; on failure the whole batch is retried from its first record
@@ -72,12 +72,12 @@ mod tests {
     /// The sample stream batch decodes into a job's submission and a task's change.
     #[test]
     fn the_sample_stream_batch_decodes_into_transitions() {
-        let text = include_str!("../../../events/events/job-submitted.json");
+        let text = include_str!("../../../events/publisher/job-submitted.json");
         let event: Event = serde_json::from_str(text).expect("a stream batch");
         let Change::Job(j) = decode_record(&event.records[0]).expect("a job record") else {
             panic!("the first record is a job's")
         };
-        let o = batchplane_events::job_transition(&j).expect("submission is a transition");
+        let o = batchplane_publisher::job_transition(&j).expect("submission is a transition");
         assert_eq!(o.detail_type, "Job State Change");
         assert_eq!(o.detail["status"], "SUBMITTED");
         assert_eq!(

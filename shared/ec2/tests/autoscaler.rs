@@ -11,7 +11,7 @@ use batchplane::scaling::Decision;
 use batchplane::store::now_ms;
 use batchplane_ec2::Ec2;
 use batchplane_local::LocalCluster;
-use batchplane_tests::{Harness, Must};
+use batchplane_testing::{Harness, Must};
 use std::time::{Duration, Instant};
 
 async fn moto_ec2(sqs_url: &str) -> Ec2 {

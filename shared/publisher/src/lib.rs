@@ -13,7 +13,7 @@
 //!
 //! Each transition has an id (`job:<id>:<STATUS>`, `task:<job>:<task>:<attempt>:<STATE>`,
 //! `sfn:<job>:<STATUS>`) and is claimed in the table before it is sent and confirmed
-//! after, so a redelivered record sends nothing twice (see `store::events`).
+//! after, so a redelivered record sends nothing twice (see `store::published`).
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use batchplane::aws_batch::{arn, aws_status};
@@ -175,12 +175,26 @@ pub fn task_transition(change: &TaskChange) -> Option<Outgoing> {
 pub enum PublishError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("PutEvents failed: {0}")]
-    PutEvents(String),
+    /// EventBridge did not take the request (throttled, unreachable, refused).
+    #[error("PutEvents failed: {message}")]
+    PutEvents {
+        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// EventBridge took the request but refused some of its entries.
+    #[error("PutEvents: {failed} of {sent} entries failed: {reasons}")]
+    EntriesRefused {
+        failed: i32,
+        sent: usize,
+        reasons: String,
+    },
     #[error("{operation} failed: {message}")]
     StepFunctions {
         operation: &'static str,
         message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 }
 
@@ -344,11 +358,9 @@ impl Publisher {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|e| {
-                PublishError::PutEvents(format!(
-                    "{}",
-                    aws_sdk_eventbridge::error::DisplayErrorContext(&e)
-                ))
+            .map_err(|e| PublishError::PutEvents {
+                message: aws_sdk_eventbridge::error::DisplayErrorContext(&e).to_string(),
+                source: Box::new(e),
             })?;
         if out.failed_entry_count() > 0 {
             let why: Vec<String> = out
@@ -359,23 +371,16 @@ impl Publisher {
                         .map(|c| format!("{c}: {}", e.error_message().unwrap_or("")))
                 })
                 .collect();
-            return Err(PublishError::PutEvents(format!(
-                "{} of {} entries failed: {}",
-                out.failed_entry_count(),
-                chunk.len(),
-                why.join("; ")
-            )));
+            return Err(PublishError::EntriesRefused {
+                failed: out.failed_entry_count(),
+                sent: chunk.len(),
+                reasons: why.join("; "),
+            });
         }
         Ok(())
     }
 
     async fn callback(&self, cb: &Callback) -> Result<(), PublishError> {
-        use aws_sdk_sfn::error::ProvideErrorMetadata;
-        let err =
-            |operation: &'static str, code: Option<&str>, e: String| PublishError::StepFunctions {
-                operation,
-                message: code.map_or(e, String::from),
-            };
         match cb {
             Callback::Success { token, output } => self
                 .sfn
@@ -385,7 +390,7 @@ impl Publisher {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| err("SendTaskSuccess", e.code(), e.to_string())),
+                .map_err(|e| sfn_error("SendTaskSuccess", e)),
             Callback::Failure {
                 token,
                 error,
@@ -399,7 +404,7 @@ impl Publisher {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| err("SendTaskFailure", e.code(), e.to_string())),
+                .map_err(|e| sfn_error("SendTaskFailure", e)),
         }
     }
 
@@ -429,11 +434,25 @@ impl Publisher {
                     return Err(PublishError::StepFunctions {
                         operation: "SendTaskHeartbeat",
                         message: e.to_string(),
+                        source: Some(Box::new(e)),
                     })
                 }
             }
         }
         Ok(sent)
+    }
+}
+
+/// A Step Functions call that failed, named by its error code where it has one (which
+/// is what tells a gone execution from a passing fault), with the error as its source.
+fn sfn_error<E>(operation: &'static str, e: E) -> PublishError
+where
+    E: aws_sdk_sfn::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    PublishError::StepFunctions {
+        operation,
+        message: e.code().map_or_else(|| e.to_string(), String::from),
+        source: Some(Box::new(e)),
     }
 }
 
@@ -528,7 +547,7 @@ mod sample_state_machine {
     /// the errors a job's failure reports.
     #[test]
     fn the_sample_passes_the_task_token_and_catches_job_failures() {
-        let text = include_str!("../../infra/statemachines/run-job.asl.json");
+        let text = include_str!("../../../infra/statemachines/run-job.asl.json");
         let asl: serde_json::Value = serde_json::from_str(text).expect("the ASL is JSON");
         let run = &asl["States"]["RunJob"];
         assert_eq!(
