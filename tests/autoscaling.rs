@@ -3,7 +3,7 @@
 //! job succeeds, and `batchplane autoscaler history` shows what each tick decided. A
 //! team without quota for the pool is refused, and the decision says why.
 
-use batchplane_testing::{Harness, Must};
+use batchplane_testing::{wait_for, Harness, Must};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -66,30 +66,26 @@ async fn the_autoscaler_alone_starts_the_workers_a_job_needs() {
             tasks.join(",")
         ))
         .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let d = h.get("/v1/autoscaler/history?limit=5").await;
-        let refused = d.body["decisions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|d| d["pools"].as_array().cloned().unwrap_or_default())
-            .find(|p| p["pool"] == "default--1cpu-256mib" && p["refused"].is_string());
-        if let Some(p) = refused {
-            assert_eq!(p["team"], "vision", "{p}");
-            assert!(
-                p["refused"].as_str().unwrap_or("").contains("vision"),
-                "{p}"
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no refusal recorded for vision's pool: {}",
-            d.body
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let p = wait_for(
+        "a refusal recorded for vision's pool",
+        Duration::from_secs(60),
+        || async {
+            let d = h.get("/v1/autoscaler/history?limit=5").await;
+            d.body["decisions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|d| d["pools"].as_array().cloned().unwrap_or_default())
+                .find(|p| p["pool"] == "default--1cpu-256mib" && p["refused"].is_string())
+                .ok_or_else(|| d.body.to_string())
+        },
+    )
+    .await;
+    assert_eq!(p["team"], "vision", "{p}");
+    assert!(
+        p["refused"].as_str().unwrap_or("").contains("vision"),
+        "{p}"
+    );
     let r = h
         .put_json(
             "/v1/teams/vision",

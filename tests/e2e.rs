@@ -2,7 +2,7 @@
 //! fanout, moto's SQS, and taskhost processes running real commands.
 
 use batchplane::queue::TaskMessage;
-use batchplane_testing::{attempts, binary, lines, millis, Harness};
+use batchplane_testing::{attempts, binary, lines, millis, wait_for, Harness};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -469,12 +469,13 @@ async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
     let first_worker = running["worker_id"].as_str().unwrap().to_string();
     // Kill the worker once the task's process has started (the claim comes a moment
     // before the process: its memory limit is set up in between).
-    for _ in 0..600 {
-        if !lines(&marker).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("the first attempt's process", MINUTE, || async {
+        let seen = lines(&marker);
+        (!seen.is_empty())
+            .then_some(())
+            .ok_or_else(|| format!("{seen:?}"))
+    })
+    .await;
     assert_eq!(lines(&marker), vec!["1"], "the first attempt started");
     let pid = h.stack.worker_pids()[0];
     h.stack
@@ -777,15 +778,15 @@ tasks:
         "{text}"
     );
     // The team's rollup holds the job once it has closed (its own table: one job).
-    let mut team = Value::Null;
-    for _ in 0..50 {
-        team = h.get("/v1/teams/default/usage?days=1").await.body;
+    let team = wait_for("the team's rollup to hold the job", MINUTE, || async {
+        let team = h.get("/v1/teams/default/usage?days=1").await.body;
         if team["jobs"] == 1 {
-            break;
+            Ok(team)
+        } else {
+            Err(team.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(team["jobs"], 1, "{team}");
+    })
+    .await;
     assert_eq!(team["usage"], done["usage"], "{team}");
     let out = std::process::Command::new(binary("batchplane"))
         .args(["usage", "--team", "default", "--api-url", &h.stack.api_url])

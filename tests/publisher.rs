@@ -6,7 +6,7 @@
 //! and gets heartbeats while it runs.
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use batchplane_testing::{Harness, Must};
+use batchplane_testing::{wait_for, Harness, Must};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -235,8 +235,7 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
     let wait_status = |arn: String| {
         let sfn = sfn.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
+            wait_for("the execution to end", Duration::from_secs(60), || async {
                 let d = sfn
                     .describe_execution()
                     .execution_arn(&arn)
@@ -244,11 +243,12 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
                     .await
                     .must("DescribeExecution");
                 if d.status().as_str() != "RUNNING" {
-                    return d;
+                    Ok(d)
+                } else {
+                    Err(format!("{d:?}"))
                 }
-                assert!(Instant::now() < deadline, "execution still RUNNING: {d:?}");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+            })
+            .await
         }
     };
 
@@ -286,24 +286,25 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
             // stream poller of its own, so it may come a moment after the task starts.
             h.wait_task(&job, "step", "RUNNING", Duration::from_secs(30))
                 .await;
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let tokens = h
-                    .stack
-                    .service
-                    .store
-                    .task_tokens()
-                    .await
-                    .must("task tokens");
-                if tokens.iter().any(|(j, t)| j == &job && t == token) {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the running job's token is not recorded: {tokens:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_for(
+                "the running job's token recorded",
+                Duration::from_secs(10),
+                || async {
+                    let tokens = h
+                        .stack
+                        .service
+                        .store
+                        .task_tokens()
+                        .await
+                        .must("task tokens");
+                    if tokens.iter().any(|(j, t)| j == &job && t == token) {
+                        Ok(())
+                    } else {
+                        Err(format!("{tokens:?}"))
+                    }
+                },
+            )
+            .await;
         }
         let done = h.wait(&job, Duration::from_secs(60)).await;
         let d = wait_status(execution).await;

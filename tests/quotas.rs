@@ -4,7 +4,7 @@
 //! moves placements to the others.
 
 use batchplane_local::PoolWorkers;
-use batchplane_testing::Harness;
+use batchplane_testing::{wait_for, Harness};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -20,21 +20,19 @@ async fn explain_reasons(h: &Harness, job: &str, task: &str) -> Vec<Value> {
 
 /// Wait until the task's explanation has a PlacementRefused reason containing `text`.
 async fn wait_for_refusal(h: &Harness, job: &str, task: &str, text: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("a PlacementRefused reason containing {text:?}");
+    wait_for(&what, Duration::from_secs(30), || async {
         let reasons = explain_reasons(h, job, task).await;
-        if let Some(r) = reasons.iter().find(|r| {
-            r["code"] == "PlacementRefused"
-                && r["message"].as_str().is_some_and(|m| m.contains(text))
-        }) {
-            return r["message"].as_str().unwrap_or_default().to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no PlacementRefused reason containing {text:?}: {reasons:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        reasons
+            .iter()
+            .find(|r| {
+                r["code"] == "PlacementRefused"
+                    && r["message"].as_str().is_some_and(|m| m.contains(text))
+            })
+            .map(|r| r["message"].as_str().unwrap_or_default().to_string())
+            .ok_or_else(|| format!("{reasons:?}"))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,28 +138,21 @@ async fn disabling_a_cluster_drains_it_and_moves_new_workers_to_the_others() {
         .unwrap_or_else(|| panic!("no local-a row in\n{out}"));
     assert!(row.contains("DISABLED"), "{row}");
     // Its worker drains and exits, giving its placement back.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_for("local-a to drain", Duration::from_secs(60), || async {
         let clusters: Value = h.get("/v1/clusters").await.body;
-        if used(&clusters, "local-a") == 0.0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "local-a never drained: {clusters}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        (used(&clusters, "local-a") == 0.0)
+            .then_some(())
+            .ok_or_else(|| clusters.to_string())
+    })
+    .await;
     // The launcher forgets the exited worker on its next round.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while h.stack.worker_pids().len() != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "workers: {:?}",
-            h.stack.worker_pids()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for("one worker left", Duration::from_secs(30), || async {
+        let pids = h.stack.worker_pids();
+        (pids.len() == 1)
+            .then_some(())
+            .ok_or_else(|| format!("workers {pids:?}"))
+    })
+    .await;
     // Every new worker lands in local-b.
     for _ in 0..3 {
         h.stack.spawn_worker().await.expect("a worker");

@@ -3,7 +3,7 @@
 
 use batchplane::domain::tiers::Tier;
 use batchplane_local::PoolWorkers;
-use batchplane_testing::{attempts, Harness};
+use batchplane_testing::{attempts, wait_for, Harness};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -199,14 +199,15 @@ tasks:
         )
         .await;
     // Nothing serves the 200 MiB pool: the task is queued there, and explain says so.
-    let mut big = h.explain(&job, "big").await;
-    for _ in 0..50 {
+    let big = wait_for("big to be RUNNABLE", Duration::from_secs(30), || async {
+        let big = h.explain(&job, "big").await;
         if big["state"] == "RUNNABLE" {
-            break;
+            Ok(big)
+        } else {
+            Err(big.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        big = h.explain(&job, "big").await;
-    }
+    })
+    .await;
     let codes: Vec<&str> = big["reasons"]
         .as_array()
         .unwrap_or_else(|| panic!("no reasons: {big}"))

@@ -32,6 +32,14 @@ pub struct Config {
     pub dead_letter_queue_arn: Option<String>,
     /// `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_SQS`: local emulators.
     pub endpoints: Endpoints,
+    /// `BATCHPLANE_PARTITION`, `AWS_REGION`, `BATCHPLANE_ACCOUNT_ID`: what the ARNs the
+    /// API hands out name (the template sets them from the deployment).
+    pub arns: crate::aws_batch::ArnContext,
+    /// `BATCHPLANE_EVENT_BUS`: where job and task state changes are published.
+    pub event_bus: String,
+    /// `BATCHPLANE_MIN_ATTEMPT_SECONDS`: the shortest attempt timeout a job may ask for
+    /// (AWS Batch's floor, 60 s; the local stack's tests lower it).
+    pub min_attempt_seconds: u64,
 }
 
 impl Default for Config {
@@ -45,6 +53,9 @@ impl Default for Config {
             reservation_lease: Duration::from_secs(300),
             dead_letter_queue_arn: None,
             endpoints: Endpoints::default(),
+            arns: crate::aws_batch::ArnContext::default(),
+            event_bus: "default".into(),
+            min_attempt_seconds: 60,
         }
     }
 }
@@ -92,6 +103,9 @@ impl Config {
                 dynamodb: var("AWS_ENDPOINT_URL_DYNAMODB"),
                 sqs: var("AWS_ENDPOINT_URL_SQS"),
             },
+            arns: crate::aws_batch::ArnContext::current().clone(),
+            event_bus: var("BATCHPLANE_EVENT_BUS").unwrap_or(d.event_bus),
+            min_attempt_seconds: number("BATCHPLANE_MIN_ATTEMPT_SECONDS", d.min_attempt_seconds)?,
         })
     }
 

@@ -58,9 +58,13 @@ pub fn line(at_ms: i64, dimensions: &[(&str, &str)], metrics: &[(&str, Unit, Vec
     Value::Object(root)
 }
 
+/// Whether metric lines go to stdout: in Lambda, or when `BATCHPLANE_EMF=1`; read once.
 fn to_stdout() -> bool {
-    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
-        || std::env::var("BATCHPLANE_EMF").is_ok_and(|v| v == "1")
+    static TO_STDOUT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TO_STDOUT.get_or_init(|| {
+        std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+            || std::env::var("BATCHPLANE_EMF").is_ok_and(|v| v == "1")
+    })
 }
 
 /// Emit one line (metrics without values are left out; nothing left, nothing printed).

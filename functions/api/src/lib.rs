@@ -342,13 +342,11 @@ async fn placement(State(svc): State<Arc<Service>>, body: axum::body::Bytes) -> 
 pub async fn service_from_env() -> anyhow::Result<Arc<Service>> {
     let config = batchplane::config::Config::from_env()?;
     let clients = batchplane::aws::Clients::new(&config.endpoints).await;
-    Ok(Arc::new(Service {
-        store: batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
-        queues: config.queues(clients.sqs),
-        max_attempts: config.max_attempts,
-        job_window: config.job_window,
-        reservation_lease: config.reservation_lease,
-    }))
+    Ok(Arc::new(Service::new(
+        batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
+        config.queues(clients.sqs),
+        &config,
+    )))
 }
 
 #[cfg(test)]
@@ -364,13 +362,11 @@ mod tests {
             sqs: Some("http://127.0.0.1:9".into()),
         })
         .await;
-        Arc::new(Service {
-            store: batchplane::store::Store::new(clients.dynamodb, "batchplane"),
-            queues: batchplane::queue::Queues::new(clients.sqs, "batchplane-"),
-            max_attempts: 3,
-            job_window: 256,
-            reservation_lease: std::time::Duration::from_secs(300),
-        })
+        Arc::new(Service::new(
+            batchplane::store::Store::new(clients.dynamodb, "batchplane"),
+            batchplane::queue::Queues::new(clients.sqs, "batchplane-"),
+            &batchplane::config::Config::default(),
+        ))
     }
 
     async fn invoke(event: &str) -> (u16, serde_json::Value) {

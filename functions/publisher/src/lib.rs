@@ -60,7 +60,7 @@ pub async fn publisher_from_env() -> anyhow::Result<Publisher> {
         batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
         aws_sdk_eventbridge::Client::new(&shared),
         aws_sdk_sfn::Client::new(&shared),
-        std::env::var("BATCHPLANE_EVENT_BUS").unwrap_or_else(|_| "default".into()),
+        config.event_bus.clone(),
     ))
 }
 

@@ -11,8 +11,8 @@ use batchplane::scaling::Decision;
 use batchplane::store::now_ms;
 use batchplane_ec2::Ec2;
 use batchplane_local::LocalCluster;
-use batchplane_testing::{Harness, Must};
-use std::time::{Duration, Instant};
+use batchplane_testing::{wait_for, Harness, Must};
+use std::time::Duration;
 
 async fn moto_ec2(sqs_url: &str) -> Ec2 {
     let shared = sdk_config(&Endpoints {
@@ -26,18 +26,6 @@ async fn moto_ec2(sqs_url: &str) -> Ec2 {
                 .endpoint_url(sqs_url)
                 .build(),
         ),
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -99,7 +87,10 @@ async fn a_backlog_gets_workers_and_nodes_and_idle_nodes_are_cordoned_then_termi
     let queues = &h.stack.service.queues;
     let url = queues.url("default").await.must("the default queue");
     wait_for("6 tasks queued", Duration::from_secs(30), || async {
-        queues.depth(&url).await.map(|(v, _)| v).unwrap_or(0) >= 6
+        let depth = queues.depth(&url).await.map(|(v, _)| v).unwrap_or(0);
+        (depth >= 6)
+            .then_some(())
+            .ok_or_else(|| format!("{depth} queued"))
     })
     .await;
 
@@ -152,7 +143,14 @@ async fn a_backlog_gets_workers_and_nodes_and_idle_nodes_are_cordoned_then_termi
     let pids = h.stack.worker_pids();
     assert_eq!(pids.len(), 6, "the six autoscaled workers: {pids:?}");
     wait_for("idle workers exit", Duration::from_secs(60), || async {
-        pids.iter().all(|p| h.stack.backend.exited(*p))
+        let running: Vec<&u32> = pids
+            .iter()
+            .filter(|p| !h.stack.backend.exited(**p))
+            .collect();
+        running
+            .is_empty()
+            .then_some(())
+            .ok_or_else(|| format!("still running: {running:?}"))
     })
     .await;
 

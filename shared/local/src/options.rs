@@ -39,6 +39,9 @@ pub struct StackOptions {
     pub metrics_dir: Option<PathBuf>,
     /// Children of one array job queued at once.
     pub job_window: u32,
+    /// The shortest attempt timeout a job may ask for (AWS Batch's 60 s unless a test
+    /// wants a timeout to fire quickly).
+    pub min_attempt_seconds: u64,
     /// Tier pools to run a worker for, each with how many tasks of its shape the worker
     /// runs at once: the worker serves that shape's pool of every queue.
     pub pools: Vec<PoolWorkers>,
@@ -181,6 +184,7 @@ impl StackOptions {
             poller: PollerOptions::default(),
             metrics_dir: None,
             job_window: 256,
+            min_attempt_seconds: 60,
             pools: Vec::new(),
             clusters: vec![
                 LocalCluster {

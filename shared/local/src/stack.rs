@@ -73,6 +73,7 @@ impl LocalStack {
             max_attempts: 3,
             job_window: opts.job_window,
             reservation_lease: LOCAL_RESERVATION_LEASE,
+            min_attempt_seconds: opts.min_attempt_seconds,
         });
         let fanout = Arc::new(Fanout::new(
             store.clone(),

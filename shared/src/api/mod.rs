@@ -39,4 +39,20 @@ pub struct Service {
     pub job_window: u32,
     /// How long a worker's placement holds quota without a renewal.
     pub reservation_lease: std::time::Duration,
+    /// The shortest attempt timeout a job may ask for.
+    pub min_attempt_seconds: u64,
+}
+
+impl Service {
+    /// The service over `store` and `queues`, with the rest from `config`.
+    pub fn new(store: Store, queues: Queues, config: &crate::config::Config) -> Service {
+        Service {
+            store,
+            queues,
+            max_attempts: config.max_attempts,
+            job_window: config.job_window,
+            reservation_lease: config.reservation_lease,
+            min_attempt_seconds: config.min_attempt_seconds,
+        }
+    }
 }

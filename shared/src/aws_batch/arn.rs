@@ -12,7 +12,24 @@ pub struct ArnContext {
     pub account: String,
 }
 
+impl Default for ArnContext {
+    /// What the local stack (and moto) name: `aws`, `us-east-1`, `000000000000`.
+    fn default() -> ArnContext {
+        ArnContext {
+            partition: "aws".into(),
+            region: "us-east-1".into(),
+            account: "000000000000".into(),
+        }
+    }
+}
+
 impl ArnContext {
+    /// This process's, read from the environment once.
+    pub fn current() -> &'static ArnContext {
+        static CURRENT: std::sync::OnceLock<ArnContext> = std::sync::OnceLock::new();
+        CURRENT.get_or_init(ArnContext::from_env)
+    }
+
     pub fn from_env() -> ArnContext {
         let var = |name: &str, default: &str| {
             std::env::var(name)
@@ -38,7 +55,7 @@ impl ArnContext {
 
 /// The ARN of a Batch resource of this deployment.
 pub fn arn(kind: &str, name: &str) -> String {
-    ArnContext::from_env().arn(kind, name)
+    ArnContext::current().arn(kind, name)
 }
 
 #[cfg(test)]

@@ -46,9 +46,10 @@ impl Service {
         let (o_cpu, o_mem) = resources(&overrides, "containerOverrides")?;
         let timeout = input["timeout"]["attemptDurationSeconds"].as_u64();
         if let Some(t) = timeout.or_else(|| def["timeout"]["attemptDurationSeconds"].as_u64()) {
-            if t < 60 && std::env::var("BATCHPLANE_ALLOW_SHORT_TIMEOUTS").is_err() {
+            if t < self.min_attempt_seconds {
                 return Err(client(format!(
-                    "timeout.attemptDurationSeconds {t}: the minimum is 60 seconds"
+                    "timeout.attemptDurationSeconds {t}: the minimum is {} seconds",
+                    self.min_attempt_seconds
                 )));
             }
         }

@@ -346,3 +346,24 @@ impl ManualClock {
         batchplane::store::Clock::from_fn(move || at.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
+
+/// Poll `check` until it returns `Ok(value)`; after `timeout`, panic with `what` was
+/// awaited and the last thing `check` saw (its `Err`), so a failure says why. Polls every
+/// 200 ms.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
