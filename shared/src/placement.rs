@@ -349,9 +349,13 @@ impl Service {
         body: &str,
     ) -> Result<crate::scaling::Settings, ApiError> {
         let settings: crate::scaling::Settings = parse_body("autoscaler settings", body)?;
-        settings
-            .check()
-            .map_err(|m| ApiError::bad_request(format!("autoscaler settings: {m}"), json!({})))?;
+        settings.check().map_err(|e| {
+            ApiError::bad_request(
+                format!("autoscaler settings: {e}"),
+                json!({"field": e.field}),
+            )
+            .caused_by(e)
+        })?;
         self.store.put_autoscaler_settings(&settings).await?;
         Ok(settings)
     }

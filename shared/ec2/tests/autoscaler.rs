@@ -72,6 +72,11 @@ async fn a_backlog_gets_workers_and_nodes_and_idle_nodes_are_cordoned_then_termi
         .await;
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(bad.body.to_string().contains("nodes.zones"), "{}", bad.body);
+    assert_eq!(
+        bad.body["error"]["details"]["field"], "nodes.zones",
+        "{}",
+        bad.body
+    );
 
     let tasks: Vec<String> = (0..6)
         .map(|i| {

@@ -5,6 +5,7 @@ use crate::domain::autoscale::ReuseTargeting;
 use crate::domain::launch::{Limits, Purchase, Strategy};
 use crate::domain::prices::PriceTable;
 use crate::domain::tiers::{Tier, WorkerPool};
+use crate::domain::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -126,31 +127,40 @@ impl Default for NodeSettings {
 
 impl Settings {
     /// Parse and check settings; the error names the field.
-    pub fn parse(text: &str) -> Result<Settings, String> {
-        let s: Settings = serde_json::from_str(text).map_err(|e| format!("settings: {e}"))?;
+    pub fn parse(text: &str) -> Result<Settings, FieldError> {
+        let s: Settings =
+            serde_json::from_str(text).map_err(|e| FieldError::new("settings", e.to_string()))?;
         s.check()?;
         Ok(s)
     }
 
     /// The settings the deployment was given (`BATCHPLANE_AUTOSCALER_SETTINGS`, JSON),
     /// used until some are stored; the defaults without it.
-    pub fn from_env() -> Result<Settings, String> {
+    pub fn from_env() -> Result<Settings, FieldError> {
         match std::env::var("BATCHPLANE_AUTOSCALER_SETTINGS") {
-            Ok(text) if !text.trim().is_empty() => {
-                Settings::parse(&text).map_err(|e| format!("BATCHPLANE_AUTOSCALER_SETTINGS: {e}"))
-            }
+            Ok(text) if !text.trim().is_empty() => Settings::parse(&text).map_err(|e| {
+                FieldError::new(
+                    format!("BATCHPLANE_AUTOSCALER_SETTINGS: {}", e.field),
+                    e.problem,
+                )
+            }),
             _ => Ok(Settings::default()),
         }
     }
 
-    pub fn check(&self) -> Result<(), String> {
+    /// Check every field's value; the error names the first that is wrong.
+    pub fn check(&self) -> Result<(), FieldError> {
         let half_life_ok = |h: f64| h >= 0.0 && !h.is_nan();
+        let at_least_zero = "must be 0 or more";
         if !half_life_ok(self.default_half_life_seconds) {
-            return Err("default_half_life_seconds must be 0 or more".into());
+            return Err(FieldError::new("default_half_life_seconds", at_least_zero));
         }
         for (team, r) in &self.teams {
             if !half_life_ok(r.half_life_seconds) {
-                return Err(format!("teams.{team}.half_life_seconds must be 0 or more"));
+                return Err(FieldError::new(
+                    format!("teams.{team}.half_life_seconds"),
+                    at_least_zero,
+                ));
             }
         }
         for (field, v) in [
@@ -158,30 +168,42 @@ impl Settings {
             ("default_task_seconds", self.default_task_seconds),
         ] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err(format!("{field} must be 0 or more"));
+                return Err(FieldError::new(field, at_least_zero));
             }
         }
         let mut seen = BTreeSet::new();
         for (i, p) in self.pools.iter().enumerate() {
             if p.pool.is_empty() {
-                return Err(format!("pools[{i}].pool is empty"));
+                return Err(FieldError::new(format!("pools[{i}].pool"), "is empty"));
             }
             if !seen.insert(&p.pool) {
-                return Err(format!("pools[{i}].pool {:?} is listed twice", p.pool));
+                return Err(FieldError::new(
+                    format!("pools[{i}].pool"),
+                    format!("{:?} is listed twice", p.pool),
+                ));
             }
             if p.half_life_seconds.is_some_and(|h| !half_life_ok(h)) {
-                return Err(format!("pools[{i}].half_life_seconds must be 0 or more"));
+                return Err(FieldError::new(
+                    format!("pools[{i}].half_life_seconds"),
+                    at_least_zero,
+                ));
             }
         }
         if let Some(n) = &self.nodes {
             if n.zones.is_empty() {
-                return Err("nodes.zones: name at least one availability zone".into());
+                return Err(FieldError::new(
+                    "nodes.zones",
+                    "name at least one availability zone",
+                ));
             }
             for (i, t) in n.instance_types.iter().enumerate() {
                 if PriceTable::shipped().expand(t).is_empty() {
-                    return Err(format!(
-                        "nodes.instance_types[{i}]: {t:?} is not in the price table ({})",
-                        PriceTable::shipped().as_of
+                    return Err(FieldError::new(
+                        format!("nodes.instance_types[{i}]"),
+                        format!(
+                            "{t:?} is not in the price table ({})",
+                            PriceTable::shipped().as_of
+                        ),
                     ));
                 }
             }
@@ -258,21 +280,21 @@ mod tests {
         let s = Settings::parse("{}").expect("an empty document is the defaults");
         assert_eq!(s, Settings::default());
         let e = Settings::parse(r#"{"teams": {"vision": {"half_life_seconds": -1}}}"#).unwrap_err();
-        assert!(e.contains("teams.vision.half_life_seconds"), "{e}");
+        assert_eq!(e.field, "teams.vision.half_life_seconds", "{e}");
         let e = Settings::parse(
             r#"{"nodes": {"zones": ["us-east-1a"], "instance_types": ["m5.large", "zz9.huge"]}}"#,
         )
         .unwrap_err();
         assert!(
-            e.contains("nodes.instance_types[1]") && e.contains("zz9.huge"),
+            e.field == "nodes.instance_types[1]" && e.problem.contains("zz9.huge"),
             "{e}"
         );
         let e = Settings::parse(r#"{"nodes": {}}"#).unwrap_err();
-        assert!(e.contains("nodes.zones"), "{e}");
+        assert_eq!(e.field, "nodes.zones", "{e}");
         let e = Settings::parse(r#"{"pools": [{"pool": "a"}, {"pool": "a"}]}"#).unwrap_err();
-        assert!(e.contains("pools[1].pool"), "{e}");
+        assert_eq!(e.field, "pools[1].pool", "{e}");
         let e = Settings::parse(r#"{"half_life": 3}"#).unwrap_err();
-        assert!(e.contains("unknown field `half_life`"), "{e}");
+        assert!(e.problem.contains("unknown field `half_life`"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub enum AutoscaleError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("autoscaler settings: {0}")]
-    Settings(String),
+    Settings(#[source] crate::domain::FieldError),
 }
 
 /// No EC2: the type of `Autoscaler::ec2` when clusters have fixed capacity (the local
