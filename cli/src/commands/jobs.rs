@@ -110,12 +110,15 @@ pub async fn wait_for(api: &Api, job_id: &str, progress: bool) -> anyhow::Result
     loop {
         let job = api.get(&format!("/v1/jobs/{job_id}")).await?;
         let state = job["state"].as_str().unwrap_or("");
-        let done = matches!(state, "SUCCEEDED" | "FAILED" | "CANCELLED");
+        let done = state
+            .parse::<batchplane::JobState>()
+            .is_ok_and(|s| s.is_terminal());
         if progress {
             let total = job["total_tasks"].as_u64().unwrap_or(0).max(1);
-            let finished: u64 = ["SUCCEEDED", "FAILED", "CANCELLED"]
+            let finished: u64 = batchplane::TaskState::ALL
                 .iter()
-                .map(|s| job["task_counts"][s].as_u64().unwrap_or(0))
+                .filter(|s| s.is_terminal())
+                .map(|s| job["task_counts"][s.as_str()].as_u64().unwrap_or(0))
                 .sum();
             let width = 30;
             let filled = (finished * width / total) as usize;

@@ -105,10 +105,13 @@ impl Service {
         let mut reasons = Vec::new();
         self.job_reasons(&job, &mut reasons).await?;
         if !job.state.is_terminal() {
-            let waiting: Vec<String> = ["PENDING", "RUNNABLE", "RUNNING"]
+            // The open states but STARTING, which no task is in (a claim goes straight
+            // to RUNNING).
+            let waiting: Vec<String> = TaskState::OPEN
                 .iter()
+                .filter(|s| **s != TaskState::Starting)
                 .filter_map(|s| {
-                    let n = view.task_counts.get(*s).copied().unwrap_or(0);
+                    let n = view.task_counts.get(s.as_str()).copied().unwrap_or(0);
                     (n > 0).then(|| format!("{n} {s}"))
                 })
                 .collect();

@@ -108,7 +108,7 @@ impl Harness {
         let status = r.status().as_u16();
         Response {
             status,
-            body: r.json().await.unwrap_or(Value::Null),
+            body: body_of(r).await,
         }
     }
 
@@ -123,7 +123,7 @@ impl Harness {
         let status = r.status().as_u16();
         Response {
             status,
-            body: r.json().await.unwrap_or(Value::Null),
+            body: body_of(r).await,
         }
     }
 
@@ -132,7 +132,7 @@ impl Harness {
         let status = r.status().as_u16();
         Response {
             status,
-            body: r.json().await.unwrap_or(Value::Null),
+            body: body_of(r).await,
         }
     }
 
@@ -256,6 +256,19 @@ impl Harness {
             .await
             .unwrap_or_else(|e| panic!("shutting the stack down: {e:#}"));
     }
+}
+
+/// A response's body as JSON; a body that is not JSON is kept as a string (an error page
+/// or a plain-text refusal), so an assertion on it shows what came back.
+async fn body_of(r: reqwest::Response) -> Value {
+    let text = r
+        .text()
+        .await
+        .unwrap_or_else(|e| format!("(the body could not be read: {e})"));
+    if text.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
 }
 
 /// A task view's attempts, or a panic that shows the task.
