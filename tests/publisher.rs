@@ -282,7 +282,7 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
             // While it runs, its token is where the schedule's heartbeats read them
             // (moto answers SendTaskHeartbeat with InvalidToken even for a live token,
             // so the heartbeat itself cannot be sent here).
-            // The events function records it from the job's submission record, on a
+            // The publisher function records it from the job's submission record, on a
             // stream poller of its own, so it may come a moment after the task starts.
             h.wait_task(&job, "step", "RUNNING", Duration::from_secs(30))
                 .await;

@@ -1,4 +1,4 @@
-//! The events function: a DynamoDB stream batch (the table's second consumer) is
+//! The publisher function: a DynamoDB stream batch (the table's second consumer) is
 //! published as job and task state changes, with the records to retry reported back
 //! (`ReportBatchItemFailures`); a scheduled event sends Step Functions heartbeats.
 

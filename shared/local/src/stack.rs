@@ -362,7 +362,7 @@ async fn serve_api(
 }
 
 /// Job state changes go to an event bus of the stack's own on moto (named after its
-/// table), as the events function sends them to the deployment's bus.
+/// table), as the publisher function sends them to the deployment's bus.
 async fn publisher(
     shared: &aws_config::SdkConfig,
     store: &Store,
