@@ -41,8 +41,11 @@ impl PriceTable {
     pub fn shipped() -> &'static PriceTable {
         static TABLE: OnceLock<PriceTable> = OnceLock::new();
         TABLE.get_or_init(|| {
-            serde_json::from_str(include_str!("../data/ec2-prices.json"))
-                .expect("shared/domain/data/ec2-prices.json is checked by a unit test")
+            // Built into the binary and parsed by a unit test, so this cannot fail in a
+            // build that passed its tests; if it does, say where and why.
+            serde_json::from_str(include_str!("../data/ec2-prices.json")).unwrap_or_else(|e| {
+                panic!("shared/domain/data/ec2-prices.json is not a price table: {e}")
+            })
         })
     }
 

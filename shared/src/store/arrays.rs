@@ -257,15 +257,7 @@ impl Store {
         it.insert("attempt".into(), n(0));
         it.insert("created_at".into(), n(now));
         it.insert("finished_at".into(), n(now));
-        Ok(send_if(
-            self.ddb
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(it))
-                .condition_expression("attribute_not_exists(pk)"),
-        )
-        .await?
-        .is_some())
+        self.put_if_absent(it).await
     }
 
     /// Close an array job that cannot run (a dependency failed, or it was cancelled

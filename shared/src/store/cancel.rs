@@ -33,13 +33,7 @@ impl Store {
             values.insert(":reason".into(), s(r));
         }
         Ok(send_if(
-            self.ddb
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key(
-                    task_pk(&task.job_id, task.shard),
-                    task_sk(&task.task_id),
-                )))
+            self.update_task(task)
                 .update_expression(update)
                 .condition_expression(state_in(transition.from()))
                 .set_expression_attribute_values(Some(values))
@@ -70,13 +64,7 @@ impl Store {
                 }
                 st if TaskState::LEASED.contains(&st) => {
                     if send_if(
-                        self.ddb
-                            .update_item()
-                            .table_name(&self.table)
-                            .set_key(Some(key(
-                                task_pk(&current.job_id, current.shard),
-                                task_sk(&current.task_id),
-                            )))
+                        self.update_task(&current)
                             .update_expression("SET cancel_requested = :true")
                             .condition_expression(state_in(&TaskState::LEASED))
                             .expression_attribute_values(":true", AttributeValue::Bool(true))

@@ -303,13 +303,7 @@ impl Store {
         lease: Duration,
     ) -> Result<Heartbeat, StoreError> {
         let held = send_if(
-            self.ddb
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key(
-                    task_pk(&task.job_id, task.shard),
-                    task_sk(&task.task_id),
-                )))
+            self.update_task(task)
                 .update_expression("SET lease_expires = :lease")
                 .condition_expression(holder_condition())
                 .expression_attribute_values(":lease", n(self.now() + lease.as_millis() as i64))
@@ -363,13 +357,7 @@ impl Store {
             values.insert(":job".into(), s(&task.job_id));
         }
         let mut req = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                task_pk(&task.job_id, task.shard),
-                task_sk(&task.task_id),
-            )))
+            .update_task(task)
             .condition_expression(holder_condition())
             .set_expression_attribute_values(Some(values))
             .set_expression_attribute_names(Some(

@@ -2,7 +2,7 @@
 //! and folded into the job's running total.
 
 use super::item::*;
-use super::request::{send, send_if, send_unless_cancelled};
+use super::request::{send, send_unless_cancelled};
 use super::{Store, StoreError};
 use crate::domain::{TaskCounts, Usage};
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -29,15 +29,7 @@ impl Store {
                 it.insert(usage_attr(field), n(v));
             }
         }
-        Ok(send_if(
-            self.ddb
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(it))
-                .condition_expression("attribute_not_exists(pk)"),
-        )
-        .await?
-        .is_some())
+        self.put_if_absent(it).await
     }
 
     /// A job's counts of tasks by state and its resource usage: the sum of its batch

@@ -111,13 +111,7 @@ impl Store {
             return Ok(false);
         }
         let mut req = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                task_pk(&now.job_id, now.shard),
-                task_sk(&now.task_id),
-            )))
+            .update_task(&now)
             .update_expression(format!("SET {runnable}"))
             .condition_expression(release)
             .expression_attribute_values(":runnable", s(TaskState::Runnable.as_str()))
@@ -135,14 +129,7 @@ impl Store {
         root: &str,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        Ok(send_if(self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                task_pk(&dependent.job_id, dependent.shard),
-                task_sk(&dependent.task_id),
-            )))
+        Ok(send_if(self.update_task(dependent)
             .update_expression("SET #state = :failed, reason = :reason, failed_dependency = :root, finished_at = :now, failed_in = :job")
             .expression_attribute_values(":job", s(&dependent.job_id))
             .condition_expression(state_in(TaskTransition::FailDependent.from()))

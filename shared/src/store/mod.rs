@@ -96,6 +96,34 @@ impl Store {
         &self.table
     }
 
+    /// An UpdateItem of `task`'s item; the caller adds the update and its condition.
+    pub(crate) fn update_task(
+        &self,
+        task: &crate::domain::TaskRecord,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                task_pk(&task.job_id, task.shard),
+                task_sk(&task.task_id),
+            )))
+    }
+
+    /// Put `item` unless an item with its key exists; whether it was written (a marker
+    /// or record written once, whoever asks how often).
+    pub(crate) async fn put_if_absent(&self, item: Item) -> Result<bool, StoreError> {
+        Ok(request::send_if(
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)"),
+        )
+        .await?
+        .is_some())
+    }
+
     /// One item by key, read consistently.
     async fn read_item(&self, k: Item) -> Result<Option<Item>, StoreError> {
         let out = send(

@@ -28,8 +28,10 @@ impl TestEmulators {
             },
             _ => {
                 let dir = scratch_dir("emulators");
-                let own = Emulators::start(&dir, free_port().unwrap(), free_port().unwrap())
-                    .expect("starting emulators (or set BATCHPLANE_TEST_DYNAMODB_URL and BATCHPLANE_TEST_SQS_URL)");
+                let port = || free_port().unwrap_or_else(|e| panic!("finding a free port: {e}"));
+                let own = Emulators::start(&dir, port(), port()).unwrap_or_else(|e| {
+                    panic!("starting emulators (or set BATCHPLANE_TEST_DYNAMODB_URL and BATCHPLANE_TEST_SQS_URL): {e:#}")
+                });
                 TestEmulators {
                     dynamodb_url: own.dynamodb_url.clone(),
                     sqs_url: own.sqs_url.clone(),
@@ -45,13 +47,14 @@ pub fn scratch_dir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir()
         .join("batchplane-tests")
         .join(format!("{what}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     dir
 }
 
 /// A binary built beside the test executable (`target/debug/NAME`).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
+    let exe =
+        std::env::current_exe().unwrap_or_else(|e| panic!("finding the test executable: {e}"));
     for dir in exe.ancestors().skip(1).take(2) {
         let p = dir.join(name);
         if p.is_file() {
@@ -78,13 +81,15 @@ impl Harness {
     pub async fn start(configure: impl FnOnce(&mut StackOptions)) -> Harness {
         let emulators = TestEmulators::get();
         let dir = scratch_dir("stack");
-        let mut opts =
-            StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir).unwrap();
+        let mut opts = StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir)
+            .unwrap_or_else(|e| panic!("the stack's options: {e:#}"));
         opts.workers = 2;
         opts.worker_cpus = 8.0;
         opts.taskhost = binary("taskhost");
         configure(&mut opts);
-        let stack = LocalStack::start(opts).await.expect("local stack starts");
+        let stack = LocalStack::start(opts)
+            .await
+            .unwrap_or_else(|e| panic!("starting the local stack: {e:#}"));
         Harness {
             stack,
             http: reqwest::Client::new(),
@@ -104,7 +109,7 @@ impl Harness {
             .body(body.to_string())
             .send()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
         let status = r.status().as_u16();
         Response {
             status,
@@ -128,7 +133,12 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let r = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let status = r.status().as_u16();
         Response {
             status,
@@ -140,7 +150,10 @@ impl Harness {
     pub async fn submit(&self, spec: &str) -> String {
         let r = self.post("/v1/jobs", spec).await;
         assert_eq!(r.status, 201, "submit failed: {}", r.body);
-        r.body["job_id"].as_str().unwrap().to_string()
+        r.body["job_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no job_id in the submission's answer: {}", r.body))
+            .to_string()
     }
 
     pub async fn job(&self, job_id: &str) -> Value {
@@ -213,7 +226,10 @@ impl Harness {
             }
             let r = self.get(&path).await;
             assert_eq!(r.status, 200, "{}", r.body);
-            let page = r.body["tasks"].as_array().unwrap().clone();
+            let page = r.body["tasks"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no tasks in the page: {}", r.body))
+                .clone();
             assert!(page.len() <= limit);
             out.extend(page);
             match r.body["next_token"].as_str() {

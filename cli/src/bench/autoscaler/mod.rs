@@ -99,6 +99,14 @@ pub fn run(args: &SimArgs) -> anyhow::Result<u8> {
         );
     };
     let traces = traces_of(args)?;
+    let node_config = PriceTable::shipped()
+        .launch_config(&instance.name, "us-east-1a", Purchase::OnDemand)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--instance-type {}: the price table has no on-demand launch config for it in us-east-1a",
+                instance.name
+            )
+        })?;
     println!(
         "nodes: {} on-demand ${}/h (price table {}), {} workers of {SLOTS} slots a node; worker start {} s, node boot {} s, tick {} s",
         instance.name,
@@ -109,11 +117,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<u8> {
             memory_mib: 4096 * u64::from(SLOTS),
             gpus: 0
         }
-        .per_node(
-            &PriceTable::shipped()
-                .launch_config(&instance.name, "us-east-1a", Purchase::OnDemand)
-                .expect("in the table")
-        ),
+        .per_node(&node_config),
         args.worker_start_seconds,
         args.node_boot_seconds,
         args.tick_seconds
