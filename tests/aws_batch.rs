@@ -16,14 +16,28 @@ fn clients_python() -> PathBuf {
 }
 
 async fn scenario(name: &str, configure: impl FnOnce(&mut batchplane_local::StackOptions)) {
+    scenario_with_grants(name, configure, &[]).await
+}
+
+/// A scenario after granting `(principal, team, role)`s.
+async fn scenario_with_grants(
+    name: &str,
+    configure: impl FnOnce(&mut batchplane_local::StackOptions),
+    grants: &[(&str, &str, &str)],
+) {
     let h = Harness::start(|o| {
         // Timeouts of a few seconds keep the timeout scenario short; AWS's floor is 60 s.
         o.min_attempt_seconds = 1;
         // The scenarios' job queue: workers serve it beside the default one.
         o.queues = vec!["default".into(), "jq".into()];
+        // boto3's and the AWS CLI's keys are the deployment's admins here.
+        o.admins.extend(["AKIDBATCHTEST".into(), "AKIDCLI".into()]);
         configure(o)
     })
     .await;
+    for (principal, team, role) in grants {
+        h.grant(principal, Some(team), role).await;
+    }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/batch_clients.py");
     let api = h.stack.api_url.clone();
     let python = clients_python();
@@ -46,6 +60,19 @@ async fn scenario(name: &str, configure: impl FnOnce(&mut batchplane_local::Stac
         "scenario {name} failed\n{stdout}\n{stderr}"
     );
     println!("{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_teams_jobs_and_definitions_do_not_exist_through_boto3() {
+    scenario_with_grants(
+        "tenancy",
+        |o| o.workers = 0,
+        &[
+            ("AKIDALICE", "research", "member"),
+            ("AKIDBOB", "finance", "member"),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

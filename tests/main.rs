@@ -11,5 +11,6 @@ mod e2e;
 mod placement;
 mod publisher;
 mod quotas;
+mod tenancy;
 mod tiers;
 mod triggers;

@@ -7,15 +7,15 @@ use std::time::Duration;
 pub struct Api {
     base: String,
     http: reqwest::Client,
-    /// The region to sign for when the API is a deployed one (API Gateway with IAM
-    /// authorization); `None` for the local stack.
+    /// The region to sign for (see [`sigv4_region`]); `None`: unsigned.
     sigv4_region: Option<String>,
     credentials: tokio::sync::OnceCell<aws_credential_types::Credentials>,
 }
 
-/// The region a deployed API's URL names (`https://ID.execute-api.REGION.amazonaws.com`),
-/// or the environment's when `BATCHPLANE_API_SIGV4=1` asks for signing elsewhere (a
-/// custom domain).
+/// The region to sign for: the one a deployed API's URL names
+/// (`https://ID.execute-api.REGION.amazonaws.com`); elsewhere the environment's (default
+/// `us-east-1`) when `BATCHPLANE_API_SIGV4=1` asks for signing or `AWS_ACCESS_KEY_ID`
+/// gives credentials; else none (unsigned: `anonymous`).
 pub fn sigv4_region(base: &str) -> Option<String> {
     let host = base
         .split("://")
@@ -30,10 +30,16 @@ pub fn sigv4_region(base: &str) -> Option<String> {
             return Some(region.to_string());
         }
     }
-    if std::env::var("BATCHPLANE_API_SIGV4").is_ok_and(|v| v == "1") {
-        return std::env::var("AWS_REGION")
-            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-            .ok();
+    // Elsewhere (a custom domain, the local stack), sign when asked to or when given
+    // credentials: the local stack takes the key id as the caller.
+    let asked = std::env::var("BATCHPLANE_API_SIGV4").is_ok_and(|v| v == "1");
+    let has_key = std::env::var("AWS_ACCESS_KEY_ID").is_ok_and(|v| !v.is_empty());
+    if asked || has_key {
+        return Some(
+            std::env::var("AWS_REGION")
+                .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|_| "us-east-1".into()),
+        );
     }
     None
 }
@@ -196,7 +202,9 @@ mod tests {
             sigv4_region("https://a1b2c3.execute-api.eu-west-1.amazonaws.com").as_deref(),
             Some("eu-west-1")
         );
-        assert_eq!(sigv4_region("http://127.0.0.1:8750"), None);
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            assert_eq!(sigv4_region("http://127.0.0.1:8750"), None);
+        }
     }
 
     #[test]

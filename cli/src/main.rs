@@ -4,7 +4,7 @@ mod bench;
 mod client;
 mod commands;
 
-use commands::{admin, autoscaler, dev, jobs, repro};
+use commands::{access, admin, autoscaler, dev, jobs, repro};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -118,6 +118,13 @@ enum Command {
     },
     /// Launch configs marked capacity-limited (EC2 gave fewer nodes than asked), with
     /// the reason and when the mark expires.
+    /// Who may do what: the grants (admins only); `grant`, `revoke`, `whoami`.
+    Access {
+        #[command(subcommand)]
+        command: Option<access::AccessCommand>,
+        #[arg(short = 'o', long, default_value = "text")]
+        output: jobs::Output,
+    },
     Capacity {
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
@@ -249,6 +256,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             admin::clusters(&api()?, command.as_ref(), *output).await
         }
         Command::Capacity { output } => admin::capacity(&api()?, *output).await,
+        Command::Access { command, output } => {
+            access::run(&api()?, command.as_ref(), *output).await
+        }
         Command::Autoscaler { command } => autoscaler::run(&api()?, command).await,
         Command::Templates { command } => autoscaler::templates(&api()?, command.as_ref()).await,
         Command::Dev { command } => dev::run(command).await,

@@ -40,6 +40,49 @@ pub struct Config {
     /// `BATCHPLANE_MIN_ATTEMPT_SECONDS`: the shortest attempt timeout a job may ask for
     /// (AWS Batch's floor, 60 s; the local stack's tests lower it).
     pub min_attempt_seconds: u64,
+    /// `BATCHPLANE_ADMINS`: comma-separated principals or ARN patterns that are admins
+    /// of the deployment (the template's `Admins` parameter).
+    pub admins: Vec<String>,
+    /// `BATCHPLANE_IDENTITY`: `iam` (the principal API Gateway authenticated) or
+    /// `access-key-id` (the key id a SigV4 header names, unchecked: the local stack).
+    pub identity: IdentitySource,
+}
+
+/// Where the API reads who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentitySource {
+    /// The IAM principal in API Gateway's request context; nothing the caller writes
+    /// in a header or body counts. No context: `anonymous`.
+    #[default]
+    Iam,
+    /// The access key id of the request's SigV4 `Authorization` header, taken on trust
+    /// without checking the signature (the local stack, which has no IAM). No header:
+    /// `anonymous`.
+    AccessKeyId,
+}
+
+impl std::str::FromStr for IdentitySource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "iam" => Ok(IdentitySource::Iam),
+            "access-key-id" => Ok(IdentitySource::AccessKeyId),
+            other => Err(format!("{other:?} is not iam or access-key-id")),
+        }
+    }
+}
+
+/// A comma-separated list of principals or patterns, each checked.
+pub fn parse_admins(list: &str) -> Result<Vec<String>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            crate::domain::access::check_principal(a)
+                .map(|()| a.to_string())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 impl Default for Config {
@@ -56,6 +99,8 @@ impl Default for Config {
             arns: crate::aws_batch::ArnContext::default(),
             event_bus: "default".into(),
             min_attempt_seconds: 60,
+            admins: Vec::new(),
+            identity: IdentitySource::Iam,
         }
     }
 }
@@ -106,6 +151,19 @@ impl Config {
             arns: crate::aws_batch::ArnContext::current().clone(),
             event_bus: var("BATCHPLANE_EVENT_BUS").unwrap_or(d.event_bus),
             min_attempt_seconds: number("BATCHPLANE_MIN_ATTEMPT_SECONDS", d.min_attempt_seconds)?,
+            admins: parse_admins(&var("BATCHPLANE_ADMINS").unwrap_or_default()).map_err(
+                |problem| ConfigError::Invalid {
+                    name: "BATCHPLANE_ADMINS",
+                    problem,
+                },
+            )?,
+            identity: match var("BATCHPLANE_IDENTITY") {
+                None => IdentitySource::Iam,
+                Some(v) => v.parse().map_err(|problem| ConfigError::Invalid {
+                    name: "BATCHPLANE_IDENTITY",
+                    problem,
+                })?,
+            },
         })
     }
 

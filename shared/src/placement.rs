@@ -3,7 +3,8 @@
 //! here. Team quotas and cluster registrations are validated field by field before
 //! anything is written.
 
-use crate::api::{ApiError, Service};
+use crate::api::{ApiError, Need, Service};
+use crate::domain::access::Access;
 use crate::domain::placement::{check_label, PlacementRequest, Resources};
 use crate::store::placement::{ClusterRecord, ClusterRegistration, TeamRecord};
 use crate::store::{now_ms, Store, StoreError};
@@ -123,7 +124,10 @@ pub struct ClusterSpec {
     pub capacity: Resources,
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(what: &str, body: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    what: &str,
+    body: &str,
+) -> Result<T, ApiError> {
     serde_json::from_str(body).map_err(|e| {
         ApiError::bad_request(
             format!("{what}: {e}"),
@@ -202,15 +206,24 @@ fn store_error_for_missing(e: StoreError, what: String) -> ApiError {
 
 impl Service {
     /// Create a team or replace its quota (`PUT /v1/teams/{team}`).
-    pub async fn set_team(&self, team: &str, body: &str) -> Result<TeamRecord, ApiError> {
+    pub async fn set_team(
+        &self,
+        who: &Access,
+        team: &str,
+        body: &str,
+    ) -> Result<TeamRecord, ApiError> {
+        Self::require_admin(who, "set team quotas")?;
         check_team(team)?;
         let spec: TeamSpec = parse_body("team", body)?;
         self.store.set_team_quota(team, &spec.quota).await?;
-        self.team(team).await
+        self.team(who, team).await
     }
 
     /// One team's quota, usage, workers per cluster and last refusals.
-    pub async fn team(&self, team: &str) -> Result<TeamRecord, ApiError> {
+    pub async fn team(&self, who: &Access, team: &str) -> Result<TeamRecord, ApiError> {
+        Self::require_on_team(who, team, Need::View, || {
+            ApiError::not_found(format!("team {team:?} has no quota"))
+        })?;
         self.store
             .team(team)
             .await?
@@ -218,24 +231,30 @@ impl Service {
             .ok_or_else(|| ApiError::not_found(format!("team {team:?} has no quota")))
     }
 
-    pub async fn teams(&self) -> Result<Vec<TeamRecord>, ApiError> {
-        Ok(self.store.teams().await?)
+    /// The teams the caller may see.
+    pub async fn teams(&self, who: &Access) -> Result<Vec<TeamRecord>, ApiError> {
+        let mut teams = self.store.teams().await?;
+        teams.retain(|t| who.can_view(&t.quota.team));
+        Ok(teams)
     }
 
     /// Register or update a cluster (`PUT /v1/clusters/{name}`).
     pub async fn register_cluster(
         &self,
+        who: &Access,
         name: &str,
         body: &str,
     ) -> Result<ClusterRecord, ApiError> {
+        Self::require_admin(who, "register clusters")?;
         check_name("name", name)?;
         let spec: ClusterSpec = parse_body("cluster", body)?;
         let reg = spec.registration(name)?;
         self.store.register_cluster(name, &reg).await?;
-        self.cluster(name).await
+        self.cluster(who, name).await
     }
 
-    pub async fn cluster(&self, name: &str) -> Result<ClusterRecord, ApiError> {
+    pub async fn cluster(&self, who: &Access, name: &str) -> Result<ClusterRecord, ApiError> {
+        Self::require_admin(who, "look at clusters")?;
         self.store
             .clusters()
             .await?
@@ -244,34 +263,45 @@ impl Service {
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))
     }
 
-    pub async fn clusters(&self) -> Result<Vec<ClusterRecord>, ApiError> {
+    pub async fn clusters(&self, who: &Access) -> Result<Vec<ClusterRecord>, ApiError> {
+        Self::require_admin(who, "look at clusters")?;
         Ok(self.store.clusters().await?)
     }
 
     /// Enable or disable a cluster: a disabled one gets no new placements.
     pub async fn set_cluster_enabled(
         &self,
+        who: &Access,
         name: &str,
         enabled: bool,
     ) -> Result<ClusterRecord, ApiError> {
+        Self::require_admin(who, "enable or disable clusters")?;
         self.store
             .set_cluster_enabled(name, enabled)
             .await
             .map_err(|e| store_error_for_missing(e, format!("no cluster named {name:?}")))?;
-        self.cluster(name).await
+        self.cluster(who, name).await
     }
 
     /// Launch configs marked capacity-limited now (`GET /v1/capacity`).
     pub async fn capacity_marks(
         &self,
+        who: &Access,
     ) -> Result<Vec<crate::store::capacity::CapacityMark>, ApiError> {
+        Self::require_admin(who, "look at capacity marks")?;
         Ok(self.store.capacity_marks(now_ms()).await?)
     }
 
     /// Store a job template (`PUT /v1/templates/{name}`): a job spec, YAML or JSON, with
     /// `{{ $.path }}` references into the event that will trigger it. References are
     /// checked now; the rendered spec is checked like any submission when it is used.
-    pub async fn put_template(&self, name: &str, body: &str) -> Result<Value, ApiError> {
+    pub async fn put_template(
+        &self,
+        who: &Access,
+        name: &str,
+        body: &str,
+    ) -> Result<Value, ApiError> {
+        Self::require_admin(who, "store job templates")?;
         check_name("name", name)?;
         let template: Value = serde_yaml::from_str(body).map_err(|e| {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
@@ -288,7 +318,22 @@ impl Service {
         }
         crate::domain::template::check(&template)
             .map_err(|e| ApiError::bad_request(format!("template {e}"), json!({"field": e.at})))?;
-        let doc = json!({"name": name, "template": template, "updated_at": now_ms()});
+        // The team its jobs run as is fixed here, by the admin storing it: an event
+        // cannot choose it.
+        let team = match template.get("team") {
+            None => crate::domain::access::DEFAULT_TEAM.to_string(),
+            Some(Value::String(t)) if !t.contains("{{") => {
+                check_team(t)?;
+                t.clone()
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "template field `team`: must be a team's name, not taken from the event",
+                    json!({"field": "team"}),
+                ))
+            }
+        };
+        let doc = json!({"name": name, "team": team, "template": template, "updated_at": now_ms()});
         let kind = crate::store::registry::ResourceKind::JobTemplate;
         if !self.store.put_resource(kind, name, &doc, true).await? {
             self.store.put_resource(kind, name, &doc, false).await?;
@@ -296,14 +341,20 @@ impl Service {
         Ok(doc)
     }
 
-    pub async fn template(&self, name: &str) -> Result<Value, ApiError> {
+    pub async fn template(&self, who: &Access, name: &str) -> Result<Value, ApiError> {
+        Self::require_admin(who, "look at job templates")?;
+        self.stored_template(name).await
+    }
+
+    async fn stored_template(&self, name: &str) -> Result<Value, ApiError> {
         self.store
             .get_resource(crate::store::registry::ResourceKind::JobTemplate, name)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("no job template {name}")))
     }
 
-    pub async fn templates(&self) -> Result<Vec<Value>, ApiError> {
+    pub async fn templates(&self, who: &Access) -> Result<Vec<Value>, ApiError> {
+        Self::require_admin(who, "look at job templates")?;
         Ok(self
             .store
             .list_resources(crate::store::registry::ResourceKind::JobTemplate, "")
@@ -312,12 +363,22 @@ impl Service {
 
     /// Render a template against an event and submit the job, once per event id (a
     /// redelivered event gets the job the first delivery submitted).
+    /// The job goes to the template's team, which `who` must be a member of (the
+    /// trigger function is an admin).
     pub async fn submit_from_template(
         &self,
+        who: &Access,
         name: &str,
         event: &Value,
     ) -> Result<crate::api::Submitted, ApiError> {
-        let doc = self.template(name).await?;
+        let doc = self.stored_template(name).await?;
+        let team = doc["team"]
+            .as_str()
+            .unwrap_or(crate::domain::access::DEFAULT_TEAM)
+            .to_string();
+        Self::require_on_team(who, &team, Need::Act, || {
+            ApiError::not_found(format!("no job template {name}"))
+        })?;
         let event_id = event["id"]
             .as_str()
             .filter(|s| !s.is_empty())
@@ -327,18 +388,23 @@ impl Service {
                     json!({"field": "id"}),
                 )
             })?;
-        let spec = crate::domain::template::render(&doc["template"], event).map_err(|e| {
+        let mut spec = crate::domain::template::render(&doc["template"], event).map_err(|e| {
             ApiError::bad_request(
                 format!("template {name}: {e}"),
                 json!({"template": name, "field": e.at, "event_id": event_id}),
             )
         })?;
-        self.submit_job(&spec.to_string(), Some(&format!("event:{event_id}")))
+        spec["team"] = json!(team);
+        self.submit_job(who, &spec.to_string(), Some(&format!("event:{event_id}")))
             .await
     }
 
     /// The autoscaler's settings (the defaults until some are stored).
-    pub async fn autoscaler_settings(&self) -> Result<crate::scaling::Settings, ApiError> {
+    pub async fn autoscaler_settings(
+        &self,
+        who: &Access,
+    ) -> Result<crate::scaling::Settings, ApiError> {
+        Self::require_admin(who, "look at the autoscaler's settings")?;
         Ok(self.store.autoscaler_settings().await?.unwrap_or_default())
     }
 
@@ -346,8 +412,10 @@ impl Service {
     /// are refused with the field named, and the stored ones stay.
     pub async fn set_autoscaler_settings(
         &self,
+        who: &Access,
         body: &str,
     ) -> Result<crate::scaling::Settings, ApiError> {
+        Self::require_admin(who, "change the autoscaler's settings")?;
         let settings: crate::scaling::Settings = parse_body("autoscaler settings", body)?;
         settings.check().map_err(|e| {
             ApiError::bad_request(
@@ -363,13 +431,16 @@ impl Service {
     /// The newest autoscaler decisions, newest first.
     pub async fn autoscaler_history(
         &self,
+        who: &Access,
         limit: usize,
     ) -> Result<Vec<crate::scaling::Decision>, ApiError> {
+        Self::require_admin(who, "look at the autoscaler's history")?;
         Ok(self.store.decisions(limit).await?)
     }
 
     /// A placement call through the API (`POST /v1/placements`).
-    pub async fn placement(&self, body: &str) -> Result<Value, ApiError> {
+    pub async fn placement(&self, who: &Access, body: &str) -> Result<Value, ApiError> {
+        Self::require_admin(who, "call placement")?;
         let call: PlacementCall = parse_body("placement call", body)?;
         handle(&self.store, self.reservation_lease, call).await
     }

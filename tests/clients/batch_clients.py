@@ -91,6 +91,80 @@ def client_error(fn, *args, **kw):
     raise AssertionError(f"{fn.__name__} succeeded; expected a ClientException")
 
 
+def client_for(key):
+    return boto3.client("batch", endpoint_url=URL, region_name="us-east-1",
+                        aws_access_key_id=key, aws_secret_access_key="secret")
+
+
+def denied(fn, *args, **kw):
+    """The call is refused as IAM refuses one: AccessDeniedException, 403."""
+    try:
+        fn(*args, **kw)
+    except botocore.exceptions.ClientError as e:
+        check(e.response["Error"]["Code"] == "AccessDeniedException", f"error code {e.response['Error']}")
+        check(e.response["ResponseMetadata"]["HTTPStatusCode"] == 403, "status 403")
+        return e.response["Error"]["Message"]
+    raise AssertionError(f"{fn.__name__} succeeded; expected AccessDeniedException")
+
+
+def tenancy():
+    """AKIDALICE is a member of research, AKIDBOB of finance (granted by the test before
+    this runs); AKIDNOBODY has no role. Bob cannot see or touch Alice's job or
+    definition, nor submit as research; neither can change the shared resources."""
+    setup()
+    alice, bob, nobody = client_for("AKIDALICE"), client_for("AKIDBOB"), client_for("AKIDNOBODY")
+    alice.register_job_definition(
+        jobDefinitionName="research-sh", type="container",
+        containerProperties={"image": "unused", "command": ["sh", "-c", "echo SECRET=$TOKEN; sleep 30"],
+                             "environment": [{"name": "TOKEN", "value": "research-secret"}],
+                             "resourceRequirements": [{"type": "VCPU", "value": "0.5"},
+                                                      {"type": "MEMORY", "value": "128"}]})
+    mine = alice.describe_job_definitions(jobDefinitionName="research-sh")["jobDefinitions"]
+    check(len(mine) == 1 and mine[0]["tags"]["batchplane:team"] == "research", mine)
+    job = alice.submit_job(jobName="private", jobQueue="jq", jobDefinition="research-sh")["jobId"]
+    check(alice.describe_jobs(jobs=[job])["jobs"][0]["jobId"] == job, "alice sees her job")
+
+    # To Bob the job and the definition do not exist.
+    check(bob.describe_jobs(jobs=[job])["jobs"] == [], "bob's describe_jobs shows nothing")
+    for status in ["SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"]:
+        listed = bob.list_jobs(jobQueue="jq", jobStatus=status)["jobSummaryList"]
+        check(all(x["jobId"] != job for x in listed), f"bob lists alice's job as {status}")
+    check(bob.describe_job_definitions(jobDefinitionName="research-sh")["jobDefinitions"] == [],
+          "bob sees alice's definition")
+    msg = client_error(bob.cancel_job, jobId=job, reason="mine now")
+    check("does not exist" in msg, msg)
+    msg = client_error(bob.terminate_job, jobId=job, reason="mine now")
+    check("does not exist" in msg, msg)
+    msg = client_error(bob.list_tags_for_resource, resourceArn=f"arn:aws:batch:us-east-1:000000000000:job/{job}")
+    check("does not exist" in msg, msg)
+    msg = client_error(bob.submit_job, jobName="x", jobQueue="jq", jobDefinition="research-sh")
+    check("does not exist" in msg, msg)
+    msg = client_error(bob.register_job_definition, jobDefinitionName="research-sh", type="container",
+                       containerProperties={"image": "x", "command": ["true"], "vcpus": 1, "memory": 64})
+    check("another team" in msg, msg)
+    # Bob may not submit as research, nor change what all teams share.
+    bob.register_job_definition(jobDefinitionName="finance-sh", type="container",
+                                containerProperties={"image": "x", "command": ["true"], "vcpus": 1, "memory": 64})
+    msg = denied(bob.submit_job, jobName="x", jobQueue="jq", jobDefinition="finance-sh",
+                 shareIdentifier="research")
+    check("research" in msg and "AKIDBOB" in msg, msg)
+    denied(bob.create_job_queue, jobQueueName="bobs", state="ENABLED", priority=1,
+           computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "jq-ce"}])
+    denied(bob.update_job_queue, jobQueue="jq", priority=99)
+    denied(bob.delete_compute_environment, computeEnvironment="jq-ce")
+    denied(bob.create_scheduling_policy, name="bobs")
+    check(bob.describe_job_queues()["jobQueues"][0]["priority"] == 10, "the queue is unchanged")
+    # Someone with no role sees none of it.
+    check(nobody.describe_job_queues()["jobQueues"] == [], "nobody sees queues")
+    check(nobody.list_scheduling_policies()["schedulingPolicies"] == [], "nobody lists policies")
+    check(nobody.describe_jobs(jobs=[job])["jobs"] == [], "nobody sees the job")
+    denied(nobody.submit_job, jobName="x", jobQueue="jq", jobDefinition="finance-sh")
+    # Alice's job is untouched by all of that, and she may stop it.
+    got = alice.describe_jobs(jobs=[job])["jobs"][0]
+    check(got["status"] in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"), got)
+    alice.terminate_job(jobId=job, reason="done")
+
+
 def resources():
     setup()
     ces = batch.describe_compute_environments(computeEnvironments=["jq-ce"])["computeEnvironments"]

@@ -56,6 +56,15 @@ pub struct StackArgs {
     /// Where the stack keeps its pid, logs and task output.
     #[arg(long, default_value = ".batchplane/dev")]
     pub state_dir: PathBuf,
+    /// Make no one an admin but those `--admin` names. Without it, unsigned requests
+    /// (`anonymous`) are the admin, so the quick start needs no credentials. The local
+    /// stack takes the access key id a request is signed with as the caller without
+    /// checking the signature.
+    #[arg(long)]
+    pub strict: bool,
+    /// More admins: access key ids or patterns, comma-separated.
+    #[arg(long = "admin", value_delimiter = ',')]
+    pub admins: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +139,13 @@ async fn start_stack(args: &StackArgs) -> anyhow::Result<(Emulators, LocalStack)
     }
     if !args.clusters.is_empty() {
         opts.clusters = args.clusters.clone();
+    }
+    if args.strict {
+        opts.admins.clear();
+    }
+    for a in &args.admins {
+        batchplane::domain::access::check_principal(a).context("--admin")?;
+        opts.admins.push(a.clone());
     }
     let stack = LocalStack::start(opts).await?;
     Ok((emulators, stack))

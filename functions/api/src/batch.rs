@@ -1,24 +1,29 @@
 //! AWS Batch's REST-JSON operations on the api function: the paths, bodies and error
 //! shapes `aws batch` and boto3 use, so existing tools work unchanged. Requests are
 //! SigV4-signed by those clients; in AWS, API Gateway's IAM authorizer checks the
-//! signature, and the access key it names is recorded as the caller.
+//! signature, and the principal it authenticated is the caller (see [`crate::identity`]).
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use batchplane::api::{ApiError, ErrorKind, Service};
 use batchplane::aws_batch::CLIENT;
+use batchplane::domain::access::Access;
 use serde_json::Value;
 use std::sync::Arc;
 
 /// AWS's error shape: the type in `x-amzn-ErrorType` and `__type`, and a `message`.
-fn error_response(e: ApiError) -> Response {
-    let (status, kind) = if e.kind.is_client() {
-        (StatusCode::BAD_REQUEST, CLIENT)
-    } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, "ServerException")
+/// A refusal of the caller is IAM's `AccessDeniedException` (403), as API Gateway
+/// answers a request its authorizer denies.
+pub fn error_response(e: ApiError) -> Response {
+    let (status, kind) = match e.kind {
+        ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "AccessDeniedException"),
+        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, CLIENT),
+        k if k.is_client() => (StatusCode::BAD_REQUEST, CLIENT),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "ServerException"),
     };
     let mut r = (
         status,
@@ -52,11 +57,11 @@ fn respond(r: Result<Value, ApiError>) -> Response {
     }
 }
 
-/// The access key of a SigV4 `Authorization` header (`Credential=<key>/<scope>`).
-pub fn caller(headers: &HeaderMap) -> Option<String> {
-    let auth = headers.get("authorization")?.to_str().ok()?;
-    let cred = auth.split("Credential=").nth(1)?;
-    Some(cred.split('/').next()?.to_string())
+/// The caller's access, or the AWS-shaped error that reading the grants gave.
+async fn access(svc: &Service, parts: &Parts) -> Result<Access, Response> {
+    svc.access_for(crate::identity::principal(parts, svc.identity))
+        .await
+        .map_err(error_response)
 }
 
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
@@ -87,14 +92,16 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 macro_rules! op {
-    ($name:ident, |$svc:ident, $input:ident, $caller:ident| $call:expr) => {
+    ($name:ident, |$svc:ident, $input:ident, $who:ident| $call:expr) => {
         async fn $name(
             State($svc): State<Arc<Service>>,
-            headers: HeaderMap,
+            parts: Parts,
             body: axum::body::Bytes,
         ) -> Response {
-            let $caller = caller(&headers);
-            let _ = &$caller;
+            let $who = match access(&$svc, &parts).await {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
             match parse_body(&body) {
                 Ok($input) => respond($call.await),
                 Err(e) => error_response(e),
@@ -104,53 +111,59 @@ macro_rules! op {
 }
 
 op!(submit_job, |svc, input, who| svc
-    .aws_submit_job(&input, who.as_deref()));
-op!(describe_jobs, |svc, input, who| svc.describe_jobs(&input));
-op!(list_jobs, |svc, input, who| svc.list_jobs(&input));
+    .aws_submit_job(&who, &input));
+op!(describe_jobs, |svc, input, who| svc
+    .describe_jobs(&who, &input));
+op!(list_jobs, |svc, input, who| svc.list_jobs(&who, &input));
 op!(cancel_job, |svc, input, who| svc
-    .aws_cancel_job(&input, false));
+    .aws_cancel_job(&who, &input, false));
 op!(terminate_job, |svc, input, who| svc
-    .aws_cancel_job(&input, true));
+    .aws_cancel_job(&who, &input, true));
 op!(register_job_definition, |svc, input, who| svc
-    .register_job_definition(&input));
+    .register_job_definition(&who, &input));
 op!(describe_job_definitions, |svc, input, who| svc
-    .describe_job_definitions(&input));
+    .describe_job_definitions(&who, &input));
 op!(deregister_job_definition, |svc, input, who| svc
-    .deregister_job_definition(&input));
+    .deregister_job_definition(&who, &input));
 op!(create_job_queue, |svc, input, who| svc
-    .create_job_queue(&input));
+    .create_job_queue(&who, &input));
 op!(describe_job_queues, |svc, input, who| svc
-    .describe_job_queues(&input));
+    .describe_job_queues(&who, &input));
 op!(update_job_queue, |svc, input, who| svc
-    .update_job_queue(&input));
+    .update_job_queue(&who, &input));
 op!(delete_job_queue, |svc, input, who| svc
-    .delete_job_queue(&input));
+    .delete_job_queue(&who, &input));
 op!(create_compute_environment, |svc, input, who| svc
-    .create_compute_environment(&input));
+    .create_compute_environment(&who, &input));
 op!(describe_compute_environments, |svc, input, who| svc
-    .describe_compute_environments(&input));
+    .describe_compute_environments(&who, &input));
 op!(update_compute_environment, |svc, input, who| svc
-    .update_compute_environment(&input));
+    .update_compute_environment(&who, &input));
 op!(delete_compute_environment, |svc, input, who| svc
-    .delete_compute_environment(&input));
+    .delete_compute_environment(&who, &input));
 op!(create_scheduling_policy, |svc, input, who| svc
-    .create_scheduling_policy(&input));
+    .create_scheduling_policy(&who, &input));
 op!(describe_scheduling_policies, |svc, input, who| svc
-    .describe_scheduling_policies(&input));
+    .describe_scheduling_policies(&who, &input));
 op!(list_scheduling_policies, |svc, input, who| svc
-    .list_scheduling_policies(&input));
+    .list_scheduling_policies(&who, &input));
 op!(update_scheduling_policy, |svc, input, who| svc
-    .update_scheduling_policy(&input));
+    .update_scheduling_policy(&who, &input));
 op!(delete_scheduling_policy, |svc, input, who| svc
-    .delete_scheduling_policy(&input));
+    .delete_scheduling_policy(&who, &input));
 
 async fn tag_resource(
     State(svc): State<Arc<Service>>,
     Path(arn): Path<String>,
+    parts: Parts,
     body: axum::body::Bytes,
 ) -> Response {
+    let who = match access(&svc, &parts).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     match parse_body(&body) {
-        Ok(input) => respond(svc.tag_resource(&arn, &input).await),
+        Ok(input) => respond(svc.tag_resource(&who, &arn, &input).await),
         Err(e) => error_response(e),
     }
 }
@@ -159,7 +172,12 @@ async fn untag_resource(
     State(svc): State<Arc<Service>>,
     Path(arn): Path<String>,
     RawQuery(query): RawQuery,
+    parts: Parts,
 ) -> Response {
+    let who = match access(&svc, &parts).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let keys: Vec<String> = query
         .unwrap_or_default()
         .split('&')
@@ -167,11 +185,19 @@ async fn untag_resource(
         .filter(|(k, _)| *k == "tagKeys")
         .map(|(_, v)| percent_decode(v))
         .collect();
-    respond(svc.untag_resource(&arn, &keys).await)
+    respond(svc.untag_resource(&who, &arn, &keys).await)
 }
 
-async fn list_tags(State(svc): State<Arc<Service>>, Path(arn): Path<String>) -> Response {
-    respond(svc.list_tags_for_resource(&arn).await)
+async fn list_tags(
+    State(svc): State<Arc<Service>>,
+    Path(arn): Path<String>,
+    parts: Parts,
+) -> Response {
+    let who = match access(&svc, &parts).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    respond(svc.list_tags_for_resource(&who, &arn).await)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -264,19 +290,6 @@ pub fn routes() -> Router<Arc<Service>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn caller_is_the_signing_access_key() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261122/us-east-1/batch/aws4_request, SignedHeaders=host, Signature=abc"
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(caller(&h).as_deref(), Some("AKIDEXAMPLE"));
-        assert_eq!(caller(&HeaderMap::new()), None);
-    }
 
     #[test]
     fn nulls_are_left_out_and_keys_decoded() {

@@ -2,6 +2,9 @@
 //! by `lambda_http` in AWS and by hyper in the local stack.
 
 pub mod batch;
+pub mod identity;
+
+use identity::Caller;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,17 +15,20 @@ use batchplane::api::{ApiError, ErrorKind, Service};
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// Request bodies larger than this are refused (a million-task spec is ~100 MB of YAML;
-/// API Gateway itself stops at 10 MB, so big jobs come in several requests).
-pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Request bodies larger than this are refused with a 413: it is what a Lambda invoked
+/// synchronously accepts (6 MB), so the local stack takes no more than AWS does.
+pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
-struct Error(ApiError);
+/// An error in the native API's JSON shape.
+pub struct Error(pub ApiError);
 
 /// The one place an error's kind becomes an HTTP status.
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::Invalid => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -77,11 +83,111 @@ pub fn router(service: Arc<Service>) -> Router {
             get(explain_task),
         )
         .route("/v1/jobs/{job_id}/cancel", post(cancel_job))
+        .route("/v1/access", get(list_access))
+        .route("/v1/access/me", get(whoami))
+        .route("/v1/access/grants", post(grant))
+        .route("/v1/access/revoke", post(revoke))
         .route("/healthz", get(|| async { "ok" }))
         .merge(batch::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(errors_in_json))
         .with_state(service)
+}
+
+/// Whether a path is one of the AWS Batch operations (`/v1/submitjob`, `/v1/tags/…`),
+/// whose errors take AWS's shape.
+pub fn is_batch_path(path: &str) -> bool {
+    const NATIVE: [&str; 8] = [
+        "jobs",
+        "teams",
+        "clusters",
+        "placements",
+        "capacity",
+        "autoscaler",
+        "templates",
+        "access",
+    ];
+    match path.strip_prefix("/v1/") {
+        Some(rest) if rest.starts_with("tags/") => true,
+        Some(rest) => !rest.contains('/') && !NATIVE.contains(&rest),
+        None => false,
+    }
+}
+
+/// Every refusal is JSON in its API's shape, including those axum makes itself before
+/// a handler runs (a body over the limit, a malformed query string, a method a route
+/// does not have).
+async fn errors_in_json(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let batch = is_batch_path(request.uri().path());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (kind, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            ErrorKind::TooLarge,
+            format!("request body: larger than {MAX_BODY_BYTES} bytes; send a big job in parts"),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            ErrorKind::Invalid,
+            format!("method {method} is not one this route takes"),
+        ),
+        s if s.is_client_error() => (ErrorKind::Invalid, text),
+        _ => (ErrorKind::Internal, text),
+    };
+    let code = match kind {
+        ErrorKind::TooLarge => "RequestTooLarge",
+        ErrorKind::Internal => "Internal",
+        _ => "BadRequest",
+    };
+    let error = ApiError::new(kind, code, message, serde_json::Value::Null);
+    let mut out = if batch {
+        batch::error_response(error)
+    } else {
+        Error(error).into_response()
+    };
+    // Keep the status axum chose (405 stays 405, 413 stays 413).
+    *out.status_mut() = status;
+    out
+}
+
+async fn list_access(State(svc): State<Arc<Service>>, Caller(who): Caller) -> Result<Response> {
+    Ok(Json(svc.access(&who).await?).into_response())
+}
+
+async fn whoami(Caller(who): Caller) -> Response {
+    Json(Service::whoami(&who)).into_response()
+}
+
+async fn grant(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    Ok((
+        StatusCode::CREATED,
+        Json(svc.grant(&who, body_text(&body)?).await?),
+    )
+        .into_response())
+}
+
+async fn revoke(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    Ok(Json(svc.revoke(&who, body_text(&body)?).await?).into_response())
 }
 
 async fn not_found() -> Error {
@@ -99,13 +205,16 @@ fn body_text(body: &axum::body::Bytes) -> Result<&str> {
 
 async fn submit_job(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response> {
     let key = headers
         .get("idempotency-key")
         .map(|v| v.to_str().unwrap_or_default().to_string());
-    let submitted = svc.submit_job(body_text(&body)?, key.as_deref()).await?;
+    let submitted = svc
+        .submit_job(&who, body_text(&body)?, key.as_deref())
+        .await?;
     let status = if submitted.created {
         StatusCode::CREATED
     } else {
@@ -118,8 +227,12 @@ async fn submit_job(
         .into_response())
 }
 
-async fn get_job(State(svc): State<Arc<Service>>, Path(job_id): Path<String>) -> Result<Response> {
-    Ok(Json(svc.get_job(&job_id).await?).into_response())
+async fn get_job(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    Path(job_id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.get_job(&who, &job_id).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -131,6 +244,7 @@ struct ListQuery {
 
 async fn list_tasks(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(job_id): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response> {
@@ -145,6 +259,7 @@ async fn list_tasks(
     };
     let page = svc
         .list_tasks(
+            &who,
             &job_id,
             q.state.as_deref().filter(|s| !s.is_empty()),
             limit,
@@ -156,9 +271,10 @@ async fn list_tasks(
 
 async fn get_task(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path((job_id, task_id)): Path<(String, String)>,
 ) -> Result<Response> {
-    Ok(Json(svc.get_task(&job_id, &task_id).await?).into_response())
+    Ok(Json(svc.get_task(&who, &job_id, &task_id).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -168,6 +284,7 @@ struct DaysQuery {
 
 async fn team_usage(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(team): Path<String>,
     Query(q): Query<DaysQuery>,
 ) -> Result<Response> {
@@ -180,115 +297,134 @@ async fn team_usage(
             ))
         })?,
     };
-    Ok(Json(svc.team_usage(&team, days).await?).into_response())
+    Ok(Json(svc.team_usage(&who, &team, days).await?).into_response())
 }
 
 async fn explain_job(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(job_id): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(svc.explain_job(&job_id).await?).into_response())
+    Ok(Json(svc.explain_job(&who, &job_id).await?).into_response())
 }
 
 async fn explain_task(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path((job_id, task_id)): Path<(String, String)>,
 ) -> Result<Response> {
-    Ok(Json(svc.explain_task(&job_id, &task_id).await?).into_response())
+    Ok(Json(svc.explain_task(&who, &job_id, &task_id).await?).into_response())
 }
 
 async fn add_tasks(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(job_id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    let added = svc.add_tasks(&job_id, body_text(&body)?).await?;
+    let added = svc.add_tasks(&who, &job_id, body_text(&body)?).await?;
     Ok((StatusCode::CREATED, Json(added)).into_response())
 }
 
 async fn cancel_job(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(job_id): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(svc.cancel_job(&job_id).await?).into_response())
+    Ok(Json(svc.cancel_job(&who, &job_id).await?).into_response())
 }
 
-async fn list_teams(State(svc): State<Arc<Service>>) -> Result<Response> {
-    Ok(Json(serde_json::json!({"teams": svc.teams().await?})).into_response())
+async fn list_teams(State(svc): State<Arc<Service>>, Caller(who): Caller) -> Result<Response> {
+    Ok(Json(serde_json::json!({"teams": svc.teams(&who).await?})).into_response())
 }
 
-async fn get_team(State(svc): State<Arc<Service>>, Path(team): Path<String>) -> Result<Response> {
-    Ok(Json(svc.team(&team).await?).into_response())
+async fn get_team(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    Path(team): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.team(&who, &team).await?).into_response())
 }
 
 async fn set_team(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(team): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    Ok(Json(svc.set_team(&team, body_text(&body)?).await?).into_response())
+    Ok(Json(svc.set_team(&who, &team, body_text(&body)?).await?).into_response())
 }
 
-async fn list_clusters(State(svc): State<Arc<Service>>) -> Result<Response> {
-    Ok(Json(serde_json::json!({"clusters": svc.clusters().await?})).into_response())
+async fn list_clusters(State(svc): State<Arc<Service>>, Caller(who): Caller) -> Result<Response> {
+    Ok(Json(serde_json::json!({"clusters": svc.clusters(&who).await?})).into_response())
 }
 
 async fn get_cluster(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(name): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(svc.cluster(&name).await?).into_response())
+    Ok(Json(svc.cluster(&who, &name).await?).into_response())
 }
 
 async fn register_cluster(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    Ok(Json(svc.register_cluster(&name, body_text(&body)?).await?).into_response())
+    Ok(Json(svc.register_cluster(&who, &name, body_text(&body)?).await?).into_response())
 }
 
 async fn enable_cluster(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(name): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(svc.set_cluster_enabled(&name, true).await?).into_response())
+    Ok(Json(svc.set_cluster_enabled(&who, &name, true).await?).into_response())
 }
 
 async fn disable_cluster(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(name): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(svc.set_cluster_enabled(&name, false).await?).into_response())
+    Ok(Json(svc.set_cluster_enabled(&who, &name, false).await?).into_response())
 }
 
-async fn capacity_marks(State(svc): State<Arc<Service>>) -> Result<Response> {
-    Ok(Json(serde_json::json!({"capacity_limited": svc.capacity_marks().await?})).into_response())
+async fn capacity_marks(State(svc): State<Arc<Service>>, Caller(who): Caller) -> Result<Response> {
+    Ok(
+        Json(serde_json::json!({"capacity_limited": svc.capacity_marks(&who).await?}))
+            .into_response(),
+    )
 }
 
-async fn list_templates(State(svc): State<Arc<Service>>) -> Result<Response> {
-    Ok(Json(serde_json::json!({"templates": svc.templates().await?})).into_response())
+async fn list_templates(State(svc): State<Arc<Service>>, Caller(who): Caller) -> Result<Response> {
+    Ok(Json(serde_json::json!({"templates": svc.templates(&who).await?})).into_response())
 }
 
 async fn get_template(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(name): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(svc.template(&name).await?).into_response())
+    Ok(Json(svc.template(&who, &name).await?).into_response())
 }
 
 async fn put_template(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    Ok(Json(svc.put_template(&name, body_text(&body)?).await?).into_response())
+    Ok(Json(svc.put_template(&who, &name, body_text(&body)?).await?).into_response())
 }
 
 /// Submit a template's job for an event (what the trigger function does), once per
 /// event id.
 async fn submit_from_template(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
@@ -298,7 +434,7 @@ async fn submit_from_template(
             serde_json::json!({"line": e.line(), "column": e.column()}),
         )
     })?;
-    let s = svc.submit_from_template(&name, &event).await?;
+    let s = svc.submit_from_template(&who, &name, &event).await?;
     let status = if s.created {
         axum::http::StatusCode::CREATED
     } else {
@@ -307,15 +443,19 @@ async fn submit_from_template(
     Ok((status, Json(s)).into_response())
 }
 
-async fn autoscaler_settings(State(svc): State<Arc<Service>>) -> Result<Response> {
-    Ok(Json(svc.autoscaler_settings().await?).into_response())
+async fn autoscaler_settings(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+) -> Result<Response> {
+    Ok(Json(svc.autoscaler_settings(&who).await?).into_response())
 }
 
 async fn set_autoscaler_settings(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    Ok(Json(svc.set_autoscaler_settings(body_text(&body)?).await?).into_response())
+    Ok(Json(svc.set_autoscaler_settings(&who, body_text(&body)?).await?).into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -325,17 +465,22 @@ struct HistoryQuery {
 
 async fn autoscaler_history(
     State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> Result<Response> {
     let limit = q.limit.unwrap_or(20);
     Ok(
-        Json(serde_json::json!({"decisions": svc.autoscaler_history(limit).await?}))
+        Json(serde_json::json!({"decisions": svc.autoscaler_history(&who, limit).await?}))
             .into_response(),
     )
 }
 
-async fn placement(State(svc): State<Arc<Service>>, body: axum::body::Bytes) -> Result<Response> {
-    Ok(Json(svc.placement(body_text(&body)?).await?).into_response())
+async fn placement(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    Ok(Json(svc.placement(&who, body_text(&body)?).await?).into_response())
 }
 
 /// Build the service from configuration (cold start).
@@ -365,17 +510,21 @@ mod tests {
         Arc::new(Service::new(
             batchplane::store::Store::new(clients.dynamodb, "batchplane"),
             batchplane::queue::Queues::new(clients.sqs, "batchplane-"),
-            &batchplane::config::Config::default(),
+            &batchplane::config::Config {
+                admins: vec!["anonymous".into()],
+                ..Default::default()
+            },
         ))
     }
 
     async fn invoke(event: &str) -> (u16, serde_json::Value) {
+        invoke_on(offline_service().await, event).await
+    }
+
+    async fn invoke_on(service: Arc<Service>, event: &str) -> (u16, serde_json::Value) {
         let request: lambda_http::request::LambdaRequest = serde_json::from_str(event).unwrap();
         let request: lambda_http::Request = request.into();
-        let response = router(offline_service().await)
-            .oneshot(request)
-            .await
-            .unwrap();
+        let response = router(service).oneshot(request).await.unwrap();
         let status = response.status().as_u16();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
@@ -399,6 +548,95 @@ mod tests {
             body["error"]["details"]["cycle"],
             serde_json::json!(["a", "b", "a"])
         );
+    }
+
+    /// In AWS the caller is the principal API Gateway's IAM authorizer put in the
+    /// request context (an assumed role answers to its role's ARN); the Authorization
+    /// header the request also carries names someone else and does not count.
+    #[tokio::test]
+    async fn the_caller_is_the_iam_principal_of_the_request_context() {
+        let mut service = Arc::try_unwrap(offline_service().await).unwrap();
+        service.admins = vec!["arn:aws:iam::123456789012:role/platform-*".into()];
+        service.identity = batchplane::config::IdentitySource::Iam;
+        let event = include_str!("../../../events/api/whoami-assumed-role.json");
+        let (status, body) = invoke_on(Arc::new(service), event).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["principal"]["id"],
+            "arn:aws:sts::123456789012:assumed-role/platform-admins/alice"
+        );
+        assert_eq!(
+            body["principal"]["aliases"],
+            serde_json::json!(["arn:aws:iam::123456789012:role/platform-admins"])
+        );
+        assert_eq!(body["admin"], true, "{body}");
+    }
+
+    #[tokio::test]
+    async fn errors_axum_makes_itself_are_json_in_each_apis_shape() {
+        let app = router(offline_service().await);
+        let send = |req: axum::http::Request<axum::body::Body>| {
+            let app = app.clone();
+            async move {
+                let r = app.oneshot(req).await.unwrap();
+                let status = r.status().as_u16();
+                let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+                )
+            }
+        };
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        let (status, body) = send(
+            axum::http::Request::post("/v1/jobs")
+                .body(axum::body::Body::from(big.clone()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (413, Some("RequestTooLarge")),
+            "{body}"
+        );
+        let (status, body) = send(
+            axum::http::Request::post("/v1/submitjob")
+                .body(axum::body::Body::from(big))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 413);
+        assert_eq!(body["__type"], "ClientException", "{body}");
+        let (status, body) = send(
+            axum::http::Request::delete("/v1/jobs")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 405);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("DELETE"),
+            "{body}"
+        );
+        let (status, body) = send(
+            axum::http::Request::get("/v1/describejobs")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 405);
+        assert_eq!(body["__type"], "ClientException", "{body}");
+        let (status, body) = send(
+            axum::http::Request::get("/v1/autoscaler/history?limit=many")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
     }
 
     #[tokio::test]

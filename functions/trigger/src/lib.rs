@@ -41,7 +41,13 @@ pub async fn handle(service: &Service, payload: Value) -> Result<Value, lambda_r
         Ok(t) => t,
         Err(m) => return Ok(json!({"error": {"code": "BadRequest", "message": m}})),
     };
-    match service.submit_from_template(&t.template, &t.event).await {
+    // The trigger is the deployment's own: an admin, submitting as the team the admin
+    // who stored the template named in it.
+    let trigger = batchplane::domain::access::Access::system("trigger");
+    match service
+        .submit_from_template(&trigger, &t.template, &t.event)
+        .await
+    {
         Ok(s) => {
             tracing::info!(template = %t.template, event_id = t.event["id"].as_str().unwrap_or(""),
                 job_id = %s.job_id, created = s.created, "triggered");

@@ -6,6 +6,9 @@
 pub fn is_valid_task_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
+        // `.` and `..` would name a directory, not a task, in a log path.
+        && id != "."
+        && id != ".."
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))

@@ -1,6 +1,7 @@
 //! The pure domain: job specs, validation, the dependency plan and the state machine.
 //! No AWS types and no I/O live here.
 
+pub mod access;
 pub mod autoscale;
 pub mod batch;
 pub mod error;

@@ -149,6 +149,9 @@ fn check_job_header(name: &str, team: &str, queue: &str) -> Result<(), SpecError
         ));
     }
     for (field, value) in [("team", team), ("queue", queue)] {
+        if field == "team" && value.is_empty() {
+            continue;
+        }
         if !is_valid_task_id(value) || value.len() > 64 {
             return Err(invalid(
                 field,
@@ -283,8 +286,10 @@ fn scalar_values_as_strings<'de, D: serde::Deserializer<'de>>(
     Ok(v.into_iter().map(|(k, v)| (k, String::from(v))).collect())
 }
 
+/// No team named: the API puts the job in the caller's team (see
+/// [`crate::access::Access::submission_team`]).
 fn default_team() -> String {
-    "default".into()
+    String::new()
 }
 fn default_queue() -> String {
     "default".into()

@@ -52,6 +52,9 @@ pub struct StackOptions {
     /// Run the autoscaler this often (the scheduled Lambda's minute, shortened); its
     /// workers are placed in the local clusters. `None`: only the fixed workers.
     pub autoscale_every: Option<Duration>,
+    /// The deployment's admins: principals (here, access key ids) or patterns.
+    /// Default `anonymous`, so unsigned requests may do everything; empty: nobody.
+    pub admins: Vec<String>,
 }
 
 /// A local cluster: a name and what placement may put there.
@@ -198,6 +201,7 @@ impl StackOptions {
             ],
             team: "default".into(),
             autoscale_every: None,
+            admins: vec![batchplane::domain::access::ANONYMOUS.into()],
         })
     }
 }

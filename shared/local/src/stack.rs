@@ -74,6 +74,10 @@ impl LocalStack {
             job_window: opts.job_window,
             reservation_lease: LOCAL_RESERVATION_LEASE,
             min_attempt_seconds: opts.min_attempt_seconds,
+            admins: opts.admins.clone(),
+            // No IAM here: the key id a request is signed with names the caller,
+            // unchecked.
+            identity: batchplane::config::IdentitySource::AccessKeyId,
         });
         let fanout = Arc::new(Fanout::new(
             store.clone(),

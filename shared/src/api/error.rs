@@ -17,6 +17,11 @@ pub enum ErrorKind {
     Invalid,
     /// What the request names does not exist (or is not the caller's to see).
     NotFound,
+    /// The caller may see what it names but not do this to it (a viewer cancelling, a
+    /// member changing quotas).
+    Forbidden,
+    /// The request is larger than the API takes.
+    TooLarge,
     /// The request is right but the thing it acts on is past it (a finished job).
     Conflict,
     /// A dependency throttled or did not answer: the same request may succeed later.
@@ -30,7 +35,11 @@ impl ErrorKind {
     pub fn is_client(self) -> bool {
         matches!(
             self,
-            ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Conflict
+            ErrorKind::Invalid
+                | ErrorKind::NotFound
+                | ErrorKind::Forbidden
+                | ErrorKind::TooLarge
+                | ErrorKind::Conflict
         )
     }
 }
@@ -72,6 +81,16 @@ impl ApiError {
 
     pub fn not_found(what: impl Into<String>) -> Self {
         ApiError::new(ErrorKind::NotFound, "NotFound", what, Value::Null)
+    }
+
+    /// The caller (named) may not do `what`.
+    pub fn forbidden(principal: &str, what: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            ErrorKind::Forbidden,
+            "Forbidden",
+            format!("{principal} may not {what}"),
+            json!({"principal": principal}),
+        )
     }
 
     pub fn bad_request(message: impl Into<String>, details: Value) -> Self {

@@ -5,7 +5,8 @@
 //! Team quotas and capacity-limited launch configs are recorded by the placement and
 //! autoscaler functions; their reasons join here through [`Service::placement_reasons`].
 
-use crate::api::{ApiError, Service};
+use crate::api::{ApiError, Need, Service};
+use crate::domain::access::Access;
 use crate::domain::tiers::WorkerPool;
 use crate::domain::{JobRecord, JobState, TaskKind, TaskRecord, TaskState};
 use crate::store::now_ms;
@@ -47,8 +48,13 @@ fn reason(code: &'static str, message: String, details: Value) -> Reason {
 
 impl Service {
     /// Why a task is where it is.
-    pub async fn explain_task(&self, job_id: &str, task_id: &str) -> Result<Explanation, ApiError> {
-        let job = self.job(job_id).await?;
+    pub async fn explain_task(
+        &self,
+        who: &Access,
+        job_id: &str,
+        task_id: &str,
+    ) -> Result<Explanation, ApiError> {
+        let job = self.job_for(who, job_id, Need::View).await?;
         let stored = self
             .store
             .get_task(job_id, job.shard_count, task_id)
@@ -99,9 +105,9 @@ impl Service {
     }
 
     /// Why a job is where it is: its gates and window, its queue, and its pools.
-    pub async fn explain_job(&self, job_id: &str) -> Result<Explanation, ApiError> {
-        let job = self.job(job_id).await?;
-        let view = self.get_job(job_id).await?;
+    pub async fn explain_job(&self, who: &Access, job_id: &str) -> Result<Explanation, ApiError> {
+        let job = self.job_for(who, job_id, Need::View).await?;
+        let view = self.get_job(who, job_id).await?;
         let mut reasons = Vec::new();
         self.job_reasons(&job, &mut reasons).await?;
         if !job.state.is_terminal() {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::*;
+use crate::domain::access::Access;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Submitted {
@@ -69,12 +70,19 @@ impl Service {
     /// failure part-way marks the job FAILED with the cause.
     pub async fn submit_job(
         &self,
+        who: &Access,
         body: &str,
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, ApiError> {
+        let team_of =
+            |named: &str| Self::submission_team(who, (!named.is_empty()).then_some(named), "team");
         let spec = match parse_submission(body)? {
-            Submission::Dag(spec) => spec,
-            Submission::Array(spec) => {
+            Submission::Dag(mut spec) => {
+                spec.team = team_of(&spec.team)?;
+                spec
+            }
+            Submission::Array(mut spec) => {
+                spec.team = team_of(&spec.team)?;
                 let job_id = new_job_id(now_ms());
                 if let Some(existing) = self
                     .claim_idempotency(&spec.team, idempotency_key, &job_id)
@@ -82,7 +90,7 @@ impl Service {
                 {
                     return Ok(existing);
                 }
-                let job_id = self.submit_native_array(job_id, *spec).await?;
+                let job_id = self.submit_native_array(who, job_id, *spec).await?;
                 return Ok(Submitted {
                     job_id,
                     created: true,
@@ -154,8 +162,8 @@ impl Service {
             .ok_or_else(|| ApiError::not_found(format!("no job {job_id:?}")))
     }
 
-    pub async fn get_job(&self, job_id: &str) -> Result<JobView, ApiError> {
-        let job = self.job(job_id).await?;
+    pub async fn get_job(&self, who: &Access, job_id: &str) -> Result<JobView, ApiError> {
+        let job = self.job_for(who, job_id, Need::View).await?;
         let (counts, usage, _) = self.store.job_counts(job_id).await?;
         let mut view = job_view(&job, &counts);
         view.usage = usage;
@@ -164,8 +172,8 @@ impl Service {
 
     /// Cancel a job: tasks not yet running end CANCELLED, running ones are flagged and
     /// killed by their workers within a heartbeat; the job ends CANCELLED.
-    pub async fn cancel_job(&self, job_id: &str) -> Result<JobView, ApiError> {
-        let job = self.job(job_id).await?;
+    pub async fn cancel_job(&self, who: &Access, job_id: &str) -> Result<JobView, ApiError> {
+        let job = self.job_for(who, job_id, Need::Act).await?;
         if job.state.is_terminal() {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
@@ -193,6 +201,6 @@ impl Service {
             r?;
         }
         tracing::info!(job_id, "job cancel requested");
-        self.get_job(job_id).await
+        self.get_job(who, job_id).await
     }
 }

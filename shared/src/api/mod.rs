@@ -9,8 +9,10 @@
 //! | `teams` | a team's usage |
 //! | `explain` | why a job or task is not running |
 //! | `views` | what the API returns, as JSON |
+//! | `access` | who the caller is, what it may do, and the grants |
 //! | `error` | the API's errors |
 
+pub mod access;
 mod error;
 pub mod explain;
 mod jobs;
@@ -18,6 +20,7 @@ mod tasks;
 mod teams;
 mod views;
 
+pub use access::Need;
 pub use error::{ApiError, ErrorKind};
 pub use jobs::{Added, Submitted};
 pub use views::{
@@ -41,6 +44,10 @@ pub struct Service {
     pub reservation_lease: std::time::Duration,
     /// The shortest attempt timeout a job may ask for.
     pub min_attempt_seconds: u64,
+    /// Principals (or ARN patterns) that are admins by the deployment's configuration.
+    pub admins: Vec<String>,
+    /// Where the HTTP layer reads who the caller is.
+    pub identity: crate::config::IdentitySource,
 }
 
 impl Service {
@@ -53,6 +60,8 @@ impl Service {
             job_window: config.job_window,
             reservation_lease: config.reservation_lease,
             min_attempt_seconds: config.min_attempt_seconds,
+            admins: config.admins.clone(),
+            identity: config.identity,
         }
     }
 }

@@ -9,16 +9,18 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 
 use super::*;
+use crate::domain::access::Access;
 
 impl Service {
     pub async fn list_tasks(
         &self,
+        who: &Access,
         job_id: &str,
         state: Option<&str>,
         limit: Option<usize>,
         next_token: Option<&str>,
     ) -> Result<TaskListView, ApiError> {
-        let job = self.job(job_id).await?;
+        let job = self.job_for(who, job_id, Need::View).await?;
         let state = match state {
             Some(s) => Some(s.parse::<TaskState>().map_err(|e| {
                 ApiError::bad_request(
@@ -64,8 +66,13 @@ impl Service {
         })
     }
 
-    pub async fn get_task(&self, job_id: &str, task_id: &str) -> Result<TaskView, ApiError> {
-        let job = self.job(job_id).await?;
+    pub async fn get_task(
+        &self,
+        who: &Access,
+        job_id: &str,
+        task_id: &str,
+    ) -> Result<TaskView, ApiError> {
+        let job = self.job_for(who, job_id, Need::View).await?;
         if !is_valid_task_id(task_id) {
             return Err(ApiError::not_found(format!(
                 "no task {task_id:?} in job {job_id}"
@@ -91,8 +98,13 @@ impl Service {
 
     /// Add tasks to a job that has not finished. New tasks may depend on any task of
     /// the job, finished or not; the job is not done until they are.
-    pub async fn add_tasks(&self, job_id: &str, body: &str) -> Result<Added, ApiError> {
-        let job = self.job(job_id).await?;
+    pub async fn add_tasks(
+        &self,
+        who: &Access,
+        job_id: &str,
+        body: &str,
+    ) -> Result<Added, ApiError> {
+        let job = self.job_for(who, job_id, Need::Act).await?;
         let refuse = || {
             ApiError::new(
                 ErrorKind::Conflict,

@@ -6,13 +6,21 @@ use super::*;
 
 impl Service {
     /// A team's usage over the jobs that finished in the last `days` days (today too).
-    pub async fn team_usage(&self, team: &str, days: u32) -> Result<TeamUsageView, ApiError> {
+    pub async fn team_usage(
+        &self,
+        who: &crate::domain::access::Access,
+        team: &str,
+        days: u32,
+    ) -> Result<TeamUsageView, ApiError> {
         if !crate::domain::ids::is_valid_task_id(team) || team.len() > 64 {
             return Err(ApiError::bad_request(
                 format!("team {team:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
                 json!({"parameter": "team"}),
             ));
         }
+        Self::require_on_team(who, team, Need::View, || {
+            ApiError::not_found(format!("no team {team:?}"))
+        })?;
         if !(1..=3660).contains(&days) {
             return Err(ApiError::bad_request(
                 format!("query parameter `days`: {days} must be 1 to 3660"),

@@ -2,7 +2,8 @@
 //! container fields Batchplane reads (command, environment, resources, retry strategy)
 //! and the `batchplane:tiers` tag.
 
-use crate::api::{ApiError, Service};
+use crate::api::{ApiError, Need, Service};
+use crate::domain::access::{Access, DEFAULT_TEAM};
 use crate::domain::retry::{ExitRule, RetryAction, RetryStrategy};
 use crate::domain::tiers::{validate_tiers, Tier};
 use crate::store::registry::{revision_sk, ResourceKind};
@@ -149,7 +150,14 @@ pub(super) fn command(container: &Value) -> Option<Vec<String>> {
 impl Service {
     // ---- job definitions ----
 
-    pub async fn register_job_definition(&self, input: &Value) -> Result<Value, ApiError> {
+    /// A definition belongs to a team (its `batchplane:team` tag, else the caller's only
+    /// team): only that team's members may add revisions or deregister it, and only
+    /// those with a role there see it or submit with it.
+    pub async fn register_job_definition(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
         let name = checked_name(input, "jobDefinitionName")?;
         match opt_str(input, "type") {
             Some("container") => {}
@@ -166,6 +174,19 @@ impl Service {
         resources(container, "containerProperties")?;
         retry_from(input.get("retryStrategy"), "retryStrategy")?;
         definition_tiers(input)?;
+        let named = input["tags"][TEAM_TAG].as_str();
+        let team = Self::submission_team(who, named, &format!("tags.{TEAM_TAG}"))?;
+        let earlier = self
+            .store
+            .list_resources(ResourceKind::JobDefinition, &format!("{name}#"))
+            .await?;
+        if let Some(owner) = earlier.last().map(definition_team) {
+            if owner != team {
+                return Err(client(format!(
+                    "jobDefinitionName {name}: the name belongs to another team's definitions"
+                )));
+            }
+        }
         let revision = self.store.next_revision(&name).await?;
         let definition_arn = arn("job-definition", &format!("{name}:{revision}"));
         let mut doc = input.clone();
@@ -173,6 +194,10 @@ impl Service {
             m.insert("jobDefinitionArn".into(), json!(definition_arn));
             m.insert("revision".into(), json!(revision));
             m.insert("status".into(), json!("ACTIVE"));
+            let tags = m.entry("tags").or_insert_with(|| json!({}));
+            if let Some(t) = tags.as_object_mut() {
+                t.insert(TEAM_TAG.into(), json!(team));
+            }
         }
         self.store
             .put_resource(
@@ -206,11 +231,27 @@ impl Service {
         Ok(all.into_iter().rev().find(|d| d["status"] == "ACTIVE"))
     }
 
-    pub async fn describe_job_definitions(&self, input: &Value) -> Result<Value, ApiError> {
+    /// A definition by reference, if the caller may see it.
+    pub(super) async fn job_definition_for(
+        &self,
+        who: &Access,
+        reference: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        Ok(self
+            .job_definition(reference)
+            .await?
+            .filter(|d| who.can_view(definition_team(d))))
+    }
+
+    pub async fn describe_job_definitions(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
         let mut found = Vec::new();
         if let Some(list) = input.get("jobDefinitions").and_then(Value::as_array) {
             for r in list.iter().filter_map(Value::as_str) {
-                if let Some(d) = self.job_definition(r).await? {
+                if let Some(d) = self.job_definition_for(who, r).await? {
                     found.push(d);
                 }
             }
@@ -223,6 +264,7 @@ impl Service {
                 .list_resources(ResourceKind::JobDefinition, &prefix)
                 .await?;
         }
+        found.retain(|d| who.can_view(definition_team(d)));
         if let Some(status) = opt_str(input, "status") {
             found.retain(|d| d["status"] == status);
         }
@@ -230,7 +272,11 @@ impl Service {
         Ok(json!({"jobDefinitions": page, "nextToken": next}))
     }
 
-    pub async fn deregister_job_definition(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn deregister_job_definition(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
         let reference = req_str(input, "jobDefinition")?;
         let r = name_of(reference);
         let Some((name, rev)) = r.rsplit_once(':') else {
@@ -239,11 +285,13 @@ impl Service {
             )));
         };
         let sk = revision_sk(name, rev.parse().unwrap_or(0));
+        let missing = || client(format!("job definition {reference} does not exist"));
         let mut doc = self
             .store
             .get_resource(ResourceKind::JobDefinition, &sk)
             .await?
-            .ok_or_else(|| client(format!("job definition {reference} does not exist")))?;
+            .ok_or_else(missing)?;
+        Self::require_on_team(who, definition_team(&doc), Need::Act, missing)?;
         doc["status"] = json!("INACTIVE");
         self.store
             .put_resource(ResourceKind::JobDefinition, &sk, &doc, false)
@@ -256,6 +304,15 @@ impl Service {
 /// has no field for them): `CPU:MEMORY_MIB[:GPU]` per tier, comma-separated, small to
 /// large, e.g. `1:1024,2:8192,8:32768:1`.
 pub const TIERS_TAG: &str = "batchplane:tiers";
+
+/// The tag naming the team a job definition belongs to.
+pub const TEAM_TAG: &str = "batchplane:team";
+
+/// The team a stored definition belongs to (`default` for one registered before
+/// definitions had teams).
+pub fn definition_team(def: &Value) -> &str {
+    def["tags"][TEAM_TAG].as_str().unwrap_or(DEFAULT_TEAM)
+}
 
 /// The tiers a job definition's tags list (none without the tag).
 pub fn definition_tiers(def: &Value) -> Result<Vec<Tier>, ApiError> {

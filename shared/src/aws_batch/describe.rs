@@ -1,6 +1,7 @@
 //! DescribeJobs and ListJobs: jobs and array children in AWS Batch's shape and statuses.
 
 use crate::api::{ApiError, Service};
+use crate::domain::access::Access;
 use crate::domain::batch::{child_aws_id, child_counts, child_task_id, unborn_child_state};
 use crate::domain::ids::is_valid_job_id;
 use crate::domain::{JobRecord, JobState, TaskRecord, TaskState};
@@ -74,7 +75,8 @@ pub(super) fn attempts_json(t: &TaskRecord) -> Value {
 }
 
 impl Service {
-    pub async fn describe_jobs(&self, input: &Value) -> Result<Value, ApiError> {
+    /// Jobs the caller has no role on are left out, as AWS leaves out unknown ids.
+    pub async fn describe_jobs(&self, who: &Access, input: &Value) -> Result<Value, ApiError> {
         let ids: Vec<String> = input["jobs"]
             .as_array()
             .ok_or_else(|| client("jobs is required"))?
@@ -86,7 +88,7 @@ impl Service {
         }
         let mut out = Vec::new();
         for id in ids {
-            if let Some(d) = self.job_detail(&id).await? {
+            if let Some(d) = self.job_detail(who, &id).await? {
                 out.push(d);
             }
         }
@@ -94,7 +96,11 @@ impl Service {
     }
 
     /// AWS's JobDetail for a job id or an array child id (`<job>:<index>`).
-    pub(super) async fn job_detail(&self, id: &str) -> Result<Option<Value>, ApiError> {
+    pub(super) async fn job_detail(
+        &self,
+        who: &Access,
+        id: &str,
+    ) -> Result<Option<Value>, ApiError> {
         let (job_id, index) = match id.rsplit_once(':') {
             Some((j, i)) => match i.parse::<u32>() {
                 Ok(i) => (j, Some(i)),
@@ -105,7 +111,12 @@ impl Service {
         if !is_valid_job_id(job_id) {
             return Ok(None);
         }
-        let Some(job) = self.store.get_job(job_id).await? else {
+        let Some(job) = self
+            .store
+            .get_job(job_id)
+            .await?
+            .filter(|j| who.can_view(&j.team))
+        else {
             return Ok(None);
         };
         let deps = self.store.job_dependencies(job_id).await?;
@@ -272,7 +283,8 @@ impl Service {
         Ok(())
     }
 
-    pub async fn list_jobs(&self, input: &Value) -> Result<Value, ApiError> {
+    /// Only jobs of teams the caller has a role on are listed.
+    pub async fn list_jobs(&self, who: &Access, input: &Value) -> Result<Value, ApiError> {
         if input.get("multiNodeJobId").is_some_and(|v| !v.is_null()) {
             return Err(client(
                 "multiNodeJobId: multi-node parallel jobs are not supported",
@@ -310,7 +322,13 @@ impl Service {
         let max = input["maxResults"].as_u64().unwrap_or(100).clamp(1, 1000) as usize;
         if let Some(parent) = opt_str(input, "arrayJobId") {
             return self
-                .list_children(parent, status.as_deref(), max, opt_str(input, "nextToken"))
+                .list_children(
+                    who,
+                    parent,
+                    status.as_deref(),
+                    max,
+                    opt_str(input, "nextToken"),
+                )
                 .await;
         }
         let queue = name_of(
@@ -324,7 +342,8 @@ impl Service {
         let (jobs, next) = self
             .store
             .list_jobs_in_queue(&queue, max, start, |j| {
-                status.as_deref().is_none_or(|s| aws_status(j) == s)
+                who.can_view(&j.team)
+                    && status.as_deref().is_none_or(|s| aws_status(j) == s)
                     && name_filter
                         .as_deref()
                         .is_none_or(|n| match n.strip_suffix('*') {
@@ -341,6 +360,7 @@ impl Service {
 
     pub(super) async fn list_children(
         &self,
+        who: &Access,
         parent: &str,
         status: Option<&str>,
         max: usize,
@@ -351,6 +371,7 @@ impl Service {
             .get_job(parent)
             .await?
             .filter(|j| j.array.as_ref().is_some_and(|a| a.array_size.is_some()))
+            .filter(|j| who.can_view(&j.team))
             .ok_or_else(|| client(format!("arrayJobId {parent} is not an array job")))?;
         let Some(a) = &job.array else {
             return Ok(json!({"jobSummaryList": []}));

@@ -1,6 +1,7 @@
 //! Compute environments: Batchplane's managed capacity under AWS Batch's names.
 
 use crate::api::{ApiError, Service};
+use crate::domain::access::Access;
 use crate::store::registry::ResourceKind;
 use serde_json::{json, Value};
 
@@ -73,7 +74,12 @@ impl Service {
         Ok(())
     }
 
-    pub async fn create_compute_environment(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn create_compute_environment(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        Self::require_admin(who, "create compute environments")?;
         let name = checked_name(input, "computeEnvironmentName")?;
         let mut doc = input.clone();
         if doc.get("state").is_none() {
@@ -89,7 +95,14 @@ impl Service {
         Ok(json!({"computeEnvironmentName": name, "computeEnvironmentArn": ce_arn}))
     }
 
-    pub async fn describe_compute_environments(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn describe_compute_environments(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        if !Self::sees_shared(who) {
+            return Ok(json!({"computeEnvironments": []}));
+        }
         self.describe(
             ResourceKind::ComputeEnvironment,
             input,
@@ -99,7 +112,12 @@ impl Service {
         .await
     }
 
-    pub async fn update_compute_environment(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn update_compute_environment(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        Self::require_admin(who, "update compute environments")?;
         let (name, mut doc) = self
             .existing(
                 ResourceKind::ComputeEnvironment,
@@ -127,7 +145,12 @@ impl Service {
         )
     }
 
-    pub async fn delete_compute_environment(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn delete_compute_environment(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        Self::require_admin(who, "delete compute environments")?;
         let (name, doc) = self
             .existing(
                 ResourceKind::ComputeEnvironment,

@@ -1,6 +1,7 @@
 //! Scheduling policies: fair-share weights per share identifier.
 
 use crate::api::{ApiError, Service};
+use crate::domain::access::Access;
 use crate::store::registry::ResourceKind;
 use serde_json::{json, Value};
 
@@ -29,7 +30,12 @@ impl Service {
         Ok(())
     }
 
-    pub async fn create_scheduling_policy(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn create_scheduling_policy(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        Self::require_admin(who, "create scheduling policies")?;
         let name = checked_name(input, "name")?;
         Self::check_fairshare(input)?;
         let policy_arn = arn("scheduling-policy", &name);
@@ -40,7 +46,14 @@ impl Service {
         Ok(json!({"name": name, "arn": policy_arn}))
     }
 
-    pub async fn describe_scheduling_policies(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn describe_scheduling_policies(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        if !Self::sees_shared(who) {
+            return Ok(json!({"schedulingPolicies": []}));
+        }
         let mut found = Vec::new();
         for a in input["arns"].as_array().cloned().unwrap_or_default() {
             if let Some(d) = self
@@ -57,7 +70,14 @@ impl Service {
         Ok(json!({"schedulingPolicies": found}))
     }
 
-    pub async fn list_scheduling_policies(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn list_scheduling_policies(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        if !Self::sees_shared(who) {
+            return Ok(json!({"schedulingPolicies": []}));
+        }
         let all = self
             .store
             .list_resources(ResourceKind::SchedulingPolicy, "")
@@ -67,7 +87,12 @@ impl Service {
         Ok(json!({"schedulingPolicies": page, "nextToken": next}))
     }
 
-    pub async fn update_scheduling_policy(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn update_scheduling_policy(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        Self::require_admin(who, "update scheduling policies")?;
         let (name, mut doc) = self
             .existing(ResourceKind::SchedulingPolicy, input, "arn")
             .await?;
@@ -81,7 +106,12 @@ impl Service {
         Ok(json!({}))
     }
 
-    pub async fn delete_scheduling_policy(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn delete_scheduling_policy(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        Self::require_admin(who, "delete scheduling policies")?;
         let reference = req_str(input, "arn")?;
         if !self
             .store

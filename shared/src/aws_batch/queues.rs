@@ -1,6 +1,7 @@
 //! Job queues: priority, state and the compute environments they order.
 
 use crate::api::{ApiError, Service};
+use crate::domain::access::Access;
 use crate::store::registry::ResourceKind;
 use serde_json::{json, Value};
 
@@ -57,7 +58,8 @@ impl Service {
         Ok(())
     }
 
-    pub async fn create_job_queue(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn create_job_queue(&self, who: &Access, input: &Value) -> Result<Value, ApiError> {
+        Self::require_admin(who, "create job queues")?;
         let name = checked_name(input, "jobQueueName")?;
         let mut doc = input.clone();
         if doc.get("state").is_none() {
@@ -79,12 +81,20 @@ impl Service {
         Ok(json!({"jobQueueName": name, "jobQueueArn": queue_arn}))
     }
 
-    pub async fn describe_job_queues(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn describe_job_queues(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        if !Self::sees_shared(who) {
+            return Ok(json!({"jobQueues": []}));
+        }
         self.describe(ResourceKind::JobQueue, input, "jobQueues", "jobQueues")
             .await
     }
 
-    pub async fn update_job_queue(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn update_job_queue(&self, who: &Access, input: &Value) -> Result<Value, ApiError> {
+        Self::require_admin(who, "update job queues")?;
         let (name, mut doc) = self
             .existing(ResourceKind::JobQueue, input, "jobQueue")
             .await?;
@@ -105,7 +115,8 @@ impl Service {
         Ok(json!({"jobQueueName": name, "jobQueueArn": doc["jobQueueArn"]}))
     }
 
-    pub async fn delete_job_queue(&self, input: &Value) -> Result<Value, ApiError> {
+    pub async fn delete_job_queue(&self, who: &Access, input: &Value) -> Result<Value, ApiError> {
+        Self::require_admin(who, "delete job queues")?;
         let (name, doc) = self
             .existing(ResourceKind::JobQueue, input, "jobQueue")
             .await?;

@@ -1,7 +1,8 @@
 //! Submitting jobs: AWS Batch's SubmitJob and the native array path it shares (a single
 //! job is an array of one), dependencies between jobs, and cancel/terminate.
 
-use crate::api::{ApiError, Service};
+use crate::api::{ApiError, Need, Service};
+use crate::domain::access::Access;
 use crate::domain::batch::{
     child_task_id, substitute_parameters, weighted_window, ArrayJob, DependencyKind, Dependent,
     JobDependency, JobTemplate, MAX_ARRAY_SIZE, MAX_JOB_DEPENDENCIES,
@@ -21,23 +22,25 @@ use std::collections::BTreeMap;
 use super::{arn::*, definitions::*, describe::*, wire::*};
 
 impl Service {
-    pub async fn aws_submit_job(
-        &self,
-        input: &Value,
-        caller: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    /// The job's team is its `shareIdentifier`, where the caller must be a member, or
+    /// the caller's only team.
+    pub async fn aws_submit_job(&self, who: &Access, input: &Value) -> Result<Value, ApiError> {
         let name = checked_name(input, "jobName")?;
         let queue_ref = req_str(input, "jobQueue")?;
         let def_ref = req_str(input, "jobDefinition")?;
-        let def = self.job_definition(def_ref).await?.ok_or_else(|| {
-            client(format!(
-                "jobDefinition {def_ref} does not exist or is INACTIVE"
-            ))
-        })?;
+        let share = opt_str(input, "shareIdentifier");
+        let team = Self::submission_team(who, share, "shareIdentifier")?;
+        let def = self
+            .job_definition_for(who, def_ref)
+            .await?
+            .ok_or_else(|| {
+                client(format!(
+                    "jobDefinition {def_ref} does not exist or is INACTIVE"
+                ))
+            })?;
         if def["status"] != "ACTIVE" {
             return Err(client(format!("jobDefinition {def_ref} is INACTIVE")));
         }
-        let share = opt_str(input, "shareIdentifier");
         let (queue, weight) = self.enabled_queue(queue_ref, share).await?;
         let overrides = input
             .get("containerOverrides")
@@ -107,7 +110,7 @@ impl Service {
         let job_id = self
             .submit_array_job(ArraySubmission {
                 name: name.clone(),
-                team: share.unwrap_or("default").to_string(),
+                team,
                 queue,
                 template,
                 array_size,
@@ -120,7 +123,7 @@ impl Service {
                 weight,
                 parameters,
                 tags,
-                caller: caller.map(String::from),
+                caller: Some(who.principal.id.clone()),
             })
             .await?;
         Ok(json!({"jobArn": arn("job", &job_id), "jobName": name, "jobId": job_id}))
@@ -131,13 +134,14 @@ impl Service {
     /// must be ENABLED; its scheduling policy weighs `team`), else a plain worker queue.
     pub async fn submit_native_array(
         &self,
+        who: &Access,
         job_id: String,
         spec: ArrayJobSpec,
     ) -> Result<String, ApiError> {
         let def = match &spec.job_definition {
             None => None,
             Some(r) => {
-                let d = self.job_definition(r).await?.ok_or_else(|| {
+                let d = self.job_definition_for(who, r).await?.ok_or_else(|| {
                     ApiError::bad_request(
                         format!("field `job_definition`: {r} does not exist"),
                         json!({"field": "job_definition"}),
@@ -208,7 +212,7 @@ impl Service {
                 weight,
                 parameters,
                 tags: spec.tags,
-                caller: None,
+                caller: Some(who.principal.id.clone()),
             },
         )
         .await
@@ -419,20 +423,23 @@ impl Service {
     /// CancelJob (`terminate` false): children not yet running never run; running ones
     /// finish. TerminateJob: running ones are killed too. Either way the job ends FAILED
     /// with the reason given.
-    pub async fn aws_cancel_job(&self, input: &Value, terminate: bool) -> Result<Value, ApiError> {
+    pub async fn aws_cancel_job(
+        &self,
+        who: &Access,
+        input: &Value,
+        terminate: bool,
+    ) -> Result<Value, ApiError> {
         let id = req_str(input, "jobId")?;
         let reason = req_str(input, "reason")?;
         let job_id = id.split(':').next().unwrap_or(id);
-        let job = self
-            .store
-            .get_job(job_id)
-            .await?
-            .ok_or_else(|| client(format!("jobId {id} does not exist")))?;
+        let missing = || client(format!("jobId {id} does not exist"));
+        let job = self.store.get_job(job_id).await?.ok_or_else(missing)?;
+        Self::require_on_team(who, &job.team, Need::Act, missing)?;
         if job.state.is_terminal() {
             return Ok(json!({}));
         }
         let Some(array) = &job.array else {
-            self.cancel_job(job_id).await?;
+            self.cancel_job(who, job_id).await?;
             return Ok(json!({}));
         };
         if !terminate && array.array_size.is_none() && aws_status(&job) == "RUNNING" {

@@ -1,6 +1,7 @@
 //! TagResource, UntagResource and ListTagsForResource over every resource kind.
 
-use crate::api::{ApiError, Service};
+use crate::api::{ApiError, Need, Service};
+use crate::domain::access::Access;
 use crate::store::registry::{revision_sk, ResourceKind};
 use serde_json::{json, Value};
 
@@ -39,29 +40,71 @@ impl Service {
         Ok((kind, sk))
     }
 
-    pub async fn tag_resource(&self, resource_arn: &str, input: &Value) -> Result<Value, ApiError> {
+    /// The resource a tag operation names, if the caller may see it (`Need::View`) or
+    /// change it (`Need::Act`): a job definition by its team's roles, the shared
+    /// resources by the admin role.
+    async fn tag_resource_for(
+        &self,
+        who: &Access,
+        resource_arn: &str,
+        need: Need,
+    ) -> Result<(ResourceKind, String, Value), ApiError> {
         let (kind, sk) = Self::tag_target(resource_arn)?;
-        let mut doc = self
+        let missing = || client(format!("resource {resource_arn} does not exist"));
+        let doc = self
             .store
             .get_resource(kind, &sk)
             .await?
-            .ok_or_else(|| client(format!("resource {resource_arn} does not exist")))?;
-        merge_tags(&mut doc, &string_map(input.get("tags"), "tags")?);
+            .ok_or_else(missing)?;
+        match (kind, need) {
+            (ResourceKind::JobDefinition, _) => Self::require_on_team(
+                who,
+                super::definitions::definition_team(&doc),
+                need,
+                missing,
+            )?,
+            (_, Need::View) if !Self::sees_shared(who) => return Err(missing()),
+            (_, Need::View) => {}
+            (_, Need::Act) => Self::require_admin(
+                who,
+                "tag job queues, compute environments or scheduling policies",
+            )?,
+        }
+        Ok((kind, sk, doc))
+    }
+
+    pub async fn tag_resource(
+        &self,
+        who: &Access,
+        resource_arn: &str,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        let (kind, sk, mut doc) = self.tag_resource_for(who, resource_arn, Need::Act).await?;
+        let tags = string_map(input.get("tags"), "tags")?;
+        if tags.contains_key(super::definitions::TEAM_TAG) {
+            return Err(client(format!(
+                "tags.{}: the team a resource belongs to is set when it is registered",
+                super::definitions::TEAM_TAG
+            )));
+        }
+        merge_tags(&mut doc, &tags);
         self.store.put_resource(kind, &sk, &doc, false).await?;
         Ok(json!({}))
     }
 
     pub async fn untag_resource(
         &self,
+        who: &Access,
         resource_arn: &str,
         keys: &[String],
     ) -> Result<Value, ApiError> {
-        let (kind, sk) = Self::tag_target(resource_arn)?;
-        let mut doc = self
-            .store
-            .get_resource(kind, &sk)
-            .await?
-            .ok_or_else(|| client(format!("resource {resource_arn} does not exist")))?;
+        let (kind, sk, mut doc) = self.tag_resource_for(who, resource_arn, Need::Act).await?;
+        if keys.iter().any(|k| k == super::definitions::TEAM_TAG) {
+            return Err(client(format!(
+                "tagKeys: {} names the resource's team and cannot be removed",
+                super::definitions::TEAM_TAG
+            )));
+        }
         if let Some(Value::Object(t)) = doc.get_mut("tags") {
             for k in keys {
                 t.remove(k);
@@ -71,7 +114,11 @@ impl Service {
         Ok(json!({}))
     }
 
-    pub async fn list_tags_for_resource(&self, resource_arn: &str) -> Result<Value, ApiError> {
+    pub async fn list_tags_for_resource(
+        &self,
+        who: &Access,
+        resource_arn: &str,
+    ) -> Result<Value, ApiError> {
         if let Some(id) =
             resource_arn.strip_prefix(&format!("{}/", arn("job", "").trim_end_matches('/')))
         {
@@ -79,16 +126,12 @@ impl Service {
                 .store
                 .get_job(id)
                 .await?
+                .filter(|j| who.can_view(&j.team))
                 .ok_or_else(|| client(format!("job {id} does not exist")))?;
             let tags = job.array.map(|a| a.tags).unwrap_or_default();
             return Ok(json!({"tags": tags}));
         }
-        let (kind, sk) = Self::tag_target(resource_arn)?;
-        let doc = self
-            .store
-            .get_resource(kind, &sk)
-            .await?
-            .ok_or_else(|| client(format!("resource {resource_arn} does not exist")))?;
+        let (_, _, doc) = self.tag_resource_for(who, resource_arn, Need::View).await?;
         Ok(json!({"tags": doc.get("tags").cloned().unwrap_or(json!({}))}))
     }
 }

@@ -3,6 +3,7 @@
 //! the attempt and worker, for a claimed task), so a duplicate message or stream record
 //! loses the race instead of acting twice.
 
+pub mod access;
 pub mod arrays;
 pub mod autoscaler;
 mod cancel;

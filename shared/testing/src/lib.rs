@@ -102,48 +102,57 @@ impl Harness {
         format!("{}{path}", self.stack.api_url)
     }
 
-    pub async fn post(&self, path: &str, body: &str) -> Response {
-        let r = self
-            .http
-            .post(self.url(path))
-            .body(body.to_string())
+    /// A request as `principal` (an access key id the local stack takes on trust, in a
+    /// SigV4-shaped `Authorization` header), or unsigned (`anonymous`) with `None`.
+    pub async fn request_as(
+        &self,
+        principal: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Response {
+        let mut req = self.http.request(method.clone(), self.url(path));
+        if let Some(p) = principal {
+            req = req.header("authorization", signed_as(p));
+        }
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        let r = req
             .send()
             .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = r.status().as_u16();
         Response {
             status,
             body: body_of(r).await,
         }
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> Response {
+        self.request_as(None, reqwest::Method::POST, path, Some(body))
+            .await
     }
 
     pub async fn put_json(&self, path: &str, body: &str) -> Response {
-        let r = self
-            .http
-            .put(self.url(path))
-            .body(body.to_string())
-            .send()
+        self.request_as(None, reqwest::Method::PUT, path, Some(body))
             .await
-            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-        let status = r.status().as_u16();
-        Response {
-            status,
-            body: body_of(r).await,
-        }
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        let r = self
-            .http
-            .get(self.url(path))
-            .send()
+        self.request_as(None, reqwest::Method::GET, path, None)
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = r.status().as_u16();
-        Response {
-            status,
-            body: body_of(r).await,
+    }
+
+    /// Give `principal` a role on a team (`admin`: no team), as the stack's anonymous
+    /// admin.
+    pub async fn grant(&self, principal: &str, team: Option<&str>, role: &str) {
+        let mut body = serde_json::json!({"principal": principal, "role": role});
+        if let Some(t) = team {
+            body["team"] = serde_json::json!(t);
         }
+        let r = self.post("/v1/access/grants", &body.to_string()).await;
+        assert_eq!(r.status, 201, "granting {principal} {role}: {}", r.body);
     }
 
     /// Submit a spec that must be accepted; returns the job id.
@@ -242,11 +251,7 @@ impl Harness {
     /// The `batchplane` CLI's stdout for these arguments against this stack; panics with
     /// its stderr when it exits non-zero.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(binary("batchplane"))
-            .args(args)
-            .args(["--api-url", &self.stack.api_url])
-            .output()
-            .unwrap_or_else(|e| panic!("running batchplane {args:?}: {e}"));
+        let out = self.cli_as(None, args);
         assert!(
             out.status.success(),
             "batchplane {args:?} failed ({}): {}",
@@ -254,6 +259,25 @@ impl Harness {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The `batchplane` CLI run with `principal`'s credentials (it signs its requests
+    /// with them), or with none (`anonymous`); its whole output, whatever its exit.
+    pub fn cli_as(&self, principal: Option<&str>, args: &[&str]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(binary("batchplane"));
+        cmd.args(args)
+            .args(["--api-url", &self.stack.api_url])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env_remove("BATCHPLANE_API_SIGV4");
+        if let Some(p) = principal {
+            cmd.env("AWS_ACCESS_KEY_ID", p)
+                .env("AWS_SECRET_ACCESS_KEY", "secret");
+        }
+        cmd.output()
+            .unwrap_or_else(|e| panic!("running batchplane {args:?}: {e}"))
     }
 
     /// Why a task is not running, as the API explains it.
@@ -272,6 +296,14 @@ impl Harness {
             .await
             .unwrap_or_else(|e| panic!("shutting the stack down: {e:#}"));
     }
+}
+
+/// An `Authorization` header naming `key` the way SigV4 does; the local stack reads the
+/// key id and checks no signature.
+pub fn signed_as(key: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential={key}/20261201/us-east-1/execute-api/aws4_request, SignedHeaders=host, Signature=0"
+    )
 }
 
 /// A response's body as JSON; a body that is not JSON is kept as a string (an error page

@@ -1,0 +1,370 @@
+//! Tenancy: two principals on two teams. The second cannot see, list, cancel or add to
+//! the first's job, on the native API, the CLI and (in `aws_batch`) boto3; cannot submit
+//! as the first team; and neither can change quotas, clusters, settings, templates or
+//! access. The local stack names the caller by the access key id it is signed with.
+
+use batchplane_testing::Harness;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ALICE: &str = "AKIDALICE";
+const BOB: &str = "AKIDBOB";
+const CAROL: &str = "AKIDCAROL";
+
+/// Alice is a member of research, Bob of finance, Carol a viewer of research.
+async fn two_teams() -> Harness {
+    let h = Harness::start(|o| o.workers = 0).await;
+    h.grant(ALICE, Some("research"), "member").await;
+    h.grant(BOB, Some("finance"), "member").await;
+    h.grant(CAROL, Some("research"), "viewer").await;
+    h
+}
+
+const PRIVATE: &str = r#"
+name: private
+tasks:
+  - id: a
+    command: ["sh", "-c", "sleep 30"]
+    env: {TOKEN: research-secret}
+"#;
+
+async fn call(
+    h: &Harness,
+    who: &str,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let r = h.request_as(Some(who), method, path, body).await;
+    (r.status, r.body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_teams_job_does_not_exist_and_a_viewer_cannot_change_it() {
+    let h = two_teams().await;
+    let (status, body) = call(&h, ALICE, Method::POST, "/v1/jobs", Some(PRIVATE)).await;
+    assert_eq!(status, 201, "{body}");
+    let job = body["job_id"].as_str().unwrap_or_default().to_string();
+    let (status, view) = call(&h, ALICE, Method::GET, &format!("/v1/jobs/{job}"), None).await;
+    assert_eq!(
+        (status, view["team"].as_str()),
+        (200, Some("research")),
+        "{view}"
+    );
+
+    // To Bob the job does not exist: every route answers as for an unknown id.
+    let unknown = "j-00000000000-000000000000";
+    for (method, path, body) in [
+        (Method::GET, format!("/v1/jobs/{job}"), None),
+        (Method::GET, format!("/v1/jobs/{job}/tasks"), None),
+        (Method::GET, format!("/v1/jobs/{job}/tasks/a"), None),
+        (Method::GET, format!("/v1/jobs/{job}/explain"), None),
+        (Method::GET, format!("/v1/jobs/{job}/tasks/a/explain"), None),
+        (Method::POST, format!("/v1/jobs/{job}/cancel"), None),
+        (
+            Method::POST,
+            format!("/v1/jobs/{job}/tasks"),
+            Some(r#"[{"id": "b", "command": ["true"]}]"#),
+        ),
+    ] {
+        let (status, got) = call(&h, BOB, method.clone(), &path, body).await;
+        assert_eq!(status, 404, "{method} {path} as Bob: {got}");
+        assert_eq!(got["error"]["code"], "NotFound", "{got}");
+        let (_, never) = call(&h, BOB, method.clone(), &path.replace(&job, unknown), body).await;
+        assert_eq!(
+            got["error"]["message"]
+                .as_str()
+                .map(|m| m.replace(&job, unknown)),
+            never["error"]["message"].as_str().map(String::from),
+            "an existing job reads exactly as an unknown one"
+        );
+    }
+    let (status, got) = call(&h, BOB, Method::GET, "/v1/teams/research/usage", None).await;
+    assert_eq!(status, 404, "{got}");
+
+    // Bob cannot submit as research; Carol may look but not change.
+    let as_research = PRIVATE.replace("name: private", "name: x\nteam: research");
+    let (status, got) = call(&h, BOB, Method::POST, "/v1/jobs", Some(&as_research)).await;
+    assert_eq!(
+        (status, got["error"]["code"].as_str()),
+        (403, Some("Forbidden")),
+        "{got}"
+    );
+    assert!(
+        got["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("research"),
+        "{got}"
+    );
+    let (status, got) = call(
+        &h,
+        CAROL,
+        Method::GET,
+        &format!("/v1/jobs/{job}/tasks/a"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        got["env"]["TOKEN"], "research-secret",
+        "a viewer sees the task: {got}"
+    );
+    for path in [
+        format!("/v1/jobs/{job}/cancel"),
+        format!("/v1/jobs/{job}/tasks"),
+    ] {
+        let (status, got) = call(&h, CAROL, Method::POST, &path, Some("[]")).await;
+        assert_eq!(status, 403, "POST {path} as a viewer: {got}");
+        assert!(
+            got["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("viewer"),
+            "{got}"
+        );
+    }
+    let (status, got) = call(&h, CAROL, Method::POST, "/v1/jobs", Some(PRIVATE)).await;
+    assert_eq!(
+        status, 403,
+        "a viewer of one team is a member of none: {got}"
+    );
+
+    // Nothing Bob or Carol did touched the job; Alice may cancel it.
+    let (_, view) = call(&h, ALICE, Method::GET, &format!("/v1/jobs/{job}"), None).await;
+    assert!(
+        !matches!(
+            view["state"].as_str(),
+            Some("SUCCEEDED" | "FAILED" | "CANCELLED")
+        ),
+        "{view}"
+    );
+    let (status, got) = call(
+        &h,
+        ALICE,
+        Method::POST,
+        &format!("/v1/jobs/{job}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_goes_to_the_callers_only_team_or_must_name_one() {
+    let h = two_teams().await;
+    h.grant(ALICE, Some("finance"), "member").await;
+    let (status, got) = call(&h, ALICE, Method::POST, "/v1/jobs", Some(PRIVATE)).await;
+    assert_eq!(status, 400, "{got}");
+    assert_eq!(got["error"]["details"]["field"], "team", "{got}");
+    assert_eq!(
+        got["error"]["details"]["teams"],
+        json!(["finance", "research"]),
+        "{got}"
+    );
+    let named = PRIVATE.replace("name: private", "name: named\nteam: finance");
+    let (status, got) = call(&h, ALICE, Method::POST, "/v1/jobs", Some(&named)).await;
+    assert_eq!(status, 201, "{got}");
+    let job = got["job_id"].as_str().unwrap_or_default();
+    // Now Bob, a member of finance, sees it and may cancel it.
+    let (status, view) = call(&h, BOB, Method::GET, &format!("/v1/jobs/{job}"), None).await;
+    assert_eq!(
+        (status, view["team"].as_str()),
+        (200, Some("finance")),
+        "{view}"
+    );
+    let (status, got) = call(
+        &h,
+        BOB,
+        Method::POST,
+        &format!("/v1/jobs/{job}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_change_quotas_clusters_settings_templates_and_access() {
+    let h = two_teams().await;
+    let cluster = r#"{"kind": "local", "endpoint": "", "region": "", "capacity": {"cpu": 64, "memory_mib": 65536}}"#;
+    let template = r#"{"name": "t", "tasks": [{"id": "a", "command": ["true"]}]}"#;
+    let attempts = [
+        (
+            Method::PUT,
+            "/v1/teams/finance",
+            Some(r#"{"quota": {"cpu": 1000, "memory_mib": 1048576}}"#),
+        ),
+        (Method::PUT, "/v1/clusters/mine", Some(cluster)),
+        (Method::POST, "/v1/clusters/local-a/disable", None),
+        (Method::GET, "/v1/clusters", None),
+        (Method::PUT, "/v1/autoscaler/settings", Some("{}")),
+        (Method::GET, "/v1/autoscaler/settings", None),
+        (Method::PUT, "/v1/templates/t", Some(template)),
+        (
+            Method::POST,
+            "/v1/placements",
+            Some(r#"{"action": "sweep"}"#),
+        ),
+        (Method::GET, "/v1/access", None),
+        (
+            Method::POST,
+            "/v1/access/grants",
+            Some(r#"{"principal": "AKIDBOB", "role": "admin"}"#),
+        ),
+        (
+            Method::POST,
+            "/v1/access/revoke",
+            Some(r#"{"principal": "AKIDALICE", "team": "research"}"#),
+        ),
+    ];
+    for (method, path, body) in attempts {
+        let (status, got) = call(&h, BOB, method.clone(), path, body).await;
+        assert_eq!(status, 403, "{method} {path} as Bob: {got}");
+        assert_eq!(got["error"]["code"], "Forbidden", "{got}");
+        assert!(
+            got["error"]["message"].as_str().unwrap_or("").contains(BOB),
+            "{got}"
+        );
+    }
+    // Nothing changed: Bob is still only a member of finance, Alice still of research,
+    // and the cluster is still enabled.
+    let (_, me) = call(&h, BOB, Method::GET, "/v1/access/me", None).await;
+    assert_eq!(
+        (me["admin"].as_bool(), &me["teams"]),
+        (Some(false), &json!({"finance": "member"})),
+        "{me}"
+    );
+    let (_, me) = call(&h, ALICE, Method::GET, "/v1/access/me", None).await;
+    assert_eq!(me["teams"], json!({"research": "member"}), "{me}");
+    let clusters = h.get("/v1/clusters").await;
+    assert!(
+        clusters.body["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|c| c["enabled"] != false),
+        "{}",
+        clusters.body
+    );
+    // A member sees its own team's quota but not another's, and lists only its own.
+    let (status, _) = call(&h, BOB, Method::GET, "/v1/teams/default", None).await;
+    assert_eq!(status, 404);
+    let (_, teams) = call(&h, BOB, Method::GET, "/v1/teams", None).await;
+    assert_eq!(teams["teams"], json!([]), "{teams}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_signs_as_its_credentials_and_manages_access() {
+    let h = two_teams().await;
+    let spec = h.dir.join("private.yaml");
+    std::fs::write(&spec, PRIVATE).unwrap_or_else(|e| panic!("writing the spec: {e}"));
+    let spec = spec.to_string_lossy().into_owned();
+    let out = h.cli_as(Some(ALICE), &["submit", &spec]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let job = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("j-"))
+        .unwrap_or_else(|| panic!("no job id in {stdout}"))
+        .to_string();
+    for args in [
+        vec!["status", &job],
+        vec!["cancel", &job],
+        vec!["tasks", &job],
+    ] {
+        let out = h.cli_as(Some(BOB), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("404"),
+            "batchplane {args:?} as Bob: {err}"
+        );
+    }
+    let out = h.cli_as(Some(BOB), &["access", "grant", BOB, "--role", "admin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("403"), "{err}");
+    let out = h.cli_as(Some(ALICE), &["status", &job]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The admin (unsigned, on this stack) lists and changes grants with the CLI.
+    let listed = h.cli(&["access"]);
+    assert!(
+        listed.contains(ALICE) && listed.contains("research") && listed.contains("anonymous"),
+        "{listed}"
+    );
+    h.cli(&["access", "revoke", ALICE, "--team", "research"]);
+    let me =
+        String::from_utf8_lossy(&h.cli_as(Some(ALICE), &["access", "whoami"]).stdout).into_owned();
+    assert!(me.contains(ALICE) && !me.contains("research"), "{me}");
+    let out = h.cli_as(Some(ALICE), &["status", &job]);
+    assert!(
+        !out.status.success(),
+        "a revoked member no longer sees the job"
+    );
+    h.cli(&[
+        "access",
+        "grant",
+        "arn:aws:iam::123456789012:role/research-*",
+        "--team",
+        "research",
+        "--role",
+        "viewer",
+    ]);
+    assert!(h.cli(&["access"]).contains("role/research-*"));
+    let out = h.cli_as(
+        None,
+        &[
+            "access", "grant", "x", "--team", "research", "--role", "owner",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("owner"), "{err}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_stack_makes_anonymous_nobody() {
+    let h = Harness::start(|o| {
+        o.workers = 0;
+        o.admins.clear();
+    })
+    .await;
+    let r = h.post("/v1/jobs", PRIVATE).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = h
+        .put_json(
+            "/v1/teams/default",
+            r#"{"quota": {"cpu": 1, "memory_mib": 1024}}"#,
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = h.get("/v1/access/me").await;
+    assert_eq!(r.body["principal"]["id"], "anonymous", "{}", r.body);
+    assert_eq!(r.body["admin"], false, "{}", r.body);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_cannot_take_its_team_from_the_event() {
+    let h = Harness::start(|o| o.workers = 0).await;
+    let r = h
+        .put_json(
+            "/v1/templates/sneaky",
+            r#"{"name": "x", "team": "{{ $.detail.team }}", "tasks": [{"id": "a", "command": ["true"]}]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["details"]["field"], "team", "{}", r.body);
+    h.shutdown().await;
+}
