@@ -201,7 +201,7 @@ tasks:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_task_adds_100_tasks_to_its_own_job() {
     let h = Harness::start(|_| {}).await;
-    let bp = binary("batchplane");
+    let bp = batchplane_testing::binary_for_tasks("batchplane", &h.dir);
     let spec = format!(
         r#"
 name: dynamic
@@ -286,7 +286,7 @@ tasks:
 
 /// Each task appends its id to a shared file, so a second run would show.
 fn counted_spec(dir: &std::path::Path, n: usize, sleep: &str) -> String {
-    let log = dir.join("runs.log");
+    let log = batchplane_testing::shared_file(&dir.join("runs.log"));
     let mut spec = String::from("name: counted\ntasks:\n");
     spec.push_str(&format!(
         "  - {{id: root, command: [sh, -c, 'echo root >> {}']}}\n",
@@ -376,7 +376,7 @@ async fn tasks_claimed_ahead_wait_for_a_free_slot() {
         o.worker_cpus = 2.0;
     })
     .await;
-    let runs = h.dir.join("runs.log");
+    let runs = batchplane_testing::shared_file(&h.dir.join("runs.log"));
     let mut spec = String::from("name: steady\ntasks:\n");
     for i in 0..12 {
         spec.push_str(&format!(
@@ -458,7 +458,7 @@ async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
         o.lease_seconds = 3;
     })
     .await;
-    let marker = h.dir.join("attempts.log");
+    let marker = batchplane_testing::shared_file(&h.dir.join("attempts.log"));
     let job = h
         .submit(&format!(
             "name: survivor\ntasks:\n  - {{id: slow, command: [sh, -c, 'echo $BATCHPLANE_ATTEMPT >> {}; sleep 3; echo done']}}\n",

@@ -8,6 +8,7 @@ mod autoscaling;
 mod aws_batch;
 mod contract;
 mod e2e;
+mod isolation;
 mod placement;
 mod publisher;
 mod quotas;

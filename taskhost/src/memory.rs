@@ -189,7 +189,9 @@ pub fn detect(preference: Preference) -> (Mechanism, Option<String>) {
     (Mechanism::Poll, Some(why.join("; ")))
 }
 
-/// One attempt's group, made by the shim.
+/// One attempt's group, made by the shim (owned by root: the task cannot change its
+/// limits or move itself out).
+#[derive(Debug, Clone)]
 pub struct TaskGroup {
     version: u8,
     dir: PathBuf,
@@ -197,9 +199,27 @@ pub struct TaskGroup {
 }
 
 impl TaskGroup {
-    /// Make the group with its limit and move this process into it (so the task started
-    /// next inherits it); [`TaskGroup::leave`] once the task has started.
-    pub fn enter(mechanism: &Mechanism, limit_mib: u64) -> Result<TaskGroup, String> {
+    /// The group a shim makes for its task (see [`TaskGroup::enter`]).
+    pub fn of_shim(mechanism: &Mechanism, shim_pid: u32) -> Option<TaskGroup> {
+        let Mechanism::Cgroup {
+            version,
+            parent,
+            home,
+        } = mechanism
+        else {
+            return None;
+        };
+        Some(TaskGroup {
+            version: *version,
+            dir: parent.join(format!("task-{shim_pid}")),
+            home: home.clone(),
+        })
+    }
+
+    /// Make the group, with its limit if it has one, and move this process into it (so
+    /// the task started next inherits it); [`TaskGroup::leave`] once the task has
+    /// started.
+    pub fn enter(mechanism: &Mechanism, limit_mib: Option<u64>) -> Result<TaskGroup, String> {
         let Mechanism::Cgroup {
             version,
             parent,
@@ -215,17 +235,9 @@ impl TaskGroup {
             dir,
             home: home.clone(),
         };
-        let bytes = (limit_mib * 1024 * 1024).to_string();
-        let limits = if group.version == 2 {
-            write(&group.dir.join("memory.max"), &bytes).map(|()| {
-                // Best effort: no swapping past the limit; the whole task goes on OOM.
-                let _ = write(&group.dir.join("memory.swap.max"), "0");
-                let _ = write(&group.dir.join("memory.oom.group"), "1");
-            })
-        } else {
-            write(&group.dir.join("memory.limit_in_bytes"), &bytes).map(|()| {
-                let _ = write(&group.dir.join("memory.memsw.limit_in_bytes"), &bytes);
-            })
+        let limits = match limit_mib {
+            None => Ok(()),
+            Some(mib) => group.set_limit(mib),
         };
         if let Err(e) = limits.and_then(|()| {
             write(
@@ -237,6 +249,21 @@ impl TaskGroup {
             return Err(e);
         }
         Ok(group)
+    }
+
+    fn set_limit(&self, limit_mib: u64) -> Result<(), String> {
+        let bytes = (limit_mib * 1024 * 1024).to_string();
+        if self.version == 2 {
+            write(&self.dir.join("memory.max"), &bytes).map(|()| {
+                // Best effort: no swapping past the limit; the whole task goes on OOM.
+                let _ = write(&self.dir.join("memory.swap.max"), "0");
+                let _ = write(&self.dir.join("memory.oom.group"), "1");
+            })
+        } else {
+            write(&self.dir.join("memory.limit_in_bytes"), &bytes).map(|()| {
+                let _ = write(&self.dir.join("memory.memsw.limit_in_bytes"), &bytes);
+            })
+        }
     }
 
     /// Move this process back out, leaving the task alone in the group.
@@ -257,21 +284,38 @@ impl TaskGroup {
         oom_kills(&std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()) > 0
     }
 
-    /// Kill what is left of the task and remove the group.
-    pub fn remove(&self) {
+    /// Kill every process in the group (`cgroup.kill` where cgroup v2 has it, else each
+    /// pid, stopped first so none forks past the kill), until it is empty.
+    pub fn kill_all(&self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if self.version == 2 {
+            let _ = write(&self.dir.join("cgroup.kill"), "1");
+        }
+        let me = std::process::id() as i32;
         for _ in 0..50 {
             let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
             let pids: Vec<i32> = procs
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
+                .filter(|p| *p != me)
                 .collect();
-            let me = std::process::id() as i32;
-            for pid in pids.iter().filter(|p| **p != me) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            if pids.is_empty() {
+                return;
             }
+            for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
+                for pid in &pids {
+                    let _ = kill(Pid::from_raw(*pid), sig);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kill what is left of the task and remove the group.
+    pub fn remove(&self) {
+        for _ in 0..50 {
+            self.kill_all();
             if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
                 return;
             }

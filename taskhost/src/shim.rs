@@ -1,9 +1,15 @@
-//! `taskhost exec --report FILE [--memory-limit-mib N --memory-enforcement HOW] -- ARGV…`:
-//! run one task's command as this process's only child, hold it to its memory limit
-//! (see [`crate::memory`]), wait for it, and write what it used (exit, signal, CPU
-//! user/sys, memory, GPU, whether it ran out of memory) as JSON to FILE. The worker
-//! starts each task under this shim, in a process group of its own, so the measurement
-//! covers exactly the task's process tree and a kill reaches all of it.
+//! `taskhost exec --report FILE [--memory-limit-mib N] [--memory-enforcement HOW]
+//! [--uid UID --workdir DIR] -- ARGV…`: run one task's command as this process's only
+//! child, in a cgroup of its own where the host has one (held to its memory limit, see
+//! [`crate::memory`]), as its own uid in its own directory (see [`crate::isolation`]),
+//! wait for it, and write what it used (exit, signal, CPU user/sys, memory, GPU, whether
+//! it ran out of memory) as JSON to FILE.
+//!
+//! When the task's main process exits, whatever it left behind is killed; so is the
+//! whole task when the shim gets SIGTERM (the worker's cancel, timeout or lost lease) or
+//! its worker dies: every process of the task's cgroup and every descendant of the shim
+//! (it is a child subreaper, so a process that called `setsid` or double-forked is still
+//! one), not only the process group.
 
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::ExitStatusExt;
@@ -36,9 +42,9 @@ pub struct Report {
     pub memory_enforcement: Option<String>,
 }
 
-/// The memory limit a task runs under, and how it is held.
+/// The memory limit a task runs under (if any), and how it is held.
 struct Limit {
-    mib: u64,
+    mib: Option<u64>,
     mechanism: crate::memory::Mechanism,
     /// Chosen by this shim (`auto`), not handed down by a worker: what it set up for
     /// the choice is its own to remove.
@@ -49,20 +55,57 @@ fn seconds(tv: nix::sys::time::TimeVal) -> f64 {
     tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6
 }
 
+/// The task's cgroup, once made: what [`kill_task`] empties.
+static TASK_GROUP: std::sync::OnceLock<crate::memory::TaskGroup> = std::sync::OnceLock::new();
+
+/// Kill every process of the task: its cgroup's, and every descendant of the shim, each
+/// stopped first so none forks past the kill.
+fn kill_task() {
+    if let Some(g) = TASK_GROUP.get() {
+        g.kill_all();
+    }
+    let me = std::process::id() as i32;
+    let tree = crate::sampler::Sampler::new(Some(me as u32));
+    kill_pids(&tree.task_pids(), me);
+}
+
+fn kill_pids(pids: &[i32], except: i32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
+        for pid in pids.iter().filter(|p| **p != except) {
+            let _ = kill(Pid::from_raw(*pid), sig);
+        }
+    }
+}
+
 /// If the worker dies (killed, OOM, node lost), take the task down with it, as a pod's
 /// containers go with the pod: another worker will run it again after the lease lapses,
-/// and two copies must not run at once. The shim leads the task's process group, so
-/// killing the group kills the whole task.
-fn watch_parent() {
+/// and two copies must not run at once. On SIGTERM (the worker stopping the attempt),
+/// the same, then exit.
+fn watch_parent_and_sigterm() {
     let parent = nix::unistd::getppid();
     std::thread::spawn(move || loop {
         std::thread::sleep(std::time::Duration::from_millis(200));
         if nix::unistd::getppid() != parent {
+            kill_task();
             let _ =
                 nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGKILL);
             return;
         }
     });
+    // SIGTERM is blocked in every thread (the task's process gets a clean mask from
+    // std's spawn) and taken here, synchronously.
+    let mut term = nix::sys::signal::SigSet::empty();
+    term.add(nix::sys::signal::Signal::SIGTERM);
+    if term.thread_block().is_ok() {
+        std::thread::spawn(move || {
+            if term.wait().is_ok() {
+                kill_task();
+                std::process::exit(143);
+            }
+        });
+    }
 }
 
 /// What running the task came to.
@@ -76,40 +119,52 @@ struct Outcome {
 
 /// Kill the task's processes: stop them all first, so none forks past the kill.
 fn kill_tree(sampler: &crate::sampler::Sampler) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    for sig in [Signal::SIGSTOP, Signal::SIGKILL] {
-        for pid in sampler.task_pids() {
-            let _ = kill(Pid::from_raw(pid), sig);
-        }
-    }
+    kill_pids(&sampler.task_pids(), std::process::id() as i32);
+}
+
+/// Who the task runs as, and where.
+#[derive(Debug, Default)]
+struct RunAs {
+    uid: Option<u32>,
+    workdir: Option<String>,
 }
 
 /// Run the command under its limit and sample its process tree until it exits.
-fn run_sampled(argv: &[String], limit: Option<&Limit>) -> std::io::Result<Outcome> {
+fn run_sampled(argv: &[String], limit: Option<&Limit>, run_as: &RunAs) -> std::io::Result<Outcome> {
     use crate::memory::{Mechanism, TaskGroup};
+    use std::os::unix::process::CommandExt;
     let group = match limit {
         Some(Limit { mib, mechanism, .. }) if *mechanism != Mechanism::Poll => {
             TaskGroup::enter(mechanism, *mib).ok()
         }
         _ => None,
     };
-    let poll_limit_kib = match (limit, &group) {
-        (Some(l), None) => {
+    if let Some(g) = &group {
+        let _ = TASK_GROUP.set(g.clone());
+    }
+    let poll_limit_kib = match (limit.and_then(|l| l.mib), &group) {
+        (Some(mib), None) => {
             // No cgroup: the RSS poll below holds the limit; RLIMIT_DATA is the backstop.
-            let backstop = crate::memory::data_backstop_bytes(l.mib);
+            let backstop = crate::memory::data_backstop_bytes(mib);
             let _ = nix::sys::resource::setrlimit(
                 nix::sys::resource::Resource::RLIMIT_DATA,
                 backstop,
                 backstop,
             );
-            Some(l.mib * 1024)
+            Some(mib * 1024)
         }
         _ => None,
     };
-    let spawned = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .spawn();
+    let mut command = std::process::Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    if let Some(uid) = run_as.uid {
+        // std drops the supplementary groups too when root switches uid.
+        command.uid(uid).gid(uid);
+    }
+    if let Some(dir) = &run_as.workdir {
+        command.current_dir(dir);
+    }
+    let spawned = command.spawn();
     if let Some(g) = &group {
         g.leave();
     }
@@ -149,15 +204,18 @@ fn run_sampled(argv: &[String], limit: Option<&Limit>) -> std::io::Result<Outcom
     let status = waiter
         .join()
         .map_err(|_| std::io::Error::other("the waiting thread panicked"))??;
-    let (out_of_memory, enforcement) = match (&group, limit) {
-        (Some(g), Some(l)) => {
-            let oom = g.oom_killed();
-            g.remove();
-            (oom, Some(l.mechanism.name()))
-        }
+    // The main process is gone: so is anything it left running.
+    let leftovers = crate::sampler::Sampler::new(Some(std::process::id()));
+    kill_tree(&leftovers);
+    let limited = limit.filter(|l| l.mib.is_some());
+    let (out_of_memory, enforcement) = match (&group, limited) {
+        (Some(g), Some(l)) => (g.oom_killed(), Some(l.mechanism.name())),
         (None, Some(_)) => (polled_out, Some(crate::memory::POLL)),
         _ => (false, None),
     };
+    if let Some(g) = &group {
+        g.remove();
+    }
     Ok(Outcome {
         status,
         usage: sampler.usage(),
@@ -166,12 +224,22 @@ fn run_sampled(argv: &[String], limit: Option<&Limit>) -> std::io::Result<Outcom
     })
 }
 
-/// Parse `--report FILE [--memory-limit-mib N --memory-enforcement HOW] -- ARGV…`.
-fn parse(args: &[String]) -> Result<(String, Option<Limit>, Vec<String>), String> {
+/// What the shim is asked to do.
+struct Invocation {
+    report: String,
+    limit: Option<Limit>,
+    run_as: RunAs,
+    argv: Vec<String>,
+}
+
+/// Parse `--report FILE [--memory-limit-mib N] [--memory-enforcement HOW] [--uid UID
+/// --workdir DIR] -- ARGV…`.
+fn parse(args: &[String]) -> Result<Invocation, String> {
     let mut report = None;
     let mut limit_mib = None;
     let mut mechanism = None;
     let mut chosen_here = false;
+    let mut run_as = RunAs::default();
     let mut i = 0;
     while i < args.len() {
         let value = || {
@@ -187,18 +255,27 @@ fn parse(args: &[String]) -> Result<(String, Option<Limit>, Vec<String>), String
                 }
                 let report = report.ok_or("--report is required")?;
                 let limit = match (limit_mib, mechanism) {
-                    (Some(mib), mechanism) => Some(Limit {
+                    (None, None) => None,
+                    (mib, mechanism) => Some(Limit {
                         mib,
                         mechanism: mechanism.unwrap_or(crate::memory::Mechanism::Poll),
                         chosen_here,
                     }),
-                    (None, Some(_)) => {
-                        return Err("--memory-enforcement needs --memory-limit-mib".into())
-                    }
-                    (None, None) => None,
                 };
-                return Ok((report, limit, argv));
+                if run_as.uid == Some(0) {
+                    return Err("--uid 0: a task never runs as root".into());
+                }
+                return Ok(Invocation {
+                    report,
+                    limit,
+                    run_as,
+                    argv,
+                });
             }
+            "--uid" => {
+                run_as.uid = Some(value()?.parse::<u32>().map_err(|e| format!("--uid: {e}"))?)
+            }
+            "--workdir" => run_as.workdir = Some(value()?),
             "--report" => report = Some(value()?),
             "--memory-limit-mib" => {
                 limit_mib = Some(
@@ -225,19 +302,25 @@ fn parse(args: &[String]) -> Result<(String, Option<Limit>, Vec<String>), String
 }
 
 pub fn main(args: &[String]) -> i32 {
-    let (report_path, limit, argv) = match parse(args) {
+    let Invocation {
+        report: report_path,
+        limit,
+        run_as,
+        argv,
+    } = match parse(args) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("taskhost exec: {e}");
-            eprintln!("usage: taskhost exec --report FILE [--memory-limit-mib N --memory-enforcement HOW] -- COMMAND [ARG…]");
+            eprintln!("usage: taskhost exec --report FILE [--memory-limit-mib N] [--memory-enforcement HOW] [--uid UID --workdir DIR] -- COMMAND [ARG…]");
             return 2;
         }
     };
     let mut report = Report::default();
-    watch_parent();
-    // Orphans of the task stay below the shim, where the memory poll can see them.
+    // Orphans of the task stay below the shim, where the memory poll and the kill see
+    // them.
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    match run_sampled(&argv, limit.as_ref()) {
+    watch_parent_and_sigterm();
+    match run_sampled(&argv, limit.as_ref(), &run_as) {
         Ok(Outcome {
             status,
             usage,

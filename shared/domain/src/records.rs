@@ -96,6 +96,10 @@ pub struct AttemptRecord {
     /// How the worker held the attempt to its memory: `cgroup-v2`, `cgroup-v1` or
     /// `rlimit+rss-poll`.
     pub memory_enforcement: Option<String>,
+    /// How the attempt was kept from its neighbours: `uid` (its own uid, below) or
+    /// `none` (the worker could not switch uid: it ran as the worker's user).
+    pub isolation: Option<String>,
+    pub uid: Option<u32>,
     pub cpu_user_seconds: Option<f64>,
     pub cpu_system_seconds: Option<f64>,
     pub max_rss_kib: Option<u64>,

@@ -194,6 +194,9 @@ pub fn worker_pod(
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             service_account_name: Some(settings.service_account.clone()),
+            // The taskhost needs AWS credentials (its service account's IAM role), not
+            // the Kubernetes API: no API token for a task to find on the pod.
+            automount_service_account_token: Some(false),
             termination_grace_period_seconds: Some(settings.termination_grace.as_secs() as i64),
             node_selector: (!node_selector.is_empty()).then_some(node_selector),
             tolerations: (!tolerations.is_empty()).then_some(tolerations),

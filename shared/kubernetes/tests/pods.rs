@@ -118,6 +118,10 @@ async fn launch_creates_one_pod_per_slot_with_resources_labels_and_placement() {
             let spec = &pod["spec"];
             assert_eq!(spec["restartPolicy"], "Never");
             assert_eq!(spec["serviceAccountName"], "batchplane-taskhost");
+            assert_eq!(
+                spec["automountServiceAccountToken"], false,
+                "no API token for tasks to find"
+            );
             assert_eq!(spec["terminationGracePeriodSeconds"], 900);
             assert_eq!(
                 spec["nodeSelector"],

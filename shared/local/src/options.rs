@@ -55,6 +55,8 @@ pub struct StackOptions {
     /// The deployment's admins: principals (here, access key ids) or patterns.
     /// Default `anonymous`, so unsigned requests may do everything; empty: nobody.
     pub admins: Vec<String>,
+    /// The taskhosts' `--task-uids` (`START-END` or `none`); `None`: their default.
+    pub task_uids: Option<String>,
 }
 
 /// A local cluster: a name and what placement may put there.
@@ -202,6 +204,7 @@ impl StackOptions {
             team: "default".into(),
             autoscale_every: None,
             admins: vec![batchplane::domain::access::ANONYMOUS.into()],
+            task_uids: None,
         })
     }
 }

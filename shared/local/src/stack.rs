@@ -192,7 +192,7 @@ impl LocalStack {
     /// The environment a local taskhost gets.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         let o = &self.opts;
-        vec![
+        let mut env = vec![
             ("AWS_ENDPOINT_URL_DYNAMODB".into(), o.dynamodb_url.clone()),
             ("AWS_ENDPOINT_URL_SQS".into(), o.sqs_url.clone()),
             ("AWS_ACCESS_KEY_ID".into(), "local".into()),
@@ -209,7 +209,11 @@ impl LocalStack {
                 LOCAL_RESERVATION_LEASE.as_secs().to_string(),
             ),
             ("BATCHPLANE_API_URL".into(), self.api_url.clone()),
-        ]
+        ];
+        if let Some(uids) = &o.task_uids {
+            env.push(("BATCHPLANE_TASK_UIDS".into(), uids.clone()));
+        }
+        env
     }
 
     /// Start one more taskhost on the stack's queues, placed for the stack's team;

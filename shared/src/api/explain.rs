@@ -223,6 +223,21 @@ impl Service {
         task: &TaskRecord,
         out: &mut Vec<Reason>,
     ) -> Result<(), ApiError> {
+        if let Some(a) = task
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.isolation.as_deref() == Some("none"))
+        {
+            out.push(reason(
+                "NotIsolated",
+                format!(
+                    "attempt {} ran as its worker's own user, not a uid of its own (the worker is not root, or its isolation is off): it could see and signal the tasks beside it",
+                    a.attempt
+                ),
+                json!({"attempt": a.attempt, "worker_id": a.worker_id}),
+            ));
+        }
         match task.state {
             TaskState::Pending => {
                 let deps = self

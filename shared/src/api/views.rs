@@ -89,6 +89,10 @@ pub struct AttemptView {
     pub cpu: Option<f64>,
     pub memory_mib: Option<u64>,
     pub memory_enforcement: Option<String>,
+    /// `uid` (the attempt ran as a uid of its own) or `none`.
+    pub isolation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     pub cpu_user_seconds: Option<f64>,
     pub cpu_system_seconds: Option<f64>,
     pub max_rss_kib: Option<u64>,
@@ -143,6 +147,8 @@ pub(super) fn attempt_view(a: &AttemptRecord) -> AttemptView {
         cpu: a.cpu_milli.map(|c| f64::from(c) / 1000.0),
         memory_mib: a.memory_mib,
         memory_enforcement: a.memory_enforcement.clone(),
+        isolation: a.isolation.clone(),
+        uid: a.uid,
         cpu_user_seconds: a.cpu_user_seconds,
         cpu_system_seconds: a.cpu_system_seconds,
         max_rss_kib: a.max_rss_kib,

@@ -308,6 +308,8 @@ pub fn attempt_to_value(a: &AttemptRecord) -> AttributeValue {
         "memory_enforcement",
         a.memory_enforcement.clone().map(s),
     );
+    opt(&mut m, "isolation", a.isolation.clone().map(s));
+    opt(&mut m, "uid", a.uid.map(n));
     opt(&mut m, "cpu_user_seconds", a.cpu_user_seconds.map(n));
     opt(&mut m, "cpu_system_seconds", a.cpu_system_seconds.map(n));
     opt(&mut m, "max_rss_kib", a.max_rss_kib.map(n));
@@ -338,6 +340,8 @@ fn attempt_from_value(item: &Item) -> Result<AttemptRecord, Malformed> {
         cpu_milli: r.opt_n("cpu_milli")?,
         memory_mib: r.opt_n("memory_mib")?,
         memory_enforcement: r.opt_s("memory_enforcement")?,
+        isolation: r.opt_s("isolation")?,
+        uid: r.opt_n("uid")?,
         cpu_user_seconds: r.opt_n("cpu_user_seconds")?,
         cpu_system_seconds: r.opt_n("cpu_system_seconds")?,
         max_rss_kib: r.opt_n("max_rss_kib")?,

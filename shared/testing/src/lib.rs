@@ -306,6 +306,26 @@ pub fn signed_as(key: &str) -> String {
     )
 }
 
+/// An empty file at `path` that every task may append to: tasks run as uids of their
+/// own, so a file several of them write (a test's record of what ran) must be open to
+/// all of them.
+pub fn shared_file(path: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, "").unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .unwrap_or_else(|e| panic!("opening {} to every task: {e}", path.display()));
+    path.to_path_buf()
+}
+
+/// A copy of one of the workspace's binaries where any task's uid may run it (the build
+/// directory may be under a home only its owner can enter).
+pub fn binary_for_tasks(name: &str, dir: &Path) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(binary(name), &to)
+        .unwrap_or_else(|e| panic!("copying {name} to {}: {e}", dir.display()));
+    to
+}
+
 /// A response's body as JSON; a body that is not JSON is kept as a string (an error page
 /// or a plain-text refusal), so an assertion on it shows what came back.
 async fn body_of(r: reqwest::Response) -> Value {

@@ -124,13 +124,24 @@ enum Ending {
     SpawnFailed(String),
 }
 
-/// The environment a task runs with: a few basics from the worker, the task's own
-/// variables, and Batchplane's (so a task can find its job and the API).
-pub fn task_environment(task: &TaskRecord, api_url: Option<&str>) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER"]
+/// The environment a task runs with: the worker's `PATH`, `LANG` and `TZ`, its own
+/// working directory as `HOME` and `TMPDIR`, the task's own variables, and Batchplane's
+/// (so a task can find its job and the API). Nothing else of the worker's — its
+/// credentials least of all — reaches the task.
+pub fn task_environment(
+    task: &TaskRecord,
+    api_url: Option<&str>,
+    workdir: Option<&std::path::Path>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = ["PATH", "LANG", "TZ"]
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
+    if let Some(dir) = workdir {
+        let dir = dir.display().to_string();
+        env.push(("HOME".into(), dir.clone()));
+        env.push(("TMPDIR".into(), dir));
+    }
     env.extend(task.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.push(("BATCHPLANE_JOB_ID".into(), task.job_id.clone()));
     env.push(("BATCHPLANE_TASK_ID".into(), task.task_id.clone()));
@@ -170,12 +181,13 @@ async fn kill_requested(kill: &mut watch::Receiver<Option<Kill>>) -> Kill {
     }
 }
 
-/// Where an attempt's output and report go.
+/// Where an attempt's output and report go, and the directory it runs in.
 struct AttemptFiles {
     dir: PathBuf,
     stdout: PathBuf,
     stderr: PathBuf,
     report: PathBuf,
+    workdir: PathBuf,
 }
 
 impl AttemptFiles {
@@ -185,6 +197,7 @@ impl AttemptFiles {
             stdout: dir.join(format!("attempt-{}.stdout", task.attempt)),
             stderr: dir.join(format!("attempt-{}.stderr", task.attempt)),
             report: dir.join(format!("attempt-{}.report.json", task.attempt)),
+            workdir: dir.join(format!("attempt-{}.work", task.attempt)),
             dir,
         }
     }
@@ -223,13 +236,15 @@ async fn run_attempt(
         task.started_at.unwrap_or_else(now_ms)
     };
     let files = AttemptFiles::new(ctx, task);
-    let ending = match before_start {
-        Some(ending) => ending,
+    let (ending, uid) = match before_start {
+        Some(ending) => (ending, None),
         None => run_process(ctx, task, &files, &mut kill).await,
     };
     slot_free();
     let report = files.take_report();
     let mut attempt = attempt_record(ctx, task, started_at, &files, report.as_ref());
+    attempt.isolation = Some(ctx.isolation.name().to_string());
+    attempt.uid = uid;
     let timed_out = matches!(ending, Ending::TimedOut);
     let out_of_memory =
         matches!(ending, Ending::Exited(_)) && report.as_ref().is_some_and(|r| r.out_of_memory);
@@ -269,44 +284,73 @@ async fn wait_for_slot(
     }
 }
 
-/// Start the task's process under the shim and wait for it to end, to time out, or to
-/// be killed (its whole process group).
+/// How long the shim has to kill its task on SIGTERM before the worker kills it all.
+const SHIM_GRACE: Duration = Duration::from_secs(5);
+
+/// Stop an attempt: SIGTERM to the shim, which kills every process of the task (its
+/// cgroup's and its descendants, `setsid` ones too) and exits; if it has not within
+/// [`SHIM_GRACE`], SIGKILL to its process group and to everything in its cgroup.
+async fn stop(ctx: &Ctx, child: &mut tokio::process::Child) {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+    let Some(pid) = child.id() else { return };
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    if tokio::time::timeout(SHIM_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    if let Some(group) = crate::memory::TaskGroup::of_shim(&ctx.memory, pid) {
+        group.kill_all();
+    }
+}
+
+/// Start the task's process under the shim, as a uid of its own, and wait for it to
+/// end, to time out, or to be stopped; then remove its working directory. Also the uid
+/// it ran as.
 async fn run_process(
     ctx: &Ctx,
     task: &TaskRecord,
     files: &AttemptFiles,
     kill: &mut watch::Receiver<Option<Kill>>,
-) -> Ending {
-    let mut child = match spawn(ctx, task, files) {
-        Ok(child) => child,
-        Err(e) => return Ending::SpawnFailed(e),
-    };
-    let pid = child.id();
-    let timeout = task.timeout_seconds.map(Duration::from_secs);
-    let kill_group = || {
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+) -> (Ending, Option<u32>) {
+    // The uid is this attempt's until the lease drops, after every process is gone.
+    let lease = match ctx.isolation.lease() {
+        Ok(lease) => lease,
+        Err(e) => {
+            return (
+                Ending::SpawnFailed(format!("no uid to run the task as: {e}")),
+                None,
+            )
         }
     };
-    tokio::select! {
+    let uid = lease.as_ref().map(|l| l.uid);
+    let mut child = match spawn(ctx, task, files, uid) {
+        Ok(child) => child,
+        Err(e) => return (Ending::SpawnFailed(e), uid),
+    };
+    let timeout = task.timeout_seconds.map(Duration::from_secs);
+    let ending = tokio::select! {
         status = child.wait() => match status {
             Ok(s) => Ending::Exited(s),
             Err(e) => Ending::SpawnFailed(format!("waiting for the task failed: {e}")),
         },
         _ = sleep_or_forever(timeout) => {
-            kill_group();
-            let _ = child.wait().await;
+            stop(ctx, &mut child).await;
             Ending::TimedOut
         }
         reason = kill_requested(kill) => {
-            kill_group();
-            let _ = child.wait().await;
+            stop(ctx, &mut child).await;
             Ending::Killed(reason)
         }
+    };
+    if let Err(e) = std::fs::remove_dir_all(&files.workdir) {
+        tracing::warn!(error = %e, dir = %files.workdir.display(), "removing an attempt's working directory failed");
     }
+    drop(lease);
+    (ending, uid)
 }
 
 /// The attempt as recorded: who ran it, when, where its output is, what it reserved and
@@ -498,26 +542,51 @@ fn spawn(
     ctx: &Ctx,
     task: &TaskRecord,
     files: &AttemptFiles,
+    uid: Option<u32>,
 ) -> Result<tokio::process::Child, String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let (dir, stdout, stderr, report) = (&files.dir, &files.stdout, &files.stderr, &files.report);
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
-    let out = std::fs::File::create(stdout)
-        .map_err(|e| format!("cannot create {}: {e}", stdout.display()))?;
-    let err = std::fs::File::create(stderr)
-        .map_err(|e| format!("cannot create {}: {e}", stderr.display()))?;
+    // Others may pass through (to their own working directory) but not list it; the
+    // logs are the worker's alone, written through the descriptors the task inherits.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+    let private = |path: &std::path::Path| {
+        std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))
+    };
+    let (out, err) = (private(stdout)?, private(stderr)?);
+    crate::isolation::make_workdir(&files.workdir, uid)?;
     let mut cmd = tokio::process::Command::new(&ctx.exe);
     cmd.arg("exec").arg("--report").arg(report);
     if task.memory_mib > 0 {
         cmd.arg("--memory-limit-mib")
-            .arg(task.memory_mib.to_string())
-            .arg("--memory-enforcement")
-            .arg(ctx.memory.to_arg());
+            .arg(task.memory_mib.to_string());
     }
-    cmd.arg("--")
+    // A cgroup of its own even without a limit: it is how every process of the task
+    // is found and killed.
+    if task.memory_mib > 0 || ctx.memory != crate::memory::Mechanism::Poll {
+        cmd.arg("--memory-enforcement").arg(ctx.memory.to_arg());
+    }
+    if let Some(uid) = uid {
+        cmd.arg("--uid").arg(uid.to_string());
+    }
+    cmd.arg("--workdir")
+        .arg(&files.workdir)
+        .arg("--")
         .args(&task.command)
         .env_clear()
-        .envs(task_environment(task, ctx.api_url.as_deref()))
+        .envs(task_environment(
+            task,
+            ctx.api_url.as_deref(),
+            Some(&files.workdir),
+        ))
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)

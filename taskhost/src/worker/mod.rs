@@ -91,6 +91,7 @@ struct Ctx {
     exe: PathBuf,
     max_attempts: u32,
     memory: crate::memory::Mechanism,
+    isolation: crate::isolation::Isolation,
 }
 
 /// A delivered message the worker holds until there is room for its task.
@@ -150,6 +151,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let worker_id = opts.worker_id();
     let capacity = opts.capacity();
     let (memory, why_not_cgroup) = crate::memory::detect(opts.memory_enforcement);
+    let isolation = crate::isolation::Isolation::detect(opts.task_uids.0, &opts.uid_lock_dir);
+    if let crate::isolation::Isolation::None { why } = &isolation {
+        tracing::warn!(why = %why, "tasks run without isolation: as this taskhost's user, able to see each other");
+    }
     let ctx = Arc::new(Ctx {
         jobs: crate::templates::JobCache::new(store.clone()),
         store,
@@ -160,6 +165,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         max_attempts: config.max_attempts,
         exe: std::env::current_exe()?,
         memory: memory.clone(),
+        isolation,
     });
     tracing::info!(worker_id, pools = ?pools, cpus = capacity.cpu(), memory_mib = capacity.memory_mib, gpus = capacity.gpu,
         memory_enforcement = memory.name(), why_not_cgroup = why_not_cgroup.as_deref().unwrap_or(""), "taskhost started");

@@ -41,6 +41,18 @@ pub struct Options {
         default_value = "auto"
     )]
     pub memory_enforcement: crate::memory::Preference,
+    /// The uids attempts run as, `START-END`, one per running attempt (leased host-wide
+    /// under --uid-lock-dir), or `none` to run them as the taskhost's own user. A
+    /// taskhost that is not root runs them as itself and records `isolation: none`.
+    #[arg(long, env = "BATCHPLANE_TASK_UIDS", default_value = "100000-165535", value_parser = parse_uids)]
+    pub task_uids: crate::isolation::TaskUids,
+    /// Where the taskhosts of this host lease uids (a directory only root may write).
+    #[arg(
+        long,
+        env = "BATCHPLANE_UID_LOCK_DIR",
+        default_value = "/tmp/batchplane/uids"
+    )]
+    pub uid_lock_dir: PathBuf,
     /// Exit after this many seconds with nothing to run (0: never).
     #[arg(long, env = "BATCHPLANE_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
     pub idle_timeout_seconds: u64,
@@ -122,6 +134,13 @@ impl Options {
             format!("{host}-{}", std::process::id())
         })
     }
+}
+
+fn parse_uids(text: &str) -> Result<crate::isolation::TaskUids, String> {
+    if text == "none" {
+        return Ok(crate::isolation::TaskUids(None));
+    }
+    text.parse().map(|r| crate::isolation::TaskUids(Some(r)))
 }
 
 fn parse_tier(text: &str) -> Result<batchplane::domain::tiers::Tier, String> {
