@@ -6,6 +6,7 @@ mod adapters;
 mod arrays;
 mod autoscaling;
 mod aws_batch;
+mod bounds;
 mod contract;
 mod e2e;
 mod isolation;

@@ -303,7 +303,7 @@ impl Service {
     ) -> Result<Value, ApiError> {
         Self::require_admin(who, "store job templates")?;
         check_name("name", name)?;
-        let template: Value = serde_yaml::from_str(body).map_err(|e| {
+        let template: Value = crate::domain::limits::yaml_from_str(body).map_err(|e| {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
             ApiError::bad_request(
                 format!("template: {e}"),
@@ -318,6 +318,14 @@ impl Service {
         }
         crate::domain::template::check(&template)
             .map_err(|e| ApiError::bad_request(format!("template {e}"), json!({"field": e.at})))?;
+        crate::domain::limits::check_document_size(
+            "",
+            &template,
+            crate::domain::limits::MAX_DOCUMENT_BYTES,
+        )
+        .map_err(|e| {
+            ApiError::bad_request(format!("template: {e}"), json!({"field": e.field})).caused_by(e)
+        })?;
         // The team its jobs run as is fixed here, by the admin storing it: an event
         // cannot choose it.
         let team = match template.get("team") {

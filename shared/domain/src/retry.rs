@@ -120,6 +120,17 @@ impl RetryStrategy {
                     "give on_exit_code, on_reason or on_status_reason",
                 ));
             }
+            for (name, text) in [
+                ("on_reason", &r.on_reason),
+                ("on_status_reason", &r.on_status_reason),
+            ] {
+                if text.as_ref().is_some_and(|t| t.len() > 512) {
+                    return Err(FieldError::new(
+                        format!("retry_strategy.evaluate_on_exit[{i}].{name}"),
+                        "at most 512 characters (as AWS Batch)",
+                    ));
+                }
+            }
             if let Some(code) = &r.on_exit_code {
                 let digits = code.strip_suffix('*').unwrap_or(code);
                 if digits.len() > 512 || !digits.bytes().all(|b| b.is_ascii_digit()) {

@@ -242,6 +242,15 @@ pub fn parse_array_job_spec(text: &str) -> Result<ArrayJobSpec, SpecError> {
             ));
         }
     }
+    // What the job item keeps of it: its template and what it was submitted with.
+    let stored = json!({
+        "name": spec.name, "command": spec.command, "env": spec.env,
+        "parameters": spec.parameters, "tags": spec.tags,
+        "retry_strategy": spec.retry_strategy, "tiers": spec.tiers,
+        "job_definition": spec.job_definition,
+    });
+    crate::limits::check_document_size("", &stored, crate::limits::MAX_DOCUMENT_BYTES)
+        .map_err(|e| invalid(&e.field, format!("field `{}`: {}", e.field, e.problem)))?;
     Ok(spec)
 }
 
@@ -422,7 +431,7 @@ fn parse_document<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, SpecE
             )
         })
     } else {
-        serde_yaml::from_str(text).map_err(|e| {
+        crate::limits::yaml_from_str(text).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -577,6 +586,15 @@ fn validate_task_fields(t: &TaskSpec) -> Result<(), SpecError> {
                 "command and env together are {size} bytes; at most {MAX_TASK_BYTES} (pass large inputs as files)"
             ),
         ));
+    }
+    // The whole task, as its item stores it (its dependencies go through barriers, so
+    // they are bounded apart).
+    if let Ok(mut whole) = serde_json::to_value(t) {
+        if let Some(m) = whole.as_object_mut() {
+            m.remove("depends_on");
+        }
+        crate::limits::check_document_size("", &whole, 2 * MAX_TASK_BYTES)
+            .map_err(|e| task_error("InvalidField", &t.id, &e.field, e.problem))?;
     }
     if let Some(key) = t
         .env

@@ -40,6 +40,21 @@ impl Service {
         Ok(())
     }
 
+    /// One submission may bring at most [`MAX_POOLS_PER_SUBMISSION`] worker pools (tier
+    /// shapes) into being: each is a queue and, under load, workers.
+    ///
+    /// [`MAX_POOLS_PER_SUBMISSION`]: crate::domain::limits::MAX_POOLS_PER_SUBMISSION
+    pub(super) fn check_pool_count(shapes: usize) -> Result<(), ApiError> {
+        use crate::domain::limits::MAX_POOLS_PER_SUBMISSION;
+        if shapes > MAX_POOLS_PER_SUBMISSION {
+            return Err(ApiError::bad_request(
+                format!("field `tiers`: the tasks use {shapes} distinct tier shapes; one submission may use at most {MAX_POOLS_PER_SUBMISSION}"),
+                json!({"field": "tiers", "shapes": shapes}),
+            ));
+        }
+        Ok(())
+    }
+
     /// Claim `key` for `job_id`; the job it already named, if another submission claimed
     /// it first.
     pub(super) async fn claim_idempotency(
@@ -103,6 +118,7 @@ impl Service {
             .iter()
             .flat_map(|t| t.tiers.iter().copied())
             .collect();
+        Self::check_pool_count(shapes.len())?;
         self.ensure_pools(&spec.queue, &shapes).await?;
         let now = now_ms();
         let job_id = new_job_id(now);

@@ -140,24 +140,10 @@ impl Service {
         validate_addition(&tasks, &existing)?;
         let shapes: std::collections::BTreeSet<crate::domain::tiers::Tier> =
             tasks.iter().flat_map(|t| t.tiers.iter().copied()).collect();
+        Self::check_pool_count(shapes.len())?;
         self.ensure_pools(&job.queue, &shapes).await?;
         let (plan, edges) = plan_addition(&tasks);
-        let mut fan_out: BTreeMap<&str, usize> = BTreeMap::new();
-        for e in &edges {
-            *fan_out.entry(e.from.as_str()).or_default() += 1;
-        }
-        for (from, extra) in &fan_out {
-            let have = found.get(*from).map(|t| t.dependents.len()).unwrap_or(0);
-            if have + extra > MAX_EDGES {
-                return Err(ApiError::bad_request(
-                    format!(
-                        "task {from:?} would have {} dependents; a task added later may have at most {MAX_EDGES} (add an intermediate task)",
-                        have + extra
-                    ),
-                    json!({"task": from, "field": "depends_on"}),
-                ));
-            }
-        }
+        check_fan_out(&edges, &found)?;
         if !self.store.add_to_total(job_id, tasks.len() as u64).await? {
             return Err(refuse());
         }
@@ -218,6 +204,30 @@ impl Service {
             added: tasks.len(),
         })
     }
+}
+
+/// A stored task may gain dependents only up to [`MAX_EDGES`] in all.
+fn check_fan_out(
+    edges: &[crate::domain::ExistingEdge],
+    found: &std::collections::HashMap<String, crate::domain::TaskRecord>,
+) -> Result<(), ApiError> {
+    let mut fan_out: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in edges {
+        *fan_out.entry(e.from.as_str()).or_default() += 1;
+    }
+    for (from, extra) in &fan_out {
+        let have = found.get(*from).map(|t| t.dependents.len()).unwrap_or(0);
+        if have + extra > MAX_EDGES {
+            return Err(ApiError::bad_request(
+                format!(
+                    "task {from:?} would have {} dependents; a task added later may have at most {MAX_EDGES} (add an intermediate task)",
+                    have + extra
+                ),
+                json!({"task": from, "field": "depends_on"}),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn encode_token(shard: u32, sk: &str) -> String {

@@ -20,7 +20,7 @@ pub(super) fn retry_from(
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(None);
     };
-    let attempts = v.get("attempts").and_then(Value::as_u64).unwrap_or(1) as u32;
+    let attempts = opt_int(v, "attempts", &format!("{field}.attempts"), 1, 10)?.unwrap_or(1) as u32;
     let mut rules = Vec::new();
     for (i, r) in v
         .get("evaluateOnExit")
@@ -81,8 +81,19 @@ pub(super) fn resources(
     container: &Value,
     field: &str,
 ) -> Result<(Option<f64>, Option<u64>), ApiError> {
-    let mut cpu = container.get("vcpus").and_then(Value::as_f64);
-    let mut mem = container.get("memory").and_then(Value::as_u64);
+    let mut cpu = match container.get("vcpus") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(positive_number(v, &format!("{field}.vcpus"), MAX_VCPUS)?),
+    };
+    let mut mem = match container.get("memory") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(whole_number(
+            v,
+            &format!("{field}.memory"),
+            1,
+            MAX_MEMORY_MIB,
+        )?),
+    };
     for (i, r) in container
         .get("resourceRequirements")
         .and_then(Value::as_array)
@@ -91,23 +102,14 @@ pub(super) fn resources(
         .iter()
         .enumerate()
     {
-        let value = opt_str(r, "value").unwrap_or_default();
+        let value = r.get("value").cloned().unwrap_or(Value::Null);
+        let at = |kind: &str| format!("{field}.resourceRequirements[{i}] {kind}");
         match opt_str(r, "type") {
-            Some("VCPU") => {
-                cpu = Some(value.parse::<f64>().ok().filter(|v| *v > 0.0).ok_or_else(|| {
-                    client(format!(
-                        "{field}.resourceRequirements[{i}]: VCPU {value:?} is not a positive number"
-                    ))
-                })?)
+            Some("VCPU") => cpu = Some(positive_number(&value, &at("VCPU"), MAX_VCPUS)?),
+            Some("MEMORY") => mem = Some(whole_number(&value, &at("MEMORY"), 1, MAX_MEMORY_MIB)?),
+            Some("GPU") => {
+                whole_number(&value, &at("GPU"), 0, MAX_GPUS)?;
             }
-            Some("MEMORY") => {
-                mem = Some(value.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-                    client(format!(
-                        "{field}.resourceRequirements[{i}]: MEMORY {value:?} is not a whole number of MiB"
-                    ))
-                })?)
-            }
-            Some("GPU") => {}
             other => {
                 return Err(client(format!(
                     "{field}.resourceRequirements[{i}].type {other:?} must be VCPU, MEMORY or GPU"
@@ -159,6 +161,7 @@ impl Service {
         input: &Value,
     ) -> Result<Value, ApiError> {
         let name = checked_name(input, "jobDefinitionName")?;
+        check_size(input)?;
         match opt_str(input, "type") {
             Some("container") => {}
             Some(other) => {

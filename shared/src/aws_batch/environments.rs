@@ -52,8 +52,16 @@ impl Service {
                 return Err(client(format!("computeResources.allocationStrategy {a:?} is not one of BEST_FIT, BEST_FIT_PROGRESSIVE, SPOT_CAPACITY_OPTIMIZED, SPOT_PRICE_CAPACITY_OPTIMIZED")));
             }
         }
-        let get = |f: &str| cr.get(f).and_then(Value::as_i64);
-        let (min, max, desired) = (get("minvCpus"), get("maxvCpus"), get("desiredvCpus"));
+        let get = |f: &str| {
+            opt_int(
+                cr,
+                f,
+                &format!("computeResources.{f}"),
+                0,
+                i64::from(i32::MAX),
+            )
+        };
+        let (min, max, desired) = (get("minvCpus")?, get("maxvCpus")?, get("desiredvCpus")?);
         if doc["type"] == "MANAGED" && max.is_none() {
             return Err(client("computeResources.maxvCpus is required"));
         }

@@ -16,9 +16,7 @@ impl Service {
                 return Err(client(format!("state {st:?} must be ENABLED or DISABLED")));
             }
         }
-        if doc.get("priority").is_some_and(|p| !p.is_i64()) {
-            return Err(client("priority must be a whole number"));
-        }
+        opt_int(doc, "priority", "priority", 0, i64::from(i32::MAX))?;
         let order = doc["computeEnvironmentOrder"]
             .as_array()
             .cloned()

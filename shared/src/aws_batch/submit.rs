@@ -26,6 +26,7 @@ impl Service {
     /// the caller's only team.
     pub async fn aws_submit_job(&self, who: &Access, input: &Value) -> Result<Value, ApiError> {
         let name = checked_name(input, "jobName")?;
+        check_size(input)?;
         let queue_ref = req_str(input, "jobQueue")?;
         let def_ref = req_str(input, "jobDefinition")?;
         let share = opt_str(input, "shareIdentifier");
@@ -47,7 +48,14 @@ impl Service {
             .cloned()
             .unwrap_or(json!({}));
         let (o_cpu, o_mem) = resources(&overrides, "containerOverrides")?;
-        let timeout = input["timeout"]["attemptDurationSeconds"].as_u64();
+        let timeout = opt_int(
+            &input["timeout"],
+            "attemptDurationSeconds",
+            "timeout.attemptDurationSeconds",
+            1,
+            i64::from(u32::MAX),
+        )?
+        .map(|t| t as u64);
         if let Some(t) = timeout.or_else(|| def["timeout"]["attemptDurationSeconds"].as_u64()) {
             if t < self.min_attempt_seconds {
                 return Err(client(format!(
@@ -118,8 +126,14 @@ impl Service {
                 depends_on,
                 job_definition: def["jobDefinitionArn"].as_str().map(String::from),
                 share_identifier: share.map(String::from),
-                scheduling_priority: input["schedulingPriorityOverride"].as_i64().unwrap_or(0)
-                    as i32,
+                scheduling_priority: opt_int(
+                    input,
+                    "schedulingPriorityOverride",
+                    "schedulingPriorityOverride",
+                    0,
+                    9999,
+                )?
+                .unwrap_or(0) as i32,
                 weight,
                 parameters,
                 tags,

@@ -40,6 +40,68 @@ pub(super) fn req_str<'a>(input: &'a Value, field: &str) -> Result<&'a str, ApiE
     }
 }
 
+/// An optional whole number in `lo..=hi` at `input[field]` (named `path` in errors): a
+/// fraction, a string or a number out of range is refused, never truncated.
+pub(super) fn opt_int(
+    input: &Value,
+    field: &str,
+    path: &str,
+    lo: i64,
+    hi: i64,
+) -> Result<Option<i64>, ApiError> {
+    match input.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if (lo..=hi).contains(&n) => Ok(Some(n)),
+            _ => Err(client(format!(
+                "{path} {v}: must be a whole number from {lo} to {hi}"
+            ))),
+        },
+    }
+}
+
+/// A number of vCPUs written as text (`resourceRequirements` values) or as a number: finite,
+/// above 0 and at most `hi`.
+pub(super) fn positive_number(v: &Value, path: &str, hi: f64) -> Result<f64, ApiError> {
+    let n = match v {
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        Value::Number(n) => n.as_f64(),
+        _ => None,
+    };
+    n.filter(|n| n.is_finite() && *n > 0.0 && *n <= hi)
+        .ok_or_else(|| {
+            client(format!(
+                "{path} {v}: must be a number above 0 and at most {hi}"
+            ))
+        })
+}
+
+/// A whole number written as text or as a number, in `lo..=hi`.
+pub(super) fn whole_number(v: &Value, path: &str, lo: u64, hi: u64) -> Result<u64, ApiError> {
+    let n = match v {
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    };
+    n.filter(|n| (lo..=hi).contains(n)).ok_or_else(|| {
+        client(format!(
+            "{path} {v}: must be a whole number from {lo} to {hi}"
+        ))
+    })
+}
+
+/// Refuse a request document that would make an item past DynamoDB's limit, naming its
+/// largest field.
+pub(super) fn check_size(input: &Value) -> Result<(), ApiError> {
+    crate::domain::limits::check_document_size("", input, crate::domain::limits::MAX_DOCUMENT_BYTES)
+        .map_err(|e| client(e.to_string()))
+}
+
+/// The most vCPUs, MiB and GPUs one job may ask for (what the largest instances have).
+pub(super) const MAX_VCPUS: f64 = 4096.0;
+pub(super) const MAX_MEMORY_MIB: u64 = 32 * 1024 * 1024;
+pub(super) const MAX_GPUS: u64 = 64;
+
 pub(super) fn opt_str<'a>(input: &'a Value, field: &str) -> Option<&'a str> {
     input.get(field).and_then(Value::as_str)
 }
