@@ -269,6 +269,7 @@ async fn queue_round_trip_and_unknown_queue() {
     let clients = Clients::new(&Endpoints {
         dynamodb: Some(emu.dynamodb_url.clone()),
         sqs: Some(emu.sqs_url.clone()),
+        ..Default::default()
     })
     .await;
     let prefix = format!("q{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -347,6 +348,7 @@ async fn queues_created_at_run_time_redrive_to_the_dead_letter_queue_and_are_lis
     let clients = Clients::new(&Endpoints {
         dynamodb: Some(emu.dynamodb_url.clone()),
         sqs: Some(emu.sqs_url.clone()),
+        ..Default::default()
     })
     .await;
     let prefix = format!("dl{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -434,6 +436,7 @@ async fn every_store_transition_starts_only_where_the_table_says() {
     let ddb = Clients::new(&Endpoints {
         dynamodb: Some(emu.dynamodb_url.clone()),
         sqs: Some(emu.sqs_url.clone()),
+        ..Default::default()
     })
     .await
     .dynamodb;

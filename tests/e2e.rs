@@ -539,6 +539,7 @@ async fn bad_specs_are_rejected_with_their_place_and_write_nothing() {
             &batchplane::aws::sdk_config(&batchplane::aws::Endpoints {
                 dynamodb: Some(h.emulators.dynamodb_url.clone()),
                 sqs: None,
+                ..Default::default()
             })
             .await,
         )

@@ -368,3 +368,96 @@ async fn a_template_cannot_take_its_team_from_the_event() {
     assert_eq!(r.body["error"]["details"]["field"], "team", "{}", r.body);
     h.shutdown().await;
 }
+
+/// An EKS cluster in moto, and what EKS reports as its endpoint.
+async fn eks_cluster(h: &Harness, name: &str) -> String {
+    let shared = batchplane::aws::sdk_config(&batchplane::aws::Endpoints {
+        eks: Some(h.emulators.sqs_url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let eks = aws_sdk_eks::Client::from_conf(
+        aws_sdk_eks::config::Builder::from(&shared)
+            .endpoint_url(&h.emulators.sqs_url)
+            .build(),
+    );
+    let vpc = aws_sdk_eks::types::VpcConfigRequest::builder()
+        .subnet_ids("subnet-1")
+        .build();
+    let out = eks
+        .create_cluster()
+        .name(name)
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(vpc)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating EKS cluster {name} in moto: {e:?}"));
+    out.cluster()
+        .and_then(|c| c.endpoint())
+        .unwrap_or_else(|| panic!("moto gave cluster {name} no endpoint"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_registration_must_name_the_endpoint_eks_reports() {
+    let h = Harness::start(|o| o.workers = 0).await;
+    let name = format!("prod-{}", &h.stack.opts.table[11..]);
+    let endpoint = eks_cluster(&h, &name).await;
+    let register = |endpoint: &str, cluster: &str| {
+        json!({"kind": "eks", "region": "us-east-1", "eks_cluster_name": cluster, "endpoint": endpoint,
+            "capacity": {"cpu": 64, "memory_mib": 262144}})
+        .to_string()
+    };
+    let r = h
+        .put_json(
+            "/v1/clusters/prod",
+            &register("https://attacker.example.com", &name),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["details"]["field"], "endpoint",
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&endpoint),
+        "{}",
+        r.body
+    );
+    let r = h
+        .put_json("/v1/clusters/prod", &register(&endpoint, "no-such-cluster"))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["details"]["field"], "eks_cluster_name",
+        "{}",
+        r.body
+    );
+    let clusters = h.get("/v1/clusters").await;
+    assert!(
+        !clusters.body.to_string().contains("attacker"),
+        "nothing refused was stored: {}",
+        clusters.body
+    );
+    let r = h
+        .put_json("/v1/clusters/prod", &register(&endpoint, &name))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["endpoint"], endpoint.as_str(), "{}", r.body);
+    // As a member, not an admin: refused before EKS is asked.
+    h.grant(BOB, Some("finance"), "member").await;
+    let r = h
+        .request_as(
+            Some(BOB),
+            Method::PUT,
+            "/v1/clusters/prod",
+            Some(&register(&endpoint, &name)),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    h.shutdown().await;
+}

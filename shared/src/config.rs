@@ -30,7 +30,8 @@ pub struct Config {
     /// `BATCHPLANE_DEAD_LETTER_QUEUE_ARN`: where queues created at run time (job queues,
     /// worker pools) send messages that keep coming back unclaimable.
     pub dead_letter_queue_arn: Option<String>,
-    /// `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_SQS`: local emulators.
+    /// `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL_EKS`:
+    /// local emulators.
     pub endpoints: Endpoints,
     /// `BATCHPLANE_PARTITION`, `AWS_REGION`, `BATCHPLANE_ACCOUNT_ID`: what the ARNs the
     /// API hands out name (the template sets them from the deployment).
@@ -147,6 +148,7 @@ impl Config {
             endpoints: Endpoints {
                 dynamodb: var("AWS_ENDPOINT_URL_DYNAMODB"),
                 sqs: var("AWS_ENDPOINT_URL_SQS"),
+                eks: var("AWS_ENDPOINT_URL_EKS"),
             },
             arns: crate::aws_batch::ArnContext::current().clone(),
             event_bus: var("BATCHPLANE_EVENT_BUS").unwrap_or(d.event_bus),

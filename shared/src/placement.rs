@@ -248,9 +248,48 @@ impl Service {
         Self::require_admin(who, "register clusters")?;
         check_name("name", name)?;
         let spec: ClusterSpec = parse_body("cluster", body)?;
-        let reg = spec.registration(name)?;
+        let mut reg = spec.registration(name)?;
+        if reg.kind == "eks" {
+            reg = self.verified_with_eks(reg).await?;
+        }
         self.store.register_cluster(name, &reg).await?;
         self.cluster(who, name).await
+    }
+
+    /// The registration checked against what EKS reports for its cluster name (see
+    /// [`crate::aws::eks`]).
+    async fn verified_with_eks(
+        &self,
+        reg: ClusterRegistration,
+    ) -> Result<ClusterRegistration, ApiError> {
+        use crate::aws::eks::{describe_cluster, verified, EksError};
+        let endpoints = crate::aws::Endpoints {
+            eks: self.eks_endpoint.clone(),
+            ..Default::default()
+        };
+        let reported = match describe_cluster(&endpoints, &reg.region, &reg.eks_cluster_name).await
+        {
+            Ok(r) => r,
+            Err(e @ EksError::NoSuchCluster { .. }) => {
+                return Err(ApiError::bad_request(
+                    format!("eks_cluster_name: {e}"),
+                    json!({"field": "eks_cluster_name"}),
+                )
+                .caused_by(e))
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    crate::api::ErrorKind::Busy,
+                    "EksUnavailable",
+                    e.to_string(),
+                    Value::Null,
+                )
+                .caused_by(e))
+            }
+        };
+        verified(reg, &reported).map_err(|e| {
+            ApiError::bad_request(format!("cluster: {e}"), json!({"field": e.field})).caused_by(e)
+        })
     }
 
     pub async fn cluster(&self, who: &Access, name: &str) -> Result<ClusterRecord, ApiError> {

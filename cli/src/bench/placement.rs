@@ -257,6 +257,7 @@ pub async fn run(args: &PlacementBenchArgs) -> anyhow::Result<u8> {
     let clients = Clients::new(&Endpoints {
         dynamodb: Some(url),
         sqs: None,
+        ..Default::default()
     })
     .await;
     let mut runs = Vec::new();

@@ -505,6 +505,7 @@ mod tests {
         let clients = batchplane::aws::Clients::new(&batchplane::aws::Endpoints {
             dynamodb: Some("http://127.0.0.1:9".into()),
             sqs: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
         })
         .await;
         Arc::new(Service::new(

@@ -115,7 +115,7 @@ pub async fn autoscaler_from_env() -> anyhow::Result<AutoscalerFn> {
     Ok(AutoscalerFn {
         store: Store::new(clients.dynamodb.clone(), config.table.clone()),
         queues: config.queues(clients.sqs),
-        backend: KubernetesBackend::eks(settings),
+        backend: KubernetesBackend::eks(settings).asking_eks_at(config.endpoints.eks.clone()),
         ec2,
         worker_env: worker_env(&config),
         reservation_lease: config.reservation_lease,

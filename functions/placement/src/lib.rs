@@ -41,6 +41,7 @@ mod tests {
         let clients = batchplane::aws::Clients::new(&batchplane::aws::Endpoints {
             dynamodb: Some("http://127.0.0.1:9".into()),
             sqs: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
         })
         .await;
         let p = Placement {

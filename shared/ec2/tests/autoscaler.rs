@@ -18,6 +18,7 @@ async fn moto_ec2(sqs_url: &str) -> Ec2 {
     let shared = sdk_config(&Endpoints {
         dynamodb: None,
         sqs: Some(sqs_url.to_string()),
+        ..Default::default()
     })
     .await;
     Ec2 {

@@ -101,6 +101,7 @@ async fn setup(clock: &ManualClock) -> (Store, ShortFleets, String) {
     let endpoints = Endpoints {
         dynamodb: Some(emu.dynamodb_url.clone()),
         sqs: Some(emu.sqs_url.clone()),
+        ..Default::default()
     };
     let clients = Clients::new(&endpoints).await;
     let store = Store::new(

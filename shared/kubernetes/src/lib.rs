@@ -291,6 +291,8 @@ const CLIENT_REUSE: Duration = Duration::from_secs(10 * 60);
 pub struct KubernetesBackend {
     clients: Clients,
     pub settings: PodSettings,
+    /// Where EKS is asked for a cluster's endpoint and certificate (`None`: AWS's own).
+    pub eks_endpoint: Option<String>,
 }
 
 impl KubernetesBackend {
@@ -299,6 +301,7 @@ impl KubernetesBackend {
         KubernetesBackend {
             clients: Clients::Fixed(client),
             settings,
+            eks_endpoint: None,
         }
     }
 
@@ -307,6 +310,7 @@ impl KubernetesBackend {
         KubernetesBackend {
             clients: Clients::Eks(Mutex::new(HashMap::new())),
             settings,
+            eks_endpoint: None,
         }
     }
 
@@ -329,6 +333,9 @@ impl KubernetesBackend {
             message,
             source: None,
         };
+        // The token goes only where EKS itself says the cluster is, whatever the
+        // registration says now.
+        let cluster = &self.as_eks_reports(cluster).await?;
         let credentials = token::default_credentials()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
@@ -345,6 +352,50 @@ impl KubernetesBackend {
             .unwrap_or_else(|p| p.into_inner())
             .insert(cluster.name.clone(), (client.clone(), Instant::now()));
         Ok(client)
+    }
+}
+
+impl KubernetesBackend {
+    /// The same backend, asking EKS at `endpoint` (moto, in tests) instead of AWS's.
+    pub fn asking_eks_at(mut self, endpoint: Option<String>) -> KubernetesBackend {
+        self.eks_endpoint = endpoint;
+        self
+    }
+
+    /// The cluster's record with the endpoint and certificate EKS reports for its name;
+    /// refused if the registration names another endpoint or certificate.
+    async fn as_eks_reports(&self, cluster: &ClusterRecord) -> Result<ClusterRecord, BackendError> {
+        use batchplane::aws::eks::{describe_cluster, verified};
+        let action = format!("check cluster {} with EKS", cluster.name);
+        let endpoints = batchplane::aws::Endpoints {
+            eks: self.eks_endpoint.clone(),
+            ..Default::default()
+        };
+        let reported = describe_cluster(&endpoints, &cluster.region, &cluster.eks_cluster_name)
+            .await
+            .map_err(|e| BackendError::Unavailable {
+                action: action.clone(),
+                message: e.to_string(),
+                source: None,
+            })?;
+        let registration = batchplane::store::placement::ClusterRegistration {
+            kind: cluster.kind.clone(),
+            region: cluster.region.clone(),
+            eks_cluster_name: cluster.eks_cluster_name.clone(),
+            endpoint: cluster.endpoint.clone(),
+            certificate_authority: cluster.certificate_authority.clone(),
+            namespace: cluster.namespace.clone(),
+            capacity: cluster.capacity.clone(),
+        };
+        let checked = verified(registration, &reported).map_err(|e| BackendError::Rejected {
+            action,
+            message: format!("{e}; re-register the cluster"),
+        })?;
+        Ok(ClusterRecord {
+            endpoint: checked.endpoint,
+            certificate_authority: checked.certificate_authority,
+            ..cluster.clone()
+        })
     }
 }
 

@@ -409,3 +409,65 @@ fn url_decode(s: &str) -> String {
     }
     String::from_utf8(out).unwrap_or_default()
 }
+
+/// The autoscaler's EKS backend asks EKS (moto here) where a cluster is before it mints
+/// a token: a record naming another endpoint is refused before any token is made.
+#[tokio::test]
+async fn an_eks_token_goes_only_to_the_endpoint_eks_reports() {
+    let emulators = batchplane_testing::TestEmulators::get();
+    let settings = PodSettings {
+        image: "taskhost:1".into(),
+        service_account: "batchplane-taskhost".into(),
+        termination_grace: std::time::Duration::from_secs(30),
+    };
+    let backend = KubernetesBackend::eks(settings).asking_eks_at(Some(emulators.sqs_url.clone()));
+    let mut c = cluster();
+    c.eks_cluster_name = format!("never-created-{}", uuid_like());
+    let err = backend
+        .list(&c, None)
+        .await
+        .expect_err("no such EKS cluster");
+    assert!(
+        matches!(&err, BackendError::Unavailable { message, .. } if message.contains("no cluster named")),
+        "{err:?}"
+    );
+    // A cluster EKS knows, whose record names another endpoint.
+    let shared = batchplane::aws::sdk_config(&batchplane::aws::Endpoints {
+        eks: Some(emulators.sqs_url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let eks = aws_sdk_eks::Client::from_conf(
+        aws_sdk_eks::config::Builder::from(&shared)
+            .endpoint_url(&emulators.sqs_url)
+            .build(),
+    );
+    c.eks_cluster_name = format!("real-{}", uuid_like());
+    eks.create_cluster()
+        .name(&c.eks_cluster_name)
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .subnet_ids("subnet-1")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("creating the cluster in moto");
+    c.endpoint = "https://attacker.example.com".into();
+    let err = backend
+        .list(&c, None)
+        .await
+        .expect_err("a foreign endpoint");
+    assert!(
+        matches!(&err, BackendError::Rejected { message, .. } if message.contains("re-register")),
+        "{err:?}"
+    );
+}
+
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}

@@ -61,6 +61,8 @@ impl LocalStack {
         let endpoints = Endpoints {
             dynamodb: Some(opts.dynamodb_url.clone()),
             sqs: Some(opts.sqs_url.clone()),
+            // moto answers EKS too: clusters registered here are checked against it.
+            eks: Some(opts.sqs_url.clone()),
         };
         let clients = Clients::new(&endpoints).await;
         let store = Store::new(clients.dynamodb.clone(), opts.table.clone());
@@ -78,6 +80,7 @@ impl LocalStack {
             // No IAM here: the key id a request is signed with names the caller,
             // unchecked.
             identity: batchplane::config::IdentitySource::AccessKeyId,
+            eks_endpoint: endpoints.eks.clone(),
         });
         let fanout = Arc::new(Fanout::new(
             store.clone(),

@@ -48,6 +48,8 @@ pub struct Service {
     pub admins: Vec<String>,
     /// Where the HTTP layer reads who the caller is.
     pub identity: crate::config::IdentitySource,
+    /// Where EKS is asked about clusters being registered (`None`: AWS's own).
+    pub eks_endpoint: Option<String>,
 }
 
 impl Service {
@@ -62,6 +64,7 @@ impl Service {
             min_attempt_seconds: config.min_attempt_seconds,
             admins: config.admins.clone(),
             identity: config.identity,
+            eks_endpoint: config.endpoints.eks.clone(),
         }
     }
 }

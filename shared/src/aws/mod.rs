@@ -3,6 +3,7 @@
 //! variables, or explicit endpoints for the local emulators).
 
 pub mod accounting;
+pub mod eks;
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
@@ -39,11 +40,13 @@ impl Intercept for CountRequests {
 pub struct Endpoints {
     pub dynamodb: Option<String>,
     pub sqs: Option<String>,
+    /// Where EKS's API is asked about clusters (moto, locally).
+    pub eks: Option<String>,
 }
 
 impl Endpoints {
     pub fn is_local(&self) -> bool {
-        self.dynamodb.is_some() || self.sqs.is_some()
+        self.dynamodb.is_some() || self.sqs.is_some() || self.eks.is_some()
     }
 }
 

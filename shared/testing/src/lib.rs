@@ -352,6 +352,7 @@ pub async fn test_store(emu: &TestEmulators, what: &str) -> batchplane::store::S
     let clients = batchplane::aws::Clients::new(&batchplane::aws::Endpoints {
         dynamodb: Some(emu.dynamodb_url.clone()),
         sqs: Some(emu.sqs_url.clone()),
+        ..Default::default()
     })
     .await;
     let store = batchplane::store::Store::new(
