@@ -212,3 +212,18 @@ async fn a_worker_without_isolation_says_so_on_every_attempt_and_explain_shows_i
     );
     h.shutdown().await;
 }
+
+/// The quick start's job (the first of `samples.yaml`) runs to success with its tasks
+/// isolated: they share only the directory they open to each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_starts_sample_job_succeeds_with_tasks_isolated() {
+    let samples = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../samples.yaml"))
+        .unwrap_or_else(|e| panic!("reading samples.yaml: {e}"));
+    let first = samples.split("\n---\n").next().unwrap_or_default();
+    let h = Harness::start(|o| o.workers = 2).await;
+    let job = h.submit(first).await;
+    let done = h.wait(&job, 2 * MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["task_counts"]["SUCCEEDED"], 12, "{done}");
+    h.shutdown().await;
+}
