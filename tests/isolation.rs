@@ -142,20 +142,37 @@ tasks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_kills_a_setsid_child_and_an_exit_kills_what_was_left_behind() {
-    let h = Harness::start(|o| o.workers = 1).await;
-    let spec = r#"
-name: escapes
-tasks:
-  - {id: leaver, command: [sh, -c, 'sleep 3001 & exit 0']}
-  - {id: escaper, command: [sh, -c, 'setsid sleep 3002 & sleep 3003']}
-"#;
-    let job = h.submit(spec).await;
+    escapes_are_killed(None, 3001).await;
+}
+
+/// The same without a cgroup to find the processes by: the shim, a child subreaper,
+/// finds them as its descendants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cgroups_a_setsid_child_still_dies_with_its_task() {
+    escapes_are_killed(Some("poll"), 3101).await;
+}
+
+async fn escapes_are_killed(memory_enforcement: Option<&str>, base: u32) {
+    let h = Harness::start(|o| {
+        o.workers = 1;
+        o.memory_enforcement = memory_enforcement.map(String::from);
+    })
+    .await;
+    let (left, escaped, main) = (
+        base.to_string(),
+        (base + 1).to_string(),
+        (base + 2).to_string(),
+    );
+    let spec = format!(
+        "name: escapes\ntasks:\n  - {{id: leaver, command: [sh, -c, 'sleep {left} & exit 0']}}\n  - {{id: escaper, command: [sh, -c, 'setsid sleep {escaped} & sleep {main}']}}\n"
+    );
+    let job = h.submit(&spec).await;
     h.wait_task(&job, "leaver", "SUCCEEDED", MINUTE).await;
     wait_for(
         "the leaver's background child to be killed",
         Duration::from_secs(5),
         || async {
-            let left = processes(&["sleep", "3001"]);
+            let left = processes(&["sleep", &left]);
             left.is_empty()
                 .then_some(())
                 .ok_or_else(|| format!("{left:?}"))
@@ -163,7 +180,7 @@ tasks:
     )
     .await;
     wait_for("the escaper's setsid child", MINUTE, || async {
-        let seen = processes(&["sleep", "3002"]);
+        let seen = processes(&["sleep", &escaped]);
         (!seen.is_empty())
             .then_some(())
             .ok_or_else(|| "none yet".to_string())
@@ -175,7 +192,11 @@ tasks:
         "every process of the cancelled task to be gone",
         Duration::from_secs(10),
         || async {
-            let left = [processes(&["sleep", "3002"]), processes(&["sleep", "3003"])].concat();
+            let left = [
+                processes(&["sleep", &escaped]),
+                processes(&["sleep", &main]),
+            ]
+            .concat();
             left.is_empty()
                 .then_some(())
                 .ok_or_else(|| format!("still running: {left:?}"))

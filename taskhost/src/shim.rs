@@ -84,18 +84,9 @@ fn kill_pids(pids: &[i32], except: i32) {
 /// and two copies must not run at once. On SIGTERM (the worker stopping the attempt),
 /// the same, then exit.
 fn watch_parent_and_sigterm() {
-    let parent = nix::unistd::getppid();
-    std::thread::spawn(move || loop {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        if nix::unistd::getppid() != parent {
-            kill_task();
-            let _ =
-                nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGKILL);
-            return;
-        }
-    });
-    // SIGTERM is blocked in every thread (the task's process gets a clean mask from
-    // std's spawn) and taken here, synchronously.
+    // SIGTERM is blocked before any thread starts (so every thread inherits the mask and
+    // none takes it by default, which would end the shim and leave the task), and taken
+    // here, synchronously. The task's process gets a clean mask from std's spawn.
     let mut term = nix::sys::signal::SigSet::empty();
     term.add(nix::sys::signal::Signal::SIGTERM);
     if term.thread_block().is_ok() {
@@ -106,6 +97,16 @@ fn watch_parent_and_sigterm() {
             }
         });
     }
+    let parent = nix::unistd::getppid();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if nix::unistd::getppid() != parent {
+            kill_task();
+            let _ =
+                nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGKILL);
+            return;
+        }
+    });
 }
 
 /// What running the task came to.

@@ -57,6 +57,8 @@ pub struct StackOptions {
     pub admins: Vec<String>,
     /// The taskhosts' `--task-uids` (`START-END` or `none`); `None`: their default.
     pub task_uids: Option<String>,
+    /// The taskhosts' `--memory-enforcement` (`auto` or `poll`); `None`: their default.
+    pub memory_enforcement: Option<String>,
 }
 
 /// A local cluster: a name and what placement may put there.
@@ -205,6 +207,7 @@ impl StackOptions {
             autoscale_every: None,
             admins: vec![batchplane::domain::access::ANONYMOUS.into()],
             task_uids: None,
+            memory_enforcement: None,
         })
     }
 }

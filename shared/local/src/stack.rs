@@ -216,6 +216,9 @@ impl LocalStack {
         if let Some(uids) = &o.task_uids {
             env.push(("BATCHPLANE_TASK_UIDS".into(), uids.clone()));
         }
+        if let Some(how) = &o.memory_enforcement {
+            env.push(("BATCHPLANE_MEMORY_ENFORCEMENT".into(), how.clone()));
+        }
         env
     }
 
