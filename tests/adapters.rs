@@ -28,7 +28,7 @@ async fn stored_job(store: &Store, spec: &str) -> (String, u32) {
         .await
         .unwrap();
     store
-        .write_tasks(&job_id, shards, &spec.queue, 2, &plan)
+        .write_tasks(&job_id, shards, (&spec.queue, "default"), 2, &plan)
         .await
         .unwrap();
     (job_id, shards)

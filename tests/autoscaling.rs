@@ -17,7 +17,7 @@ async fn the_autoscaler_alone_starts_the_workers_a_job_needs() {
     let r = h
         .put_json(
             "/v1/autoscaler/settings",
-            r#"{"pools": [{"pool": "default--1cpu-256mib", "team": "vision"}],
+            r#"{"pools": [{"pool": "default--t-vision--1cpu-256mib", "team": "vision"}],
                 "startup_seconds": 2, "default_task_seconds": 1}"#,
         )
         .await;
@@ -40,14 +40,17 @@ async fn the_autoscaler_alone_starts_the_workers_a_job_needs() {
 
     let history = h.cli(&["autoscaler", "history", "--limit", "100"]);
     assert!(history.contains("GRANTED/ASKED"), "{history}");
-    assert!(history.contains("default--1cpu-512mib"), "{history}");
+    assert!(
+        history.contains("default--t-default--1cpu-512mib"),
+        "{history}"
+    );
     let decisions = h.get("/v1/autoscaler/history?limit=100").await;
     let granted: u64 = decisions.body["decisions"]
         .as_array()
         .must("decisions")
         .iter()
         .flat_map(|d| d["pools"].as_array().cloned().unwrap_or_default())
-        .filter(|p| p["pool"] == "default--1cpu-512mib")
+        .filter(|p| p["pool"] == "default--t-default--1cpu-512mib")
         .map(|p| p["granted"].as_u64().unwrap_or(0))
         .sum();
     assert!(granted >= 1, "{}", decisions.body);
@@ -76,7 +79,7 @@ async fn the_autoscaler_alone_starts_the_workers_a_job_needs() {
                 .into_iter()
                 .flatten()
                 .flat_map(|d| d["pools"].as_array().cloned().unwrap_or_default())
-                .find(|p| p["pool"] == "default--1cpu-256mib" && p["refused"].is_string())
+                .find(|p| p["pool"] == "default--t-vision--1cpu-256mib" && p["refused"].is_string())
                 .ok_or_else(|| d.body.to_string())
         },
     )

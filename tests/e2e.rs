@@ -11,7 +11,8 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diamond_runs_in_dependency_order() {
-    let h = Harness::start(|_| {}).await;
+    // The stack's workers are research's: a team's tasks run only on its workers.
+    let h = Harness::start(|o| o.team = "research".into()).await;
     let job = h
         .submit(
             r#"

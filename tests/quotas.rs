@@ -54,7 +54,7 @@ async fn a_team_at_quota_waits_with_the_reason_shown_until_its_quota_is_raised()
         )
         .await;
     let why = wait_for_refusal(&h, &job, "t", "team vision has no quota").await;
-    assert!(why.contains("pool default--1cpu-128mib"), "{why}");
+    assert!(why.contains("pool default--t-vision--1cpu-128mib"), "{why}");
 
     // A quota too small for one worker: the reason names the binding resource.
     let shown = h.cli(&[

@@ -6,6 +6,7 @@
 use batchplane_testing::Harness;
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 const ALICE: &str = "AKIDALICE";
 const BOB: &str = "AKIDBOB";
@@ -459,5 +460,79 @@ async fn a_cluster_registration_must_name_the_endpoint_eks_reports() {
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.body);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teams_tasks_run_only_on_its_own_workers() {
+    use batchplane_local::PoolWorkers;
+    let shape =
+        batchplane::domain::tiers::Tier::parse_shape("1:256").unwrap_or_else(|e| panic!("{e}"));
+    // The stack's one worker is research's, for 1 vCPU, 256 MiB tasks.
+    let mut h = Harness::start(|o| {
+        o.workers = 0;
+        o.team = "research".into();
+        o.pools = vec![PoolWorkers {
+            shape,
+            slots: 1,
+            team: None,
+        }];
+    })
+    .await;
+    let spec = |team: &str| {
+        let task = |id: &str| {
+            format!("  - {{id: {id}, command: ['true'], tiers: [{{cpu: 1, memory_mib: 256}}]}}\n")
+        };
+        format!(
+            "name: {team}-job\nteam: {team}\ntasks:\n{}{}",
+            task("a"),
+            task("b")
+        )
+    };
+    let finance = h.submit(&spec("finance")).await;
+    let research = h.submit(&spec("research")).await;
+    let done = h.wait(&research, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    // Finance's tasks wait: no worker of finance's exists, and research's will not take them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = h.job(&finance).await;
+    assert_eq!(waiting["task_counts"]["SUCCEEDED"], 0, "{waiting}");
+    let why = h.explain(&finance, "b").await;
+    assert!(
+        why.to_string().contains("default--t-finance--1cpu-256mib"),
+        "{why}"
+    );
+
+    // Finance gets a quota and workers of its own: its tasks run there, and only there.
+    let r = h
+        .put_json(
+            "/v1/teams/finance",
+            r#"{"quota": {"cpu": 8, "memory_mib": 8192}}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    h.stack
+        .spawn_pool_worker(PoolWorkers {
+            shape,
+            slots: 1,
+            team: Some("finance".into()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("finance's worker: {e:#}"));
+    let done = h.wait(&finance, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    for (job, team) in [(&finance, "finance"), (&research, "research")] {
+        for id in ["a", "b"] {
+            let t = h.task(job, id).await;
+            let worker = batchplane_testing::attempts(&t)[0]["worker_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            assert!(
+                worker.contains(&format!("-t-{team}")),
+                "{team}'s task {id} ran on {worker}"
+            );
+        }
+    }
     h.shutdown().await;
 }

@@ -78,7 +78,7 @@ async fn each_task_ends_on_the_smallest_tier_that_fits_it() {
         assert_eq!(a[1]["exit_code"], 0, "{t}");
         assert!(text(&a[1], "worker_id").contains("256mib"), "{t}");
         assert_eq!(t["tier"], 1, "{t}");
-        assert_eq!(t["pool"], "default--1cpu-256mib", "{t}");
+        assert_eq!(t["pool"], "default--t-default--1cpu-256mib", "{t}");
     }
     let large = h.task(&job, "large").await;
     let a = attempts(&large);
@@ -218,7 +218,10 @@ tasks:
         codes.contains(&"Queued") && codes.contains(&"NoWorkerPool"),
         "{big}"
     );
-    assert!(big.to_string().contains("default--1cpu-200mib"), "{big}");
+    assert!(
+        big.to_string().contains("default--t-default--1cpu-200mib"),
+        "{big}"
+    );
     let after = h.explain(&job, "after").await;
     assert_eq!(
         after["reasons"][0]["code"], "WaitingOnDependencies",

@@ -16,7 +16,8 @@ fn sample(name: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redelivered_event_submits_one_job_from_its_template() {
-    let h = Harness::start(|_| {}).await;
+    // The template's jobs are team data's, and run on data's workers.
+    let h = Harness::start(|o| o.team = "data".into()).await;
     // Stored with the CLI, as an operator would.
     let file = format!(
         "{}/../events/trigger/ingest-template.yaml",

@@ -143,15 +143,8 @@ fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
 
 /// The team name rule of job specs (teams are named there first).
 fn check_team(team: &str) -> Result<(), ApiError> {
-    let ok = !team.is_empty() && team.len() <= 64 && crate::domain::ids::is_valid_task_id(team);
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            format!("team: {team:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
-            json!({"field": "team"}),
-        ))
-    }
+    crate::domain::ids::check_team("team", team)
+        .map_err(|e| ApiError::bad_request(e.to_string(), json!({"field": "team"})).caused_by(e))
 }
 
 impl ClusterSpec {

@@ -60,7 +60,8 @@ pub fn seed(job: &JobRecord, m: &TaskMessage, max_attempts: u32) -> Option<Child
     Some(ChildSeed {
         index,
         queue: job.queue.clone(),
-        pool: (!a.template.tiers.is_empty()).then(|| batchplane::stream::arrays::first_pool(job)),
+        // Always its team's pool: a retry is queued where the child lives.
+        pool: Some(batchplane::stream::arrays::first_pool(job)),
         cpu_milli: a.template.cpu_milli,
         memory_mib: a.template.memory_mib,
         gpu: a.template.tiers.first().map_or(0, |t| t.gpu),

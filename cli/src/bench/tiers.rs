@@ -84,7 +84,7 @@ fn simulate(tasks: &[SimTask], tiers: &[Tier]) -> PolicyResult {
         loop {
             let shape = tiers[tier as usize];
             *r.attempts_by_pool
-                .entry(WorkerPool::for_task("default", tiers, tier).name())
+                .entry(WorkerPool::for_task("default", "default", tiers, tier).name())
                 .or_default() += 1;
             r.attempts += 1;
             let limit = shape.memory_mib as f64;

@@ -164,10 +164,7 @@ impl Grant {
                 "team",
                 format!("{} is a role on a team: name the team", self.role),
             )),
-            (Some(t), _) if !crate::ids::is_valid_task_id(t) || t.len() > 64 => Err(
-                FieldError::new("team", format!("{t:?} must be 1 to 64 of [A-Za-z0-9_.-]")),
-            ),
-            (Some(_), _) => Ok(()),
+            (Some(t), _) => crate::ids::check_team("team", t),
             (None, Role::Admin) => Ok(()),
         }
     }

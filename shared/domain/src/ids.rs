@@ -14,6 +14,31 @@ pub fn is_valid_task_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// The longest team name: a team is part of its worker pools' queue names, which SQS
+/// caps at 80 characters with the deployment's prefix, the queue and the shape.
+pub const MAX_TEAM_LEN: usize = 32;
+
+/// Team names: `[A-Za-z0-9_-]{1,32}` (a pool's SQS queue name carries its team).
+pub fn is_valid_team(team: &str) -> bool {
+    !team.is_empty()
+        && team.len() <= MAX_TEAM_LEN
+        && team
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+/// The team rule as a field error.
+pub fn check_team(field: &str, team: &str) -> Result<(), crate::FieldError> {
+    if is_valid_team(team) {
+        Ok(())
+    } else {
+        Err(crate::FieldError::new(
+            field,
+            format!("{team:?} must be 1 to {MAX_TEAM_LEN} of [A-Za-z0-9_-]"),
+        ))
+    }
+}
+
 /// A new job id: sortable by creation time (hex milliseconds) and unique (random suffix).
 pub fn new_job_id(now_ms: i64) -> String {
     let rand = uuid::Uuid::new_v4().simple().to_string();

@@ -274,6 +274,18 @@ impl PlacementRequest {
                 format!("{:?} must be 1 to 80 characters", self.pool),
             ));
         }
+        // A team pool's workers go on that team's quota, no other.
+        if let Some(pool) = crate::tiers::WorkerPool::parse(&self.pool) {
+            if pool.team != self.team {
+                return Err(FieldError::new(
+                    "pool",
+                    format!(
+                        "{:?} is team {}'s pool: its workers are placed for {}, not {}",
+                        self.pool, pool.team, pool.team, self.team
+                    ),
+                ));
+            }
+        }
         if !(self.cpu.is_finite() && self.cpu > 0.0 && self.cpu <= 1024.0) {
             return Err(FieldError::new(
                 "cpu",
@@ -657,6 +669,11 @@ mod tests {
         r.gpu_type = None;
         r.request_id = "a b".into();
         assert_eq!(r.validate().unwrap_err().field, "request_id");
+        r.request_id = "r1".into();
+        r.pool = format!("default--t-someone-else-{}", r.team);
+        assert_eq!(r.validate().unwrap_err().field, "pool");
+        r.pool = format!("default--t-{}", r.team);
+        assert!(r.validate().is_ok());
     }
 
     #[test]

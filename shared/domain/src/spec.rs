@@ -148,10 +148,11 @@ fn check_job_header(name: &str, team: &str, queue: &str) -> Result<(), SpecError
             "field `name`: must be 1 to 256 characters".into(),
         ));
     }
-    for (field, value) in [("team", team), ("queue", queue)] {
-        if field == "team" && value.is_empty() {
-            continue;
-        }
+    if !team.is_empty() {
+        crate::ids::check_team("team", team)
+            .map_err(|e| invalid("team", format!("field `team`: {}", e.problem)))?;
+    }
+    for (field, value) in [("queue", queue)] {
         if !is_valid_task_id(value) || value.len() > 64 {
             return Err(invalid(
                 field,

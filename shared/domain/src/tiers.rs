@@ -263,46 +263,64 @@ pub fn budgeted_attempts(attempt: u32, tier: u32) -> u32 {
     attempt.saturating_sub(tier)
 }
 
-/// A worker pool: the workers of one queue and one shape. Tasks without tiers use the
-/// queue's own pool (`shape: None`).
+/// A worker pool: the workers of one queue, one team and one shape. A pool's workers
+/// are placed on its team's quota and run only its team's tasks, so a quota bounds what
+/// a team uses and tasks of two teams never share a worker. Tasks without tiers use the
+/// queue's own pool for their team (`shape: None`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerPool {
     pub queue: String,
+    pub team: String,
     pub shape: Option<Tier>,
 }
 
 /// Between a queue's name and a shape's label in a pool's name.
 const POOL_SEPARATOR: &str = "--";
+/// Before the team in a pool's name.
+const TEAM_SEPARATOR: &str = "--t-";
 
 impl WorkerPool {
-    pub fn new(queue: impl Into<String>, shape: Option<Tier>) -> WorkerPool {
+    pub fn new(
+        queue: impl Into<String>,
+        team: impl Into<String>,
+        shape: Option<Tier>,
+    ) -> WorkerPool {
         WorkerPool {
             queue: queue.into(),
+            team: team.into(),
             shape,
         }
     }
 
-    /// The pool a task is in on tier `tier` of `tiers` (the queue's own pool without tiers).
-    pub fn for_task(queue: &str, tiers: &[Tier], tier: u32) -> WorkerPool {
-        WorkerPool::new(queue, tiers.get(tier as usize).copied())
+    /// The pool a task of `team` is in on tier `tier` of `tiers` (the queue's own pool
+    /// for the team without tiers).
+    pub fn for_task(queue: &str, team: &str, tiers: &[Tier], tier: u32) -> WorkerPool {
+        WorkerPool::new(queue, team, tiers.get(tier as usize).copied())
     }
 
-    /// The pool a queue name stands for: `default--2cpu-8192mib` is the 2 vCPU, 8 GiB
-    /// pool of queue `default`; a name without a shape label is a queue's own pool.
-    pub fn parse(name: &str) -> WorkerPool {
-        if let Some((queue, label)) = name.rsplit_once(POOL_SEPARATOR) {
-            if let Some(shape) = Tier::from_label(label) {
-                return WorkerPool::new(queue, Some(shape));
-            }
-        }
-        WorkerPool::new(name, None)
+    /// The pool a queue name stands for: `default--t-vision--2cpu-8192mib` is team
+    /// vision's 2 vCPU, 8 GiB pool of queue `default`; `default--t-vision` its pool of
+    /// tasks without tiers. A name without a team (a queue's own SQS queue) is no pool.
+    pub fn parse(name: &str) -> Option<WorkerPool> {
+        let (rest, shape) = match name.rsplit_once(POOL_SEPARATOR) {
+            Some((rest, label)) => match Tier::from_label(label) {
+                Some(shape) => (rest, Some(shape)),
+                None => (name, None),
+            },
+            None => (name, None),
+        };
+        let (queue, team) = rest.rsplit_once(TEAM_SEPARATOR)?;
+        (!queue.is_empty() && crate::ids::is_valid_team(team))
+            .then(|| WorkerPool::new(queue, team, shape))
     }
 
-    /// The pool's name, also the name of its queue: `default`, `default--2cpu-8192mib`.
+    /// The pool's name, also the name of its queue: `default--t-vision`,
+    /// `default--t-vision--2cpu-8192mib`.
     pub fn name(&self) -> String {
+        let base = format!("{}{TEAM_SEPARATOR}{}", self.queue, self.team);
         match &self.shape {
-            None => self.queue.clone(),
-            Some(t) => format!("{}{POOL_SEPARATOR}{}", self.queue, t.label()),
+            None => base,
+            Some(t) => format!("{base}{POOL_SEPARATOR}{}", t.label()),
         }
     }
 }
@@ -327,20 +345,19 @@ mod tests {
     }
 
     #[test]
-    fn pool_names_parse_back_to_their_queue_and_shape() {
+    fn pool_names_parse_back_to_their_queue_team_and_shape() {
         for pool in [
-            WorkerPool::new("default", None),
-            WorkerPool::new("default", Some(tier(2.0, 8192, 0))),
-            WorkerPool::new("gpu-jobs", Some(tier(0.5, 512, 1))),
-            WorkerPool::new("a--b", Some(tier(16.0, 65536, 0))),
+            WorkerPool::new("default", "vision", None),
+            WorkerPool::new("default", "vision", Some(tier(2.0, 8192, 0))),
+            WorkerPool::new("gpu-jobs", "a_b", Some(tier(0.5, 512, 1))),
+            WorkerPool::new("a--b", "research", Some(tier(16.0, 65536, 0))),
         ] {
-            assert_eq!(WorkerPool::parse(&pool.name()), pool);
+            assert_eq!(WorkerPool::parse(&pool.name()), Some(pool));
         }
-        // A queue whose name merely contains the separator is its own pool.
-        assert_eq!(
-            WorkerPool::parse("nightly--batch"),
-            WorkerPool::new("nightly--batch", None)
-        );
+        // A queue's own SQS queue, whatever its name, is no team's pool.
+        assert_eq!(WorkerPool::parse("nightly--batch"), None);
+        assert_eq!(WorkerPool::parse("default"), None);
+        assert_eq!(WorkerPool::parse("default--2cpu-8192mib"), None);
     }
 
     #[test]
@@ -405,13 +422,19 @@ mod tests {
     }
 
     #[test]
-    fn pools_are_named_by_queue_and_shape() {
-        assert_eq!(WorkerPool::for_task("default", &[], 0).name(), "default");
-        let t = [tier(1.0, 1024, 0), tier(0.5, 2048, 1)];
-        assert_eq!(WorkerPool::for_task("jq", &t, 0).name(), "jq--1cpu-1024mib");
+    fn pools_are_named_by_queue_team_and_shape() {
         assert_eq!(
-            WorkerPool::for_task("jq", &t, 1).name(),
-            "jq--500mcpu-2048mib-1gpu"
+            WorkerPool::for_task("default", "vision", &[], 0).name(),
+            "default--t-vision"
+        );
+        let t = [tier(1.0, 1024, 0), tier(0.5, 2048, 1)];
+        assert_eq!(
+            WorkerPool::for_task("jq", "vision", &t, 0).name(),
+            "jq--t-vision--1cpu-1024mib"
+        );
+        assert_eq!(
+            WorkerPool::for_task("jq", "vision", &t, 1).name(),
+            "jq--t-vision--500mcpu-2048mib-1gpu"
         );
         assert_eq!(Tier::parse_shape("8:32768:1").unwrap(), tier(8.0, 32768, 1));
         assert!(Tier::parse_shape("8")

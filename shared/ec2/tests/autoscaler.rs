@@ -91,7 +91,10 @@ async fn a_backlog_gets_workers_and_nodes_and_idle_nodes_are_cordoned_then_termi
         ))
         .await;
     let queues = &h.stack.service.queues;
-    let url = queues.url("default").await.must("the default queue");
+    let url = queues
+        .url("default--t-default")
+        .await
+        .must("the default team's pool of the default queue");
     wait_for("6 tasks queued", Duration::from_secs(30), || async {
         let depth = queues.depth(&url).await.map(|(v, _)| v).unwrap_or(0);
         (depth >= 6)
@@ -111,7 +114,7 @@ async fn a_backlog_gets_workers_and_nodes_and_idle_nodes_are_cordoned_then_termi
     let pool = first
         .pools
         .iter()
-        .find(|p| p.pool == "default")
+        .find(|p| p.pool == "default--t-default")
         .unwrap_or_else(|| panic!("no decision for the default pool: {first:?}"));
     assert_eq!((pool.queued, pool.live_workers), (6, 0), "{pool:?}");
     assert_eq!(
@@ -139,7 +142,7 @@ async fn a_backlog_gets_workers_and_nodes_and_idle_nodes_are_cordoned_then_termi
             .unwrap_or_else(|| panic!("{id} is not a managed node"));
         assert_eq!(
             (n.tag(TAG_TEAM), n.tag(TAG_POOL), n.tag(TAG_CLUSTER)),
-            ("default", "default", cluster.as_str())
+            ("default", "default--t-default", cluster.as_str())
         );
     }
 

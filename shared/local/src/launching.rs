@@ -69,13 +69,17 @@ impl WorkerSpecs {
             memory_mib: self.opts.worker_memory_mib,
             gpu: 0,
         };
-        let pool = self
-            .opts
-            .queues
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "default".into());
         let team = &self.opts.team;
+        let pool = batchplane::domain::tiers::WorkerPool::new(
+            self.opts
+                .queues
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "default".into()),
+            team.clone(),
+            None,
+        )
+        .name();
         (
             self.request(team, &pool, shape),
             self.spec(team, pool.clone(), shape),
@@ -89,16 +93,17 @@ impl WorkerSpecs {
             memory_mib: p.shape.memory_mib * u64::from(p.slots),
             gpu: p.shape.gpu * p.slots,
         };
+        let team = p.team.as_deref().unwrap_or(&self.opts.team);
         let pool = batchplane::domain::tiers::WorkerPool::new(
             self.opts
                 .queues
                 .first()
                 .cloned()
                 .unwrap_or_else(|| "default".into()),
+            team,
             Some(p.shape),
         )
         .name();
-        let team = p.team.as_deref().unwrap_or(&self.opts.team);
         let mut spec = self.spec(team, pool.clone(), shape);
         spec.tier = Some(p.shape);
         (self.request(team, &pool, shape), spec)

@@ -317,10 +317,17 @@ impl LocalStack {
 /// What the stack's table needs before anything runs: its queues (and the pools'), the
 /// local clusters, and a quota for the default team.
 async fn provision(store: &Store, queues: &Queues, opts: &StackOptions) -> anyhow::Result<()> {
+    use batchplane::domain::tiers::WorkerPool;
+    // Each queue, its pool for the stack's team, and each pool worker's team pools.
     let pool_queues = opts.queues.iter().flat_map(|q| {
-        opts.pools.iter().map(move |p| {
-            batchplane::domain::tiers::WorkerPool::new(q.clone(), Some(p.shape)).name()
-        })
+        let own = WorkerPool::new(q.clone(), opts.team.clone(), None).name();
+        std::iter::once(own).chain(opts.pools.iter().flat_map(move |p| {
+            let team = p.team.clone().unwrap_or_else(|| opts.team.clone());
+            [
+                WorkerPool::new(q.clone(), team.clone(), None).name(),
+                WorkerPool::new(q.clone(), team, Some(p.shape)).name(),
+            ]
+        }))
     });
     for q in opts.queues.clone().into_iter().chain(pool_queues) {
         queues

@@ -106,6 +106,11 @@ impl Service {
         named: Option<&str>,
         field: &str,
     ) -> Result<String, ApiError> {
+        if let Some(team) = named {
+            crate::domain::ids::check_team(field, team).map_err(|e| {
+                ApiError::bad_request(e.to_string(), json!({"field": field})).caused_by(e)
+            })?;
+        }
         who.submission_team(named).map_err(|choice| match choice {
             TeamChoice::NotMember { team, role } => ApiError::forbidden(
                 &who.principal.id,

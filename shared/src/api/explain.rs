@@ -133,8 +133,8 @@ impl Service {
             }
             if view.task_counts.get("RUNNABLE").copied().unwrap_or(0) > 0 {
                 let first = match &job.array {
-                    Some(a) => WorkerPool::for_task(&job.queue, &a.template.tiers, 0),
-                    None => WorkerPool::new(&job.queue, None),
+                    Some(a) => WorkerPool::for_task(&job.queue, &job.team, &a.template.tiers, 0),
+                    None => WorkerPool::new(&job.queue, &job.team, None),
                 };
                 self.pool_reasons(&first, 0, 0, 0, &mut reasons).await?;
                 reasons.extend(self.placement_reasons(&job.team, &first).await?);
@@ -272,7 +272,7 @@ impl Service {
             }
             TaskState::Runnable => {
                 self.job_reasons(job, out).await?;
-                let pool = WorkerPool::for_task(&task.queue, &task.tiers, task.tier);
+                let pool = WorkerPool::for_task(&task.queue, &job.team, &task.tiers, task.tier);
                 self.pool_reasons(&pool, task.cpu_milli, task.memory_mib, task.gpu, out)
                     .await?;
                 out.extend(self.placement_reasons(&job.team, &pool).await?);

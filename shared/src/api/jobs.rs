@@ -27,14 +27,20 @@ pub struct Added {
 impl Service {
     /// Make sure the queues of the worker pools these tiers use exist, before anything
     /// of the job is written.
+    /// The team's pool of the queue (for tasks without tiers) and its pool of each shape.
     pub async fn ensure_pools<'a>(
         &self,
         queue: &str,
+        team: &str,
         tiers: impl IntoIterator<Item = &'a crate::domain::tiers::Tier>,
     ) -> Result<(), ApiError> {
+        use crate::domain::tiers::WorkerPool;
+        self.queues
+            .ensure_pool(&WorkerPool::new(queue, team, None))
+            .await?;
         for t in tiers {
             self.queues
-                .ensure_pool(&crate::domain::tiers::WorkerPool::new(queue, Some(*t)))
+                .ensure_pool(&WorkerPool::new(queue, team, Some(*t)))
                 .await?;
         }
         Ok(())
@@ -119,7 +125,7 @@ impl Service {
             .flat_map(|t| t.tiers.iter().copied())
             .collect();
         Self::check_pool_count(shapes.len())?;
-        self.ensure_pools(&spec.queue, &shapes).await?;
+        self.ensure_pools(&spec.queue, &spec.team, &shapes).await?;
         let now = now_ms();
         let job_id = new_job_id(now);
         if let Some(existing) = self
@@ -143,7 +149,13 @@ impl Service {
         self.store.put_job(&job).await?;
         if let Err(e) = self
             .store
-            .write_tasks(&job_id, shard_count, &spec.queue, self.max_attempts, &plan)
+            .write_tasks(
+                &job_id,
+                shard_count,
+                (&spec.queue, &spec.team),
+                self.max_attempts,
+                &plan,
+            )
             .await
         {
             let reason = format!("submission failed while writing tasks: {e}");

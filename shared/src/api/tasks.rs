@@ -141,7 +141,7 @@ impl Service {
         let shapes: std::collections::BTreeSet<crate::domain::tiers::Tier> =
             tasks.iter().flat_map(|t| t.tiers.iter().copied()).collect();
         Self::check_pool_count(shapes.len())?;
-        self.ensure_pools(&job.queue, &shapes).await?;
+        self.ensure_pools(&job.queue, &job.team, &shapes).await?;
         let (plan, edges) = plan_addition(&tasks);
         check_fan_out(&edges, &found)?;
         if !self.store.add_to_total(job_id, tasks.len() as u64).await? {
@@ -151,7 +151,7 @@ impl Service {
             .write_tasks(
                 job_id,
                 job.shard_count,
-                &job.queue,
+                (&job.queue, &job.team),
                 self.max_attempts,
                 &plan,
             )

@@ -12,9 +12,12 @@ impl Service {
         team: &str,
         days: u32,
     ) -> Result<TeamUsageView, ApiError> {
-        if !crate::domain::ids::is_valid_task_id(team) || team.len() > 64 {
+        if !crate::domain::ids::is_valid_team(team) {
             return Err(ApiError::bad_request(
-                format!("team {team:?} must be 1 to 64 of [A-Za-z0-9_.-]"),
+                format!(
+                    "team {team:?} must be 1 to {} of [A-Za-z0-9_-]",
+                    crate::domain::ids::MAX_TEAM_LEN
+                ),
                 json!({"parameter": "team"}),
             ));
         }

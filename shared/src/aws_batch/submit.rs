@@ -259,7 +259,8 @@ impl Service {
         if sub.template.command.is_empty() {
             return Err(client("command is empty"));
         }
-        self.ensure_pools(&sub.queue, &sub.template.tiers).await?;
+        self.ensure_pools(&sub.queue, &sub.team, &sub.template.tiers)
+            .await?;
         let n_to_n = self.check_dependencies(&sub).await?;
         let gates: Vec<&JobDependency> = sub
             .depends_on

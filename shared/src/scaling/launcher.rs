@@ -60,6 +60,8 @@ impl WorkerSpec {
         let mut args = vec![
             "--queue".into(),
             self.queues.join(","),
+            "--team".into(),
+            self.team.clone(),
             "--worker-id".into(),
             worker_id.into(),
             "--cpus".into(),
@@ -389,7 +391,7 @@ mod tests {
     fn taskhost_args_carry_the_reservation_slot_and_tier() {
         let spec = WorkerSpec {
             team: "research".into(),
-            pool: "default--2cpu-8192mib".into(),
+            pool: "default--t-research--2cpu-8192mib".into(),
             queues: vec!["default".into(), "low".into()],
             shape: Tier::parse_shape("2:8192").unwrap(),
             tier: Some(Tier::parse_shape("2:8192").unwrap()),
@@ -401,7 +403,10 @@ mod tests {
             env: BTreeMap::new(),
         };
         let args = spec.taskhost_args(1, "w1").join(" ");
-        assert!(args.contains("--queue default,low"), "{args}");
+        assert!(
+            args.contains("--queue default,low --team research"),
+            "{args}"
+        );
         assert!(args.contains("--reservation east.r1 --slot 1"), "{args}");
         assert!(args.contains("--tier 2:8192:0"), "{args}");
     }

@@ -362,7 +362,9 @@ fn group<'a, E: Ec2Api>(
     cluster: String,
     pool_name: String,
 ) -> Group<'a> {
-    let pool = WorkerPool::parse(&pool_name);
+    let pool = WorkerPool::parse(&pool_name).unwrap_or_else(|| {
+        WorkerPool::new(pool_name.clone(), pass.settings.default_team.clone(), None)
+    });
     let own = pass.settings.pools.iter().find(|p| p.pool == pool_name);
     let worker = pool_shape(&pool, pass.settings, own).worker;
     let shape = WorkerShape {

@@ -67,8 +67,10 @@ impl Default for Settings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSettings {
-    /// The pool's name (`default`, `default--2cpu-8192mib`).
+    /// The pool's name (`default--t-vision`, `default--t-vision--2cpu-8192mib`): its
+    /// queue, its team and its shape.
     pub pool: String,
+    /// The pool's team, if given, must be the one its name carries.
     #[serde(default)]
     pub team: Option<String>,
     /// A worker's size; a tier pool's default is as many of its tasks as fit the
@@ -175,6 +177,21 @@ impl Settings {
         for (i, p) in self.pools.iter().enumerate() {
             if p.pool.is_empty() {
                 return Err(FieldError::new(format!("pools[{i}].pool"), "is empty"));
+            }
+            let Some(pool) = WorkerPool::parse(&p.pool) else {
+                return Err(FieldError::new(
+                    format!("pools[{i}].pool"),
+                    format!(
+                        "{:?} is not a pool name (QUEUE--t-TEAM, or QUEUE--t-TEAM--SHAPE)",
+                        p.pool
+                    ),
+                ));
+            };
+            if p.team.as_ref().is_some_and(|t| *t != pool.team) {
+                return Err(FieldError::new(
+                    format!("pools[{i}].team"),
+                    format!("the pool {:?} is team {}'s", p.pool, pool.team),
+                ));
             }
             if !seen.insert(&p.pool) {
                 return Err(FieldError::new(
@@ -291,37 +308,46 @@ mod tests {
         );
         let e = Settings::parse(r#"{"nodes": {}}"#).unwrap_err();
         assert_eq!(e.field, "nodes.zones", "{e}");
-        let e = Settings::parse(r#"{"pools": [{"pool": "a"}, {"pool": "a"}]}"#).unwrap_err();
+        let e =
+            Settings::parse(r#"{"pools": [{"pool": "a--t-x"}, {"pool": "a--t-x"}]}"#).unwrap_err();
         assert_eq!(e.field, "pools[1].pool", "{e}");
+        let e = Settings::parse(r#"{"pools": [{"pool": "a"}]}"#).unwrap_err();
+        assert!(e.problem.contains("not a pool name"), "{e}");
+        let e = Settings::parse(r#"{"pools": [{"pool": "a--t-x", "team": "y"}]}"#).unwrap_err();
+        assert_eq!(e.field, "pools[0].team", "{e}");
         let e = Settings::parse(r#"{"half_life": 3}"#).unwrap_err();
         assert!(e.problem.contains("unknown field `half_life`"), "{e}");
+    }
+
+    fn pool(name: &str) -> WorkerPool {
+        WorkerPool::parse(name).unwrap_or_else(|| panic!("{name} is not a pool name"))
     }
 
     #[test]
     pub(super) fn pool_shapes_come_from_the_tier_or_the_default_worker() {
         let s = Settings::default();
-        let own = pool_shape(&WorkerPool::parse("default"), &s, None);
+        let own = pool_shape(&pool("default--t-x"), &s, None);
         assert_eq!((own.worker, own.slots), (s.default_worker, 4));
         // 1 vCPU, 2 GiB tasks: four fit a 4 vCPU, 16 GiB default worker.
-        let tier = pool_shape(&WorkerPool::parse("default--1cpu-2048mib"), &s, None);
+        let tier = pool_shape(&pool("default--t-x--1cpu-2048mib"), &s, None);
         assert_eq!(tier.slots, 4);
         assert_eq!(
             (tier.worker.cpu_milli, tier.worker.memory_mib),
             (4000, 8192)
         );
         // GPU tiers get one task a worker.
-        let gpu = pool_shape(&WorkerPool::parse("default--8cpu-32768mib-1gpu"), &s, None);
+        let gpu = pool_shape(&pool("default--t-x--8cpu-32768mib-1gpu"), &s, None);
         assert_eq!((gpu.slots, gpu.worker.gpu), (1, 1));
         // A pool's own worker size wins, its slots follow from the tier.
         let p = PoolSettings {
-            pool: "default--1cpu-2048mib".into(),
+            pool: "default--t-x--1cpu-2048mib".into(),
             team: None,
             worker: Some(Tier::parse_shape("8:16384").unwrap()),
             max_workers: None,
             gpu_type: None,
             half_life_seconds: None,
         };
-        let sized = pool_shape(&WorkerPool::parse(&p.pool), &s, Some(&p));
+        let sized = pool_shape(&pool(&p.pool), &s, Some(&p));
         assert_eq!(sized.slots, 8);
     }
 }

@@ -127,16 +127,19 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
         let limits_by_queue = self.compute_environment_limits(&settings).await?;
         for name in names {
             let own = settings.pools.iter().find(|p| p.pool == name);
-            let pool = WorkerPool::parse(&name);
+            // A queue's own SQS queue (a job queue's marker) is no pool: only team pools
+            // carry tasks.
+            let Some(pool) = WorkerPool::parse(&name) else {
+                continue;
+            };
             let shape = pool_shape(&pool, &settings, own);
             let ce_max = limits_by_queue
                 .get(&pool.queue)
                 .and_then(|ce| ce.max_vcpus)
                 .map(|v| (u64::from(v) * 1000 / u64::from(shape.worker.cpu_milli.max(1))) as u32);
             let work = PoolWork {
-                team: own
-                    .and_then(|p| p.team.clone())
-                    .unwrap_or_else(|| settings.default_team.clone()),
+                // A pool's workers are placed on its own team's quota.
+                team: pool.team.clone(),
                 gpu_type: own.and_then(|p| p.gpu_type.clone()),
                 max_workers: match (own.and_then(|p| p.max_workers), ce_max) {
                     (Some(a), Some(b)) => Some(a.min(b)),

@@ -224,7 +224,7 @@ pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
 pub fn new_task_item(
     job_id: &str,
     shard: u32,
-    queue: &str,
+    (queue, team): (&str, &str),
     max_attempts: u32,
     now: i64,
     t: &crate::domain::PlannedTask,
@@ -258,16 +258,17 @@ pub fn new_task_item(
     if t.kind == TaskKind::Command {
         item.insert("cpu_milli".into(), n(t.cpu_milli));
         item.insert("memory_mib".into(), n(t.memory_mib));
+        // The team's pool: only the team's workers take it.
+        item.insert(
+            "pool".into(),
+            s(crate::domain::tiers::WorkerPool::for_task(queue, team, &t.tiers, 0).name()),
+        );
     }
     if let Some(first) = t.tiers.first() {
         item.insert("tiers".into(), s(tiers_json(&t.tiers)));
         if first.gpu > 0 {
             item.insert("gpu".into(), n(first.gpu));
         }
-        item.insert(
-            "pool".into(),
-            s(crate::domain::tiers::WorkerPool::for_task(queue, &t.tiers, 0).name()),
-        );
     }
     if let Some(secs) = t.timeout_seconds {
         item.insert("timeout_seconds".into(), n(secs));

@@ -26,15 +26,15 @@ impl Store {
         &self,
         job_id: &str,
         shard_count: u32,
-        queue: &str,
+        (queue, team): (&str, &str),
         max_attempts: u32,
         tasks: &[PlannedTask],
     ) -> Result<(), StoreError> {
         let (waiting, runnable): (Vec<&PlannedTask>, Vec<&PlannedTask>) =
             tasks.iter().partition(|t| t.state != TaskState::Runnable);
-        self.put_tasks(job_id, shard_count, queue, max_attempts, &waiting)
+        self.put_tasks(job_id, shard_count, (queue, team), max_attempts, &waiting)
             .await?;
-        self.put_tasks(job_id, shard_count, queue, max_attempts, &runnable)
+        self.put_tasks(job_id, shard_count, (queue, team), max_attempts, &runnable)
             .await
     }
 
@@ -42,7 +42,7 @@ impl Store {
         &self,
         job_id: &str,
         shard_count: u32,
-        queue: &str,
+        (queue, team): (&str, &str),
         max_attempts: u32,
         tasks: &[&PlannedTask],
     ) -> Result<(), StoreError> {
@@ -57,7 +57,7 @@ impl Store {
                             .set_item(Some(new_task_item(
                                 job_id,
                                 shard,
-                                queue,
+                                (queue, team),
                                 max_attempts,
                                 now,
                                 t,

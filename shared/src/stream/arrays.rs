@@ -42,7 +42,7 @@ pub fn first_pool(job: &JobRecord) -> String {
         .as_ref()
         .map(|a| a.template.tiers.as_slice())
         .unwrap_or_default();
-    crate::domain::tiers::WorkerPool::for_task(&job.queue, tiers, 0).name()
+    crate::domain::tiers::WorkerPool::for_task(&job.queue, &job.team, tiers, 0).name()
 }
 
 impl Fanout {

@@ -499,7 +499,10 @@ fn next_step(
         let n = task.tiers.len();
         match after_oom(&task.tiers, task.tier) {
             OomOutcome::Escalate { tier, shape } => {
-                let pool = WorkerPool::for_task(&task.queue, &task.tiers, tier).name();
+                // The next tier's pool is the same team's.
+                let team = WorkerPool::parse(task.pool_name())
+                    .map_or_else(|| "default".to_string(), |p| p.team);
+                let pool = WorkerPool::for_task(&task.queue, &team, &task.tiers, tier).name();
                 let why = format!(
                     "OutOfMemory on tier {} of {n} ({} MiB); moving to tier {} of {n} ({}) in pool {pool}",
                     task.tier + 1,

@@ -234,8 +234,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pools this worker serves, highest queue priority first: each queue's own pool,
-/// or its pool of the worker's tier shape.
+/// The pools this worker serves, highest queue priority first: its team's pool of each
+/// queue, of the worker's tier shape if it has one.
 async fn pools_served(opts: &Options, store: &Store) -> Vec<String> {
     let queues: Vec<String> = opts
         .queue
@@ -247,7 +247,7 @@ async fn pools_served(opts: &Options, store: &Store) -> Vec<String> {
     crate::templates::by_priority(store, queues)
         .await
         .into_iter()
-        .map(|q| batchplane::domain::tiers::WorkerPool::new(q, opts.tier).name())
+        .map(|q| batchplane::domain::tiers::WorkerPool::new(q, &opts.team, opts.tier).name())
         .collect()
 }
 

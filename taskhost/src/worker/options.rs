@@ -15,6 +15,10 @@ pub struct Options {
     /// queue is a registered job queue, higher priority is served first.
     #[arg(long, env = "BATCHPLANE_QUEUE", default_value = "default")]
     pub queue: String,
+    /// The team this worker is placed for: it serves only the team's pools, so it runs
+    /// only the team's tasks.
+    #[arg(long, env = "BATCHPLANE_TEAM", default_value = "default")]
+    pub team: String,
     /// This worker's id in attempts and leases (default: host name and pid).
     #[arg(long, env = "BATCHPLANE_WORKER_ID")]
     pub worker_id: Option<String>,
