@@ -276,10 +276,16 @@ async fn the_cli_signs_as_its_credentials_and_manages_access() {
         .find(|w| w.starts_with("j-"))
         .unwrap_or_else(|| panic!("no job id in {stdout}"))
         .to_string();
+    let more = h.dir.join("more.yaml");
+    std::fs::write(&more, "tasks:\n  - {id: b, command: ['true']}\n")
+        .unwrap_or_else(|e| panic!("writing the addition: {e}"));
+    let more = more.to_string_lossy().into_owned();
     for args in [
         vec!["status", &job],
         vec!["cancel", &job],
         vec!["tasks", &job],
+        vec!["explain", &job],
+        vec!["add", &job, &more],
     ] {
         let out = h.cli_as(Some(BOB), &args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -288,9 +294,26 @@ async fn the_cli_signs_as_its_credentials_and_manages_access() {
             "batchplane {args:?} as Bob: {err}"
         );
     }
-    let out = h.cli_as(Some(BOB), &["access", "grant", BOB, "--role", "admin"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("403"), "{err}");
+    for args in [
+        vec!["access", "grant", BOB, "--role", "admin"],
+        vec![
+            "teams",
+            "set",
+            "finance",
+            "--cpu",
+            "1000",
+            "--memory-mib",
+            "1048576",
+        ],
+        vec!["clusters", "disable", "local-a"],
+    ] {
+        let out = h.cli_as(Some(BOB), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("403"),
+            "batchplane {args:?} as Bob: {err}"
+        );
+    }
     let out = h.cli_as(Some(ALICE), &["status", &job]);
     assert!(
         out.status.success(),
