@@ -235,6 +235,32 @@ async fn the_aws_batch_api_refuses_numbers_out_of_range_instead_of_truncating() 
     )
     .await;
     assert!(status == 400 && message.contains("priority"), "{message}");
+    // A queue whose team pool's name SQS could not take: refused, named, before anything.
+    let long = "q".repeat(60);
+    let (status, _, message) = batch(
+        &h,
+        "createjobqueue",
+        json!({"jobQueueName": long, "state": "ENABLED", "priority": 1,
+        "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": "ce"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{message}");
+    let r = h
+        .post(
+            "/v1/jobs",
+            &format!("name: x\nqueue: {long}\ntasks:\n  - {{id: a, command: ['true']}}\n"),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["details"]["field"], "queue", "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("80"),
+        "{}",
+        r.body
+    );
     let ok = def(
         json!({"image": "x", "command": ["true"], "vcpus": 1, "memory": 64}),
         json!({}),

@@ -78,7 +78,11 @@ async fn a_task_cannot_read_or_signal_its_neighbour_or_its_worker() {
         eprintln!("skipped: the taskhost must be root to run tasks as other uids");
         return;
     }
-    let h = Harness::start(|o| o.workers = 1).await;
+    let h = Harness::start(|o| {
+        o.workers = 1;
+        o.lease_seconds = 3;
+    })
+    .await;
     let logs = h.dir.join("tasks");
     let indented: String = SNOOP.lines().map(|l| format!("        {l}\n")).collect();
     let spec = format!(
@@ -156,6 +160,8 @@ async fn escapes_are_killed(memory_enforcement: Option<&str>, base: u32) {
     let h = Harness::start(|o| {
         o.workers = 1;
         o.memory_enforcement = memory_enforcement.map(String::from);
+        // Heartbeats a second apart: a cancel reaches the worker within one.
+        o.lease_seconds = 3;
     })
     .await;
     let (left, escaped, main) = (

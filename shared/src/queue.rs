@@ -199,6 +199,27 @@ impl Queues {
         Ok(url)
     }
 
+    /// Whether SQS can name a queue `queue` with this prefix: 1 to 80 of
+    /// `[A-Za-z0-9_-]` in all; else what is wrong.
+    pub fn check_name(&self, queue: &str) -> Result<(), String> {
+        let full = format!("{}{queue}", self.prefix);
+        if full.len() > 80 {
+            return Err(format!(
+                "its queue name {full:?} is {} characters; SQS allows 80",
+                full.len()
+            ));
+        }
+        if let Some(c) = full
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "its queue name {full:?} has {c:?}; SQS allows letters, digits, - and _"
+            ));
+        }
+        Ok(())
+    }
+
     /// Make sure a worker pool's queue exists, created like its job queue's own (same
     /// visibility timeout) the first time a task of that shape is submitted. CreateQueue
     /// with the same attributes is idempotent, so racing submissions agree.

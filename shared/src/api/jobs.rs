@@ -35,13 +35,27 @@ impl Service {
         tiers: impl IntoIterator<Item = &'a crate::domain::tiers::Tier>,
     ) -> Result<(), ApiError> {
         use crate::domain::tiers::WorkerPool;
-        self.queues
-            .ensure_pool(&WorkerPool::new(queue, team, None))
-            .await?;
-        for t in tiers {
-            self.queues
-                .ensure_pool(&WorkerPool::new(queue, team, Some(*t)))
-                .await?;
+        let pools: Vec<WorkerPool> = std::iter::once(WorkerPool::new(queue, team, None))
+            .chain(
+                tiers
+                    .into_iter()
+                    .map(|t| WorkerPool::new(queue, team, Some(*t))),
+            )
+            .collect();
+        for pool in &pools {
+            // Refused here, named, rather than by SQS when the pool is created.
+            self.queues.check_name(&pool.name()).map_err(|problem| {
+                ApiError::bad_request(
+                    format!(
+                        "fields `queue` and `team`: team {team}'s pool {}: {problem}",
+                        pool.name()
+                    ),
+                    json!({"field": "queue", "pool": pool.name()}),
+                )
+            })?;
+        }
+        for pool in &pools {
+            self.queues.ensure_pool(pool).await?;
         }
         Ok(())
     }

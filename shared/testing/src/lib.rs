@@ -213,6 +213,16 @@ impl Harness {
             if t["state"] == state {
                 return t;
             }
+            // A task that ended otherwise will not get there: say so now.
+            let ended = matches!(
+                t["state"].as_str(),
+                Some("SUCCEEDED" | "FAILED" | "CANCELLED")
+            );
+            assert!(
+                !ended,
+                "task {task_id} ended {} instead of {state}: {t}",
+                t["state"]
+            );
             assert!(
                 Instant::now() < deadline,
                 "task {task_id} not {state} in {timeout:?}: {t}"
