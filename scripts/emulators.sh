@@ -62,7 +62,10 @@ start() {
   mkdir -p "$dir"
   local jar; jar=$(ddb_jar)
   local lib; lib=$(dirname "$jar")/DynamoDBLocal_lib
-  setsid java -Xmx1g -Djava.library.path="$lib" -jar "$jar" -inMemory -port "$ddb_port" \
+  # -sharedDb: one database whatever access key a client signs with (DynamoDB Local
+  # otherwise keeps one per key, and a process signing with other credentials than the
+  # stack's would see an empty table).
+  setsid java -Xmx1g -Djava.library.path="$lib" -jar "$jar" -inMemory -sharedDb -port "$ddb_port" \
     >"$dir/dynamodb.log" 2>&1 < /dev/null &
   echo $! >"$dir/dynamodb.pid"
   # moto's server through a launcher that closes a race losing SQS messages (see it).

@@ -57,7 +57,8 @@ pub struct StackArgs {
     #[arg(long, default_value = ".batchplane/dev")]
     pub state_dir: PathBuf,
     /// Make no one an admin but those `--admin` names. Without it, unsigned requests
-    /// (`anonymous`) are the admin, so the quick start needs no credentials. The local
+    /// (`anonymous`) and the access key in this environment's `AWS_ACCESS_KEY_ID` are
+    /// the admin, so the quick start needs no grants whether the CLI signs or not. The local
     /// stack takes the access key id a request is signed with as the caller without
     /// checking the signature.
     #[arg(long)]
@@ -142,6 +143,12 @@ async fn start_stack(args: &StackArgs) -> anyhow::Result<(Emulators, LocalStack)
     }
     if args.strict {
         opts.admins.clear();
+    } else if let Ok(key) = std::env::var("AWS_ACCESS_KEY_ID") {
+        // The CLI signs with these credentials when it has them: whoever starts the
+        // stack is its admin either way.
+        if batchplane::domain::access::check_principal(&key).is_ok() {
+            opts.admins.push(key);
+        }
     }
     for a in &args.admins {
         batchplane::domain::access::check_principal(a).context("--admin")?;
