@@ -167,11 +167,11 @@ mod tests {
     #[test]
     fn uid_ranges_parse_and_never_include_root() {
         assert_eq!(
-            "100000-100009".parse::<UidRange>().unwrap(),
-            UidRange {
+            "100000-100009".parse::<UidRange>(),
+            Ok(UidRange {
                 start: 100000,
                 end: 100009
-            }
+            })
         );
         assert!("0-10".parse::<UidRange>().is_err());
         assert!("20-10".parse::<UidRange>().is_err());
@@ -188,14 +188,19 @@ mod tests {
             },
             lock_dir: dir.clone(),
         };
-        std::fs::create_dir_all(&dir).unwrap();
-        let a = iso.lease().unwrap().unwrap();
-        let b = iso.lease().unwrap().unwrap();
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let lease = || match iso.lease() {
+            Ok(Some(l)) => l,
+            Ok(None) => panic!("a uid range gave no lease"),
+            Err(e) => panic!("no lease: {e}"),
+        };
+        let a = lease();
+        let b = lease();
         assert_ne!(a.uid, b.uid);
         assert!(iso.lease().unwrap_err().contains("in use"));
         let freed = a.uid;
         drop(a);
-        assert_eq!(iso.lease().unwrap().unwrap().uid, freed);
+        assert_eq!(lease().uid, freed);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -69,7 +69,10 @@ mod tests {
         if let Some(a) = auth {
             b = b.header("authorization", a);
         }
-        b.body(()).unwrap().into_parts().0
+        b.body(())
+            .unwrap_or_else(|e| panic!("building a request: {e}"))
+            .into_parts()
+            .0
     }
 
     #[test]

@@ -523,13 +523,17 @@ mod tests {
     }
 
     async fn invoke_on(service: Arc<Service>, event: &str) -> (u16, serde_json::Value) {
-        let request: lambda_http::request::LambdaRequest = serde_json::from_str(event).unwrap();
+        let request: lambda_http::request::LambdaRequest = serde_json::from_str(event)
+            .unwrap_or_else(|e| panic!("the sample is not an API Gateway event: {e}"));
         let request: lambda_http::Request = request.into();
-        let response = router(service).oneshot(request).await.unwrap();
+        let response = router(service)
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|e| panic!("the router: {e}"));
         let status = response.status().as_u16();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("reading the answer: {e}"));
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
@@ -556,7 +560,9 @@ mod tests {
     /// header the request also carries names someone else and does not count.
     #[tokio::test]
     async fn the_caller_is_the_iam_principal_of_the_request_context() {
-        let mut service = Arc::try_unwrap(offline_service().await).unwrap();
+        let Ok(mut service) = Arc::try_unwrap(offline_service().await) else {
+            panic!("the offline service is shared");
+        };
         service.admins = vec!["arn:aws:iam::123456789012:role/platform-*".into()];
         service.identity = batchplane::config::IdentitySource::Iam;
         let event = include_str!("../../../events/api/whoami-assumed-role.json");
@@ -573,69 +579,58 @@ mod tests {
         assert_eq!(body["admin"], true, "{body}");
     }
 
+    /// One request through the router: its status and its body, which must be JSON.
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::from(body))
+            .unwrap_or_else(|e| panic!("building {method} {path}: {e}"));
+        let response = app
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap_or_else(|e| panic!("reading the answer to {method} {path}: {e}"));
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: the answer is not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, body)
+    }
+
     #[tokio::test]
     async fn errors_axum_makes_itself_are_json_in_each_apis_shape() {
         let app = router(offline_service().await);
-        let send = |req: axum::http::Request<axum::body::Body>| {
-            let app = app.clone();
-            async move {
-                let r = app.oneshot(req).await.unwrap();
-                let status = r.status().as_u16();
-                let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
-                (
-                    status,
-                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
-                )
-            }
-        };
         let big = vec![b' '; MAX_BODY_BYTES + 1];
-        let (status, body) = send(
-            axum::http::Request::post("/v1/jobs")
-                .body(axum::body::Body::from(big.clone()))
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = call(&app, "POST", "/v1/jobs", big.clone()).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (413, Some("RequestTooLarge")),
             "{body}"
         );
-        let (status, body) = send(
-            axum::http::Request::post("/v1/submitjob")
-                .body(axum::body::Body::from(big))
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = call(&app, "POST", "/v1/submitjob", big).await;
         assert_eq!(status, 413);
         assert_eq!(body["__type"], "ClientException", "{body}");
-        let (status, body) = send(
-            axum::http::Request::delete("/v1/jobs")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = call(&app, "DELETE", "/v1/jobs", Vec::new()).await;
         assert_eq!(status, 405);
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("DELETE"),
-            "{body}"
-        );
-        let (status, body) = send(
-            axum::http::Request::get("/v1/describejobs")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("DELETE"), "{body}");
+        let (status, body) = call(&app, "GET", "/v1/describejobs", Vec::new()).await;
         assert_eq!(status, 405);
         assert_eq!(body["__type"], "ClientException", "{body}");
-        let (status, body) = send(
-            axum::http::Request::get("/v1/autoscaler/history?limit=many")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await;
+        let (status, body) =
+            call(&app, "GET", "/v1/autoscaler/history?limit=many", Vec::new()).await;
         assert_eq!(status, 400, "{body}");
         assert!(body["error"]["message"].is_string(), "{body}");
     }

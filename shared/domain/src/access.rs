@@ -369,7 +369,7 @@ mod tests {
             grant("two", Some("audit"), Role::Viewer),
         ];
         let one = Access::resolve(Principal::named("one"), &grants, &[]);
-        assert_eq!(one.submission_team(None).unwrap(), "research");
+        assert_eq!(one.submission_team(None), Ok("research".to_string()));
         assert_eq!(
             one.submission_team(Some("finance")),
             Err(TeamChoice::NotMember {
@@ -394,7 +394,7 @@ mod tests {
         let nobody = Access::resolve(Principal::anonymous(), &grants, &[]);
         assert_eq!(nobody.submission_team(None), Err(TeamChoice::NoTeam));
         let admin = Access::system("autoscaler");
-        assert_eq!(admin.submission_team(None).unwrap(), DEFAULT_TEAM);
+        assert_eq!(admin.submission_team(None), Ok(DEFAULT_TEAM.to_string()));
     }
 
     #[test]

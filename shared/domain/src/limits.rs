@@ -168,9 +168,11 @@ mod tests {
 
     #[test]
     fn plain_documents_and_modest_aliases_parse() {
-        let v: Value = yaml_from_str("name: x\ntasks: [{id: a, command: [echo, hi]}]\n").unwrap();
+        let v: Value = yaml_from_str("name: x\ntasks: [{id: a, command: [echo, hi]}]\n")
+            .unwrap_or_else(|e| panic!("a plain document: {e}"));
         assert_eq!(v["tasks"][0]["id"], "a");
-        let v: Value = yaml_from_str("env: &e {A: '1'}\ncopy: *e\n").unwrap();
+        let v: Value = yaml_from_str("env: &e {A: '1'}\ncopy: *e\n")
+            .unwrap_or_else(|e| panic!("one alias: {e}"));
         assert_eq!(v["copy"]["A"], "1");
     }
 

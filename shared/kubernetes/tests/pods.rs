@@ -453,7 +453,7 @@ async fn an_eks_token_goes_only_to_the_endpoint_eks_reports() {
         )
         .send()
         .await
-        .expect("creating the cluster in moto");
+        .unwrap_or_else(|e| panic!("creating the cluster in moto: {e:?}"));
     c.endpoint = "https://attacker.example.com".into();
     let err = backend
         .list(&c, None)

@@ -145,7 +145,7 @@ mod tests {
             reg("https://abc.gr7.us-east-1.eks.amazonaws.com/", None),
             &eks,
         )
-        .expect("the same endpoint");
+        .unwrap_or_else(|e| panic!("the same endpoint is refused: {e}"));
         assert_eq!(ok.certificate_authority.as_deref(), Some("Q0E="));
         assert_eq!(ok.endpoint, eks.endpoint);
         let e = verified(reg("https://evil.example.com", None), &eks).unwrap_err();

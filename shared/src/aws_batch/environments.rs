@@ -108,10 +108,8 @@ impl Service {
         who: &Access,
         input: &Value,
     ) -> Result<Value, ApiError> {
-        if !Self::sees_shared(who) {
-            return Ok(json!({"computeEnvironments": []}));
-        }
         self.describe(
+            who,
             ResourceKind::ComputeEnvironment,
             input,
             "computeEnvironments",

@@ -84,10 +84,7 @@ impl Service {
         who: &Access,
         input: &Value,
     ) -> Result<Value, ApiError> {
-        if !Self::sees_shared(who) {
-            return Ok(json!({"jobQueues": []}));
-        }
-        self.describe(ResourceKind::JobQueue, input, "jobQueues", "jobQueues")
+        self.describe(who, ResourceKind::JobQueue, input, "jobQueues", "jobQueues")
             .await
     }
 

@@ -188,13 +188,18 @@ pub(super) fn merge_tags(doc: &mut Value, tags: &BTreeMap<String, String>) {
 }
 
 impl Service {
+    /// Describe a shared resource kind: nothing to a caller with no role anywhere.
     pub(super) async fn describe(
         &self,
+        who: &crate::domain::access::Access,
         kind: ResourceKind,
         input: &Value,
         names_field: &str,
         out_field: &str,
     ) -> Result<Value, ApiError> {
+        if !Self::sees_shared(who) {
+            return Ok(json!({ out_field: [] }));
+        }
         let mut found = Vec::new();
         match input.get(names_field).and_then(Value::as_array) {
             Some(list) if !list.is_empty() => {
