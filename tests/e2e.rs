@@ -462,7 +462,7 @@ async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
     let marker = batchplane_testing::shared_file(&h.dir.join("attempts.log"));
     let job = h
         .submit(&format!(
-            "name: survivor\ntasks:\n  - {{id: slow, command: [sh, -c, 'echo $BATCHPLANE_ATTEMPT >> {}; sleep 3; echo done']}}\n",
+            "name: survivor\ntasks:\n  - {{id: slow, command: [sh, -c, 'echo $BATCHPLANE_ATTEMPT >> {0}; sleep 3; echo end $BATCHPLANE_ATTEMPT >> {0}']}}\n",
             marker.display()
         ))
         .await;
@@ -497,8 +497,10 @@ async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
     );
     assert_ne!(a[1]["worker_id"], first_worker.as_str());
     assert_eq!(a[1]["exit_code"], 0);
-    // The first attempt died with its worker: it never reached its end.
-    assert_eq!(lines(&marker), vec!["1", "2"]);
+    // The first attempt died with its worker: it never reached its end, not even
+    // after the second one had.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(lines(&marker), vec!["1", "2", "end 2"]);
     h.shutdown().await;
 }
 

@@ -9,6 +9,7 @@ mod aws_batch;
 mod bounds;
 mod contract;
 mod e2e;
+mod faults;
 mod isolation;
 mod placement;
 mod publisher;

@@ -1,5 +1,5 @@
-//! `taskhost exec --report FILE [--memory-limit-mib N] [--memory-enforcement HOW]
-//! [--uid UID --workdir DIR] -- ARGV…`: run one task's command as this process's only
+//! `taskhost exec --report FILE [--fence-file FILE] [--memory-limit-mib N]
+//! [--memory-enforcement HOW] [--uid UID --workdir DIR] -- ARGV…`: run one task's command as this process's only
 //! child, in a cgroup of its own where the host has one (held to its memory limit, see
 //! [`crate::memory`]), as its own uid in its own directory (see [`crate::isolation`]),
 //! wait for it, and write what it used (exit, signal, CPU user/sys, memory, GPU, whether
@@ -9,7 +9,8 @@
 //! whole task when the shim gets SIGTERM (the worker's cancel, timeout or lost lease) or
 //! its worker dies: every process of the task's cgroup and every descendant of the shim
 //! (it is a child subreaper, so a process that called `setsid` or double-forked is still
-//! one), not only the process group.
+//! one), not only the process group. With `--fence-file`, also once the deadline the
+//! worker keeps in that file passes (its lease was not renewed: see [`watch_fence`]).
 
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::ExitStatusExt;
@@ -40,6 +41,10 @@ pub struct Report {
     /// How the limit was held (absent when the task had none).
     #[serde(default)]
     pub memory_enforcement: Option<String>,
+    /// The task was killed because its worker's lease was not renewed in time (the
+    /// fence file's deadline passed): another worker may take it over.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// The memory limit a task runs under (if any), and how it is held.
@@ -106,6 +111,36 @@ fn watch_parent_and_sigterm() {
                 nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGKILL);
             return;
         }
+    });
+}
+
+/// Set once the fence has killed the task.
+static FENCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How often the fence file is read.
+const FENCE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Self-fencing, done here rather than in the worker so that it holds even when the
+/// worker cannot act (stopped, stalled, or cut off from DynamoDB): the worker writes into
+/// `file` the time (ms since the epoch) by which the attempt must be gone unless its
+/// lease is renewed, and rewrites it at each renewal. Once that time passes, the whole
+/// task is killed. An unreadable file keeps the last deadline read.
+fn watch_fence(file: std::path::PathBuf) {
+    let read = |f: &std::path::Path| -> Option<i64> {
+        std::fs::read_to_string(f).ok()?.trim().parse().ok()
+    };
+    let mut deadline = read(&file);
+    std::thread::spawn(move || loop {
+        if let Some(d) = read(&file) {
+            deadline = Some(d);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        if deadline.is_some_and(|d| now >= d) {
+            FENCED.store(true, std::sync::atomic::Ordering::SeqCst);
+            kill_task();
+            return;
+        }
+        std::thread::sleep(FENCE_POLL);
     });
 }
 
@@ -228,6 +263,7 @@ fn run_sampled(argv: &[String], limit: Option<&Limit>, run_as: &RunAs) -> std::i
 /// What the shim is asked to do.
 struct Invocation {
     report: String,
+    fence: Option<std::path::PathBuf>,
     limit: Option<Limit>,
     run_as: RunAs,
     argv: Vec<String>,
@@ -237,6 +273,7 @@ struct Invocation {
 /// --workdir DIR] -- ARGV…`.
 fn parse(args: &[String]) -> Result<Invocation, String> {
     let mut report = None;
+    let mut fence = None;
     let mut limit_mib = None;
     let mut mechanism = None;
     let mut chosen_here = false;
@@ -268,6 +305,7 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
                 }
                 return Ok(Invocation {
                     report,
+                    fence,
                     limit,
                     run_as,
                     argv,
@@ -278,6 +316,7 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
             }
             "--workdir" => run_as.workdir = Some(value()?),
             "--report" => report = Some(value()?),
+            "--fence-file" => fence = Some(std::path::PathBuf::from(value()?)),
             "--memory-limit-mib" => {
                 limit_mib = Some(
                     value()?
@@ -305,6 +344,7 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
 pub fn main(args: &[String]) -> i32 {
     let Invocation {
         report: report_path,
+        fence,
         limit,
         run_as,
         argv,
@@ -312,7 +352,7 @@ pub fn main(args: &[String]) -> i32 {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("taskhost exec: {e}");
-            eprintln!("usage: taskhost exec --report FILE [--memory-limit-mib N] [--memory-enforcement HOW] [--uid UID --workdir DIR] -- COMMAND [ARG…]");
+            eprintln!("usage: taskhost exec --report FILE [--fence-file FILE] [--memory-limit-mib N] [--memory-enforcement HOW] [--uid UID --workdir DIR] -- COMMAND [ARG…]");
             return 2;
         }
     };
@@ -321,6 +361,9 @@ pub fn main(args: &[String]) -> i32 {
     // them.
     let _ = nix::sys::prctl::set_child_subreaper(true);
     watch_parent_and_sigterm();
+    if let Some(file) = fence {
+        watch_fence(file);
+    }
     match run_sampled(&argv, limit.as_ref(), &run_as) {
         Ok(Outcome {
             status,
@@ -355,6 +398,7 @@ pub fn main(args: &[String]) -> i32 {
             });
         }
     }
+    report.fenced = FENCED.load(std::sync::atomic::Ordering::SeqCst);
     // A worker's mechanism outlives this task; one chosen here does not.
     if let Some(l) = limit.as_ref().filter(|l| l.chosen_here) {
         l.mechanism.release();

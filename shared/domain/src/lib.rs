@@ -7,6 +7,7 @@ pub mod batch;
 pub mod error;
 pub mod ids;
 pub mod launch;
+pub mod lease;
 pub mod limits;
 pub mod placement;
 pub mod plan;

@@ -5,10 +5,12 @@
 
 pub mod backend;
 pub mod emulators;
+pub mod faults;
 mod launching;
+pub mod ledger;
 pub mod options;
 pub mod stack;
 pub mod streams;
 
-pub use options::{LocalCluster, PoolWorkers, StackOptions};
+pub use options::{LocalCluster, PoolWorkers, StackOptions, WorkerEndpoints};
 pub use stack::LocalStack;

@@ -59,6 +59,16 @@ pub struct StackOptions {
     pub task_uids: Option<String>,
     /// The taskhosts' `--memory-enforcement` (`auto` or `poll`); `None`: their default.
     pub memory_enforcement: Option<String>,
+    /// Where workers started from now on reach DynamoDB and SQS, when not where the
+    /// stack does (a fault proxy in front of some workers only). `None`: the same.
+    pub worker_endpoints: Option<WorkerEndpoints>,
+}
+
+/// DynamoDB and SQS endpoints for workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerEndpoints {
+    pub dynamodb_url: String,
+    pub sqs_url: String,
 }
 
 /// A local cluster: a name and what placement may put there.
@@ -208,6 +218,7 @@ impl StackOptions {
             admins: vec![batchplane::domain::access::ANONYMOUS.into()],
             task_uids: None,
             memory_enforcement: None,
+            worker_endpoints: None,
         })
     }
 }

@@ -195,9 +195,13 @@ impl LocalStack {
     /// The environment a local taskhost gets.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         let o = &self.opts;
+        let (dynamodb, sqs) = match &o.worker_endpoints {
+            Some(w) => (w.dynamodb_url.clone(), w.sqs_url.clone()),
+            None => (o.dynamodb_url.clone(), o.sqs_url.clone()),
+        };
         let mut env = vec![
-            ("AWS_ENDPOINT_URL_DYNAMODB".into(), o.dynamodb_url.clone()),
-            ("AWS_ENDPOINT_URL_SQS".into(), o.sqs_url.clone()),
+            ("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamodb),
+            ("AWS_ENDPOINT_URL_SQS".into(), sqs),
             ("AWS_ACCESS_KEY_ID".into(), "local".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "local".into()),
             ("AWS_REGION".into(), "us-east-1".into()),

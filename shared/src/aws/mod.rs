@@ -3,6 +3,7 @@
 //! variables, or explicit endpoints for the local emulators).
 
 pub mod accounting;
+pub mod backoff;
 pub mod eks;
 
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -77,17 +78,72 @@ pub async fn sdk_config(endpoints: &Endpoints) -> aws_config::SdkConfig {
             loader = loader.region(aws_config::Region::new("us-east-1"));
         }
     }
-    loader.load().await
+    loader
+        .retry_config(retry_policy())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(3))
+                .build(),
+        )
+        .load()
+        .await
 }
+
+/// How many times one call is tried before its error reaches Batchplane's code.
+pub const MAX_CALL_ATTEMPTS: u32 = 10;
+
+/// Every client's retry policy: throttling (`ProvisionedThroughputExceededException`,
+/// `ThrottlingException`, `RequestThrottled`…), 5xx answers, timeouts and connection
+/// resets are tried again with full-jitter exponential backoff from 25 ms up to 5 s,
+/// [`MAX_CALL_ATTEMPTS`] times in all. What is still failing after that surfaces as the
+/// call's error, which callers treat as transient where it is (see
+/// [`crate::store::StoreError::is_transient`]).
+pub fn retry_policy() -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(MAX_CALL_ATTEMPTS)
+        .with_initial_backoff(std::time::Duration::from_millis(25))
+        .with_max_backoff(std::time::Duration::from_secs(5))
+}
+
+/// The retry partition of the DynamoDB and SQS clients. The SDK's default partition
+/// shares a token bucket that stops retrying once retries have spent it (500 tokens,
+/// 5–14 a retry): under sustained throttling of a busy worker or Lambda that drains
+/// in seconds and every later throttle surfaces at once, which is the retry storm's
+/// opposite failure. Batchplane's calls are bounded by [`MAX_CALL_ATTEMPTS`] and
+/// backed off with jitter instead, so their bucket does not run out.
+fn retry_partition(service: &'static str) -> aws_smithy_runtime::client::retries::RetryPartition {
+    aws_smithy_runtime::client::retries::RetryPartition::custom(service)
+        .token_bucket(aws_smithy_runtime::client::retries::TokenBucket::unlimited())
+        .build()
+}
+
+/// How long one DynamoDB request may take before it is abandoned and tried again (a
+/// connection that stalls must not hold a heartbeat or a claim past its lease).
+const DYNAMODB_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// SQS's: above the 20-second long poll.
+const SQS_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Clients {
     pub async fn new(endpoints: &Endpoints) -> Clients {
         let shared = sdk_config(endpoints).await;
-        let mut ddb = aws_sdk_dynamodb::config::Builder::from(&shared).interceptor(CountRequests);
+        let attempt_timeout = |t| {
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(3))
+                .operation_attempt_timeout(t)
+                .build()
+        };
+        let mut ddb = aws_sdk_dynamodb::config::Builder::from(&shared)
+            .interceptor(CountRequests)
+            .retry_partition(retry_partition("batchplane-dynamodb"))
+            .timeout_config(attempt_timeout(DYNAMODB_ATTEMPT_TIMEOUT));
         if let Some(url) = &endpoints.dynamodb {
             ddb = ddb.endpoint_url(url);
         }
-        let mut sqs = aws_sdk_sqs::config::Builder::from(&shared).interceptor(CountRequests);
+        let mut sqs = aws_sdk_sqs::config::Builder::from(&shared)
+            .interceptor(CountRequests)
+            .retry_partition(retry_partition("batchplane-sqs"))
+            .timeout_config(attempt_timeout(SQS_ATTEMPT_TIMEOUT));
         if let Some(url) = &endpoints.sqs {
             sqs = sqs.endpoint_url(url);
         }

@@ -49,6 +49,9 @@ pub struct Escalation {
 pub enum Heartbeat {
     Held {
         cancel_requested: bool,
+        /// When the renewed lease ends (ms, by this worker's clock): the attempt must be
+        /// stopped by [`crate::domain::lease::fence_at`] of it unless renewed again.
+        lease_expires: i64,
     },
     /// The lease is gone (another worker took the task, or it was finished elsewhere).
     Lost,
@@ -106,6 +109,7 @@ impl Store {
             worker_id,
             now,
             until: now + lease.as_millis() as i64,
+            length: lease,
         };
         let k = key(task_pk(job_id, shard), task_sk(task_id));
         let claim = self
@@ -214,13 +218,16 @@ impl Store {
                 reason: format!("task is {}", task.state),
             });
         }
+        // The holder fences itself by `fence_at(expires)`; taking over waits until
+        // `takeover_after(expires)`, so the two attempts never overlap.
         let expires = task.lease_expires.unwrap_or(0);
-        if task.cancel_requested || expires >= now {
+        let free_at = crate::domain::lease::takeover_after(expires, lease.length);
+        if task.cancel_requested || free_at >= now {
             return Ok(Claim::NotClaimable {
                 reason: format!(
                     "held by worker {} until {}",
                     task.worker_id.as_deref().unwrap_or("?"),
-                    expires
+                    free_at
                 ),
             });
         }
@@ -242,17 +249,22 @@ impl Store {
         } else {
             TaskTransition::TakeOver
         };
-        // Only while the lapsed attempt is still the one recorded and its lease still lapsed.
+        // Only while the lapsed attempt is still the one recorded and its lease still
+        // lapsed, by the fencing margin.
         let req = self
             .ddb
             .update_item()
             .table_name(&self.table)
             .set_key(Some(k))
             .condition_expression(format!(
-                "{} AND attempt = :attempt AND lease_expires < :now",
+                "{} AND attempt = :attempt AND lease_expires < :cutoff",
                 state_in(transition.from())
             ))
             .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(
+                ":cutoff",
+                n(now - crate::domain::lease::fence_margin(lease.length).as_millis() as i64),
+            )
             .expression_attribute_values(":attempt", n(task.attempt))
             .expression_attribute_values(":empty", AttributeValue::L(vec![]))
             .expression_attribute_values(":lost", AttributeValue::L(vec![attempt_to_value(&lost)]));
@@ -302,11 +314,12 @@ impl Store {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Heartbeat, StoreError> {
+        let lease_expires = self.now() + lease.as_millis() as i64;
         let held = send_if(
             self.update_task(task)
                 .update_expression("SET lease_expires = :lease")
                 .condition_expression(holder_condition())
-                .expression_attribute_values(":lease", n(self.now() + lease.as_millis() as i64))
+                .expression_attribute_values(":lease", n(lease_expires))
                 .expression_attribute_values(":attempt", n(task.attempt))
                 .expression_attribute_values(":w", s(worker_id))
                 .return_values(ReturnValue::AllNew)
@@ -319,12 +332,14 @@ impl Store {
                     .attributes()
                     .map(|it| Reader::new(it).bool("cancel_requested"))
                     .unwrap_or(false),
+                lease_expires,
             },
             None => Heartbeat::Lost,
         })
     }
 
-    /// Record how an attempt ended. Only the worker that holds this attempt can.
+    /// Record how an attempt ended. Only the worker that holds this attempt can; `true`
+    /// also when an earlier try of this same write was applied.
     pub async fn finish_attempt(
         &self,
         task: &TaskRecord,
@@ -397,7 +412,23 @@ impl Store {
         let req = req
             .update_expression(update)
             .with_states(TaskTransition::Finish.from());
-        Ok(send_if(req).await?.is_some())
+        if send_if(req).await?.is_some() {
+            return Ok(true);
+        }
+        // The condition failed. Either someone else holds the task now, or this very
+        // write was applied on an earlier try whose answer was lost (the SDK sent it
+        // again): then the attempt is in the task's record, as written.
+        let now = self
+            .get_task_in_shard(&task.job_id, task.shard, &task.task_id)
+            .await?;
+        Ok(now.is_some_and(|t| {
+            t.attempts.iter().any(|a| {
+                a.attempt == record.attempt
+                    && a.worker_id == record.worker_id
+                    && a.started_at == record.started_at
+                    && a.finished_at == record.finished_at
+            })
+        }))
     }
 }
 
@@ -414,4 +445,5 @@ struct Lease<'a> {
     worker_id: &'a str,
     now: i64,
     until: i64,
+    length: Duration,
 }

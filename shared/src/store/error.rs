@@ -54,10 +54,11 @@ impl StoreError {
     /// Whether trying again may succeed: no answer came back (`Unavailable`), DynamoDB
     /// reported an internal error, or it throttled. (DynamoDB Local answers a request
     /// that waited too long on an item a transaction holds with InternalServerError,
-    /// "this request will succeed in actual DynamoDB".)
+    /// "this request will succeed in actual DynamoDB".) Batch entries DynamoDB kept
+    /// leaving unprocessed were throttled too.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Throttled { .. } => true,
+            StoreError::Throttled { .. } | StoreError::Unprocessed { .. } => true,
             StoreError::Request { code, .. } => {
                 matches!(code.as_str(), "InternalServerError" | "Unavailable")
             }
@@ -78,10 +79,22 @@ where
             current: None,
         };
     }
-    if matches!(
-        code.as_str(),
-        "ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded"
-    ) {
+    // A transaction cancelled by conflicts or throttling, not by its own conditions,
+    // after it was sent again (`Request::dispatch_retrying`): contention, transient.
+    let contended = code == "TransactionCanceledException"
+        && !err
+            .message()
+            .unwrap_or("")
+            .contains("ConditionalCheckFailed");
+    if contended
+        || matches!(
+            code.as_str(),
+            "ProvisionedThroughputExceededException"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "TransactionConflictException"
+        )
+    {
         return StoreError::Throttled {
             operation,
             source: Box::new(err),

@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::types::{ConsumedCapacity, ReturnConsumedCapacity};
 use std::future::Future;
 
 /// A DynamoDB request the store can send: a fluent builder of the SDK.
-pub(crate) trait Request: Sized + Send {
+pub(crate) trait Request: Sized + Send + Clone {
     type Output: Send;
     type Error: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static;
     /// The operation's name, as metrics and errors name it.
@@ -40,10 +40,47 @@ pub(crate) trait Request: Sized + Send {
     fn condition_failed(err: &SdkError<Self::Error, HttpResponse>) -> bool {
         err.code() == Some("ConditionalCheckFailedException")
     }
+
+    /// Whether a failure says nothing about the request itself and it may simply be
+    /// sent again: a transaction cancelled only by a conflicting transaction or by
+    /// throttling (which the SDK does not retry: the error is a cancellation).
+    fn conflicted(_err: &SdkError<Self::Error, HttpResponse>) -> bool {
+        false
+    }
+
+    /// Send, trying a conflicted request again with jittered backoff
+    /// ([`CONFLICT_RETRIES`] times).
+    fn dispatch_retrying(
+        self,
+    ) -> impl Future<Output = Result<Self::Output, SdkError<Self::Error, HttpResponse>>> + Send
+    {
+        async move {
+            let mut backoff = crate::aws::backoff::Backoff::new(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(1),
+            );
+            loop {
+                match self.clone().dispatch().await {
+                    Err(e) if Self::conflicted(&e) && backoff.tries() < CONFLICT_RETRIES => {
+                        tracing::debug!(
+                            operation = Self::OPERATION,
+                            "transaction conflicted; sending it again"
+                        );
+                        backoff.wait().await;
+                    }
+                    other => return other,
+                }
+            }
+        }
+    }
 }
 
+/// How many times a transaction cancelled by a conflict (not by its own conditions) is
+/// sent again before the cancellation is the caller's.
+pub(crate) const CONFLICT_RETRIES: u32 = 8;
+
 macro_rules! request {
-    ($op:ident, $name:literal, $builder:ident, $output:ident, $error:ident, $record:ident $(, current = $current:expr)? $(, condition = $condition:expr)?) => {
+    ($op:ident, $name:literal, $builder:ident, $output:ident, $error:ident, $record:ident $(, current = $current:expr)? $(, condition = $condition:expr, conflicted = $conflicted:expr)?) => {
         impl Request for aws_sdk_dynamodb::operation::$op::builders::$builder {
             type Output = aws_sdk_dynamodb::operation::$op::$output;
             type Error = aws_sdk_dynamodb::operation::$op::$error;
@@ -69,6 +106,11 @@ macro_rules! request {
             $(fn condition_failed(err: &SdkError<Self::Error, HttpResponse>) -> bool {
                 let condition: fn(&SdkError<Self::Error, HttpResponse>) -> bool = $condition;
                 condition(err)
+            }
+
+            fn conflicted(err: &SdkError<Self::Error, HttpResponse>) -> bool {
+                let conflicted: fn(&SdkError<Self::Error, HttpResponse>) -> bool = $conflicted;
+                conflicted(err)
             })?
         }
     };
@@ -161,7 +203,8 @@ request!(
     TransactWriteItemsOutput,
     TransactWriteItemsError,
     many,
-    condition = |e| transaction_condition_failed(e)
+    condition = |e| transaction_condition_failed(e),
+    conflicted = |e| transaction_conflicted(e)
 );
 
 /// Whether a cancelled transaction was cancelled because one of its conditions failed
@@ -182,9 +225,43 @@ pub(crate) fn transaction_condition_failed(
     }
 }
 
+/// Whether a transaction was cancelled with none of its own conditions failing: by a
+/// conflicting transaction (`TransactionConflict`), by throttling, or by a lock that
+/// timed out. Sending it again may well succeed.
+pub(crate) fn transaction_conflicted(
+    err: &SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+        HttpResponse,
+    >,
+) -> bool {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match err.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(tc)) => {
+            let codes: Vec<&str> = tc
+                .cancellation_reasons()
+                .iter()
+                .filter_map(|r| r.code())
+                .filter(|c| *c != "None")
+                .collect();
+            !codes.is_empty()
+                && codes.iter().all(|c| {
+                    matches!(
+                        *c,
+                        "TransactionConflict"
+                            | "ThrottlingError"
+                            | "ProvisionedThroughputExceeded"
+                            | "RequestLimitExceeded"
+                    )
+                })
+        }
+        Some(TransactWriteItemsError::TransactionInProgressException(_)) => true,
+        _ => false,
+    }
+}
+
 /// Send a request; a failure is classified, what it consumed is recorded.
 pub(crate) async fn send<R: Request>(req: R) -> Result<R::Output, StoreError> {
-    match req.dispatch().await {
+    match req.dispatch_retrying().await {
         Ok(out) => {
             R::record(&out);
             Ok(out)
@@ -195,7 +272,7 @@ pub(crate) async fn send<R: Request>(req: R) -> Result<R::Output, StoreError> {
 
 /// Send a conditional write: `None` when its condition did not hold.
 pub(crate) async fn send_if<R: Request>(req: R) -> Result<Option<R::Output>, StoreError> {
-    match req.dispatch().await {
+    match req.dispatch_retrying().await {
         Ok(out) => {
             R::record(&out);
             Ok(Some(out))
@@ -213,7 +290,7 @@ pub(crate) async fn send_if<R: Request>(req: R) -> Result<Option<R::Output>, Sto
 pub(crate) async fn send_if_current<R: Request>(
     req: R,
 ) -> Result<Result<R::Output, Option<Item>>, StoreError> {
-    match req.dispatch().await {
+    match req.dispatch_retrying().await {
         Ok(out) => {
             R::record(&out);
             Ok(Ok(out))
@@ -250,20 +327,20 @@ pub(crate) fn record_failed_condition(operation: &'static str) {
     crate::aws::accounting::record_write_units(operation, 1.0);
 }
 
-/// Send a transaction whose cancellation, for whatever reason (a condition, or a
-/// conflict with another transaction), means another writer got there first: `false`
-/// then. Anything else that fails is an error.
+/// Send a transaction whose cancellation by one of its conditions means another writer
+/// got there first: `false` then. A cancellation by a conflict or throttling is sent
+/// again ([`Request::dispatch_retrying`]); anything else that fails is an error.
 pub(crate) async fn send_unless_cancelled(
     req: aws_sdk_dynamodb::operation::transact_write_items::builders::TransactWriteItemsFluentBuilder,
 ) -> Result<bool, StoreError> {
     type R =
         aws_sdk_dynamodb::operation::transact_write_items::builders::TransactWriteItemsFluentBuilder;
-    match req.dispatch().await {
+    match req.dispatch_retrying().await {
         Ok(out) => {
             R::record(&out);
             Ok(true)
         }
-        Err(e) if e.code() == Some("TransactionCanceledException") => {
+        Err(e) if transaction_condition_failed(&e) => {
             record_failed_condition(R::OPERATION);
             Ok(false)
         }
@@ -276,7 +353,7 @@ pub(crate) async fn send_unless_cancelled(
 pub(crate) async fn send_raw<R: Request>(
     req: R,
 ) -> Result<R::Output, SdkError<R::Error, HttpResponse>> {
-    let out = req.dispatch().await?;
+    let out = req.dispatch_retrying().await?;
     R::record(&out);
     Ok(out)
 }

@@ -4,11 +4,18 @@ use super::item::*;
 use super::request::send;
 use super::WRITE_CONCURRENCY;
 use super::{Store, StoreError};
+use crate::aws::backoff::Backoff;
 use crate::domain::{PlannedTask, TaskKind, TaskRecord, TaskState};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use futures::{stream, StreamExt, TryStreamExt};
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The first and longest waits before unprocessed batch entries are sent again.
+const UNPROCESSED_FIRST_WAIT: Duration = Duration::from_millis(20);
+const UNPROCESSED_MAX_WAIT: Duration = Duration::from_secs(2);
+/// How long a batch may go without any of its entries being taken before it fails.
+const UNPROCESSED_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A page of tasks and the token for the next one.
 #[derive(Debug)]
@@ -80,9 +87,15 @@ impl Store {
         Ok(())
     }
 
+    /// One BatchWriteItem of up to 25 puts, its unprocessed entries sent again (with
+    /// jittered backoff, started over whenever some were taken) until every one is
+    /// written. Only a real error, or no progress at all for [`UNPROCESSED_PATIENCE`],
+    /// ends it early, and then as an error: a throttled write is never dropped.
     async fn batch_write(&self, mut pending: Vec<WriteRequest>) -> Result<(), StoreError> {
-        let mut backoff = Duration::from_millis(20);
-        for _ in 0..12 {
+        let mut backoff = Backoff::new(UNPROCESSED_FIRST_WAIT, UNPROCESSED_MAX_WAIT);
+        let mut stalled_since = Instant::now();
+        loop {
+            let sent = pending.len();
             let out = send(
                 self.ddb
                     .batch_write_item()
@@ -97,13 +110,17 @@ impl Store {
             if pending.is_empty() {
                 return Ok(());
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            if pending.len() < sent {
+                backoff.reset(UNPROCESSED_FIRST_WAIT);
+                stalled_since = Instant::now();
+            }
+            if stalled_since.elapsed() >= UNPROCESSED_PATIENCE || !backoff.wait().await {
+                return Err(StoreError::Unprocessed {
+                    operation: "BatchWriteItem",
+                    remaining: pending.len(),
+                });
+            }
         }
-        Err(StoreError::Unprocessed {
-            operation: "BatchWriteItem",
-            remaining: pending.len(),
-        })
     }
 
     pub async fn get_task(
@@ -116,7 +133,9 @@ impl Store {
         self.get_task_in_shard(job_id, shard, task_id).await
     }
 
-    /// Tasks by id (100 a request, consistent reads); missing ids are simply absent.
+    /// Tasks by id (100 a request, consistent reads); an id is absent from the answer
+    /// only when DynamoDB said it has no such item. Keys it left unprocessed are asked
+    /// again until answered, or the whole read fails.
     pub async fn get_tasks(
         &self,
         job_id: &str,
@@ -142,10 +161,10 @@ impl Store {
                     })
                     .collect();
                 let mut found = Vec::new();
-                for _ in 0..12 {
-                    if keys.is_empty() {
-                        break;
-                    }
+                let mut backoff = Backoff::new(UNPROCESSED_FIRST_WAIT, UNPROCESSED_MAX_WAIT);
+                let mut stalled_since = Instant::now();
+                while !keys.is_empty() {
+                    let asked = keys.len();
                     let out = send(
                         self.ddb.batch_get_item().request_items(
                             &self.table,
@@ -170,8 +189,20 @@ impl Store {
                         .and_then(|m| m.get(&self.table))
                         .map(|k| k.keys().to_vec())
                         .unwrap_or_default();
-                    if !keys.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    if keys.is_empty() {
+                        break;
+                    }
+                    if keys.len() < asked {
+                        backoff.reset(UNPROCESSED_FIRST_WAIT);
+                        stalled_since = Instant::now();
+                    }
+                    // A key DynamoDB did not get to is not an absent task: give up only
+                    // as an error.
+                    if stalled_since.elapsed() >= UNPROCESSED_PATIENCE || !backoff.wait().await {
+                        return Err(StoreError::Unprocessed {
+                            operation: "BatchGetItem",
+                            remaining: keys.len(),
+                        });
                     }
                 }
                 Ok::<_, StoreError>(found)

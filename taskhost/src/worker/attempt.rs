@@ -86,6 +86,10 @@ pub(super) async fn start(
     tracing::info!(job_id = %task.job_id, task_id = %task.task_id, attempt = task.attempt,
         claim_ms = claim_took.as_millis() as u64, ahead = !launch_now, "task claimed");
     let (kill_tx, kill_rx) = watch::channel(None);
+    let (lease_tx, lease_rx) = watch::channel(
+        task.lease_expires
+            .unwrap_or_else(|| now_ms() + ctx.lease.as_millis() as i64),
+    );
     let (gate, gate_rx) = if launch_now {
         (None, None)
     } else {
@@ -94,6 +98,7 @@ pub(super) async fn start(
     };
     let running = Running {
         task: task.clone(),
+        lease: lease_tx,
         queue_url: d.queue_url.clone(),
         receipt: d.receipt_handle.clone(),
         need: super::need(m),
@@ -103,10 +108,10 @@ pub(super) async fn start(
     };
     let ctx = ctx.clone();
     let done = done.clone();
-    let key = super::task_key(m);
+    let key = super::attempt_key(&task);
     let receipt = (d.queue_url.clone(), d.receipt_handle.clone());
     tokio::spawn(async move {
-        let recorded = run_attempt(&ctx, &task, kill_rx, gate_rx, || {
+        let recorded = run_attempt(&ctx, &task, kill_rx, lease_rx, gate_rx, || {
             let _ = done.send(Progress::SlotFree { key });
         })
         .await;
@@ -169,6 +174,27 @@ async fn sleep_or_forever(limit: Option<Duration>) {
     }
 }
 
+/// Resolves when the attempt's lease, as last renewed, is due to be fenced
+/// ([`batchplane::domain::lease::fence_at`]); a renewal moves the time on.
+async fn fence_due(lease: &mut watch::Receiver<i64>, length: Duration) {
+    loop {
+        let at = batchplane::domain::lease::fence_at(*lease.borrow_and_update(), length);
+        let wait = at - now_ms();
+        if wait <= 0 {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            renewed = lease.changed() => {
+                if renewed.is_err() {
+                    // No more renewals can come: the last deadline stands.
+                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Resolves when the worker asks for the task to be killed (never, if it never does).
 async fn kill_requested(kill: &mut watch::Receiver<Option<Kill>>) -> Kill {
     loop {
@@ -187,6 +213,8 @@ struct AttemptFiles {
     stdout: PathBuf,
     stderr: PathBuf,
     report: PathBuf,
+    /// The shim's fence: the time the attempt must be gone by (see [`write_fence`]).
+    fence: PathBuf,
     workdir: PathBuf,
 }
 
@@ -197,6 +225,7 @@ impl AttemptFiles {
             stdout: dir.join(format!("attempt-{}.stdout", task.attempt)),
             stderr: dir.join(format!("attempt-{}.stderr", task.attempt)),
             report: dir.join(format!("attempt-{}.report.json", task.attempt)),
+            fence: dir.join(format!("attempt-{}.fence", task.attempt)),
             workdir: dir.join(format!("attempt-{}.work", task.attempt)),
             dir,
         }
@@ -220,13 +249,14 @@ async fn run_attempt(
     ctx: &Ctx,
     task: &TaskRecord,
     mut kill: watch::Receiver<Option<Kill>>,
+    mut lease: watch::Receiver<i64>,
     gate: Option<oneshot::Receiver<()>>,
     slot_free: impl FnOnce(),
 ) -> bool {
     let claimed_ahead = gate.is_some();
     let before_start = match gate {
         None => None,
-        Some(gate) => wait_for_slot(gate, &mut kill).await,
+        Some(gate) => wait_for_slot(ctx, gate, &mut kill, &mut lease).await,
     };
     // RUNNING begins with the claim; a task claimed ahead of its slot starts when its
     // process does (the wait for the slot is not running time).
@@ -238,7 +268,7 @@ async fn run_attempt(
     let files = AttemptFiles::new(ctx, task);
     let (ending, uid) = match before_start {
         Some(ending) => (ending, None),
-        None => run_process(ctx, task, &files, &mut kill).await,
+        None => run_process(ctx, task, &files, &mut kill, &mut lease).await,
     };
     slot_free();
     let report = files.take_report();
@@ -256,24 +286,28 @@ async fn run_attempt(
     attempt.reason = reason.clone();
     let (state, reason, escalation) =
         next_step(task, state, reason, &attempt, timed_out, out_of_memory);
+    let record_by = batchplane::domain::lease::takeover_after(*lease.borrow(), ctx.lease);
     record(
         ctx,
         task,
-        state,
-        reason.as_deref(),
+        (state, reason.as_deref()),
         &attempt,
         escalation.as_ref(),
+        record_by,
     )
     .await
 }
 
 /// A task claimed ahead waits for its slot: `None` once the gate opens, or how it ended
-/// without a process (cancelled, or let go of).
+/// without a process (cancelled, let go of, or its lease not renewed in time).
 async fn wait_for_slot(
+    ctx: &Ctx,
     gate: oneshot::Receiver<()>,
     kill: &mut watch::Receiver<Option<Kill>>,
+    lease: &mut watch::Receiver<i64>,
 ) -> Option<Ending> {
     tokio::select! {
+        _ = fence_due(lease, ctx.lease) => Some(Ending::Killed(Kill::Fenced)),
         opened = gate => match opened {
             Ok(()) => None,
             // The worker let go of it without starting it: the lease lapses and the
@@ -289,16 +323,13 @@ const SHIM_GRACE: Duration = Duration::from_secs(5);
 
 /// Stop an attempt: SIGTERM to the shim, which kills every process of the task (its
 /// cgroup's and its descendants, `setsid` ones too) and exits; if it has not within
-/// [`SHIM_GRACE`], SIGKILL to its process group and to everything in its cgroup.
-async fn stop(ctx: &Ctx, child: &mut tokio::process::Child) {
+/// `grace`, SIGKILL to its process group and to everything in its cgroup.
+async fn stop(ctx: &Ctx, child: &mut tokio::process::Child, grace: Duration) {
     use nix::sys::signal::{kill, killpg, Signal};
     use nix::unistd::Pid;
     let Some(pid) = child.id() else { return };
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    if tokio::time::timeout(SHIM_GRACE, child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
         let _ = child.wait().await;
     }
@@ -315,9 +346,10 @@ async fn run_process(
     task: &TaskRecord,
     files: &AttemptFiles,
     kill: &mut watch::Receiver<Option<Kill>>,
+    lease: &mut watch::Receiver<i64>,
 ) -> (Ending, Option<u32>) {
     // The uid is this attempt's until the lease drops, after every process is gone.
-    let lease = match ctx.isolation.lease() {
+    let uid_lease = match ctx.isolation.lease() {
         Ok(lease) => lease,
         Err(e) => {
             return (
@@ -326,31 +358,64 @@ async fn run_process(
             )
         }
     };
-    let uid = lease.as_ref().map(|l| l.uid);
+    let uid = uid_lease.as_ref().map(|l| l.uid);
+    // The fence is in place before the process exists.
+    if let Err(e) = write_fence(&files.fence, *lease.borrow_and_update(), ctx.lease) {
+        return (Ending::SpawnFailed(e), uid);
+    }
     let mut child = match spawn(ctx, task, files, uid) {
         Ok(child) => child,
         Err(e) => return (Ending::SpawnFailed(e), uid),
     };
-    let timeout = task.timeout_seconds.map(Duration::from_secs);
-    let ending = tokio::select! {
-        status = child.wait() => match status {
-            Ok(s) => Ending::Exited(s),
-            Err(e) => Ending::SpawnFailed(format!("waiting for the task failed: {e}")),
-        },
-        _ = sleep_or_forever(timeout) => {
-            stop(ctx, &mut child).await;
-            Ending::TimedOut
-        }
-        reason = kill_requested(kill) => {
-            stop(ctx, &mut child).await;
-            Ending::Killed(reason)
+    let timeout = sleep_or_forever(task.timeout_seconds.map(Duration::from_secs));
+    tokio::pin!(timeout);
+    let fence_grace = batchplane::domain::lease::fence_margin(ctx.lease) / 2;
+    let mut fence_view = lease.clone();
+    let ending = loop {
+        tokio::select! {
+            status = child.wait() => break match status {
+                Ok(s) => Ending::Exited(s),
+                Err(e) => Ending::SpawnFailed(format!("waiting for the task failed: {e}")),
+            },
+            _ = &mut timeout => {
+                stop(ctx, &mut child, SHIM_GRACE).await;
+                break Ending::TimedOut;
+            }
+            reason = kill_requested(kill) => {
+                stop(ctx, &mut child, SHIM_GRACE).await;
+                break Ending::Killed(reason);
+            }
+            // The shim fences by the same deadline; this is the worker's own hand on it.
+            _ = fence_due(&mut fence_view, ctx.lease) => {
+                tracing::warn!(task_id = %task.task_id, attempt = task.attempt, "lease not renewed in time; stopping the attempt");
+                stop(ctx, &mut child, fence_grace).await;
+                break Ending::Killed(Kill::Fenced);
+            }
+            Ok(()) = lease.changed() => {
+                if let Err(e) = write_fence(&files.fence, *lease.borrow_and_update(), ctx.lease) {
+                    tracing::warn!(error = %e, "moving the attempt's fence failed; it keeps the old deadline");
+                }
+            }
         }
     };
+    let _ = std::fs::remove_file(&files.fence);
     if let Err(e) = std::fs::remove_dir_all(&files.workdir) {
         tracing::warn!(error = %e, dir = %files.workdir.display(), "removing an attempt's working directory failed");
     }
-    drop(lease);
+    drop(uid_lease);
     (ending, uid)
+}
+
+/// Write the shim's fence file: the time (ms) by which the attempt must be gone unless
+/// renewed, `fence_at(lease_expires)`. Written whole and renamed into place, so the
+/// shim never reads half a number.
+fn write_fence(path: &std::path::Path, lease_expires: i64, lease: Duration) -> Result<(), String> {
+    let at = batchplane::domain::lease::fence_at(lease_expires, lease);
+    let tmp = path.with_extension("fence.tmp");
+    std::fs::create_dir_all(path.parent().unwrap_or(path))
+        .and_then(|()| std::fs::write(&tmp, at.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write the attempt's fence {}: {e}", path.display()))
 }
 
 /// The attempt as recorded: who ran it, when, where its output is, what it reserved and
@@ -396,8 +461,12 @@ fn how_it_ended(
     attempt: &mut AttemptRecord,
 ) -> Option<(TaskState, Option<String>)> {
     let out_of_memory = report.is_some_and(|r| r.out_of_memory);
+    if report.is_some_and(|r| r.fenced) {
+        return None;
+    }
     Some(match ending {
-        Ending::Killed(Kill::LeaseLost) => return None,
+        // Someone else owns the task now, or may soon: nothing of ours to record.
+        Ending::Killed(Kill::LeaseLost | Kill::Fenced) => return None,
         Ending::Killed(Kill::Cancelled) => {
             (TaskState::Cancelled, Some("job cancelled".to_string()))
         }
@@ -450,32 +519,52 @@ fn how_it_ended(
     })
 }
 
-/// Write the attempt's end; whether it was recorded (false when the lease was lost
-/// first, or the write failed: the lease then lapses and the task runs again).
+/// Write the attempt's end; whether it was recorded. A write that fails for a reason
+/// that may pass (throttled, no answer) is tried again with backoff until `by` (ms),
+/// when another worker may take the task over; a write whose answer was lost is found
+/// recorded by the store. `false`: the lease was lost first, or the write kept failing,
+/// and the task runs again after the lease lapses.
 async fn record(
     ctx: &Ctx,
     task: &TaskRecord,
-    state: TaskState,
-    reason: Option<&str>,
+    (state, reason): (TaskState, Option<&str>),
     attempt: &AttemptRecord,
     escalation: Option<&Escalation>,
+    by: i64,
 ) -> bool {
-    match ctx
-        .store
-        .finish_attempt(task, &ctx.worker_id, state, reason, attempt, escalation)
-        .await
-    {
-        Ok(true) => {
-            tracing::info!(job_id = %task.job_id, task_id = %task.task_id, state = %state, "task finished");
-            true
-        }
-        Ok(false) => {
-            tracing::warn!(task_id = %task.task_id, "lease lost before the result was recorded");
-            false
-        }
-        Err(e) => {
-            tracing::error!(error = %e, task_id = %task.task_id, "recording the result failed; the lease will lapse and the task run again");
-            false
+    let mut backoff =
+        batchplane::aws::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        match ctx
+            .store
+            .finish_attempt(task, &ctx.worker_id, state, reason, attempt, escalation)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(job_id = %task.job_id, task_id = %task.task_id, state = %state, tries = backoff.tries() + 1, "task finished");
+                return true;
+            }
+            Ok(false) => {
+                tracing::warn!(task_id = %task.task_id, "lease lost before the result was recorded");
+                return false;
+            }
+            Err(e) if e.is_transient() => {
+                let left = by - now_ms();
+                let wait = backoff
+                    .next_wait()
+                    .filter(|w| (w.as_millis() as i64) < left);
+                let Some(wait) = wait else {
+                    tracing::error!(error = %e, task_id = %task.task_id, tries = backoff.tries() + 1,
+                        "recording the result kept failing until the lease ran out; the task will run again");
+                    return false;
+                };
+                tracing::warn!(error = %e, task_id = %task.task_id, "recording the result failed; trying again");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, task_id = %task.task_id, "recording the result failed; the lease will lapse and the task run again");
+                return false;
+            }
         }
     }
 }
@@ -567,7 +656,11 @@ fn spawn(
     let (out, err) = (private(stdout)?, private(stderr)?);
     crate::isolation::make_workdir(&files.workdir, uid)?;
     let mut cmd = tokio::process::Command::new(&ctx.exe);
-    cmd.arg("exec").arg("--report").arg(report);
+    cmd.arg("exec")
+        .arg("--report")
+        .arg(report)
+        .arg("--fence-file")
+        .arg(&files.fence);
     if task.memory_mib > 0 {
         cmd.arg("--memory-limit-mib")
             .arg(task.memory_mib.to_string());

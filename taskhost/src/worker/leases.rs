@@ -7,8 +7,10 @@ use batchplane::store::Heartbeat;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-/// Extend every running task's lease (learning of cancellations and lost leases), and
-/// keep their messages, and held ones, invisible to other workers.
+/// Extend every running attempt's lease (learning of cancellations and lost leases),
+/// and keep their messages, and held ones, invisible to other workers. A renewal that
+/// fails or hangs past a third of the lease changes nothing: the attempt's own fence
+/// (`attempt::fence_due` and the shim's fence file) stops it before its old lease ends.
 pub(super) async fn keep_alive(
     ctx: &Ctx,
     running: &HashMap<String, Running>,
@@ -16,22 +18,37 @@ pub(super) async fn keep_alive(
     queues: &Queues,
 ) {
     let beats = running.values().map(|r| async move {
-        match ctx
-            .store
-            .heartbeat(&r.task, &ctx.worker_id, ctx.lease)
-            .await
-        {
-            Ok(Heartbeat::Held {
-                cancel_requested: true,
-            }) => {
-                let _ = r.kill.send(Some(Kill::Cancelled));
+        let beat = tokio::time::timeout(
+            ctx.lease / 3,
+            ctx.store.heartbeat(&r.task, &ctx.worker_id, ctx.lease),
+        )
+        .await;
+        match beat {
+            Ok(Ok(Heartbeat::Held {
+                cancel_requested,
+                lease_expires,
+            })) => {
+                r.lease.send_if_modified(|until| {
+                    let later = lease_expires > *until;
+                    if later {
+                        *until = lease_expires;
+                    }
+                    later
+                });
+                if cancel_requested {
+                    let _ = r.kill.send(Some(Kill::Cancelled));
+                }
             }
-            Ok(Heartbeat::Held { .. }) => {}
-            Ok(Heartbeat::Lost) => {
-                tracing::warn!(task_id = %r.task.task_id, "lease lost; stopping the task");
+            Ok(Ok(Heartbeat::Lost)) => {
+                tracing::warn!(task_id = %r.task.task_id, attempt = r.task.attempt, "lease lost; stopping the task");
                 let _ = r.kill.send(Some(Kill::LeaseLost));
             }
-            Err(e) => tracing::warn!(error = %e, task_id = %r.task.task_id, "heartbeat failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, task_id = %r.task.task_id, "heartbeat failed")
+            }
+            Err(_) => {
+                tracing::warn!(task_id = %r.task.task_id, "heartbeat got no answer in time")
+            }
         }
     });
     futures::future::join_all(beats).await;
@@ -40,7 +57,12 @@ pub(super) async fn keep_alive(
         .map(|r| (r.queue_url.clone(), r.receipt.clone()))
         .chain(held.iter().map(Held::receipt))
         .collect();
-    extend_all(queues, receipts, ctx.lease).await;
+    if tokio::time::timeout(ctx.lease / 3, extend_all(queues, receipts, ctx.lease))
+        .await
+        .is_err()
+    {
+        tracing::warn!("extending message visibility got no answer in time");
+    }
 }
 
 /// Receipts grouped by the queue they belong to.

@@ -39,11 +39,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 enum Kill {
     Cancelled,
     LeaseLost,
+    /// The lease was not renewed in time (see [`batchplane::domain::lease`]): stopped
+    /// before anyone may take it over.
+    Fenced,
 }
 
-/// A task this worker holds the lease of: started, or claimed ahead and waiting for room.
+/// An attempt this worker holds the lease of: started, or claimed ahead and waiting for
+/// room. Keyed by [`Running::key`]: job, task and attempt, so a worker that takes over
+/// its own lapsed task keeps hold of the older attempt until it is gone.
 struct Running {
     task: TaskRecord,
+    /// When its lease ends (ms), as of the last renewal; the attempt fences itself by it.
+    lease: watch::Sender<i64>,
     queue_url: String,
     receipt: String,
     /// What it reserves of the worker once started.
@@ -57,6 +64,10 @@ struct Running {
 }
 
 impl Running {
+    fn key(&self) -> String {
+        attempt_key(&self.task)
+    }
+
     fn launched(&self) -> bool {
         self.gate.is_none()
     }
@@ -110,8 +121,9 @@ impl Held {
     }
 }
 
-fn task_key(m: &TaskMessage) -> String {
-    format!("{}/{}", m.job_id, m.task_id)
+/// An attempt's key among what the worker holds: job, task and attempt.
+fn attempt_key(t: &TaskRecord) -> String {
+    format!("{}/{}#{}", t.job_id, t.task_id, t.attempt)
 }
 
 /// What a message's task reserves of a worker.
@@ -363,12 +375,12 @@ impl Worker {
                 .map(|h| attempt::start(ctx, &h.delivery, &h.message, done, queues, true)),
         )
         .await;
-        for (h, outcome) in startable.iter().zip(outcomes) {
+        for outcome in outcomes {
             match outcome {
                 Started::Running(r, took) => {
                     self.claim_latency.observe(took);
                     self.slots.take(r.need);
-                    self.running.insert(task_key(&h.message), *r);
+                    self.running.insert(r.key(), *r);
                     self.last_busy = Instant::now();
                 }
                 Started::Drop(receipt) => self.to_delete.push(receipt),
@@ -421,11 +433,11 @@ impl Worker {
                 .map(|h| attempt::start(ctx, &h.delivery, &h.message, done, queues, false)),
         )
         .await;
-        for (h, outcome) in ahead.iter().zip(outcomes) {
+        for outcome in outcomes {
             match outcome {
                 Started::Running(r, took) => {
                     self.claim_latency.observe(took);
-                    let key = task_key(&h.message);
+                    let key = r.key();
                     self.waiting.push_back(key.clone());
                     self.running.insert(key, *r);
                 }

@@ -1,0 +1,319 @@
+//! Correctness under faults: each guarantee shown with its fault injected, through the
+//! fault proxy in front of the emulators (`batchplane_local::faults`), or by stopping
+//! and killing real taskhosts. What actually ran is read from a ledger the tasks write
+//! themselves (`batchplane_local::ledger`), not from the system's own account.
+
+use batchplane::aws::{Clients, Endpoints};
+use batchplane::domain::{parse_job_spec, plan_job, AttemptRecord, TaskState};
+use batchplane::store::{Claim, Store};
+use batchplane_local::faults::{FaultPlan, FaultProxy};
+use batchplane_local::ledger;
+use batchplane_local::WorkerEndpoints;
+use batchplane_testing::{attempts, shared_file, wait_for, Harness, Must, TestEmulators};
+use serde_json::json;
+use std::time::Duration;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+async fn proxy(upstream: &str) -> FaultProxy {
+    FaultProxy::start(upstream, FaultPlan::none())
+        .await
+        .must("starting a fault proxy")
+}
+
+/// A store on `table` whose every request goes through `proxy`.
+async fn store_through(proxy: &FaultProxy, table: &str) -> Store {
+    let clients = Clients::new(&Endpoints {
+        dynamodb: Some(proxy.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    Store::new(clients.dynamodb, table)
+}
+
+/// A stored job of `n` independent tasks `t0…`; its id and shard count.
+async fn stored_job(store: &Store, n: usize) -> (String, u32) {
+    let tasks: String = (0..n)
+        .map(|i| format!(" - {{id: t{i}, command: ['true']}}\n"))
+        .collect();
+    let spec = parse_job_spec(&format!("name: x\ntasks:\n{tasks}")).must("the spec");
+    let plan = plan_job(&spec.tasks);
+    let job_id = batchplane::domain::ids::new_job_id(batchplane::store::now_ms());
+    let shards = 4;
+    store
+        .put_job(&batchplane::domain::JobRecord {
+            state: batchplane::JobState::Pending,
+            total_tasks: plan.len() as u64,
+            shard_count: shards,
+            ..batchplane::domain::JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
+        })
+        .await
+        .must("storing the job");
+    store
+        .write_tasks(&job_id, shards, (&spec.queue, "default"), 2, &plan)
+        .await
+        .must("writing the tasks");
+    (job_id, shards)
+}
+
+#[tokio::test]
+async fn batch_reads_and_writes_get_every_item_through_unprocessed_entries_and_throttling() {
+    let emu = TestEmulators::get();
+    let direct = batchplane_testing::test_store(&emu, "faults").await;
+    let ddb = proxy(&emu.dynamodb_url).await;
+    let store = store_through(&ddb, direct.table()).await;
+    ddb.set_plan(FaultPlan {
+        unprocessed: 1.0,
+        throttle: 0.3,
+        ..FaultPlan::none()
+    });
+    let (job, shards) = stored_job(&store, 300).await;
+    let ids: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+    let found = store
+        .get_tasks(&job, shards, &ids)
+        .await
+        .must("reading the tasks back");
+    let counts = ddb.counts();
+    ddb.set_plan(FaultPlan::none());
+    // Every item was written and every one found, though each batch came back with
+    // entries left over, and a third of the requests were throttled.
+    assert_eq!(found.len(), 300, "missing: {:?}", {
+        let mut m: Vec<&String> = ids.iter().filter(|i| !found.contains_key(*i)).collect();
+        m.truncate(10);
+        m
+    });
+    let direct_read = direct.get_tasks(&job, shards, &ids).await.must("reading");
+    assert_eq!(direct_read.len(), 300);
+    let held = counts
+        .by_kind
+        .get("unprocessed")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        held.get("BatchWriteItem").copied().unwrap_or(0) >= 12
+            && held.get("BatchGetItem").copied().unwrap_or(0) >= 3,
+        "the proxy held entries back: {counts:?}"
+    );
+    assert!(counts.total("throttle") > 0, "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_result_write_whose_answer_was_lost_counts_as_recorded() {
+    let emu = TestEmulators::get();
+    let direct = batchplane_testing::test_store(&emu, "faults").await;
+    let ddb = proxy(&emu.dynamodb_url).await;
+    let store = store_through(&ddb, direct.table()).await;
+    let (job, shards) = stored_job(&direct, 1).await;
+    let shard = batchplane::domain::ids::task_shard("t0", shards);
+    let Claim::Claimed(task) = direct
+        .claim_task(&job, shard, "t0", "w", Duration::from_secs(30))
+        .await
+        .must("claiming")
+    else {
+        panic!("the task was claimable")
+    };
+    // The write reaches DynamoDB and is applied; its answer never comes back, so the
+    // SDK sends it again, and that copy's condition (still RUNNING) fails.
+    ddb.set_plan(FaultPlan {
+        lose_answer: 1.0,
+        operations: vec!["UpdateItem".into()],
+        limit: Some(1),
+        ..FaultPlan::none()
+    });
+    let rec = AttemptRecord {
+        attempt: task.attempt,
+        worker_id: "w".into(),
+        started_at: 1_000,
+        finished_at: Some(2_000),
+        exit_code: Some(0),
+        ..Default::default()
+    };
+    let recorded = store
+        .finish_attempt(&task, "w", TaskState::Succeeded, None, &rec, None)
+        .await
+        .must("finishing");
+    assert_eq!(ddb.counts().total("lose_answer"), 1);
+    assert!(recorded, "the write was applied: the attempt is recorded");
+    let t = direct
+        .get_task(&job, shards, "t0")
+        .await
+        .must("reading")
+        .must("the task");
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert_eq!(t.attempts.len(), 1);
+    // Another worker's claim of it is not mistaken for this one's write.
+    let other = AttemptRecord {
+        worker_id: "x".into(),
+        ..rec.clone()
+    };
+    assert!(!store
+        .finish_attempt(&task, "x", TaskState::Succeeded, None, &other, None)
+        .await
+        .must("finishing as another worker"));
+}
+
+/// A job of one task running `command`, as JSON the API takes.
+fn one_task_job(name: &str, command: Vec<String>) -> String {
+    json!({"name": name, "tasks": [{"id": "t", "command": command}]}).to_string()
+}
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// Wait until the ledger shows `attempt` of the job's task started; that execution.
+async fn started(ledger_file: &std::path::Path, attempt: u32) -> ledger::Execution {
+    wait_for("the attempt's process to start", MINUTE, || async {
+        let runs = ledger::read(ledger_file);
+        runs.iter()
+            .find(|e| e.attempt == attempt)
+            .cloned()
+            .ok_or_else(|| format!("{runs:?}"))
+    })
+    .await
+}
+
+/// The ledger of a finished one-task job: the first attempt never reached its end, the
+/// second did, and they never ran at once; the first's process is gone.
+fn assert_fenced_then_taken_over(ledger_file: &std::path::Path) {
+    let runs = ledger::read(ledger_file);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let overlapping = ledger::overlaps(&runs);
+    assert!(
+        overlapping.is_empty(),
+        "the first attempt still ran when the second started: {overlapping:?}"
+    );
+    assert!(!runs[0].ended, "the first attempt was stopped: {runs:?}");
+    assert!(runs[1].ended && runs[1].attempt == 2, "{runs:?}");
+    assert!(!alive(runs[0].pid), "the first attempt's process is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_aws_stops_its_attempt_before_it_can_be_taken_over() {
+    let mut h = Harness::start(|o| {
+        o.workers = 0;
+        o.lease_seconds = 4;
+    })
+    .await;
+    let (ddb, sqs) = (
+        proxy(&h.emulators.dynamodb_url).await,
+        proxy(&h.emulators.sqs_url).await,
+    );
+    h.stack.opts.worker_endpoints = Some(WorkerEndpoints {
+        dynamodb_url: ddb.url.clone(),
+        sqs_url: sqs.url.clone(),
+    });
+    h.stack.spawn_worker().await.must("the first worker");
+    let ledger_file = shared_file(&h.dir.join("ledger"));
+    // About ten seconds: longer than the lease and its margins.
+    let job = h
+        .submit(&one_task_job(
+            "fenced",
+            ledger::task_command(&ledger_file, 100, 100, 0),
+        ))
+        .await;
+    started(&ledger_file, 1).await;
+    // From now on every DynamoDB and SQS call of the first worker fails: it can no
+    // longer renew its lease, nor learn that it lost it.
+    let cut = FaultPlan {
+        reset: 1.0,
+        ..FaultPlan::none()
+    };
+    ddb.set_plan(cut.clone());
+    sqs.set_plan(cut);
+    h.stack.opts.worker_endpoints = None;
+    h.stack.spawn_worker().await.must("the second worker");
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_fenced_then_taken_over(&ledger_file);
+    let t = h.task(&job, "t").await;
+    let a = attempts(&t);
+    assert_eq!(a.len(), 2, "{t}");
+    assert!(
+        a[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("lease expired")),
+        "{t}"
+    );
+    assert!(ddb.counts().total("reset") > 0);
+    ddb.set_plan(FaultPlan::none());
+    sqs.set_plan(FaultPlan::none());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_workers_attempt_is_fenced_by_its_shim_before_the_takeover() {
+    let mut h = Harness::start(|o| {
+        o.workers = 1;
+        o.lease_seconds = 4;
+    })
+    .await;
+    let ledger_file = shared_file(&h.dir.join("ledger"));
+    let job = h
+        .submit(&one_task_job(
+            "stopped",
+            ledger::task_command(&ledger_file, 100, 100, 0),
+        ))
+        .await;
+    started(&ledger_file, 1).await;
+    // SIGSTOP: the worker can do nothing at all, past its lease; only the shim, a
+    // process of its own, can still stop the attempt.
+    let first = h.stack.worker_pids()[0];
+    h.stack
+        .signal_worker(first, nix::sys::signal::Signal::SIGSTOP)
+        .must("stopping the worker");
+    h.stack.spawn_worker().await.must("the second worker");
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_fenced_then_taken_over(&ledger_file);
+    // Woken up, the first worker records nothing over the second's result.
+    h.stack
+        .signal_worker(first, nix::sys::signal::Signal::SIGCONT)
+        .must("waking the worker");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = h.task(&job, "t").await;
+    assert_eq!(t["state"], "SUCCEEDED", "{t}");
+    assert_eq!(attempts(&t).len(), 2, "{t}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_result_write_is_tried_again_not_turned_into_a_rerun() {
+    let mut h = Harness::start(|o| {
+        o.workers = 0;
+        o.lease_seconds = 10;
+    })
+    .await;
+    let ddb = proxy(&h.emulators.dynamodb_url).await;
+    h.stack.opts.worker_endpoints = Some(WorkerEndpoints {
+        dynamodb_url: ddb.url.clone(),
+        sqs_url: h.emulators.sqs_url.clone(),
+    });
+    h.stack.spawn_worker().await.must("the worker");
+    let ledger_file = shared_file(&h.dir.join("ledger"));
+    let job = h
+        .submit(&one_task_job(
+            "throttled",
+            ledger::task_command(&ledger_file, 10, 100, 0),
+        ))
+        .await;
+    started(&ledger_file, 1).await;
+    // The result write is throttled more times than the SDK tries one call.
+    let throttles = u64::from(batchplane::aws::MAX_CALL_ATTEMPTS) + 2;
+    ddb.set_plan(FaultPlan {
+        throttle: 1.0,
+        operations: vec!["UpdateItem".into()],
+        body_contains: Some("SET #state = :to".into()),
+        limit: Some(throttles),
+        ..FaultPlan::none()
+    });
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(ddb.counts().total("throttle"), throttles);
+    let t = h.task(&job, "t").await;
+    assert_eq!(t["attempt"], 1, "recorded on the first attempt: {t}");
+    assert_eq!(attempts(&t).len(), 1, "{t}");
+    let runs = ledger::read(&ledger_file);
+    assert_eq!(runs.len(), 1, "it ran once: {runs:?}");
+    h.shutdown().await;
+}
