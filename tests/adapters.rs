@@ -4,7 +4,7 @@
 use batchplane::aws::{Clients, Endpoints};
 use batchplane::domain::{parse_job_spec, plan_job, AttemptRecord, TaskCounts, TaskState};
 use batchplane::queue::{QueueError, Queues, TaskMessage};
-use batchplane::store::{Claim, Heartbeat, Store};
+use batchplane::store::{Claim, Heartbeat, RecordCounts, Store};
 use batchplane_testing::{ManualClock, TestEmulators};
 use std::time::Duration;
 
@@ -210,43 +210,84 @@ async fn releasing_an_edge_twice_changes_nothing() {
     assert_eq!(c().await.state, TaskState::Runnable);
 }
 
+/// A record's part of a batch's counts: one task RUNNABLE → SUCCEEDED, with its usage.
+fn one_success(seq: u32) -> RecordCounts {
+    let mut counts = TaskCounts::default();
+    counts.add(TaskState::Runnable, -1);
+    counts.add(TaskState::Succeeded, 1);
+    RecordCounts {
+        sequence_number: format!("{seq}"),
+        counts,
+        usage: batchplane::domain::Usage {
+            attempts: 1.0,
+            cpu_seconds_requested: 2.0,
+            cpu_seconds_used: 0.5,
+            memory_mib_seconds_requested: 1024.0,
+            memory_mib_seconds_used: 256.0,
+        },
+    }
+}
+
 #[tokio::test]
 async fn batch_counts_are_recorded_once_and_survive_folding() {
     let emu = TestEmulators::get();
-    let store = store(&emu).await;
+    let clock = ManualClock::default();
+    let store = store(&emu).await.with_clock(clock.clock());
     let (job, _) = stored_job(&store, "name: x\ntasks:\n - {id: a, command: ['true']}\n").await;
-    let mut delta = TaskCounts::default();
-    delta.add(TaskState::Runnable, -1);
-    delta.add(TaskState::Succeeded, 1);
-    let usage = batchplane::domain::Usage {
-        attempts: 1.0,
-        cpu_seconds_requested: 2.0,
-        cpu_seconds_used: 0.5,
-        memory_mib_seconds_requested: 1024.0,
-        memory_mib_seconds_used: 256.0,
-    };
-    for i in 0..60 {
-        let key = format!("{i:03}-{i:03}");
+    for i in 0..60u32 {
+        let seq = 1000 + i;
         assert!(store
-            .put_batch_counts(&job, &key, &delta, &usage)
+            .add_batch_counts(&job, &seq.to_string(), &[one_success(seq)])
             .await
             .unwrap());
     }
     let retried = store
-        .put_batch_counts(&job, "007-007", &delta, &usage)
+        .add_batch_counts(&job, "1007", &[one_success(1007)])
         .await
         .unwrap();
-    assert!(!retried, "a retried batch is refused");
+    assert!(!retried, "a retried batch adds nothing");
     let (before, used_before, items) = store.job_counts(&job).await.unwrap();
     assert_eq!(items, 60);
     assert_eq!(before.get(TaskState::Succeeded), 60);
     assert_eq!(used_before.attempts, 60.0);
     assert_eq!(used_before.cpu_seconds_requested, 120.0);
+    // Young items stay as they are, so a retry still finds what it counted.
+    store.fold_counts(&job).await.unwrap();
+    assert_eq!(store.job_counts(&job).await.unwrap().2, 60);
+    clock.advance(Duration::from_secs(16 * 60));
     store.fold_counts(&job).await.unwrap();
     let (after, used_after, items) = store.job_counts(&job).await.unwrap();
     assert!(items < 60, "folded into the base item");
     assert_eq!(after, before);
     assert_eq!(used_after, used_before, "folding keeps the usage sums");
+}
+
+#[tokio::test]
+async fn a_retried_batch_counts_each_record_once_wherever_each_try_stopped() {
+    let emu = TestEmulators::get();
+    let store = store(&emu).await;
+    let (job, _) = stored_job(&store, "name: x\ntasks:\n - {id: a, command: ['true']}\n").await;
+    let parts = |seqs: &[u32]| seqs.iter().map(|s| one_success(*s)).collect::<Vec<_>>();
+    // The first try got through three records; a retry of the same batch got through
+    // two (a different record failed), then one got through four.
+    assert!(store
+        .add_batch_counts(&job, "98", &parts(&[98, 99, 100]))
+        .await
+        .unwrap());
+    assert!(!store
+        .add_batch_counts(&job, "98", &parts(&[98, 99]))
+        .await
+        .unwrap());
+    assert!(store
+        .add_batch_counts(&job, "98", &parts(&[98, 99, 100, 101]))
+        .await
+        .unwrap());
+    let (counts, usage, _) = store.job_counts(&job).await.unwrap();
+    assert_eq!(counts.get(TaskState::Succeeded), 4, "{counts:?}");
+    assert_eq!(usage.attempts, 4.0);
+    // Numeric order, not text order: 100 comes after 99.
+    assert!(batchplane::store::sequence_after("100", "99"));
+    assert!(!batchplane::store::sequence_after("99", "100"));
 }
 
 #[tokio::test]

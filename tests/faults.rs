@@ -317,3 +317,82 @@ async fn a_throttled_result_write_is_tried_again_not_turned_into_a_rerun() {
     assert_eq!(runs.len(), 1, "it ran once: {runs:?}");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_send_retries_the_batch_from_the_earliest_record_it_carried() {
+    use batchplane::stream::{Change, Fanout, TaskChange};
+    let emu = TestEmulators::get();
+    let store = batchplane_testing::test_store(&emu, "faults").await;
+    let sqs = proxy(&emu.sqs_url).await;
+    let clients = Clients::new(&Endpoints {
+        sqs: Some(sqs.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let prefix = format!("f{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let queues = batchplane::queue::Queues::new(clients.sqs, prefix);
+    let pool = batchplane::domain::tiers::WorkerPool::new("default", "default", None).name();
+    queues
+        .create(&pool, Duration::from_secs(30))
+        .await
+        .must("creating the pool's queue");
+    // a → d, and r on its own: record 0 is a's success (releasing d), record 1 is r
+    // becoming RUNNABLE. Both go to one pool, r's message first in the send.
+    let spec = parse_job_spec(
+        "name: x\ntasks:\n - {id: a, command: ['true']}\n - {id: d, command: ['true'], depends_on: [a]}\n - {id: r, command: ['true']}\n",
+    )
+    .must("the spec");
+    let plan = plan_job(&spec.tasks);
+    let job = batchplane::domain::ids::new_job_id(batchplane::store::now_ms());
+    store
+        .put_job(&batchplane::domain::JobRecord {
+            state: batchplane::JobState::Pending,
+            total_tasks: plan.len() as u64,
+            shard_count: 1,
+            ..batchplane::domain::JobRecord::new(&job, "x", "default", "default")
+        })
+        .await
+        .must("storing the job");
+    store
+        .write_tasks(&job, 1, ("default", "default"), 2, &plan)
+        .await
+        .must("writing the tasks");
+    let read = |id: &'static str| {
+        let (store, job) = (store.clone(), job.clone());
+        async move { store.get_task(&job, 1, id).await.must("reading").must(id) }
+    };
+    let mut a = read("a").await;
+    a.state = TaskState::Succeeded;
+    let r = read("r").await;
+    let changes = vec![
+        Change::Task(Box::new(TaskChange {
+            sequence_number: "100".into(),
+            old_state: Some(TaskState::Running),
+            task: a,
+        })),
+        Change::Task(Box::new(TaskChange {
+            sequence_number: "101".into(),
+            old_state: None,
+            task: r,
+        })),
+    ];
+    let fanout = Fanout::new(store.clone(), queues);
+    // The send fails through every try the SDK makes.
+    sqs.set_plan(FaultPlan {
+        throttle: 1.0,
+        operations: vec!["SendMessageBatch".into()],
+        limit: Some(u64::from(batchplane::aws::MAX_CALL_ATTEMPTS)),
+        ..FaultPlan::none()
+    });
+    let outcome = fanout.process(&changes).await;
+    assert_eq!(
+        outcome.failed_at.as_deref(),
+        Some("100"),
+        "retried from a's record, whose release of d was not sent"
+    );
+    assert_eq!(read("d").await.state, TaskState::Runnable);
+    // The retry from there sends d (and r) after all.
+    let retried = fanout.process(&changes).await;
+    assert!(retried.failed_at.is_none(), "{retried:?}");
+    assert!(retried.enqueued >= 2, "{retried:?}");
+}

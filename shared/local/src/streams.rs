@@ -21,6 +21,10 @@ pub const BATCH_SIZE: i32 = 1000;
 pub struct PollerOptions {
     /// Deliver every batch twice (a retried Lambda invocation), for tests.
     pub duplicate_batches: bool,
+    /// How often (0 to 1) a batch is first delivered cut short at a random record, its
+    /// answer ignored, then delivered whole: a function error part-way through a batch
+    /// and Lambda's retry of it (the chaos run's duplicated stream batches).
+    pub retry_cut_short: f64,
     /// How often each shard is read. Lambda reads a shard about four times a second;
     /// reading at a fixed cadence (rather than again at once after a batch) is what
     /// makes batches, and so per-batch writes such as job counts, amortise.
@@ -35,6 +39,7 @@ impl Default for PollerOptions {
     fn default() -> Self {
         PollerOptions {
             duplicate_batches: false,
+            retry_cut_short: 0.0,
             interval: Duration::from_millis(100),
             publisher_interval: Duration::from_millis(250),
         }
@@ -69,18 +74,27 @@ fn to_event_record(r: &aws_sdk_dynamodbstreams::types::Record, arn: &str) -> Eve
     rec
 }
 
-/// An iterator for a shard: from its start, or at a sequence number (to retry from the
-/// record a batch failed at).
+/// Where in a shard to read from.
+#[derive(Debug, Clone)]
+enum From {
+    Start,
+    /// At a record: a batch failed there and is retried from it.
+    At(String),
+    /// After the last record handled: an iterator expired or a read failed.
+    After(String),
+}
+
+/// An iterator for a shard at `from`.
 async fn shard_iterator(
     client: &aws_sdk_dynamodbstreams::Client,
     stream_arn: &str,
     shard_id: &str,
-    at: Option<String>,
+    from: From,
 ) -> anyhow::Result<Option<String>> {
-    let kind = if at.is_some() {
-        ShardIteratorType::AtSequenceNumber
-    } else {
-        ShardIteratorType::TrimHorizon
+    let (kind, at) = match from {
+        From::Start => (ShardIteratorType::TrimHorizon, None),
+        From::At(seq) => (ShardIteratorType::AtSequenceNumber, Some(seq)),
+        From::After(seq) => (ShardIteratorType::AfterSequenceNumber, Some(seq)),
     };
     let out = client
         .get_shard_iterator()
@@ -117,7 +131,40 @@ impl Consumer {
     }
 }
 
-/// Poll `stream_arn` for `consumer` until `stop` turns true.
+/// Add the stream's shards not yet known, each read from its start.
+async fn discover_shards(
+    client: &aws_sdk_dynamodbstreams::Client,
+    stream_arn: &str,
+    iterators: &mut HashMap<String, Option<String>>,
+) -> anyhow::Result<()> {
+    let mut start: Option<String> = None;
+    loop {
+        let d = client
+            .describe_stream()
+            .stream_arn(stream_arn)
+            .set_exclusive_start_shard_id(start.take())
+            .send()
+            .await?;
+        let Some(desc) = d.stream_description() else {
+            return Ok(());
+        };
+        for shard in desc.shards() {
+            let id = shard.shard_id().unwrap_or_default().to_string();
+            if iterators.contains_key(&id) {
+                continue;
+            }
+            let it = shard_iterator(client, stream_arn, &id, From::Start).await?;
+            iterators.insert(id, it);
+        }
+        match desc.last_evaluated_shard_id() {
+            Some(s) => start = Some(s.to_string()),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Poll `stream_arn` for `consumer` until `stop` turns true. Failed stream reads are
+/// logged and tried again; they never end the poller.
 pub async fn poll(
     client: aws_sdk_dynamodbstreams::Client,
     stream_arn: String,
@@ -126,35 +173,21 @@ pub async fn poll(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut iterators: HashMap<String, Option<String>> = HashMap::new();
+    // Per shard, the last record handed over and done with: where reading resumes when
+    // an iterator is lost, so no record is delivered again with new batch boundaries.
+    let mut handled: HashMap<String, String> = HashMap::new();
+    let resume = |handled: &HashMap<String, String>, shard: &str| match handled.get(shard) {
+        Some(seq) => From::After(seq.clone()),
+        None => From::Start,
+    };
     let mut last_describe = Instant::now() - Duration::from_secs(60);
     loop {
         if *stop.borrow() {
             return Ok(());
         }
         if last_describe.elapsed() > Duration::from_secs(2) {
-            let mut start: Option<String> = None;
-            loop {
-                let d = client
-                    .describe_stream()
-                    .stream_arn(&stream_arn)
-                    .set_exclusive_start_shard_id(start.take())
-                    .send()
-                    .await?;
-                let Some(desc) = d.stream_description() else {
-                    break;
-                };
-                for shard in desc.shards() {
-                    let id = shard.shard_id().unwrap_or_default().to_string();
-                    if iterators.contains_key(&id) {
-                        continue;
-                    }
-                    let it = shard_iterator(&client, &stream_arn, &id, None).await?;
-                    iterators.insert(id, it);
-                }
-                match desc.last_evaluated_shard_id() {
-                    Some(s) => start = Some(s.to_string()),
-                    None => break,
-                }
+            if let Err(e) = discover_shards(&client, &stream_arn, &mut iterators).await {
+                tracing::warn!(error = %format!("{e:#}"), "describing the stream failed; trying again");
             }
             last_describe = Instant::now();
         }
@@ -174,10 +207,23 @@ pub async fn poll(
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(error = %aws_sdk_dynamodbstreams::error::DisplayErrorContext(&e), shard_id, "GetRecords failed");
-                    // An expired iterator: start again from the shard's beginning;
-                    // every effect is idempotent.
-                    let it = shard_iterator(&client, &stream_arn, &shard_id, None).await?;
-                    iterators.insert(shard_id, it);
+                    // An expired iterator or a failed read: resume after the last record
+                    // handled (Lambda keeps its place the same way).
+                    match shard_iterator(
+                        &client,
+                        &stream_arn,
+                        &shard_id,
+                        resume(&handled, &shard_id),
+                    )
+                    .await
+                    {
+                        Ok(it) => {
+                            iterators.insert(shard_id, it);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), shard_id, "getting a shard iterator failed; trying again")
+                        }
+                    }
                     continue;
                 }
             };
@@ -189,15 +235,52 @@ pub async fn poll(
                     .iter()
                     .map(|r| to_event_record(r, &stream_arn))
                     .collect();
+                if opts.retry_cut_short > 0.0
+                    && event.records.len() > 1
+                    && fastrand::f64() < opts.retry_cut_short
+                {
+                    let mut cut = event.clone();
+                    cut.records
+                        .truncate(1 + fastrand::usize(..event.records.len() - 1));
+                    let _ = consumer.invoke(&cut).await;
+                }
                 let times = if opts.duplicate_batches { 2 } else { 1 };
                 let mut failed_at = None;
                 for _ in 0..times {
                     failed_at = consumer.invoke(&event).await;
                 }
-                if let Some(seq) = failed_at {
-                    // Resume from the failed record, after a pause, as Lambda retries.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    next = shard_iterator(&client, &stream_arn, &shard_id, Some(seq)).await?;
+                match failed_at {
+                    Some(seq) => {
+                        // Resume from the failed record, after a pause, as Lambda retries;
+                        // what came before it is done.
+                        let before = records
+                            .iter()
+                            .filter_map(|r| r.dynamodb().and_then(|d| d.sequence_number()))
+                            .take_while(|s| *s != seq)
+                            .last()
+                            .map(str::to_string);
+                        if let Some(b) = before {
+                            handled.insert(shard_id.clone(), b);
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        match shard_iterator(&client, &stream_arn, &shard_id, From::At(seq)).await {
+                            Ok(it) => next = it,
+                            // Keep the old iterator: the batch is read again from its start.
+                            Err(e) => {
+                                tracing::warn!(error = %format!("{e:#}"), shard_id, "getting a shard iterator failed");
+                                next = Some(iterator.clone());
+                            }
+                        }
+                    }
+                    None => {
+                        if let Some(last) = records
+                            .last()
+                            .and_then(|r| r.dynamodb())
+                            .and_then(|d| d.sequence_number())
+                        {
+                            handled.insert(shard_id.clone(), last.to_string());
+                        }
+                    }
                 }
             }
             iterators.insert(shard_id, next);

@@ -24,6 +24,7 @@ pub mod teams;
 pub mod workers;
 
 pub use claims::{ChildSeed, Claim, Escalation, Heartbeat};
+pub use counts::{sequence_after, RecordCounts};
 pub(crate) use error::classify;
 pub use error::StoreError;
 pub use jobs::ListKey;

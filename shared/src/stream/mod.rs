@@ -10,10 +10,10 @@
 pub mod arrays;
 
 use crate::domain::JobRecord;
-use crate::domain::{JobState, TaskCounts, TaskKind, TaskRecord, TaskState, TaskTransition, Usage};
+use crate::domain::{JobState, TaskKind, TaskRecord, TaskState, TaskTransition, Usage};
 use crate::queue::{Queues, TaskMessage};
 use crate::store::item::{is_job_item, is_task_item, job_from_item, task_from_item, Item};
-use crate::store::{Store, StoreError};
+use crate::store::{RecordCounts, Store, StoreError};
 use aws_lambda_events::event::dynamodb::EventRecord;
 use futures::{stream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -274,8 +274,12 @@ impl Fanout {
                 match self.queues.send(&queue, &bodies).await {
                     Ok(()) => outcome.enqueued += bodies.len(),
                     Err(e) => {
+                        // Retried from the earliest record any of these came from (the
+                        // chunk mixes released dependents with newly runnable tasks, in
+                        // no order): one a retry starts after would never be sent.
                         tracing::warn!(error = %e, queue, "enqueue failed; will retry");
-                        first_failed = first_failed.min(chunk[0].0);
+                        let earliest = chunk.iter().map(|(i, _)| *i).min().unwrap_or(0);
+                        first_failed = first_failed.min(earliest);
                     }
                 }
             }
@@ -480,21 +484,27 @@ impl Fanout {
         done: &[Change],
         outcome: &mut BatchOutcome,
     ) -> Result<(), FanoutError> {
-        let (Some(first), Some(last)) = (done.first(), done.last()) else {
+        let Some(first) = done.first() else {
             return Ok(());
         };
-        let batch_key = format!("{}-{}", first.sequence_number(), last.sequence_number());
-        let mut per_job: HashMap<String, (TaskCounts, Option<i64>, bool, Usage)> = HashMap::new();
+        // Keyed by the batch's first record, each record's part kept apart: a retry of
+        // this batch adds only the records it had not counted (see `add_batch_counts`).
+        let batch_start = first.sequence_number();
+        let mut per_job: HashMap<String, (Vec<RecordCounts>, Option<i64>, bool)> = HashMap::new();
         for c in done {
             let Change::Task(t) = c else { continue };
             if t.task.kind != TaskKind::Command || t.old_state == Some(t.task.state) {
                 continue;
             }
             let entry = per_job.entry(t.task.job_id.clone()).or_default();
+            let mut part = RecordCounts {
+                sequence_number: t.sequence_number.clone(),
+                ..Default::default()
+            };
             if let Some(old) = t.old_state {
-                entry.0.add(old, -1);
+                part.counts.add(old, -1);
             }
-            entry.0.add(t.task.state, 1);
+            part.counts.add(t.task.state, 1);
             // A task seen running, or seen only once it had ended (its RUNNING record may
             // have come in a batch whose counts were already recorded), started the job.
             let started_at = match t.task.state {
@@ -516,16 +526,17 @@ impl Fanout {
                     .last()
                     .and_then(|a| Usage::of_attempt(t.task.cpu_milli, t.task.memory_mib, a))
                 {
-                    entry.3.add(&u);
+                    part.usage.add(&u);
                 }
             }
+            entry.0.push(part);
         }
-        for (job_id, (counts, started, finished_some, usage)) in per_job {
-            if counts.is_empty() {
+        for (job_id, (parts, started, finished_some)) in per_job {
+            if parts.is_empty() {
                 continue;
             }
             self.store
-                .put_batch_counts(&job_id, &batch_key, &counts, &usage)
+                .add_batch_counts(&job_id, batch_start, &parts)
                 .await?;
             if let Some(at) = started {
                 let known = self
