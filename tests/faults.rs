@@ -396,3 +396,48 @@ async fn a_failed_send_retries_the_batch_from_the_earliest_record_it_carried() {
     assert!(retried.failed_at.is_none(), "{retried:?}");
     assert!(retried.enqueued >= 2, "{retried:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_additions_of_one_task_id_add_it_once_and_the_losers_hear_409() {
+    let h = Harness::start(|o| o.workers = 1).await;
+    let job = h
+        .submit("name: growing\ntasks:\n  - {id: gate, command: [sleep, '2']}\n")
+        .await;
+    h.wait_task(&job, "gate", "RUNNING", MINUTE).await;
+    let add = json!([{"id": "x", "command": ["true"], "depends_on": ["gate"]}]).to_string();
+    let path = format!("/v1/jobs/{job}/tasks");
+    let answers = futures::future::join_all((0..6).map(|_| h.post(&path, &add))).await;
+    let won = answers.iter().filter(|r| r.status == 201).count();
+    assert_eq!(
+        won,
+        1,
+        "{:?}",
+        answers
+            .iter()
+            .map(|r| (r.status, &r.body))
+            .collect::<Vec<_>>()
+    );
+    for r in answers.iter().filter(|r| r.status != 201) {
+        // A loser either saw x already (400, the id is taken) or lost the write (409).
+        let code = r.body["error"]["code"].as_str().unwrap_or("");
+        assert!(
+            (r.status == 409 && code == "TaskExists")
+                || (r.status == 400 && code == "DuplicateTaskId"),
+            "{} {}",
+            r.status,
+            r.body
+        );
+        assert!(
+            r.body.to_string().contains("\"x\""),
+            "names the id: {}",
+            r.body
+        );
+    }
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["total_tasks"], 2, "{done}");
+    assert_eq!(done["task_counts"]["SUCCEEDED"], 2, "{done}");
+    let x = h.task(&job, "x").await;
+    assert_eq!(attempts(&x).len(), 1, "x ran once: {x}");
+    h.shutdown().await;
+}

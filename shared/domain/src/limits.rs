@@ -11,6 +11,14 @@ use std::cell::Cell;
 /// attributes stored beside it.
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
+/// The most tasks one addition to a running job may bring: they are written in one
+/// DynamoDB transaction (100 items, 4 MB at most), so an addition is all or nothing.
+pub const MAX_TASKS_PER_ADDITION: usize = 100;
+
+/// The most bytes one addition's task items may take together (DynamoDB's 4 MB per
+/// transaction, less room for the keys and conditions).
+pub const MAX_ADDITION_BYTES: usize = 3_500_000;
+
 /// The most distinct worker pools (tier shapes) one submission may bring into being.
 pub const MAX_POOLS_PER_SUBMISSION: usize = 16;
 

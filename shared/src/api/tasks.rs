@@ -144,18 +144,47 @@ impl Service {
         self.ensure_pools(&job.queue, &job.team, &shapes).await?;
         let (plan, edges) = plan_addition(&tasks);
         check_fan_out(&edges, &found)?;
-        if !self.store.add_to_total(job_id, tasks.len() as u64).await? {
+        check_addition_size(&plan)?;
+        // The total goes up first, so the job cannot close before the new tasks are
+        // counted; it comes down again if they are not written.
+        let n = plan.len() as u64;
+        if !self.store.add_to_total(job_id, n).await? {
             return Err(refuse());
         }
-        self.store
-            .write_tasks(
+        let written = self
+            .store
+            .add_new_tasks(
                 job_id,
                 job.shard_count,
                 (&job.queue, &job.team),
                 self.max_attempts,
                 &plan,
             )
-            .await?;
+            .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(taken)) => {
+                self.store.take_from_total(job_id, n).await?;
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    "TaskExists",
+                    format!(
+                        "job {job_id} already has task{} {}: another addition took {} first; nothing of this one was added",
+                        if taken.len() == 1 { "" } else { "s" },
+                        taken.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", "),
+                        if taken.len() == 1 { "it" } else { "them" },
+                    ),
+                    json!({"job_id": job_id, "tasks": taken, "field": "id"}),
+                ));
+            }
+            Err(e) => {
+                // Nothing was written (a transaction): give the total back, if we can.
+                if let Err(undo) = self.store.take_from_total(job_id, n).await {
+                    tracing::error!(job_id, error = %undo, "an addition failed and its total could not be taken back");
+                }
+                return Err(e.into());
+            }
+        }
         let written: std::collections::HashMap<&str, &crate::domain::PlannedTask> =
             plan.iter().map(|t| (t.id.as_str(), t)).collect();
         for e in &edges {
@@ -204,6 +233,41 @@ impl Service {
             added: tasks.len(),
         })
     }
+}
+
+/// An addition is one transaction: at most [`MAX_TASKS_PER_ADDITION`] tasks and
+/// [`MAX_ADDITION_BYTES`] of them.
+///
+/// [`MAX_TASKS_PER_ADDITION`]: crate::domain::limits::MAX_TASKS_PER_ADDITION
+/// [`MAX_ADDITION_BYTES`]: crate::domain::limits::MAX_ADDITION_BYTES
+fn check_addition_size(plan: &[crate::domain::PlannedTask]) -> Result<(), ApiError> {
+    use crate::domain::limits::{MAX_ADDITION_BYTES, MAX_TASKS_PER_ADDITION};
+    if plan.len() > MAX_TASKS_PER_ADDITION {
+        return Err(ApiError::bad_request(
+            format!(
+                "{} tasks in one addition (with the barriers their dependencies need); at most {MAX_TASKS_PER_ADDITION}, so that an addition is all or nothing: send several",
+                plan.len()
+            ),
+            json!({"field": "tasks", "count": plan.len(), "max": MAX_TASKS_PER_ADDITION}),
+        ));
+    }
+    // What each item carries beyond a few hundred bytes of fixed attributes.
+    let bytes: usize = plan
+        .iter()
+        .map(|t| {
+            let strings = t.command.iter().chain(&t.deps).chain(&t.dependents);
+            512 + t.id.len()
+                + strings.map(String::len).sum::<usize>()
+                + t.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        })
+        .sum();
+    if bytes > MAX_ADDITION_BYTES {
+        return Err(ApiError::bad_request(
+            format!("the added tasks take {bytes} bytes; one addition may take at most {MAX_ADDITION_BYTES}: send several"),
+            json!({"field": "tasks", "bytes": bytes, "max": MAX_ADDITION_BYTES}),
+        ));
+    }
+    Ok(())
 }
 
 /// A stored task may gain dependents only up to [`MAX_EDGES`] in all.

@@ -219,6 +219,22 @@ impl Store {
             .expression_attribute_values(":false", AttributeValue::Bool(false))).await?.is_some())
     }
 
+    /// Take back `removed` of a job's total: an addition that raised it wrote nothing.
+    /// The job's stream record lets the fanout close a job this leaves complete.
+    pub async fn take_from_total(&self, job_id: &str, removed: u64) -> Result<(), StoreError> {
+        send(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(job_pk(job_id), META_SK.into())))
+                .update_expression("ADD total_tasks :n")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":n", n(-(removed as i64))),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Flag a job as cancelled so no task is added and its workers stop its tasks.
     pub async fn request_job_cancel(&self, job_id: &str) -> Result<bool, StoreError> {
         Ok(send_if(

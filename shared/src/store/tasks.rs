@@ -45,6 +45,75 @@ impl Store {
             .await
     }
 
+    /// Add tasks to a running job, all or none: one transaction whose every put requires
+    /// that no item has the task's key. `Err(ids)`: those ids exist already (another
+    /// addition took them first) and nothing was written.
+    pub async fn add_new_tasks(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        (queue, team): (&str, &str),
+        max_attempts: u32,
+        tasks: &[PlannedTask],
+    ) -> Result<Result<(), Vec<String>>, StoreError> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+        let now = self.now();
+        let items = tasks
+            .iter()
+            .map(|t| {
+                let shard = crate::domain::ids::task_shard(&t.id, shard_count);
+                Ok(TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(new_task_item(
+                                job_id,
+                                shard,
+                                (queue, team),
+                                max_attempts,
+                                now,
+                                t,
+                            )))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .map_err(|source| StoreError::Build {
+                                operation: "TransactWriteItems",
+                                source,
+                            })?,
+                    )
+                    .build())
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        match super::request::send_raw(
+            self.ddb
+                .transact_write_items()
+                .set_transact_items(Some(items)),
+        )
+        .await
+        {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(tc)) =
+                    e.as_service_error()
+                {
+                    let taken: Vec<String> = tc
+                        .cancellation_reasons()
+                        .iter()
+                        .zip(tasks)
+                        .filter(|(r, _)| r.code() == Some("ConditionalCheckFailed"))
+                        .map(|(_, t)| t.id.clone())
+                        .collect();
+                    if !taken.is_empty() {
+                        super::request::record_failed_condition("TransactWriteItems");
+                        return Ok(Err(taken));
+                    }
+                }
+                Err(super::classify("TransactWriteItems", e))
+            }
+        }
+    }
+
     async fn put_tasks(
         &self,
         job_id: &str,

@@ -299,8 +299,20 @@ impl Fanout {
 
     /// The effects of one record other than enqueueing; returns how many tasks it released.
     async fn effects(&self, change: &Change) -> Result<usize, FanoutError> {
-        let Change::Task(t) = change else {
-            return Ok(0);
+        let t = match change {
+            Change::Task(t) => t,
+            // An addition that raised the total and then wrote nothing took it back: if
+            // its tasks were all that kept the job open, close it now.
+            Change::Job(j)
+                if !j.job.state.is_terminal()
+                    && j.old_job
+                        .as_ref()
+                        .is_some_and(|old| old.total_tasks > j.job.total_tasks) =>
+            {
+                self.close_if_done(&j.job.job_id).await?;
+                return Ok(0);
+            }
+            _ => return Ok(0),
         };
         let task = &t.task;
         if became(t, TaskState::Runnable) && task.kind == TaskKind::Barrier {
