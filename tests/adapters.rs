@@ -560,6 +560,7 @@ async fn every_store_transition_starts_only_where_the_table_says() {
             TaskTransition::PassBarrier | TaskTransition::Cancel => {
                 store.transition(&record, t, t.to()[0], None).await
             }
+            TaskTransition::Undeliverable => store.fail_undeliverable(&record, "no worker").await,
         }
         .unwrap_or_else(|e| panic!("{t} from {st}: {e}"));
         assert_eq!(

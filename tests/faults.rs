@@ -441,3 +441,156 @@ async fn racing_additions_of_one_task_id_add_it_once_and_the_losers_hear_409() {
     assert_eq!(attempts(&x).len(), 1, "x ran once: {x}");
     h.shutdown().await;
 }
+
+/// Submit `spec` with an `Idempotency-Key`; the status and body.
+async fn submit_with_key(h: &Harness, spec: &str, key: &str) -> (u16, serde_json::Value) {
+    let r = h
+        .http
+        .post(h.url("/v1/jobs"))
+        .header("idempotency-key", key)
+        .body(spec.to_string())
+        .send()
+        .await
+        .must("posting the job");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_that_fails_part_way_runs_nothing_and_its_key_lets_a_retry_try_again() {
+    let emu = TestEmulators::get();
+    let ddb = proxy(&emu.dynamodb_url).await;
+    let url = ddb.url.clone();
+    let h = Harness::start(move |o| o.dynamodb_url = url).await;
+    let ledger_file = shared_file(&h.dir.join("ledger"));
+    // Sixty ready tasks: three batches of writes, one of which fails outright (every
+    // try the SDK makes is throttled), after the others were written.
+    let tasks: Vec<serde_json::Value> = (0..60)
+        .map(|i| json!({"id": format!("t{i}"), "command": ledger::task_command(&ledger_file, 0, 10, 0)}))
+        .collect();
+    let spec = json!({"name": "half-written", "tasks": tasks}).to_string();
+    ddb.set_plan(FaultPlan {
+        throttle: 1.0,
+        operations: vec!["BatchWriteItem".into()],
+        body_contains: Some("T#t59\"".into()),
+        ..FaultPlan::none()
+    });
+    let (status, body) = submit_with_key(&h, &spec, "nightly-1").await;
+    assert!(status >= 500, "the submission failed: {status} {body}");
+    assert!(ddb.counts().total("throttle") > 0);
+    ddb.set_plan(FaultPlan::none());
+    // Nothing of it ran: its written tasks were never sent.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        ledger::read(&ledger_file).is_empty(),
+        "{:?}",
+        ledger::read(&ledger_file)
+    );
+    // The retry with the same key is a new submission, which runs.
+    let (status, body) = submit_with_key(&h, &spec, "nightly-1").await;
+    assert_eq!(status, 201, "{body}");
+    let job = body["job_id"].as_str().must("a job id").to_string();
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    let runs = ledger::read(&ledger_file);
+    assert_eq!(runs.len(), 60, "each task ran once: {runs:?}");
+    assert!(
+        runs.iter().all(|r| r.job_id == job),
+        "only the accepted job ran"
+    );
+    // Now the key is bound: the same job again.
+    let (status, again) = submit_with_key(&h, &spec, "nightly-1").await;
+    assert_eq!(again["job_id"], job.as_str(), "{status} {again}");
+    // The failed submission is a FAILED job that says nothing of it ran.
+    let (failed, _) = h
+        .stack
+        .service
+        .store
+        .list_jobs_in_queue("default", 10, None, |j| {
+            j.state == batchplane::JobState::Failed
+        })
+        .await
+        .must("listing the queue's jobs");
+    assert!(
+        failed.iter().any(|j| j
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("nothing of it ran"))),
+        "{failed:?}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runnable_task_whose_message_was_lost_is_sent_again_by_the_reconciler() {
+    let mut h = Harness::start(|o| {
+        o.workers = 0;
+        o.reconcile_every_seconds = 1;
+    })
+    .await;
+    let job = h
+        .submit("name: lost\ntasks:\n  - {id: t, command: ['true']}\n")
+        .await;
+    // Take the task's message away, as a lost send would.
+    let queues = &h.stack.service.queues;
+    let url = queues
+        .url("default--t-default")
+        .await
+        .must("the pool's queue");
+    let taken = wait_for("the task's message", MINUTE, || async {
+        let got = queues
+            .receive(&url, 10, Duration::from_secs(1), Duration::from_secs(300))
+            .await
+            .map_err(|e| e.to_string())?;
+        (!got.is_empty())
+            .then_some(got)
+            .ok_or("none yet".to_string())
+    })
+    .await;
+    let receipts: Vec<String> = taken.iter().map(|d| d.receipt_handle.clone()).collect();
+    queues
+        .delete(&url, &receipts)
+        .await
+        .must("deleting the message");
+    assert_eq!(h.task(&job, "t").await["state"], "RUNNABLE");
+    // A worker comes; the task runs only if its message comes back.
+    h.stack.spawn_worker().await.must("a worker");
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(attempts(&h.task(&job, "t").await).len(), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_worker_can_take_is_dead_lettered_redriven_once_then_failed_with_its_size() {
+    let h = Harness::start(|o| {
+        o.workers = 1;
+        o.max_receives = 2;
+        o.reconcile_every_seconds = 1;
+    })
+    .await;
+    // The stack's workers offer 8 vCPU; this task asks for 64.
+    let job = h
+        .submit("name: huge\ntasks:\n  - {id: big, command: ['true'], cpu: 64}\n  - {id: small, command: ['true']}\n")
+        .await;
+    let done = h.wait(&job, 2 * MINUTE).await;
+    assert_eq!(done["state"], "FAILED", "{done}");
+    let big = h.task(&job, "big").await;
+    assert_eq!(big["state"], "FAILED", "{big}");
+    let reason = big["status_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("no worker took it") && reason.contains("64 vCPU"),
+        "{big}"
+    );
+    assert!(attempts(&big).is_empty(), "it never ran: {big}");
+    assert_eq!(h.task(&job, "small").await["state"], "SUCCEEDED");
+    // Nothing is left in the dead-letter queue.
+    let queues = &h.stack.service.queues;
+    let dlq = queues
+        .url(batchplane_local::stack::DEAD_LETTER_QUEUE)
+        .await
+        .must("the dead-letter queue");
+    let (visible, in_flight) = queues.depth(&dlq).await.must("its depth");
+    assert_eq!((visible, in_flight), (0, 0));
+    h.shutdown().await;
+}

@@ -157,6 +157,11 @@ enum Command {
     },
     /// Benchmark the local stack against `xargs -P` and write JSON.
     Bench(bench::BenchArgs),
+    /// Run a workload on the local stack under sustained faults (throttling, resets,
+    /// lost answers, unprocessed batches, redelivered messages and stream batches, killed
+    /// and stopped taskhosts) and check that nothing was lost, doubled or overlapped;
+    /// prints a table, writes JSON, exits 1 if a check failed.
+    Chaos(commands::chaos::ChaosArgs),
     /// Simulate a workload with and without resource tiers: reserved versus used
     /// memory-hours; prints a table and writes JSON.
     BenchTiers(bench::tiers::TierBenchArgs),
@@ -268,6 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             stack,
         } => dev::demo(samples, job.as_deref(), stack).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Chaos(args) => commands::chaos::run(args).await,
         Command::BenchTiers(args) => bench::tiers::run(args),
         Command::BenchAutoscaler(args) => bench::autoscaler::run(args),
         Command::BenchPlacement(args) => bench::placement::run(args).await,

@@ -10,7 +10,8 @@
 //!
 //! `domain` (its own crate, pure) holds every rule these apply; `aws` builds the SDK
 //! clients and counts their requests; `metrics` writes CloudWatch's Embedded Metric Format;
-//! `config` is read once from the environment.
+//! `config` is read once from the environment. `reconcile` finishes, on a schedule, what
+//! a dead writer or a lost message left undone.
 
 pub mod api;
 pub mod aws;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod metrics;
 pub mod placement;
 pub mod queue;
+pub mod reconcile;
 pub mod scaling;
 pub mod store;
 pub mod stream;

@@ -112,6 +112,8 @@ pub struct Queues {
     urls: Mutex<HashMap<String, String>>,
     /// Redrive target for queues this creates.
     dead_letter_arn: Option<String>,
+    /// Receives after which those queues dead-letter a message.
+    max_receives: u32,
 }
 
 /// Receives after which a message goes to the dead-letter queue: workers give messages
@@ -125,7 +127,44 @@ impl Queues {
             prefix: prefix.into(),
             urls: Mutex::new(HashMap::new()),
             dead_letter_arn: None,
+            max_receives: MAX_RECEIVES,
         }
+    }
+
+    /// Dead-letter after `n` receives instead of [`MAX_RECEIVES`] (the local stack's
+    /// tests, which cannot wait for a hundred).
+    pub fn with_max_receives(mut self, n: u32) -> Self {
+        self.max_receives = n.max(1);
+        self
+    }
+
+    pub fn max_receives(&self) -> u32 {
+        self.max_receives
+    }
+
+    /// The queue that queues created here dead-letter to: its name without the prefix.
+    pub fn dead_letter_queue(&self) -> Option<String> {
+        let arn = self.dead_letter_arn.as_deref()?;
+        let name = arn.rsplit(':').next()?;
+        Some(name.strip_prefix(&self.prefix).unwrap_or(name).to_string())
+    }
+
+    /// A queue's ARN.
+    pub async fn arn(&self, queue: &str) -> Result<String, QueueError> {
+        let url = self.url(queue).await?;
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| classify("GetQueueAttributes", e))?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Queues this creates send dead messages to `arn` (after [`MAX_RECEIVES`]).
@@ -178,7 +217,7 @@ impl Queues {
         if let Some(arn) = &self.dead_letter_arn {
             request = request.attributes(
                 QueueAttributeName::RedrivePolicy,
-                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": MAX_RECEIVES.to_string()})
+                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": self.max_receives.to_string()})
                     .to_string(),
             );
         }
@@ -252,15 +291,31 @@ impl Queues {
 
     /// Send task messages, ten a request, retrying entries SQS reports as failed.
     pub async fn send(&self, queue: &str, messages: &[TaskMessage]) -> Result<(), QueueError> {
+        self.send_delayed(queue, messages, Duration::ZERO).await
+    }
+
+    /// Send task messages that become visible only after `delay` (at most 15 minutes).
+    pub async fn send_delayed(
+        &self,
+        queue: &str,
+        messages: &[TaskMessage],
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         let url = self.url(queue).await?;
+        let delay = delay.as_secs().min(900) as i32;
         let sends = messages
             .chunks(10)
-            .map(|chunk| self.send_batch(&url, chunk));
+            .map(|chunk| self.send_batch(&url, chunk, delay));
         futures::future::try_join_all(sends).await?;
         Ok(())
     }
 
-    async fn send_batch(&self, url: &str, chunk: &[TaskMessage]) -> Result<(), QueueError> {
+    async fn send_batch(
+        &self,
+        url: &str,
+        chunk: &[TaskMessage],
+        delay_seconds: i32,
+    ) -> Result<(), QueueError> {
         let mut pending: Vec<(String, String)> = chunk
             .iter()
             .enumerate()
@@ -273,6 +328,7 @@ impl Queues {
                     SendMessageBatchRequestEntry::builder()
                         .id(id)
                         .message_body(body)
+                        .set_delay_seconds((delay_seconds > 0).then_some(delay_seconds))
                         .build()
                         .map_err(|source| QueueError::Build {
                             operation: "SendMessageBatch",

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod admin;
 pub mod autoscaler;
+pub mod chaos;
 pub mod dev;
 pub mod jobs;
 pub mod repro;

@@ -160,11 +160,21 @@ pub async fn handle(f: &AutoscalerFn, event: Value) -> Value {
                 worker_env: f.worker_env.clone(),
                 reservation_lease: f.reservation_lease,
             };
-            match autoscaler.tick(batchplane::store::now_ms()).await {
+            let mut answer = match autoscaler.tick(batchplane::store::now_ms()).await {
                 Ok(Some(d)) => summary(&d),
                 Ok(None) => json!({"skipped": "another autoscaler tick is running"}),
                 Err(e) => error("TickFailed", e.to_string()),
+            };
+            // On the same schedule: finish what dead writers and lost messages left.
+            let reconciled = batchplane::reconcile::Reconciler {
+                store: &f.store,
+                queues: &f.queues,
+                dead_letter_queue: f.queues.dead_letter_queue(),
             }
+            .run(batchplane::store::now_ms())
+            .await;
+            answer["reconciled"] = json!(reconciled);
+            answer
         }
         Invocation::History { limit } => match f.store.decisions::<Decision>(limit).await {
             Ok(d) => json!({"decisions": d}),

@@ -23,6 +23,10 @@ pub struct JobRecord {
     pub total_tasks: u64,
     pub shard_count: u32,
     pub cancel_requested: bool,
+    /// A DAG job whose tasks are still being written: none of them is sent to a queue
+    /// until the submission commits (clears this), so a submission that fails part-way
+    /// runs nothing.
+    pub uncommitted: bool,
     /// For an array (or single AWS-style) job: its template and rules.
     pub array: Option<super::batch::ArrayJob>,
     /// Gating dependencies met so far (array jobs).
@@ -52,6 +56,7 @@ impl JobRecord {
             total_tasks: 0,
             shard_count: 1,
             cancel_requested: false,
+            uncommitted: false,
             array: None,
             gates_met: 0,
             dispatched: 0,
@@ -149,9 +154,9 @@ pub struct TaskRecord {
     pub worker_id: Option<String>,
     pub lease_expires: Option<i64>,
     pub cancel_requested: bool,
-    /// Set by the write that made a waiting task RUNNABLE when that writer sends the
-    /// task's message itself (the fanout releasing dependents), so the stream's record
-    /// of the transition does not send it again.
+    /// Set by the write that made a task RUNNABLE when another writer sends its
+    /// message (the fanout releasing dependents; a submission's commit walk for the
+    /// tasks it wrote ready), so the stream's record of that write does not send it.
     pub enqueued_on_release: bool,
     pub created_at: i64,
     pub started_at: Option<i64>,

@@ -93,10 +93,12 @@ pub enum TaskTransition {
     PassBarrier,
     /// Its job was cancelled before the task started.
     Cancel,
+    /// No worker would take it: its message was dead-lettered again after a redrive.
+    Undeliverable,
 }
 
 impl TaskTransition {
-    pub const ALL: [TaskTransition; 8] = [
+    pub const ALL: [TaskTransition; 9] = [
         TaskTransition::Release,
         TaskTransition::FailDependent,
         TaskTransition::Claim,
@@ -105,6 +107,7 @@ impl TaskTransition {
         TaskTransition::Finish,
         TaskTransition::PassBarrier,
         TaskTransition::Cancel,
+        TaskTransition::Undeliverable,
     ];
 
     /// The states the task may be in for this transition to happen.
@@ -112,7 +115,9 @@ impl TaskTransition {
         use TaskState::*;
         match self {
             TaskTransition::Release | TaskTransition::FailDependent => &[Pending],
-            TaskTransition::Claim | TaskTransition::PassBarrier => &[Runnable],
+            TaskTransition::Claim | TaskTransition::PassBarrier | TaskTransition::Undeliverable => {
+                &[Runnable]
+            }
             TaskTransition::TakeOver | TaskTransition::ExhaustLeases | TaskTransition::Finish => {
                 &[Running]
             }
@@ -125,7 +130,9 @@ impl TaskTransition {
         use TaskState::*;
         match self {
             TaskTransition::Release => &[Runnable],
-            TaskTransition::FailDependent | TaskTransition::ExhaustLeases => &[Failed],
+            TaskTransition::FailDependent
+            | TaskTransition::ExhaustLeases
+            | TaskTransition::Undeliverable => &[Failed],
             TaskTransition::Claim | TaskTransition::TakeOver => &[Running],
             TaskTransition::Finish => &[Succeeded, Failed, Cancelled, Runnable],
             TaskTransition::PassBarrier => &[Succeeded],
@@ -148,6 +155,7 @@ impl TaskTransition {
             TaskTransition::Finish => "finish",
             TaskTransition::PassBarrier => "pass-barrier",
             TaskTransition::Cancel => "cancel",
+            TaskTransition::Undeliverable => "undeliverable",
         }
     }
 }

@@ -139,6 +139,8 @@ pub(crate) async fn launch_one(
 
 /// What the launcher loop needs from the stack.
 pub(crate) struct LauncherParts {
+    pub(crate) service: Arc<batchplane::api::Service>,
+    pub(crate) reconcile_every: u64,
     pub(crate) store: Store,
     pub(crate) backend: Arc<LocalBackend>,
     pub(crate) waiting: Arc<std::sync::Mutex<Vec<PoolWorkers>>>,
@@ -148,8 +150,9 @@ pub(crate) struct LauncherParts {
 
 /// Every second: try the refused pool workers again (a raised quota or an enabled
 /// cluster lets them start), release the placements of workers that died without doing
-/// so, drain the workers of disabled clusters, and every ten seconds sweep lapsed reservations (the placement function's
-/// schedule in AWS).
+/// so, drain the workers of disabled clusters, every ten seconds sweep lapsed reservations
+/// (the placement function's schedule in AWS), and reconcile every
+/// `reconcile_every_seconds` (the autoscaler's schedule in AWS).
 pub(crate) async fn launcher_loop(mut parts: LauncherParts) {
     let mut tick = 0u64;
     loop {
@@ -205,6 +208,16 @@ pub(crate) async fn launcher_loop(mut parts: LauncherParts) {
             {
                 tracing::warn!(error = %e, "sweeping reservations failed");
             }
+        }
+        if tick.is_multiple_of(parts.reconcile_every.max(1)) {
+            let queues = &parts.service.queues;
+            batchplane::reconcile::Reconciler {
+                store: &parts.store,
+                queues,
+                dead_letter_queue: queues.dead_letter_queue(),
+            }
+            .run(batchplane::store::now_ms())
+            .await;
         }
     }
 }

@@ -9,20 +9,21 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A shell command for a task that records itself in `ledger`: it runs for `ticks` ×
-/// `tick_ms` and exits with `exit_code`.
-pub fn task_command(ledger: &Path, ticks: u32, tick_ms: u32, exit_code: i32) -> Vec<String> {
-    let line = |event: &str| {
+/// `tick_ms`, then exits 1 on its first `fail_attempts` attempts and 0 after (its `end`
+/// line carries the exit code).
+pub fn task_command(ledger: &Path, ticks: u32, tick_ms: u32, fail_attempts: u32) -> Vec<String> {
+    let line = |event: &str, extra: &str| {
         format!(
-            "echo {event} $BATCHPLANE_JOB_ID $BATCHPLANE_TASK_ID $BATCHPLANE_ATTEMPT $(date +%s%3N) $$ >> '{}'",
+            "echo {event} $BATCHPLANE_JOB_ID $BATCHPLANE_TASK_ID $BATCHPLANE_ATTEMPT $(date +%s%3N) $${extra} >> '{}'",
             ledger.display()
         )
     };
     let seconds = f64::from(tick_ms) / 1000.0;
     let script = format!(
-        "{}; i=0; while [ $i -lt {ticks} ]; do sleep {seconds}; {}; i=$((i+1)); done; {}; exit {exit_code}",
-        line("start"),
-        line("tick"),
-        line("end"),
+        "{}; i=0; while [ $i -lt {ticks} ]; do sleep {seconds}; {}; i=$((i+1)); done; code=0; [ \"$BATCHPLANE_ATTEMPT\" -le {fail_attempts} ] && code=1; {}; exit $code",
+        line("start", ""),
+        line("tick", ""),
+        line("end", " $code"),
     );
     vec!["sh".into(), "-c".into(), script]
 }
@@ -38,6 +39,8 @@ pub struct Execution {
     /// Its last line's time: its end, or the last tick before it was killed.
     pub last_seen: i64,
     pub ended: bool,
+    /// How it exited, when it reached its end.
+    pub exit_code: Option<i32>,
 }
 
 /// Every execution the ledger records, in the order they started.
@@ -46,8 +49,12 @@ pub fn read(ledger: &Path) -> Vec<Execution> {
     let mut by_key: BTreeMap<(String, String, u32, u32), Execution> = BTreeMap::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let [event, job, task, attempt, at, pid] = f[..] else {
-            continue;
+        let (event, job, task, attempt, at, pid, code) = match f[..] {
+            [event, job, task, attempt, at, pid] => (event, job, task, attempt, at, pid, None),
+            [event, job, task, attempt, at, pid, code] => {
+                (event, job, task, attempt, at, pid, code.parse().ok())
+            }
+            _ => continue,
         };
         let (Ok(attempt), Ok(at), Ok(pid)) = (attempt.parse(), at.parse::<i64>(), pid.parse())
         else {
@@ -63,12 +70,16 @@ pub fn read(ledger: &Path) -> Vec<Execution> {
                 started_at: at,
                 last_seen: at,
                 ended: false,
+                exit_code: None,
             });
         if event == "start" {
             e.started_at = e.started_at.min(at);
         }
         e.last_seen = e.last_seen.max(at);
-        e.ended |= event == "end";
+        if event == "end" {
+            e.ended = true;
+            e.exit_code = code;
+        }
     }
     let mut all: Vec<Execution> = by_key.into_values().collect();
     all.sort_by_key(|e| e.started_at);
@@ -130,7 +141,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ledger-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let path = dir.join("ledger");
-        let argv = task_command(&path, 2, 10, 3);
+        let argv = task_command(&path, 2, 10, 1);
         let status = std::process::Command::new(&argv[0])
             .args(&argv[1..])
             .env("BATCHPLANE_JOB_ID", "j")
@@ -138,10 +149,11 @@ mod tests {
             .env("BATCHPLANE_ATTEMPT", "1")
             .status()
             .unwrap_or_else(|e| panic!("running the ledger command: {e}"));
-        assert_eq!(status.code(), Some(3));
+        assert_eq!(status.code(), Some(1), "attempt 1 of a task failing once");
         let runs = read(&path);
         assert_eq!(runs.len(), 1, "{runs:?}");
         assert!(runs[0].ended && runs[0].last_seen >= runs[0].started_at);
+        assert_eq!(runs[0].exit_code, Some(1));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -4,6 +4,7 @@
 //! batch to the fanout handler as a Lambda event, and runs taskhosts as processes.
 
 pub mod backend;
+pub mod chaos;
 pub mod emulators;
 pub mod faults;
 mod launching;

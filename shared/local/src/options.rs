@@ -59,6 +59,10 @@ pub struct StackOptions {
     pub task_uids: Option<String>,
     /// The taskhosts' `--memory-enforcement` (`auto` or `poll`); `None`: their default.
     pub memory_enforcement: Option<String>,
+    /// Receives after which a pool's message is dead-lettered (AWS: 100).
+    pub max_receives: u32,
+    /// How often the reconciler runs (the autoscaler's schedule in AWS), in seconds.
+    pub reconcile_every_seconds: u64,
     /// Where workers started from now on reach DynamoDB and SQS, when not where the
     /// stack does (a fault proxy in front of some workers only). `None`: the same.
     pub worker_endpoints: Option<WorkerEndpoints>,
@@ -219,6 +223,8 @@ impl StackOptions {
             task_uids: None,
             memory_enforcement: None,
             worker_endpoints: None,
+            max_receives: batchplane::queue::MAX_RECEIVES,
+            reconcile_every_seconds: 10,
         })
     }
 }

@@ -33,6 +33,10 @@ use tokio::sync::watch;
 
 use tokio::task::JoinHandle;
 
+/// The stack's dead-letter queue (a name under its prefix), as the template's
+/// `tasks-dlq`.
+pub const DEAD_LETTER_QUEUE: &str = "tasks-dlq";
+
 /// A running local stack.
 pub struct LocalStack {
     pub api_url: String,
@@ -67,11 +71,26 @@ impl LocalStack {
         let clients = Clients::new(&endpoints).await;
         let store = Store::new(clients.dynamodb.clone(), opts.table.clone());
         store.create_table().await.context("creating the table")?;
-        let queues = Queues::new(clients.sqs.clone(), opts.queue_prefix.clone());
+        // Pools dead-letter to the stack's own dead-letter queue, as in AWS, which the
+        // reconciler reads.
+        let dead_letter_arn = {
+            let plain = Queues::new(clients.sqs.clone(), opts.queue_prefix.clone());
+            plain
+                .create(DEAD_LETTER_QUEUE, Duration::from_secs(30))
+                .await
+                .context("creating the dead-letter queue")?;
+            plain.arn(DEAD_LETTER_QUEUE).await?
+        };
+        let make_queues = || {
+            Queues::new(clients.sqs.clone(), opts.queue_prefix.clone())
+                .with_dead_letter(dead_letter_arn.clone())
+                .with_max_receives(opts.max_receives)
+        };
+        let queues = make_queues();
         provision(&store, &queues, &opts).await?;
         let service = Arc::new(Service {
             store: store.clone(),
-            queues: Queues::new(clients.sqs.clone(), opts.queue_prefix.clone()),
+            queues: make_queues(),
             max_attempts: 3,
             job_window: opts.job_window,
             reservation_lease: LOCAL_RESERVATION_LEASE,
@@ -82,10 +101,7 @@ impl LocalStack {
             identity: batchplane::config::IdentitySource::AccessKeyId,
             eks_endpoint: endpoints.eks.clone(),
         });
-        let fanout = Arc::new(Fanout::new(
-            store.clone(),
-            Queues::new(clients.sqs.clone(), opts.queue_prefix.clone()),
-        ));
+        let fanout = Arc::new(Fanout::new(store.clone(), make_queues()));
 
         let (stop, stop_rx) = watch::channel(false);
         let (api_url, server) = serve_api(service.clone(), opts.api_port, stop_rx.clone()).await?;
@@ -181,6 +197,8 @@ impl LocalStack {
 
     fn clone_parts(&self) -> LauncherParts {
         LauncherParts {
+            service: self.service.clone(),
+            reconcile_every: self.opts.reconcile_every_seconds,
             store: self.service.store.clone(),
             backend: self.backend.clone(),
             waiting: self.waiting.clone(),

@@ -292,7 +292,7 @@ impl Publisher {
                         }
                     }
                 }
-                Change::Other { .. } => {}
+                Change::Work { .. } | Change::Other { .. } => {}
             }
         }
         let mut published = Published::default();

@@ -2,8 +2,8 @@
 
 use crate::domain::ids::{is_valid_job_id, new_job_id, shard_count_for};
 use crate::domain::spec::{parse_submission, Submission};
-use crate::domain::{plan_job, JobRecord, JobState, TaskRecord, TaskState};
-use crate::store::{now_ms, StoreError};
+use crate::domain::{plan_job, JobRecord};
+use crate::store::now_ms;
 use serde::Serialize;
 use serde_json::json;
 
@@ -75,14 +75,17 @@ impl Service {
         Ok(())
     }
 
-    /// Claim `key` for `job_id`; the job it already named, if another submission claimed
-    /// it first.
+    /// Claim `key` for `job_id`; the job it already names, if a submission with it was
+    /// accepted before. A key held by a submission still being written is a 409; one
+    /// held by a submission that died is taken over (or, if that job did commit, is
+    /// its answer).
     pub(super) async fn claim_idempotency(
         &self,
         team: &str,
         key: Option<&str>,
         job_id: &str,
     ) -> Result<Option<Submitted>, ApiError> {
+        use crate::store::KeyClaim;
         let Some(k) = key else { return Ok(None) };
         if k.is_empty() || k.len() > 256 {
             return Err(ApiError::bad_request(
@@ -90,14 +93,68 @@ impl Service {
                 json!({"header": "Idempotency-Key"}),
             ));
         }
-        Ok(self
-            .store
-            .claim_idempotency_key(team, k, job_id)
-            .await?
-            .map(|existing| Submitted {
-                job_id: existing,
+        let existing = |job_id: String| {
+            Ok(Some(Submitted {
+                job_id,
                 created: false,
             }))
+        };
+        let in_progress = |held_by: &str| {
+            ApiError::new(
+                ErrorKind::Conflict,
+                "SubmissionInProgress",
+                format!("header Idempotency-Key: a submission with this key (job {held_by}) is still being written; try again in a minute"),
+                json!({"header": "Idempotency-Key", "job_id": held_by}),
+            )
+        };
+        match self.store.claim_idempotency_key(team, k, job_id).await? {
+            KeyClaim::Claimed => Ok(None),
+            KeyClaim::Bound(j) => existing(j),
+            KeyClaim::Held {
+                job_id: held_by,
+                lapsed: false,
+            } => Err(in_progress(&held_by)),
+            KeyClaim::Held {
+                job_id: held_by,
+                lapsed: true,
+            } => {
+                // Its submission died: after its commit (then the key is its job's),
+                // or before (then this one tries again).
+                let committed = self
+                    .store
+                    .get_job(&held_by)
+                    .await?
+                    .is_some_and(|j| !j.uncommitted);
+                if committed {
+                    self.store.bind_idempotency_key(team, k, &held_by).await?;
+                    return existing(held_by);
+                }
+                if self
+                    .store
+                    .take_over_idempotency_key(team, k, &held_by, job_id)
+                    .await?
+                {
+                    Ok(None)
+                } else {
+                    Err(in_progress(&held_by))
+                }
+            }
+        }
+    }
+
+    /// After a submission failed: give its key back (so a retry tries again) and close
+    /// its job as FAILED (it never committed, so nothing of it ran). Best effort: the
+    /// key's hold lapses and the reconciler closes the job if these do not get through.
+    async fn abandon_submission(&self, team: &str, key: Option<&str>, job_id: &str, why: &str) {
+        if let Some(k) = key {
+            if let Err(e) = self.store.release_idempotency_key(team, k, job_id).await {
+                tracing::warn!(error = %e, job_id, "letting go of the idempotency key failed; its hold will lapse");
+            }
+        }
+        let reason = format!("the submission failed and nothing of it ran: {why}");
+        if let Err(e) = self.store.abandon_job(job_id, &reason).await {
+            tracing::warn!(error = %e, job_id, "closing an abandoned submission failed; the reconciler will");
+        }
     }
 
     /// Validate, then store a job: the job item (SUBMITTED), its tasks in batches, then
@@ -125,7 +182,23 @@ impl Service {
                 {
                     return Ok(existing);
                 }
-                let job_id = self.submit_native_array(who, job_id, *spec).await?;
+                let team = spec.team.clone();
+                let job_id = match self.submit_native_array(who, job_id.clone(), *spec).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        if let Some(k) = idempotency_key {
+                            if let Err(undo) =
+                                self.store.release_idempotency_key(&team, k, &job_id).await
+                            {
+                                tracing::warn!(error = %undo, job_id, "letting go of the idempotency key failed; its hold will lapse");
+                            }
+                        }
+                        return Err(e);
+                    }
+                };
+                if let Some(k) = idempotency_key {
+                    self.store.bind_idempotency_key(&team, k, &job_id).await?;
+                }
                 return Ok(Submitted {
                     job_id,
                     created: true,
@@ -154,39 +227,58 @@ impl Service {
             created_at: now,
             total_tasks: spec.tasks.len() as u64,
             shard_count,
+            uncommitted: true,
             notify: crate::domain::Notify {
                 task_events: spec.task_events,
                 task_token: spec.task_token.clone(),
             },
             ..JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
         };
-        self.store.put_job(&job).await?;
-        if let Err(e) = self
-            .store
-            .write_tasks(
-                &job_id,
-                shard_count,
-                (&spec.queue, &spec.team),
-                self.max_attempts,
-                &plan,
-            )
-            .await
-        {
-            let reason = format!("submission failed while writing tasks: {e}");
-            let _ = self
-                .store
-                .set_job_state(
+        // Nothing is sent to a queue before the commit: a submission that fails or
+        // dies part-way runs nothing, and is closed (here, or by the reconciler).
+        let written = async {
+            self.store.put_job(&job).await?;
+            self.store
+                .write_staged_tasks(
                     &job_id,
-                    &[JobState::Submitted],
-                    JobState::Failed,
-                    Some(&reason),
+                    shard_count,
+                    (&spec.queue, &spec.team),
+                    self.max_attempts,
+                    &plan,
+                )
+                .await?;
+            self.store.commit_job(&job_id).await
+        }
+        .await;
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                let why = "it took too long and was closed as abandoned";
+                self.abandon_submission(&spec.team, idempotency_key, &job_id, why)
+                    .await;
+                return Err(ApiError::new(
+                    ErrorKind::Busy,
+                    "SubmissionAbandoned",
+                    format!("job {job_id}: {why}; submit again"),
+                    json!({"job_id": job_id}),
+                ));
+            }
+            Err(e) => {
+                self.abandon_submission(
+                    &spec.team,
+                    idempotency_key,
+                    &job_id,
+                    &format!("writing it failed: {e}"),
                 )
                 .await;
-            return Err(e.into());
+                return Err(e.into());
+            }
         }
-        self.store
-            .set_job_state(&job_id, &[JobState::Submitted], JobState::Pending, None)
-            .await?;
+        if let Some(k) = idempotency_key {
+            self.store
+                .bind_idempotency_key(&spec.team, k, &job_id)
+                .await?;
+        }
         tracing::info!(job_id, name = %spec.name, tasks = spec.tasks.len(), "job submitted");
         Ok(Submitted {
             job_id,
@@ -225,23 +317,11 @@ impl Service {
             ));
         }
         self.store.request_job_cancel(job_id).await?;
-        let tasks = self.store.all_tasks(job_id, job.shard_count).await?;
-        use futures::StreamExt;
-        let open: Vec<TaskRecord> = tasks
-            .into_iter()
-            .filter(|t| !t.state.is_terminal())
-            .collect();
-        let results: Vec<Result<TaskState, StoreError>> = futures::stream::iter(open)
-            .map(|t| {
-                let store = self.store.clone();
-                async move { store.cancel_task(&t).await }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        for r in results {
-            r?;
-        }
+        // The tasks are cancelled a page at a time through the stream (a job may have a
+        // million); the job is CANCELLED once they all are.
+        self.store
+            .start_work(job_id, crate::store::WorkKind::Cancel)
+            .await?;
         tracing::info!(job_id, "job cancel requested");
         self.get_job(who, job_id).await
     }

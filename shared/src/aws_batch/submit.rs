@@ -11,7 +11,7 @@ use crate::domain::ids::{new_job_id, shard_count_for, task_shard};
 use crate::domain::retry::RetryStrategy;
 use crate::domain::spec::ArrayJobSpec;
 use crate::domain::tiers::Tier;
-use crate::domain::{JobRecord, JobState, TaskRecord};
+use crate::domain::{JobRecord, JobState};
 use crate::store::arrays::DependencyStatus;
 use crate::store::now_ms;
 use crate::store::registry::ResourceKind;
@@ -469,16 +469,10 @@ impl Service {
         };
         self.store.fail_job(job_id, JobState::Failed, &why).await?;
         if terminate {
-            let open: Vec<TaskRecord> = self
-                .store
-                .all_tasks(job_id, job.shard_count)
-                .await?
-                .into_iter()
-                .filter(|t| !t.state.is_terminal())
-                .collect();
-            for t in open {
-                self.store.cancel_task(&t).await?;
-            }
+            // Running children are stopped a page at a time through the stream.
+            self.store
+                .start_work(job_id, crate::store::WorkKind::Cancel)
+                .await?;
         }
         tracing::info!(job_id, terminate, reason, "array job stopped");
         Ok(json!({}))

@@ -28,6 +28,11 @@ impl Store {
             update.push_str(", finished_at = :now");
             values.insert(":now".into(), n(self.now()));
         }
+        if to == TaskState::Failed {
+            // The sparse index of failures.
+            update.push_str(", failed_in = :job");
+            values.insert(":job".into(), s(&task.job_id));
+        }
         if let Some(r) = reason {
             update.push_str(", reason = :reason");
             values.insert(":reason".into(), s(r));
@@ -41,6 +46,34 @@ impl Store {
         )
         .await?
         .is_some())
+    }
+
+    /// Mark a RUNNABLE task's message as dead-lettered once and sent again; false if it
+    /// was before (the next dead letter fails it).
+    pub async fn mark_redriven(&self, task: &TaskRecord) -> Result<bool, StoreError> {
+        Ok(send_if(
+            self.update_task(task)
+                .update_expression("SET redriven = :true")
+                .condition_expression("attribute_exists(pk) AND attribute_not_exists(redriven)")
+                .expression_attribute_values(":true", AttributeValue::Bool(true)),
+        )
+        .await?
+        .is_some())
+    }
+
+    /// Fail a RUNNABLE task no worker would take, with why.
+    pub async fn fail_undeliverable(
+        &self,
+        task: &TaskRecord,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        self.transition(
+            task,
+            TaskTransition::Undeliverable,
+            TaskState::Failed,
+            Some(reason),
+        )
+        .await
     }
 
     /// Cancel one task of a cancelled job: a task that has not started ends CANCELLED; a

@@ -73,7 +73,7 @@ impl<'a> Reader<'a> {
             item,
         }
     }
-    fn bad(&self, attr: &str, what: &str) -> Malformed {
+    pub(crate) fn bad(&self, attr: &str, what: &str) -> Malformed {
         Malformed {
             key: self.key.clone(),
             problem: format!("attribute {attr}: {what}"),
@@ -167,6 +167,9 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     if job.cancel_requested {
         item.insert("cancel_requested".into(), AttributeValue::Bool(true));
     }
+    if job.uncommitted {
+        item.insert("uncommitted".into(), AttributeValue::Bool(true));
+    }
     if !job.notify.is_empty() {
         item.insert(
             "notify".into(),
@@ -201,6 +204,7 @@ pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
         total_tasks: r.req_n("total_tasks")?,
         shard_count: r.req_n("shard_count")?,
         cancel_requested: r.bool("cancel_requested"),
+        uncommitted: r.bool("uncommitted"),
         array: match r.opt_s("array")? {
             Some(json) => {
                 Some(serde_json::from_str(&json).map_err(|e| r.bad("array", &e.to_string()))?)
@@ -432,6 +436,17 @@ pub fn counts_from_item(item: &Item) -> crate::domain::TaskCounts {
 /// Whether an item is a job's own item.
 pub fn is_job_item(item: &Item) -> bool {
     matches!(item.get("sk"), Some(AttributeValue::S(sk)) if sk == META_SK)
+        && matches!(item.get("pk"), Some(AttributeValue::S(pk)) if pk.starts_with("J#"))
+}
+
+/// The sort key of a job's paged-work cursor of `kind` (see [`crate::store::WorkCursor`]).
+pub fn work_sk(kind: &str) -> String {
+    format!("W#{kind}")
+}
+
+/// Whether an item is a job's paged-work cursor.
+pub fn is_work_item(item: &Item) -> bool {
+    matches!(item.get("sk"), Some(AttributeValue::S(sk)) if sk.starts_with("W#"))
         && matches!(item.get("pk"), Some(AttributeValue::S(pk)) if pk.starts_with("J#"))
 }
 

@@ -7,26 +7,45 @@ use crate::domain::{JobRecord, JobState};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use std::collections::HashMap;
 
-/// job returned).
+/// Where a listing of a queue's jobs goes on from (after the last job returned).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListKey {
     pub created_at: i64,
     pub job_id: String,
 }
 
+/// How long a submission holds its idempotency key before a retry may take it over:
+/// longer than any submission request may run (API Gateway ends one at 29 s).
+pub const KEY_HOLD_MS: i64 = 60_000;
+
+/// What claiming an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// Free (or let go of by a failed submission): this submission goes ahead.
+    Claimed,
+    /// Bound to an accepted job: the answer to the retry.
+    Bound(String),
+    /// Held by the submission of that job: still being written, or (`lapsed`) died.
+    Held { job_id: String, lapsed: bool },
+}
+
 impl Store {
-    /// Remember `job_id` for an idempotency key; if the key was used before, the job
-    /// it named.
+    /// Claim an idempotency key for a submission about to write `job_id`. The key is
+    /// bound to a job only once that job is accepted ([`Store::bind_idempotency_key`]);
+    /// until then it is held, for [`KEY_HOLD_MS`], by the submission writing it.
     pub async fn claim_idempotency_key(
         &self,
         team: &str,
         key_value: &str,
         job_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let mut it = key(format!("K#{team}#{key_value}"), "KEY".into());
+    ) -> Result<KeyClaim, StoreError> {
+        let k = key(format!("K#{team}#{key_value}"), "KEY".into());
+        let now = self.now();
+        let mut it = k.clone();
         it.insert("job_id".into(), s(job_id));
-        it.insert("created_at".into(), n(self.now()));
-        match send_if_current(
+        it.insert("created_at".into(), n(now));
+        it.insert("held_until".into(), n(now + KEY_HOLD_MS));
+        let taken = send_if_current(
             self.ddb
                 .put_item()
                 .table_name(&self.table)
@@ -36,14 +55,178 @@ impl Store {
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 ),
         )
-        .await?
-        {
-            Ok(_) => Ok(None),
+        .await?;
+        match taken {
+            Ok(_) => Ok(KeyClaim::Claimed),
             Err(old) => {
                 let old = old.unwrap_or_default();
-                Ok(Some(Reader::new(&old).req_s("job_id")?))
+                let r = Reader::new(&old);
+                let existing = r.req_s("job_id")?;
+                // A key written before keys were held is a bound one.
+                Ok(match r.opt_n::<i64>("held_until")? {
+                    Some(until) => KeyClaim::Held {
+                        job_id: existing,
+                        lapsed: until < now,
+                    },
+                    None => KeyClaim::Bound(existing),
+                })
             }
         }
+    }
+
+    /// Take over a key whose hold lapsed (its submission died part-way), for `job_id`;
+    /// false if someone else did first.
+    pub async fn take_over_idempotency_key(
+        &self,
+        team: &str,
+        key_value: &str,
+        held_by: &str,
+        job_id: &str,
+    ) -> Result<bool, StoreError> {
+        let now = self.now();
+        Ok(send_if(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(format!("K#{team}#{key_value}"), "KEY".into())))
+                .update_expression("SET job_id = :job, held_until = :until, created_at = :now")
+                .condition_expression("job_id = :old AND held_until < :now")
+                .expression_attribute_values(":job", s(job_id))
+                .expression_attribute_values(":old", s(held_by))
+                .expression_attribute_values(":until", n(now + KEY_HOLD_MS))
+                .expression_attribute_values(":now", n(now)),
+        )
+        .await?
+        .is_some())
+    }
+
+    /// Bind a claimed key to the job it was claimed for, now accepted: from here on a
+    /// retry with the key is answered with that job.
+    pub async fn bind_idempotency_key(
+        &self,
+        team: &str,
+        key_value: &str,
+        job_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(send_if(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(format!("K#{team}#{key_value}"), "KEY".into())))
+                .update_expression("REMOVE held_until")
+                .condition_expression("job_id = :job")
+                .expression_attribute_values(":job", s(job_id)),
+        )
+        .await?
+        .is_some())
+    }
+
+    /// Let go of a key claimed for a submission that failed, so a retry tries again.
+    pub async fn release_idempotency_key(
+        &self,
+        team: &str,
+        key_value: &str,
+        job_id: &str,
+    ) -> Result<(), StoreError> {
+        send_if(
+            self.ddb
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(format!("K#{team}#{key_value}"), "KEY".into())))
+                .condition_expression("job_id = :job AND attribute_exists(held_until)")
+                .expression_attribute_values(":job", s(job_id)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Commit a submitted DAG job whose tasks are all written: PENDING, and the walk
+    /// that sends its ready tasks started, in one transaction. False if it was not an
+    /// uncommitted SUBMITTED job (swept as abandoned meanwhile).
+    pub async fn commit_job(&self, job_id: &str) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+        let build = |source| StoreError::Build {
+            operation: "TransactWriteItems",
+            source,
+        };
+        let commit = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(job_id), META_SK.into())))
+            .update_expression("SET #state = :pending, committed_at = :now REMOVE uncommitted")
+            .condition_expression("#state = :submitted AND uncommitted = :true")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":pending", s(JobState::Pending.as_str()))
+            .expression_attribute_values(":submitted", s(JobState::Submitted.as_str()))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":now", n(self.now()))
+            .build()
+            .map_err(build)?;
+        let walk = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(super::work::cursor_to_item(&super::WorkCursor {
+                job_id: job_id.into(),
+                kind: super::WorkKind::Enqueue,
+                shard: 0,
+                after: None,
+                step: 0,
+            })))
+            .build()
+            .map_err(build)?;
+        Ok(send_if(
+            self.ddb
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().update(commit).build())
+                .transact_items(TransactWriteItem::builder().put(walk).build()),
+        )
+        .await?
+        .is_some())
+    }
+
+    /// A queue's DAG jobs still uncommitted that were created between `from` and
+    /// `until` (ms): submissions that failed or died part-way, once old enough.
+    pub async fn uncommitted_jobs(
+        &self,
+        queue: &str,
+        from: i64,
+        until: i64,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let items = self
+            .query_all(|| {
+                self.ddb
+                    .query()
+                    .index_name(BY_QUEUE_INDEX)
+                    .key_condition_expression("#jq = :q AND created_at BETWEEN :from AND :until")
+                    .filter_expression("uncommitted = :true")
+                    .expression_attribute_names("#jq", JOB_QUEUE_ATTR)
+                    .expression_attribute_values(":q", s(queue))
+                    .expression_attribute_values(":from", n(from))
+                    .expression_attribute_values(":until", n(until))
+                    .expression_attribute_values(":true", AttributeValue::Bool(true))
+            })
+            .await?;
+        items.iter().map(|it| Ok(job_from_item(it)?)).collect()
+    }
+
+    /// Close an abandoned submission: FAILED with `reason`, if it is still uncommitted
+    /// (a submission that was only slow and commits first wins). Its tasks were never
+    /// sent and are left as written.
+    pub async fn abandon_job(&self, job_id: &str, reason: &str) -> Result<bool, StoreError> {
+        Ok(send_if(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(job_pk(job_id), META_SK.into())))
+                .update_expression("SET #state = :failed, reason = :reason, finished_at = :now")
+                .condition_expression("#state = :submitted AND uncommitted = :true")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_values(":failed", s(JobState::Failed.as_str()))
+                .expression_attribute_values(":submitted", s(JobState::Submitted.as_str()))
+                .expression_attribute_values(":true", AttributeValue::Bool(true))
+                .expression_attribute_values(":reason", s(reason))
+                .expression_attribute_values(":now", n(self.now())),
+        )
+        .await?
+        .is_some())
     }
 
     pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
@@ -209,8 +392,10 @@ impl Store {
             .table_name(&self.table)
             .set_key(Some(key(job_pk(job_id), META_SK.into())))
             .update_expression("ADD total_tasks :n")
+            // Not while its submission is still being written: nothing runs before
+            // the commit.
             .condition_expression(
-                "#state IN (:submitted, :pending) AND (attribute_not_exists(cancel_requested) OR cancel_requested = :false)",
+                "#state IN (:submitted, :pending) AND (attribute_not_exists(cancel_requested) OR cancel_requested = :false) AND attribute_not_exists(uncommitted)",
             )
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":n", n(added))

@@ -21,14 +21,16 @@ pub(crate) mod request;
 mod schema;
 mod tasks;
 pub mod teams;
+pub mod work;
 pub mod workers;
 
 pub use claims::{ChildSeed, Claim, Escalation, Heartbeat};
 pub use counts::{sequence_after, RecordCounts};
 pub(crate) use error::classify;
 pub use error::StoreError;
-pub use jobs::ListKey;
+pub use jobs::{KeyClaim, ListKey, KEY_HOLD_MS};
 pub use tasks::TaskPage;
+pub use work::{WorkCursor, WorkKind, WORK_PAGE};
 
 use item::*;
 use request::send;

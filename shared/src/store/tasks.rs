@@ -37,11 +37,53 @@ impl Store {
         max_attempts: u32,
         tasks: &[PlannedTask],
     ) -> Result<(), StoreError> {
+        self.write_tasks_as(
+            job_id,
+            shard_count,
+            (queue, team),
+            max_attempts,
+            tasks,
+            false,
+        )
+        .await
+    }
+
+    /// [`Store::write_tasks`] for a submission that commits afterwards: its ready tasks
+    /// are sent by the commit's walk, not by their own stream records (which may come
+    /// before or after the commit), so each is marked as sent by another writer.
+    pub async fn write_staged_tasks(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        (queue, team): (&str, &str),
+        max_attempts: u32,
+        tasks: &[PlannedTask],
+    ) -> Result<(), StoreError> {
+        self.write_tasks_as(
+            job_id,
+            shard_count,
+            (queue, team),
+            max_attempts,
+            tasks,
+            true,
+        )
+        .await
+    }
+
+    async fn write_tasks_as(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        pool: (&str, &str),
+        max_attempts: u32,
+        tasks: &[PlannedTask],
+        staged: bool,
+    ) -> Result<(), StoreError> {
         let (waiting, runnable): (Vec<&PlannedTask>, Vec<&PlannedTask>) =
             tasks.iter().partition(|t| t.state != TaskState::Runnable);
-        self.put_tasks(job_id, shard_count, (queue, team), max_attempts, &waiting)
+        self.put_tasks(job_id, shard_count, pool, max_attempts, &waiting, staged)
             .await?;
-        self.put_tasks(job_id, shard_count, (queue, team), max_attempts, &runnable)
+        self.put_tasks(job_id, shard_count, pool, max_attempts, &runnable, staged)
             .await
     }
 
@@ -121,29 +163,24 @@ impl Store {
         (queue, team): (&str, &str),
         max_attempts: u32,
         tasks: &[&PlannedTask],
+        staged: bool,
     ) -> Result<(), StoreError> {
         let now = self.now();
         let requests: Vec<WriteRequest> = tasks
             .iter()
             .map(|t| {
                 let shard = crate::domain::ids::task_shard(&t.id, shard_count);
+                let mut item = new_task_item(job_id, shard, (queue, team), max_attempts, now, t);
+                if staged && t.state == TaskState::Runnable {
+                    item.insert("enqueued".into(), AttributeValue::Bool(true));
+                }
                 Ok(WriteRequest::builder()
-                    .put_request(
-                        PutRequest::builder()
-                            .set_item(Some(new_task_item(
-                                job_id,
-                                shard,
-                                (queue, team),
-                                max_attempts,
-                                now,
-                                t,
-                            )))
-                            .build()
-                            .map_err(|source| StoreError::Build {
-                                operation: "BatchWriteItem",
-                                source,
-                            })?,
-                    )
+                    .put_request(PutRequest::builder().set_item(Some(item)).build().map_err(
+                        |source| StoreError::Build {
+                            operation: "BatchWriteItem",
+                            source,
+                        },
+                    )?)
                     .build())
             })
             .collect::<Result<_, StoreError>>()?;

@@ -41,6 +41,11 @@ pub struct JobChange {
 pub enum Change {
     Task(Box<TaskChange>),
     Job(Box<JobChange>),
+    /// A job's paged work moved on: do its next page.
+    Work {
+        sequence_number: String,
+        cursor: Box<crate::store::WorkCursor>,
+    },
     /// Counter, marker and key items: nothing to do.
     Other {
         sequence_number: String,
@@ -52,7 +57,10 @@ impl Change {
         match self {
             Change::Task(t) => &t.sequence_number,
             Change::Job(j) => &j.sequence_number,
-            Change::Other { sequence_number } => sequence_number,
+            Change::Work {
+                sequence_number, ..
+            }
+            | Change::Other { sequence_number } => sequence_number,
         }
     }
 }
@@ -88,6 +96,17 @@ pub fn decode_record(record: &EventRecord) -> Result<Change, FanoutError> {
                 .flatten(),
             job,
         })));
+    }
+    if record.event_name != "REMOVE" && crate::store::item::is_work_item(&new) {
+        let cursor =
+            crate::store::work::cursor_from_item(&new).map_err(|e| FanoutError::BadRecord {
+                sequence_number: seq.clone(),
+                problem: e.to_string(),
+            })?;
+        return Ok(Change::Work {
+            sequence_number: seq,
+            cursor: Box::new(cursor),
+        });
     }
     if record.event_name == "REMOVE" || !is_task_item(&new) {
         return Ok(Change::Other {
@@ -233,6 +252,19 @@ impl Fanout {
             }
         }
 
+        // Paged work over jobs' tasks: one page per cursor record.
+        for (i, c) in changes.iter().enumerate() {
+            if let Change::Work { cursor, .. } = c {
+                match self.work_page(cursor).await {
+                    Ok(n) => outcome.enqueued += n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, job_id = %cursor.job_id, kind = cursor.kind.as_str(), "a page of a job's work failed; will retry");
+                        first_failed = first_failed.min(i);
+                    }
+                }
+            }
+        }
+
         // Array jobs: dispatch windows and the rules between jobs.
         if let Err(failed) = self.array_effects(changes, &mut outcome).await {
             first_failed = first_failed.min(failed);
@@ -254,7 +286,8 @@ impl Fanout {
         let from_stream = changes.iter().enumerate().filter_map(|(i, c)| match c {
             Change::Task(t)
                 if became(t, TaskState::Runnable)
-                    && !(t.old_state == Some(TaskState::Pending) && t.task.enqueued_on_release) =>
+                    && !(t.task.enqueued_on_release
+                        && matches!(t.old_state, Some(TaskState::Pending) | None)) =>
             {
                 Some((i, &t.task))
             }
@@ -463,6 +496,51 @@ impl Fanout {
             Some(i) => Err(i),
             None => Ok(released),
         }
+    }
+
+    /// One page of a job's paged work, then the cursor moved on (its record brings the
+    /// next page). Returns how many tasks the page sent.
+    async fn work_page(&self, cursor: &crate::store::WorkCursor) -> Result<usize, FanoutError> {
+        use crate::store::WorkKind;
+        let shard_count = self.shard_count(&cursor.job_id).await?;
+        let (tasks, next) = self.store.work_page(cursor, shard_count).await?;
+        let mut sent = 0;
+        match cursor.kind {
+            WorkKind::Enqueue => {
+                let mut by_pool: BTreeMap<String, Vec<TaskMessage>> = BTreeMap::new();
+                for t in tasks
+                    .iter()
+                    .filter(|t| t.kind == TaskKind::Command && t.state == TaskState::Runnable)
+                {
+                    by_pool
+                        .entry(t.pool_name().to_string())
+                        .or_default()
+                        .push(TaskMessage::for_task(t));
+                }
+                for (pool, msgs) in by_pool {
+                    for chunk in msgs.chunks(10) {
+                        self.queues.send(&pool, chunk).await?;
+                        sent += chunk.len();
+                    }
+                }
+            }
+            WorkKind::Cancel => {
+                let results: Vec<Result<TaskState, StoreError>> =
+                    stream::iter(tasks.into_iter().filter(|t| !t.state.is_terminal()))
+                        .map(|t| {
+                            let store = self.store.clone();
+                            async move { store.cancel_task(&t).await }
+                        })
+                        .buffer_unordered(EFFECT_CONCURRENCY)
+                        .collect()
+                        .await;
+                for r in results {
+                    r?;
+                }
+            }
+        }
+        self.store.advance_work(cursor, next.as_ref()).await?;
+        Ok(sent)
     }
 
     async fn shard_count(&self, job_id: &str) -> Result<u32, FanoutError> {

@@ -1,0 +1,696 @@
+//! The chaos run: the local stack with the fault proxy in front of DynamoDB Local and
+//! moto (every client goes through it: the API, the fanout, the workers), a mixed
+//! workload, faults injected while it runs, and checks of the result from a ledger the
+//! tasks keep themselves and from the API.
+//!
+//! Faults: AWS throttling errors, connection resets before a request and after it was
+//! applied (the answer lost), added latency, unprocessed batch entries, SQS deletes
+//! acknowledged and not done (the message is delivered again), stream batches delivered
+//! cut short then whole, SIGKILL of random taskhosts (each replaced), and SIGSTOP of
+//! random taskhosts past their lease (then SIGCONT).
+//!
+//! The workload: a DAG with fan-out and fan-in (some tasks fail their first attempt and
+//! are retried, tasks are added while it runs), an array job with an N_TO_N successor,
+//! and a job cancelled while it runs. Submissions and additions that fail retry with the
+//! same idempotency key, as a client would.
+//!
+//! The checks: every task final and every job closed; each job's counts equal its tasks'
+//! states; every SUCCEEDED task has exactly one successful attempt recorded and no
+//! attempt ran twice; no two executions of a task overlapped in time; nothing left
+//! RUNNABLE or in the dead-letter queue.
+
+use crate::faults::{FaultCounts, FaultPlan, FaultProxy};
+use crate::ledger;
+use crate::{LocalStack, StackOptions};
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What to run and which faults to inject, at what rates.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosOptions {
+    /// About how many tasks the workload has in all.
+    pub tasks: usize,
+    pub workers: usize,
+    pub worker_cpus: f64,
+    pub lease_seconds: u64,
+    /// Share of DynamoDB and SQS calls answered with a throttling error.
+    pub throttle: f64,
+    /// Share cut off before they reach the emulator.
+    pub reset: f64,
+    /// Share applied and then cut off (the answer lost).
+    pub lose_answer: f64,
+    /// Share delayed, by up to `latency_max_ms`.
+    pub latency: f64,
+    pub latency_max_ms: u64,
+    /// Share of batch calls with entries left unprocessed.
+    pub unprocessed: f64,
+    /// Share of SQS deletes acknowledged and not done.
+    pub skip_delete: f64,
+    /// Share of stream batches first delivered cut short (a function error part-way).
+    pub stream_cut_short: f64,
+    /// Taskhosts to SIGKILL, and to SIGSTOP past their lease.
+    pub kills: u32,
+    pub stops: u32,
+    /// Also run the workload without faults first, for its makespan.
+    pub baseline: bool,
+    /// Give up waiting for the workload after this long.
+    pub timeout_seconds: u64,
+}
+
+impl ChaosOptions {
+    /// The small run of the test suite: about 500 tasks, a few of each fault.
+    pub fn small() -> ChaosOptions {
+        ChaosOptions {
+            tasks: 500,
+            workers: 3,
+            worker_cpus: 2.0,
+            lease_seconds: 4,
+            throttle: 0.1,
+            reset: 0.01,
+            lose_answer: 0.01,
+            latency: 0.05,
+            latency_max_ms: 50,
+            unprocessed: 0.2,
+            skip_delete: 0.05,
+            stream_cut_short: 0.2,
+            kills: 4,
+            stops: 2,
+            baseline: false,
+            timeout_seconds: 600,
+        }
+    }
+
+    fn plan(&self) -> FaultPlan {
+        FaultPlan {
+            throttle: self.throttle,
+            reset: self.reset,
+            lose_answer: self.lose_answer,
+            latency: self.latency,
+            latency_max: Duration::from_millis(self.latency_max_ms),
+            unprocessed: self.unprocessed,
+            skip_delete: self.skip_delete,
+            ..FaultPlan::none()
+        }
+    }
+}
+
+/// What the run found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChaosReport {
+    pub options: Option<ChaosOptions>,
+    /// Faults injected, by kind (the proxies' counts, kills and stops).
+    pub faults: BTreeMap<String, u64>,
+    pub calls_forwarded: u64,
+    pub tasks: usize,
+    /// Tasks not in a final state, or that failed although nothing asked them to.
+    pub lost: usize,
+    /// SUCCEEDED tasks with more than one successful attempt recorded, or an attempt
+    /// that ran more than once.
+    pub doubled: usize,
+    /// Tasks whose command ran to a successful end more than once: a worker killed
+    /// between its task's exit and the record of it (at-least-once, recorded once).
+    pub reran_after_kill: usize,
+    pub overlapping: usize,
+    pub count_mismatches: usize,
+    pub dead_letters_left: u64,
+    pub makespan_s: f64,
+    pub baseline_makespan_s: Option<f64>,
+    /// What was wrong, in words (empty: the run passed).
+    pub problems: Vec<String>,
+}
+
+impl ChaosReport {
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The report as a table, for a terminal and the README.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        for (kind, n) in &self.faults {
+            rows.push((format!("faults: {kind}"), n.to_string()));
+        }
+        rows.push(("calls forwarded".into(), self.calls_forwarded.to_string()));
+        rows.push(("tasks".into(), self.tasks.to_string()));
+        rows.push(("lost".into(), self.lost.to_string()));
+        rows.push(("doubled".into(), self.doubled.to_string()));
+        rows.push(("overlapping".into(), self.overlapping.to_string()));
+        rows.push(("count mismatches".into(), self.count_mismatches.to_string()));
+        rows.push((
+            "dead letters left".into(),
+            self.dead_letters_left.to_string(),
+        ));
+        rows.push((
+            "re-run after a kill (recorded once)".into(),
+            self.reran_after_kill.to_string(),
+        ));
+        let makespan = match self.baseline_makespan_s {
+            Some(b) => format!(
+                "{:.1} s ({:.2}× the fault-free {:.1} s)",
+                self.makespan_s,
+                self.makespan_s / b.max(0.001),
+                b
+            ),
+            None => format!("{:.1} s", self.makespan_s),
+        };
+        rows.push(("makespan".into(), makespan));
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(10);
+        let mut out = format!(
+            "| {:width$} | value |\n|{}|-------|\n",
+            "",
+            "-".repeat(width + 2)
+        );
+        for (k, v) in rows {
+            out.push_str(&format!("| {k:width$} | {v} |\n"));
+        }
+        out
+    }
+}
+
+/// Run the chaos workload on emulators at `dynamodb_url` / `sqs_url`, keeping its
+/// files under `dir`.
+pub async fn run(
+    dynamodb_url: &str,
+    sqs_url: &str,
+    dir: &Path,
+    taskhost: Option<PathBuf>,
+    opts: &ChaosOptions,
+) -> anyhow::Result<ChaosReport> {
+    let mut report = ChaosReport {
+        options: Some(opts.clone()),
+        ..Default::default()
+    };
+    if opts.baseline {
+        let calm = ChaosOptions {
+            throttle: 0.0,
+            reset: 0.0,
+            lose_answer: 0.0,
+            latency: 0.0,
+            unprocessed: 0.0,
+            skip_delete: 0.0,
+            stream_cut_short: 0.0,
+            kills: 0,
+            stops: 0,
+            ..opts.clone()
+        };
+        let base = one_run(
+            dynamodb_url,
+            sqs_url,
+            &dir.join("baseline"),
+            taskhost.clone(),
+            &calm,
+        )
+        .await?;
+        if !base.problems.is_empty() {
+            bail!(
+                "the fault-free baseline run failed its checks: {:?}",
+                base.problems
+            );
+        }
+        report.baseline_makespan_s = Some(base.makespan_s);
+    }
+    let faulted = one_run(dynamodb_url, sqs_url, &dir.join("faulted"), taskhost, opts).await?;
+    Ok(ChaosReport {
+        baseline_makespan_s: report.baseline_makespan_s,
+        ..faulted
+    })
+}
+
+async fn one_run(
+    dynamodb_url: &str,
+    sqs_url: &str,
+    dir: &Path,
+    taskhost: Option<PathBuf>,
+    opts: &ChaosOptions,
+) -> anyhow::Result<ChaosReport> {
+    std::fs::create_dir_all(dir)?;
+    let ddb = FaultProxy::start(dynamodb_url, FaultPlan::none()).await?;
+    let sqs = FaultProxy::start(sqs_url, FaultPlan::none()).await?;
+    let mut so = StackOptions::new(&ddb.url, &sqs.url, &dir.join("stack"))?;
+    so.workers = opts.workers;
+    so.worker_cpus = opts.worker_cpus;
+    so.worker_memory_mib = 16 * 1024;
+    so.lease_seconds = opts.lease_seconds;
+    so.reconcile_every_seconds = 5;
+    so.poller.retry_cut_short = opts.stream_cut_short;
+    if let Some(t) = taskhost {
+        so.taskhost = t;
+    }
+    let mut stack = LocalStack::start(so).await.context("starting the stack")?;
+    let ledger_file = dir.join("ledger");
+    std::fs::write(&ledger_file, "")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Tasks run as uids of their own: the ledger must be open to all of them.
+        std::fs::set_permissions(&ledger_file, std::fs::Permissions::from_mode(0o666))?;
+    }
+    let api = Api::new(&stack.api_url);
+    ddb.set_plan(opts.plan());
+    sqs.set_plan(opts.plan());
+
+    let started = Instant::now();
+    let workload = tokio::spawn(workload(api.clone(), ledger_file.clone(), opts.tasks));
+    let mut workload = std::pin::pin!(workload);
+    let mut kills = 0u32;
+    let mut stops = 0u32;
+    let mut stopped: Vec<(u32, Instant)> = Vec::new();
+    let stop_for = Duration::from_secs(opts.lease_seconds)
+        + 2 * batchplane::domain::lease::fence_margin(Duration::from_secs(opts.lease_seconds))
+        + Duration::from_secs(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(700));
+    let deadline = started + Duration::from_secs(opts.timeout_seconds);
+    let jobs = loop {
+        tokio::select! {
+            done = &mut workload => break done.context("the workload panicked")??,
+            _ = tick.tick() => {
+                if Instant::now() > deadline {
+                    bail!("the workload did not finish within {} s", opts.timeout_seconds);
+                }
+                // Wake the stopped ones whose time is up.
+                stopped.retain(|(pid, since)| {
+                    if since.elapsed() >= stop_for {
+                        let _ = stack.signal_worker(*pid, nix::sys::signal::Signal::SIGCONT);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let candidates: Vec<u32> = stack
+                    .worker_pids()
+                    .into_iter()
+                    .filter(|p| !stopped.iter().any(|(s, _)| s == p))
+                    .collect();
+                if candidates.len() < 2 {
+                    continue;
+                }
+                let pid = candidates[fastrand::usize(..candidates.len())];
+                if kills < opts.kills && (stops >= opts.stops || fastrand::bool()) {
+                    if stack.signal_worker(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                        kills += 1;
+                        if let Err(e) = stack.spawn_worker().await {
+                            tracing::warn!(error = %format!("{e:#}"), "replacing a killed worker failed");
+                        }
+                    }
+                } else if stops < opts.stops
+                    && stack.signal_worker(pid, nix::sys::signal::Signal::SIGSTOP).is_ok()
+                {
+                    stops += 1;
+                    stopped.push((pid, Instant::now()));
+                }
+            }
+        }
+    };
+    let makespan_s = started.elapsed().as_secs_f64();
+    for (pid, _) in stopped.drain(..) {
+        let _ = stack.signal_worker(pid, nix::sys::signal::Signal::SIGCONT);
+    }
+    // The checks read through calm proxies.
+    let (dcounts, scounts) = (ddb.counts(), sqs.counts());
+    ddb.set_plan(FaultPlan::none());
+    sqs.set_plan(FaultPlan::none());
+    let mut report = check(&api, &stack, &ledger_file, &jobs).await?;
+    report.options = Some(opts.clone());
+    report.makespan_s = makespan_s;
+    report.calls_forwarded = dcounts.forwarded + scounts.forwarded;
+    add_faults(&mut report.faults, "dynamodb", &dcounts);
+    add_faults(&mut report.faults, "sqs", &scounts);
+    report
+        .faults
+        .insert("taskhost SIGKILL".into(), u64::from(kills));
+    report
+        .faults
+        .insert("taskhost SIGSTOP past lease".into(), u64::from(stops));
+    if kills < opts.kills || stops < opts.stops {
+        report.problems.push(format!(
+            "the workload ended before every fault was injected: {kills} of {} kills, {stops} of {} stops",
+            opts.kills, opts.stops
+        ));
+    }
+    stack.shutdown_and_delete().await?;
+    Ok(report)
+}
+
+fn add_faults(into: &mut BTreeMap<String, u64>, service: &str, counts: &FaultCounts) {
+    for (kind, ops) in &counts.by_kind {
+        *into.entry(format!("{service} {kind}")).or_default() += ops.values().sum::<u64>();
+    }
+}
+
+/// The jobs of a workload and what each must end as.
+#[derive(Debug, Clone)]
+struct Jobs {
+    /// (job id, the state it must end in)
+    expected: Vec<(String, &'static str)>,
+    /// The job that was cancelled: its tasks may end CANCELLED.
+    cancelled: String,
+}
+
+async fn workload(api: Api, ledger_file: PathBuf, tasks: usize) -> anyhow::Result<Jobs> {
+    let width = (tasks / 4).max(4);
+    let array = (tasks / 5).max(2);
+    let added = (tasks / 20).clamp(1, 100);
+    let cmd = |fail: u32| ledger::task_command(&ledger_file, 2, 100, fail);
+    // The DAG: root, a fan-out of `width` tasks each with a child, a fan-in sink; every
+    // tenth task of the fan-out fails its first attempt and is retried.
+    let mut dag = vec![json!({"id": "root", "command": cmd(0), "cpu": 0.5})];
+    for i in 0..width {
+        let fail = u32::from(i % 10 == 0);
+        dag.push(
+            json!({"id": format!("m{i}"), "command": cmd(fail), "cpu": 0.5, "depends_on": ["root"],
+            "retry_strategy": {"attempts": 2}}),
+        );
+        dag.push(json!({"id": format!("c{i}"), "command": cmd(0), "cpu": 0.5, "depends_on": [format!("m{i}")]}));
+    }
+    let children: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
+    dag.push(json!({"id": "sink", "command": cmd(0), "cpu": 0.5, "depends_on": children}));
+    let dag_job = api
+        .submit(&json!({"name": "chaos-dag", "tasks": dag}), "chaos-dag")
+        .await?;
+    // Tasks added while it runs, in additions of up to a hundred.
+    let extra: Vec<Value> = (0..added)
+        .map(|i| json!({"id": format!("a{i}"), "command": cmd(0), "cpu": 0.5, "depends_on": ["root"]}))
+        .collect();
+    for chunk in extra.chunks(100) {
+        api.add_tasks(&dag_job, chunk).await?;
+    }
+    let command = cmd(0);
+    let first = api
+        .submit(
+            &json!({"name": "chaos-array", "array_size": array, "command": command.clone(), "cpu": 0.5}),
+            "chaos-array",
+        )
+        .await?;
+    let second = api
+        .submit(
+            &json!({"name": "chaos-n-to-n", "array_size": array, "command": command, "cpu": 0.5,
+                "depends_on": [{"job": first, "type": "N_TO_N"}]}),
+            "chaos-n-to-n",
+        )
+        .await?;
+    let long: Vec<Value> = (0..20)
+        .map(|i| json!({"id": format!("l{i}"), "command": ledger::task_command(&ledger_file, 50, 100, 0), "cpu": 0.5}))
+        .collect();
+    let doomed = api
+        .submit(
+            &json!({"name": "chaos-cancelled", "tasks": long}),
+            "chaos-cancelled",
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    api.cancel(&doomed).await?;
+    let jobs = Jobs {
+        expected: vec![
+            (dag_job, "SUCCEEDED"),
+            (first, "SUCCEEDED"),
+            (second, "SUCCEEDED"),
+            (doomed.clone(), "CANCELLED"),
+        ],
+        cancelled: doomed,
+    };
+    for (job, _) in &jobs.expected {
+        api.wait_closed(job).await?;
+    }
+    Ok(jobs)
+}
+
+async fn check(
+    api: &Api,
+    stack: &LocalStack,
+    ledger_file: &Path,
+    jobs: &Jobs,
+) -> anyhow::Result<ChaosReport> {
+    let mut r = ChaosReport::default();
+    let runs = ledger::read(ledger_file);
+    let mut ok_runs: HashMap<(String, String), usize> = HashMap::new();
+    let mut per_attempt: HashMap<(String, String, u32), usize> = HashMap::new();
+    for e in &runs {
+        if e.exit_code == Some(0) {
+            *ok_runs
+                .entry((e.job_id.clone(), e.task_id.clone()))
+                .or_default() += 1;
+        }
+        *per_attempt
+            .entry((e.job_id.clone(), e.task_id.clone(), e.attempt))
+            .or_default() += 1;
+    }
+    let overlaps = ledger::overlaps(&runs);
+    r.overlapping = overlaps.len();
+    if let Some((a, b)) = overlaps.first() {
+        r.problems.push(format!(
+            "{} executions overlapped, e.g. {}/{} attempts {} and {}",
+            overlaps.len(),
+            a.job_id,
+            a.task_id,
+            a.attempt,
+            b.attempt
+        ));
+    }
+    let twice: Vec<_> = per_attempt.iter().filter(|(_, n)| **n > 1).collect();
+    r.doubled += twice.len();
+    if let Some(((j, t, a), n)) = twice.first() {
+        r.problems
+            .push(format!("{j}/{t} attempt {a} ran {n} times"));
+    }
+    for (job_id, want) in &jobs.expected {
+        let job = api.get(&format!("/v1/jobs/{job_id}")).await?;
+        let state = job["state"].as_str().unwrap_or("?");
+        if state != *want {
+            r.problems.push(format!(
+                "job {job_id} ended {state}, not {want}: {}",
+                job["reason"]
+            ));
+        }
+        let tasks = api.all_tasks(job_id).await?;
+        r.tasks += tasks.len();
+        let mut tally: BTreeMap<String, i64> = BTreeMap::new();
+        for t in &tasks {
+            let st = t["state"].as_str().unwrap_or("?").to_string();
+            *tally.entry(st.clone()).or_default() += 1;
+            let id = t["task_id"].as_str().unwrap_or("?");
+            let final_ok = match st.as_str() {
+                "SUCCEEDED" => true,
+                "CANCELLED" => job_id == &jobs.cancelled,
+                _ => false,
+            };
+            if !final_ok {
+                r.lost += 1;
+                if r.lost <= 5 {
+                    r.problems
+                        .push(format!("{job_id}/{id} ended {st}: {}", t["status_reason"]));
+                }
+            }
+            if ok_runs
+                .get(&(job_id.clone(), id.to_string()))
+                .copied()
+                .unwrap_or(0)
+                > 1
+            {
+                r.reran_after_kill += 1;
+            }
+        }
+        // Every SUCCEEDED task: exactly one successful attempt recorded.
+        let succeeded: Vec<String> = tasks
+            .iter()
+            .filter(|t| t["state"] == "SUCCEEDED")
+            .filter_map(|t| t["task_id"].as_str().map(str::to_string))
+            .collect();
+        use futures::StreamExt;
+        let views: Vec<anyhow::Result<Value>> = futures::stream::iter(succeeded)
+            .map(|id| {
+                let api = api.clone();
+                let job_id = job_id.clone();
+                async move { api.get(&format!("/v1/jobs/{job_id}/tasks/{id}")).await }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for v in views {
+            let v = v?;
+            let ok = v["attempts"]
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|x| x["exit_code"] == 0).count());
+            if ok != 1 {
+                r.doubled += 1;
+                r.problems.push(format!(
+                    "{job_id}/{} has {ok} successful attempts recorded",
+                    v["task_id"]
+                ));
+            }
+        }
+        let counts = &job["task_counts"];
+        for (st, n) in &tally {
+            if counts[st.as_str()].as_i64().unwrap_or(0) != *n {
+                r.count_mismatches += 1;
+                r.problems.push(format!(
+                    "job {job_id}: {n} tasks are {st}, its counts say {}",
+                    counts[st.as_str()]
+                ));
+            }
+        }
+        if let Some(m) = counts.as_object() {
+            for (st, v) in m {
+                if v.as_i64().unwrap_or(0) != 0 && !tally.contains_key(st) {
+                    r.count_mismatches += 1;
+                    r.problems
+                        .push(format!("job {job_id}: counts say {v} {st}, there are none"));
+                }
+            }
+        }
+    }
+    let queues = &stack.service.queues;
+    let dlq = queues.url(crate::stack::DEAD_LETTER_QUEUE).await?;
+    let (visible, in_flight) = queues.depth(&dlq).await?;
+    r.dead_letters_left = visible + in_flight;
+    if r.dead_letters_left > 0 {
+        r.problems.push(format!(
+            "{} messages left in the dead-letter queue",
+            r.dead_letters_left
+        ));
+    }
+    Ok(r)
+}
+
+/// The stack's API as the workload and the checks use it: every call retried on a 5xx
+/// or no answer (the API's own DynamoDB and SQS calls are faulted too), with the same
+/// idempotency key for a submission.
+#[derive(Clone)]
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(base: &str) -> Api {
+        Api {
+            base: base.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut last = String::new();
+        for attempt in 0..30u32 {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base));
+            if let Some(b) = body {
+                req = req.body(b.to_string());
+            }
+            if let Some(k) = key {
+                req = req.header("idempotency-key", k);
+            }
+            match req.send().await {
+                Ok(resp)
+                    if resp.status().is_server_error() || resp.status() == 409 && key.is_some() =>
+                {
+                    last = format!(
+                        "{} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    );
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let v = resp.json().await.unwrap_or(Value::Null);
+                    return Ok((status, v));
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10) + 1))).await;
+        }
+        bail!("{method} {path}: still failing after 30 tries: {last}")
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, v) = self.call(reqwest::Method::GET, path, None, None).await?;
+        if status != 200 {
+            bail!("GET {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    async fn submit(&self, spec: &Value, key: &str) -> anyhow::Result<String> {
+        let key = format!("{key}-{}", uuid::Uuid::new_v4().simple());
+        let (status, v) = self
+            .call(reqwest::Method::POST, "/v1/jobs", Some(spec), Some(&key))
+            .await?;
+        match v["job_id"].as_str() {
+            Some(id) if status < 300 => Ok(id.to_string()),
+            _ => bail!("submitting {}: {status} {v}", spec["name"]),
+        }
+    }
+
+    async fn add_tasks(&self, job: &str, tasks: &[Value]) -> anyhow::Result<()> {
+        let path = format!("/v1/jobs/{job}/tasks");
+        let body = Value::Array(tasks.to_vec());
+        let (status, v) = self
+            .call(reqwest::Method::POST, &path, Some(&body), None)
+            .await?;
+        match status {
+            201 => Ok(()),
+            // A retry of an addition whose answer was lost: it went in the first time.
+            409 | 400
+                if v["error"]["code"] == "TaskExists"
+                    || v["error"]["code"] == "DuplicateTaskId" =>
+            {
+                Ok(())
+            }
+            _ => bail!("adding tasks to {job}: {status} {v}"),
+        }
+    }
+
+    async fn cancel(&self, job: &str) -> anyhow::Result<()> {
+        let (status, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{job}/cancel"),
+                None,
+                None,
+            )
+            .await?;
+        if status != 200 && status != 409 {
+            bail!("cancelling {job}: {status} {v}");
+        }
+        Ok(())
+    }
+
+    async fn wait_closed(&self, job: &str) -> anyhow::Result<()> {
+        loop {
+            let v = self.get(&format!("/v1/jobs/{job}")).await?;
+            if matches!(
+                v["state"].as_str(),
+                Some("SUCCEEDED" | "FAILED" | "CANCELLED")
+            ) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn all_tasks(&self, job: &str) -> anyhow::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/jobs/{job}/tasks?limit=500");
+            if let Some(t) = &token {
+                path.push_str(&format!("&next_token={t}"));
+            }
+            let page = self.get(&path).await?;
+            out.extend(page["tasks"].as_array().cloned().unwrap_or_default());
+            match page["next_token"].as_str() {
+                Some(t) => token = Some(t.to_string()),
+                None => return Ok(out),
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The reconciler: on the autoscaler's schedule, it finds what the event-driven paths
+//! left undone when a writer died or a message was lost, and finishes it.
+//!
+//! - **Abandoned submissions.** A DAG job still uncommitted [`ABANDON_AFTER_MS`] after
+//!   it was created (its submission failed or died part-way) is closed FAILED. None of
+//!   it ran: nothing is sent before the commit.
+//! - **Stranded tasks.** A committed job with RUNNABLE tasks while every pool of its
+//!   queue and team is empty (no message visible or in flight) lost messages: its ready
+//!   tasks are sent again through the paged walk (a copy of a message that did exist is
+//!   dropped by the claim).
+//! - **Dead letters.** A message SQS moved to the dead-letter queue after
+//!   `maxReceiveCount` receives without being deleted: for a task still RUNNABLE it is
+//!   sent again once; dead-lettered a second time, the task fails with a reason that
+//!   names what it needs (no worker of its pool took it: too big for every worker, or
+//!   its pool has none). For a task RUNNING under a live lease (an attempt longer than
+//!   SQS's 12-hour visibility limit, whose message kept coming back) it is sent again
+//!   with a delay, so a takeover still finds it if that worker dies. Anything else
+//!   (finished, gone) is dropped.
+
+use crate::domain::tiers::WorkerPool;
+use crate::domain::{JobState, TaskKind, TaskState};
+use crate::queue::{Queues, TaskMessage};
+use crate::store::{now_ms, Store, StoreError, WorkKind};
+use serde::Serialize;
+
+/// How old an uncommitted submission must be before it is closed as abandoned: well
+/// past the longest a submission request may run.
+pub const ABANDON_AFTER_MS: i64 = 5 * 60 * 1000;
+
+/// How far back abandoned submissions are looked for.
+const ABANDON_LOOKBACK_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The most recent jobs of each queue looked at for stranded tasks per run.
+const JOBS_PER_QUEUE: usize = 500;
+
+/// How many dead letters one run takes (ten a receive).
+const DEAD_LETTERS_PER_RUN: usize = 100;
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Reconciled {
+    pub abandoned: Vec<String>,
+    /// Jobs whose ready tasks were sent again.
+    pub resent_jobs: Vec<String>,
+    pub dead_letters: usize,
+    pub redriven: usize,
+    /// Tasks failed because no worker would take them (job/task).
+    pub undeliverable: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+pub struct Reconciler<'a> {
+    pub store: &'a Store,
+    pub queues: &'a Queues,
+    /// The queue's name (without the prefix) that pools dead-letter to, if any.
+    pub dead_letter_queue: Option<String>,
+}
+
+impl Reconciler<'_> {
+    /// One pass of everything; what fails is reported, not fatal.
+    pub async fn run(&self, now: i64) -> Reconciled {
+        let mut out = Reconciled::default();
+        let names = match self.queues.list().await {
+            Ok(n) => n,
+            Err(e) => {
+                out.errors.push(format!("listing queues: {e}"));
+                return out;
+            }
+        };
+        let job_queues: Vec<&String> = names
+            .iter()
+            .filter(|n| WorkerPool::parse(n).is_none())
+            .filter(|n| Some(n.as_str()) != self.dead_letter_queue.as_deref())
+            .collect();
+        for q in &job_queues {
+            if let Err(e) = self.abandoned(q, now, &mut out).await {
+                out.errors
+                    .push(format!("queue {q}: abandoned submissions: {e}"));
+            }
+            if let Err(e) = self.stranded(q, &names, &mut out).await {
+                out.errors.push(format!("queue {q}: stranded tasks: {e}"));
+            }
+        }
+        if let Some(dlq) = &self.dead_letter_queue {
+            if let Err(e) = self.dead_letters(dlq, &mut out).await {
+                out.errors.push(format!("dead letters: {e}"));
+            }
+        }
+        if out != Reconciled::default() {
+            tracing::info!(?out, "reconciled");
+        }
+        out
+    }
+
+    async fn abandoned(
+        &self,
+        queue: &str,
+        now: i64,
+        out: &mut Reconciled,
+    ) -> Result<(), StoreError> {
+        let jobs = self
+            .store
+            .uncommitted_jobs(queue, now - ABANDON_LOOKBACK_MS, now - ABANDON_AFTER_MS)
+            .await?;
+        for job in jobs {
+            let reason = format!(
+                "the submission did not complete within {} minutes; nothing of it ran",
+                ABANDON_AFTER_MS / 60_000
+            );
+            if self.store.abandon_job(&job.job_id, &reason).await? {
+                tracing::warn!(job_id = %job.job_id, "an abandoned submission was closed");
+                out.abandoned.push(job.job_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn stranded(
+        &self,
+        queue: &str,
+        all_queues: &[String],
+        out: &mut Reconciled,
+    ) -> Result<(), anyhow::Error> {
+        let (jobs, _) = self
+            .store
+            .list_jobs_in_queue(queue, JOBS_PER_QUEUE, None, |j| {
+                !j.state.is_terminal()
+                    && j.state != JobState::Submitted
+                    && !j.uncommitted
+                    && j.array.is_none()
+            })
+            .await?;
+        for job in jobs {
+            let (counts, _, _) = self.store.job_counts(&job.job_id).await?;
+            if counts.get(TaskState::Runnable) == 0 {
+                continue;
+            }
+            let own = WorkerPool::new(queue, &job.team, None).name();
+            let pools = all_queues
+                .iter()
+                .filter(|n| **n == own || n.starts_with(&format!("{own}--")));
+            let mut messages = 0;
+            for p in pools {
+                let url = self.queues.url(p).await?;
+                let (visible, in_flight) = self.queues.depth(&url).await?;
+                messages += visible + in_flight;
+            }
+            if messages == 0
+                && self
+                    .store
+                    .start_work(&job.job_id, WorkKind::Enqueue)
+                    .await?
+            {
+                tracing::warn!(job_id = %job.job_id, runnable = counts.get(TaskState::Runnable),
+                    "RUNNABLE tasks with no message in any pool: sending them again");
+                out.resent_jobs.push(job.job_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, dlq: &str, out: &mut Reconciled) -> Result<(), anyhow::Error> {
+        let url = self.queues.url(dlq).await?;
+        while out.dead_letters < DEAD_LETTERS_PER_RUN {
+            let got = self
+                .queues
+                .receive(
+                    &url,
+                    10,
+                    std::time::Duration::ZERO,
+                    std::time::Duration::from_secs(60),
+                )
+                .await?;
+            if got.is_empty() {
+                break;
+            }
+            for d in got {
+                out.dead_letters += 1;
+                let handled = match &d.message {
+                    Some(m) => self.dead_letter(m, out).await,
+                    None => Ok(()),
+                };
+                match handled {
+                    Ok(()) => {
+                        self.queues
+                            .delete(&url, std::slice::from_ref(&d.receipt_handle))
+                            .await?
+                    }
+                    // Left in the dead-letter queue: the next run tries again.
+                    Err(e) => out.errors.push(format!("dead letter {}: {e}", d.body)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        m: &TaskMessage,
+        out: &mut Reconciled,
+    ) -> Result<(), anyhow::Error> {
+        let Some(job) = self.store.get_job(&m.job_id).await? else {
+            return Ok(());
+        };
+        let Some(task) = self
+            .store
+            .get_task(&m.job_id, job.shard_count, &m.task_id)
+            .await?
+        else {
+            return Ok(());
+        };
+        if task.kind != TaskKind::Command || task.state.is_terminal() {
+            return Ok(());
+        }
+        let pool = task.pool_name().to_string();
+        let lease_live = task.lease_expires.is_some_and(|e| e > now_ms());
+        match task.state {
+            TaskState::Running if lease_live => {
+                // A long attempt's message: keep one around for a takeover.
+                self.queues
+                    .send_delayed(
+                        &pool,
+                        std::slice::from_ref(m),
+                        std::time::Duration::from_secs(900),
+                    )
+                    .await?;
+                out.redriven += 1;
+            }
+            // Its worker is gone: the message lets the takeover happen.
+            TaskState::Running => {
+                self.queues.send(&pool, std::slice::from_ref(m)).await?;
+                out.redriven += 1;
+            }
+            TaskState::Runnable => {
+                if self.store.mark_redriven(&task).await? {
+                    self.queues.send(&pool, std::slice::from_ref(m)).await?;
+                    out.redriven += 1;
+                } else {
+                    let reason = format!(
+                        "no worker took it: its message was dead-lettered twice after {} receives each; it needs {} vCPU, {} MiB{} and pool {pool} has no worker that large, or none at all",
+                        self.queues.max_receives(),
+                        crate::domain::placement::vcpus(u64::from(task.cpu_milli)),
+                        task.memory_mib,
+                        if task.gpu > 0 { format!(", {} GPU", task.gpu) } else { String::new() },
+                    );
+                    if self.store.fail_undeliverable(&task, &reason).await? {
+                        tracing::error!(job_id = %task.job_id, task_id = %task.task_id, reason, "task failed: undeliverable");
+                        out.undeliverable
+                            .push(format!("{}/{}", task.job_id, task.task_id));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
