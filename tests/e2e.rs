@@ -252,21 +252,40 @@ tasks:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_kills_running_tasks_and_skips_waiting_ones() {
     let h = Harness::start(|o| o.lease_seconds = 3).await;
+    let pid_file = batchplane_testing::shared_file(&h.dir.join("long.pid"));
     let job = h
-        .submit(
+        .submit(&format!(
             r#"
 name: long
 tasks:
-  - {id: long, command: [sleep, "300"]}
-  - {id: later, command: ['true'], depends_on: [long]}
-  - {id: queued, command: [sleep, "300"], cpu: 64}
+  - {{id: long, command: [sh, -c, "echo $$ > {}; exec sleep 300"]}}
+  - {{id: later, command: ['true'], depends_on: [long]}}
+  - {{id: queued, command: [sleep, "300"], cpu: 64}}
 "#,
-        )
+            pid_file.display()
+        ))
         .await;
     h.wait_task(&job, "long", "RUNNING", MINUTE).await;
+    let pid: i32 = wait_for("the long task's pid", MINUTE, || async {
+        let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        text.trim().parse().map_err(|_| format!("{text:?}"))
+    })
+    .await;
     let r = h.post(&format!("/v1/jobs/{job}/cancel"), "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let started = std::time::Instant::now();
+    // The process itself is gone within two heartbeats (a second each, with a 3 s lease).
+    wait_for(
+        "the cancelled task's process to be gone",
+        Duration::from_secs(3),
+        || async {
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+            (!alive)
+                .then_some(())
+                .ok_or_else(|| format!("pid {pid} is alive"))
+        },
+    )
+    .await;
     let done = h.wait(&job, MINUTE).await;
     assert_eq!(done["state"], "CANCELLED", "{done}");
     assert!(
@@ -343,8 +362,7 @@ async fn duplicate_stream_records_release_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_sqs_deliveries_run_each_task_once() {
     let h = Harness::start(|o| o.workers = 3).await;
-    let job = h.submit(&counted_spec(&h.dir, 20, "0.3")).await;
-    // Deliver every task's message twice more, as SQS may.
+    let job = h.submit(&counted_spec(&h.dir, 20, "2")).await;
     let queues = &h.stack.service.queues;
     let jobrec = h.stack.service.store.get_job(&job).await.unwrap().unwrap();
     let mut dupes = Vec::new();
@@ -360,16 +378,32 @@ async fn duplicate_sqs_deliveries_run_each_task_once() {
             array_child: false,
         });
     }
+    // Twice more while every task runs (a copy of a message a worker holds), as SQS may
+    // deliver one...
+    for i in 0..20 {
+        h.wait_task(&job, &format!("t{i}"), "RUNNING", MINUTE).await;
+    }
     for _ in 0..2 {
-        queues.send("default", &dupes).await.unwrap();
+        queues.send("default--t-default", &dupes).await.unwrap();
     }
     let done = h.wait(&job, 2 * MINUTE).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
-    // Duplicates that arrive after the task finished are dropped, never run.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // ...and once more after each has succeeded.
+    queues.send("default--t-default", &dupes).await.unwrap();
+    // Every copy is received and dropped: the pool's queue drains.
+    let url = queues.url("default--t-default").await.unwrap();
+    wait_for("the duplicates to be dropped", MINUTE, || async {
+        let (visible, in_flight) = queues.depth(&url).await.map_err(|e| e.to_string())?;
+        (visible + in_flight == 0)
+            .then_some(())
+            .ok_or_else(|| format!("{visible} visible, {in_flight} in flight"))
+    })
+    .await;
     assert_each_ran_once(&h.dir, 20);
     for i in 0..20 {
-        assert_eq!(h.task(&job, &format!("t{i}")).await["attempt"], 1);
+        let t = h.task(&job, &format!("t{i}")).await;
+        assert_eq!(t["attempt"], 1, "{t}");
+        assert_eq!(attempts(&t).len(), 1, "{t}");
     }
     h.shutdown().await;
 }

@@ -40,6 +40,35 @@ async fn queue_with_arn(h: &Harness, name: &str) -> (String, String) {
     (url, arn)
 }
 
+/// `seq` is a lifecycle: statuses in AWS Batch's order, none twice, holding `must`,
+/// ending in `last`.
+fn assert_lifecycle(seq: &[String], must: &[&str], last: &str) {
+    const ORDER: [&str; 8] = [
+        "SUBMITTED",
+        "PENDING",
+        "RUNNABLE",
+        "STARTING",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+    ];
+    let rank = |s: &str| {
+        ORDER
+            .iter()
+            .position(|o| *o == s)
+            .unwrap_or_else(|| panic!("unknown status {s} in {seq:?}"))
+    };
+    assert!(
+        seq.windows(2).all(|w| rank(&w[0]) < rank(&w[1])),
+        "out of order or repeated: {seq:?}"
+    );
+    for m in must {
+        assert!(seq.iter().any(|s| s == m), "{m} missing: {seq:?}");
+    }
+    assert_eq!(seq.last().map(String::as_str), Some(last), "{seq:?}");
+}
+
 /// Every message on the queue until it has been quiet for `quiet`.
 async fn drain(h: &Harness, url: &str, quiet: Duration) -> Vec<Value> {
     let sqs = h.stack.service.queues.client();
@@ -70,7 +99,13 @@ async fn drain(h: &Harness, url: &str, quiet: Duration) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_transition_is_published_once_and_task_events_only_when_asked() {
-    let h = Harness::start(|o| o.poller.duplicate_batches = true).await;
+    // Every batch twice, most first cut short: redeliveries overlap the first delivery
+    // with other boundaries, not only follow it.
+    let h = Harness::start(|o| {
+        o.poller.duplicate_batches = true;
+        o.poller.retry_cut_short = 0.7;
+    })
+    .await;
     let (url, arn) = queue_with_arn(&h, &format!("{}events", h.stack.opts.queue_prefix)).await;
     let eventbridge = moto(&h, |c| {
         aws_sdk_eventbridge::Client::from_conf(
@@ -138,34 +173,20 @@ async fn every_transition_is_published_once_and_task_events_only_when_asked() {
             })
             .collect()
     };
+    // Each job's whole sequence: in lifecycle order, each status once, from SUBMITTED
+    // through RUNNING to its end.
     let chatty_jobs = statuses(&chatty, "Job State Change");
-    assert_eq!(
-        chatty_jobs.first().map(String::as_str),
-        Some("SUBMITTED"),
-        "{chatty_jobs:?}"
-    );
-    assert_eq!(
-        chatty_jobs.last().map(String::as_str),
-        Some("SUCCEEDED"),
-        "{chatty_jobs:?}"
-    );
-    assert!(
-        chatty_jobs.contains(&"RUNNING".to_string()),
-        "{chatty_jobs:?}"
-    );
+    assert_lifecycle(&chatty_jobs, &["SUBMITTED", "RUNNING"], "SUCCEEDED");
     let chatty_tasks = statuses(&chatty, "Task State Change");
-    for t in ["a:RUNNING", "a:SUCCEEDED", "b:RUNNING", "b:SUCCEEDED"] {
-        assert!(
-            chatty_tasks.contains(&t.to_string()),
-            "{t} missing: {chatty_tasks:?}"
-        );
+    for t in ["a", "b"] {
+        let seq: Vec<String> = chatty_tasks
+            .iter()
+            .filter_map(|s| s.strip_prefix(&format!("{t}:")).map(str::to_string))
+            .collect();
+        assert_lifecycle(&seq, &["RUNNING"], "SUCCEEDED");
     }
     let quiet_jobs = statuses(&quiet, "Job State Change");
-    assert_eq!(
-        quiet_jobs.last().map(String::as_str),
-        Some("FAILED"),
-        "{quiet_jobs:?}"
-    );
+    assert_lifecycle(&quiet_jobs, &["SUBMITTED"], "FAILED");
     assert!(
         statuses(&quiet, "Task State Change").is_empty(),
         "task events were not asked for"
@@ -255,6 +276,7 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
     for (name, command, expect) in [
         ("ok", "sleep 2", "SUCCEEDED"),
         ("broken", "exit 3", "FAILED"),
+        ("stopped", "sleep 60", "CANCELLED"),
     ] {
         let execution = run(name, command).await;
         let body = loop {
@@ -306,9 +328,49 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
             )
             .await;
         }
+        if expect == "CANCELLED" {
+            h.wait_task(&job, "step", "RUNNING", Duration::from_secs(30))
+                .await;
+            let r = h.post(&format!("/v1/jobs/{job}/cancel"), "").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
         let done = h.wait(&job, Duration::from_secs(60)).await;
         let d = wait_status(execution).await;
-        assert_eq!(d.status().as_str(), expect, "{done} {d:?}");
+        // The execution fails on a failed or cancelled job, with the error a Catch or
+        // Retry names and the job's own reason as the cause.
+        let (status, error) = match expect {
+            "SUCCEEDED" => ("SUCCEEDED", None),
+            "FAILED" => ("FAILED", Some(batchplane_publisher::JOB_FAILED)),
+            _ => ("FAILED", Some(batchplane_publisher::JOB_CANCELLED)),
+        };
+        assert_eq!(d.status().as_str(), status, "{done} {d:?}");
+        assert_eq!(d.error(), error, "{d:?}");
+        if error.is_some() {
+            // moto keeps no cause (its DescribeExecution and history leave it out), so
+            // the callback the publisher sent is checked from the job it was made of.
+            let record = h
+                .stack
+                .service
+                .store
+                .get_job(&job)
+                .await
+                .must("reading the job")
+                .must("the job");
+            let want = if expect == "FAILED" {
+                "1 of 1 tasks failed"
+            } else {
+                "cancelled by request"
+            };
+            match batchplane_publisher::job_callback(&record) {
+                Some(batchplane_publisher::Callback::Failure {
+                    error: e, cause, ..
+                }) => {
+                    assert_eq!(Some(e.as_str()), error);
+                    assert!(cause.contains(want), "cause {cause:?} of {done}");
+                }
+                other => panic!("not a failure callback: {other:?}"),
+            }
+        }
         if expect == "SUCCEEDED" {
             let output: Value = serde_json::from_str(d.output().unwrap_or("{}")).must("the output");
             assert_eq!(

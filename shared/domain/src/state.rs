@@ -84,7 +84,8 @@ pub enum TaskTransition {
     Claim,
     /// A worker takes over a task whose lease lapsed, as the next attempt.
     TakeOver,
-    /// A lapsed lease was the task's last attempt: it fails instead of being taken over.
+    /// A lapsed lease ends the task instead of a take-over: it was the task's last
+    /// attempt (FAILED), or the task was cancelled (CANCELLED).
     ExhaustLeases,
     /// The holder of the lease reports how the attempt ended: the task ends, or goes back
     /// to RUNNABLE to be tried again (retry strategy, or the next tier after an OOM).
@@ -130,9 +131,8 @@ impl TaskTransition {
         use TaskState::*;
         match self {
             TaskTransition::Release => &[Runnable],
-            TaskTransition::FailDependent
-            | TaskTransition::ExhaustLeases
-            | TaskTransition::Undeliverable => &[Failed],
+            TaskTransition::FailDependent | TaskTransition::Undeliverable => &[Failed],
+            TaskTransition::ExhaustLeases => &[Failed, Cancelled],
             TaskTransition::Claim | TaskTransition::TakeOver => &[Running],
             TaskTransition::Finish => &[Succeeded, Failed, Cancelled, Runnable],
             TaskTransition::PassBarrier => &[Succeeded],

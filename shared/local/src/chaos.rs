@@ -80,7 +80,7 @@ impl ChaosOptions {
             kills: 4,
             stops: 2,
             baseline: false,
-            timeout_seconds: 600,
+            timeout_seconds: 240,
         }
     }
 
@@ -253,57 +253,70 @@ async fn one_run(
     sqs.set_plan(opts.plan());
 
     let started = Instant::now();
-    let workload = tokio::spawn(workload(api.clone(), ledger_file.clone(), opts.tasks));
-    let mut workload = std::pin::pin!(workload);
+    let jobs = workload(api.clone(), ledger_file.clone(), opts.tasks).await?;
     let mut kills = 0u32;
     let mut stops = 0u32;
     let mut stopped: Vec<(u32, Instant)> = Vec::new();
     let stop_for = Duration::from_secs(opts.lease_seconds)
         + 2 * batchplane::domain::lease::fence_margin(Duration::from_secs(opts.lease_seconds))
         + Duration::from_secs(1);
-    let mut tick = tokio::time::interval(Duration::from_millis(700));
+    // Faults spread over the run: its length guessed at thirty tasks a second, so that
+    // all of them are in before it ends.
+    let faults = u64::from(opts.kills + opts.stops).max(1);
+    let every = Duration::from_millis(((opts.tasks as u64 * 33) / faults).clamp(500, 20_000));
+    let mut next_fault = Instant::now() + every;
     let deadline = started + Duration::from_secs(opts.timeout_seconds);
-    let jobs = loop {
-        tokio::select! {
-            done = &mut workload => break done.context("the workload panicked")??,
-            _ = tick.tick() => {
-                if Instant::now() > deadline {
-                    bail!("the workload did not finish within {} s", opts.timeout_seconds);
-                }
-                // Wake the stopped ones whose time is up.
-                stopped.retain(|(pid, since)| {
-                    if since.elapsed() >= stop_for {
-                        let _ = stack.signal_worker(*pid, nix::sys::signal::Signal::SIGCONT);
-                        false
-                    } else {
-                        true
-                    }
-                });
-                let candidates: Vec<u32> = stack
-                    .worker_pids()
-                    .into_iter()
-                    .filter(|p| !stopped.iter().any(|(s, _)| s == p))
-                    .collect();
-                if candidates.len() < 2 {
-                    continue;
-                }
-                let pid = candidates[fastrand::usize(..candidates.len())];
-                if kills < opts.kills && (stops >= opts.stops || fastrand::bool()) {
-                    if stack.signal_worker(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
-                        kills += 1;
-                        if let Err(e) = stack.spawn_worker().await {
-                            tracing::warn!(error = %format!("{e:#}"), "replacing a killed worker failed");
-                        }
-                    }
-                } else if stops < opts.stops
-                    && stack.signal_worker(pid, nix::sys::signal::Signal::SIGSTOP).is_ok()
-                {
-                    stops += 1;
-                    stopped.push((pid, Instant::now()));
+    let mut timed_out = false;
+    loop {
+        if api.all_closed(&jobs).await? {
+            break;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Wake the stopped ones whose time is up.
+        stopped.retain(|(pid, since)| {
+            if since.elapsed() >= stop_for {
+                let _ = stack.signal_worker(*pid, nix::sys::signal::Signal::SIGCONT);
+                false
+            } else {
+                true
+            }
+        });
+        if Instant::now() < next_fault || (kills >= opts.kills && stops >= opts.stops) {
+            continue;
+        }
+        next_fault = Instant::now() + every;
+        let candidates: Vec<u32> = stack
+            .worker_pids()
+            .into_iter()
+            .filter(|p| !stopped.iter().any(|(s, _)| s == p))
+            .collect();
+        if candidates.len() < 2 {
+            continue;
+        }
+        let pid = candidates[fastrand::usize(..candidates.len())];
+        if kills < opts.kills && (stops >= opts.stops || fastrand::bool()) {
+            if stack
+                .signal_worker(pid, nix::sys::signal::Signal::SIGKILL)
+                .is_ok()
+            {
+                kills += 1;
+                if let Err(e) = stack.spawn_worker().await {
+                    tracing::warn!(error = %format!("{e:#}"), "replacing a killed worker failed");
                 }
             }
+        } else if stops < opts.stops
+            && stack
+                .signal_worker(pid, nix::sys::signal::Signal::SIGSTOP)
+                .is_ok()
+        {
+            stops += 1;
+            stopped.push((pid, Instant::now()));
         }
-    };
+    }
     let makespan_s = started.elapsed().as_secs_f64();
     for (pid, _) in stopped.drain(..) {
         let _ = stack.signal_worker(pid, nix::sys::signal::Signal::SIGCONT);
@@ -313,6 +326,15 @@ async fn one_run(
     ddb.set_plan(FaultPlan::none());
     sqs.set_plan(FaultPlan::none());
     let mut report = check(&api, &stack, &ledger_file, &jobs).await?;
+    if timed_out {
+        report.problems.insert(
+            0,
+            format!(
+                "the workload did not finish within {} s",
+                opts.timeout_seconds
+            ),
+        );
+    }
     report.options = Some(opts.clone());
     report.makespan_s = makespan_s;
     report.calls_forwarded = dcounts.forwarded + scounts.forwarded;
@@ -352,7 +374,7 @@ struct Jobs {
 async fn workload(api: Api, ledger_file: PathBuf, tasks: usize) -> anyhow::Result<Jobs> {
     let width = (tasks / 4).max(4);
     let array = (tasks / 5).max(2);
-    let added = (tasks / 20).clamp(1, 100);
+    let added = (tasks / 20).max(1);
     let cmd = |fail: u32| ledger::task_command(&ledger_file, 2, 100, fail);
     // The DAG: root, a fan-out of `width` tasks each with a child, a fan-in sink; every
     // tenth task of the fan-out fails its first attempt and is retried.
@@ -372,7 +394,7 @@ async fn workload(api: Api, ledger_file: PathBuf, tasks: usize) -> anyhow::Resul
         .await?;
     // Tasks added while it runs, in additions of up to a hundred.
     let extra: Vec<Value> = (0..added)
-        .map(|i| json!({"id": format!("a{i}"), "command": cmd(0), "cpu": 0.5, "depends_on": ["root"]}))
+        .map(|i| json!({"id": format!("a{i}"), "command": cmd(0), "cpu": 0.5, "depends_on": [format!("m{}", i % width)]}))
         .collect();
     for chunk in extra.chunks(100) {
         api.add_tasks(&dag_job, chunk).await?;
@@ -402,7 +424,7 @@ async fn workload(api: Api, ledger_file: PathBuf, tasks: usize) -> anyhow::Resul
         .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     api.cancel(&doomed).await?;
-    let jobs = Jobs {
+    Ok(Jobs {
         expected: vec![
             (dag_job, "SUCCEEDED"),
             (first, "SUCCEEDED"),
@@ -410,11 +432,7 @@ async fn workload(api: Api, ledger_file: PathBuf, tasks: usize) -> anyhow::Resul
             (doomed.clone(), "CANCELLED"),
         ],
         cancelled: doomed,
-    };
-    for (job, _) in &jobs.expected {
-        api.wait_closed(job).await?;
-    }
-    Ok(jobs)
+    })
 }
 
 async fn check(
@@ -579,7 +597,12 @@ impl Api {
         key: Option<&str>,
     ) -> anyhow::Result<(u16, Value)> {
         let mut last = String::new();
-        for attempt in 0..30u32 {
+        // Longer than an idempotency key's hold (60 s): a submission whose writer died
+        // keeps its key that long.
+        let give_up = Instant::now() + Duration::from_secs(150);
+        let mut attempt = 0u32;
+        while Instant::now() < give_up {
+            attempt += 1;
             let mut req = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.base));
@@ -606,9 +629,9 @@ impl Api {
                 }
                 Err(e) => last = e.to_string(),
             }
-            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10) + 1))).await;
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
         }
-        bail!("{method} {path}: still failing after 30 tries: {last}")
+        bail!("{method} {path}: still failing after {attempt} tries: {last}")
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -664,17 +687,17 @@ impl Api {
         Ok(())
     }
 
-    async fn wait_closed(&self, job: &str) -> anyhow::Result<()> {
-        loop {
+    async fn all_closed(&self, jobs: &Jobs) -> anyhow::Result<bool> {
+        for (job, _) in &jobs.expected {
             let v = self.get(&format!("/v1/jobs/{job}")).await?;
-            if matches!(
+            if !matches!(
                 v["state"].as_str(),
                 Some("SUCCEEDED" | "FAILED" | "CANCELLED")
             ) {
-                return Ok(());
+                return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        Ok(true)
     }
 
     async fn all_tasks(&self, job: &str) -> anyhow::Result<Vec<Value>> {

@@ -130,6 +130,10 @@ impl Store {
             Err(None) => Ok(Claim::NotClaimable {
                 reason: "no such task".into(),
             }),
+            // A claim applied on a try whose answer was lost looks like this too (held by
+            // this worker): it is not adopted, since two messages for one task can reach
+            // one worker at once and only one of them may run it. Its lease lapses and
+            // the task is taken over; nothing runs twice.
             Err(Some(old)) => {
                 self.take_over(k, job_id, task_from_item(&old)?, &lease)
                     .await
@@ -222,7 +226,7 @@ impl Store {
         // `takeover_after(expires)`, so the two attempts never overlap.
         let expires = task.lease_expires.unwrap_or(0);
         let free_at = crate::domain::lease::takeover_after(expires, lease.length);
-        if task.cancel_requested || free_at >= now {
+        if free_at >= now {
             return Ok(Claim::NotClaimable {
                 reason: format!(
                     "held by worker {} until {}",
@@ -242,8 +246,10 @@ impl Store {
             )),
             ..Default::default()
         };
-        let exhausted =
-            crate::domain::tiers::budgeted_attempts(task.attempt, task.tier) >= task.max_attempts;
+        // A cancelled task whose worker is gone ends CANCELLED; it is not run again.
+        let exhausted = task.cancel_requested
+            || crate::domain::tiers::budgeted_attempts(task.attempt, task.tier)
+                >= task.max_attempts;
         let transition = if exhausted {
             TaskTransition::ExhaustLeases
         } else {
@@ -268,9 +274,30 @@ impl Store {
             .expression_attribute_values(":attempt", n(task.attempt))
             .expression_attribute_values(":empty", AttributeValue::L(vec![]))
             .expression_attribute_values(":lost", AttributeValue::L(vec![attempt_to_value(&lost)]));
+        // Kept as "held": the message stays. The race may have been lost to this very
+        // write, applied on a try whose answer was lost; then the lease this worker
+        // does not know it holds lapses, and the message lets the task be taken over.
         let lost_race = Claim::NotClaimable {
-            reason: "another worker took it over".into(),
+            reason: format!(
+                "held by another worker: a take-over of attempt {} raced",
+                task.attempt
+            ),
         };
+        if exhausted && task.cancel_requested {
+            let cancelled = req
+                .update_expression(
+                    "SET #state = :cancelled, reason = :reason, finished_at = :now, attempts = list_append(if_not_exists(attempts, :empty), :lost) REMOVE lease_expires",
+                )
+                .expression_attribute_values(":cancelled", s(TaskState::Cancelled.as_str()))
+                .expression_attribute_values(":reason", s("job cancelled; its worker was lost"))
+                .with_states(transition.from());
+            return Ok(match send_if(cancelled).await? {
+                Some(_) => Claim::NotClaimable {
+                    reason: "cancelled: its worker was lost".into(),
+                },
+                None => lost_race,
+            });
+        }
         if exhausted {
             let reason = format!(
                 "worker lost on attempt {} of {}; no attempts left",

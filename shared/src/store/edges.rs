@@ -159,9 +159,15 @@ impl Store {
                 .update_expression(
                     "SET dependents = list_append(if_not_exists(dependents, :empty), :to)",
                 )
-                .condition_expression(state_in(&TaskState::OPEN))
+                // Once: a retry of a write that was applied (its answer lost) must not
+                // list the dependent twice.
+                .condition_expression(format!(
+                    "{} AND (attribute_not_exists(dependents) OR NOT contains(dependents, :to_one))",
+                    state_in(&TaskState::OPEN)
+                ))
                 .expression_attribute_values(":empty", AttributeValue::L(vec![]))
                 .expression_attribute_values(":to", list_s(&[to.to_string()]))
+                .expression_attribute_values(":to_one", s(to))
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 )
@@ -170,7 +176,13 @@ impl Store {
         .await?;
         match appended {
             Ok(_) => Ok(Ok(())),
-            Err(Some(it)) => Ok(Err(task_from_item(&it)?)),
+            Err(Some(it)) => {
+                let task = task_from_item(&it)?;
+                if task.dependents.iter().any(|d| d == to) {
+                    return Ok(Ok(()));
+                }
+                Ok(Err(task))
+            }
             Err(None) => Err(StoreError::ConditionFailed {
                 operation: "UpdateItem",
                 current: None,

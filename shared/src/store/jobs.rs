@@ -62,6 +62,10 @@ impl Store {
                 let old = old.unwrap_or_default();
                 let r = Reader::new(&old);
                 let existing = r.req_s("job_id")?;
+                // Our own claim, applied on a try whose answer was lost.
+                if existing == job_id {
+                    return Ok(KeyClaim::Claimed);
+                }
                 // A key written before keys were held is a bound one.
                 Ok(match r.opt_n::<i64>("held_until")? {
                     Some(until) => KeyClaim::Held {

@@ -423,7 +423,9 @@ impl Fanout {
             let job = edges.entry(t.task.job_id.as_str()).or_default();
             for d in &t.task.dependents {
                 let e = job.entry(d.as_str()).or_insert((Vec::new(), i));
-                e.0.push(t.task.task_id.clone());
+                if !e.0.contains(&t.task.task_id) {
+                    e.0.push(t.task.task_id.clone());
+                }
                 e.1 = e.1.min(i);
             }
         }
@@ -460,17 +462,31 @@ impl Fanout {
                     Some((d, deps, i))
                 })
                 .collect();
+            let released_by = |d: &TaskRecord, deps: &[String]| {
+                d.state == TaskState::Runnable
+                    && d.enqueued_on_release
+                    && deps.iter().all(|x| d.deps_done.contains(x))
+            };
             let results: Vec<(usize, TaskRecord, Result<bool, StoreError>)> = stream::iter(work)
                 .map(|(d, deps, i)| {
                     let store = self.store.clone();
                     async move {
-                        let r = if d.state == TaskState::Runnable
-                            && d.enqueued_on_release
-                            && deps.iter().all(|x| d.deps_done.contains(x))
-                        {
-                            Ok(true)
-                        } else {
-                            store.release_edges(&d, &deps, true).await
+                        if released_by(&d, &deps) {
+                            return (i, d, Ok(true));
+                        }
+                        let r = match store.release_edges(&d, &deps, true).await {
+                            // Refused: another writer got there, or this very write was
+                            // applied on a try whose answer was lost. Which, the task
+                            // says: released by these edges, it is sent here.
+                            Ok(false) => match store
+                                .get_task_in_shard(&d.job_id, d.shard, &d.task_id)
+                                .await
+                            {
+                                Ok(Some(now)) if released_by(&now, &deps) => Ok(true),
+                                Ok(_) => Ok(false),
+                                Err(e) => Err(e),
+                            },
+                            other => other,
                         };
                         (i, d, r)
                     }

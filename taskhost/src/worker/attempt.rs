@@ -53,6 +53,14 @@ pub(super) async fn start(
                     None => return drop(),
                 }
             }
+            // A cancelled job starts no more children, but one already running whose
+            // worker died is ended (CANCELLED) by the claim's take-over path: the
+            // claim below never creates a child.
+            Ok(Some(job)) if job.cancel_requested && !job.state.is_terminal() => ctx
+                .store
+                .claim_task(&m.job_id, m.shard, &m.task_id, &ctx.worker_id, ctx.lease)
+                .await
+                .map(|c| crate::templates::with_template(c, &job)),
             Ok(_) => return drop(),
             Err(e) => {
                 tracing::warn!(error = %e, job_id = %m.job_id, "reading the job failed; the message will come back");
