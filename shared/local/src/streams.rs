@@ -131,6 +131,36 @@ impl Consumer {
     }
 }
 
+/// Hand one batch to the consumer (cut short first, or twice, as the options say); the
+/// first failed record's sequence number, if any.
+async fn deliver(
+    consumer: &Consumer,
+    opts: &PollerOptions,
+    records: &[aws_sdk_dynamodbstreams::types::Record],
+    stream_arn: &str,
+) -> Option<String> {
+    let mut event = Event::default();
+    event.records = records
+        .iter()
+        .map(|r| to_event_record(r, stream_arn))
+        .collect();
+    if opts.retry_cut_short > 0.0
+        && event.records.len() > 1
+        && fastrand::f64() < opts.retry_cut_short
+    {
+        let mut cut = event.clone();
+        cut.records
+            .truncate(1 + fastrand::usize(..event.records.len() - 1));
+        let _ = consumer.invoke(&cut).await;
+    }
+    let times = if opts.duplicate_batches { 2 } else { 1 };
+    let mut failed_at = None;
+    for _ in 0..times {
+        failed_at = consumer.invoke(&event).await;
+    }
+    failed_at
+}
+
 /// Add the stream's shards not yet known, each read from its start.
 async fn discover_shards(
     client: &aws_sdk_dynamodbstreams::Client,
@@ -230,26 +260,7 @@ pub async fn poll(
             let records = out.records();
             let mut next = out.next_shard_iterator().map(str::to_string);
             if !records.is_empty() {
-                let mut event = Event::default();
-                event.records = records
-                    .iter()
-                    .map(|r| to_event_record(r, &stream_arn))
-                    .collect();
-                if opts.retry_cut_short > 0.0
-                    && event.records.len() > 1
-                    && fastrand::f64() < opts.retry_cut_short
-                {
-                    let mut cut = event.clone();
-                    cut.records
-                        .truncate(1 + fastrand::usize(..event.records.len() - 1));
-                    let _ = consumer.invoke(&cut).await;
-                }
-                let times = if opts.duplicate_batches { 2 } else { 1 };
-                let mut failed_at = None;
-                for _ in 0..times {
-                    failed_at = consumer.invoke(&event).await;
-                }
-                match failed_at {
+                match deliver(&consumer, &opts, records, &stream_arn).await {
                     Some(seq) => {
                         // Resume from the failed record, after a pause, as Lambda retries;
                         // what came before it is done.

@@ -234,46 +234,7 @@ impl Service {
             },
             ..JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
         };
-        // Nothing is sent to a queue before the commit: a submission that fails or
-        // dies part-way runs nothing, and is closed (here, or by the reconciler).
-        let written = async {
-            self.store.put_job(&job).await?;
-            self.store
-                .write_staged_tasks(
-                    &job_id,
-                    shard_count,
-                    (&spec.queue, &spec.team),
-                    self.max_attempts,
-                    &plan,
-                )
-                .await?;
-            self.store.commit_job(&job_id).await
-        }
-        .await;
-        match written {
-            Ok(true) => {}
-            Ok(false) => {
-                let why = "it took too long and was closed as abandoned";
-                self.abandon_submission(&spec.team, idempotency_key, &job_id, why)
-                    .await;
-                return Err(ApiError::new(
-                    ErrorKind::Busy,
-                    "SubmissionAbandoned",
-                    format!("job {job_id}: {why}; submit again"),
-                    json!({"job_id": job_id}),
-                ));
-            }
-            Err(e) => {
-                self.abandon_submission(
-                    &spec.team,
-                    idempotency_key,
-                    &job_id,
-                    &format!("writing it failed: {e}"),
-                )
-                .await;
-                return Err(e.into());
-            }
-        }
+        self.write_and_commit(&job, &plan, idempotency_key).await?;
         if let Some(k) = idempotency_key {
             self.store
                 .bind_idempotency_key(&spec.team, k, &job_id)
@@ -284,6 +245,57 @@ impl Service {
             job_id,
             created: true,
         })
+    }
+
+    /// Write a submitted job and its tasks, then commit it. Nothing is sent to a queue
+    /// before the commit: a submission that fails or dies part-way runs nothing, and is
+    /// closed (here, or by the reconciler).
+    async fn write_and_commit(
+        &self,
+        job: &JobRecord,
+        plan: &[crate::domain::PlannedTask],
+        idempotency_key: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let job_id = job.job_id.as_str();
+        let written = async {
+            self.store.put_job(job).await?;
+            self.store
+                .write_staged_tasks(
+                    job_id,
+                    job.shard_count,
+                    (&job.queue, &job.team),
+                    self.max_attempts,
+                    plan,
+                )
+                .await?;
+            self.store.commit_job(job_id).await
+        }
+        .await;
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                let why = "it took too long and was closed as abandoned";
+                self.abandon_submission(&job.team, idempotency_key, job_id, why)
+                    .await;
+                return Err(ApiError::new(
+                    ErrorKind::Busy,
+                    "SubmissionAbandoned",
+                    format!("job {job_id}: {why}; submit again"),
+                    json!({"job_id": job_id}),
+                ));
+            }
+            Err(e) => {
+                self.abandon_submission(
+                    &job.team,
+                    idempotency_key,
+                    job_id,
+                    &format!("writing it failed: {e}"),
+                )
+                .await;
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn job(&self, job_id: &str) -> Result<JobRecord, ApiError> {

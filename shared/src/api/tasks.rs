@@ -185,12 +185,33 @@ impl Service {
                 return Err(e.into());
             }
         }
+        self.link_to_stored(job_id, job.shard_count, &edges, &plan)
+            .await?;
+        tracing::info!(job_id, added = tasks.len(), "tasks added");
+        Ok(Added {
+            job_id: job_id.to_string(),
+            added: tasks.len(),
+        })
+    }
+}
+
+impl Service {
+    /// Give each added task's stored dependencies their new dependent; where one has
+    /// finished already, act as its stream record would have (release the added task,
+    /// or fail it).
+    async fn link_to_stored(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        edges: &[crate::domain::ExistingEdge],
+        plan: &[crate::domain::PlannedTask],
+    ) -> Result<(), ApiError> {
         let written: std::collections::HashMap<&str, &crate::domain::PlannedTask> =
             plan.iter().map(|t| (t.id.as_str(), t)).collect();
-        for e in &edges {
+        for e in edges {
             if let Err(from) = self
                 .store
-                .append_dependent(job_id, job.shard_count, &e.from, &e.to)
+                .append_dependent(job_id, shard_count, &e.from, &e.to)
                 .await?
             {
                 // The dependency finished before we could link it: act as its
@@ -200,7 +221,7 @@ impl Service {
                 };
                 let Some(to) = self
                     .store
-                    .get_tasks(job_id, job.shard_count, std::slice::from_ref(&planned.id))
+                    .get_tasks(job_id, shard_count, std::slice::from_ref(&planned.id))
                     .await?
                     .remove(&planned.id)
                 else {
@@ -227,11 +248,7 @@ impl Service {
                 }
             }
         }
-        tracing::info!(job_id, added = tasks.len(), "tasks added");
-        Ok(Added {
-            job_id: job_id.to_string(),
-            added: tasks.len(),
-        })
+        Ok(())
     }
 }
 

@@ -283,38 +283,8 @@ impl Store {
                 task.attempt
             ),
         };
-        if exhausted && task.cancel_requested {
-            let cancelled = req
-                .update_expression(
-                    "SET #state = :cancelled, reason = :reason, finished_at = :now, attempts = list_append(if_not_exists(attempts, :empty), :lost) REMOVE lease_expires",
-                )
-                .expression_attribute_values(":cancelled", s(TaskState::Cancelled.as_str()))
-                .expression_attribute_values(":reason", s("job cancelled; its worker was lost"))
-                .with_states(transition.from());
-            return Ok(match send_if(cancelled).await? {
-                Some(_) => Claim::NotClaimable {
-                    reason: "cancelled: its worker was lost".into(),
-                },
-                None => lost_race,
-            });
-        }
         if exhausted {
-            let reason = format!(
-                "worker lost on attempt {} of {}; no attempts left",
-                task.attempt, task.max_attempts
-            );
-            let failed = req
-                .update_expression(
-                    "SET #state = :failed, reason = :reason, finished_at = :now, failed_in = :job, attempts = list_append(if_not_exists(attempts, :empty), :lost) REMOVE lease_expires",
-                )
-                .expression_attribute_values(":job", s(job_id))
-                .expression_attribute_values(":failed", s(TaskState::Failed.as_str()))
-                .expression_attribute_values(":reason", s(reason))
-                .with_states(transition.from());
-            return Ok(match send_if(failed).await? {
-                Some(_) => Claim::Exhausted,
-                None => lost_race,
-            });
+            return self.end_lapsed(req, job_id, &task, lost_race).await;
         }
         let taken = req
             .update_expression(
@@ -332,6 +302,50 @@ impl Store {
             }
             None => Ok(lost_race),
         }
+    }
+
+    /// A lapsed lease that ends the task instead of a take-over: CANCELLED if its job
+    /// was cancelled, else FAILED (it was the last attempt). `req` is the take-over's
+    /// conditional update, without its update expression.
+    async fn end_lapsed(
+        &self,
+        req: UpdateItemFluentBuilder,
+        job_id: &str,
+        task: &TaskRecord,
+        lost_race: Claim,
+    ) -> Result<Claim, StoreError> {
+        let from = TaskTransition::ExhaustLeases.from();
+        if task.cancel_requested {
+            let cancelled = req
+                .update_expression(
+                    "SET #state = :cancelled, reason = :reason, finished_at = :now, attempts = list_append(if_not_exists(attempts, :empty), :lost) REMOVE lease_expires",
+                )
+                .expression_attribute_values(":cancelled", s(TaskState::Cancelled.as_str()))
+                .expression_attribute_values(":reason", s("job cancelled; its worker was lost"))
+                .with_states(from);
+            return Ok(match send_if(cancelled).await? {
+                Some(_) => Claim::NotClaimable {
+                    reason: "cancelled: its worker was lost".into(),
+                },
+                None => lost_race,
+            });
+        }
+        let reason = format!(
+            "worker lost on attempt {} of {}; no attempts left",
+            task.attempt, task.max_attempts
+        );
+        let failed = req
+            .update_expression(
+                "SET #state = :failed, reason = :reason, finished_at = :now, failed_in = :job, attempts = list_append(if_not_exists(attempts, :empty), :lost) REMOVE lease_expires",
+            )
+            .expression_attribute_values(":job", s(job_id))
+            .expression_attribute_values(":failed", s(TaskState::Failed.as_str()))
+            .expression_attribute_values(":reason", s(reason))
+            .with_states(from);
+        Ok(match send_if(failed).await? {
+            Some(_) => Claim::Exhausted,
+            None => lost_race,
+        })
     }
 
     /// Extend a held lease; tells the worker whether the task was cancelled meanwhile.

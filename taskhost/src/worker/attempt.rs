@@ -2,6 +2,7 @@
 //! its process under the shim, and record how it ended and what follows (a retry, the
 //! next tier after running out of memory, or the end).
 
+use super::fence::{fence_due, write_fence};
 use super::{Ctx, Kill, Progress, Running};
 use crate::shim::Report;
 use batchplane::domain::retry::{AttemptEnd, RetryAction};
@@ -179,27 +180,6 @@ async fn sleep_or_forever(limit: Option<Duration>) {
     match limit {
         Some(t) => tokio::time::sleep(t).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the attempt's lease, as last renewed, is due to be fenced
-/// ([`batchplane::domain::lease::fence_at`]); a renewal moves the time on.
-async fn fence_due(lease: &mut watch::Receiver<i64>, length: Duration) {
-    loop {
-        let at = batchplane::domain::lease::fence_at(*lease.borrow_and_update(), length);
-        let wait = at - now_ms();
-        if wait <= 0 {
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
-            renewed = lease.changed() => {
-                if renewed.is_err() {
-                    // No more renewals can come: the last deadline stands.
-                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-                }
-            }
-        }
     }
 }
 
@@ -412,18 +392,6 @@ async fn run_process(
     }
     drop(uid_lease);
     (ending, uid)
-}
-
-/// Write the shim's fence file: the time (ms) by which the attempt must be gone unless
-/// renewed, `fence_at(lease_expires)`. Written whole and renamed into place, so the
-/// shim never reads half a number.
-fn write_fence(path: &std::path::Path, lease_expires: i64, lease: Duration) -> Result<(), String> {
-    let at = batchplane::domain::lease::fence_at(lease_expires, lease);
-    let tmp = path.with_extension("fence.tmp");
-    std::fs::create_dir_all(path.parent().unwrap_or(path))
-        .and_then(|()| std::fs::write(&tmp, at.to_string()))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write the attempt's fence {}: {e}", path.display()))
 }
 
 /// The attempt as recorded: who ran it, when, where its output is, what it reserved and

@@ -9,11 +9,13 @@
 //! | `slots` | the pure scheduler: what fits now, what to claim ahead, how much to ask for |
 //! | `receiver` | the task that long-polls SQS for as many messages as there is room for |
 //! | `attempt` | one attempt: claim, wait for its slot, run the process, record the end |
+//! | `fence` | stopping an attempt whose lease was not renewed in time |
 //! | `leases` | heartbeats and message visibility for what the worker holds |
 //! | `announce` | this worker in the pools' worker records, and its placement slot |
 
 mod announce;
 mod attempt;
+mod fence;
 mod leases;
 mod options;
 mod receiver;

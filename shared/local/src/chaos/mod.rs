@@ -19,13 +19,17 @@
 //! attempt ran twice; no two executions of a task overlapped in time; nothing left
 //! RUNNABLE or in the dead-letter queue.
 
+mod check;
+mod client;
+
 use crate::faults::{FaultCounts, FaultPlan, FaultProxy};
 use crate::ledger;
 use crate::{LocalStack, StackOptions};
 use anyhow::{bail, Context};
+use client::Api;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -254,17 +258,7 @@ async fn one_run(
 
     let started = Instant::now();
     let jobs = workload(api.clone(), ledger_file.clone(), opts.tasks).await?;
-    let mut kills = 0u32;
-    let mut stops = 0u32;
-    let mut stopped: Vec<(u32, Instant)> = Vec::new();
-    let stop_for = Duration::from_secs(opts.lease_seconds)
-        + 2 * batchplane::domain::lease::fence_margin(Duration::from_secs(opts.lease_seconds))
-        + Duration::from_secs(1);
-    // Faults spread over the run: its length guessed at thirty tasks a second, so that
-    // all of them are in before it ends.
-    let faults = u64::from(opts.kills + opts.stops).max(1);
-    let every = Duration::from_millis(((opts.tasks as u64 * 33) / faults).clamp(500, 20_000));
-    let mut next_fault = Instant::now() + every;
+    let mut faults = Injector::new(opts);
     let deadline = started + Duration::from_secs(opts.timeout_seconds);
     let mut timed_out = false;
     loop {
@@ -276,56 +270,15 @@ async fn one_run(
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        // Wake the stopped ones whose time is up.
-        stopped.retain(|(pid, since)| {
-            if since.elapsed() >= stop_for {
-                let _ = stack.signal_worker(*pid, nix::sys::signal::Signal::SIGCONT);
-                false
-            } else {
-                true
-            }
-        });
-        if Instant::now() < next_fault || (kills >= opts.kills && stops >= opts.stops) {
-            continue;
-        }
-        next_fault = Instant::now() + every;
-        let candidates: Vec<u32> = stack
-            .worker_pids()
-            .into_iter()
-            .filter(|p| !stopped.iter().any(|(s, _)| s == p))
-            .collect();
-        if candidates.len() < 2 {
-            continue;
-        }
-        let pid = candidates[fastrand::usize(..candidates.len())];
-        if kills < opts.kills && (stops >= opts.stops || fastrand::bool()) {
-            if stack
-                .signal_worker(pid, nix::sys::signal::Signal::SIGKILL)
-                .is_ok()
-            {
-                kills += 1;
-                if let Err(e) = stack.spawn_worker().await {
-                    tracing::warn!(error = %format!("{e:#}"), "replacing a killed worker failed");
-                }
-            }
-        } else if stops < opts.stops
-            && stack
-                .signal_worker(pid, nix::sys::signal::Signal::SIGSTOP)
-                .is_ok()
-        {
-            stops += 1;
-            stopped.push((pid, Instant::now()));
-        }
+        faults.step(&mut stack, opts).await;
     }
     let makespan_s = started.elapsed().as_secs_f64();
-    for (pid, _) in stopped.drain(..) {
-        let _ = stack.signal_worker(pid, nix::sys::signal::Signal::SIGCONT);
-    }
+    let (kills, stops) = faults.wake_all(&stack);
     // The checks read through calm proxies.
     let (dcounts, scounts) = (ddb.counts(), sqs.counts());
     ddb.set_plan(FaultPlan::none());
     sqs.set_plan(FaultPlan::none());
-    let mut report = check(&api, &stack, &ledger_file, &jobs).await?;
+    let mut report = check::check(&api, &stack, &ledger_file, &jobs).await?;
     if timed_out {
         report.problems.insert(
             0,
@@ -356,6 +309,84 @@ async fn one_run(
     Ok(report)
 }
 
+/// Kills and stops taskhosts while the workload runs, spread over it.
+struct Injector {
+    kills: u32,
+    stops: u32,
+    /// Stopped workers and since when.
+    stopped: Vec<(u32, Instant)>,
+    stop_for: Duration,
+    every: Duration,
+    next: Instant,
+}
+
+impl Injector {
+    fn new(opts: &ChaosOptions) -> Injector {
+        let lease = Duration::from_secs(opts.lease_seconds);
+        // The run's length guessed at thirty tasks a second, so that every fault is in
+        // before it ends.
+        let faults = u64::from(opts.kills + opts.stops).max(1);
+        let every = Duration::from_millis(((opts.tasks as u64 * 33) / faults).clamp(500, 20_000));
+        Injector {
+            kills: 0,
+            stops: 0,
+            stopped: Vec::new(),
+            // Past the lease and both fencing margins: the task is taken over meanwhile.
+            stop_for: lease
+                + 2 * batchplane::domain::lease::fence_margin(lease)
+                + Duration::from_secs(1),
+            every,
+            next: Instant::now() + every,
+        }
+    }
+
+    /// Wake the stopped workers whose time is up; when the next fault is due, SIGKILL a
+    /// random worker (and start a replacement) or SIGSTOP one.
+    async fn step(&mut self, stack: &mut LocalStack, opts: &ChaosOptions) {
+        use nix::sys::signal::Signal;
+        let stop_for = self.stop_for;
+        self.stopped.retain(|(pid, since)| {
+            let due = since.elapsed() >= stop_for;
+            if due {
+                let _ = stack.signal_worker(*pid, Signal::SIGCONT);
+            }
+            !due
+        });
+        if Instant::now() < self.next || (self.kills >= opts.kills && self.stops >= opts.stops) {
+            return;
+        }
+        self.next = Instant::now() + self.every;
+        let candidates: Vec<u32> = stack
+            .worker_pids()
+            .into_iter()
+            .filter(|p| !self.stopped.iter().any(|(s, _)| s == p))
+            .collect();
+        if candidates.len() < 2 {
+            return;
+        }
+        let pid = candidates[fastrand::usize(..candidates.len())];
+        if self.kills < opts.kills && (self.stops >= opts.stops || fastrand::bool()) {
+            if stack.signal_worker(pid, Signal::SIGKILL).is_ok() {
+                self.kills += 1;
+                if let Err(e) = stack.spawn_worker().await {
+                    tracing::warn!(error = %format!("{e:#}"), "replacing a killed worker failed");
+                }
+            }
+        } else if self.stops < opts.stops && stack.signal_worker(pid, Signal::SIGSTOP).is_ok() {
+            self.stops += 1;
+            self.stopped.push((pid, Instant::now()));
+        }
+    }
+
+    /// Wake every stopped worker; the kills and stops made.
+    fn wake_all(&mut self, stack: &LocalStack) -> (u32, u32) {
+        for (pid, _) in self.stopped.drain(..) {
+            let _ = stack.signal_worker(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+        (self.kills, self.stops)
+    }
+}
+
 fn add_faults(into: &mut BTreeMap<String, u64>, service: &str, counts: &FaultCounts) {
     for (kind, ops) in &counts.by_kind {
         *into.entry(format!("{service} {kind}")).or_default() += ops.values().sum::<u64>();
@@ -364,11 +395,11 @@ fn add_faults(into: &mut BTreeMap<String, u64>, service: &str, counts: &FaultCou
 
 /// The jobs of a workload and what each must end as.
 #[derive(Debug, Clone)]
-struct Jobs {
+pub(super) struct Jobs {
     /// (job id, the state it must end in)
-    expected: Vec<(String, &'static str)>,
+    pub(super) expected: Vec<(String, &'static str)>,
     /// The job that was cancelled: its tasks may end CANCELLED.
-    cancelled: String,
+    pub(super) cancelled: String,
 }
 
 async fn workload(api: Api, ledger_file: PathBuf, tasks: usize) -> anyhow::Result<Jobs> {
@@ -433,287 +464,4 @@ async fn workload(api: Api, ledger_file: PathBuf, tasks: usize) -> anyhow::Resul
         ],
         cancelled: doomed,
     })
-}
-
-async fn check(
-    api: &Api,
-    stack: &LocalStack,
-    ledger_file: &Path,
-    jobs: &Jobs,
-) -> anyhow::Result<ChaosReport> {
-    let mut r = ChaosReport::default();
-    let runs = ledger::read(ledger_file);
-    let mut ok_runs: HashMap<(String, String), usize> = HashMap::new();
-    let mut per_attempt: HashMap<(String, String, u32), usize> = HashMap::new();
-    for e in &runs {
-        if e.exit_code == Some(0) {
-            *ok_runs
-                .entry((e.job_id.clone(), e.task_id.clone()))
-                .or_default() += 1;
-        }
-        *per_attempt
-            .entry((e.job_id.clone(), e.task_id.clone(), e.attempt))
-            .or_default() += 1;
-    }
-    let overlaps = ledger::overlaps(&runs);
-    r.overlapping = overlaps.len();
-    if let Some((a, b)) = overlaps.first() {
-        r.problems.push(format!(
-            "{} executions overlapped, e.g. {}/{} attempts {} and {}",
-            overlaps.len(),
-            a.job_id,
-            a.task_id,
-            a.attempt,
-            b.attempt
-        ));
-    }
-    let twice: Vec<_> = per_attempt.iter().filter(|(_, n)| **n > 1).collect();
-    r.doubled += twice.len();
-    if let Some(((j, t, a), n)) = twice.first() {
-        r.problems
-            .push(format!("{j}/{t} attempt {a} ran {n} times"));
-    }
-    for (job_id, want) in &jobs.expected {
-        let job = api.get(&format!("/v1/jobs/{job_id}")).await?;
-        let state = job["state"].as_str().unwrap_or("?");
-        if state != *want {
-            r.problems.push(format!(
-                "job {job_id} ended {state}, not {want}: {}",
-                job["reason"]
-            ));
-        }
-        let tasks = api.all_tasks(job_id).await?;
-        r.tasks += tasks.len();
-        let mut tally: BTreeMap<String, i64> = BTreeMap::new();
-        for t in &tasks {
-            let st = t["state"].as_str().unwrap_or("?").to_string();
-            *tally.entry(st.clone()).or_default() += 1;
-            let id = t["task_id"].as_str().unwrap_or("?");
-            let final_ok = match st.as_str() {
-                "SUCCEEDED" => true,
-                "CANCELLED" => job_id == &jobs.cancelled,
-                _ => false,
-            };
-            if !final_ok {
-                r.lost += 1;
-                if r.lost <= 5 {
-                    r.problems
-                        .push(format!("{job_id}/{id} ended {st}: {}", t["status_reason"]));
-                }
-            }
-            if ok_runs
-                .get(&(job_id.clone(), id.to_string()))
-                .copied()
-                .unwrap_or(0)
-                > 1
-            {
-                r.reran_after_kill += 1;
-            }
-        }
-        // Every SUCCEEDED task: exactly one successful attempt recorded.
-        let succeeded: Vec<String> = tasks
-            .iter()
-            .filter(|t| t["state"] == "SUCCEEDED")
-            .filter_map(|t| t["task_id"].as_str().map(str::to_string))
-            .collect();
-        use futures::StreamExt;
-        let views: Vec<anyhow::Result<Value>> = futures::stream::iter(succeeded)
-            .map(|id| {
-                let api = api.clone();
-                let job_id = job_id.clone();
-                async move { api.get(&format!("/v1/jobs/{job_id}/tasks/{id}")).await }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        for v in views {
-            let v = v?;
-            let ok = v["attempts"]
-                .as_array()
-                .map_or(0, |a| a.iter().filter(|x| x["exit_code"] == 0).count());
-            if ok != 1 {
-                r.doubled += 1;
-                r.problems.push(format!(
-                    "{job_id}/{} has {ok} successful attempts recorded",
-                    v["task_id"]
-                ));
-            }
-        }
-        let counts = &job["task_counts"];
-        for (st, n) in &tally {
-            if counts[st.as_str()].as_i64().unwrap_or(0) != *n {
-                r.count_mismatches += 1;
-                r.problems.push(format!(
-                    "job {job_id}: {n} tasks are {st}, its counts say {}",
-                    counts[st.as_str()]
-                ));
-            }
-        }
-        if let Some(m) = counts.as_object() {
-            for (st, v) in m {
-                if v.as_i64().unwrap_or(0) != 0 && !tally.contains_key(st) {
-                    r.count_mismatches += 1;
-                    r.problems
-                        .push(format!("job {job_id}: counts say {v} {st}, there are none"));
-                }
-            }
-        }
-    }
-    let queues = &stack.service.queues;
-    let dlq = queues.url(crate::stack::DEAD_LETTER_QUEUE).await?;
-    let (visible, in_flight) = queues.depth(&dlq).await?;
-    r.dead_letters_left = visible + in_flight;
-    if r.dead_letters_left > 0 {
-        r.problems.push(format!(
-            "{} messages left in the dead-letter queue",
-            r.dead_letters_left
-        ));
-    }
-    Ok(r)
-}
-
-/// The stack's API as the workload and the checks use it: every call retried on a 5xx
-/// or no answer (the API's own DynamoDB and SQS calls are faulted too), with the same
-/// idempotency key for a submission.
-#[derive(Clone)]
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(base: &str) -> Api {
-        Api {
-            base: base.to_string(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        key: Option<&str>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let mut last = String::new();
-        // Longer than an idempotency key's hold (60 s): a submission whose writer died
-        // keeps its key that long.
-        let give_up = Instant::now() + Duration::from_secs(150);
-        let mut attempt = 0u32;
-        while Instant::now() < give_up {
-            attempt += 1;
-            let mut req = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.base));
-            if let Some(b) = body {
-                req = req.body(b.to_string());
-            }
-            if let Some(k) = key {
-                req = req.header("idempotency-key", k);
-            }
-            match req.send().await {
-                Ok(resp)
-                    if resp.status().is_server_error() || resp.status() == 409 && key.is_some() =>
-                {
-                    last = format!(
-                        "{} {}",
-                        resp.status(),
-                        resp.text().await.unwrap_or_default()
-                    );
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let v = resp.json().await.unwrap_or(Value::Null);
-                    return Ok((status, v));
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
-        }
-        bail!("{method} {path}: still failing after {attempt} tries: {last}")
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let (status, v) = self.call(reqwest::Method::GET, path, None, None).await?;
-        if status != 200 {
-            bail!("GET {path}: {status} {v}");
-        }
-        Ok(v)
-    }
-
-    async fn submit(&self, spec: &Value, key: &str) -> anyhow::Result<String> {
-        let key = format!("{key}-{}", uuid::Uuid::new_v4().simple());
-        let (status, v) = self
-            .call(reqwest::Method::POST, "/v1/jobs", Some(spec), Some(&key))
-            .await?;
-        match v["job_id"].as_str() {
-            Some(id) if status < 300 => Ok(id.to_string()),
-            _ => bail!("submitting {}: {status} {v}", spec["name"]),
-        }
-    }
-
-    async fn add_tasks(&self, job: &str, tasks: &[Value]) -> anyhow::Result<()> {
-        let path = format!("/v1/jobs/{job}/tasks");
-        let body = Value::Array(tasks.to_vec());
-        let (status, v) = self
-            .call(reqwest::Method::POST, &path, Some(&body), None)
-            .await?;
-        match status {
-            201 => Ok(()),
-            // A retry of an addition whose answer was lost: it went in the first time.
-            409 | 400
-                if v["error"]["code"] == "TaskExists"
-                    || v["error"]["code"] == "DuplicateTaskId" =>
-            {
-                Ok(())
-            }
-            _ => bail!("adding tasks to {job}: {status} {v}"),
-        }
-    }
-
-    async fn cancel(&self, job: &str) -> anyhow::Result<()> {
-        let (status, v) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/jobs/{job}/cancel"),
-                None,
-                None,
-            )
-            .await?;
-        if status != 200 && status != 409 {
-            bail!("cancelling {job}: {status} {v}");
-        }
-        Ok(())
-    }
-
-    async fn all_closed(&self, jobs: &Jobs) -> anyhow::Result<bool> {
-        for (job, _) in &jobs.expected {
-            let v = self.get(&format!("/v1/jobs/{job}")).await?;
-            if !matches!(
-                v["state"].as_str(),
-                Some("SUCCEEDED" | "FAILED" | "CANCELLED")
-            ) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    async fn all_tasks(&self, job: &str) -> anyhow::Result<Vec<Value>> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut path = format!("/v1/jobs/{job}/tasks?limit=500");
-            if let Some(t) = &token {
-                path.push_str(&format!("&next_token={t}"));
-            }
-            let page = self.get(&path).await?;
-            out.extend(page["tasks"].as_array().cloned().unwrap_or_default());
-            match page["next_token"].as_str() {
-                Some(t) => token = Some(t.to_string()),
-                None => return Ok(out),
-            }
-        }
-    }
 }
