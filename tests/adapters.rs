@@ -2,37 +2,17 @@
 //! moto's SQS. Each test uses its own table and queue names.
 
 use batchplane::aws::{Clients, Endpoints};
-use batchplane::domain::{parse_job_spec, plan_job, AttemptRecord, TaskCounts, TaskState};
+use batchplane::domain::{AttemptRecord, TaskCounts, TaskState};
 use batchplane::queue::{QueueError, Queues, TaskMessage};
 use batchplane::store::{Claim, Heartbeat, RecordCounts, Store};
-use batchplane_testing::{ManualClock, TestEmulators};
+use batchplane_testing::{ManualClock, Must, TestEmulators};
 use std::time::Duration;
 
 async fn store(emu: &TestEmulators) -> Store {
     batchplane_testing::test_store(emu, "adapters").await
 }
 
-/// A stored job with the given spec; returns (job id, shard count).
-async fn stored_job(store: &Store, spec: &str) -> (String, u32) {
-    let spec = parse_job_spec(spec).unwrap();
-    let plan = plan_job(&spec.tasks);
-    let job_id = batchplane::domain::ids::new_job_id(batchplane::store::now_ms());
-    let shards = 4;
-    store
-        .put_job(&batchplane::domain::JobRecord {
-            state: batchplane::JobState::Pending,
-            total_tasks: plan.len() as u64,
-            shard_count: shards,
-            ..batchplane::domain::JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
-        })
-        .await
-        .unwrap();
-    store
-        .write_tasks(&job_id, shards, (&spec.queue, "default"), 2, &plan)
-        .await
-        .unwrap();
-    (job_id, shards)
-}
+use batchplane_testing::stored_job;
 
 fn shard(id: &str, shards: u32) -> u32 {
     batchplane::domain::ids::task_shard(id, shards)
@@ -121,7 +101,7 @@ async fn a_lapsed_lease_is_taken_over_and_the_old_holder_is_shut_out() {
             store
                 .claim_task(&job, s, "a", "new", Duration::from_secs(30))
                 .await
-                .unwrap(),
+                .must("claiming within the fencing margin"),
             Claim::NotClaimable { .. }
         ),
         "a lease lapsed within the fencing margin still holds"
@@ -252,8 +232,11 @@ async fn batch_counts_are_recorded_once_and_survive_folding() {
     assert_eq!(used_before.attempts, 60.0);
     assert_eq!(used_before.cpu_seconds_requested, 120.0);
     // Young items stay as they are, so a retry still finds what it counted.
-    store.fold_counts(&job).await.unwrap();
-    assert_eq!(store.job_counts(&job).await.unwrap().2, 60);
+    store.fold_counts(&job).await.must("folding young items");
+    assert_eq!(
+        store.job_counts(&job).await.must("reading the counts").2,
+        60
+    );
     clock.advance(Duration::from_secs(16 * 60));
     store.fold_counts(&job).await.unwrap();
     let (after, used_after, items) = store.job_counts(&job).await.unwrap();
@@ -273,16 +256,16 @@ async fn a_retried_batch_counts_each_record_once_wherever_each_try_stopped() {
     assert!(store
         .add_batch_counts(&job, "98", &parts(&[98, 99, 100]))
         .await
-        .unwrap());
+        .must("the first try"));
     assert!(!store
         .add_batch_counts(&job, "98", &parts(&[98, 99]))
         .await
-        .unwrap());
+        .must("a retry that got less far"));
     assert!(store
         .add_batch_counts(&job, "98", &parts(&[98, 99, 100, 101]))
         .await
-        .unwrap());
-    let (counts, usage, _) = store.job_counts(&job).await.unwrap();
+        .must("a retry that got further"));
+    let (counts, usage, _) = store.job_counts(&job).await.must("reading the counts");
     assert_eq!(counts.get(TaskState::Succeeded), 4, "{counts:?}");
     assert_eq!(usage.attempts, 4.0);
     // Numeric order, not text order: 100 comes after 99.

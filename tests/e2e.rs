@@ -2,7 +2,7 @@
 //! fanout, moto's SQS, and taskhost processes running real commands.
 
 use batchplane::queue::TaskMessage;
-use batchplane_testing::{attempts, binary, lines, millis, wait_for, Harness};
+use batchplane_testing::{attempts, binary, lines, millis, wait_for, Harness, Must};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -384,14 +384,23 @@ async fn duplicate_sqs_deliveries_run_each_task_once() {
         h.wait_task(&job, &format!("t{i}"), "RUNNING", MINUTE).await;
     }
     for _ in 0..2 {
-        queues.send("default--t-default", &dupes).await.unwrap();
+        queues
+            .send("default--t-default", &dupes)
+            .await
+            .must("sending copies while the tasks run");
     }
     let done = h.wait(&job, 2 * MINUTE).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     // ...and once more after each has succeeded.
-    queues.send("default--t-default", &dupes).await.unwrap();
+    queues
+        .send("default--t-default", &dupes)
+        .await
+        .must("sending copies after the tasks succeeded");
     // Every copy is received and dropped: the pool's queue drains.
-    let url = queues.url("default--t-default").await.unwrap();
+    let url = queues
+        .url("default--t-default")
+        .await
+        .must("the pool's queue");
     wait_for("the duplicates to be dropped", MINUTE, || async {
         let (visible, in_flight) = queues.depth(&url).await.map_err(|e| e.to_string())?;
         (visible + in_flight == 0)

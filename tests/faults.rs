@@ -36,24 +36,7 @@ async fn stored_job(store: &Store, n: usize) -> (String, u32) {
     let tasks: String = (0..n)
         .map(|i| format!(" - {{id: t{i}, command: ['true']}}\n"))
         .collect();
-    let spec = parse_job_spec(&format!("name: x\ntasks:\n{tasks}")).must("the spec");
-    let plan = plan_job(&spec.tasks);
-    let job_id = batchplane::domain::ids::new_job_id(batchplane::store::now_ms());
-    let shards = 4;
-    store
-        .put_job(&batchplane::domain::JobRecord {
-            state: batchplane::JobState::Pending,
-            total_tasks: plan.len() as u64,
-            shard_count: shards,
-            ..batchplane::domain::JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
-        })
-        .await
-        .must("storing the job");
-    store
-        .write_tasks(&job_id, shards, (&spec.queue, "default"), 2, &plan)
-        .await
-        .must("writing the tasks");
-    (job_id, shards)
+    batchplane_testing::stored_job(store, &format!("name: x\ntasks:\n{tasks}")).await
 }
 
 #[tokio::test]

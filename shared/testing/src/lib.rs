@@ -376,6 +376,30 @@ pub async fn test_store(emu: &TestEmulators, what: &str) -> batchplane::store::S
     store
 }
 
+/// A job of `spec` (the native spec) stored straight into `store`, PENDING and already
+/// committed, its tasks written on 4 shards for team `default`: a job for the store's
+/// own tests, without the API. Returns its id and shard count.
+pub async fn stored_job(store: &batchplane::store::Store, spec: &str) -> (String, u32) {
+    let spec = batchplane::domain::parse_job_spec(spec).must("the spec");
+    let plan = batchplane::domain::plan_job(&spec.tasks);
+    let job_id = batchplane::domain::ids::new_job_id(batchplane::store::now_ms());
+    let shards = 4;
+    store
+        .put_job(&batchplane::domain::JobRecord {
+            state: batchplane::JobState::Pending,
+            total_tasks: plan.len() as u64,
+            shard_count: shards,
+            ..batchplane::domain::JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
+        })
+        .await
+        .must("storing the job");
+    store
+        .write_tasks(&job_id, shards, (&spec.queue, "default"), 2, &plan)
+        .await
+        .must("writing the tasks");
+    (job_id, shards)
+}
+
 /// Lines of a file, or none if it does not exist.
 pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
