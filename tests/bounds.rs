@@ -1,6 +1,7 @@
 //! Bounded input: nothing stored can pass DynamoDB's 400 KB, a body over Lambda's 6 MB
 //! is a 413, YAML aliases cannot blow a small body up, and the AWS Batch API refuses
-//! numbers out of range instead of truncating them — each with the field named and in
+//! numbers out of range instead of truncating them, and a task larger than every worker
+//! of its pool is refused instead of waiting forever — each with the field named and in
 //! its API's error shape, while the API's memory stays bounded.
 
 use batchplane_testing::Harness;
@@ -305,5 +306,81 @@ async fn the_aws_batch_api_refuses_numbers_out_of_range_instead_of_truncating() 
     let (status, body) = too_large(&h, "/v1/submitjob", &"{".repeat(7 * 1024 * 1024)).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["__type"], "ClientException", "{body}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_worker_of_its_pool_can_hold_is_refused_at_submission_with_the_resource_named() {
+    let h = Harness::start(|o| o.workers = 0).await;
+    // The default settings size a queue's own pool's workers at 4 vCPU and 16 GiB.
+    let dag = "name: huge\ntasks:\n  - {id: fine, command: ['true']}\n  - {id: big, command: ['true'], cpu: 64, memory_mib: 512}\n";
+    let r = h.post("/v1/jobs", dag).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let details = &r.body["error"]["details"];
+    assert_eq!(
+        (details["field"].as_str(), details["task_id"].as_str()),
+        (Some("tasks[1].cpu"), Some("big")),
+        "{}",
+        r.body
+    );
+    let message = r.body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("64 vCPU (the workers have 4)") && message.contains("default_worker"),
+        "{message}"
+    );
+    let (stored, _) = h
+        .stack
+        .service
+        .store
+        .list_jobs_in_queue("default", 10, None, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("listing the queue's jobs: {e}"));
+    assert!(stored.is_empty(), "nothing was written: {stored:?}");
+    // Memory too, and an addition to a running job is held to the same rule.
+    let ok = h
+        .submit("name: ok\ntasks:\n  - {id: a, command: [sleep, '30']}\n")
+        .await;
+    let r = h
+        .post(
+            &format!("/v1/jobs/{ok}/tasks"),
+            "- {id: b, command: ['true'], memory_mib: 65536}\n",
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["details"]["field"], "tasks[0].memory_mib",
+        "{}",
+        r.body
+    );
+    // A tier pool's workers are sized from the tier: a large tier fits.
+    let tiered = "name: tiered\ntasks:\n  - {id: t, command: ['true'], tiers: [{cpu: 64, memory_mib: 262144}]}\n";
+    assert_eq!(h.post("/v1/jobs", tiered).await.status, 201);
+    // The AWS Batch API answers in its own shape.
+    let ce = json!({"computeEnvironmentName": "ce", "type": "MANAGED", "state": "ENABLED",
+        "computeResources": {"type": "SPOT", "allocationStrategy": "SPOT_PRICE_CAPACITY_OPTIMIZED",
+            "minvCpus": 0, "maxvCpus": 16, "desiredvCpus": 0, "instanceTypes": ["m7g.large"],
+            "subnets": ["subnet-1"], "securityGroupIds": ["sg-1"], "instanceRole": "ecsInstanceRole"}});
+    assert_eq!(batch(&h, "createcomputeenvironment", ce).await.0, 200);
+    let queue = json!({"jobQueueName": "jq", "state": "ENABLED", "priority": 1,
+        "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": "ce"}]});
+    assert_eq!(batch(&h, "createjobqueue", queue).await.0, 200);
+    let def = json!({"jobDefinitionName": "wide", "type": "container",
+        "containerProperties": {"image": "x", "command": ["true"], "vcpus": 16, "memory": 64}});
+    assert_eq!(batch(&h, "registerjobdefinition", def).await.0, 200);
+    let (status, kind, message) = batch(
+        &h,
+        "submitjob",
+        json!({"jobName": "j", "jobQueue": "jq", "jobDefinition": "wide"}),
+    )
+    .await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (400, "ClientException"),
+        "{message}"
+    );
+    assert!(
+        message.contains("16 vCPU (the workers have 4)"),
+        "{message}"
+    );
     h.shutdown().await;
 }

@@ -260,7 +260,7 @@ name: long
 tasks:
   - {{id: long, command: [sh, -c, "echo $$ > {}; exec sleep 300"]}}
   - {{id: later, command: ['true'], depends_on: [long]}}
-  - {{id: queued, command: [sleep, "300"], cpu: 64}}
+  - {{id: queued, command: [sleep, "300"], memory_mib: 8192}} # more than a worker here has
 "#,
             pid_file.display()
         ))
@@ -362,7 +362,7 @@ async fn duplicate_stream_records_release_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_sqs_deliveries_run_each_task_once() {
     let h = Harness::start(|o| o.workers = 3).await;
-    let job = h.submit(&counted_spec(&h.dir, 20, "2")).await;
+    let job = h.submit(&counted_spec(&h.dir, 20, "5")).await;
     let queues = &h.stack.service.queues;
     let jobrec = h.stack.service.store.get_job(&job).await.unwrap().unwrap();
     let mut dupes = Vec::new();
@@ -380,9 +380,15 @@ async fn duplicate_sqs_deliveries_run_each_task_once() {
     }
     // Twice more while every task runs (a copy of a message a worker holds), as SQS may
     // deliver one...
-    for i in 0..20 {
-        h.wait_task(&job, &format!("t{i}"), "RUNNING", MINUTE).await;
-    }
+    wait_for("all 20 tasks running at once", MINUTE, || async {
+        let running = h.all_tasks(&job, Some("RUNNING"), 100).await.len();
+        if running >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{running} running"))
+        }
+    })
+    .await;
     for _ in 0..2 {
         queues
             .send("default--t-default", &dupes)

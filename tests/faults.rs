@@ -552,7 +552,22 @@ async fn a_task_no_worker_can_take_is_dead_lettered_redriven_once_then_failed_wi
         o.reconcile_every_seconds = 1;
     })
     .await;
-    // The stack's workers offer 8 vCPU; this task asks for 64.
+    // The settings promise 64-vCPU workers, so the submission is taken; the stack's
+    // one worker offers 4, so no worker ever takes the task.
+    let settings = batchplane::scaling::Settings {
+        default_worker: batchplane::domain::tiers::Tier {
+            cpu_milli: 64_000,
+            memory_mib: 65_536,
+            gpu: 0,
+        },
+        ..Default::default()
+    };
+    h.stack
+        .service
+        .store
+        .put_autoscaler_settings(&settings)
+        .await
+        .must("storing the settings");
     let job = h
         .submit("name: huge\ntasks:\n  - {id: big, command: ['true'], cpu: 64}\n  - {id: small, command: ['true']}\n")
         .await;

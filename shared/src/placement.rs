@@ -439,13 +439,24 @@ impl Service {
             .await
     }
 
-    /// The autoscaler's settings (the defaults until some are stored).
+    /// The autoscaler's settings in force: those stored, else the deployment's, else
+    /// the defaults (what the autoscaler's tick and the submission checks use).
     pub async fn autoscaler_settings(
         &self,
         who: &Access,
     ) -> Result<crate::scaling::Settings, ApiError> {
         Self::require_admin(who, "look at the autoscaler's settings")?;
-        Ok(self.store.autoscaler_settings().await?.unwrap_or_default())
+        crate::scaling::settings_in_force(&self.store)
+            .await
+            .map_err(|e| match e {
+                crate::scaling::AutoscaleError::Store(e) => ApiError::from(e),
+                other => ApiError::new(
+                    crate::api::ErrorKind::Internal,
+                    "InvalidSettings",
+                    other.to_string(),
+                    json!({}),
+                ),
+            })
     }
 
     /// Replace the autoscaler's settings (`PUT /v1/autoscaler/settings`); bad settings

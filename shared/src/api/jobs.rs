@@ -212,6 +212,8 @@ impl Service {
             .flat_map(|t| t.tiers.iter().copied())
             .collect();
         Self::check_pool_count(shapes.len())?;
+        self.check_tasks_fit(&spec.queue, &spec.team, "tasks", &spec.tasks)
+            .await?;
         self.ensure_pools(&spec.queue, &spec.team, &shapes).await?;
         let now = now_ms();
         let job_id = new_job_id(now);

@@ -8,6 +8,7 @@
 //! | `tasks` | list a job's tasks, look at one, add tasks |
 //! | `teams` | a team's usage |
 //! | `explain` | why a job or task is not running |
+//! | `fit` | refusing a task no worker of its pool can hold |
 //! | `views` | what the API returns, as JSON |
 //! | `access` | who the caller is, what it may do, and the grants |
 //! | `error` | the API's errors |
@@ -15,6 +16,7 @@
 pub mod access;
 mod error;
 pub mod explain;
+mod fit;
 mod jobs;
 mod tasks;
 mod teams;

@@ -141,6 +141,8 @@ impl Service {
         let shapes: std::collections::BTreeSet<crate::domain::tiers::Tier> =
             tasks.iter().flat_map(|t| t.tiers.iter().copied()).collect();
         Self::check_pool_count(shapes.len())?;
+        self.check_tasks_fit(&job.queue, &job.team, "tasks", &tasks)
+            .await?;
         self.ensure_pools(&job.queue, &job.team, &shapes).await?;
         let (plan, edges) = plan_addition(&tasks);
         check_fan_out(&edges, &found)?;

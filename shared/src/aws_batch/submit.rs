@@ -259,6 +259,8 @@ impl Service {
         if sub.template.command.is_empty() {
             return Err(client("command is empty"));
         }
+        self.check_template_fit(&sub.queue, &sub.team, &sub.template)
+            .await?;
         self.ensure_pools(&sub.queue, &sub.team, &sub.template.tiers)
             .await?;
         let n_to_n = self.check_dependencies(&sub).await?;

@@ -42,7 +42,7 @@ mod tick;
 pub use decision::{Carried, Decision, FleetDecision, NodeDecision, PoolDecision};
 pub use pools::QueueCompute;
 pub use settings::{
-    pool_shape, NodeSettings, PoolSettings, PoolShape, Settings, WorkerSize, MAX_COHORTS,
-    TICK_LEASE,
+    misfit, pool_shape, settings_in_force, NodeSettings, PoolSettings, PoolShape, Settings,
+    WorkerSize, MAX_COHORTS, TICK_LEASE,
 };
 pub use tick::{AutoscaleError, Autoscaler, NoEc2};

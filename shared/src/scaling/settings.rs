@@ -240,6 +240,63 @@ impl Settings {
     }
 }
 
+/// The settings in force: those stored, else the deployment's
+/// (`BATCHPLANE_AUTOSCALER_SETTINGS`), else the defaults; checked.
+pub async fn settings_in_force(
+    store: &crate::store::Store,
+) -> Result<Settings, super::AutoscaleError> {
+    let settings: Settings = match store.autoscaler_settings().await? {
+        Some(s) => s,
+        None => Settings::from_env().map_err(super::AutoscaleError::Settings)?,
+    };
+    settings.check().map_err(super::AutoscaleError::Settings)?;
+    Ok(settings)
+}
+
+/// Why a task that needs `need` can never run in `pool`: each resource it asks for
+/// more of than the pool's workers have, named with both amounts. `None` when it fits.
+/// (A worker is the most one task can get: tasks never span workers.)
+pub fn misfit(pool: &WorkerPool, need: Tier, settings: &Settings) -> Option<String> {
+    let own = settings.pools.iter().find(|p| p.pool == pool.name());
+    let worker = pool_shape(pool, settings, own).worker;
+    if need.fits_in(worker) {
+        return None;
+    }
+    let vcpu = |milli: u32| f64::from(milli) / 1000.0;
+    let mut short = Vec::new();
+    if need.cpu_milli > worker.cpu_milli {
+        short.push(format!(
+            "{} vCPU (the workers have {})",
+            vcpu(need.cpu_milli),
+            vcpu(worker.cpu_milli)
+        ));
+    }
+    if need.memory_mib > worker.memory_mib {
+        short.push(format!(
+            "{} MiB of memory (the workers have {})",
+            need.memory_mib, worker.memory_mib
+        ));
+    }
+    if need.gpu > worker.gpu {
+        short.push(format!(
+            "{} GPU (the workers have {})",
+            need.gpu, worker.gpu
+        ));
+    }
+    let sized_by = if own.and_then(|p| p.worker).is_some() {
+        format!("the autoscaler settings' pools entry for {}", pool.name())
+    } else if pool.shape.is_some() {
+        "its tier".to_string()
+    } else {
+        "the autoscaler settings' default_worker".to_string()
+    };
+    Some(format!(
+        "needs {} but no worker of pool {} can have that much (its workers are sized by {sized_by})",
+        short.join(" and "),
+        pool.name()
+    ))
+}
+
 /// What a pool's workers look like: their size and how many tasks each runs at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolShape {
@@ -291,6 +348,44 @@ pub fn pool_shape(pool: &WorkerPool, settings: &Settings, own: Option<&PoolSetti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_larger_than_its_pools_workers_is_named_by_resource() {
+        let s = Settings::default();
+        let own = WorkerPool::new("default", "vision", None);
+        let need = |cpu_milli, memory_mib, gpu| Tier {
+            cpu_milli,
+            memory_mib,
+            gpu,
+        };
+        assert_eq!(misfit(&own, need(4000, 16384, 0), &s), None);
+        let why = misfit(&own, need(64_000, 512, 1), &s).unwrap_or_default();
+        assert!(why.contains("64 vCPU (the workers have 4)"), "{why}");
+        assert!(why.contains("1 GPU (the workers have 0)"), "{why}");
+        assert!(!why.contains("memory"), "{why}");
+        assert!(why.contains("default_worker"), "{why}");
+        // A tier pool's workers are sized from the tier, unless its settings say less.
+        let tier = need(32_000, 262_144, 2);
+        let tier_pool = WorkerPool::new("default", "vision", Some(tier));
+        assert_eq!(misfit(&tier_pool, tier, &s), None);
+        let small = Settings {
+            pools: vec![PoolSettings {
+                pool: tier_pool.name(),
+                team: None,
+                worker: Some(need(8000, 32768, 2)),
+                max_workers: None,
+                gpu_type: None,
+                half_life_seconds: None,
+            }],
+            ..Settings::default()
+        };
+        let why = misfit(&tier_pool, tier, &small).unwrap_or_default();
+        assert!(
+            why.contains("262144 MiB of memory (the workers have 32768)"),
+            "{why}"
+        );
+        assert!(why.contains("pools entry"), "{why}");
+    }
 
     #[test]
     pub(super) fn settings_default_and_bad_fields_are_named() {

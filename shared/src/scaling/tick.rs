@@ -90,11 +90,7 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
     }
 
     pub(super) async fn run(&self, tick_id: &str, now: i64) -> Result<Decision, AutoscaleError> {
-        let settings: Settings = match self.store.autoscaler_settings().await? {
-            Some(s) => s,
-            None => Settings::from_env().map_err(AutoscaleError::Settings)?,
-        };
-        settings.check().map_err(AutoscaleError::Settings)?;
+        let settings = super::settings::settings_in_force(self.store).await?;
         let previous: Option<Decision> = self.store.decisions(1).await?.into_iter().next();
         let carried_before = previous.map(|d| d.carried).unwrap_or_default();
         let mut decision = Decision {

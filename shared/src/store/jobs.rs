@@ -167,13 +167,9 @@ impl Store {
             .map_err(build)?;
         let walk = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(super::work::cursor_to_item(&super::WorkCursor {
-                job_id: job_id.into(),
-                kind: super::WorkKind::Enqueue,
-                shard: 0,
-                after: None,
-                step: 0,
-            })))
+            .set_item(Some(super::work::cursor_to_item(
+                &super::WorkCursor::start(job_id, super::WorkKind::Enqueue, 0),
+            )))
             .build()
             .map_err(build)?;
         Ok(send_if(

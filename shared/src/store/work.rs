@@ -1,12 +1,16 @@
 //! Paged work over a job's tasks: what must touch every task of a job (sending a just
-//! committed job's ready tasks; cancelling) is done a page at a time, each page driven
-//! by the stream record of a cursor item that the previous page advanced. No request,
-//! stream record or Lambda invocation touches more than one page, however big the job.
+//! committed job's ready tasks; cancelling; failing the rest of a SEQUENTIAL array after
+//! a child failed; sweeping an N_TO_N array's children against its predecessors) is
+//! done a page at a time, each page driven by the stream record of a cursor item that
+//! the previous page advanced. No request, stream record or Lambda invocation touches
+//! more than one page, however big the job.
 //!
-//! The cursor (`J#<job>` / `W#<kind>`) says which shard and where in it the next page
-//! starts, and a step number: advancing is conditional on the step, so a duplicate
-//! stream record of a cursor repeats at most its own page (whose effects are
-//! idempotent) and never skips or doubles the walk.
+//! The cursor (`J#<job>` / `W#<kind>`) says where the next page starts, and a step
+//! number: advancing is conditional on the step, so a duplicate stream record of a
+//! cursor repeats at most its own page (whose effects are idempotent) and never skips
+//! or doubles the walk. Walks over stored tasks go shard by shard, a page of sort keys
+//! at a time; walks over an array's children go by index, because a child that never
+//! started has no item to find.
 
 use super::item::*;
 use super::request::{send, send_if};
@@ -21,6 +25,12 @@ pub enum WorkKind {
     Enqueue,
     /// Cancel every task not yet finished.
     Cancel,
+    /// Fail every child of a SEQUENTIAL array from the cursor's index on (a child
+    /// before them did not succeed).
+    FailSequence,
+    /// Send each child of an N_TO_N array whose predecessors' children all succeeded,
+    /// and fail each whose predecessor child failed or will never run.
+    SweepNToN,
 }
 
 impl WorkKind {
@@ -28,6 +38,8 @@ impl WorkKind {
         match self {
             WorkKind::Enqueue => "enqueue",
             WorkKind::Cancel => "cancel",
+            WorkKind::FailSequence => "fail-sequence",
+            WorkKind::SweepNToN => "sweep-n-to-n",
         }
     }
 
@@ -35,8 +47,15 @@ impl WorkKind {
         match s {
             "enqueue" => Some(WorkKind::Enqueue),
             "cancel" => Some(WorkKind::Cancel),
+            "fail-sequence" => Some(WorkKind::FailSequence),
+            "sweep-n-to-n" => Some(WorkKind::SweepNToN),
             _ => None,
         }
+    }
+
+    /// Whether the walk goes over an array's child indexes rather than stored tasks.
+    pub fn by_index(&self) -> bool {
+        matches!(self, WorkKind::FailSequence | WorkKind::SweepNToN)
     }
 }
 
@@ -48,7 +67,35 @@ pub struct WorkCursor {
     pub shard: u32,
     /// The sort key the next page starts after (none: the shard's start).
     pub after: Option<String>,
+    /// For walks by index: the child index the next page starts at.
+    pub index: u32,
     pub step: u64,
+}
+
+impl WorkCursor {
+    /// A walk's first cursor.
+    pub fn start(job_id: &str, kind: WorkKind, index: u32) -> WorkCursor {
+        WorkCursor {
+            job_id: job_id.into(),
+            kind,
+            shard: 0,
+            after: None,
+            index,
+            step: 0,
+        }
+    }
+
+    /// For walks by index over an array of `size` children: this page's indexes and
+    /// the cursor for the next page (`None`: the walk is done).
+    pub fn index_page(&self, size: u32) -> (std::ops::Range<u32>, Option<WorkCursor>) {
+        let end = self.index.saturating_add(WORK_PAGE as u32).min(size);
+        let next = (end < size).then(|| WorkCursor {
+            index: end,
+            step: self.step + 1,
+            ..self.clone()
+        });
+        (self.index.min(end)..end, next)
+    }
 }
 
 /// How many tasks one page covers.
@@ -61,6 +108,9 @@ pub fn cursor_to_item(c: &WorkCursor) -> Item {
     it.insert("kind".into(), s(c.kind.as_str()));
     it.insert("shard".into(), n(c.shard));
     it.insert("step".into(), n(c.step));
+    if c.index > 0 {
+        it.insert("idx".into(), n(c.index));
+    }
     if let Some(a) = &c.after {
         it.insert("after".into(), s(a));
     }
@@ -75,6 +125,7 @@ pub fn cursor_from_item(item: &Item) -> Result<WorkCursor, Malformed> {
         kind: WorkKind::parse(&kind).ok_or_else(|| r.bad("kind", "unknown work kind"))?,
         shard: r.req_n("shard")?,
         after: r.opt_s("after")?,
+        index: r.opt_n("idx")?.unwrap_or(0),
         step: r.req_n("step")?,
     })
 }
@@ -82,14 +133,65 @@ pub fn cursor_from_item(item: &Item) -> Result<WorkCursor, Malformed> {
 impl Store {
     /// Start a job's paged work (a no-op if it is under way already).
     pub async fn start_work(&self, job_id: &str, kind: WorkKind) -> Result<bool, StoreError> {
-        self.put_if_absent(cursor_to_item(&WorkCursor {
-            job_id: job_id.into(),
-            kind,
-            shard: 0,
-            after: None,
-            step: 0,
-        }))
-        .await
+        self.start_work_at(job_id, kind, 0).await
+    }
+
+    /// Start a walk by index at child `index` (a no-op if it is under way already).
+    pub async fn start_work_at(
+        &self,
+        job_id: &str,
+        kind: WorkKind,
+        index: u32,
+    ) -> Result<bool, StoreError> {
+        self.put_if_absent(cursor_to_item(&WorkCursor::start(job_id, kind, index)))
+            .await
+    }
+
+    /// The job's walk of this kind, if one is under way.
+    pub async fn work_cursor(
+        &self,
+        job_id: &str,
+        kind: WorkKind,
+    ) -> Result<Option<WorkCursor>, StoreError> {
+        let k = key(job_pk(job_id), work_sk(kind.as_str()));
+        match self.read_item(k).await? {
+            Some(item) => Ok(Some(cursor_from_item(&item)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Start a walk again from its beginning, whether or not it is under way: what
+    /// its passed pages saw may have changed. The cursor's step moves on, so the
+    /// page in flight of the walk it replaces cannot advance it.
+    pub async fn restart_work(&self, job_id: &str, kind: WorkKind) -> Result<(), StoreError> {
+        loop {
+            let current = match self.work_cursor(job_id, kind).await? {
+                Some(c) => c,
+                None => {
+                    if self.start_work(job_id, kind).await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let fresh = WorkCursor {
+                step: current.step + 1,
+                ..WorkCursor::start(job_id, kind, 0)
+            };
+            let moved = send_if(
+                self.ddb
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(cursor_to_item(&fresh)))
+                    .condition_expression("step = :step")
+                    .expression_attribute_values(":step", n(current.step)),
+            )
+            .await?
+            .is_some();
+            if moved {
+                return Ok(());
+            }
+        }
     }
 
     /// The tasks of the cursor's page (every item kind), and the cursor for the next

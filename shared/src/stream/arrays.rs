@@ -1,7 +1,8 @@
 //! Array jobs in the fanout: dispatch windows and the rules between jobs.
 //!
 //! - A job becoming RUNNABLE (every gate met) queues its first `window` children (or,
-//!   SEQUENTIAL, child 0; or, N_TO_N, every child whose predecessors already ended).
+//!   SEQUENTIAL, child 0; or, N_TO_N, starts a paged sweep that queues every child
+//!   whose predecessors already succeeded).
 //! - Each child that ends queues one more (the window slides), so a job has at most
 //!   `window` children waiting in SQS and a job submitted later is not stuck behind a
 //!   million messages. The cursor moves with a conditional write after the messages are
@@ -118,7 +119,10 @@ impl Fanout {
         if a.sequential {
             return self.send_children(job, &[0]).await;
         }
-        self.sweep_n_to_n(job).await
+        self.store
+            .start_work(&job.job_id, crate::store::WorkKind::SweepNToN)
+            .await?;
+        Ok(0)
     }
 
     /// Slide the window: queue up to `count` more children from the cursor.
@@ -160,66 +164,62 @@ impl Fanout {
         Ok(messages.len())
     }
 
-    /// Queue every child whose N_TO_N predecessors all succeeded; fail those whose
-    /// predecessor failed or can no longer run.
-    async fn sweep_n_to_n(&self, job: &JobRecord) -> Result<usize, FanoutError> {
+    /// One page of an N_TO_N sweep: queue each child whose predecessors' children all
+    /// succeeded; fail each whose predecessor child failed or will never run (its job
+    /// ended without it); leave the rest to the predecessors' children as they end.
+    pub(super) async fn sweep_n_to_n_page(
+        &self,
+        job: &JobRecord,
+        range: std::ops::Range<u32>,
+    ) -> Result<usize, FanoutError> {
         let Some(a) = &job.array else { return Ok(0) };
-        let size = a.size();
-        // index → Some(true) all succeeded so far, Some(false) one failed
-        let mut ready: Vec<Option<bool>> = vec![Some(true); size as usize];
+        let ids: Vec<String> = range.clone().map(child_task_id).collect();
+        // per index: Some(true) all succeeded so far, Some(false) one failed, None waits
+        let mut ready: Vec<Option<bool>> = vec![Some(true); ids.len()];
         let mut reasons: HashMap<u32, String> = HashMap::new();
         for pred_id in &a.n_to_n {
             let Some(pred) = self.store.get_job(pred_id).await? else {
                 continue;
             };
-            let tasks = self.store.all_tasks(pred_id, pred.shard_count).await?;
-            let mut seen = vec![false; size as usize];
-            for t in tasks {
-                let Some(i) = t.index.filter(|i| *i < size) else {
-                    continue;
-                };
-                seen[i as usize] = true;
-                match t.state {
-                    TaskState::Succeeded => {}
-                    st if st.is_terminal() => {
-                        ready[i as usize] = Some(false);
-                        reasons
-                            .entry(i)
-                            .or_insert_with(|| format!("Dependent job {pred_id}:{i} {st}"));
+            let found = self
+                .store
+                .get_tasks(pred_id, pred.shard_count, &ids)
+                .await?;
+            for (k, i) in range.clone().enumerate() {
+                let why = match found.get(&ids[k]).map(|t| t.state) {
+                    Some(TaskState::Succeeded) => continue,
+                    Some(st) if st.is_terminal() => format!("Dependent job {pred_id}:{i} {st}"),
+                    None if pred.state.is_terminal() => {
+                        format!("Dependent job {pred_id}:{i} ended without running")
                     }
                     _ => {
-                        if ready[i as usize] == Some(true) {
-                            ready[i as usize] = None;
+                        if ready[k] == Some(true) {
+                            ready[k] = None;
                         }
+                        continue;
                     }
-                }
-            }
-            for (i, s) in seen.iter().enumerate() {
-                if !s {
-                    if pred.state.is_terminal() {
-                        ready[i] = Some(false);
-                        reasons.entry(i as u32).or_insert_with(|| {
-                            format!("Dependent job {pred_id}:{i} ended without running")
-                        });
-                    } else if ready[i] == Some(true) {
-                        ready[i] = None;
-                    }
-                }
+                };
+                ready[k] = Some(false);
+                reasons.entry(i).or_insert(why);
             }
         }
-        let go: Vec<u32> = (0..size)
-            .filter(|i| ready[*i as usize] == Some(true))
-            .collect();
-        let fail: Vec<u32> = (0..size)
-            .filter(|i| ready[*i as usize] == Some(false))
-            .collect();
-        let sent = self.send_children(job, &go).await?;
-        self.fail_children(job, &fail, |i| reasons.get(&i).cloned().unwrap_or_default())
-            .await?;
+        let pick = |want: bool| -> Vec<u32> {
+            range
+                .clone()
+                .zip(&ready)
+                .filter(|(_, r)| **r == Some(want))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let sent = self.send_children(job, &pick(true)).await?;
+        self.fail_children(job, &pick(false), |i| {
+            reasons.get(&i).cloned().unwrap_or_default()
+        })
+        .await?;
         Ok(sent)
     }
 
-    async fn fail_children(
+    pub(super) async fn fail_children(
         &self,
         job: &JobRecord,
         indexes: &[u32],
@@ -250,7 +250,7 @@ impl Fanout {
         }
         if a.sequential && job.state == JobState::Runnable {
             let mut next = Vec::new();
-            let mut fail = Vec::new();
+            let mut fail_from: Option<u32> = None;
             for (_, t) in children {
                 let i = t.task.index.unwrap_or(0);
                 if i + 1 >= a.size() {
@@ -259,14 +259,17 @@ impl Fanout {
                 if t.task.state == TaskState::Succeeded {
                     next.push(i + 1);
                 } else {
-                    fail.extend(i + 1..a.size());
+                    fail_from = Some(fail_from.map_or(i + 1, |f| f.min(i + 1)));
                 }
             }
             sent += self.send_children(&job, &next).await?;
-            let prev = |i: u32| format!("Dependent job {job_id}:{} did not succeed", i - 1);
-            // A failed child fails the rest of the sequence; each write is conditional
-            // on the child not existing, so this is safe to repeat.
-            self.fail_children(&job, &fail, prev).await?;
+            // A failed child fails the rest of the sequence, a page at a time (each
+            // write is conditional on the child not existing, so a page may repeat).
+            if let Some(from) = fail_from {
+                self.store
+                    .start_work_at(job_id, crate::store::WorkKind::FailSequence, from)
+                    .await?;
+            }
         }
         for d in job.dependents.iter().filter_map(|d| Dependent::decode(d)) {
             match d {
@@ -382,10 +385,14 @@ impl Fanout {
                         }
                     }
                     Dependent::NToN(dep_id) => {
+                        // Its children that never ran fail theirs: sweep the dependent
+                        // again from the start, since what its passed pages saw changed.
                         if job.state != JobState::Succeeded {
                             if let Some(dep) = self.store.get_job(&dep_id).await? {
                                 if dep.state == JobState::Runnable {
-                                    self.sweep_n_to_n(&dep).await?;
+                                    self.store
+                                        .restart_work(&dep_id, crate::store::WorkKind::SweepNToN)
+                                        .await?;
                                 }
                             }
                         }

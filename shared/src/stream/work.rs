@@ -1,9 +1,9 @@
 //! A job's paged work, a page per stream record of its cursor (see
 //! [`crate::store::work`]): sending a committed submission's ready tasks, cancelling a
-//! job's tasks.
+//! job's tasks, failing the rest of a SEQUENTIAL array, sweeping an N_TO_N array.
 
 use super::{Fanout, FanoutError, EFFECT_CONCURRENCY};
-use crate::domain::{TaskKind, TaskState};
+use crate::domain::{JobState, TaskKind, TaskState};
 use crate::queue::TaskMessage;
 use crate::store::StoreError;
 use futures::{stream, StreamExt};
@@ -17,6 +17,9 @@ impl Fanout {
         cursor: &crate::store::WorkCursor,
     ) -> Result<usize, FanoutError> {
         use crate::store::WorkKind;
+        if cursor.kind.by_index() {
+            return self.index_page(cursor).await;
+        }
         let shard_count = self.shard_count(&cursor.job_id).await?;
         let (tasks, next) = self.store.work_page(cursor, shard_count).await?;
         let mut sent = 0;
@@ -39,6 +42,7 @@ impl Fanout {
                     }
                 }
             }
+            WorkKind::FailSequence | WorkKind::SweepNToN => {}
             WorkKind::Cancel => {
                 let results: Vec<Result<TaskState, StoreError>> =
                     stream::iter(tasks.into_iter().filter(|t| !t.state.is_terminal()))
@@ -54,6 +58,38 @@ impl Fanout {
                 }
             }
         }
+        self.store.advance_work(cursor, next.as_ref()).await?;
+        Ok(sent)
+    }
+}
+
+impl Fanout {
+    /// One page of a walk over an array's children by index.
+    async fn index_page(&self, cursor: &crate::store::WorkCursor) -> Result<usize, FanoutError> {
+        use crate::store::WorkKind;
+        let job = self.store.get_job(&cursor.job_id).await?;
+        let live = job
+            .as_ref()
+            .filter(|j| !j.state.is_terminal() && !j.cancel_requested);
+        let (Some(job), Some(a)) = (live, live.and_then(|j| j.array.as_ref())) else {
+            // The job is gone or closed: nothing is left to send or fail.
+            self.store.advance_work(cursor, None).await?;
+            return Ok(0);
+        };
+        let (range, next) = cursor.index_page(a.size());
+        let sent = match cursor.kind {
+            WorkKind::FailSequence => {
+                let job_id = &job.job_id;
+                let indexes: Vec<u32> = range.collect();
+                let prev = |i: u32| format!("Dependent job {job_id}:{} did not succeed", i - 1);
+                self.fail_children(job, &indexes, prev).await?;
+                0
+            }
+            WorkKind::SweepNToN if job.state == JobState::Runnable => {
+                self.sweep_n_to_n_page(job, range).await?
+            }
+            _ => 0,
+        };
         self.store.advance_work(cursor, next.as_ref()).await?;
         Ok(sent)
     }
