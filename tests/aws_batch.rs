@@ -116,6 +116,11 @@ async fn a_small_job_is_not_starved_by_a_million_child_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_exit_codes_out_of_memory_and_list_filters_are_aws_batchs() {
+    scenario("semantics", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aws_cli_works_unchanged() {
     scenario("cli", |_| {}).await;
 }

@@ -1,7 +1,7 @@
 //! Resource tiers end to end: tasks that allocate real memory under the taskhost's
 //! limits, each worker pool served by its own workers, escalation on OOM.
 
-use batchplane::domain::tiers::Tier;
+use batchplane::domain::tiers::{Tier, OOM_ON_LARGEST_TIER, OUT_OF_MEMORY};
 use batchplane_local::PoolWorkers;
 use batchplane_testing::{attempts, wait_for, Harness};
 use serde_json::Value;
@@ -86,7 +86,7 @@ async fn each_task_ends_on_the_smallest_tier_that_fits_it() {
         let t = h.task(&job, id).await;
         let a = attempts(&t);
         assert_eq!(a.len(), 2, "{t}");
-        assert_eq!(a[0]["reason"], "OutOfMemory", "{t}");
+        assert_eq!(a[0]["reason"], OUT_OF_MEMORY, "{t}");
         assert_eq!(a[0]["tier"], 0, "{t}");
         assert_eq!(a[1]["tier"], 1, "{t}");
         assert_eq!(a[1]["exit_code"], 0, "{t}");
@@ -106,7 +106,7 @@ async fn each_task_ends_on_the_smallest_tier_that_fits_it() {
         .iter()
         .map(|x| x["reason"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(reasons[..2], ["OutOfMemory", "OutOfMemory"], "{large}");
+    assert_eq!(reasons[..2], [OUT_OF_MEMORY, OUT_OF_MEMORY], "{large}");
     assert!(text(&a[2], "worker_id").contains("640mib"), "{large}");
     // Each attempt says how its memory was held; the escalations did not use up the
     // retry budget (one attempt by default).
@@ -148,7 +148,7 @@ tasks:
     let done = h.wait(&job, MINUTES).await;
     assert_eq!(done["state"], "FAILED", "{done}");
     let hog = h.task(&job, "hog").await;
-    assert_eq!(hog["status_reason"], "OutOfMemory on largest tier", "{hog}");
+    assert_eq!(hog["status_reason"], OOM_ON_LARGEST_TIER, "{hog}");
     assert_eq!(attempts(&hog).len(), 2, "{hog}");
     let expected = expected_enforcement();
     for x in attempts(&hog) {
@@ -168,7 +168,7 @@ tasks:
     // Failures are a query: the CLI lists both with their reasons.
     let listed = h.cli(&["tasks", &job, "--state", "FAILED"]);
     assert!(
-        listed.contains("hog") && listed.contains("OutOfMemory on largest tier"),
+        listed.contains("hog") && listed.contains(OOM_ON_LARGEST_TIER),
         "{listed}"
     );
     assert!(

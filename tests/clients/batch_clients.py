@@ -350,25 +350,50 @@ def cancel_terminate():
     check(describe(big)["status"] == "PENDING", describe(big))
     batch.cancel_job(jobId=big, reason="not needed")
     j = wait(big, timeout=30)
-    check(j["status"] == "FAILED" and j["statusReason"] == "Cancelled: not needed", j)
+    # The reason is the caller's, as given; the job says it was cancelled.
+    check(j["status"] == "FAILED" and j["statusReason"] == "not needed", j)
+    check(j.get("isCancelled") is True and "isTerminated" not in j, j)
     check(j["arrayProperties"]["statusSummary"]["FAILED"] == 50, j["arrayProperties"])
     # cancel_job on a RUNNING job leaves it running, as AWS Batch does.
     batch.cancel_job(jobId=running, reason="too late")
     check(describe(running)["status"] == "RUNNING", describe(running))
     batch.terminate_job(jobId=running, reason="stop now")
     j = wait(running, timeout=30)
-    check(j["status"] == "FAILED" and "stop now" in j["statusReason"], j)
+    check(j["status"] == "FAILED" and j["statusReason"] == "stop now", j)
+    check(j.get("isTerminated") is True and "isCancelled" not in j, j)
+    check(isinstance(j.get("stoppedAt"), int), j)
     # Its attempt was killed, not left running.
     deadline = time.time() + 30
     while time.time() < deadline and not describe(running)["attempts"]:
         time.sleep(0.3)
     check(describe(running)["attempts"], "the terminated attempt is recorded")
+    # The bulk forms: each job reported on its own, an unknown one counted as done.
+    a, b = submit("bulk-a", "sleep 60"), submit("bulk-b", "sleep 60")
+    wait(a, states=("RUNNING",), timeout=60)
+    out = batch.terminate_jobs(jobs=[a, b, "j-00000000001-000000000000"], reason="bulk stop")
+    check(sorted(out["successful"]) == sorted([a, b, "j-00000000001-000000000000"]) and out["errors"] == [], out)
+    for job in (a, b):
+        j = wait(job, timeout=30)
+        check(j["status"] == "FAILED" and j["statusReason"] == "bulk stop" and j.get("isTerminated"), j)
+    c = submit("bulk-c", "true", dependsOn=[{"jobId": submit("blocker", "sleep 60")}])
+    out = batch.cancel_jobs(jobs=[c], reason="never mind")
+    check(out["successful"] == [c] and out["errors"] == [], out)
+    j = wait(c, timeout=30)
+    check(j["statusReason"] == "never mind" and j.get("isCancelled"), j)
+    msg = client_error(batch.cancel_jobs, jobs=[str(i) for i in range(51)], reason="x")
+    check("1 to 50" in msg, msg)
 
 
 def fair_share():
     setup()
     big = submit("million", "sleep 0.05", arrayProperties={"size": 1000000})
-    wait(big, states=("RUNNING",), timeout=60)
+    # As AWS Batch's: the parent is PENDING while its children run, and listed so.
+    deadline = time.time() + 60
+    while time.time() < deadline and not batch.list_jobs(arrayJobId=big, jobStatus="RUNNING")["jobSummaryList"]:
+        time.sleep(0.3)
+    check(describe(big)["status"] == "PENDING", describe(big))
+    pending = batch.list_jobs(jobQueue="jq", jobStatus="PENDING")["jobSummaryList"]
+    check([x["jobId"] for x in pending] == [big], pending)
     time.sleep(2)
     t0 = time.time()
     small = submit("small", "true", arrayProperties={"size": 10})
@@ -378,6 +403,69 @@ def fair_share():
     check(took < 30, f"the small job took {took:.1f}s behind the million-child job")
     batch.terminate_job(jobId=big, reason="done")
     print(json.dumps({"small_job_seconds": round(took, 2)}))
+
+
+def semantics():
+    """What a container moved off AWS Batch relies on: its variables, the reserved
+    prefix, exit codes of signals, the out-of-memory reason and the rules matching it,
+    and ListJobs' filters."""
+    setup()
+    env_script = ('test "$AWS_BATCH_CE_NAME|$AWS_BATCH_JQ_NAME|$AWS_BATCH_JOB_ARRAY_SIZE|$AWS_EXECUTION_ENV" = "jq-ce|jq|3|AWS_ECS_EC2" '
+                  '&& test -n "$AWS_REGION" && test "$AWS_REGION" = "$AWS_DEFAULT_REGION" '
+                  '&& test "$AWS_BATCH_JOB_ATTEMPT" = 1 && test -n "$AWS_BATCH_JOB_ID"')
+    j = wait(submit("env", env_script, arrayProperties={"size": 3}))
+    check(j["status"] == "SUCCEEDED", (j, describe(f"{j['jobId']}:0")))
+    # The reserved prefix is refused wherever a job sets variables.
+    msg = client_error(batch.register_job_definition, jobDefinitionName="reserved", type="container",
+                       containerProperties={"image": "x", "command": ["true"], "vcpus": 1, "memory": 64,
+                                            "environment": [{"name": "AWS_BATCH_JOB_ID", "value": "mine"}]})
+    check("AWS_BATCH_" in msg and "containerProperties" in msg, msg)
+    msg = client_error(batch.submit_job, jobName="x", jobQueue="jq", jobDefinition="sh",
+                       parameters={"script": "true"},
+                       containerOverrides={"environment": [{"name": "AWS_BATCH_CE_NAME", "value": "x"}]})
+    check("AWS_BATCH_" in msg and "containerOverrides" in msg, msg)
+    # Killed by a signal: 128 + the signal, as a container runtime reports it.
+    j = wait(submit("killed", "kill -9 $$"))
+    check(j["status"] == "FAILED" and j["attempts"][-1]["container"]["exitCode"] == 137, j)
+    check(j["container"]["exitCode"] == 137, j["container"])
+    # Out of memory: AWS's reason, and the usual rules match it (EXIT stops retries).
+    batch.register_job_definition(
+        jobDefinitionName="hog", type="container",
+        containerProperties={"image": "x", "command": ["python3", "-c",
+                             "import time\nx = []\nfor _ in range(60): x.append(b'x' * (4 << 20)); time.sleep(0.005)\ntime.sleep(0.4)"],
+                             "resourceRequirements": [{"type": "VCPU", "value": "0.5"}, {"type": "MEMORY", "value": "64"}]},
+        retryStrategy={"attempts": 3, "evaluateOnExit": [{"onReason": "OutOfMemoryError*", "action": "EXIT"}]})
+    j = wait(batch.submit_job(jobName="hog", jobQueue="jq", jobDefinition="hog")["jobId"])
+    last = j["attempts"][-1]
+    check(j["status"] == "FAILED" and len(j["attempts"]) == 1, j)
+    check(last["container"]["reason"].startswith("OutOfMemoryError: Container killed due to memory usage"), last)
+    check(last["container"]["exitCode"] == 137, last)
+    j = wait(batch.submit_job(jobName="hog137", jobQueue="jq", jobDefinition="hog", retryStrategy={
+        "attempts": 3, "evaluateOnExit": [{"onExitCode": "137", "action": "EXIT"}]})["jobId"])
+    check(len(j["attempts"]) == 1, j)
+    check(all(isinstance(a.get("stoppedAt"), int) for a in j["attempts"]), j["attempts"])
+    # ListJobs' filters, as the model documents them.
+    names = {"Test1": submit("Test1", "true"), "test10": submit("test10", "true"), "other": submit("other", "true")}
+    for job in names.values():
+        wait(job)
+
+    def listed(name, value, **kw):
+        page = batch.list_jobs(jobQueue="jq", filters=[{"name": name, "values": [value]}], **kw)
+        return {x["jobName"] for x in page["jobSummaryList"]}
+    check({"Test1", "test10"} <= listed("JOB_NAME", "test1*") and "other" not in listed("JOB_NAME", "test1*"),
+          listed("JOB_NAME", "test1*"))
+    check(listed("JOB_NAME", "TEST1") == {"Test1"}, listed("JOB_NAME", "TEST1"))
+    defs = batch.describe_job_definitions(jobDefinitionName="sh")["jobDefinitions"]
+    by_def = listed("JOB_DEFINITION", "sh")
+    check({"Test1", "test10", "other"} <= by_def and "hog" not in by_def, by_def)
+    check({"Test1", "test10", "other"} <= listed("JOB_DEFINITION", defs[0]["jobDefinitionArn"]), "by ARN")
+    check(listed("JOB_DEFINITION", "ho*") >= {"hog", "hog137"}, listed("JOB_DEFINITION", "ho*"))
+    created = describe(names["test10"])["createdAt"]
+    check("test10" not in listed("BEFORE_CREATED_AT", str(created)), "before is strict")
+    check("test10" in listed("AFTER_CREATED_AT", str(created - 1)), "after")
+    msg = client_error(batch.list_jobs, jobQueue="jq", filters=[{"name": "JOB_NAME", "values": ["a"]},
+                                                                 {"name": "JOB_NAME", "values": ["b"]}])
+    check("one filter" in msg, msg)
 
 
 def cli():

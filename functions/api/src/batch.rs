@@ -119,6 +119,10 @@ op!(cancel_job, |svc, input, who| svc
     .aws_cancel_job(&who, &input, false));
 op!(terminate_job, |svc, input, who| svc
     .aws_cancel_job(&who, &input, true));
+op!(cancel_jobs, |svc, input, who| svc
+    .aws_cancel_jobs(&who, &input, false));
+op!(terminate_jobs, |svc, input, who| svc
+    .aws_cancel_jobs(&who, &input, true));
 op!(register_job_definition, |svc, input, who| svc
     .register_job_definition(&who, &input));
 op!(describe_job_definitions, |svc, input, who| svc
@@ -246,6 +250,8 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/v1/listjobs", post(list_jobs))
         .route("/v1/canceljob", post(cancel_job))
         .route("/v1/terminatejob", post(terminate_job))
+        .route("/v1/canceljobs", post(cancel_jobs))
+        .route("/v1/terminatejobs", post(terminate_jobs))
         .route("/v1/registerjobdefinition", post(register_job_definition))
         .route("/v1/describejobdefinitions", post(describe_job_definitions))
         .route(

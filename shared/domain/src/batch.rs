@@ -162,6 +162,9 @@ pub struct ArrayJob {
     pub share_identifier: Option<String>,
     #[serde(default)]
     pub scheduling_priority: i32,
+    /// The compute environment its job queue places it in (`AWS_BATCH_CE_NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_environment: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -190,11 +193,16 @@ pub fn apply_template(task: &mut super::TaskRecord, a: &ArrayJob) {
     task.timeout_seconds = t.timeout_seconds;
     task.retry = t.retry.clone();
     task.tiers = t.tiers.clone();
-    if a.array_size.is_some() {
+    if let Some(size) = a.array_size {
         if let Some(i) = task.index {
             task.env
                 .insert("AWS_BATCH_JOB_ARRAY_INDEX".into(), i.to_string());
+            task.env
+                .insert("AWS_BATCH_JOB_ARRAY_SIZE".into(), size.to_string());
         }
+    }
+    if let Some(ce) = &a.compute_environment {
+        task.env.insert("AWS_BATCH_CE_NAME".into(), ce.clone());
     }
 }
 
@@ -345,6 +353,7 @@ mod tests {
             job_definition: None,
             share_identifier: None,
             scheduling_priority: 0,
+            compute_environment: None,
             parameters: Default::default(),
             tags: Default::default(),
             caller: None,

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod autoscale;
 pub mod batch;
+pub mod environment;
 pub mod error;
 pub mod ids;
 pub mod launch;
@@ -21,6 +22,6 @@ pub mod tiers;
 
 pub use error::FieldError;
 pub use plan::{plan_addition, plan_job, ExistingEdge, PlannedTask, TaskKind, MAX_EDGES};
-pub use records::{AttemptRecord, JobRecord, Notify, TaskRecord, Usage};
+pub use records::{AttemptRecord, JobRecord, Notify, Stop, TaskRecord, Usage};
 pub use spec::{parse_job_spec, parse_task_list, validate_addition, JobSpec, SpecError, TaskSpec};
 pub use state::{JobState, TaskCounts, TaskState, TaskTransition};

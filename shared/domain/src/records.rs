@@ -23,6 +23,8 @@ pub struct JobRecord {
     pub total_tasks: u64,
     pub shard_count: u32,
     pub cancel_requested: bool,
+    /// How a caller stopped the job, if one did (AWS's `isCancelled`/`isTerminated`).
+    pub stopped_by: Option<Stop>,
     /// A DAG job whose tasks are still being written: none of them is sent to a queue
     /// until the submission commits (clears this), so a submission that fails part-way
     /// runs nothing.
@@ -56,12 +58,39 @@ impl JobRecord {
             total_tasks: 0,
             shard_count: 1,
             cancel_requested: false,
+            stopped_by: None,
             uncommitted: false,
             array: None,
             gates_met: 0,
             dispatched: 0,
             dependents: Vec::new(),
             notify: Notify::default(),
+        }
+    }
+}
+
+/// How a caller stopped a job: CancelJob (what has not started never runs) or
+/// TerminateJob (what runs is killed too); the native cancel is a cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stop {
+    Cancel,
+    Terminate,
+}
+
+impl Stop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stop::Cancel => "cancel",
+            Stop::Terminate => "terminate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stop> {
+        match s {
+            "cancel" => Some(Stop::Cancel),
+            "terminate" => Some(Stop::Terminate),
+            _ => None,
         }
     }
 }
@@ -118,6 +147,14 @@ pub struct AttemptRecord {
     /// Logs URIs in AWS).
     pub stdout: Option<String>,
     pub stderr: Option<String>,
+}
+
+impl AttemptRecord {
+    /// The exit code as a container runtime reports it: the process's own, or 128 plus
+    /// the signal that killed it (137 for SIGKILL, an out-of-memory kill among them).
+    pub fn container_exit_code(&self) -> Option<i32> {
+        self.exit_code.or_else(|| self.signal.map(|s| 128 + s))
+    }
 }
 
 /// A task as stored.

@@ -187,6 +187,9 @@ pub fn parse_array_job_spec(text: &str) -> Result<ArrayJobSpec, SpecError> {
                 .into(),
         ));
     }
+    if let Some(problem) = crate::environment::check_names(spec.env.keys()) {
+        return Err(invalid("env", format!("field `env`: {problem}")));
+    }
     if spec.job_definition.is_none() && spec.command.is_empty() {
         return Err(invalid(
             "command",
@@ -597,17 +600,8 @@ fn validate_task_fields(t: &TaskSpec) -> Result<(), SpecError> {
         crate::limits::check_document_size("", &whole, 2 * MAX_TASK_BYTES)
             .map_err(|e| task_error("InvalidField", &t.id, &e.field, e.problem))?;
     }
-    if let Some(key) = t
-        .env
-        .keys()
-        .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
-    {
-        return Err(task_error(
-            "InvalidField",
-            &t.id,
-            "env",
-            format!("variable name {key:?} is not valid"),
-        ));
+    if let Some(problem) = crate::environment::check_names(t.env.keys()) {
+        return Err(task_error("InvalidField", &t.id, "env", problem));
     }
     Ok(())
 }

@@ -231,17 +231,20 @@ pub fn validate_tiers(tiers: &[Tier]) -> Result<(), FieldError> {
 pub enum OomOutcome {
     /// Run again on this tier (its index); the retry budget is not charged.
     Escalate { tier: u32, shape: Tier },
-    /// It was the largest tier: the task fails (`OutOfMemory on largest tier`).
+    /// It was the largest tier: the task fails ([`OOM_ON_LARGEST_TIER`]).
     LargestTier,
     /// The task has no tiers: an OOM is a failure like any other, and the retry
     /// strategy decides.
     NoTiers,
 }
 
-/// The reason a task fails with when it runs out of memory on its last tier.
-pub const OOM_ON_LARGEST_TIER: &str = "OutOfMemory on largest tier";
-/// The reason of an attempt killed for exceeding its memory limit.
-pub const OUT_OF_MEMORY: &str = "OutOfMemory";
+/// The reason of an attempt killed for exceeding its memory limit: AWS Batch's own, so
+/// the usual `evaluateOnExit` rules (`onReason: "OutOfMemoryError*"`) match it.
+pub const OUT_OF_MEMORY: &str = "OutOfMemoryError: Container killed due to memory usage";
+/// The reason a task fails with when it runs out of memory on its last tier (it starts
+/// with [`OUT_OF_MEMORY`], so the same rules match).
+pub const OOM_ON_LARGEST_TIER: &str =
+    "OutOfMemoryError: Container killed due to memory usage, on the largest tier";
 
 /// Where a task goes after running out of memory on tier `current`.
 pub fn after_oom(tiers: &[Tier], current: u32) -> OomOutcome {

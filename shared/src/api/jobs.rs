@@ -330,7 +330,9 @@ impl Service {
                 json!({"job_id": job_id, "state": job.state}),
             ));
         }
-        self.store.request_job_cancel(job_id).await?;
+        self.store
+            .request_job_cancel(job_id, crate::domain::Stop::Cancel)
+            .await?;
         // The tasks are cancelled a page at a time through the stream (a job may have a
         // million); the job is CANCELLED once they all are.
         self.store

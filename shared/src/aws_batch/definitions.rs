@@ -120,8 +120,13 @@ pub(super) fn resources(
     Ok((cpu, mem))
 }
 
-pub(super) fn environment(container: &Value) -> BTreeMap<String, String> {
-    container
+/// A container's `environment` list as a map; a name under AWS Batch's reserved
+/// `AWS_BATCH_` prefix is refused, named by `field`.
+pub(super) fn environment(
+    container: &Value,
+    field: &str,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let env: BTreeMap<String, String> = container
         .get("environment")
         .and_then(Value::as_array)
         .map(|list| {
@@ -134,7 +139,11 @@ pub(super) fn environment(container: &Value) -> BTreeMap<String, String> {
                 })
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    match crate::domain::environment::check_names(env.keys()) {
+        Some(problem) => Err(client(format!("{field}.environment: {problem}"))),
+        None => Ok(env),
+    }
 }
 
 pub(super) fn command(container: &Value) -> Option<Vec<String>> {
@@ -175,6 +184,7 @@ impl Service {
             .get("containerProperties")
             .ok_or_else(|| client("containerProperties is required for type container"))?;
         resources(container, "containerProperties")?;
+        environment(container, "containerProperties")?;
         retry_from(input.get("retryStrategy"), "retryStrategy")?;
         definition_tiers(input)?;
         let named = input["tags"][TEAM_TAG].as_str();

@@ -11,12 +11,16 @@ use std::collections::BTreeMap;
 
 use super::{arn::*, definitions::*, wire::*};
 
-/// AWS's status of a job, from what is stored: a job is RUNNING once a task started.
+/// AWS's status of a job, from what is stored: a job is RUNNING once a task started;
+/// an array's parent stays PENDING until its children have all ended, as AWS Batch's
+/// does (ListJobs lists it under PENDING meanwhile).
 pub fn aws_status(job: &JobRecord) -> &'static str {
+    let array_parent = job.array.as_ref().is_some_and(|a| a.array_size.is_some());
     match job.state {
         JobState::Submitted => "SUBMITTED",
         JobState::Succeeded => "SUCCEEDED",
         JobState::Failed | JobState::Cancelled => "FAILED",
+        _ if array_parent => "PENDING",
         JobState::Pending if job.array.is_some() => "PENDING",
         _ if job.started_at.is_some() => "RUNNING",
         _ => "RUNNABLE",
@@ -50,7 +54,7 @@ pub(super) fn attempts_json(t: &TaskRecord) -> Value {
             .iter()
             .map(|a| {
                 let mut c = Map::new();
-                if let Some(code) = a.exit_code {
+                if let Some(code) = a.container_exit_code() {
                     c.insert("exitCode".into(), json!(code));
                 }
                 if let Some(r) = &a.reason {
@@ -215,14 +219,27 @@ impl Service {
             }
             None => ("PENDING", None),
         };
-        let status = if index.is_none() && job.state.is_terminal() {
-            aws_status(job)
+        // A single job that ended is as the job ended: its status, and its attempt's
+        // reason, or the caller's, as given, when a cancel or terminate ended it.
+        let whole_job = index.is_none() && job.state.is_terminal();
+        let (status, reason) = if whole_job {
+            let reason = match job.stopped_by {
+                Some(_) => job.reason.clone().or(reason),
+                None => reason.or_else(|| job.reason.clone()),
+            };
+            (aws_status(job), reason)
         } else {
-            status
+            (
+                status,
+                reason.or_else(|| job.reason.clone().filter(|_| index.is_none())),
+            )
         };
         d.insert("status".into(), json!(status));
-        if let Some(r) = reason.or_else(|| job.reason.clone().filter(|_| index.is_none())) {
+        if let Some(r) = reason {
             d.insert("statusReason".into(), json!(r));
+        }
+        if index.is_none() {
+            stop_fields(job, d);
         }
         if let Some(t) = &task {
             d.insert("attempts".into(), attempts_json(t));
@@ -233,7 +250,7 @@ impl Service {
                 d.insert("stoppedAt".into(), json!(at));
             }
             if let Some(last) = t.attempts.last() {
-                if let Some(c) = last.exit_code {
+                if let Some(c) = last.container_exit_code() {
                     container["exitCode"] = json!(c);
                 }
                 if let Some(r) = &last.reason {
@@ -245,6 +262,12 @@ impl Service {
             }
         } else {
             d.insert("attempts".into(), json!([]));
+        }
+        if whole_job {
+            // Stopped when the job was (a terminated attempt may still be ending).
+            if let Some(at) = job.finished_at {
+                d.insert("stoppedAt".into(), json!(at));
+            }
         }
         if index.is_some() {
             d.insert("arrayProperties".into(), json!({"index": i}));
@@ -291,28 +314,13 @@ impl Service {
             ));
         }
         let filters = input["filters"].as_array().cloned().unwrap_or_default();
-        let mut name_filter: Option<String> = None;
-        let mut before: Option<i64> = None;
-        let mut after: Option<i64> = None;
-        for (i, f) in filters.iter().enumerate() {
-            let value = f["values"]
-                .as_array()
-                .and_then(|v| v.first())
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            match opt_str(f, "name") {
-                Some("JOB_NAME") => name_filter = Some(value.to_string()),
-                Some("BEFORE_CREATED_AT") => before = Some(value.parse().map_err(|_| client(format!("filters[{i}]: {value:?} is not a time in milliseconds")))?),
-                Some("AFTER_CREATED_AT") => after = Some(value.parse().map_err(|_| client(format!("filters[{i}]: {value:?} is not a time in milliseconds")))?),
-                Some("JOB_DEFINITION") => {}
-                other => return Err(client(format!("filters[{i}].name {other:?} must be JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT or AFTER_CREATED_AT"))),
-            }
-        }
-        // As AWS: with filters, the status is not used; without, it defaults to RUNNING.
-        let status = if filters.is_empty() {
-            Some(opt_str(input, "jobStatus").unwrap_or("RUNNING").to_string())
-        } else {
-            None
+        let filter = super::filters::JobFilter::parse(&filters)?;
+        // As AWS: with a filter, the status is not used (except beside SHARE_IDENTIFIER);
+        // without either, it defaults to RUNNING.
+        let status = match &filter {
+            Some(f) if !f.keeps_status() => None,
+            Some(_) => opt_str(input, "jobStatus").map(String::from),
+            None => Some(opt_str(input, "jobStatus").unwrap_or("RUNNING").to_string()),
         };
         if let Some(s) = &status {
             if !ALL_STATUSES.contains(&s.as_str()) {
@@ -344,14 +352,7 @@ impl Service {
             .list_jobs_in_queue(&queue, max, start, |j| {
                 who.can_view(&j.team)
                     && status.as_deref().is_none_or(|s| aws_status(j) == s)
-                    && name_filter
-                        .as_deref()
-                        .is_none_or(|n| match n.strip_suffix('*') {
-                            Some(p) => j.name.starts_with(p),
-                            None => j.name == n,
-                        })
-                    && before.is_none_or(|b| j.created_at < b)
-                    && after.is_none_or(|a| j.created_at > a)
+                    && filter.as_ref().is_none_or(|f| f.matches(j))
             })
             .await?;
         let summaries: Vec<Value> = jobs.iter().map(job_summary).collect();
@@ -419,7 +420,8 @@ impl Service {
                         if let Some(s) = t.finished_at {
                             m["stoppedAt"] = json!(s);
                         }
-                        if let Some(c) = t.exit_code {
+                        let code = t.attempts.last().and_then(|a| a.container_exit_code());
+                        if let Some(c) = code.or(t.exit_code) {
                             m["container"]["exitCode"] = json!(c);
                         }
                     }
@@ -438,6 +440,7 @@ impl Service {
 /// only when known: botocore wants numbers where they are present).
 pub(super) fn job_status_fields(j: &JobRecord, d: &mut Map<String, Value>) {
     d.insert("status".into(), json!(aws_status(j)));
+    stop_fields(j, d);
     if let Some(r) = &j.reason {
         d.insert("statusReason".into(), json!(r));
     }
@@ -447,6 +450,19 @@ pub(super) fn job_status_fields(j: &JobRecord, d: &mut Map<String, Value>) {
     if let Some(t) = j.finished_at {
         d.insert("stoppedAt".into(), json!(t));
     }
+}
+
+/// `isCancelled` / `isTerminated`, once the caller's cancel or terminate has ended the
+/// job.
+fn stop_fields(j: &JobRecord, d: &mut Map<String, Value>) {
+    if !j.state.is_terminal() {
+        return;
+    }
+    match j.stopped_by {
+        Some(crate::domain::Stop::Cancel) => d.insert("isCancelled".into(), json!(true)),
+        Some(crate::domain::Stop::Terminate) => d.insert("isTerminated".into(), json!(true)),
+        None => None,
+    };
 }
 
 pub(super) fn job_summary(j: &JobRecord) -> Value {

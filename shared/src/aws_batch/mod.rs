@@ -13,12 +13,14 @@
 //! | `tags` | TagResource, UntagResource, ListTagsForResource |
 //! | `submit` | SubmitJob (and the native array path), CancelJob, TerminateJob |
 //! | `describe` | DescribeJobs, ListJobs |
+//! | `filters` | ListJobs' filters |
 //! | `wire`, `arn` | what they share: errors naming fields, paging, names and ARNs |
 
 mod arn;
 mod definitions;
 mod describe;
 mod environments;
+mod filters;
 mod policies;
 mod queues;
 mod submit;

@@ -134,7 +134,7 @@ impl Service {
         &self,
         reference: &str,
         share: Option<&str>,
-    ) -> Result<(String, Option<f64>), ApiError> {
+    ) -> Result<EnabledQueue, ApiError> {
         let name = name_of(reference);
         let q = self
             .store
@@ -168,6 +168,30 @@ impl Service {
                     .and_then(|s| s.get("weightFactor").and_then(Value::as_f64));
             }
         }
-        Ok((name.to_string(), weight))
+        // The compute environment a job is placed in: the queue's first, by order.
+        let compute_environment = q["computeEnvironmentOrder"]
+            .as_array()
+            .and_then(|order| {
+                order
+                    .iter()
+                    .min_by_key(|e| e["order"].as_i64().unwrap_or(i64::MAX))
+                    .and_then(|e| opt_str(e, "computeEnvironment"))
+            })
+            .map(|ce| name_of(ce).to_string());
+        Ok(EnabledQueue {
+            name: name.to_string(),
+            weight,
+            compute_environment,
+        })
     }
+}
+
+/// A job queue that takes jobs, as a submission uses it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct EnabledQueue {
+    pub name: String,
+    /// The share's weight factor in the queue's scheduling policy.
+    pub weight: Option<f64>,
+    /// Its first compute environment (`AWS_BATCH_CE_NAME`).
+    pub compute_environment: Option<String>,
 }

@@ -42,7 +42,7 @@ impl Service {
         if def["status"] != "ACTIVE" {
             return Err(client(format!("jobDefinition {def_ref} is INACTIVE")));
         }
-        let (queue, weight) = self.enabled_queue(queue_ref, share).await?;
+        let queue = self.enabled_queue(queue_ref, share).await?;
         let overrides = input
             .get("containerOverrides")
             .cloned()
@@ -68,7 +68,7 @@ impl Service {
             Some(&def),
             TemplateInput {
                 command: command(&overrides),
-                env: environment(&overrides),
+                env: environment(&overrides, "containerOverrides")?,
                 cpu: o_cpu,
                 memory_mib: o_mem,
                 timeout_seconds: timeout,
@@ -119,7 +119,8 @@ impl Service {
             .submit_array_job(ArraySubmission {
                 name: name.clone(),
                 team,
-                queue,
+                queue: queue.name,
+                compute_environment: queue.compute_environment,
                 template,
                 array_size,
                 sequential,
@@ -134,7 +135,7 @@ impl Service {
                     9999,
                 )?
                 .unwrap_or(0) as i32,
-                weight,
+                weight: queue.weight,
                 parameters,
                 tags,
                 caller: Some(who.principal.id.clone()),
@@ -170,7 +171,7 @@ impl Service {
                 Some(d)
             }
         };
-        let (queue, weight) = if self
+        let queue = if self
             .store
             .get_resource(ResourceKind::JobQueue, &spec.queue)
             .await?
@@ -179,7 +180,10 @@ impl Service {
             self.enabled_queue(&spec.queue, Some(&spec.team)).await?
         } else {
             self.queues.url(&spec.queue).await?;
-            (spec.queue.clone(), None)
+            super::queues::EnabledQueue {
+                name: spec.queue.clone(),
+                ..Default::default()
+            }
         };
         // Without a definition, the native defaults of a task (1 vCPU, 512 MiB).
         let (cpu, memory_mib) = match def {
@@ -215,7 +219,8 @@ impl Service {
             ArraySubmission {
                 name: spec.name,
                 team: spec.team.clone(),
-                queue,
+                queue: queue.name,
+                compute_environment: queue.compute_environment,
                 template,
                 array_size: spec.array_size,
                 sequential: spec.sequential,
@@ -223,7 +228,7 @@ impl Service {
                 job_definition: def.and_then(|d| d["jobDefinitionArn"].as_str().map(String::from)),
                 share_identifier: Some(spec.team),
                 scheduling_priority: spec.scheduling_priority,
-                weight,
+                weight: queue.weight,
                 parameters,
                 tags: spec.tags,
                 caller: Some(who.principal.id.clone()),
@@ -292,6 +297,7 @@ impl Service {
                 job_definition: sub.job_definition,
                 share_identifier: sub.share_identifier,
                 scheduling_priority: sub.scheduling_priority,
+                compute_environment: sub.compute_environment,
                 parameters: sub.parameters,
                 tags: sub.tags,
                 caller: sub.caller,
@@ -449,7 +455,11 @@ impl Service {
         let id = req_str(input, "jobId")?;
         let reason = req_str(input, "reason")?;
         let job_id = id.split(':').next().unwrap_or(id);
-        let missing = || client(format!("jobId {id} does not exist"));
+        let missing = || {
+            let mut e = client(format!("jobId {id} does not exist"));
+            e.details = json!({"missing": id});
+            e
+        };
         let job = self.store.get_job(job_id).await?.ok_or_else(missing)?;
         Self::require_on_team(who, &job.team, Need::Act, missing)?;
         if job.state.is_terminal() {
@@ -463,13 +473,16 @@ impl Service {
             // As in AWS Batch: CancelJob succeeds but leaves a started job running.
             return Ok(json!({}));
         }
-        self.store.request_job_cancel(job_id).await?;
-        let why = if terminate {
-            format!("Terminated: {reason}")
+        let stop = if terminate {
+            crate::domain::Stop::Terminate
         } else {
-            format!("Cancelled: {reason}")
+            crate::domain::Stop::Cancel
         };
-        self.store.fail_job(job_id, JobState::Failed, &why).await?;
+        self.store.request_job_cancel(job_id, stop).await?;
+        // As AWS Batch: the status reason is the caller's reason, as given.
+        self.store
+            .fail_job(job_id, JobState::Failed, reason)
+            .await?;
         if terminate {
             // Running children are stopped a page at a time through the stream.
             self.store
@@ -479,6 +492,49 @@ impl Service {
         tracing::info!(job_id, terminate, reason, "array job stopped");
         Ok(json!({}))
     }
+
+    /// CancelJobs / TerminateJobs: up to 50 jobs, each reported on its own (`successful`
+    /// or `errors` with a code), the answer 200 either way. As AWS: a job that cannot
+    /// be found counts as done; each job needs the same role its single call needs.
+    pub async fn aws_cancel_jobs(
+        &self,
+        who: &Access,
+        input: &Value,
+        terminate: bool,
+    ) -> Result<Value, ApiError> {
+        let ids: Vec<String> = input["jobs"]
+            .as_array()
+            .ok_or_else(|| client("jobs is required: a list of up to 50 job ids"))?
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| client("jobs: each entry is a job id string"))
+            })
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() || ids.len() > 50 {
+            return Err(client(format!("jobs: {} ids; give 1 to 50", ids.len())));
+        }
+        let reason = req_str(input, "reason")?;
+        let mut successful = Vec::new();
+        let mut errors = Vec::new();
+        for id in ids {
+            let one = json!({"jobId": id, "reason": reason});
+            match self.aws_cancel_job(who, &one, terminate).await {
+                Ok(_) => successful.push(json!(id)),
+                Err(e) if e.details.get("missing").is_some() => successful.push(json!(id)),
+                Err(e) => {
+                    let code = match e.kind {
+                        crate::api::ErrorKind::Forbidden => "AccessDeniedException",
+                        k if k.is_client() => "ValidationException",
+                        _ => "ServerException",
+                    };
+                    errors.push(json!({"job": id, "code": code, "message": e.message}));
+                }
+            }
+        }
+        Ok(json!({"successful": successful, "errors": errors}))
+    }
 }
 
 /// What [`Service::submit_array_job`] stores.
@@ -487,6 +543,8 @@ pub struct ArraySubmission {
     pub name: String,
     pub team: String,
     pub queue: String,
+    /// The job queue's compute environment, when submitted to a job queue.
+    pub compute_environment: Option<String>,
     pub template: JobTemplate,
     pub array_size: Option<u32>,
     pub sequential: bool,
@@ -535,7 +593,7 @@ pub(super) fn template_from(
         .ok_or_else(|| {
             client("no command: neither the job definition nor the submission gives one")
         })?;
-    let mut env = environment(container);
+    let mut env = environment(container, "jobDefinition containerProperties")?;
     env.extend(given.env);
     let retry = match given.retry {
         Some(r) => r,

@@ -167,6 +167,9 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     if job.cancel_requested {
         item.insert("cancel_requested".into(), AttributeValue::Bool(true));
     }
+    if let Some(stop) = job.stopped_by {
+        item.insert("stopped_by".into(), s(stop.as_str()));
+    }
     if job.uncommitted {
         item.insert("uncommitted".into(), AttributeValue::Bool(true));
     }
@@ -204,6 +207,12 @@ pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
         total_tasks: r.req_n("total_tasks")?,
         shard_count: r.req_n("shard_count")?,
         cancel_requested: r.bool("cancel_requested"),
+        stopped_by: match r.opt_s("stopped_by")? {
+            Some(v) => {
+                Some(crate::domain::Stop::parse(&v).ok_or_else(|| r.bad("stopped_by", "unknown"))?)
+            }
+            None => None,
+        },
         uncommitted: r.bool("uncommitted"),
         array: match r.opt_s("array")? {
             Some(json) => {

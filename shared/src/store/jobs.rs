@@ -420,14 +420,20 @@ impl Store {
         Ok(())
     }
 
-    /// Flag a job as cancelled so no task is added and its workers stop its tasks.
-    pub async fn request_job_cancel(&self, job_id: &str) -> Result<bool, StoreError> {
+    /// Flag a job as cancelled so no task is added and its workers stop its tasks, and
+    /// say how it was stopped.
+    pub async fn request_job_cancel(
+        &self,
+        job_id: &str,
+        stop: crate::domain::Stop,
+    ) -> Result<bool, StoreError> {
         Ok(send_if(
             self.ddb
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(key(job_pk(job_id), META_SK.into())))
-                .update_expression("SET cancel_requested = :true")
+                .update_expression("SET cancel_requested = :true, stopped_by = :stop")
+                .expression_attribute_values(":stop", s(stop.as_str()))
                 .condition_expression("#state IN (:submitted, :pending, :runnable)")
                 .expression_attribute_names("#state", "state")
                 .expression_attribute_values(":true", AttributeValue::Bool(true))

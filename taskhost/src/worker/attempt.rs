@@ -170,6 +170,19 @@ pub fn task_environment(
     env.push(("AWS_BATCH_JOB_ID".into(), aws_id));
     env.push(("AWS_BATCH_JOB_ATTEMPT".into(), task.attempt.to_string()));
     env.push(("AWS_BATCH_JQ_NAME".into(), task.queue.clone()));
+    // An array child carries its size and its queue's compute environment; a task of
+    // no job queue is placed in its worker pool, which stands in for one.
+    if !task.env.contains_key("AWS_BATCH_CE_NAME") {
+        env.push(("AWS_BATCH_CE_NAME".into(), task.pool_name().to_string()));
+    }
+    env.push(("AWS_EXECUTION_ENV".into(), "AWS_ECS_EC2".into()));
+    let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    if let Some(region) = region {
+        env.push(("AWS_REGION".into(), region.clone()));
+        env.push(("AWS_DEFAULT_REGION".into(), region));
+    }
     if let Some(url) = api_url {
         env.push(("BATCHPLANE_API_URL".into(), url.to_string()));
     }
@@ -569,7 +582,7 @@ fn next_step(
                     .map_or_else(|| "default".to_string(), |p| p.team);
                 let pool = WorkerPool::for_task(&task.queue, &team, &task.tiers, tier).name();
                 let why = format!(
-                    "OutOfMemory on tier {} of {n} ({} MiB); moving to tier {} of {n} ({}) in pool {pool}",
+                    "{OUT_OF_MEMORY} on tier {} of {n} ({} MiB); moving to tier {} of {n} ({}) in pool {pool}",
                     task.tier + 1,
                     task.memory_mib,
                     tier + 1,
@@ -588,7 +601,7 @@ fn next_step(
         }
     }
     let end = AttemptEnd {
-        exit_code: attempt.exit_code,
+        exit_code: attempt.container_exit_code(),
         reason: reason.as_deref(),
         status_reason: reason.as_deref(),
     };
