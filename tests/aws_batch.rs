@@ -40,6 +40,8 @@ async fn scenario_with_grants(
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/batch_clients.py");
     let api = h.stack.api_url.clone();
+    // Where the tasks' output is in CloudWatch Logs (moto's).
+    let logs = h.stack.opts.sqs_url.clone();
     let python = clients_python();
     let scenario_arg = name.to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -47,6 +49,7 @@ async fn scenario_with_grants(
             .arg(&script)
             .arg(&scenario_arg)
             .arg(&api)
+            .arg(&logs)
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e} (make test installs it)", python.display()))
     })

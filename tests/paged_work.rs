@@ -13,7 +13,8 @@ use batchplane_testing::{Must, TestEmulators};
 use serde_json::json;
 use std::time::Duration;
 
-const SIZE: u32 = 1_200;
+/// Two pages' worth of children, the second a short one.
+const SIZE: u32 = WORK_PAGE as u32 + 100;
 const SHARDS: u32 = 4;
 
 async fn setup(what: &str) -> (Store, Fanout, Queues) {
@@ -68,15 +69,17 @@ async fn children(store: &Store, job: &JobRecord) -> Vec<batchplane::domain::Tas
 /// each record may add at most one page of children. Returns (pages, tasks sent).
 async fn drive(store: &Store, fanout: &Fanout, job: &JobRecord, kind: WorkKind) -> (u32, usize) {
     let (mut pages, mut sent) = (0, 0);
+    let mut before = children(store, job).await.len();
     while let Some(cursor) = store
         .work_cursor(&job.job_id, kind)
         .await
         .must("the cursor")
     {
-        let before = children(store, job).await.len();
         let outcome = fanout.process(&[work_change(&cursor)]).await;
         assert!(outcome.failed_at.is_none(), "{outcome:?}");
-        let added = children(store, job).await.len() - before;
+        let now = children(store, job).await.len();
+        let added = now - before;
+        before = now;
         assert!(
             added <= WORK_PAGE as usize,
             "one record of the walk wrote {added} children, more than a page"
@@ -193,7 +196,7 @@ async fn an_n_to_n_sweep_goes_a_page_per_record_and_starts_over_when_its_predece
         succeed_child(&store, &pred, i).await;
     }
     store
-        .fail_unstarted_child(&pred, 700, "exit 1")
+        .fail_unstarted_child(&pred, 550, "exit 1")
         .await
         .must("failing a predecessor child");
 
@@ -208,8 +211,8 @@ async fn an_n_to_n_sweep_goes_a_page_per_record_and_starts_over_when_its_predece
     let decided = children(&store, &dep).await;
     assert_eq!(decided.len(), 1);
     assert_eq!(
-        reason_of(&decided, 700),
-        format!("Dependent job {}:700 FAILED", pred.job_id)
+        reason_of(&decided, 550),
+        format!("Dependent job {}:550 FAILED", pred.job_id)
     );
 
     // The predecessor ends with most children never run: the sweep starts over and

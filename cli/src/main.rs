@@ -4,7 +4,7 @@ mod bench;
 mod client;
 mod commands;
 
-use commands::{access, admin, autoscaler, dev, jobs, repro};
+use commands::{access, admin, autoscaler, dev, jobs, logs, repro};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -59,12 +59,16 @@ enum Command {
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
     },
-    /// Print a task's stdout (and stderr with --stderr) for its last attempt.
+    /// Print a task's output for its last attempt (or --attempt N), from CloudWatch
+    /// Logs; -f follows a running attempt until it ends. Where CloudWatch has nothing,
+    /// the attempt's files: stdout, and stderr too with --stderr.
     Logs {
         job: String,
         task: String,
         #[arg(long)]
         attempt: Option<u32>,
+        #[arg(short = 'f', long)]
+        follow: bool,
         #[arg(long)]
         stderr: bool,
     },
@@ -233,8 +237,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             job,
             task,
             attempt,
+            follow,
             stderr,
-        } => jobs::logs(&api()?, job, task, *attempt, *stderr).await,
+        } => logs::logs(&api()?, job, task, *attempt, *follow, *stderr).await,
         Command::Cancel { job } => jobs::cancel(&api()?, job).await,
         Command::Explain { job, task, output } => {
             jobs::explain(&api()?, job, task.as_deref(), *output).await

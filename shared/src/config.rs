@@ -149,6 +149,7 @@ impl Config {
                 dynamodb: var("AWS_ENDPOINT_URL_DYNAMODB"),
                 sqs: var("AWS_ENDPOINT_URL_SQS"),
                 eks: var("AWS_ENDPOINT_URL_EKS"),
+                logs: var("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"),
             },
             arns: crate::aws_batch::ArnContext::current().clone(),
             event_bus: var("BATCHPLANE_EVENT_BUS").unwrap_or(d.event_bus),

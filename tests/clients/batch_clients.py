@@ -1,7 +1,7 @@
 """AWS Batch compatibility scenarios, driven by clients nobody here wrote: boto3's
 `batch` client and the AWS CLI, pointed at a local Batchplane stack.
 
-    python batch_clients.py SCENARIO API_URL
+    python batch_clients.py SCENARIO API_URL [LOGS_URL]
 
 Exits non-zero with the reason when a check fails. botocore parses every response,
 so a response AWS's model cannot read fails the scenario too.
@@ -19,6 +19,22 @@ import botocore.exceptions
 URL = sys.argv[2]
 batch = boto3.client("batch", endpoint_url=URL, region_name="us-east-1",
                      aws_access_key_id="AKIDBATCHTEST", aws_secret_access_key="secret")
+# CloudWatch Logs, where the tasks' output is (moto's, locally).
+logs = boto3.client("logs", endpoint_url=sys.argv[3] if len(sys.argv) > 3 else None,
+                    region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local")
+
+
+def log_lines(stream, group="/aws/batch/job", want=1, timeout=20):
+    """The messages of a stream, as an AWS Batch user reads them (once `want` arrived)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            events = logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)["events"]
+        except logs.exceptions.ResourceNotFoundException:
+            events = []
+        if len(events) >= want or time.time() > deadline:
+            return [e["message"] for e in events]
+        time.sleep(0.3)
 
 
 def check(cond, what):
@@ -251,9 +267,10 @@ def array():
     check(len({k["jobId"] for k in kids}) == 300, "distinct child ids")
     child = describe(f"{parent}:7")
     check(child["status"] == "SUCCEEDED" and child["arrayProperties"]["index"] == 7, child)
-    log = child["attempts"][0]["container"]["logStreamName"].removeprefix("file://")
-    out = open(log).read().strip()
-    check(out == f"child 7 of {parent}:7 in jq attempt 1", out)
+    stream = child["attempts"][0]["container"]["logStreamName"]
+    check(stream == f"sh/default/{parent}.7.1", stream)
+    out = log_lines(stream)
+    check(out == [f"child 7 of {parent}:7 in jq attempt 1"], out)
     listed = batch.list_jobs(jobQueue="jq", jobStatus="SUCCEEDED")["jobSummaryList"]
     check([x["jobId"] for x in listed] == [parent], listed)
     check(batch.describe_jobs(jobs=["nope", parent + ":5000"])["jobs"] == [], "unknown ids are left out")
@@ -343,8 +360,12 @@ def retries():
 
 def cancel_terminate():
     setup()
-    running = submit("runs", "sleep 60")
+    running = submit("runs", "echo started; sleep 60")
     wait(running, states=("RUNNING",), timeout=60)
+    # The running attempt's stream is named at once, and its output is in it meanwhile.
+    stream = describe(running)["container"]["logStreamName"]
+    check(stream == f"sh/default/{running}.0.1", stream)
+    check(log_lines(stream) == ["started"], log_lines(stream))
     # Waits on the running job: PENDING until it ends, so cancelling it fails it at once.
     big = submit("waits", "sleep 60", arrayProperties={"size": 50}, dependsOn=[{"jobId": running}])
     check(describe(big)["status"] == "PENDING", describe(big))

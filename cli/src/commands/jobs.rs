@@ -347,51 +347,6 @@ pub async fn task(api: &Api, job_id: &str, task_id: &str, output: Output) -> any
     Ok(0)
 }
 
-pub async fn logs(
-    api: &Api,
-    job_id: &str,
-    task_id: &str,
-    attempt: Option<u32>,
-    stderr: bool,
-) -> anyhow::Result<u8> {
-    let t = api
-        .get(&format!("/v1/jobs/{job_id}/tasks/{task_id}"))
-        .await?;
-    let attempts = t["attempts"].as_array().cloned().unwrap_or_default();
-    let chosen = match attempt {
-        Some(n) => attempts
-            .iter()
-            .find(|a| a["attempt"].as_u64() == Some(u64::from(n))),
-        None => attempts.iter().rev().find(|a| a["stdout"].is_string()),
-    };
-    let Some(a) = chosen else {
-        bail!(
-            "task {task_id} has no recorded attempt with logs yet (state {})",
-            t["state"].as_str().unwrap_or("?")
-        );
-    };
-    let streams: &[&str] = if stderr {
-        &["stdout", "stderr"]
-    } else {
-        &["stdout"]
-    };
-    for stream in streams {
-        let loc = a[*stream].as_str().unwrap_or_default();
-        let Some(path) = loc.strip_prefix("file://") else {
-            bail!(
-                "{stream} of attempt {} is at {loc}, which this CLI cannot read",
-                a["attempt"]
-            );
-        };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        if stderr {
-            println!("==> {stream} (attempt {}) <==", a["attempt"]);
-        }
-        print!("{text}");
-    }
-    Ok(0)
-}
-
 pub async fn cancel(api: &Api, job_id: &str) -> anyhow::Result<u8> {
     let job = api
         .post(&format!("/v1/jobs/{job_id}/cancel"), String::new(), None)

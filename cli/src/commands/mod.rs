@@ -8,4 +8,5 @@ pub mod autoscaler;
 pub mod chaos;
 pub mod dev;
 pub mod jobs;
+pub mod logs;
 pub mod repro;

@@ -57,6 +57,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{job_id}", get(get_job))
         .route("/v1/jobs/{job_id}/tasks", get(list_tasks).post(add_tasks))
         .route("/v1/jobs/{job_id}/tasks/{task_id}", get(get_task))
+        .route("/v1/jobs/{job_id}/tasks/{task_id}/logs", get(task_log))
         .route("/v1/jobs/{job_id}/explain", get(explain_job))
         .route("/v1/teams/{team}/usage", get(team_usage))
         .route("/v1/teams", get(list_teams))
@@ -278,6 +279,35 @@ async fn get_task(
 }
 
 #[derive(Deserialize)]
+struct LogQuery {
+    attempt: Option<String>,
+    next_token: Option<String>,
+}
+
+async fn task_log(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    Path((job_id, task_id)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response> {
+    let attempt = match q.attempt.as_deref() {
+        None | Some("") => None,
+        Some(a) => Some(a.parse::<u32>().map_err(|_| {
+            Error(ApiError::bad_request(
+                format!("query parameter `attempt`: {a:?} is not an attempt number"),
+                serde_json::json!({"parameter": "attempt"}),
+            ))
+        })?),
+    };
+    let token = q.next_token.as_deref().filter(|t| !t.is_empty());
+    Ok(Json(
+        svc.task_log(&who, &job_id, &task_id, attempt, token)
+            .await?,
+    )
+    .into_response())
+}
+
+#[derive(Deserialize)]
 struct DaysQuery {
     days: Option<String>,
 }
@@ -487,11 +517,13 @@ async fn placement(
 pub async fn service_from_env() -> anyhow::Result<Arc<Service>> {
     let config = batchplane::config::Config::from_env()?;
     let clients = batchplane::aws::Clients::new(&config.endpoints).await;
-    Ok(Arc::new(Service::new(
+    let mut service = Service::new(
         batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
         config.queues(clients.sqs),
         &config,
-    )))
+    );
+    service.logs = Some(batchplane::aws::logs_client(&config.endpoints).await);
+    Ok(Arc::new(service))
 }
 
 #[cfg(test)]

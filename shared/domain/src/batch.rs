@@ -36,6 +36,9 @@ pub struct JobTemplate {
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
     pub retry: RetryStrategy,
+    /// The job definition's `logConfiguration` (awslogs), if it gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<super::logs::LogConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +196,8 @@ pub fn apply_template(task: &mut super::TaskRecord, a: &ArrayJob) {
     task.timeout_seconds = t.timeout_seconds;
     task.retry = t.retry.clone();
     task.tiers = t.tiers.clone();
+    task.log = t.log.clone();
+    task.definition = a.job_definition.clone();
     if let Some(size) = a.array_size {
         if let Some(i) = task.index {
             task.env
@@ -342,6 +347,7 @@ mod tests {
             tiers: Vec::new(),
             timeout_seconds: None,
             retry: Default::default(),
+            log: None,
         };
         let mut a = ArrayJob {
             template: t,

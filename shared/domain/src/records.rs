@@ -147,6 +147,12 @@ pub struct AttemptRecord {
     /// Logs URIs in AWS).
     pub stdout: Option<String>,
     pub stderr: Option<String>,
+    /// The CloudWatch Logs group and stream the attempt's output was shipped to.
+    pub log_group: Option<String>,
+    pub log_stream: Option<String>,
+    /// What of its output did not reach CloudWatch Logs, and why (the local files
+    /// above still have all of it).
+    pub log_shipping: Option<String>,
 }
 
 impl AttemptRecord {
@@ -202,6 +208,10 @@ pub struct TaskRecord {
     pub attempts: Vec<AttemptRecord>,
     /// For a child of an array job: its index (its item is created by its claim).
     pub index: Option<u32>,
+    /// For a child: where its output goes and its job definition (from the job's
+    /// template, not stored on the item). `None` for a DAG's task: the defaults.
+    pub log: Option<super::logs::LogConfig>,
+    pub definition: Option<String>,
 }
 
 impl TaskRecord {

@@ -5,9 +5,9 @@
 //! of a batch left unprocessed, or (an SQS delete) acknowledged without being done, so
 //! the message is delivered again. What it did is counted by kind and operation.
 //!
-//! Only the DynamoDB and SQS APIs (`X-Amz-Target: DynamoDB_20120810.*` and
-//! `AmazonSQS.*`) are faulted; DynamoDB Streams, EventBridge, Step Functions, EKS and
-//! EC2 pass through untouched.
+//! Only the DynamoDB, SQS and CloudWatch Logs APIs (`X-Amz-Target:
+//! DynamoDB_20120810.*`, `AmazonSQS.*` and `Logs_20140328.*`) are faulted; DynamoDB
+//! Streams, EventBridge, Step Functions, EKS and EC2 pass through untouched.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -66,6 +66,7 @@ impl FaultPlan {
 enum Api {
     DynamoDb,
     Sqs,
+    Logs,
     /// Anything else: passed through.
     Other,
 }
@@ -78,6 +79,7 @@ fn api_and_operation(headers: &HeaderMap) -> (Api, String) {
     match target.split_once('.') {
         Some(("DynamoDB_20120810", op)) => (Api::DynamoDb, op.to_string()),
         Some(("AmazonSQS", op)) => (Api::Sqs, op.to_string()),
+        Some(("Logs_20140328", op)) => (Api::Logs, op.to_string()),
         _ => (Api::Other, String::new()),
     }
 }
@@ -224,6 +226,10 @@ fn throttled(api: Api) -> Response<Body> {
                 "message": "The level of configured provisioned throughput for the table was exceeded. Consider increasing your provisioning level with the UpdateTable API."
             }),
             "application/x-amz-json-1.0",
+        ),
+        Api::Logs => (
+            json!({"__type": "ThrottlingException", "message": "Rate exceeded"}),
+            "application/x-amz-json-1.1",
         ),
         _ => (
             json!({"__type": "com.amazonaws.sqs#RequestThrottled", "message": "Request is throttled."}),

@@ -67,6 +67,8 @@ impl LocalStack {
             sqs: Some(opts.sqs_url.clone()),
             // moto answers EKS too: clusters registered here are checked against it.
             eks: Some(opts.sqs_url.clone()),
+            // ...and CloudWatch Logs, where tasks' output goes.
+            logs: Some(opts.sqs_url.clone()),
         };
         let clients = Clients::new(&endpoints).await;
         let store = Store::new(clients.dynamodb.clone(), opts.table.clone());
@@ -100,6 +102,7 @@ impl LocalStack {
             // unchecked.
             identity: batchplane::config::IdentitySource::AccessKeyId,
             eks_endpoint: endpoints.eks.clone(),
+            logs: Some(batchplane::aws::logs_client(&endpoints).await),
         });
         let fanout = Arc::new(Fanout::new(store.clone(), make_queues()));
 
@@ -219,7 +222,9 @@ impl LocalStack {
         };
         let mut env = vec![
             ("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamodb),
-            ("AWS_ENDPOINT_URL_SQS".into(), sqs),
+            ("AWS_ENDPOINT_URL_SQS".into(), sqs.clone()),
+            // moto's, or the fault proxy in front of it: SQS's and CloudWatch Logs'.
+            ("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS".into(), sqs),
             ("AWS_ACCESS_KEY_ID".into(), "local".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "local".into()),
             ("AWS_REGION".into(), "us-east-1".into()),

@@ -9,6 +9,7 @@
 //! | `teams` | a team's usage |
 //! | `explain` | why a job or task is not running |
 //! | `fit` | refusing a task no worker of its pool can hold |
+//! | `logs` | a task's output, read back from CloudWatch Logs |
 //! | `views` | what the API returns, as JSON |
 //! | `access` | who the caller is, what it may do, and the grants |
 //! | `error` | the API's errors |
@@ -18,6 +19,7 @@ mod error;
 pub mod explain;
 mod fit;
 mod jobs;
+mod logs;
 mod tasks;
 mod teams;
 mod views;
@@ -25,6 +27,7 @@ mod views;
 pub use access::Need;
 pub use error::{ApiError, ErrorKind};
 pub use jobs::{Added, Submitted};
+pub use logs::{LogLine, LogPage};
 pub use views::{
     job_view, task_view, ArrayView, AttemptView, JobView, TaskListView, TaskSummary, TaskView,
     TeamDayView, TeamUsageView,
@@ -52,6 +55,8 @@ pub struct Service {
     pub identity: crate::config::IdentitySource,
     /// Where EKS is asked about clusters being registered (`None`: AWS's own).
     pub eks_endpoint: Option<String>,
+    /// Where tasks' output is read back from (`None`: this deployment ships none).
+    pub logs: Option<aws_sdk_cloudwatchlogs::Client>,
 }
 
 impl Service {
@@ -67,6 +72,7 @@ impl Service {
             admins: config.admins.clone(),
             identity: config.identity,
             eks_endpoint: config.endpoints.eks.clone(),
+            logs: None,
         }
     }
 }

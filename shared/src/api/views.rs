@@ -106,6 +106,14 @@ pub struct AttemptView {
     pub gpu_utilization_percent: Option<f64>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
+    /// Where its output is in CloudWatch Logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_stream: Option<String>,
+    /// What of its output was not shipped there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_shipping: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,6 +167,9 @@ pub(super) fn attempt_view(a: &AttemptRecord) -> AttemptView {
         gpu_utilization_percent: a.gpu_utilization_percent,
         stdout: a.stdout.clone(),
         stderr: a.stderr.clone(),
+        log_group: a.log_group.clone(),
+        log_stream: a.log_stream.clone(),
+        log_shipping: a.log_shipping.clone(),
     }
 }
 

@@ -43,12 +43,34 @@ pub struct Endpoints {
     pub sqs: Option<String>,
     /// Where EKS's API is asked about clusters (moto, locally).
     pub eks: Option<String>,
+    /// Where tasks' output is shipped and read (moto, locally).
+    pub logs: Option<String>,
 }
 
 impl Endpoints {
     pub fn is_local(&self) -> bool {
-        self.dynamodb.is_some() || self.sqs.is_some() || self.eks.is_some()
+        self.dynamodb.is_some() || self.sqs.is_some() || self.eks.is_some() || self.logs.is_some()
     }
+}
+
+/// The CloudWatch Logs client (attempts' output: the taskhost ships it, the API reads it): the same retries and
+/// request counting as the others, at `endpoints.logs` when set
+/// (`AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`; moto, locally).
+pub async fn logs_client(endpoints: &Endpoints) -> aws_sdk_cloudwatchlogs::Client {
+    let shared = sdk_config(endpoints).await;
+    let mut config = aws_sdk_cloudwatchlogs::config::Builder::from(&shared)
+        .interceptor(CountRequests)
+        .retry_partition(retry_partition("batchplane-logs"))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(3))
+                .operation_attempt_timeout(std::time::Duration::from_secs(10))
+                .build(),
+        );
+    if let Some(url) = &endpoints.logs {
+        config = config.endpoint_url(url);
+    }
+    aws_sdk_cloudwatchlogs::Client::from_conf(config.build())
 }
 
 /// The clients a Batchplane process uses.
@@ -111,7 +133,9 @@ pub fn retry_policy() -> aws_config::retry::RetryConfig {
 /// in seconds and every later throttle surfaces at once, which is the retry storm's
 /// opposite failure. Batchplane's calls are bounded by [`MAX_CALL_ATTEMPTS`] and
 /// backed off with jitter instead, so their bucket does not run out.
-fn retry_partition(service: &'static str) -> aws_smithy_runtime::client::retries::RetryPartition {
+pub fn retry_partition(
+    service: &'static str,
+) -> aws_smithy_runtime::client::retries::RetryPartition {
     aws_smithy_runtime::client::retries::RetryPartition::custom(service)
         .token_bucket(aws_smithy_runtime::client::retries::TokenBucket::unlimited())
         .build()

@@ -146,6 +146,57 @@ pub(super) fn environment(
     }
 }
 
+/// A container's `logConfiguration`: the `awslogs` driver only (its output goes to
+/// CloudWatch Logs), with `awslogs-group`, `awslogs-stream-prefix`,
+/// `awslogs-create-group` and an `awslogs-region` that is the deployment's. Anything
+/// else would be stored and not honoured, so it is refused, named under `field`.
+pub(super) fn log_config(
+    container: &Value,
+    field: &str,
+) -> Result<Option<crate::domain::logs::LogConfig>, ApiError> {
+    let Some(lc) = container.get("logConfiguration").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let at = |what: &str| format!("{field}.logConfiguration.{what}");
+    match opt_str(lc, "logDriver") {
+        Some("awslogs") => {}
+        other => {
+            return Err(client(format!(
+                "{}: {other:?} is not supported; Batchplane ships a task's output to CloudWatch Logs (awslogs) only",
+                at("logDriver")
+            )))
+        }
+    }
+    if lc.get("secretOptions").is_some_and(|v| !v.is_null()) {
+        return Err(client(format!("{}: not supported", at("secretOptions"))));
+    }
+    let mut config = crate::domain::logs::LogConfig::default();
+    for (key, value) in lc["options"].as_object().into_iter().flatten() {
+        let value = value.as_str().unwrap_or_default().to_string();
+        match key.as_str() {
+            "awslogs-group" => config.group = Some(value),
+            "awslogs-stream-prefix" => config.stream_prefix = Some(value),
+            // Groups are created when missing either way.
+            "awslogs-create-group" => {}
+            "awslogs-region" if value == super::arn::ArnContext::current().region => {}
+            "awslogs-region" => {
+                return Err(client(format!(
+                    "{}: {value} is not this deployment's region; output is shipped in {}",
+                    at("options.awslogs-region"),
+                    super::arn::ArnContext::current().region
+                )))
+            }
+            other => {
+                return Err(client(format!(
+                    "{}: the option {other:?} is not supported (awslogs-group, awslogs-stream-prefix, awslogs-create-group and awslogs-region are)",
+                    at("options")
+                )))
+            }
+        }
+    }
+    Ok(Some(config))
+}
+
 pub(super) fn command(container: &Value) -> Option<Vec<String>> {
     container.get("command").and_then(Value::as_array).map(|c| {
         c.iter()
@@ -185,6 +236,7 @@ impl Service {
             .ok_or_else(|| client("containerProperties is required for type container"))?;
         resources(container, "containerProperties")?;
         environment(container, "containerProperties")?;
+        log_config(container, "containerProperties")?;
         retry_from(input.get("retryStrategy"), "retryStrategy")?;
         definition_tiers(input)?;
         let named = input["tags"][TEAM_TAG].as_str();

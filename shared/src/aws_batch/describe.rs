@@ -60,7 +60,7 @@ pub(super) fn attempts_json(t: &TaskRecord) -> Value {
                 if let Some(r) = &a.reason {
                     c.insert("reason".into(), json!(r));
                 }
-                if let Some(l) = &a.stdout {
+                if let Some(l) = a.log_stream.as_ref().or(a.stdout.as_ref()) {
                     c.insert("logStreamName".into(), json!(l));
                 }
                 let mut m = Map::new();
@@ -256,9 +256,20 @@ impl Service {
                 if let Some(r) = &last.reason {
                     container["reason"] = json!(r);
                 }
-                if let Some(l) = &last.stdout {
+                if let Some(l) = last.log_stream.as_ref().or(last.stdout.as_ref()) {
                     container["logStreamName"] = json!(l);
                 }
+            }
+            // A running attempt's stream is named before anything reaches it.
+            if t.state == TaskState::Running && t.attempt > 0 {
+                let target = crate::domain::logs::log_target(
+                    a.template.log.as_ref(),
+                    a.job_definition.as_deref(),
+                    job_id,
+                    &t.task_id,
+                    t.attempt,
+                );
+                container["logStreamName"] = json!(target.stream);
             }
         } else {
             d.insert("attempts".into(), json!([]));

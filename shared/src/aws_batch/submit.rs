@@ -623,6 +623,7 @@ pub(super) fn template_from(
             .timeout_seconds
             .or_else(|| def["timeout"]["attemptDurationSeconds"].as_u64()),
         retry,
+        log: log_config(container, "jobDefinition containerProperties")?,
     };
     Ok((template, parameters))
 }

@@ -337,6 +337,9 @@ pub fn attempt_to_value(a: &AttemptRecord) -> AttributeValue {
     );
     opt(&mut m, "stdout", a.stdout.clone().map(s));
     opt(&mut m, "stderr", a.stderr.clone().map(s));
+    opt(&mut m, "log_group", a.log_group.clone().map(s));
+    opt(&mut m, "log_stream", a.log_stream.clone().map(s));
+    opt(&mut m, "log_shipping", a.log_shipping.clone().map(s));
     AttributeValue::M(m)
 }
 
@@ -365,6 +368,9 @@ fn attempt_from_value(item: &Item) -> Result<AttemptRecord, Malformed> {
         gpu_utilization_percent: r.opt_n("gpu_utilization_percent")?,
         stdout: r.opt_s("stdout")?,
         stderr: r.opt_s("stderr")?,
+        log_group: r.opt_s("log_group")?,
+        log_stream: r.opt_s("log_stream")?,
+        log_shipping: r.opt_s("log_shipping")?,
     })
 }
 
@@ -424,6 +430,8 @@ pub fn task_from_item(item: &Item) -> Result<TaskRecord, Malformed> {
         exit_code: r.opt_n("exit_code")?,
         attempts,
         index: r.opt_n("idx")?,
+        log: None,
+        definition: None,
     })
 }
 

@@ -138,57 +138,6 @@ enum Ending {
     SpawnFailed(String),
 }
 
-/// The environment a task runs with: the worker's `PATH`, `LANG` and `TZ`, its own
-/// working directory as `HOME` and `TMPDIR`, the task's own variables, and Batchplane's
-/// (so a task can find its job and the API). Nothing else of the worker's — its
-/// credentials least of all — reaches the task.
-pub fn task_environment(
-    task: &TaskRecord,
-    api_url: Option<&str>,
-    workdir: Option<&std::path::Path>,
-) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = ["PATH", "LANG", "TZ"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect();
-    if let Some(dir) = workdir {
-        let dir = dir.display().to_string();
-        env.push(("HOME".into(), dir.clone()));
-        env.push(("TMPDIR".into(), dir));
-    }
-    env.extend(task.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.push(("BATCHPLANE_JOB_ID".into(), task.job_id.clone()));
-    env.push(("BATCHPLANE_TASK_ID".into(), task.task_id.clone()));
-    env.push(("BATCHPLANE_ATTEMPT".into(), task.attempt.to_string()));
-    // AWS Batch's names, so a container moved off AWS Batch finds what it expects.
-    let aws_id = match task.index {
-        Some(i) if task.env.contains_key("AWS_BATCH_JOB_ARRAY_INDEX") => {
-            format!("{}:{i}", task.job_id)
-        }
-        _ => task.job_id.clone(),
-    };
-    env.push(("AWS_BATCH_JOB_ID".into(), aws_id));
-    env.push(("AWS_BATCH_JOB_ATTEMPT".into(), task.attempt.to_string()));
-    env.push(("AWS_BATCH_JQ_NAME".into(), task.queue.clone()));
-    // An array child carries its size and its queue's compute environment; a task of
-    // no job queue is placed in its worker pool, which stands in for one.
-    if !task.env.contains_key("AWS_BATCH_CE_NAME") {
-        env.push(("AWS_BATCH_CE_NAME".into(), task.pool_name().to_string()));
-    }
-    env.push(("AWS_EXECUTION_ENV".into(), "AWS_ECS_EC2".into()));
-    let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
-    if let Some(region) = region {
-        env.push(("AWS_REGION".into(), region.clone()));
-        env.push(("AWS_DEFAULT_REGION".into(), region));
-    }
-    if let Some(url) = api_url {
-        env.push(("BATCHPLANE_API_URL".into(), url.to_string()));
-    }
-    env
-}
-
 async fn sleep_or_forever(limit: Option<Duration>) {
     match limit {
         Some(t) => tokio::time::sleep(t).await,
@@ -267,13 +216,37 @@ async fn run_attempt(
         task.started_at.unwrap_or_else(now_ms)
     };
     let files = AttemptFiles::new(ctx, task);
+    let target = batchplane::domain::logs::log_target(
+        task.log.as_ref(),
+        task.definition.as_deref(),
+        &task.job_id,
+        &task.task_id,
+        task.attempt,
+    );
+    // The output goes to CloudWatch Logs as it is written, beside the files.
+    let shipping = match (&ctx.logs, &before_start) {
+        (Some(logs), None) => Some(logs.start(
+            target.clone(),
+            vec![files.stdout.clone(), files.stderr.clone()],
+        )),
+        _ => None,
+    };
     let (ending, uid) = match before_start {
         Some(ending) => (ending, None),
         None => run_process(ctx, task, &files, &mut kill, &mut lease).await,
     };
     slot_free();
+    let shipped = match shipping {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
     let report = files.take_report();
     let mut attempt = attempt_record(ctx, task, started_at, &files, report.as_ref());
+    if let Some(shipped) = shipped {
+        attempt.log_group = Some(target.group);
+        attempt.log_stream = Some(target.stream);
+        attempt.log_shipping = shipped.note();
+    }
     attempt.isolation = Some(ctx.isolation.name().to_string());
     attempt.uid = uid;
     let timed_out = matches!(ending, Ending::TimedOut);
@@ -667,7 +640,7 @@ fn spawn(
         .arg("--")
         .args(&task.command)
         .env_clear()
-        .envs(task_environment(
+        .envs(super::environment::task_environment(
             task,
             ctx.api_url.as_deref(),
             Some(&files.workdir),

@@ -15,6 +15,7 @@
 
 mod announce;
 mod attempt;
+mod environment;
 mod fence;
 mod leases;
 mod options;
@@ -23,12 +24,12 @@ pub mod slots;
 
 use crate::forecast::{ClaimLatency, Forecast};
 use announce::Announce;
-pub use attempt::task_environment;
 use attempt::Started;
 use batchplane::domain::tiers::Tier;
 use batchplane::domain::TaskRecord;
 use batchplane::queue::{Delivery, Queues, TaskMessage};
 use batchplane::store::{now_ms, Store};
+pub use environment::task_environment;
 pub use options::Options;
 use slots::Slots;
 use std::collections::{HashMap, VecDeque};
@@ -105,6 +106,8 @@ struct Ctx {
     max_attempts: u32,
     memory: crate::memory::Mechanism,
     isolation: crate::isolation::Isolation,
+    /// Ships attempts' output to CloudWatch Logs (`None`: --task-logs off).
+    logs: Option<Arc<crate::logs::LogShipper>>,
 }
 
 /// A delivered message the worker holds until there is room for its task.
@@ -180,6 +183,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         exe: std::env::current_exe()?,
         memory: memory.clone(),
         isolation,
+        logs: match opts.task_logs {
+            options::TaskLogs::Off => None,
+            options::TaskLogs::Cloudwatch => Some(crate::logs::LogShipper::new(
+                batchplane::aws::logs_client(&config.endpoints).await,
+            )),
+        },
     });
     tracing::info!(worker_id, pools = ?pools, cpus = capacity.cpu(), memory_mib = capacity.memory_mib, gpus = capacity.gpu,
         memory_enforcement = memory.name(), why_not_cgroup = why_not_cgroup.as_deref().unwrap_or(""), "taskhost started");

@@ -67,6 +67,15 @@ pub struct Options {
         default_value = "/tmp/batchplane/logs"
     )]
     pub log_dir: PathBuf,
+    /// Ship each attempt's stdout and stderr to CloudWatch Logs while it runs
+    /// (`cloudwatch`), or keep them in --log-dir only (`off`).
+    #[arg(
+        long,
+        env = "BATCHPLANE_TASK_LOGS",
+        value_enum,
+        default_value = "cloudwatch"
+    )]
+    pub task_logs: TaskLogs,
     /// The API URL handed to tasks (so a task can add tasks to its own job).
     #[arg(long, env = "BATCHPLANE_API_URL")]
     pub api_url: Option<String>,
@@ -170,4 +179,11 @@ fn machine_memory_mib() -> u64 {
         })
         .map(|kb| kb / 1024)
         .unwrap_or(1024)
+}
+
+/// Where attempts' output goes besides --log-dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskLogs {
+    Cloudwatch,
+    Off,
 }

@@ -31,8 +31,9 @@ impl Api {
     ) -> anyhow::Result<(u16, Value)> {
         let mut last = String::new();
         // Longer than an idempotency key's hold (60 s): a submission whose writer died
-        // keeps its key that long.
-        let give_up = Instant::now() + Duration::from_secs(150);
+        // keeps its key that long. A 5,000-task submission under 30% throttling can take
+        // a minute a try on a loaded machine; the key makes every try safe.
+        let give_up = Instant::now() + Duration::from_secs(600);
         let mut attempt = 0u32;
         while Instant::now() < give_up {
             attempt += 1;

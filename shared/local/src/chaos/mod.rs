@@ -389,7 +389,14 @@ impl Injector {
 
 fn add_faults(into: &mut BTreeMap<String, u64>, service: &str, counts: &FaultCounts) {
     for (kind, ops) in &counts.by_kind {
-        *into.entry(format!("{service} {kind}")).or_default() += ops.values().sum::<u64>();
+        for (op, n) in ops {
+            // moto's proxy carries the taskhosts' CloudWatch Logs calls beside SQS's.
+            let service = match op.as_str() {
+                "CreateLogGroup" | "CreateLogStream" | "PutLogEvents" => "cloudwatch logs",
+                _ => service,
+            };
+            *into.entry(format!("{service} {kind}")).or_default() += n;
+        }
     }
 }
 
