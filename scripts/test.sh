@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+# The build the tests find their binaries in (the Makefile's and CI's).
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/batchplane/target}
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 state=$(mktemp -d -t batchplane-emulators-XXXXXX)

@@ -3,7 +3,6 @@
 //! when a check failed.
 
 use batchplane_local::chaos::{ChaosOptions, ChaosReport};
-use batchplane_local::emulators::{free_port, Emulators};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -75,7 +74,6 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<u8> {
         timeout_seconds: args.timeout_seconds,
     };
     let state = std::env::temp_dir().join(format!("batchplane-chaos-{}", std::process::id()));
-    let mut emulators = Emulators::start(&state.join("emulators"), free_port()?, free_port()?)?;
     eprintln!(
         "== chaos: about {} tasks, {} kills, {} stops, {:.0}% throttled",
         opts.tasks,
@@ -83,16 +81,7 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<u8> {
         opts.stops,
         opts.throttle * 100.0
     );
-    let report: anyhow::Result<ChaosReport> = batchplane_local::chaos::run(
-        &emulators.dynamodb_url,
-        &emulators.sqs_url,
-        &state,
-        None,
-        &opts,
-    )
-    .await;
-    emulators.stop();
-    let report = report?;
+    let report: ChaosReport = batchplane_local::chaos::run_isolated(&state, &opts).await?;
     print!("{}", report.table());
     for p in &report.problems {
         eprintln!("problem: {p}");

@@ -189,7 +189,81 @@ pub async fn run(
         ..Default::default()
     };
     if opts.baseline {
-        let calm = ChaosOptions {
+        let base = one_run(
+            dynamodb_url,
+            sqs_url,
+            &dir.join("baseline"),
+            taskhost.clone(),
+            &opts.calm(),
+        )
+        .await?;
+        report.baseline_makespan_s = Some(baseline_makespan(&base)?);
+    }
+    let faulted = one_run(dynamodb_url, sqs_url, &dir.join("faulted"), taskhost, opts).await?;
+    Ok(ChaosReport {
+        baseline_makespan_s: report.baseline_makespan_s,
+        ..faulted
+    })
+}
+
+/// [`run`], with the baseline and the faulted run each against emulators of their own
+/// (started under `dir`): a DynamoDB Local that has just held the baseline's ten
+/// thousand tasks and their stream answered the faulted run's first requests slowly
+/// enough (past 10 s) to fail its submission.
+pub async fn run_isolated(dir: &Path, opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
+    use crate::emulators::{free_port, Emulators};
+    let fresh = |name: &str| {
+        Emulators::start(
+            &dir.join(format!("emulators-{name}")),
+            free_port()?,
+            free_port()?,
+        )
+    };
+    let mut baseline = None;
+    if opts.baseline {
+        let mut emulators = fresh("baseline")?;
+        let base = one_run(
+            &emulators.dynamodb_url,
+            &emulators.sqs_url,
+            &dir.join("baseline"),
+            None,
+            &opts.calm(),
+        )
+        .await;
+        emulators.stop();
+        baseline = Some(baseline_makespan(&base?)?);
+    }
+    let mut emulators = fresh("faulted")?;
+    let faulted = one_run(
+        &emulators.dynamodb_url,
+        &emulators.sqs_url,
+        &dir.join("faulted"),
+        None,
+        opts,
+    )
+    .await;
+    emulators.stop();
+    Ok(ChaosReport {
+        baseline_makespan_s: baseline,
+        ..faulted?
+    })
+}
+
+/// The fault-free run's makespan, if it passed its own checks.
+fn baseline_makespan(base: &ChaosReport) -> anyhow::Result<f64> {
+    if !base.problems.is_empty() {
+        bail!(
+            "the fault-free baseline run failed its checks: {:?}",
+            base.problems
+        );
+    }
+    Ok(base.makespan_s)
+}
+
+impl ChaosOptions {
+    /// The same workload with no fault at all.
+    pub fn calm(&self) -> ChaosOptions {
+        ChaosOptions {
             throttle: 0.0,
             reset: 0.0,
             lose_answer: 0.0,
@@ -199,29 +273,9 @@ pub async fn run(
             stream_cut_short: 0.0,
             kills: 0,
             stops: 0,
-            ..opts.clone()
-        };
-        let base = one_run(
-            dynamodb_url,
-            sqs_url,
-            &dir.join("baseline"),
-            taskhost.clone(),
-            &calm,
-        )
-        .await?;
-        if !base.problems.is_empty() {
-            bail!(
-                "the fault-free baseline run failed its checks: {:?}",
-                base.problems
-            );
+            ..self.clone()
         }
-        report.baseline_makespan_s = Some(base.makespan_s);
     }
-    let faulted = one_run(dynamodb_url, sqs_url, &dir.join("faulted"), taskhost, opts).await?;
-    Ok(ChaosReport {
-        baseline_makespan_s: report.baseline_makespan_s,
-        ..faulted
-    })
 }
 
 async fn one_run(
