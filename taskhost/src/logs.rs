@@ -32,6 +32,8 @@ const MAX_BUFFERED_BYTES: usize = 16 * 1024 * 1024;
 const READ_EVERY: Duration = Duration::from_millis(500);
 /// How long an ended attempt's shipper has to send what is left.
 pub const FLUSH_WITHIN: Duration = Duration::from_secs(3);
+/// The longest one CloudWatch call (with the SDK's own retries) may take.
+const CALL_LIMIT: Duration = Duration::from_secs(20);
 
 /// The worker's CloudWatch Logs client, and the groups it has made sure exist.
 pub struct LogShipper {
@@ -47,11 +49,19 @@ pub struct Shipped {
     /// the attempt's flush ran out of time).
     pub unshipped: u64,
     pub last_error: Option<String>,
+    /// The shipper did not end in time: how much was lost is not known.
+    pub incomplete: bool,
 }
 
 impl Shipped {
     /// The attempt record's note, when something did not make it.
     pub fn note(&self) -> Option<String> {
+        if self.incomplete {
+            return Some(format!(
+                "shipping to CloudWatch Logs did not finish ({}): some lines may be missing there; the attempt's files have them all",
+                self.last_error.as_deref().unwrap_or("no answer")
+            ));
+        }
         (self.unshipped > 0).then(|| {
             format!(
                 "{} of {} lines were not shipped to CloudWatch Logs ({}); the attempt's files have them all",
@@ -78,10 +88,12 @@ impl AttemptShipping {
             Ok(Ok(shipped)) => shipped,
             Ok(Err(e)) => Shipped {
                 last_error: Some(format!("the shipper failed: {e}")),
+                incomplete: true,
                 ..Default::default()
             },
             Err(_) => Shipped {
                 last_error: Some("the shipper did not finish".into()),
+                incomplete: true,
                 ..Default::default()
             },
         }
@@ -127,10 +139,19 @@ impl LogShipper {
             }
             shipped.unshipped += pending.trim(MAX_BUFFERED_BYTES);
             if !pending.is_empty() && Instant::now() >= retry_at {
-                let sent = match stream_ready {
-                    true => self.put(&target, &mut pending).await,
-                    false => self.create_stream(&target).await.map(|()| 0),
+                // A call may not outlast the flush: the attempt's record waits on it.
+                let limit = flush_by.map_or(CALL_LIMIT, |by| {
+                    by.saturating_duration_since(Instant::now()).min(CALL_LIMIT)
+                });
+                let call = async {
+                    match stream_ready {
+                        true => self.put(&target, &mut pending).await,
+                        false => self.create_stream(&target).await.map(|()| 0),
+                    }
                 };
+                let sent = tokio::time::timeout(limit, call)
+                    .await
+                    .unwrap_or_else(|_| Err("CloudWatch Logs did not answer in time".into()));
                 match sent {
                     Ok(n) => {
                         stream_ready = true;
@@ -421,6 +442,7 @@ mod tests {
             events: 10,
             unshipped: 2,
             last_error: Some("ThrottlingException".into()),
+            incomplete: false,
         }
         .note()
         .unwrap_or_default();

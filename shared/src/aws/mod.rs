@@ -60,6 +60,9 @@ pub async fn logs_client(endpoints: &Endpoints) -> aws_sdk_cloudwatchlogs::Clien
     let shared = sdk_config(endpoints).await;
     let mut config = aws_sdk_cloudwatchlogs::config::Builder::from(&shared)
         .interceptor(CountRequests)
+        // The shipper backs off and tries again itself; a call should not sit in the
+        // SDK's ten tries past an attempt's short flush.
+        .retry_config(retry_policy().with_max_attempts(3))
         .retry_partition(retry_partition("batchplane-logs"))
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
