@@ -114,6 +114,19 @@ async fn cancel_and_terminate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_and_the_aws_cli_sign_for_api_gateway_with_the_plugin() {
+    scenario("signing", |o| {
+        o.identity = batchplane::config::IdentitySource::ApiGatewayKeyId;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_running_array_waits_for_its_running_children() {
+    scenario("array_stop", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_job_is_not_starved_by_a_million_child_job() {
     scenario("fair_share", |o| o.job_window = 64).await;
 }

@@ -4,6 +4,7 @@
 //! of its pool is refused instead of waiting forever — each with the field named and in
 //! its API's error shape, while the API's memory stays bounded.
 
+use batchplane::store::JobQuery;
 use batchplane_testing::Harness;
 use serde_json::{json, Value};
 
@@ -338,13 +339,14 @@ async fn a_task_no_worker_of_its_pool_can_hold_is_refused_at_submission_with_the
         message.contains("64 vCPU (the workers have 4)") && message.contains("default_worker"),
         "{message}"
     );
-    let (stored, _) = h
+    let stored = h
         .stack
         .service
         .store
-        .list_jobs_in_queue("default", 10, None, |_| true)
+        .list_jobs("default", &JobQuery::All, None, 10, None)
         .await
-        .unwrap_or_else(|e| panic!("listing the queue's jobs: {e}"));
+        .unwrap_or_else(|e| panic!("listing the queue's jobs: {e}"))
+        .jobs;
     assert!(stored.is_empty(), "nothing was written: {stored:?}");
     // Memory too, and an addition to a running job is held to the same rule.
     let ok = h

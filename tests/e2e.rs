@@ -856,3 +856,53 @@ tasks:
     assert!(text.contains("team default: 1 jobs"), "{text}");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_several_jobs_is_submitted_whole_and_waited_on() {
+    let h = Harness::start(|_| {}).await;
+    let file = h.dir.join("two.yaml");
+    std::fs::write(
+        &file,
+        "name: ok\ntasks:\n  - {id: a, command: ['true']}\n---\nname: broken\ntasks:\n  - {id: b, command: ['false'], retry_strategy: {attempts: 1}}\n",
+    )
+    .must("writing the file");
+    let file = file.to_string_lossy().into_owned();
+    let args = ["submit", &file, "--wait", "--idempotency-key", "nightly"];
+    let out = h.cli_as(None, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ids: Vec<&str> = job_ids(&stdout);
+    assert_eq!(ids.len(), 2, "both jobs were submitted: {stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one of them failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let states: Vec<String> = {
+        let mut s = Vec::new();
+        for id in &ids {
+            s.push(
+                h.wait(id, MINUTE).await["state"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
+        }
+        s
+    };
+    assert_eq!(states, ["SUCCEEDED", "FAILED"], "waited on both: {stdout}");
+    // The same file and key again: the same two jobs, none submitted twice.
+    let again = h.cli_as(None, &["submit", &file, "--idempotency-key", "nightly"]);
+    let again = String::from_utf8_lossy(&again.stdout).into_owned();
+    let again_ids: Vec<&str> = job_ids(&again);
+    assert_eq!(again_ids, ids, "{again}");
+    // --job picks one.
+    let one = h.cli(&["submit", &file, "--job", "ok"]);
+    assert_eq!(job_ids(&one).len(), 1, "{one}");
+    h.shutdown().await;
+}
+
+/// The job ids `batchplane submit` printed, one a line (its summaries name them too).
+fn job_ids(stdout: &str) -> Vec<&str> {
+    stdout.lines().filter(|l| l.starts_with("j-")).collect()
+}

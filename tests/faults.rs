@@ -5,7 +5,7 @@
 
 use batchplane::aws::{Clients, Endpoints};
 use batchplane::domain::{parse_job_spec, plan_job, AttemptRecord, TaskState};
-use batchplane::store::{Claim, Store};
+use batchplane::store::{Claim, JobQuery, Store};
 use batchplane_local::faults::{FaultPlan, FaultProxy};
 use batchplane_local::ledger;
 use batchplane_local::WorkerEndpoints;
@@ -485,15 +485,20 @@ async fn a_submission_that_fails_part_way_runs_nothing_and_its_key_lets_a_retry_
     let (status, again) = submit_with_key(&h, &spec, "nightly-1").await;
     assert_eq!(again["job_id"], job.as_str(), "{status} {again}");
     // The failed submission is a FAILED job that says nothing of it ran.
-    let (failed, _) = h
+    let failed = h
         .stack
         .service
         .store
-        .list_jobs_in_queue("default", 10, None, |j| {
-            j.state == batchplane::JobState::Failed
-        })
+        .list_jobs(
+            "default",
+            &JobQuery::Status("FAILED".into()),
+            None,
+            10,
+            None,
+        )
         .await
-        .must("listing the queue's jobs");
+        .must("listing the queue's jobs")
+        .jobs;
     assert!(
         failed.iter().any(|j| j
             .reason

@@ -12,6 +12,7 @@ mod contract;
 mod e2e;
 mod faults;
 mod isolation;
+mod listing;
 mod logs;
 mod paged_work;
 mod placement;

@@ -234,6 +234,7 @@ async fn an_n_to_n_sweep_goes_a_page_per_record_and_starts_over_when_its_predece
         old_state: Some(JobState::Runnable),
         old_job: None,
         job: ended,
+        listed_as: None,
     }));
     let outcome = fanout.process(std::slice::from_ref(&pred_ended)).await;
     assert!(outcome.failed_at.is_none(), "{outcome:?}");

@@ -25,16 +25,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Submit a job from a YAML or JSON file.
+    /// Submit the jobs in a YAML or JSON file (several are separated by `---`).
     Submit {
         file: PathBuf,
-        /// Wait for the job to finish, showing progress; exit 0 only if it SUCCEEDED.
+        /// Wait for the jobs to finish, showing progress; exit 0 only if all SUCCEEDED.
         #[arg(long)]
         wait: bool,
-        /// Submitting again with the same key returns the same job.
+        /// Submitting again with the same key returns the same job (in a file of several
+        /// jobs, the nth job's key is KEY-n, counting from 0).
         #[arg(long)]
         idempotency_key: Option<String>,
-        /// In a file of several jobs (`---`), the one with this name.
+        /// In a file of several jobs, only the one with this name.
         #[arg(long)]
         job: Option<String>,
     },
@@ -176,6 +177,10 @@ enum Command {
     /// callers, DynamoDB requests per grant, beside a floor of plain conditional writes;
     /// prints a table and writes JSON.
     BenchPlacement(bench::placement::PlacementBenchArgs),
+    /// ListJobs' questions against a queue with no history and with 10,000 finished
+    /// jobs, each from its own index beside a read of the whole queue; prints a table and
+    /// writes JSON.
+    BenchListing(bench::listing::ListingBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -282,5 +287,6 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::BenchTiers(args) => bench::tiers::run(args),
         Command::BenchAutoscaler(args) => bench::autoscaler::run(args),
         Command::BenchPlacement(args) => bench::placement::run(args).await,
+        Command::BenchListing(args) => bench::listing::run(args).await,
     }
 }

@@ -60,6 +60,10 @@ pub enum IdentitySource {
     /// without checking the signature (the local stack, which has no IAM). No header:
     /// `anonymous`.
     AccessKeyId,
+    /// As `AccessKeyId`, but a request signed for any other service than `execute-api`
+    /// is refused, as API Gateway's IAM authorizer refuses it: the local stack as
+    /// stock clients meet a deployment.
+    ApiGatewayKeyId,
 }
 
 impl std::str::FromStr for IdentitySource {
@@ -68,7 +72,10 @@ impl std::str::FromStr for IdentitySource {
         match s {
             "iam" => Ok(IdentitySource::Iam),
             "access-key-id" => Ok(IdentitySource::AccessKeyId),
-            other => Err(format!("{other:?} is not iam or access-key-id")),
+            "api-gateway-key-id" => Ok(IdentitySource::ApiGatewayKeyId),
+            other => Err(format!(
+                "{other:?} is not iam, access-key-id or api-gateway-key-id"
+            )),
         }
     }
 }

@@ -18,9 +18,9 @@
 //!   (finished, gone) is dropped.
 
 use crate::domain::tiers::WorkerPool;
-use crate::domain::{JobState, TaskKind, TaskState};
+use crate::domain::{TaskKind, TaskState};
 use crate::queue::{Queues, TaskMessage};
-use crate::store::{now_ms, Store, StoreError, WorkKind};
+use crate::store::{now_ms, JobQuery, Store, StoreError, WorkKind};
 use serde::Serialize;
 
 /// How old an uncommitted submission must be before it is closed as abandoned: well
@@ -121,15 +121,25 @@ impl Reconciler<'_> {
         all_queues: &[String],
         out: &mut Reconciled,
     ) -> Result<(), anyhow::Error> {
-        let (jobs, _) = self
-            .store
-            .list_jobs_in_queue(queue, JOBS_PER_QUEUE, None, |j| {
-                !j.state.is_terminal()
-                    && j.state != JobState::Submitted
-                    && !j.uncommitted
-                    && j.array.is_none()
-            })
-            .await?;
+        // A committed DAG job that has not ended is listed RUNNABLE or RUNNING.
+        let mut jobs = Vec::new();
+        for status in ["RUNNABLE", "RUNNING"] {
+            let page = self
+                .store
+                .list_jobs(
+                    queue,
+                    &JobQuery::Status(status.into()),
+                    None,
+                    JOBS_PER_QUEUE,
+                    None,
+                )
+                .await?;
+            jobs.extend(
+                page.jobs
+                    .into_iter()
+                    .filter(|j| !j.state.is_terminal() && !j.uncommitted && j.array.is_none()),
+            );
+        }
         for job in jobs {
             let (counts, _, _) = self.store.job_counts(&job.job_id).await?;
             if counts.get(TaskState::Runnable) == 0 {

@@ -5,6 +5,7 @@
 //! and writes JSON. Not a test: numbers are measured, not asserted.
 
 pub mod autoscaler;
+pub mod listing;
 mod measure;
 pub mod placement;
 pub mod rng;
@@ -94,6 +95,37 @@ struct ScenarioResult {
     /// Every run of the scenario (this result is the one of median efficiency).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     runs: Vec<RunSummary>,
+}
+
+/// DynamoDB for a benchmark of the store alone: the one at `url`, or a DynamoDB Local
+/// started for it (stopped by dropping what is returned with the clients).
+pub(crate) async fn dynamodb_only(
+    url: Option<&str>,
+    name: &str,
+) -> anyhow::Result<(
+    Option<batchplane_local::emulators::Emulators>,
+    batchplane::aws::Clients,
+)> {
+    use batchplane_local::emulators::{free_port, Emulators};
+    let mut emulators = None;
+    let url = match url {
+        Some(u) => u.to_string(),
+        None => {
+            let state = std::env::temp_dir()
+                .join(format!("batchplane-bench-{name}-{}", std::process::id()));
+            let e = Emulators::start(&state.join("emulators"), free_port()?, free_port()?)?;
+            let url = e.dynamodb_url.clone();
+            emulators = Some(e);
+            url
+        }
+    };
+    let clients = batchplane::aws::Clients::new(&batchplane::aws::Endpoints {
+        dynamodb: Some(url),
+        sqs: None,
+        ..Default::default()
+    })
+    .await;
+    Ok((emulators, clients))
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {

@@ -10,11 +10,10 @@
 
 use anyhow::Context;
 use batchplane::aws::accounting;
-use batchplane::aws::{Clients, Endpoints};
+use batchplane::aws::Clients;
 use batchplane::domain::placement::{PlacementRequest, Resources};
 use batchplane::store::placement::{ClusterRegistration, PlacementOutcome};
 use batchplane::store::Store;
-use batchplane_local::emulators::{free_port, Emulators};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -242,24 +241,8 @@ async fn floor(
 }
 
 pub async fn run(args: &PlacementBenchArgs) -> anyhow::Result<u8> {
-    let state =
-        std::env::temp_dir().join(format!("batchplane-bench-placement-{}", std::process::id()));
-    let mut emulators = None;
-    let url = match &args.dynamodb_url {
-        Some(u) => u.clone(),
-        None => {
-            let e = Emulators::start(&state.join("emulators"), free_port()?, free_port()?)?;
-            let url = e.dynamodb_url.clone();
-            emulators = Some(e);
-            url
-        }
-    };
-    let clients = Clients::new(&Endpoints {
-        dynamodb: Some(url),
-        sqs: None,
-        ..Default::default()
-    })
-    .await;
+    let (emulators, clients) =
+        super::dynamodb_only(args.dynamodb_url.as_deref(), "placement").await?;
     let mut runs = Vec::new();
     for &n in &args.callers {
         eprintln!(

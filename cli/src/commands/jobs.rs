@@ -58,6 +58,10 @@ pub fn pick_job(file: &Path, name: Option<&str>) -> anyhow::Result<Value> {
     }
 }
 
+/// Submit the file's jobs (or the one `name` picks), printing each job id; with `wait`,
+/// wait for every one and succeed only if all did. With several jobs, each gets its own
+/// idempotency key: `KEY-<n>`, `n` its place in the file, so a retry of the whole file
+/// submits none twice.
 pub async fn submit(
     api: &Api,
     file: &Path,
@@ -65,29 +69,51 @@ pub async fn submit(
     wait: bool,
     key: Option<&str>,
 ) -> anyhow::Result<u8> {
-    let jobs = read_jobs(file)?;
-    if jobs.len() > 1 && name.is_none() {
-        let names: Vec<&str> = jobs.iter().filter_map(|j| j["name"].as_str()).collect();
-        bail!(
-            "{} holds {} jobs ({}); choose one with --job NAME",
-            file.display(),
-            jobs.len(),
-            names.join(", ")
-        );
+    let jobs = match name {
+        Some(_) => vec![pick_job(file, name)?],
+        None => read_jobs(file)?,
+    };
+    let several = jobs.len() > 1;
+    let mut ids = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let key = key.map(|k| match several {
+            true => format!("{k}-{i}"),
+            false => k.to_string(),
+        });
+        let what = job["name"].as_str().unwrap_or("(unnamed)");
+        let resp = api
+            .post("/v1/jobs", job.to_string(), key.as_deref())
+            .await
+            .with_context(|| match several {
+                true => format!(
+                    "submitting job {} of {} ({what}); those before it were submitted: {}",
+                    i + 1,
+                    jobs.len(),
+                    if ids.is_empty() {
+                        "none".to_string()
+                    } else {
+                        ids.join(", ")
+                    }
+                ),
+                false => format!("submitting {what}"),
+            })?;
+        let job_id = resp["job_id"]
+            .as_str()
+            .context("the API answered without a job_id")?
+            .to_string();
+        println!("{job_id}");
+        ids.push(job_id);
     }
-    let job = pick_job(file, name)?;
-    let resp = api.post("/v1/jobs", job.to_string(), key).await?;
-    let job_id = resp["job_id"]
-        .as_str()
-        .context("the API answered without a job_id")?
-        .to_string();
-    println!("{job_id}");
     if !wait {
         return Ok(0);
     }
-    let job = wait_for(api, &job_id, true).await?;
-    print_summary(&job);
-    Ok(if job["state"] == "SUCCEEDED" { 0 } else { 1 })
+    let mut all_succeeded = true;
+    for job_id in &ids {
+        let job = wait_for(api, job_id, !several).await?;
+        print_summary(&job);
+        all_succeeded &= job["state"] == "SUCCEEDED";
+    }
+    Ok(if all_succeeded { 0 } else { 1 })
 }
 
 fn counts_line(job: &Value) -> String {

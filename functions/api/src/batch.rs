@@ -59,9 +59,8 @@ fn respond(r: Result<Value, ApiError>) -> Response {
 
 /// The caller's access, or the AWS-shaped error that reading the grants gave.
 async fn access(svc: &Service, parts: &Parts) -> Result<Access, Response> {
-    svc.access_for(crate::identity::principal(parts, svc.identity))
-        .await
-        .map_err(error_response)
+    let p = crate::identity::principal(parts, svc.identity).map_err(error_response)?;
+    svc.access_for(p).await.map_err(error_response)
 }
 
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
@@ -115,6 +114,8 @@ op!(submit_job, |svc, input, who| svc
 op!(describe_jobs, |svc, input, who| svc
     .describe_jobs(&who, &input));
 op!(list_jobs, |svc, input, who| svc.list_jobs(&who, &input));
+op!(get_job_queue_snapshot, |svc, input, who| svc
+    .get_job_queue_snapshot(&who, &input));
 op!(cancel_job, |svc, input, who| svc
     .aws_cancel_job(&who, &input, false));
 op!(terminate_job, |svc, input, who| svc
@@ -248,6 +249,7 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/v1/submitjob", post(submit_job))
         .route("/v1/describejobs", post(describe_jobs))
         .route("/v1/listjobs", post(list_jobs))
+        .route("/v1/getjobqueuesnapshot", post(get_job_queue_snapshot))
         .route("/v1/canceljob", post(cancel_job))
         .route("/v1/terminatejob", post(terminate_job))
         .route("/v1/canceljobs", post(cancel_jobs))

@@ -7,7 +7,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use batchplane::api::Service;
+use batchplane::api::{ApiError, ErrorKind, Service};
 use batchplane::config::IdentitySource;
 use batchplane::domain::access::{Access, Principal};
 use std::sync::Arc;
@@ -35,13 +35,40 @@ fn iam_principal(parts: &Parts) -> Option<Principal> {
     (!arn.is_empty()).then(|| Principal::from_iam_arn(&arn))
 }
 
-/// The request's principal, read where `source` says.
-pub fn principal(parts: &Parts, source: IdentitySource) -> Principal {
+/// The service a SigV4 `Authorization` header is scoped to
+/// (`Credential=<key>/<date>/<region>/<service>/aws4_request`).
+pub fn signing_service(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let cred = auth.split("Credential=").nth(1)?;
+    let scope = cred.split([',', ' ']).next()?;
+    scope.split('/').nth(3).map(str::to_string)
+}
+
+/// The service API Gateway's IAM authorizer accepts signatures for.
+pub const API_GATEWAY_SERVICE: &str = "execute-api";
+
+/// The request's principal, read where `source` says; a request API Gateway would
+/// refuse (signed for another service) is refused with its message.
+pub fn principal(parts: &Parts, source: IdentitySource) -> Result<Principal, ApiError> {
     let found = match source {
         IdentitySource::Iam => iam_principal(parts),
         IdentitySource::AccessKeyId => signing_key_id(&parts.headers).map(Principal::named),
+        IdentitySource::ApiGatewayKeyId => {
+            match signing_service(&parts.headers) {
+                Some(service) if service != API_GATEWAY_SERVICE => {
+                    return Err(ApiError::new(
+                        ErrorKind::Forbidden,
+                        "InvalidSignatureException",
+                        format!("Credential should be scoped to correct service: '{API_GATEWAY_SERVICE}'. (It was signed for '{service}'.)"),
+                        serde_json::json!({"signed_for": service}),
+                    ))
+                }
+                _ => {}
+            }
+            signing_key_id(&parts.headers).map(Principal::named)
+        }
     };
-    found.unwrap_or_else(Principal::anonymous)
+    Ok(found.unwrap_or_else(Principal::anonymous))
 }
 
 /// The caller's access, resolved once per request; a failure to read the grants is the
@@ -55,7 +82,7 @@ impl FromRequestParts<Arc<Service>> for Caller {
         parts: &mut Parts,
         svc: &Arc<Service>,
     ) -> Result<Self, Self::Rejection> {
-        let p = principal(parts, svc.identity);
+        let p = principal(parts, svc.identity).map_err(crate::Error)?;
         Ok(Caller(svc.access_for(p).await.map_err(crate::Error)?))
     }
 }
@@ -80,13 +107,35 @@ mod tests {
         let signed = parts(Some(
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261122/us-east-1/batch/aws4_request, SignedHeaders=host, Signature=abc",
         ));
-        assert_eq!(
-            principal(&signed, IdentitySource::AccessKeyId).id,
-            "AKIDEXAMPLE"
-        );
+        let of = |p: &Parts, source| {
+            principal(p, source).unwrap_or_else(|e| panic!("{source:?}: {}", e.message))
+        };
+        assert_eq!(of(&signed, IdentitySource::AccessKeyId).id, "AKIDEXAMPLE");
         // In AWS only API Gateway's context counts: a header is not an identity.
-        assert!(principal(&signed, IdentitySource::Iam).is_anonymous());
-        assert!(principal(&parts(None), IdentitySource::AccessKeyId).is_anonymous());
-        assert!(principal(&parts(Some("Bearer x")), IdentitySource::AccessKeyId).is_anonymous());
+        assert!(of(&signed, IdentitySource::Iam).is_anonymous());
+        assert!(of(&parts(None), IdentitySource::AccessKeyId).is_anonymous());
+        assert!(of(&parts(Some("Bearer x")), IdentitySource::AccessKeyId).is_anonymous());
+    }
+
+    #[test]
+    fn as_api_gateway_only_a_signature_for_execute_api_is_taken() {
+        let signed_for = |service: &str| {
+            parts(Some(&format!(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261122/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=abc"
+            )))
+        };
+        let gateway = IdentitySource::ApiGatewayKeyId;
+        match principal(&signed_for("batch"), gateway) {
+            Err(e) => assert!(
+                e.message.contains("'execute-api'") && e.message.contains("'batch'"),
+                "{}",
+                e.message
+            ),
+            Ok(p) => panic!("a signature for batch was taken as {}", p.id),
+        }
+        let ok = principal(&signed_for("execute-api"), gateway)
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(ok.id, "AKIDEXAMPLE");
+        assert!(principal(&parts(None), gateway).is_ok_and(|p| p.is_anonymous()));
     }
 }

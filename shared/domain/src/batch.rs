@@ -279,6 +279,18 @@ pub fn child_counts(job: &super::JobRecord, counts: &super::TaskCounts) -> super
     all
 }
 
+/// The reason an array stopped by CancelJob or TerminateJob ends with, once no child of
+/// it is running (children that had not started never will); `None` while one runs, or
+/// for a job that was not stopped so.
+pub fn stopped_array_ends<'a>(
+    job: &'a super::records::JobRecord,
+    counts: &super::state::TaskCounts,
+) -> Option<&'a str> {
+    let parent = job.array.as_ref().is_some_and(|a| a.array_size.is_some());
+    (parent && job.cancel_requested && job.stopped_by.is_some() && !counts.any_running())
+        .then(|| job.stop_reason.as_deref().unwrap_or("stopped by request"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +347,43 @@ mod tests {
         assert_eq!(weighted_window(100, Some(4.0)), 25);
         assert_eq!(weighted_window(100, Some(0.0001)), 1600);
         assert_eq!(weighted_window(100, Some(1000.0)), 1);
+    }
+
+    #[test]
+    fn a_stopped_array_ends_when_no_child_runs() {
+        use crate::records::{JobRecord, Stop};
+        use crate::state::{TaskCounts, TaskState};
+        let array: ArrayJob = serde_json::from_value(serde_json::json!({
+            "template": {"command": ["true"], "cpu_milli": 1000, "memory_mib": 64},
+            "array_size": 4,
+            "window": 1,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut job = JobRecord {
+            array: Some(array),
+            ..JobRecord::new("j", "n", "t", "q")
+        };
+        let mut running = TaskCounts::default();
+        running.add(TaskState::Running, 1);
+        let idle = TaskCounts::default();
+        assert_eq!(stopped_array_ends(&job, &idle), None, "not stopped");
+        job.cancel_requested = true;
+        job.stopped_by = Some(Stop::Cancel);
+        job.stop_reason = Some("not needed".into());
+        assert_eq!(
+            stopped_array_ends(&job, &running),
+            None,
+            "a child still runs"
+        );
+        assert_eq!(stopped_array_ends(&job, &idle), Some("not needed"));
+        if let Some(a) = job.array.as_mut() {
+            a.array_size = None;
+        }
+        assert_eq!(
+            stopped_array_ends(&job, &idle),
+            None,
+            "a single job closes at once"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod launch;
 pub mod lease;
 pub mod limits;
+pub mod listing;
 pub mod logs;
 pub mod placement;
 pub mod plan;

@@ -25,6 +25,9 @@ pub struct JobRecord {
     pub cancel_requested: bool,
     /// How a caller stopped the job, if one did (AWS's `isCancelled`/`isTerminated`).
     pub stopped_by: Option<Stop>,
+    /// The reason the caller gave when stopping it: the job's reason once it closes
+    /// (an array waits for its running children first).
+    pub stop_reason: Option<String>,
     /// A DAG job whose tasks are still being written: none of them is sent to a queue
     /// until the submission commits (clears this), so a submission that fails part-way
     /// runs nothing.
@@ -59,6 +62,7 @@ impl JobRecord {
             shard_count: 1,
             cancel_requested: false,
             stopped_by: None,
+            stop_reason: None,
             uncommitted: false,
             array: None,
             gates_met: 0,

@@ -300,6 +300,10 @@ impl TaskCounts {
     pub fn is_empty(&self) -> bool {
         self.0.values().all(|n| *n == 0)
     }
+    /// Whether any task is claimed or running: what a stopped array waits for.
+    pub fn any_running(&self) -> bool {
+        self.get(TaskState::Starting) + self.get(TaskState::Running) > 0
+    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,10 @@ pub struct StackOptions {
     /// Run the autoscaler this often (the scheduled Lambda's minute, shortened); its
     /// workers are placed in the local clusters. `None`: only the fixed workers.
     pub autoscale_every: Option<Duration>,
+    /// Who the API takes the caller to be: the signing key id (`AccessKeyId`, the
+    /// default), or that and API Gateway's refusal of signatures for other services
+    /// (`ApiGatewayKeyId`).
+    pub identity: batchplane::config::IdentitySource,
     /// The deployment's admins: principals (here, access key ids) or patterns.
     /// Default `anonymous`, so unsigned requests may do everything; empty: nobody.
     pub admins: Vec<String>,
@@ -219,6 +223,7 @@ impl StackOptions {
             ],
             team: "default".into(),
             autoscale_every: None,
+            identity: batchplane::config::IdentitySource::AccessKeyId,
             admins: vec![batchplane::domain::access::ANONYMOUS.into()],
             task_uids: None,
             memory_enforcement: None,

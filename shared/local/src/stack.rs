@@ -100,7 +100,7 @@ impl LocalStack {
             admins: opts.admins.clone(),
             // No IAM here: the key id a request is signed with names the caller,
             // unchecked.
-            identity: batchplane::config::IdentitySource::AccessKeyId,
+            identity: opts.identity,
             eks_endpoint: endpoints.eks.clone(),
             logs: Some(batchplane::aws::logs_client(&endpoints).await),
         });

@@ -482,6 +482,7 @@ mod tests {
             old_state: old.as_ref().map(|j| j.state),
             old_job: old.map(Box::new),
             job: new,
+            listed_as: None,
         }
     }
 

@@ -331,7 +331,7 @@ impl Service {
             ));
         }
         self.store
-            .request_job_cancel(job_id, crate::domain::Stop::Cancel)
+            .request_job_cancel(job_id, crate::domain::Stop::Cancel, None)
             .await?;
         // The tasks are cancelled a page at a time through the stream (a job may have a
         // million); the job is CANCELLED once they all are.

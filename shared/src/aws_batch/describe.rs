@@ -5,27 +5,14 @@ use crate::domain::access::Access;
 use crate::domain::batch::{child_aws_id, child_counts, child_task_id, unborn_child_state};
 use crate::domain::ids::is_valid_job_id;
 use crate::domain::{JobRecord, JobState, TaskRecord, TaskState};
+use crate::store::{JobQuery, ListAt, ListPosition};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 use super::{arn::*, definitions::*, wire::*};
 
-/// AWS's status of a job, from what is stored: a job is RUNNING once a task started;
-/// an array's parent stays PENDING until its children have all ended, as AWS Batch's
-/// does (ListJobs lists it under PENDING meanwhile).
-pub fn aws_status(job: &JobRecord) -> &'static str {
-    let array_parent = job.array.as_ref().is_some_and(|a| a.array_size.is_some());
-    match job.state {
-        JobState::Submitted => "SUBMITTED",
-        JobState::Succeeded => "SUCCEEDED",
-        JobState::Failed | JobState::Cancelled => "FAILED",
-        _ if array_parent => "PENDING",
-        JobState::Pending if job.array.is_some() => "PENDING",
-        _ if job.started_at.is_some() => "RUNNING",
-        _ => "RUNNABLE",
-    }
-}
+pub use crate::domain::listing::aws_status;
 
 pub(super) fn task_status(t: &TaskState) -> &'static str {
     match t {
@@ -38,15 +25,7 @@ pub(super) fn task_status(t: &TaskState) -> &'static str {
     }
 }
 
-pub(super) const ALL_STATUSES: [&str; 7] = [
-    "SUBMITTED",
-    "PENDING",
-    "RUNNABLE",
-    "STARTING",
-    "RUNNING",
-    "SUCCEEDED",
-    "FAILED",
-];
+use crate::domain::listing::BATCH_STATUSES;
 
 pub(super) fn attempts_json(t: &TaskRecord) -> Value {
     Value::Array(
@@ -304,7 +283,7 @@ impl Service {
         };
         let (counts, _, _) = self.store.job_counts(job_id).await?;
         let counts = child_counts(job, &counts);
-        let mut summary: BTreeMap<&str, u64> = ALL_STATUSES.iter().map(|s| (*s, 0)).collect();
+        let mut summary: BTreeMap<&str, u64> = BATCH_STATUSES.iter().map(|s| (*s, 0)).collect();
         for st in TaskState::ALL {
             *summary.entry(task_status(&st)).or_default() += counts.get(st);
         }
@@ -325,29 +304,16 @@ impl Service {
             ));
         }
         let filters = input["filters"].as_array().cloned().unwrap_or_default();
-        let filter = super::filters::JobFilter::parse(&filters)?;
-        // As AWS: with a filter, the status is not used (except beside SHARE_IDENTIFIER);
-        // without either, it defaults to RUNNING.
-        let status = match &filter {
-            Some(f) if !f.keeps_status() => None,
-            Some(_) => opt_str(input, "jobStatus").map(String::from),
-            None => Some(opt_str(input, "jobStatus").unwrap_or("RUNNING").to_string()),
-        };
-        if let Some(s) = &status {
-            if !ALL_STATUSES.contains(&s.as_str()) {
-                return Err(client(format!("jobStatus {s:?} is not a job status")));
-            }
-        }
+        let query = super::filters::job_query(&filters, opt_str(input, "jobStatus"))?;
         let max = input["maxResults"].as_u64().unwrap_or(100).clamp(1, 1000) as usize;
         if let Some(parent) = opt_str(input, "arrayJobId") {
+            // Children are listed by status; a filter does not apply to them.
+            let status = match &query {
+                JobQuery::Status(s) => Some(s.as_str()),
+                _ => None,
+            };
             return self
-                .list_children(
-                    who,
-                    parent,
-                    status.as_deref(),
-                    max,
-                    opt_str(input, "nextToken"),
-                )
+                .list_children(who, parent, status, max, opt_str(input, "nextToken"))
                 .await;
         }
         let queue = name_of(
@@ -355,19 +321,20 @@ impl Service {
         )
         .to_string();
         let start = match opt_str(input, "nextToken") {
-            Some(t) => Some(decode_key(t)?),
+            Some(t) => Some(decode_position(t, query.sorted_by_time())?),
             None => None,
         };
-        let (jobs, next) = self
+        let teams: Option<Vec<String>> = who
+            .visible_teams()
+            .map(|t| t.into_iter().map(String::from).collect());
+        let page = self
             .store
-            .list_jobs_in_queue(&queue, max, start, |j| {
-                who.can_view(&j.team)
-                    && status.as_deref().is_none_or(|s| aws_status(j) == s)
-                    && filter.as_ref().is_none_or(|f| f.matches(j))
-            })
+            .list_jobs(&queue, &query, teams.as_deref(), max, start.as_ref())
             .await?;
-        let summaries: Vec<Value> = jobs.iter().map(job_summary).collect();
-        Ok(json!({"jobSummaryList": summaries, "nextToken": next.map(|k| encode_key(&k))}))
+        let summaries: Vec<Value> = page.jobs.iter().map(job_summary).collect();
+        Ok(
+            json!({"jobSummaryList": summaries, "nextToken": page.next.map(|p| encode_position(&p))}),
+        )
     }
 
     pub(super) async fn list_children(
@@ -496,23 +463,41 @@ pub(super) fn job_summary(j: &JobRecord) -> Value {
     m
 }
 
-pub(super) fn encode_key(k: &crate::store::ListKey) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("k:{}:{}", k.created_at, k.job_id))
+/// A listing's nextToken: where it goes on from, as `t:<ms>:<job>` or `k:<job>:<key>`.
+fn encode_position(p: &ListPosition) -> String {
+    let text = match &p.at {
+        ListAt::Time(t) => format!("t:{t}:{}", p.job_id),
+        ListAt::Key(k) => format!("k:{}:{k}", p.job_id),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
-pub(super) fn decode_key(t: &str) -> Result<crate::store::ListKey, ApiError> {
+/// A nextToken this API gave out for the same question (by time or by key).
+fn decode_position(t: &str, by_time: bool) -> Result<ListPosition, ApiError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(t)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| {
-            let rest = s.strip_prefix("k:")?;
-            let (at, id) = rest.split_once(':')?;
-            Some(crate::store::ListKey {
-                created_at: at.parse().ok()?,
-                job_id: id.to_string(),
-            })
+            let (kind, rest) = s.split_once(':')?;
+            match (kind, by_time) {
+                ("t", true) => {
+                    let (at, id) = rest.split_once(':')?;
+                    Some(ListPosition {
+                        job_id: id.to_string(),
+                        at: ListAt::Time(at.parse().ok()?),
+                    })
+                }
+                ("k", false) => {
+                    let (id, k) = rest.split_once(':')?;
+                    Some(ListPosition {
+                        job_id: id.to_string(),
+                        at: ListAt::Key(k.to_string()),
+                    })
+                }
+                _ => None,
+            }
         })
-        .ok_or_else(|| client("nextToken is not a token this API gave out"))
+        .filter(|p| is_valid_job_id(&p.job_id))
+        .ok_or_else(|| client("nextToken is not a token this API gave out for this question"))
 }

@@ -3,6 +3,7 @@
 use crate::api::{ApiError, Service};
 use crate::domain::access::Access;
 use crate::store::registry::ResourceKind;
+use crate::store::JobQuery;
 use serde_json::{json, Value};
 
 use super::{arn::*, wire::*};
@@ -86,6 +87,33 @@ impl Service {
     ) -> Result<Value, ApiError> {
         self.describe(who, ResourceKind::JobQueue, input, "jobQueues", "jobQueues")
             .await
+    }
+
+    /// GetJobQueueSnapshot: the first 100 RUNNABLE jobs of the queue that the caller may
+    /// see, in the order they were submitted (the order a queue without a fair-share
+    /// policy starts them). A job's `earliestTimeAtPosition` is its submission: a job
+    /// keeps its place from then on. Capacity and quota shares are not reported.
+    pub async fn get_job_queue_snapshot(
+        &self,
+        who: &Access,
+        input: &Value,
+    ) -> Result<Value, ApiError> {
+        let (name, _) = self
+            .existing(ResourceKind::JobQueue, input, "jobQueue")
+            .await?;
+        let teams: Option<Vec<String>> = who
+            .visible_teams()
+            .map(|t| t.into_iter().map(String::from).collect());
+        let page = self
+            .store
+            .list_jobs(name, &JobQuery::Front, teams.as_deref(), 100, None)
+            .await?;
+        let jobs: Vec<Value> = page
+            .jobs
+            .iter()
+            .map(|j| json!({"jobArn": arn("job", &j.job_id), "earliestTimeAtPosition": j.created_at}))
+            .collect();
+        Ok(json!({"frontOfQueue": {"jobs": jobs, "lastUpdatedAt": self.store.now()}}))
     }
 
     pub async fn update_job_queue(&self, who: &Access, input: &Value) -> Result<Value, ApiError> {

@@ -478,15 +478,22 @@ impl Service {
         } else {
             crate::domain::Stop::Cancel
         };
-        self.store.request_job_cancel(job_id, stop).await?;
-        // As AWS Batch: the status reason is the caller's reason, as given.
         self.store
-            .fail_job(job_id, JobState::Failed, reason)
+            .request_job_cancel(job_id, stop, Some(reason))
             .await?;
         if terminate {
             // Running children are stopped a page at a time through the stream.
             self.store
                 .start_work(job_id, crate::store::WorkKind::Cancel)
+                .await?;
+        }
+        // As AWS Batch: the status reason is the caller's reason, as given. An array
+        // whose children are running stays PENDING until they have ended (the fanout
+        // closes it then); children that had not started never will.
+        let (counts, _, _) = self.store.job_counts(job_id).await?;
+        if array.array_size.is_none() || !counts.any_running() {
+            self.store
+                .fail_job(job_id, JobState::Failed, reason)
                 .await?;
         }
         tracing::info!(job_id, terminate, reason, "array job stopped");

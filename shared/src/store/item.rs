@@ -148,13 +148,33 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     item.insert("queue".into(), s(&job.queue));
     item.insert("state".into(), s(job.state.as_str()));
     item.insert("created_at".into(), n(job.created_at));
+    for (name, at) in [
+        ("started_at", job.started_at),
+        ("finished_at", job.finished_at),
+    ] {
+        if let Some(at) = at {
+            item.insert(name.into(), n(at));
+        }
+    }
     item.insert("total_tasks".into(), n(job.total_tasks));
     item.insert("shard_count".into(), n(job.shard_count));
     if let Some(r) = &job.reason {
         item.insert("reason".into(), s(r));
     }
-    // Only job items carry `jq`: the sparse `by_queue` index lists jobs, never tasks.
+    // Only job items carry `jq` and the other listing keys: the sparse listing indexes
+    // list jobs, never tasks.
     item.insert(JOB_QUEUE_ATTR.into(), s(&job.queue));
+    let listed = crate::domain::listing::listing_keys(job);
+    item.insert(LISTED_STATUS_ATTR.into(), s(listed.status));
+    item.insert(NAME_KEY_ATTR.into(), s(listed.name));
+    if let Some((k, arn)) = listed.definition {
+        item.insert(DEFINITION_KEY_ATTR.into(), s(k));
+        item.insert(DEFINITION_ATTR.into(), s(arn));
+    }
+    if let Some((k, share)) = listed.share {
+        item.insert(SHARE_KEY_ATTR.into(), s(k));
+        item.insert(SHARE_ATTR.into(), s(share));
+    }
     if let Some(a) = &job.array {
         item.insert(
             "array".into(),
@@ -169,6 +189,9 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     }
     if let Some(stop) = job.stopped_by {
         item.insert("stopped_by".into(), s(stop.as_str()));
+    }
+    if let Some(r) = &job.stop_reason {
+        item.insert("stop_reason".into(), s(r));
     }
     if job.uncommitted {
         item.insert("uncommitted".into(), AttributeValue::Bool(true));
@@ -190,6 +213,23 @@ pub const JOB_QUEUE_ATTR: &str = "jq";
 pub const FAILED_IN_ATTR: &str = "failed_in";
 pub const FAILURES_INDEX: &str = "failures";
 pub const BY_QUEUE_INDEX: &str = "by_queue";
+/// A job's queue and AWS Batch status ([`crate::domain::listing::status_key`]): the key
+/// of `by_status`, kept by the fanout as the job's state moves.
+pub const LISTED_STATUS_ATTR: &str = "ls";
+pub const BY_STATUS_INDEX: &str = "by_status";
+/// `by_name`'s sort key under `jq` ([`crate::domain::listing::name_key`]).
+pub const NAME_KEY_ATTR: &str = "nk";
+pub const BY_NAME_INDEX: &str = "by_name";
+/// `by_definition`'s sort key under `jq`, and the definition's ARN it projects.
+pub const DEFINITION_KEY_ATTR: &str = "dk";
+pub const DEFINITION_ATTR: &str = "jd";
+pub const BY_DEFINITION_INDEX: &str = "by_definition";
+/// `by_share`'s key (queue and share identifier), and the share it projects.
+pub const SHARE_KEY_ATTR: &str = "sq";
+pub const SHARE_ATTR: &str = "share";
+pub const BY_SHARE_INDEX: &str = "by_share";
+/// What the listing indexes carry besides their keys: what a listing filters on.
+pub const LISTING_PROJECTION: [&str; 3] = ["team", DEFINITION_ATTR, SHARE_ATTR];
 
 pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
     let r = Reader::new(item);
@@ -213,6 +253,7 @@ pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
             }
             None => None,
         },
+        stop_reason: r.opt_s("stop_reason")?,
         uncommitted: r.bool("uncommitted"),
         array: match r.opt_s("array")? {
             Some(json) => {
@@ -475,6 +516,14 @@ pub fn is_task_item(item: &Item) -> bool {
 pub fn state_of(item: &Item) -> Option<TaskState> {
     match item.get("state") {
         Some(AttributeValue::S(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The status key a job item is listed under (`ls`), if it has one.
+pub fn listed_status_of(item: &Item) -> Option<String> {
+    match item.get(LISTED_STATUS_ATTR) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
         _ => None,
     }
 }

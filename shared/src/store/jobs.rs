@@ -1,4 +1,4 @@
-//! Job items: the idempotency key, the job record, its state, listing a queue's jobs.
+//! Job items: the idempotency key, the job record, its state.
 
 use super::item::*;
 use super::request::{send, send_if, send_if_current};
@@ -6,13 +6,6 @@ use super::{Store, StoreError};
 use crate::domain::{JobRecord, JobState};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use std::collections::HashMap;
-
-/// Where a listing of a queue's jobs goes on from (after the last job returned).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListKey {
-    pub created_at: i64,
-    pub job_id: String,
-}
 
 /// How long a submission holds its idempotency key before a retry may take it over:
 /// longer than any submission request may run (API Gateway ends one at 29 s).
@@ -319,56 +312,6 @@ impl Store {
         .is_some())
     }
 
-    /// A queue's jobs, newest first, that pass `keep`: up to `max`, and where to go on.
-    pub async fn list_jobs_in_queue(
-        &self,
-        queue: &str,
-        max: usize,
-        start: Option<ListKey>,
-        keep: impl Fn(&JobRecord) -> bool,
-    ) -> Result<(Vec<JobRecord>, Option<ListKey>), StoreError> {
-        let mut out = Vec::new();
-        let mut exclusive: Option<Item> = start.map(|k| {
-            let mut it = key(job_pk(&k.job_id), META_SK.into());
-            it.insert(JOB_QUEUE_ATTR.into(), s(queue));
-            it.insert("created_at".into(), n(k.created_at));
-            it
-        });
-        loop {
-            let page = send(
-                self.ddb
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(BY_QUEUE_INDEX)
-                    .key_condition_expression("#jq = :q")
-                    .expression_attribute_names("#jq", JOB_QUEUE_ATTR)
-                    .expression_attribute_values(":q", s(queue))
-                    .scan_index_forward(false)
-                    .limit(100)
-                    .set_exclusive_start_key(exclusive.take()),
-            )
-            .await?;
-            for it in page.items() {
-                let job = job_from_item(it)?;
-                if keep(&job) {
-                    out.push(job);
-                    if out.len() == max {
-                        let last = &out[out.len() - 1];
-                        let k = ListKey {
-                            created_at: last.created_at,
-                            job_id: last.job_id.clone(),
-                        };
-                        return Ok((out, Some(k)));
-                    }
-                }
-            }
-            match page.last_evaluated_key() {
-                Some(k) => exclusive = Some(k.clone()),
-                None => return Ok((out, None)),
-            }
-        }
-    }
-
     /// Record when the job's first task started (once).
     pub async fn mark_job_started(&self, job_id: &str, at: i64) -> Result<bool, StoreError> {
         Ok(send_if(
@@ -421,18 +364,28 @@ impl Store {
     }
 
     /// Flag a job as cancelled so no task is added and its workers stop its tasks, and
-    /// say how it was stopped.
+    /// say how it was stopped and (when the caller gave one) why.
     pub async fn request_job_cancel(
         &self,
         job_id: &str,
         stop: crate::domain::Stop,
+        reason: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let mut update = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(job_id), META_SK.into())))
+            .update_expression("SET cancel_requested = :true, stopped_by = :stop");
+        if let Some(r) = reason {
+            update = update
+                .update_expression(
+                    "SET cancel_requested = :true, stopped_by = :stop, stop_reason = :why",
+                )
+                .expression_attribute_values(":why", s(r));
+        }
         Ok(send_if(
-            self.ddb
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key(job_pk(job_id), META_SK.into())))
-                .update_expression("SET cancel_requested = :true, stopped_by = :stop")
+            update
                 .expression_attribute_values(":stop", s(stop.as_str()))
                 .condition_expression("#state IN (:submitted, :pending, :runnable)")
                 .expression_attribute_names("#state", "state")

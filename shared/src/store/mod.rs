@@ -14,6 +14,7 @@ mod edges;
 mod error;
 pub mod item;
 mod jobs;
+mod listing;
 pub mod placement;
 pub mod published;
 pub mod registry;
@@ -28,7 +29,8 @@ pub use claims::{ChildSeed, Claim, Escalation, Heartbeat};
 pub use counts::{sequence_after, RecordCounts};
 pub(crate) use error::classify;
 pub use error::StoreError;
-pub use jobs::{KeyClaim, ListKey, KEY_HOLD_MS};
+pub use jobs::{KeyClaim, KEY_HOLD_MS};
+pub use listing::{JobPage, JobQuery, ListAt, ListPosition, LIST_EXAMINE_LIMIT};
 pub use tasks::TaskPage;
 pub use work::{WorkCursor, WorkKind, WORK_PAGE};
 

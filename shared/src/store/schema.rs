@@ -16,99 +16,106 @@ impl Store {
     /// Create the table (on-demand, stream with both images) and wait until it is
     /// active. Used by the local stack and tests; in AWS the SAM template owns it.
     pub async fn create_table(&self) -> Result<(), StoreError> {
-        let attr = |name: &str| {
+        use aws_sdk_dynamodb::types::{GlobalSecondaryIndex, Projection, ProjectionType};
+        let build = |source| StoreError::Build {
+            operation: "CreateTable",
+            source,
+        };
+        let attr = |name: &str, t: ScalarAttributeType| {
             AttributeDefinition::builder()
                 .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
+                .attribute_type(t)
                 .build()
-                .map_err(|source| StoreError::Build {
-                    operation: "CreateTable",
-                    source,
-                })
+                .map_err(build)
         };
         let key = |name: &str, kt: KeyType| {
             KeySchemaElement::builder()
                 .attribute_name(name)
                 .key_type(kt)
                 .build()
-                .map_err(|source| StoreError::Build {
-                    operation: "CreateTable",
-                    source,
-                })
+                .map_err(build)
         };
-        let res = self
+        // Every index is sparse: only the items that carry its key attributes are in it.
+        let index = |name: &str, hash: &str, range: &str, projection: Projection| {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(key(hash, KeyType::Hash)?)
+                .key_schema(key(range, KeyType::Range)?)
+                .projection(projection)
+                .build()
+                .map_err(build)
+        };
+        let all = || {
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build()
+        };
+        // The listing indexes hold keys and what a listing filters on; the jobs are
+        // read by key. An update that moves neither writes nothing to them.
+        let listed = || {
+            Projection::builder()
+                .projection_type(ProjectionType::Include)
+                .set_non_key_attributes(Some(
+                    LISTING_PROJECTION.iter().map(|a| a.to_string()).collect(),
+                ))
+                .build()
+        };
+        let mut create = self
             .ddb
             .create_table()
             .table_name(&self.table)
-            .attribute_definitions(attr("pk")?)
-            .attribute_definitions(attr("sk")?)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(JOB_QUEUE_ATTR)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(|source| StoreError::Build {
-                        operation: "CreateTable",
-                        source,
-                    })?,
-            )
-            .attribute_definitions(attr(FAILED_IN_ATTR)?)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("created_at")
-                    .attribute_type(ScalarAttributeType::N)
-                    .build()
-                    .map_err(|source| StoreError::Build {
-                        operation: "CreateTable",
-                        source,
-                    })?,
-            )
             .key_schema(key("pk", KeyType::Hash)?)
-            .key_schema(key("sk", KeyType::Range)?)
-            // Jobs by queue, newest last: ListJobs. Sparse: only job items have `jq`.
-            .global_secondary_indexes(
-                aws_sdk_dynamodb::types::GlobalSecondaryIndex::builder()
-                    .index_name(BY_QUEUE_INDEX)
-                    .key_schema(key(JOB_QUEUE_ATTR, KeyType::Hash)?)
-                    .key_schema(key("created_at", KeyType::Range)?)
-                    .projection(
-                        aws_sdk_dynamodb::types::Projection::builder()
-                            .projection_type(aws_sdk_dynamodb::types::ProjectionType::All)
-                            .build(),
-                    )
-                    .build()
-                    .map_err(|source| StoreError::Build {
-                        operation: "CreateTable",
-                        source,
-                    })?,
-            )
-            // A job's failed tasks. Sparse: only failed task items have `failed_in`.
-            .global_secondary_indexes(
-                aws_sdk_dynamodb::types::GlobalSecondaryIndex::builder()
-                    .index_name(FAILURES_INDEX)
-                    .key_schema(key(FAILED_IN_ATTR, KeyType::Hash)?)
-                    .key_schema(key("sk", KeyType::Range)?)
-                    .projection(
-                        aws_sdk_dynamodb::types::Projection::builder()
-                            .projection_type(aws_sdk_dynamodb::types::ProjectionType::All)
-                            .build(),
-                    )
-                    .build()
-                    .map_err(|source| StoreError::Build {
-                        operation: "CreateTable",
-                        source,
-                    })?,
-            )
+            .key_schema(key("sk", KeyType::Range)?);
+        for name in [
+            "pk",
+            "sk",
+            JOB_QUEUE_ATTR,
+            FAILED_IN_ATTR,
+            LISTED_STATUS_ATTR,
+        ]
+        .into_iter()
+        .chain([NAME_KEY_ATTR, DEFINITION_KEY_ATTR, SHARE_KEY_ATTR])
+        {
+            create = create.attribute_definitions(attr(name, ScalarAttributeType::S)?);
+        }
+        let res = create
+            .attribute_definitions(attr("created_at", ScalarAttributeType::N)?)
+            // Jobs by queue, by creation time: ListJobs by time, abandoned submissions.
+            .global_secondary_indexes(index(BY_QUEUE_INDEX, JOB_QUEUE_ATTR, "created_at", all())?)
+            // A job's failed tasks. Only failed task items have `failed_in`.
+            .global_secondary_indexes(index(FAILURES_INDEX, FAILED_IN_ATTR, "sk", all())?)
+            // ListJobs' other questions, one index each (see `domain::listing`).
+            .global_secondary_indexes(index(
+                BY_STATUS_INDEX,
+                LISTED_STATUS_ATTR,
+                "created_at",
+                listed(),
+            )?)
+            .global_secondary_indexes(index(
+                BY_NAME_INDEX,
+                JOB_QUEUE_ATTR,
+                NAME_KEY_ATTR,
+                listed(),
+            )?)
+            .global_secondary_indexes(index(
+                BY_DEFINITION_INDEX,
+                JOB_QUEUE_ATTR,
+                DEFINITION_KEY_ATTR,
+                listed(),
+            )?)
+            .global_secondary_indexes(index(
+                BY_SHARE_INDEX,
+                SHARE_KEY_ATTR,
+                "created_at",
+                listed(),
+            )?)
             .billing_mode(BillingMode::PayPerRequest)
             .stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
                     .stream_view_type(StreamViewType::NewAndOldImages)
                     .build()
-                    .map_err(|source| StoreError::Build {
-                        operation: "CreateTable",
-                        source,
-                    })?,
+                    .map_err(build)?,
             )
             .send()
             .await;

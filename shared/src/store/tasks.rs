@@ -254,18 +254,36 @@ impl Store {
             .into_iter()
             .cloned()
             .collect();
-        let chunks: Vec<Vec<String>> = unique.chunks(100).map(|c| c.to_vec()).collect();
+        let keys: Vec<Item> = unique
+            .iter()
+            .map(|id| {
+                key(
+                    task_pk(job_id, crate::domain::ids::task_shard(id, shard_count)),
+                    task_sk(id),
+                )
+            })
+            .collect();
+        self.get_items(keys, true)
+            .await?
+            .iter()
+            .map(|it| {
+                let t = task_from_item(it)?;
+                Ok((t.task_id.clone(), t))
+            })
+            .collect()
+    }
+
+    /// Items by key (100 a request, several at once); a key is absent from the answer
+    /// only when DynamoDB said it has no such item. Keys it left unprocessed are asked
+    /// again until answered, or the whole read fails.
+    pub(crate) async fn get_items(
+        &self,
+        keys: Vec<Item>,
+        consistent: bool,
+    ) -> Result<Vec<Item>, StoreError> {
+        let chunks: Vec<Vec<Item>> = keys.chunks(100).map(|c| c.to_vec()).collect();
         let pages = stream::iter(chunks)
-            .map(|chunk| async move {
-                let mut keys: Vec<Item> = chunk
-                    .iter()
-                    .map(|id| {
-                        key(
-                            task_pk(job_id, crate::domain::ids::task_shard(id, shard_count)),
-                            task_sk(id),
-                        )
-                    })
-                    .collect();
+            .map(|mut keys| async move {
                 let mut found = Vec::new();
                 let mut backoff = Backoff::new(UNPROCESSED_FIRST_WAIT, UNPROCESSED_MAX_WAIT);
                 let mut stalled_since = Instant::now();
@@ -276,7 +294,7 @@ impl Store {
                             &self.table,
                             KeysAndAttributes::builder()
                                 .set_keys(Some(std::mem::take(&mut keys)))
-                                .consistent_read(true)
+                                .consistent_read(consistent)
                                 .build()
                                 .map_err(|source| StoreError::Build {
                                     operation: "BatchGetItem",
@@ -286,9 +304,7 @@ impl Store {
                     )
                     .await?;
                     if let Some(items) = out.responses().and_then(|r| r.get(&self.table)) {
-                        for it in items {
-                            found.push(task_from_item(it)?);
-                        }
+                        found.extend(items.iter().cloned());
                     }
                     keys = out
                         .unprocessed_keys()
@@ -302,7 +318,7 @@ impl Store {
                         backoff.reset(UNPROCESSED_FIRST_WAIT);
                         stalled_since = Instant::now();
                     }
-                    // A key DynamoDB did not get to is not an absent task: give up only
+                    // A key DynamoDB did not get to is not an absent item: give up only
                     // as an error.
                     if stalled_since.elapsed() >= UNPROCESSED_PATIENCE || !backoff.wait().await {
                         return Err(StoreError::Unprocessed {
@@ -316,11 +332,7 @@ impl Store {
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;
-        Ok(pages
-            .into_iter()
-            .flatten()
-            .map(|t| (t.task_id.clone(), t))
-            .collect())
+        Ok(pages.into_iter().flatten().collect())
     }
 
     /// One page of a job's user tasks, optionally only those in `state`, walking the

@@ -8,6 +8,7 @@
 //! changes nothing.
 
 pub mod arrays;
+mod jobs;
 mod work;
 
 use crate::domain::JobRecord;
@@ -35,6 +36,8 @@ pub struct JobChange {
     /// The job as it was before this change (`None` for its first write).
     pub old_job: Option<Box<JobRecord>>,
     pub job: JobRecord,
+    /// The status key the job is listed under (`ls`), as this record shows it.
+    pub listed_as: Option<String>,
 }
 
 /// A stream record as the fanout sees it.
@@ -95,6 +98,7 @@ pub fn decode_record(record: &EventRecord) -> Result<Change, FanoutError> {
             old_job: is_job_item(&old)
                 .then(|| job_from_item(&old).ok().map(Box::new))
                 .flatten(),
+            listed_as: crate::store::item::listed_status_of(&new),
             job,
         })));
     }
@@ -335,15 +339,8 @@ impl Fanout {
     async fn effects(&self, change: &Change) -> Result<usize, FanoutError> {
         let t = match change {
             Change::Task(t) => t,
-            // An addition that raised the total and then wrote nothing took it back: if
-            // its tasks were all that kept the job open, close it now.
-            Change::Job(j)
-                if !j.job.state.is_terminal()
-                    && j.old_job
-                        .as_ref()
-                        .is_some_and(|old| old.total_tasks > j.job.total_tasks) =>
-            {
-                self.close_if_done(&j.job.job_id).await?;
+            Change::Job(j) => {
+                self.job_effects(j).await?;
                 return Ok(0);
             }
             _ => return Ok(0),
@@ -622,61 +619,6 @@ impl Fanout {
             }
         }
         Ok(())
-    }
-
-    /// Close a job whose tasks are all finished, and fold its count items now and then.
-    pub async fn close_if_done(&self, job_id: &str) -> Result<Option<JobState>, FanoutError> {
-        let Some(job) = self.store.get_job(job_id).await? else {
-            return Ok(None);
-        };
-        if job.state.is_terminal() {
-            // Closed by an earlier try of this batch that stopped before the team's
-            // rollup: add it now (the rollup counts a job once).
-            let (_, usage, _) = self.store.job_counts(job_id).await?;
-            self.store
-                .add_team_usage(
-                    &job.team,
-                    job_id,
-                    job.finished_at.unwrap_or_else(crate::store::now_ms),
-                    &usage,
-                )
-                .await?;
-            return Ok(None);
-        }
-        let (counts, usage, items) = self.store.job_counts(job_id).await?;
-        if items > 50 {
-            self.store.fold_counts(job_id).await?;
-        }
-        let Some(state) = JobState::final_state(&counts, job.total_tasks, job.cancel_requested)
-        else {
-            return Ok(None);
-        };
-        let reason = match state {
-            JobState::Failed => Some(format!(
-                "{} of {} tasks failed",
-                counts.get(TaskState::Failed),
-                job.total_tasks
-            )),
-            JobState::Cancelled => Some("cancelled by request".to_string()),
-            _ => None,
-        };
-        let closed = self
-            .store
-            .close_job(
-                job_id,
-                &[JobState::Submitted, JobState::Pending, JobState::Runnable],
-                state,
-                reason.as_deref(),
-                job.total_tasks,
-            )
-            .await?;
-        if closed {
-            tracing::info!(job_id, state = %state, "job finished");
-            self.store
-                .add_team_usage(&job.team, job_id, crate::store::now_ms(), &usage)
-                .await?;
-        }
-        Ok(closed.then_some(state))
     }
 }
 

@@ -1,0 +1,89 @@
+//! What a job item's change does: the job is re-listed under its new status, and a
+//! job whose tasks have all ended (or a stopped array with no child running) is closed.
+
+use super::{Fanout, FanoutError, JobChange};
+use crate::domain::{JobState, TaskState};
+
+impl Fanout {
+    /// A job item changed: list it under its new status, and close a job that an
+    /// addition's take-back left complete.
+    pub(super) async fn job_effects(&self, j: &JobChange) -> Result<(), FanoutError> {
+        let status = crate::domain::listing::listing_keys(&j.job).status;
+        if j.listed_as.as_deref() != Some(status.as_str()) {
+            self.store.relist_job(&j.job).await?;
+        }
+        // An addition that raised the total and then wrote nothing took it back.
+        if !j.job.state.is_terminal()
+            && j.old_job
+                .as_ref()
+                .is_some_and(|old| old.total_tasks > j.job.total_tasks)
+        {
+            self.close_if_done(&j.job.job_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Close a job whose tasks are all finished, and fold its count items now and then.
+    pub async fn close_if_done(&self, job_id: &str) -> Result<Option<JobState>, FanoutError> {
+        let Some(job) = self.store.get_job(job_id).await? else {
+            return Ok(None);
+        };
+        if job.state.is_terminal() {
+            // Closed by an earlier try of this batch that stopped before the team's
+            // rollup: add it now (the rollup counts a job once).
+            let (_, usage, _) = self.store.job_counts(job_id).await?;
+            self.store
+                .add_team_usage(
+                    &job.team,
+                    job_id,
+                    job.finished_at.unwrap_or_else(crate::store::now_ms),
+                    &usage,
+                )
+                .await?;
+            return Ok(None);
+        }
+        let (counts, usage, items) = self.store.job_counts(job_id).await?;
+        if items > 50 {
+            self.store.fold_counts(job_id).await?;
+        }
+        if let Some(why) = crate::domain::batch::stopped_array_ends(&job, &counts) {
+            let closed = self.store.fail_job(job_id, JobState::Failed, why).await?;
+            if closed {
+                self.store
+                    .add_team_usage(&job.team, job_id, crate::store::now_ms(), &usage)
+                    .await?;
+            }
+            return Ok(closed.then_some(JobState::Failed));
+        }
+        let Some(state) = JobState::final_state(&counts, job.total_tasks, job.cancel_requested)
+        else {
+            return Ok(None);
+        };
+        let reason = match state {
+            JobState::Failed => Some(format!(
+                "{} of {} tasks failed",
+                counts.get(TaskState::Failed),
+                job.total_tasks
+            )),
+            JobState::Cancelled => Some("cancelled by request".to_string()),
+            _ => None,
+        };
+        let closed = self
+            .store
+            .close_job(
+                job_id,
+                &[JobState::Submitted, JobState::Pending, JobState::Runnable],
+                state,
+                reason.as_deref(),
+                job.total_tasks,
+            )
+            .await?;
+        if closed {
+            tracing::info!(job_id, state = %state, "job finished");
+            self.store
+                .add_team_usage(&job.team, job_id, crate::store::now_ms(), &usage)
+                .await?;
+        }
+        Ok(closed.then_some(state))
+    }
+}
