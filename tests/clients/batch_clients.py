@@ -204,6 +204,21 @@ def resources():
     check("minvCpus" in msg, msg)
     msg = client_error(batch.delete_compute_environment, computeEnvironment="jq-ce")
     check("DISABLED" in msg, msg)
+    # GPUs are honoured, from a definition or an override: the job goes to a pool of GPU
+    # workers (a one-tier job of its vCPUs, memory and GPUs; none runs here, so it waits).
+    batch.register_job_definition(
+        jobDefinitionName="gpu", type="container",
+        containerProperties={"image": "x", "command": ["nvidia-smi"], "resourceRequirements": [
+            {"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "1024"}, {"type": "GPU", "value": "1"}]})
+    on_gpu = batch.submit_job(jobName="gpu", jobQueue="jq", jobDefinition="gpu")["jobId"]
+    overridden = batch.submit_job(jobName="gpu2", jobQueue="jq", jobDefinition="gpu", containerOverrides={
+        "resourceRequirements": [{"type": "GPU", "value": "2"}]})["jobId"]
+    time.sleep(2)  # long enough for a worker of the queue's own pool to have taken it
+    for job, gpus in ((on_gpu, "1"), (overridden, "2")):
+        reqs = {r["type"]: r["value"] for r in describe(job)["container"]["resourceRequirements"]}
+        check(reqs == {"VCPU": "1", "MEMORY": "1024", "GPU": gpus}, reqs)
+        check(describe(job)["status"] in ("RUNNABLE", "PENDING"), describe(job))
+        batch.terminate_job(jobId=job, reason="no GPU here")
     # Definitions: revisions, name:rev, latest, deregister.
     second = batch.register_job_definition(jobDefinitionName="sh", type="container",
                                            containerProperties={"image": "x", "command": ["true"]})
@@ -226,7 +241,8 @@ def resources():
         token = page.get("nextToken")
         if not token:
             break
-    check(len(seen) == 7, f"{len(seen)} definitions over pages")
+    # sh (its ACTIVE revision and the deregistered one), gpu and d0..d4.
+    check(len(seen) == 8, f"{len(seen)} definitions over pages")
     # Queues.
     q = batch.describe_job_queues(jobQueues=["jq"])["jobQueues"][0]
     check(q["priority"] == 10 and q["state"] == "ENABLED", q)

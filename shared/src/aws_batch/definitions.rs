@@ -76,11 +76,17 @@ pub(super) fn retry_to(r: &RetryStrategy) -> Value {
     })
 }
 
-/// vCPUs and memory from `resourceRequirements` (or the older `vcpus`/`memory`).
-pub(super) fn resources(
-    container: &Value,
-    field: &str,
-) -> Result<(Option<f64>, Option<u64>), ApiError> {
+/// What a container asks for: vCPUs, MiB and GPUs, each where it is given.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ContainerResources {
+    pub cpu: Option<f64>,
+    pub memory_mib: Option<u64>,
+    pub gpus: Option<u32>,
+}
+
+/// vCPUs, memory and GPUs from `resourceRequirements` (or the older `vcpus`/`memory`).
+pub(super) fn resources(container: &Value, field: &str) -> Result<ContainerResources, ApiError> {
+    let mut gpus = None;
     let mut cpu = match container.get("vcpus") {
         None | Some(Value::Null) => None,
         Some(v) => Some(positive_number(v, &format!("{field}.vcpus"), MAX_VCPUS)?),
@@ -107,9 +113,7 @@ pub(super) fn resources(
         match opt_str(r, "type") {
             Some("VCPU") => cpu = Some(positive_number(&value, &at("VCPU"), MAX_VCPUS)?),
             Some("MEMORY") => mem = Some(whole_number(&value, &at("MEMORY"), 1, MAX_MEMORY_MIB)?),
-            Some("GPU") => {
-                whole_number(&value, &at("GPU"), 0, MAX_GPUS)?;
-            }
+            Some("GPU") => gpus = Some(whole_number(&value, &at("GPU"), 0, MAX_GPUS)? as u32),
             other => {
                 return Err(client(format!(
                     "{field}.resourceRequirements[{i}].type {other:?} must be VCPU, MEMORY or GPU"
@@ -117,7 +121,11 @@ pub(super) fn resources(
             }
         }
     }
-    Ok((cpu, mem))
+    Ok(ContainerResources {
+        cpu,
+        memory_mib: mem,
+        gpus,
+    })
 }
 
 /// A container's `environment` list as a map; a name under AWS Batch's reserved

@@ -147,13 +147,17 @@ impl Service {
                 list.push(json!({"type": "SEQUENTIAL"}));
             }
         }
+        let mut requirements = vec![
+            json!({"type": "VCPU", "value": format!("{}", f64::from(a.template.cpu_milli) / 1000.0)}),
+            json!({"type": "MEMORY", "value": a.template.memory_mib.to_string()}),
+        ];
+        if let Some(gpus) = a.template.tiers.first().map(|t| t.gpu).filter(|g| *g > 0) {
+            requirements.push(json!({"type": "GPU", "value": gpus.to_string()}));
+        }
         let mut container = json!({
             "command": a.template.command,
             "environment": env_list(&a.template.env),
-            "resourceRequirements": [
-                {"type": "VCPU", "value": format!("{}", f64::from(a.template.cpu_milli) / 1000.0)},
-                {"type": "MEMORY", "value": a.template.memory_mib.to_string()},
-            ],
+            "resourceRequirements": requirements,
         });
         let child_index = match (a.array_size, index) {
             (Some(size), Some(i)) if i < size => Some(i),

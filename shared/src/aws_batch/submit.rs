@@ -47,7 +47,7 @@ impl Service {
             .get("containerOverrides")
             .cloned()
             .unwrap_or(json!({}));
-        let (o_cpu, o_mem) = resources(&overrides, "containerOverrides")?;
+        let asked = resources(&overrides, "containerOverrides")?;
         let timeout = opt_int(
             &input["timeout"],
             "attemptDurationSeconds",
@@ -69,8 +69,9 @@ impl Service {
             TemplateInput {
                 command: command(&overrides),
                 env: environment(&overrides, "containerOverrides")?,
-                cpu: o_cpu,
-                memory_mib: o_mem,
+                cpu: asked.cpu,
+                memory_mib: asked.memory_mib,
+                gpus: asked.gpus,
                 timeout_seconds: timeout,
                 retry: retry_from(input.get("retryStrategy"), "retryStrategy")?,
                 parameters: string_map(input.get("parameters"), "parameters")?,
@@ -197,6 +198,7 @@ impl Service {
                 env: spec.env.clone(),
                 cpu,
                 memory_mib,
+                gpus: None,
                 timeout_seconds: spec.timeout_seconds,
                 retry: spec.retry_strategy.clone(),
                 parameters: spec.parameters.clone(),
@@ -574,6 +576,8 @@ pub struct TemplateInput {
     pub env: BTreeMap<String, String>,
     pub cpu: Option<f64>,
     pub memory_mib: Option<u64>,
+    /// GPUs (`resourceRequirements` type GPU); none given means the definition's.
+    pub gpus: Option<u32>,
     pub timeout_seconds: Option<u64>,
     pub retry: Option<RetryStrategy>,
     pub parameters: BTreeMap<String, String>,
@@ -590,7 +594,7 @@ pub(super) fn template_from(
     let none = Value::Null;
     let def = def.unwrap_or(&none);
     let container = &def["containerProperties"];
-    let (def_cpu, def_mem) = resources(container, "containerProperties")?;
+    let defined = resources(container, "containerProperties")?;
     let mut parameters = string_map(def.get("parameters"), "parameters")?;
     parameters.extend(given.parameters);
     let raw = given
@@ -608,7 +612,7 @@ pub(super) fn template_from(
             retry_from(def.get("retryStrategy"), "jobDefinition retryStrategy")?.unwrap_or_default()
         }
     };
-    let tiers = if given.tiers.is_empty() {
+    let mut tiers = if given.tiers.is_empty() {
         definition_tiers(def)?
     } else {
         given.tiers
@@ -616,10 +620,20 @@ pub(super) fn template_from(
     let (cpu_milli, memory_mib) = match tiers.first() {
         Some(t) => (t.cpu_milli, t.memory_mib),
         None => (
-            ((given.cpu.or(def_cpu).unwrap_or(1.0)) * 1000.0).round() as u32,
-            given.memory_mib.or(def_mem).unwrap_or(2048),
+            ((given.cpu.or(defined.cpu).unwrap_or(1.0)) * 1000.0).round() as u32,
+            given.memory_mib.or(defined.memory_mib).unwrap_or(2048),
         ),
     };
+    // GPUs are honoured by running the job on a pool of workers that have them: the
+    // job's one tier is its vCPUs, memory and GPUs (tiers given say their own GPUs).
+    let gpus = given.gpus.or(defined.gpus).unwrap_or(0);
+    if gpus > 0 && tiers.is_empty() {
+        tiers.push(Tier {
+            cpu_milli,
+            memory_mib,
+            gpu: gpus,
+        });
+    }
     let template = JobTemplate {
         command: substitute_parameters(&raw, &parameters),
         env,
