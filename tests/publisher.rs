@@ -274,7 +274,8 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
     };
 
     for (name, command, expect) in [
-        ("ok", "sleep 2", "SUCCEEDED"),
+        // Long enough to be seen RUNNING however slowly a loaded machine polls.
+        ("ok", "sleep 8", "SUCCEEDED"),
         ("broken", "exit 3", "FAILED"),
         ("stopped", "sleep 60", "CANCELLED"),
     ] {
