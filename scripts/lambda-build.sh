@@ -4,16 +4,7 @@
 # cross-linker come pinned from PyPI into a venv under ~/.cache (made once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CARGO_LAMBDA_VERSION=1.9.2
-ZIGLANG_VERSION=0.17.1
-venv="$HOME/.cache/batchplane/venv-cargo-lambda${CARGO_LAMBDA_VERSION}-zig${ZIGLANG_VERSION}"
-if [ ! -x "$venv/bin/cargo-lambda" ]; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "cargo-lambda==$CARGO_LAMBDA_VERSION" "ziglang==$ZIGLANG_VERSION"
-fi
-export PATH="$venv/bin:$PATH"
+source scripts/cargo-lambda-env.sh
 rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
   || rustup target add aarch64-unknown-linux-gnu
 target_dir=${CARGO_TARGET_DIR:-target}

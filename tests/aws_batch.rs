@@ -137,6 +137,11 @@ async fn variables_exit_codes_out_of_memory_and_list_filters_are_aws_batchs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_and_job_roles_are_honoured_and_what_cannot_be_is_refused() {
+    scenario("images", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aws_cli_works_unchanged() {
     scenario("cli", |_| {}).await;
 }

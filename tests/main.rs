@@ -11,6 +11,7 @@ mod chaos;
 mod contract;
 mod e2e;
 mod faults;
+mod images;
 mod isolation;
 mod listing;
 mod logs;

@@ -601,6 +601,43 @@ def semantics():
     check("one filter" in msg, msg)
 
 
+def images():
+    """A definition's image and jobRoleArn are where its job runs (shown back by
+    DescribeJobs); what Batchplane cannot honour is refused at registration, naming the
+    field, instead of being stored and ignored."""
+    setup()
+    role = "arn:aws:iam::123456789012:role/batch-reader"
+    batch.register_job_definition(
+        jobDefinitionName="in-image", type="container",
+        containerProperties={"image": "public.ecr.aws/docker/library/python:3.12-slim",
+                             "jobRoleArn": role, "command": ["sh", "-c", "echo ran"],
+                             "resourceRequirements": [{"type": "VCPU", "value": "0.5"},
+                                                      {"type": "MEMORY", "value": "128"}]})
+    job = batch.submit_job(jobName="in-image", jobQueue="jq", jobDefinition="in-image")["jobId"]
+    done = wait(job)
+    check(done["status"] == "SUCCEEDED", done)
+    check(done["container"]["image"] == "public.ecr.aws/docker/library/python:3.12-slim", done["container"])
+    check(done["container"]["jobRoleArn"] == role, done["container"])
+    for field, value in (("privileged", True), ("volumes", [{"name": "data", "host": {"sourcePath": "/data"}}]),
+                         ("user", "root"), ("secrets", [{"name": "A", "valueFrom": "arn:aws:ssm:::parameter/a"}]),
+                         ("linuxParameters", {"sharedMemorySize": 64})):
+        msg = client_error(batch.register_job_definition, jobDefinitionName="refused", type="container",
+                           containerProperties={"image": "busybox", "command": ["true"], field: value})
+        check(f"containerProperties.{field}" in msg and "not supported" in msg, msg)
+    msg = client_error(batch.register_job_definition, jobDefinitionName="refused", type="container",
+                       containerProperties={"image": "Bad Image!", "command": ["true"]})
+    check("containerProperties.image" in msg, msg)
+    msg = client_error(batch.register_job_definition, jobDefinitionName="refused", type="container",
+                       containerProperties={"image": "busybox", "jobRoleArn": "reader", "command": ["true"]})
+    check("containerProperties.jobRoleArn" in msg, msg)
+    msg = client_error(batch.register_job_definition, jobDefinitionName="refused", type="container",
+                       platformCapabilities=["FARGATE"],
+                       containerProperties={"image": "busybox", "command": ["true"]})
+    check("platformCapabilities" in msg and "FARGATE" in msg, msg)
+    # None of the refused registrations left a definition behind.
+    check(batch.describe_job_definitions(jobDefinitionName="refused")["jobDefinitions"] == [], "refused stored")
+
+
 def cli():
     setup()
     env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDCLI", AWS_SECRET_ACCESS_KEY="secret",

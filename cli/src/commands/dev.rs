@@ -22,14 +22,17 @@ pub struct StackArgs {
     /// moto (SQS) port (0: any free port).
     #[arg(long, default_value_t = 8752)]
     pub sqs_port: u16,
-    /// Local taskhost processes.
-    #[arg(long, default_value_t = 2)]
+    /// Local taskhost processes started with the stack (the autoscaler starts more as
+    /// queues need them).
+    #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// vCPUs each taskhost offers.
-    #[arg(long, default_value_t = 4.0)]
+    /// vCPUs each taskhost offers (also the autoscaler's default worker size here).
+    /// Default: 4, or this machine's CPUs where it has fewer.
+    #[arg(long, default_value_t = batchplane_local::options::machine_worker_cpus())]
     pub worker_cpus: f64,
-    /// Memory each taskhost offers, MiB.
-    #[arg(long, default_value_t = 4096)]
+    /// Memory each taskhost offers, MiB. Default: 4096, or a quarter of the local
+    /// cluster where that is less.
+    #[arg(long, default_value_t = batchplane_local::options::machine_worker_memory_mib())]
     pub worker_memory_mib: u64,
     /// Task lease, seconds.
     #[arg(long, default_value_t = 30)]
@@ -41,17 +44,19 @@ pub struct StackArgs {
     #[arg(long = "pool")]
     pub pools: Vec<batchplane_local::PoolWorkers>,
     /// A local cluster workers are placed in, `NAME:CPU:MEMORY_MIB[:GPU]`; repeat for
-    /// more. Default: `local-a` and `local-b`, 256 vCPU and 1 TiB each.
+    /// more. Default: `local`, this machine's CPUs and three quarters of its memory, so
+    /// the autoscaler starts no more work than the machine can run.
     #[arg(long = "cluster")]
     pub clusters: Vec<batchplane_local::LocalCluster>,
     /// Queues the workers serve, comma-separated, in the order they are polled when job
     /// queues do not say otherwise (AWS Batch job queues created later need listing here).
     #[arg(long, value_delimiter = ',', default_value = "default")]
     pub queues: Vec<String>,
-    /// Run the autoscaler every this many seconds (0: off): it places and starts
-    /// workers for the pools' backlogs in the local clusters (start with `--workers 0`
-    /// to see it do all the work); its workers exit after 30 idle seconds.
-    #[arg(long, default_value_t = 0)]
+    /// Run the autoscaler every this many seconds (0: off), as a deployment runs it on
+    /// its schedule: it places and starts workers for every pool with a backlog (job
+    /// queues created later, tier pools, images) in the local clusters; its workers
+    /// exit after 30 idle seconds.
+    #[arg(long, default_value_t = 2)]
     pub autoscale_seconds: u64,
     /// Where the stack keeps its pid, logs and task output.
     #[arg(long, default_value = ".batchplane/dev")]
@@ -138,9 +143,11 @@ async fn start_stack(args: &StackArgs) -> anyhow::Result<(Emulators, LocalStack)
         opts.autoscale_every = Some(std::time::Duration::from_secs(args.autoscale_seconds));
         opts.idle_timeout_seconds = 30;
     }
-    if !args.clusters.is_empty() {
-        opts.clusters = args.clusters.clone();
-    }
+    opts.clusters = if args.clusters.is_empty() {
+        vec![batchplane_local::options::machine_cluster()]
+    } else {
+        args.clusters.clone()
+    };
     if args.strict {
         opts.admins.clear();
     } else if let Ok(key) = std::env::var("AWS_ACCESS_KEY_ID") {

@@ -102,6 +102,17 @@ pub async fn autoscaler_from_env() -> anyhow::Result<AutoscalerFn> {
     if let Ok(sa) = std::env::var("BATCHPLANE_TASKHOST_SERVICE_ACCOUNT") {
         settings.service_account = sa;
     }
+    if let Ok(path) = std::env::var("BATCHPLANE_TASKHOST_PATH") {
+        settings.taskhost_path = path;
+    }
+    // `{"arn:aws:iam::…:role/x": "service-account-name", …}`
+    if let Ok(map) = std::env::var("BATCHPLANE_JOB_ROLE_SERVICE_ACCOUNTS") {
+        if !map.trim().is_empty() {
+            settings.job_role_service_accounts = serde_json::from_str(&map).map_err(|e| {
+                anyhow::anyhow!("BATCHPLANE_JOB_ROLE_SERVICE_ACCOUNTS: not a JSON object of role ARN to service account: {e}")
+            })?;
+        }
+    }
     let ec2 = match std::env::var("BATCHPLANE_NODES").as_deref() {
         Ok("off") => None,
         Ok("on") | Err(_) => {

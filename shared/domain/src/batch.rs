@@ -39,6 +39,18 @@ pub struct JobTemplate {
     /// The job definition's `logConfiguration` (awslogs), if it gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<super::logs::LogConfig>,
+    /// The image and job role the children run in (`None`: the deployment's worker
+    /// image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<super::containers::Container>,
+}
+
+impl JobTemplate {
+    /// The pool a child of team `team` runs in on tier `tier` (the first without tiers).
+    pub fn pool(&self, queue: &str, team: &str, tier: u32) -> super::tiers::WorkerPool {
+        super::tiers::WorkerPool::for_task(queue, team, &self.tiers, tier)
+            .in_container(self.container.as_ref().map(|c| c.key()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,6 +409,7 @@ mod tests {
             timeout_seconds: None,
             retry: Default::default(),
             log: None,
+            container: None,
         };
         let mut a = ArrayJob {
             template: t,

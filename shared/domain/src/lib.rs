@@ -4,6 +4,7 @@
 pub mod access;
 pub mod autoscale;
 pub mod batch;
+pub mod containers;
 pub mod environment;
 pub mod error;
 pub mod ids;

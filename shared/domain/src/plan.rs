@@ -54,6 +54,8 @@ pub struct PlannedTask {
     pub dependents: Vec<String>,
     pub state: TaskState,
     pub retry: RetryStrategy,
+    /// The image and role the task runs in (`None`: the deployment's worker image).
+    pub container: Option<super::containers::Container>,
 }
 
 impl PlannedTask {
@@ -71,6 +73,7 @@ impl PlannedTask {
             deps: t.depends_on.clone(),
             dependents: Vec::new(),
             state: TaskState::Pending,
+            container: t.container(),
         }
     }
 
@@ -88,6 +91,7 @@ impl PlannedTask {
             dependents: Vec::new(),
             state: TaskState::Pending,
             retry: RetryStrategy::default(),
+            container: None,
         }
     }
 }
@@ -224,6 +228,8 @@ mod tests {
             timeout_seconds: None,
             depends_on: deps.to_vec(),
             retry_strategy: None,
+            image: None,
+            job_role_arn: None,
         }
     }
 

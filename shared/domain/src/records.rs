@@ -157,6 +157,13 @@ pub struct AttemptRecord {
     /// What of its output did not reach CloudWatch Logs, and why (the local files
     /// above still have all of it).
     pub log_shipping: Option<String>,
+    /// The image and job role the task asked to run in (absent: the deployment's
+    /// worker image), and whether the worker ran it there:
+    /// [`IMAGE_ENFORCED`](crate::containers::IMAGE_ENFORCED) or
+    /// [`IMAGE_NOT_ENFORCED`](crate::containers::IMAGE_NOT_ENFORCED).
+    pub image: Option<String>,
+    pub job_role_arn: Option<String>,
+    pub image_enforcement: Option<String>,
 }
 
 impl AttemptRecord {

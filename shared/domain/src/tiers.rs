@@ -266,14 +266,18 @@ pub fn budgeted_attempts(attempt: u32, tier: u32) -> u32 {
     attempt.saturating_sub(tier)
 }
 
-/// A worker pool: the workers of one queue, one team and one shape. A pool's workers
-/// are placed on its team's quota and run only its team's tasks, so a quota bounds what
-/// a team uses and tasks of two teams never share a worker. Tasks without tiers use the
-/// queue's own pool for their team (`shape: None`).
+/// A worker pool: the workers of one queue, one team, one container and one shape. A
+/// pool's workers are placed on its team's quota and run only its team's tasks, so a
+/// quota bounds what a team uses and tasks of two teams never share a worker; they run
+/// in the pool's container (image and job role), so neither do tasks of two images.
+/// Tasks without tiers use the queue's own pool for their team (`shape: None`); tasks
+/// that name no image use the deployment's worker image (`container: None`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerPool {
     pub queue: String,
     pub team: String,
+    /// The key of the pool's container ([`crate::containers::Container::key`]).
+    pub container: Option<String>,
     pub shape: Option<Tier>,
 }
 
@@ -281,6 +285,8 @@ pub struct WorkerPool {
 const POOL_SEPARATOR: &str = "--";
 /// Before the team in a pool's name.
 const TEAM_SEPARATOR: &str = "--t-";
+/// Before the container's key in a pool's name.
+const CONTAINER_SEPARATOR: &str = "--c-";
 
 impl WorkerPool {
     pub fn new(
@@ -291,7 +297,23 @@ impl WorkerPool {
         WorkerPool {
             queue: queue.into(),
             team: team.into(),
+            container: None,
             shape,
+        }
+    }
+
+    /// The same pool for tasks that run in the container of key `key` (`None`: the
+    /// deployment's worker image).
+    pub fn in_container(mut self, key: Option<String>) -> WorkerPool {
+        self.container = key;
+        self
+    }
+
+    /// The pool of the same team and container for tasks of another shape (a tier).
+    pub fn of_shape(&self, shape: Option<Tier>) -> WorkerPool {
+        WorkerPool {
+            shape,
+            ..self.clone()
         }
     }
 
@@ -303,7 +325,9 @@ impl WorkerPool {
 
     /// The pool a queue name stands for: `default--t-vision--2cpu-8192mib` is team
     /// vision's 2 vCPU, 8 GiB pool of queue `default`; `default--t-vision` its pool of
-    /// tasks without tiers. A name without a team (a queue's own SQS queue) is no pool.
+    /// tasks without tiers; `default--t-vision--c-0123456789ab` its pool of tasks in
+    /// container `0123456789ab`. A name without a team (a queue's own SQS queue) is no
+    /// pool.
     pub fn parse(name: &str) -> Option<WorkerPool> {
         let (rest, shape) = match name.rsplit_once(POOL_SEPARATOR) {
             Some((rest, label)) => match Tier::from_label(label) {
@@ -312,19 +336,28 @@ impl WorkerPool {
             },
             None => (name, None),
         };
+        let (rest, container) = match rest.rsplit_once(CONTAINER_SEPARATOR) {
+            Some((r, key)) if crate::containers::is_key(key) => (r, Some(key.to_string())),
+            _ => (rest, None),
+        };
         let (queue, team) = rest.rsplit_once(TEAM_SEPARATOR)?;
         (!queue.is_empty() && crate::ids::is_valid_team(team))
-            .then(|| WorkerPool::new(queue, team, shape))
+            .then(|| WorkerPool::new(queue, team, shape).in_container(container))
     }
 
     /// The pool's name, also the name of its queue: `default--t-vision`,
-    /// `default--t-vision--2cpu-8192mib`.
+    /// `default--t-vision--2cpu-8192mib`, `default--t-vision--c-0123456789ab--2cpu-8192mib`.
     pub fn name(&self) -> String {
-        let base = format!("{}{TEAM_SEPARATOR}{}", self.queue, self.team);
-        match &self.shape {
-            None => base,
-            Some(t) => format!("{base}{POOL_SEPARATOR}{}", t.label()),
+        let mut name = format!("{}{TEAM_SEPARATOR}{}", self.queue, self.team);
+        if let Some(key) = &self.container {
+            name.push_str(CONTAINER_SEPARATOR);
+            name.push_str(key);
         }
+        if let Some(t) = &self.shape {
+            name.push_str(POOL_SEPARATOR);
+            name.push_str(&t.label());
+        }
+        name
     }
 }
 
@@ -354,6 +387,9 @@ mod tests {
             WorkerPool::new("default", "vision", Some(tier(2.0, 8192, 0))),
             WorkerPool::new("gpu-jobs", "a_b", Some(tier(0.5, 512, 1))),
             WorkerPool::new("a--b", "research", Some(tier(16.0, 65536, 0))),
+            WorkerPool::new("default", "vision", None).in_container(Some("0123456789ab".into())),
+            WorkerPool::new("q--c-x", "v", Some(tier(2.0, 8192, 0)))
+                .in_container(Some("abcdef012345".into())),
         ] {
             assert_eq!(WorkerPool::parse(&pool.name()), Some(pool));
         }

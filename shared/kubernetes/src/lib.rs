@@ -12,8 +12,8 @@ use batchplane::scaling::launcher::{
 };
 use batchplane::store::placement::ClusterRecord;
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
-    Toleration,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec,
+    ResourceRequirements, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -31,6 +31,8 @@ pub mod labels {
     pub const SLOT: &str = "batchplane.io/slot";
     pub const CLUSTER: &str = "batchplane.io/cluster";
     pub const CAPACITY_TYPE: &str = "batchplane.io/capacity-type";
+    /// The key of the container (image and job role) the pod runs its tasks in.
+    pub const CONTAINER: &str = "batchplane.io/container";
     /// For cost-allocation reports: who pays for the pod.
     pub const COST_CENTER: &str = "batchplane.io/cost-center";
     /// Node labels and taints the pods select and tolerate.
@@ -49,9 +51,17 @@ const TASKHOST: &str = "taskhost";
 /// How worker pods are made, beyond what a placement says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodSettings {
-    /// The container image holding the taskhost (and the tasks' tools).
+    /// The taskhost image: a static taskhost binary at [`PodSettings::taskhost_path`].
+    /// Pools whose tasks name no image run in it; the others run in their tasks' image,
+    /// with the taskhost copied in from this one by an init container.
     pub image: String,
+    /// Where the taskhost binary is in [`PodSettings::image`].
+    pub taskhost_path: String,
+    /// The service account of pods whose tasks have no job role.
     pub service_account: String,
+    /// The service account (annotated with its IAM role, EKS's IRSA) each job role ARN
+    /// runs as. A pool whose job role has none here is not started.
+    pub job_role_service_accounts: BTreeMap<String, String>,
     /// How long a deleted pod has to finish its running tasks before it is killed.
     pub termination_grace: Duration,
 }
@@ -60,8 +70,34 @@ impl Default for PodSettings {
     fn default() -> Self {
         PodSettings {
             image: "public.ecr.aws/batchplane/taskhost:latest".into(),
+            taskhost_path: "/taskhost".into(),
             service_account: "batchplane-taskhost".into(),
+            job_role_service_accounts: BTreeMap::new(),
             termination_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Where a pod running a task's image finds the taskhost its init container put there.
+pub const INJECTED_TASKHOST_DIR: &str = "/batchplane/bin";
+const INJECTED_VOLUME: &str = "batchplane-taskhost";
+const INSTALLER: &str = "install-taskhost";
+
+impl PodSettings {
+    /// The service account a pod of `spec` runs as: its job role's, or the default.
+    pub fn service_account_for(&self, spec: &WorkerSpec) -> Result<String, BackendError> {
+        match spec.container.as_ref().and_then(|c| c.job_role_arn.as_ref()) {
+            None => Ok(self.service_account.clone()),
+            Some(role) => self
+                .job_role_service_accounts
+                .get(role)
+                .cloned()
+                .ok_or_else(|| BackendError::Rejected {
+                    action: format!("starting a worker of pool {}", spec.pool),
+                    message: format!(
+                        "job role {role} has no service account (JobRoleServiceAccounts maps each job role to one)"
+                    ),
+                }),
         }
     }
 }
@@ -92,13 +128,17 @@ fn cpu_quantity(milli: u32) -> Quantity {
     }
 }
 
-/// The pod for one slot of a placement.
+/// The pod for one slot of a placement: the taskhost image's own taskhost for a pool
+/// of the deployment's image, or the task's image running an injected taskhost (an
+/// init container of the taskhost image copies it into an `emptyDir` volume), as the
+/// job role's service account.
 pub fn worker_pod(
     cluster: &ClusterRecord,
     spec: &WorkerSpec,
     slot: u32,
     settings: &PodSettings,
-) -> Pod {
+) -> Result<Pod, BackendError> {
+    let service_account = settings.service_account_for(spec)?;
     let name = worker_name(&spec.pool, &spec.reservation_id, slot);
     let mut pod_labels = BTreeMap::from([
         (labels::NAME.to_string(), TASKHOST.to_string()),
@@ -177,7 +217,71 @@ pub fn worker_pod(
         }),
         ..Default::default()
     });
-    Pod {
+    let resources = ResourceRequirements {
+        requests: Some(resources.clone()),
+        limits: Some(resources),
+        ..Default::default()
+    };
+    let mut args = spec.taskhost_args(slot, &name);
+    let (image, command, init, volumes) = match &spec.container {
+        None => (settings.image.clone(), TASKHOST.to_string(), None, None),
+        Some(c) => {
+            args.push("--in-image".into());
+            let mount = VolumeMount {
+                name: INJECTED_VOLUME.into(),
+                mount_path: INJECTED_TASKHOST_DIR.into(),
+                ..Default::default()
+            };
+            let installer = Container {
+                name: INSTALLER.into(),
+                image: Some(settings.image.clone()),
+                command: Some(vec![
+                    settings.taskhost_path.clone(),
+                    "install".into(),
+                    format!("{INJECTED_TASKHOST_DIR}/{TASKHOST}"),
+                ]),
+                volume_mounts: Some(vec![mount.clone()]),
+                // Copying a file: a sliver of the pod's own request.
+                resources: Some(ResourceRequirements {
+                    requests: Some(BTreeMap::from([
+                        ("cpu".to_string(), Quantity("100m".into())),
+                        ("memory".to_string(), Quantity("64Mi".into())),
+                    ])),
+                    limits: Some(BTreeMap::from([
+                        ("cpu".to_string(), Quantity("100m".into())),
+                        ("memory".to_string(), Quantity("64Mi".into())),
+                    ])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let volume = Volume {
+                name: INJECTED_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            };
+            (
+                c.image.clone(),
+                format!("{INJECTED_TASKHOST_DIR}/{TASKHOST}"),
+                Some((
+                    installer,
+                    VolumeMount {
+                        read_only: Some(true),
+                        ..mount
+                    },
+                )),
+                Some(vec![volume]),
+            )
+        }
+    };
+    let (init_containers, volume_mounts) = match init {
+        Some((installer, mount)) => (Some(vec![installer]), Some(vec![mount])),
+        None => (None, None),
+    };
+    if let Some(c) = &spec.container {
+        pod_labels.insert(labels::CONTAINER.into(), c.key());
+    }
+    Ok(Pod {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(cluster.namespace.clone()),
@@ -193,30 +297,29 @@ pub fn worker_pod(
         },
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
-            service_account_name: Some(settings.service_account.clone()),
+            service_account_name: Some(service_account),
             // The taskhost needs AWS credentials (its service account's IAM role), not
             // the Kubernetes API: no API token for a task to find on the pod.
             automount_service_account_token: Some(false),
             termination_grace_period_seconds: Some(settings.termination_grace.as_secs() as i64),
             node_selector: (!node_selector.is_empty()).then_some(node_selector),
             tolerations: (!tolerations.is_empty()).then_some(tolerations),
+            init_containers,
+            volumes,
             containers: vec![Container {
                 name: TASKHOST.into(),
-                image: Some(settings.image.clone()),
-                command: Some(vec![TASKHOST.into()]),
-                args: Some(spec.taskhost_args(slot, &name)),
+                image: Some(image),
+                command: Some(vec![command]),
+                args: Some(args),
                 env: Some(env),
-                resources: Some(ResourceRequirements {
-                    requests: Some(resources.clone()),
-                    limits: Some(resources),
-                    ..Default::default()
-                }),
+                resources: Some(resources),
+                volume_mounts,
                 ..Default::default()
             }],
             ..Default::default()
         }),
         ..Default::default()
-    }
+    })
 }
 
 /// A pod as a launched worker (`None` for a pod without Batchplane's labels).
@@ -462,7 +565,7 @@ impl WorkerBackend for KubernetesBackend {
         let pods: Api<Pod> = Api::namespaced(self.client(cluster).await?, &cluster.namespace);
         let mut started = Vec::new();
         for &slot in &spec.slots {
-            let pod = worker_pod(cluster, spec, slot, &self.settings);
+            let pod = worker_pod(cluster, spec, slot, &self.settings)?;
             let name = pod.metadata.name.clone().unwrap_or_default();
             match pods.create(&PostParams::default(), &pod).await {
                 Ok(_) => {}

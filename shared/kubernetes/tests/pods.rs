@@ -15,12 +15,19 @@ use std::collections::BTreeMap;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+const ROLE: &str = "arn:aws:iam::123456789012:role/batch-job-reader";
+
 fn backend() -> (KubernetesBackend, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let settings = PodSettings {
         image: "123456789012.dkr.ecr.us-east-1.amazonaws.com/taskhost:1.4".into(),
+        taskhost_path: "/taskhost".into(),
         service_account: "batchplane-taskhost".into(),
+        job_role_service_accounts: BTreeMap::from([(
+            ROLE.to_string(),
+            "batch-job-reader".to_string(),
+        )]),
         termination_grace: std::time::Duration::from_secs(900),
     };
     (KubernetesBackend::with_client(client, settings), handle)
@@ -60,6 +67,8 @@ fn spec(slots: Vec<u32>) -> WorkerSpec {
         capacity_type: Some(CapacityType::Spot),
         instance_type: Some("p4d.24xlarge".into()),
         env: BTreeMap::from([("BATCHPLANE_TABLE".to_string(), "batchplane".to_string())]),
+        container: None,
+        any_container: false,
     }
 }
 
@@ -141,6 +150,10 @@ async fn launch_creates_one_pod_per_slot_with_resources_labels_and_placement() {
                 c["image"],
                 "123456789012.dkr.ecr.us-east-1.amazonaws.com/taskhost:1.4"
             );
+            // A pool of the deployment's image runs the taskhost image's own taskhost.
+            assert_eq!(c["command"], json!(["taskhost"]));
+            assert!(spec.get("initContainers").is_none(), "{spec}");
+            assert!(spec.get("volumes").is_none(), "{spec}");
             let want = json!({"cpu": "2500m", "memory": "8192Mi", "nvidia.com/gpu": "1"});
             assert_eq!(c["resources"]["requests"], want);
             assert_eq!(c["resources"]["limits"], want);
@@ -417,8 +430,8 @@ async fn an_eks_token_goes_only_to_the_endpoint_eks_reports() {
     let emulators = batchplane_testing::TestEmulators::get();
     let settings = PodSettings {
         image: "taskhost:1".into(),
-        service_account: "batchplane-taskhost".into(),
         termination_grace: std::time::Duration::from_secs(30),
+        ..PodSettings::default()
     };
     let backend = KubernetesBackend::eks(settings).asking_eks_at(Some(emulators.sqs_url.clone()));
     let mut c = cluster();
@@ -470,4 +483,92 @@ fn uuid_like() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+/// A pod of a pool whose tasks name an image runs that image, with the taskhost copied
+/// in by an init container of the taskhost image into a shared `emptyDir`; the job
+/// role's service account is the pod's.
+#[tokio::test]
+async fn a_task_image_runs_with_the_taskhost_injected_and_its_job_roles_service_account() {
+    let (backend, mut api) = backend();
+    let container = batchplane::domain::containers::Container {
+        image: "gcr.io/distroless/python3-debian12:nonroot".into(),
+        job_role_arn: Some(ROLE.into()),
+    };
+    let key = container.key();
+    let server = tokio::spawn(async move {
+        let (request, send) = api.next_request().await.expect("a create request");
+        let pod = body_json(request).await;
+        let spec = &pod["spec"];
+        assert_eq!(spec["serviceAccountName"], "batch-job-reader");
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(
+            spec["volumes"],
+            json!([{"name": "batchplane-taskhost", "emptyDir": {}}])
+        );
+        let init = spec["initContainers"].as_array().expect("init containers");
+        assert_eq!(init.len(), 1);
+        assert_eq!(init[0]["name"], "install-taskhost");
+        assert_eq!(
+            init[0]["image"],
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/taskhost:1.4"
+        );
+        assert_eq!(
+            init[0]["command"],
+            json!(["/taskhost", "install", "/batchplane/bin/taskhost"])
+        );
+        assert_eq!(
+            init[0]["volumeMounts"],
+            json!([{"name": "batchplane-taskhost", "mountPath": "/batchplane/bin"}])
+        );
+        let c = &spec["containers"][0];
+        assert_eq!(c["image"], "gcr.io/distroless/python3-debian12:nonroot");
+        assert_eq!(c["command"], json!(["/batchplane/bin/taskhost"]));
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{"name": "batchplane-taskhost", "mountPath": "/batchplane/bin", "readOnly": true}])
+        );
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let args = args.join(" ");
+        assert!(args.contains(&format!("--container {key}")), "{args}");
+        assert!(args.ends_with("--in-image"), "{args}");
+        assert_eq!(pod["metadata"]["labels"]["batchplane.io/container"], key);
+        // The task's resources are the pod's; the copy takes a sliver of its own.
+        assert_eq!(c["resources"]["limits"]["cpu"], "2500m");
+        assert_eq!(init[0]["resources"]["limits"]["memory"], "64Mi");
+        send.send_response(respond(201, pod));
+    });
+    let mut s = spec(vec![0]);
+    s.container = Some(container);
+    backend
+        .launch(&cluster(), &s)
+        .await
+        .expect("the pod is created");
+    server.await.expect("the API server scenario");
+}
+
+/// A job role with no service account is refused before any request: the pod would
+/// run the tasks with the wrong credentials.
+#[tokio::test]
+async fn a_job_role_without_a_service_account_starts_no_pod() {
+    let (backend, api) = backend();
+    let mut s = spec(vec![0]);
+    s.container = Some(batchplane::domain::containers::Container {
+        image: "python:3.12".into(),
+        job_role_arn: Some("arn:aws:iam::123456789012:role/unmapped".into()),
+    });
+    let err = backend
+        .launch(&cluster(), &s)
+        .await
+        .expect_err("an unmapped role is refused");
+    assert!(
+        matches!(&err, BackendError::Rejected { message, .. } if message.contains("role/unmapped")),
+        "{err}"
+    );
+    drop(api);
 }

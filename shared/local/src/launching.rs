@@ -39,7 +39,16 @@ impl WorkerSpecs {
             slots: Vec::new(),
             capacity_type: None,
             instance_type: None,
-            env: self.env.iter().cloned().collect(),
+            env: self
+                .env
+                .iter()
+                .cloned()
+                // A new image's pool is served within a second of its first job.
+                .chain([("BATCHPLANE_POOL_SCAN_MS".to_string(), "1000".to_string())])
+                .collect(),
+            container: None,
+            // The stack's own workers run any image's tasks (on this host).
+            any_container: true,
         }
     }
 

@@ -16,6 +16,45 @@ pub(crate) static LOCAL_CLUSTER_CAPACITY: std::sync::LazyLock<Resources> =
         gpus: [(batchplane::domain::placement::ANY_GPU.to_string(), 16)].into(),
     });
 
+/// This machine's CPUs and memory (MiB), as `dev` sizes its cluster by them.
+pub fn machine() -> (u32, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4096, |kib| kib / 1024);
+    (cpus, memory_mib)
+}
+
+/// The one local cluster of `dev`: this machine's CPUs and three quarters of its memory
+/// (the rest is for the emulators and the stack itself), so the autoscaler cannot
+/// place more work than the machine can run.
+pub fn machine_cluster() -> LocalCluster {
+    let (cpus, memory_mib) = machine();
+    LocalCluster {
+        name: "local".into(),
+        capacity: Resources {
+            cpu_milli: u64::from(cpus) * 1000,
+            memory_mib: memory_mib * 3 / 4,
+            ..Default::default()
+        },
+    }
+}
+
+/// A `dev` worker's vCPUs: 4, or the machine's CPUs where it has fewer.
+pub fn machine_worker_cpus() -> f64 {
+    f64::from(machine().0.min(4))
+}
+
+/// A `dev` worker's memory: 4 GiB, or a quarter of what the machine's cluster holds.
+pub fn machine_worker_memory_mib() -> u64 {
+    (machine_cluster().capacity.memory_mib / 4).clamp(512, 4096)
+}
+
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     pub dynamodb_url: String,
@@ -263,4 +302,24 @@ pub fn taskhost_exe() -> anyhow::Result<PathBuf> {
         "cannot find the taskhost binary near {}; build it (cargo build -p batchplane-taskhost) or set BATCHPLANE_TASKHOST",
         exe.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `dev`'s cluster is this machine, and its default worker fits in it: the
+    /// autoscaler cannot place more than the machine runs, and can place one worker.
+    #[test]
+    fn the_dev_cluster_is_this_machine_and_its_worker_fits() {
+        let (cpus, memory_mib) = machine();
+        let cluster = machine_cluster();
+        assert_eq!(cluster.capacity.cpu_milli, u64::from(cpus) * 1000);
+        assert!(cluster.capacity.memory_mib < memory_mib);
+        assert!(cluster.capacity.gpus.is_empty());
+        let worker_milli = (machine_worker_cpus() * 1000.0) as u64;
+        assert!(worker_milli <= cluster.capacity.cpu_milli && worker_milli >= 1000);
+        assert!(machine_worker_memory_mib() <= cluster.capacity.memory_mib);
+        assert!(machine_worker_memory_mib() <= 4096);
+    }
 }

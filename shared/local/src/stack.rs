@@ -171,15 +171,45 @@ impl LocalStack {
         }
         stack.launcher = Some(tokio::spawn(launcher_loop(stack.clone_parts())));
         if let Some(every) = stack.opts.autoscale_every {
-            stack.autoscaler = Some(tokio::spawn(autoscaler_loop(
-                stack.service.clone(),
-                stack.backend.clone(),
-                stack.worker_env().into_iter().collect(),
-                every,
-                stack.stop.subscribe(),
-            )));
+            stack.start_autoscaler(every).await?;
         }
         Ok(stack)
+    }
+
+    /// The autoscaler on its timer, as a deployment's schedule runs it.
+    async fn start_autoscaler(&mut self, every: Duration) -> anyhow::Result<()> {
+        self.size_autoscaler_workers().await?;
+        self.autoscaler = Some(tokio::spawn(autoscaler_loop(
+            self.service.clone(),
+            self.backend.clone(),
+            self.worker_env().into_iter().collect(),
+            every,
+            self.stop.subscribe(),
+        )));
+        Ok(())
+    }
+
+    /// Unless settings are stored already, the autoscaler's workers are the size of the
+    /// stack's own (a deployment's default worker, 4 vCPU and 16 GiB, may not fit this
+    /// machine) and start in seconds, as local processes do.
+    async fn size_autoscaler_workers(&self) -> anyhow::Result<()> {
+        use batchplane::scaling::Settings;
+        let store = &self.service.store;
+        if store.autoscaler_settings::<Settings>().await?.is_some() {
+            return Ok(());
+        }
+        let settings = Settings {
+            default_worker: batchplane::domain::tiers::Tier {
+                cpu_milli: (self.opts.worker_cpus * 1000.0).round() as u32,
+                memory_mib: self.opts.worker_memory_mib,
+                gpu: 0,
+            },
+            startup_seconds: 2.0,
+            default_task_seconds: 5.0,
+            ..Settings::default()
+        };
+        store.put_autoscaler_settings(&settings).await?;
+        Ok(())
     }
 
     /// The autoscaler over this stack's clusters and workers, with EC2 nodes when `ec2`

@@ -133,7 +133,7 @@ impl Service {
             }
             if view.task_counts.get("RUNNABLE").copied().unwrap_or(0) > 0 {
                 let first = match &job.array {
-                    Some(a) => WorkerPool::for_task(&job.queue, &job.team, &a.template.tiers, 0),
+                    Some(a) => a.template.pool(&job.queue, &job.team, 0),
                     None => WorkerPool::new(&job.queue, &job.team, None),
                 };
                 self.pool_reasons(&first, 0, 0, 0, &mut reasons).await?;
@@ -238,6 +238,29 @@ impl Service {
                 json!({"attempt": a.attempt, "worker_id": a.worker_id}),
             ));
         }
+        if let Some(a) = task.attempts.iter().rev().find(|a| {
+            a.image_enforcement.as_deref() == Some(crate::domain::containers::IMAGE_NOT_ENFORCED)
+        }) {
+            out.push(reason(
+                "ImageNotEnforced",
+                format!(
+                    "attempt {} asked for image {}{} but ran on worker {}'s host: the worker has no container runtime (the local stack), so the image was not enforced{}",
+                    a.attempt,
+                    a.image.as_deref().unwrap_or("?"),
+                    a.job_role_arn
+                        .as_deref()
+                        .map(|r| format!(" and job role {r}"))
+                        .unwrap_or_default(),
+                    a.worker_id,
+                    if a.job_role_arn.is_some() {
+                        " and the role was not assumed"
+                    } else {
+                        ""
+                    }
+                ),
+                json!({"attempt": a.attempt, "image": a.image, "job_role_arn": a.job_role_arn, "worker_id": a.worker_id}),
+            ));
+        }
         match task.state {
             TaskState::Pending => {
                 let deps = self
@@ -272,7 +295,9 @@ impl Service {
             }
             TaskState::Runnable => {
                 self.job_reasons(job, out).await?;
-                let pool = WorkerPool::for_task(&task.queue, &job.team, &task.tiers, task.tier);
+                let pool = WorkerPool::parse(task.pool_name()).unwrap_or_else(|| {
+                    WorkerPool::for_task(&task.queue, &job.team, &task.tiers, task.tier)
+                });
                 self.pool_reasons(&pool, task.cpu_milli, task.memory_mib, task.gpu, out)
                     .await?;
                 out.extend(self.placement_reasons(&job.team, &pool).await?);

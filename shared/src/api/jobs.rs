@@ -1,14 +1,32 @@
 //! Jobs: submit (idempotent on a key), look at, cancel.
 
+use crate::domain::containers::Container;
 use crate::domain::ids::{is_valid_job_id, new_job_id, shard_count_for};
 use crate::domain::spec::{parse_submission, Submission};
+use crate::domain::tiers::Tier;
 use crate::domain::{plan_job, JobRecord};
 use crate::store::now_ms;
 use serde::Serialize;
 use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use crate::domain::access::Access;
+
+/// The worker pools a submission's tasks use: for each container (`None`: the
+/// deployment's worker image), the tier shapes of its tasks.
+pub type PoolUses = BTreeMap<Option<Container>, BTreeSet<Tier>>;
+
+/// The pools of `tasks`.
+pub fn pool_uses(tasks: &[crate::domain::TaskSpec]) -> PoolUses {
+    let mut uses = PoolUses::new();
+    for t in tasks {
+        uses.entry(t.container())
+            .or_default()
+            .extend(t.tiers.iter().copied());
+    }
+    uses
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Submitted {
@@ -25,23 +43,40 @@ pub struct Added {
 }
 
 impl Service {
-    /// Make sure the queues of the worker pools these tiers use exist, before anything
-    /// of the job is written.
-    /// The team's pool of the queue (for tasks without tiers) and its pool of each shape.
-    pub async fn ensure_pools<'a>(
+    /// Make sure the queues of the worker pools a submission's tasks use exist, and
+    /// that each container they name is stored under its key, before anything of the
+    /// job is written: per container, the team's pool of the queue (for tasks without
+    /// tiers) and its pool of each tier shape. At most
+    /// [`MAX_POOLS_PER_SUBMISSION`](crate::domain::limits::MAX_POOLS_PER_SUBMISSION)
+    /// pools beyond the queue's own: each is a queue and, under load, workers.
+    pub async fn ensure_pools(
         &self,
         queue: &str,
         team: &str,
-        tiers: impl IntoIterator<Item = &'a crate::domain::tiers::Tier>,
+        uses: &PoolUses,
     ) -> Result<(), ApiError> {
+        use crate::domain::limits::MAX_POOLS_PER_SUBMISSION;
         use crate::domain::tiers::WorkerPool;
-        let pools: Vec<WorkerPool> = std::iter::once(WorkerPool::new(queue, team, None))
-            .chain(
-                tiers
-                    .into_iter()
-                    .map(|t| WorkerPool::new(queue, team, Some(*t))),
-            )
-            .collect();
+        let mut pools: Vec<WorkerPool> = Vec::new();
+        for (container, shapes) in uses.iter().chain(
+            // The plain pool of the queue always exists: static workers serve it.
+            (!uses.contains_key(&None)).then_some((&None, &BTreeSet::new())),
+        ) {
+            let own = WorkerPool::new(queue, team, None)
+                .in_container(container.as_ref().map(|c| c.key()));
+            pools.extend(shapes.iter().map(|t| own.of_shape(Some(*t))));
+            pools.push(own);
+        }
+        if pools.len() > MAX_POOLS_PER_SUBMISSION + 1 {
+            return Err(ApiError::bad_request(
+                format!(
+                    "fields `tiers` and `image`: the tasks use {} worker pools (tier shapes in each image); one submission may use at most {}",
+                    pools.len() - 1,
+                    MAX_POOLS_PER_SUBMISSION
+                ),
+                json!({"field": "tiers", "pools": pools.len() - 1}),
+            ));
+        }
         for pool in &pools {
             // Refused here, named, rather than by SQS when the pool is created.
             self.queues.check_name(&pool.name()).map_err(|problem| {
@@ -54,23 +89,11 @@ impl Service {
                 )
             })?;
         }
+        for c in uses.keys().flatten() {
+            self.store.put_container(c).await?;
+        }
         for pool in &pools {
             self.queues.ensure_pool(pool).await?;
-        }
-        Ok(())
-    }
-
-    /// One submission may bring at most [`MAX_POOLS_PER_SUBMISSION`] worker pools (tier
-    /// shapes) into being: each is a queue and, under load, workers.
-    ///
-    /// [`MAX_POOLS_PER_SUBMISSION`]: crate::domain::limits::MAX_POOLS_PER_SUBMISSION
-    pub(super) fn check_pool_count(shapes: usize) -> Result<(), ApiError> {
-        use crate::domain::limits::MAX_POOLS_PER_SUBMISSION;
-        if shapes > MAX_POOLS_PER_SUBMISSION {
-            return Err(ApiError::bad_request(
-                format!("field `tiers`: the tasks use {shapes} distinct tier shapes; one submission may use at most {MAX_POOLS_PER_SUBMISSION}"),
-                json!({"field": "tiers", "shapes": shapes}),
-            ));
         }
         Ok(())
     }
@@ -206,15 +229,10 @@ impl Service {
             }
         };
         self.queues.url(&spec.queue).await?;
-        let shapes: std::collections::BTreeSet<crate::domain::tiers::Tier> = spec
-            .tasks
-            .iter()
-            .flat_map(|t| t.tiers.iter().copied())
-            .collect();
-        Self::check_pool_count(shapes.len())?;
         self.check_tasks_fit(&spec.queue, &spec.team, "tasks", &spec.tasks)
             .await?;
-        self.ensure_pools(&spec.queue, &spec.team, &shapes).await?;
+        self.ensure_pools(&spec.queue, &spec.team, &pool_uses(&spec.tasks))
+            .await?;
         let now = now_ms();
         let job_id = new_job_id(now);
         if let Some(existing) = self

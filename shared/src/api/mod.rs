@@ -26,7 +26,7 @@ mod views;
 
 pub use access::Need;
 pub use error::{ApiError, ErrorKind};
-pub use jobs::{Added, Submitted};
+pub use jobs::{pool_uses, Added, PoolUses, Submitted};
 pub use logs::{LogLine, LogPage};
 pub use views::{
     job_view, task_view, ArrayView, AttemptView, JobView, TaskListView, TaskSummary, TaskView,

@@ -138,12 +138,10 @@ impl Service {
             .map(|t| t.task_id.clone())
             .collect();
         validate_addition(&tasks, &existing)?;
-        let shapes: std::collections::BTreeSet<crate::domain::tiers::Tier> =
-            tasks.iter().flat_map(|t| t.tiers.iter().copied()).collect();
-        Self::check_pool_count(shapes.len())?;
         self.check_tasks_fit(&job.queue, &job.team, "tasks", &tasks)
             .await?;
-        self.ensure_pools(&job.queue, &job.team, &shapes).await?;
+        self.ensure_pools(&job.queue, &job.team, &super::pool_uses(&tasks))
+            .await?;
         let (plan, edges) = plan_addition(&tasks);
         check_fan_out(&edges, &found)?;
         check_addition_size(&plan)?;

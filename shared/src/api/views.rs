@@ -114,6 +114,13 @@ pub struct AttemptView {
     /// What of its output was not shipped there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_shipping: Option<String>,
+    /// The image and job role it asked for, and whether the worker ran it in them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_role_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_enforcement: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,6 +177,9 @@ pub(super) fn attempt_view(a: &AttemptRecord) -> AttemptView {
         log_group: a.log_group.clone(),
         log_stream: a.log_stream.clone(),
         log_shipping: a.log_shipping.clone(),
+        image: a.image.clone(),
+        job_role_arn: a.job_role_arn.clone(),
+        image_enforcement: a.image_enforcement.clone(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::api::{ApiError, Need, Service};
 use crate::domain::access::{Access, DEFAULT_TEAM};
+use crate::domain::containers::Container;
 use crate::domain::retry::{ExitRule, RetryAction, RetryStrategy};
 use crate::domain::tiers::{validate_tiers, Tier};
 use crate::store::registry::{revision_sk, ResourceKind};
@@ -205,6 +206,86 @@ pub(super) fn log_config(
     Ok(Some(config))
 }
 
+/// The container a job runs in: the submission's image and role, else the
+/// definition's `containerProperties` `image` and `jobRoleArn`; `None` without an image
+/// (the deployment's worker image). A role needs an image.
+pub(super) fn container_from(
+    image: Option<&str>,
+    role: Option<&str>,
+    container: &Value,
+) -> Result<Option<Container>, ApiError> {
+    let image = image.or_else(|| opt_str(container, "image"));
+    let role = role.or_else(|| opt_str(container, "jobRoleArn"));
+    match image {
+        Some(i) => Container::checked(
+            i,
+            role,
+            "containerProperties.image",
+            "containerProperties.jobRoleArn",
+        )
+        .map(Some)
+        .map_err(client),
+        None if role.is_some() => Err(client(
+            "containerProperties.jobRoleArn: a job role needs an image to run in",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// What of AWS Batch's container properties Batchplane cannot honour, and why: refused
+/// at registration rather than stored and ignored. Each entry is the field and the
+/// reason; a field is refused when present and not empty, false or null.
+pub const REFUSED_CONTAINER_FIELDS: &[(&str, &str)] = &[
+    ("volumes", "workers are shared, so tasks get no host volumes; read and write the task's working directory, or S3"),
+    ("mountPoints", "workers are shared, so tasks get no host volumes; read and write the task's working directory, or S3"),
+    ("privileged", "a task may not hold root on a worker other tasks share"),
+    ("user", "each attempt runs as a uid of its own, chosen by the worker, so tasks cannot see each other"),
+    ("linuxParameters", "devices, shared memory, tmpfs, swap and init settings are the worker pod's, not a task's"),
+    ("ulimits", "a task's limits are its tier's vCPUs and memory"),
+    ("secrets", "secrets are not injected; read them from Secrets Manager or SSM in the task with its job role"),
+    ("repositoryCredentials", "images are pulled with the worker nodes' credentials (ECR or public registries)"),
+    ("readonlyRootFilesystem", "the image's root file system is the worker pod's, which the taskhost writes to"),
+    ("instanceType", "multi-node jobs are not supported"),
+    ("executionRoleArn", "Fargate's execution role has no use on EKS worker pods: images are pulled with the nodes' credentials"),
+    ("networkConfiguration", "a Fargate setting: jobs run on EKS worker pods"),
+    ("fargatePlatformConfiguration", "a Fargate setting: jobs run on EKS worker pods"),
+    ("ephemeralStorage", "a Fargate setting: jobs run on EKS worker pods"),
+    ("runtimePlatform", "a Fargate setting: jobs run on EKS worker pods"),
+    ("enableExecuteCommand", "ECS Exec is not available on worker pods"),
+];
+
+/// The first field of `containerProperties` (or `containerOverrides`) that Batchplane
+/// refuses, as a `ClientException` naming it and why.
+pub(super) fn refuse_unhonoured(container: &Value, field: &str) -> Result<(), ApiError> {
+    for (name, why) in REFUSED_CONTAINER_FIELDS {
+        let given = match container.get(*name) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(_) => true,
+        };
+        if given {
+            return Err(client(format!(
+                "{field}.{name}: not supported by Batchplane: {why}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A submission's `containerOverrides` (`{}` when absent) and the resources it asks
+/// for, with what cannot be honoured refused.
+pub(super) fn container_overrides(input: &Value) -> Result<(Value, ContainerResources), ApiError> {
+    let overrides = input
+        .get("containerOverrides")
+        .cloned()
+        .unwrap_or(json!({}));
+    let asked = resources(&overrides, "containerOverrides")?;
+    refuse_unhonoured(&overrides, "containerOverrides")?;
+    Ok((overrides, asked))
+}
+
 pub(super) fn command(container: &Value) -> Option<Vec<String>> {
     container.get("command").and_then(Value::as_array).map(|c| {
         c.iter()
@@ -239,12 +320,34 @@ impl Service {
             }
             None => return Err(client("type is required")),
         }
+        for other in [
+            "nodeProperties",
+            "eksProperties",
+            "ecsProperties",
+            "consumableResourceProperties",
+        ] {
+            if input.get(other).is_some_and(|v| !v.is_null()) {
+                return Err(client(format!(
+                    "{other}: not supported by Batchplane: give containerProperties (tasks run as processes on Batchplane's worker pods)"
+                )));
+            }
+        }
         let container = input
             .get("containerProperties")
             .ok_or_else(|| client("containerProperties is required for type container"))?;
         resources(container, "containerProperties")?;
         environment(container, "containerProperties")?;
         log_config(container, "containerProperties")?;
+        refuse_unhonoured(container, "containerProperties")?;
+        container_from(None, None, container)?;
+        if let Some(p) = input.get("platformCapabilities").and_then(Value::as_array) {
+            if p.iter().any(|c| c != "EC2") {
+                return Err(client(format!(
+                    "platformCapabilities {}: only EC2: Batchplane runs jobs on EKS worker pods, not Fargate",
+                    Value::Array(p.clone())
+                )));
+            }
+        }
         retry_from(input.get("retryStrategy"), "retryStrategy")?;
         definition_tiers(input)?;
         let named = input["tags"][TEAM_TAG].as_str();

@@ -159,6 +159,12 @@ impl Service {
             "environment": env_list(&a.template.env),
             "resourceRequirements": requirements,
         });
+        if let Some(c) = &a.template.container {
+            container["image"] = json!(c.image);
+            if let Some(r) = &c.job_role_arn {
+                container["jobRoleArn"] = json!(r);
+            }
+        }
         let child_index = match (a.array_size, index) {
             (Some(size), Some(i)) if i < size => Some(i),
             (Some(_), Some(_)) => return Ok(None),

@@ -43,11 +43,7 @@ impl Service {
             return Err(client(format!("jobDefinition {def_ref} is INACTIVE")));
         }
         let queue = self.enabled_queue(queue_ref, share).await?;
-        let overrides = input
-            .get("containerOverrides")
-            .cloned()
-            .unwrap_or(json!({}));
-        let asked = resources(&overrides, "containerOverrides")?;
+        let (overrides, asked) = super::definitions::container_overrides(input)?;
         let timeout = opt_int(
             &input["timeout"],
             "attemptDurationSeconds",
@@ -76,6 +72,9 @@ impl Service {
                 retry: retry_from(input.get("retryStrategy"), "retryStrategy")?,
                 parameters: string_map(input.get("parameters"), "parameters")?,
                 tiers: Vec::new(),
+                // AWS's containerOverrides has no image or role: the definition's.
+                image: None,
+                job_role_arn: None,
             },
         )?;
         let array_size = match input.get("arrayProperties").and_then(|a| a.get("size")) {
@@ -203,6 +202,8 @@ impl Service {
                 retry: spec.retry_strategy.clone(),
                 parameters: spec.parameters.clone(),
                 tiers: spec.tiers.clone(),
+                image: spec.image.clone(),
+                job_role_arn: spec.job_role_arn.clone(),
             },
         )?;
         let depends_on = spec
@@ -268,8 +269,11 @@ impl Service {
         }
         self.check_template_fit(&sub.queue, &sub.team, &sub.template)
             .await?;
-        self.ensure_pools(&sub.queue, &sub.team, &sub.template.tiers)
-            .await?;
+        let uses = crate::api::PoolUses::from([(
+            sub.template.container.clone(),
+            sub.template.tiers.iter().copied().collect(),
+        )]);
+        self.ensure_pools(&sub.queue, &sub.team, &uses).await?;
         let n_to_n = self.check_dependencies(&sub).await?;
         let gates: Vec<&JobDependency> = sub
             .depends_on
@@ -583,6 +587,9 @@ pub struct TemplateInput {
     pub parameters: BTreeMap<String, String>,
     /// Resource tiers; none given means the definition's (its `batchplane:tiers` tag).
     pub tiers: Vec<Tier>,
+    /// The image and job role; none given means the definition's.
+    pub image: Option<String>,
+    pub job_role_arn: Option<String>,
 }
 
 /// A job's template: the definition (if any) under what the submission gives, with
@@ -645,6 +652,11 @@ pub(super) fn template_from(
             .or_else(|| def["timeout"]["attemptDurationSeconds"].as_u64()),
         retry,
         log: log_config(container, "jobDefinition containerProperties")?,
+        container: super::definitions::container_from(
+            given.image.as_deref(),
+            given.job_role_arn.as_deref(),
+            container,
+        )?,
     };
     Ok((template, parameters))
 }

@@ -52,6 +52,13 @@ pub struct WorkerSpec {
     pub instance_type: Option<String>,
     /// The taskhost's configuration (table, queue prefix, region...).
     pub env: BTreeMap<String, String>,
+    /// The image and job role the pool's tasks run in (`None`: the deployment's
+    /// worker image).
+    pub container: Option<crate::domain::containers::Container>,
+    /// Serve every container's pools of the queues and shape as well (a worker with no
+    /// container runtime, which runs any image's tasks on its host: the local stack's
+    /// own workers).
+    pub any_container: bool,
 }
 
 impl WorkerSpec {
@@ -78,6 +85,12 @@ impl WorkerSpec {
         if let Some(t) = &self.tier {
             args.push("--tier".into());
             args.push(format!("{}:{}:{}", t.cpu(), t.memory_mib, t.gpu));
+        }
+        if let Some(c) = &self.container {
+            args.push("--container".into());
+            args.push(c.key());
+        } else if self.any_container {
+            args.push("--any-container".into());
         }
         args
     }
@@ -401,6 +414,8 @@ mod tests {
             capacity_type: None,
             instance_type: None,
             env: BTreeMap::new(),
+            container: None,
+            any_container: false,
         };
         let args = spec.taskhost_args(1, "w1").join(" ");
         assert!(

@@ -136,6 +136,8 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
             capacity_type: None,
             instance_type: None,
             env: self.worker_env.clone(),
+            container: work.container.clone(),
+            any_container: false,
         };
         match launch_workers(
             self.store,

@@ -62,9 +62,40 @@ pub(super) struct PoolWork {
     pub(super) shape: PoolShape,
     pub(super) gpu_type: Option<String>,
     pub(super) max_workers: Option<u32>,
+    /// The container the pool's name carries the key of.
+    pub(super) container: Option<crate::domain::containers::Container>,
 }
 
 impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
+    /// The container a pool's workers run in (`Some(None)`: the deployment's image);
+    /// `None`, with the reason in the decision, when its key names no stored container.
+    async fn pool_container(
+        &self,
+        pool: &WorkerPool,
+        name: &str,
+        decision: &mut Decision,
+    ) -> Option<Option<crate::domain::containers::Container>> {
+        let key = match &pool.container {
+            None => return Some(None),
+            Some(key) => key,
+        };
+        match self.store.container(key).await {
+            Ok(Some(c)) => Some(Some(c)),
+            Ok(None) => {
+                decision.errors.push(format!(
+                    "pool {name}: no container is stored under key {key}; its workers cannot be started"
+                ));
+                None
+            }
+            Err(e) => {
+                decision
+                    .errors
+                    .push(format!("pool {name}: reading its container: {e}"));
+                None
+            }
+        }
+    }
+
     /// Run one tick at `now` (ms). `None` when another tick holds the lease.
     pub async fn tick(&self, now: i64) -> Result<Option<Decision>, AutoscaleError> {
         let tick_id = format!(
@@ -128,6 +159,9 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
             let Some(pool) = WorkerPool::parse(&name) else {
                 continue;
             };
+            let Some(container) = self.pool_container(&pool, &name, &mut decision).await else {
+                continue;
+            };
             let shape = pool_shape(&pool, &settings, own);
             let ce_max = limits_by_queue
                 .get(&pool.queue)
@@ -144,6 +178,7 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
                 pool,
                 name,
                 shape,
+                container,
             };
             let d = self
                 .scale_pool(

@@ -315,7 +315,11 @@ pub fn new_task_item(
         // The team's pool: only the team's workers take it.
         item.insert(
             "pool".into(),
-            s(crate::domain::tiers::WorkerPool::for_task(queue, team, &t.tiers, 0).name()),
+            s(
+                crate::domain::tiers::WorkerPool::for_task(queue, team, &t.tiers, 0)
+                    .in_container(t.container.as_ref().map(|c| c.key()))
+                    .name(),
+            ),
         );
     }
     if let Some(first) = t.tiers.first() {
@@ -381,6 +385,13 @@ pub fn attempt_to_value(a: &AttemptRecord) -> AttributeValue {
     opt(&mut m, "log_group", a.log_group.clone().map(s));
     opt(&mut m, "log_stream", a.log_stream.clone().map(s));
     opt(&mut m, "log_shipping", a.log_shipping.clone().map(s));
+    opt(&mut m, "image", a.image.clone().map(s));
+    opt(&mut m, "job_role_arn", a.job_role_arn.clone().map(s));
+    opt(
+        &mut m,
+        "image_enforcement",
+        a.image_enforcement.clone().map(s),
+    );
     AttributeValue::M(m)
 }
 
@@ -412,6 +423,9 @@ fn attempt_from_value(item: &Item) -> Result<AttemptRecord, Malformed> {
         log_group: r.opt_s("log_group")?,
         log_stream: r.opt_s("log_stream")?,
         log_shipping: r.opt_s("log_shipping")?,
+        image: r.opt_s("image")?,
+        job_role_arn: r.opt_s("job_role_arn")?,
+        image_enforcement: r.opt_s("image_enforcement")?,
     })
 }
 

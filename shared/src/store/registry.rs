@@ -17,6 +17,8 @@ pub enum ResourceKind {
     SchedulingPolicy,
     /// Batchplane's own: job templates rendered from events (`trigger`).
     JobTemplate,
+    /// Batchplane's own: the containers (image and job role) pools run in, by key.
+    Container,
 }
 
 impl ResourceKind {
@@ -27,6 +29,7 @@ impl ResourceKind {
             ResourceKind::ComputeEnvironment => "R#compute-environment",
             ResourceKind::SchedulingPolicy => "R#scheduling-policy",
             ResourceKind::JobTemplate => "R#job-template",
+            ResourceKind::Container => "R#container",
         }
     }
     /// The resource type in its ARN.
@@ -129,6 +132,46 @@ impl Store {
         )
         .await?
         .is_some())
+    }
+
+    /// Remember a container under its key, for whoever starts its pool's workers. The
+    /// key is derived from the container, so writers racing agree; a key already taken
+    /// by another container (a hash collision) is refused.
+    pub async fn put_container(
+        &self,
+        c: &crate::domain::containers::Container,
+    ) -> Result<(), StoreError> {
+        let key = c.key();
+        let doc = serde_json::to_value(c).unwrap_or_default();
+        if self
+            .put_resource(ResourceKind::Container, &key, &doc, true)
+            .await?
+        {
+            return Ok(());
+        }
+        match self.container(&key).await? {
+            Some(stored) if &stored == c => Ok(()),
+            other => Err(StoreError::Malformed(super::item::Malformed {
+                key: format!("R#container/{key}"),
+                problem: format!("the key already names {other:?}, not {c:?}"),
+            })),
+        }
+    }
+
+    /// The container a pool's name carries the key of.
+    pub async fn container(
+        &self,
+        key: &str,
+    ) -> Result<Option<crate::domain::containers::Container>, StoreError> {
+        match self.get_resource(ResourceKind::Container, key).await? {
+            Some(doc) => serde_json::from_value(doc).map(Some).map_err(|e| {
+                StoreError::Malformed(super::item::Malformed {
+                    key: format!("R#container/{key}"),
+                    problem: e.to_string(),
+                })
+            }),
+            None => Ok(None),
+        }
     }
 
     /// The next revision number of a job definition (1, 2, …; never reused).

@@ -38,12 +38,10 @@ pub fn child_message(job: &JobRecord, index: u32) -> Option<TaskMessage> {
 
 /// The pool a job's children start in: the first tier's, or the job's queue.
 pub fn first_pool(job: &JobRecord) -> String {
-    let tiers = job
-        .array
-        .as_ref()
-        .map(|a| a.template.tiers.as_slice())
-        .unwrap_or_default();
-    crate::domain::tiers::WorkerPool::for_task(&job.queue, &job.team, tiers, 0).name()
+    match &job.array {
+        Some(a) => a.template.pool(&job.queue, &job.team, 0).name(),
+        None => crate::domain::tiers::WorkerPool::new(&job.queue, &job.team, None).name(),
+    }
 }
 
 impl Fanout {

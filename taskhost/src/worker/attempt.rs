@@ -5,6 +5,7 @@
 use super::fence::{fence_due, write_fence};
 use super::{Ctx, Kill, Progress, Running};
 use crate::shim::Report;
+use batchplane::domain::containers::{IMAGE_ENFORCED, IMAGE_NOT_ENFORCED};
 use batchplane::domain::retry::{AttemptEnd, RetryAction};
 use batchplane::domain::tiers::{
     after_oom, budgeted_attempts, OomOutcome, WorkerPool, OOM_ON_LARGEST_TIER, OUT_OF_MEMORY,
@@ -248,6 +249,18 @@ async fn run_attempt(
         attempt.log_shipping = shipped.note();
     }
     attempt.isolation = Some(ctx.isolation.name().to_string());
+    if let Some(c) = ctx.container_of(task).await {
+        attempt.image = Some(c.image);
+        attempt.job_role_arn = c.job_role_arn;
+        attempt.image_enforcement = Some(
+            if ctx.in_image {
+                IMAGE_ENFORCED
+            } else {
+                IMAGE_NOT_ENFORCED
+            }
+            .to_string(),
+        );
+    }
     attempt.uid = uid;
     let timed_out = matches!(ending, Ending::TimedOut);
     let out_of_memory =
@@ -550,10 +563,12 @@ fn next_step(
         let n = task.tiers.len();
         match after_oom(&task.tiers, task.tier) {
             OomOutcome::Escalate { tier, shape } => {
-                // The next tier's pool is the same team's.
-                let team = WorkerPool::parse(task.pool_name())
-                    .map_or_else(|| "default".to_string(), |p| p.team);
-                let pool = WorkerPool::for_task(&task.queue, &team, &task.tiers, tier).name();
+                // The next tier's pool is the same team's, in the same container.
+                let pool = match WorkerPool::parse(task.pool_name()) {
+                    Some(p) => p.of_shape(Some(shape)),
+                    None => WorkerPool::for_task(&task.queue, "default", &task.tiers, tier),
+                }
+                .name();
                 let why = format!(
                     "{OUT_OF_MEMORY} on tier {} of {n} ({} MiB); moving to tier {} of {n} ({}) in pool {pool}",
                     task.tier + 1,

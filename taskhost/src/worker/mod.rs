@@ -19,6 +19,7 @@ mod environment;
 mod fence;
 mod leases;
 mod options;
+mod pools;
 mod receiver;
 pub mod slots;
 
@@ -108,6 +109,43 @@ struct Ctx {
     isolation: crate::isolation::Isolation,
     /// Ships attempts' output to CloudWatch Logs (`None`: --task-logs off).
     logs: Option<Arc<crate::logs::LogShipper>>,
+    /// Whether this worker runs inside its pools' image (`--in-image`).
+    in_image: bool,
+    /// Containers by key, as read from the store.
+    containers: std::sync::Mutex<HashMap<String, batchplane::domain::containers::Container>>,
+}
+
+impl Ctx {
+    /// The container a task's pool runs in (`None`: the deployment's worker image, or
+    /// a key the store cannot answer for now: the attempt then says nothing of it).
+    async fn container_of(
+        &self,
+        task: &TaskRecord,
+    ) -> Option<batchplane::domain::containers::Container> {
+        let key = batchplane::domain::tiers::WorkerPool::parse(task.pool_name())?.container?;
+        if let Some(c) = self
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Some(c.clone());
+        }
+        match self.store.container(&key).await {
+            Ok(Some(c)) => {
+                self.containers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, c.clone());
+                Some(c)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, key, "reading a task's container");
+                None
+            }
+        }
+    }
 }
 
 /// A delivered message the worker holds until there is room for its task.
@@ -160,7 +198,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let clients = batchplane::aws::Clients::new(&config.endpoints).await;
     let store = Store::new(clients.dynamodb, config.table.clone());
     let queues = Arc::new(Queues::new(clients.sqs, config.queue_prefix.clone()));
-    let pools = pools_served(&opts, &store).await;
+    let pools = pools::pools_served(&opts, &store, &queues).await;
     let mut urls = Vec::new();
     for q in &pools {
         urls.push(queues.url(q).await?);
@@ -189,6 +227,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 batchplane::aws::logs_client(&config.endpoints).await,
             )),
         },
+        in_image: opts.in_image,
+        containers: Default::default(),
     });
     tracing::info!(worker_id, pools = ?pools, cpus = capacity.cpu(), memory_mib = capacity.memory_mib, gpus = capacity.gpu,
         memory_enforcement = memory.name(), why_not_cgroup = why_not_cgroup.as_deref().unwrap_or(""), "taskhost started");
@@ -215,9 +255,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // The receiver asks SQS for as many messages as the worker has room for (`want`).
     let (want_tx, want_rx) = watch::channel(0i32);
     let (deliveries_tx, deliveries_rx) = mpsc::channel::<Vec<Delivery>>(4);
+    let (urls_tx, urls_rx) = watch::channel(urls);
+    let watcher = pools::watch_pools(opts.clone(), ctx.store.clone(), queues.clone(), urls_tx);
     let receiver = receiver::spawn(
         queues.clone(),
-        urls,
+        urls_rx,
         Duration::from_secs(opts.poll_wait_seconds),
         config.lease,
         want_rx,
@@ -243,6 +285,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     w.serve(&opts, &ctx, &queues, &me, channels, config.lease)
         .await?;
     receiver.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     ctx.memory.release();
     me.forget(&ctx.store).await;
     for d in w.deletes {
@@ -255,23 +300,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// The pools this worker serves, highest queue priority first: its team's pool of each
-/// queue, of the worker's tier shape if it has one.
-async fn pools_served(opts: &Options, store: &Store) -> Vec<String> {
-    let queues: Vec<String> = opts
-        .queue
-        .split(',')
-        .map(str::trim)
-        .filter(|q| !q.is_empty())
-        .map(String::from)
-        .collect();
-    crate::templates::by_priority(store, queues)
-        .await
-        .into_iter()
-        .map(|q| batchplane::domain::tiers::WorkerPool::new(q, &opts.team, opts.tier).name())
-        .collect()
 }
 
 /// The worker loop's side of the receiver.

@@ -36,6 +36,23 @@ pub struct Options {
     /// worker offers one such slot.
     #[arg(long, env = "BATCHPLANE_WORKER_TIER", value_parser = parse_tier)]
     pub tier: Option<batchplane::domain::tiers::Tier>,
+    /// Serve the pools of this container (its key, as pool names carry it): the worker
+    /// was launched for the tasks of one image and job role.
+    #[arg(long, env = "BATCHPLANE_CONTAINER", conflicts_with = "any_container")]
+    pub container: Option<String>,
+    /// Also serve the pools of every container of its queues and shape, found as they
+    /// appear: a worker on a host with no container runtime (the local stack), which
+    /// runs every image's tasks on the host and records that the image was not
+    /// enforced.
+    #[arg(long, env = "BATCHPLANE_ANY_CONTAINER")]
+    pub any_container: bool,
+    /// With `--any-container`: how often to look for new container pools, in ms.
+    #[arg(long, env = "BATCHPLANE_POOL_SCAN_MS", default_value_t = 10_000)]
+    pub pool_scan_ms: u64,
+    /// This worker runs inside its container's image (a Kubernetes pod of the image,
+    /// the taskhost injected): attempts record the image as enforced.
+    #[arg(long, env = "BATCHPLANE_IN_IMAGE")]
+    pub in_image: bool,
     /// How tasks are held to their memory: a cgroup where the host allows one (auto),
     /// or always rlimit + RSS polling.
     #[arg(

@@ -1,7 +1,8 @@
 //! The receiver: a task of its own that long-polls the worker's queues (highest priority
 //! first) for as many messages as the worker asks for, and hands them over. It asks
 //! again only once the worker has accounted for what it handed over, so it never holds
-//! more than the worker has room for.
+//! more than the worker has room for. The queues it polls may change while it runs
+//! (a worker that serves every container's pools finds new ones).
 
 use batchplane::queue::{Delivery, Queues};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 /// sets it to -1 to say it took a delivery); deliveries go to `deliveries`.
 pub(super) fn spawn(
     queues: Arc<Queues>,
-    urls: Vec<String>,
+    urls: watch::Receiver<Vec<String>>,
     wait: Duration,
     visibility: Duration,
     mut want: watch::Receiver<i32>,
@@ -27,7 +28,8 @@ pub(super) fn spawn(
                 }
                 continue;
             }
-            match crate::templates::receive_in_order(&queues, &urls, wanted, wait, visibility).await
+            let now = urls.borrow().clone();
+            match crate::templates::receive_in_order(&queues, &now, wanted, wait, visibility).await
             {
                 Ok(d) if d.is_empty() => {}
                 Ok(d) => {

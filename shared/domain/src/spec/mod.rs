@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+mod array;
+pub use array::{parse_array_job_spec, ArrayJobSpec, JobDependencySpec};
+
 /// A job as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +29,13 @@ pub struct JobSpec {
     /// A Step Functions task token: the job reports back to the waiting execution.
     #[serde(default)]
     pub task_token: Option<String>,
+    /// The container image of every task that does not name its own.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The IAM role the tasks' processes act as (AWS Batch's `jobRoleArn`), for every
+    /// task that does not name its own; needs an image.
+    #[serde(default)]
+    pub job_role_arn: Option<String>,
     pub tasks: Vec<TaskSpec>,
 }
 
@@ -58,63 +68,25 @@ pub struct TaskSpec {
     /// Attempts and `evaluate_on_exit` rules (AWS Batch's retryStrategy).
     #[serde(default)]
     pub retry_strategy: Option<RetryStrategy>,
+    /// The container image the task runs in (its pool's workers run in it); absent,
+    /// the deployment's worker image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The IAM role the task's processes act as; needs an image.
+    #[serde(default)]
+    pub job_role_arn: Option<String>,
 }
 
-/// One command run once or as an array (AWS Batch's single and array jobs), as the
-/// native API takes it: a spec without `tasks:`. The command and resources come from
-/// `job_definition` when it names one, with the fields given here winning.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ArrayJobSpec {
-    pub name: String,
-    #[serde(default = "default_team")]
-    pub team: String,
-    #[serde(default = "default_queue")]
-    pub queue: String,
-    /// Children, 2 to 1,000,000; absent for a single job.
-    #[serde(default)]
-    pub array_size: Option<u32>,
-    /// Children run one after another, in index order (AWS's SEQUENTIAL).
-    #[serde(default)]
-    pub sequential: bool,
-    /// A registered job definition, `name` (latest active revision) or `name:revision`.
-    #[serde(default)]
-    pub job_definition: Option<String>,
-    /// Values for `Ref::name` in the command.
-    #[serde(default, deserialize_with = "scalar_values_as_strings")]
-    pub parameters: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "scalars_as_strings")]
-    pub command: Vec<String>,
-    #[serde(default, deserialize_with = "scalar_values_as_strings")]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub cpu: Option<f64>,
-    #[serde(default)]
-    pub memory_mib: Option<u64>,
-    /// Worker configs from small to large (see [`TaskSpec::tiers`]); the job
-    /// definition's `batchplane:tiers` tag when not given.
-    #[serde(default)]
-    pub tiers: Vec<Tier>,
-    #[serde(default)]
-    pub timeout_seconds: Option<u64>,
-    #[serde(default)]
-    pub retry_strategy: Option<RetryStrategy>,
-    #[serde(default)]
-    pub depends_on: Vec<JobDependencySpec>,
-    #[serde(default)]
-    pub scheduling_priority: i32,
-    #[serde(default, deserialize_with = "scalar_values_as_strings")]
-    pub tags: BTreeMap<String, String>,
-}
-
-/// `{job: <job id>}` (the whole job), `{job: <job id>:<index>}` (one child), or
-/// `{job: <array job id>, type: N_TO_N}` (child i waits for child i).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobDependencySpec {
-    pub job: String,
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
+impl TaskSpec {
+    /// The container the task runs in (checked by validation).
+    pub fn container(&self) -> Option<crate::containers::Container> {
+        self.image
+            .as_ref()
+            .map(|image| crate::containers::Container {
+                image: image.clone(),
+                job_role_arn: self.job_role_arn.clone(),
+            })
+    }
 }
 
 /// What `POST /v1/jobs` accepts: a DAG of tasks, or one command run once or as an array.
@@ -163,99 +135,32 @@ fn check_job_header(name: &str, team: &str, queue: &str) -> Result<(), SpecError
     Ok(())
 }
 
-fn invalid(field: &str, message: String) -> SpecError {
-    SpecError::new("InvalidField", message, json!({"field": field}))
+/// A spec's `image` and `job_role_arn`: a role needs an image to run in (or a job
+/// definition that may give one). The error is the field and its message.
+fn check_container(
+    image: Option<&str>,
+    role: Option<&str>,
+    definition_may_give_image: bool,
+) -> Result<(), (&'static str, String)> {
+    if let Some(i) = image {
+        crate::containers::check_image(i)
+            .map_err(|e| ("image", format!("field `image`: {i:?} {e}")))?;
+    }
+    if let Some(r) = role {
+        crate::containers::check_role_arn(r)
+            .map_err(|e| ("job_role_arn", format!("field `job_role_arn`: {r:?} {e}")))?;
+        if image.is_none() && !definition_may_give_image {
+            return Err((
+                "job_role_arn",
+                "field `job_role_arn`: a job role needs an `image` to run in".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
-/// Parse and check a single or array job spec; nothing is stored before this passes.
-pub fn parse_array_job_spec(text: &str) -> Result<ArrayJobSpec, SpecError> {
-    use super::batch::{DependencyKind, JobDependency, MAX_ARRAY_SIZE, MAX_JOB_DEPENDENCIES};
-    let spec: ArrayJobSpec = parse_document(text)?;
-    check_job_header(&spec.name, &spec.team, &spec.queue)?;
-    if let Some(n) = spec.array_size {
-        if !(2..=MAX_ARRAY_SIZE).contains(&n) {
-            return Err(invalid(
-                "array_size",
-                format!("field `array_size`: {n} must be 2 to {MAX_ARRAY_SIZE}"),
-            ));
-        }
-    }
-    if spec.sequential && spec.array_size.is_none() {
-        return Err(invalid(
-            "sequential",
-            "field `sequential`: only an array job (with `array_size`) has children to order"
-                .into(),
-        ));
-    }
-    if let Some(problem) = crate::environment::check_names(spec.env.keys()) {
-        return Err(invalid("env", format!("field `env`: {problem}")));
-    }
-    if spec.job_definition.is_none() && spec.command.is_empty() {
-        return Err(invalid(
-            "command",
-            "field `command`: required (an argv) unless `job_definition` gives one".into(),
-        ));
-    }
-    if let Some(cpu) = spec.cpu {
-        if !(cpu > 0.0 && cpu <= 1024.0) {
-            return Err(invalid(
-                "cpu",
-                format!("field `cpu`: {cpu} must be in (0, 1024]"),
-            ));
-        }
-    }
-    if spec.memory_mib == Some(0) {
-        return Err(invalid(
-            "memory_mib",
-            "field `memory_mib`: must be at least 1".into(),
-        ));
-    }
-    if !spec.tiers.is_empty() && (spec.cpu.is_some() || spec.memory_mib.is_some()) {
-        return Err(invalid(
-            "tiers",
-            "field `tiers`: give either `tiers` or `cpu`/`memory_mib`: with tiers, each tier says both".into(),
-        ));
-    }
-    validate_tiers(&spec.tiers).map_err(|e| invalid(&e.field, format!("field {e}")))?;
-    if let Some(r) = &spec.retry_strategy {
-        r.validate()
-            .map_err(|e| invalid(&e.field, format!("field {e}")))?;
-    }
-    if spec.depends_on.len() > MAX_JOB_DEPENDENCIES {
-        return Err(invalid(
-            "depends_on",
-            format!(
-                "field `depends_on`: {} dependencies; at most {MAX_JOB_DEPENDENCIES}",
-                spec.depends_on.len()
-            ),
-        ));
-    }
-    for (i, d) in spec.depends_on.iter().enumerate() {
-        let dep = JobDependency::parse(&d.job, d.kind.as_deref()).map_err(|e| {
-            invalid(
-                &format!("depends_on[{i}]"),
-                format!("field `depends_on[{i}]`: {e}"),
-            )
-        })?;
-        if dep.kind == DependencyKind::Sequential {
-            return Err(invalid(
-                &format!("depends_on[{i}]"),
-                format!(
-                    "field `depends_on[{i}]`: SEQUENTIAL is `sequential: true`, not a dependency"
-                ),
-            ));
-        }
-    }
-    // What the job item keeps of it: its template and what it was submitted with.
-    let stored = json!({
-        "name": spec.name, "command": spec.command, "env": spec.env,
-        "parameters": spec.parameters, "tags": spec.tags,
-        "retry_strategy": spec.retry_strategy, "tiers": spec.tiers,
-        "job_definition": spec.job_definition,
-    });
-    crate::limits::check_document_size("", &stored, crate::limits::MAX_DOCUMENT_BYTES)
-        .map_err(|e| invalid(&e.field, format!("field `{}`: {}", e.field, e.problem)))?;
-    Ok(spec)
+fn invalid(field: &str, message: String) -> SpecError {
+    SpecError::new("InvalidField", message, json!({"field": field}))
 }
 
 /// Tasks added to a running job under `tasks:` (a bare list is accepted too).
@@ -373,6 +278,16 @@ pub fn parse_job_spec(text: &str) -> Result<JobSpec, SpecError> {
             if t.retry_strategy.is_none() {
                 t.retry_strategy = Some(default.clone());
             }
+        }
+    }
+    check_container(spec.image.as_deref(), spec.job_role_arn.as_deref(), true)
+        .map_err(|(field, problem)| invalid(field, problem))?;
+    for t in &mut spec.tasks {
+        if t.image.is_none() {
+            t.image = spec.image.clone();
+        }
+        if t.job_role_arn.is_none() {
+            t.job_role_arn = spec.job_role_arn.clone();
         }
     }
     check_job_header(&spec.name, &spec.team, &spec.queue)?;
@@ -603,6 +518,14 @@ fn validate_task_fields(t: &TaskSpec) -> Result<(), SpecError> {
     if let Some(problem) = crate::environment::check_names(t.env.keys()) {
         return Err(task_error("InvalidField", &t.id, "env", problem));
     }
+    check_container(t.image.as_deref(), t.job_role_arn.as_deref(), false).map_err(
+        |(field, problem)| {
+            let problem = problem
+                .trim_start_matches(&format!("field `{field}`: "))
+                .to_string();
+            task_error("InvalidField", &t.id, field, problem)
+        },
+    )?;
     Ok(())
 }
 
@@ -809,6 +732,8 @@ tasks:
                     vec![]
                 },
                 retry_strategy: None,
+                image: None,
+                job_role_arn: None,
             })
             .collect();
         validate_tasks(&tasks, &HashSet::new()).unwrap();
