@@ -18,7 +18,8 @@ for arch in x86_64 aarch64; do
   # keeps the workspace's own release profile (no LTO pass on a 2-core machine).
   cargo lambda build --release --disable-optimizations --target "$target" \
     -p batchplane-taskhost --bin taskhost --lambda-dir "$out/lambda-$arch" >/dev/null
-  bin="${CARGO_TARGET_DIR:-target}/$target/release/taskhost"
+  # cargo-lambda moves the binary to the lambda directory as `bootstrap`.
+  bin="$out/lambda-$arch/taskhost/bootstrap"
   # Named as Docker names platforms, for infra/taskhost.Dockerfile's TARGETARCH.
   case "$arch" in x86_64) docker_arch=amd64 ;; aarch64) docker_arch=arm64 ;; esac
   cp "$bin" "$out/taskhost-$docker_arch"
