@@ -138,7 +138,11 @@ async fn variables_exit_codes_out_of_memory_and_list_filters_are_aws_batchs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_and_job_roles_are_honoured_and_what_cannot_be_is_refused() {
-    scenario("images", |_| {}).await;
+    // As a deployment lists the job roles its pods can run as.
+    scenario("images", |o| {
+        o.job_roles = Some(["arn:aws:iam::123456789012:role/batch-reader".to_string()].into())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

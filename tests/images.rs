@@ -199,3 +199,34 @@ async fn a_pools_container_is_stored_under_its_key_at_submission() {
     let _: Value = h.post(&format!("/v1/jobs/{job}/cancel"), "").await.body;
     h.shutdown().await;
 }
+
+/// Where the deployment lists its job roles (each with a service account for its pods),
+/// a task naming another is refused at submission, naming the field; a listed one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_role_the_deployment_cannot_run_as_is_refused() {
+    let h = Harness::start(|o| {
+        o.workers = 1;
+        o.job_roles = Some([ROLE.to_string()].into());
+    })
+    .await;
+    let other = "arn:aws:iam::123456789012:role/not-listed";
+    let r = h
+        .post(
+            "/v1/jobs",
+            &format!("name: x\nimage: 'busybox:1'\njob_role_arn: '{other}'\ntasks:\n  - {{id: t, command: [true]}}\n"),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let msg = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("job_role_arn") && msg.contains(other) && msg.contains("not a job role"),
+        "{msg}"
+    );
+    let job = h
+        .submit(&format!(
+            "name: ok\nimage: 'busybox:1'\njob_role_arn: '{ROLE}'\ntasks:\n  - {{id: t, command: [true]}}\n"
+        ))
+        .await;
+    assert_eq!(h.wait(&job, MINUTE).await["state"], "SUCCEEDED");
+    h.shutdown().await;
+}

@@ -47,6 +47,11 @@ pub struct Config {
     /// `BATCHPLANE_IDENTITY`: `iam` (the principal API Gateway authenticated) or
     /// `access-key-id` (the key id a SigV4 header names, unchecked: the local stack).
     pub identity: IdentitySource,
+    /// `BATCHPLANE_JOB_ROLE_SERVICE_ACCOUNTS` (a JSON object of job role ARN to
+    /// service account): the job roles tasks may name, since a worker pod can run as
+    /// those only. `None` where it is not set: roles are taken and recorded, not
+    /// assumed (the local stack, whose workers run on the host).
+    pub job_roles: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Where the API reads who is calling.
@@ -109,6 +114,7 @@ impl Default for Config {
             min_attempt_seconds: 60,
             admins: Vec::new(),
             identity: IdentitySource::Iam,
+            job_roles: None,
         }
     }
 }
@@ -173,6 +179,20 @@ impl Config {
                     name: "BATCHPLANE_IDENTITY",
                     problem,
                 })?,
+            },
+            job_roles: match var("BATCHPLANE_JOB_ROLE_SERVICE_ACCOUNTS") {
+                None => None,
+                Some(v) => Some(
+                    serde_json::from_str::<std::collections::BTreeMap<String, String>>(&v)
+                        .map_err(|e| ConfigError::Invalid {
+                            name: "BATCHPLANE_JOB_ROLE_SERVICE_ACCOUNTS",
+                            problem: format!(
+                                "not a JSON object of role ARN to service account: {e}"
+                            ),
+                        })?
+                        .into_keys()
+                        .collect(),
+                ),
             },
         })
     }

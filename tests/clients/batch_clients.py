@@ -631,6 +631,10 @@ def images():
                        containerProperties={"image": "busybox", "jobRoleArn": "reader", "command": ["true"]})
     check("containerProperties.jobRoleArn" in msg, msg)
     msg = client_error(batch.register_job_definition, jobDefinitionName="refused", type="container",
+                       containerProperties={"image": "busybox", "command": ["true"],
+                                            "jobRoleArn": "arn:aws:iam::123456789012:role/not-listed"})
+    check("containerProperties.jobRoleArn" in msg and "not a job role of this deployment" in msg, msg)
+    msg = client_error(batch.register_job_definition, jobDefinitionName="refused", type="container",
                        platformCapabilities=["FARGATE"],
                        containerProperties={"image": "busybox", "command": ["true"]})
     check("platformCapabilities" in msg and "FARGATE" in msg, msg)

@@ -106,6 +106,9 @@ pub struct StackOptions {
     pub max_receives: u32,
     /// How often the reconciler runs (the autoscaler's schedule in AWS), in seconds.
     pub reconcile_every_seconds: u64,
+    /// The job roles tasks may name, as a deployment's `JobRoleServiceAccounts` lists
+    /// them; `None` (the default): any role, recorded and not assumed.
+    pub job_roles: Option<std::collections::BTreeSet<String>>,
     /// Where workers started from now on reach DynamoDB and SQS, when not where the
     /// stack does (a fault proxy in front of some workers only). `None`: the same.
     pub worker_endpoints: Option<WorkerEndpoints>,
@@ -269,6 +272,7 @@ impl StackOptions {
             worker_endpoints: None,
             max_receives: batchplane::queue::MAX_RECEIVES,
             reconcile_every_seconds: 10,
+            job_roles: None,
         })
     }
 }

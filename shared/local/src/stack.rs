@@ -103,6 +103,8 @@ impl LocalStack {
             identity: opts.identity,
             eks_endpoint: endpoints.eks.clone(),
             logs: Some(batchplane::aws::logs_client(&endpoints).await),
+            // Workers here run on the host: a role is recorded, never assumed.
+            job_roles: opts.job_roles.clone(),
         });
         let fanout = Arc::new(Fanout::new(store.clone(), make_queues()));
 

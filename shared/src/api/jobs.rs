@@ -90,6 +90,9 @@ impl Service {
             })?;
         }
         for c in uses.keys().flatten() {
+            self.check_job_role(c.job_role_arn.as_deref(), "job_role_arn")?;
+        }
+        for c in uses.keys().flatten() {
             self.store.put_container(c).await?;
         }
         for pool in &pools {

@@ -57,6 +57,8 @@ pub struct Service {
     pub eks_endpoint: Option<String>,
     /// Where tasks' output is read back from (`None`: this deployment ships none).
     pub logs: Option<aws_sdk_cloudwatchlogs::Client>,
+    /// The job roles tasks may name (see [`crate::config::Config::job_roles`]).
+    pub job_roles: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Service {
@@ -73,6 +75,21 @@ impl Service {
             identity: config.identity,
             eks_endpoint: config.endpoints.eks.clone(),
             logs: None,
+            job_roles: config.job_roles.clone(),
+        }
+    }
+
+    /// A job role tasks may name here: one with a service account for its pods, where
+    /// the deployment lists them; `field` names it in the refusal.
+    pub fn check_job_role(&self, role: Option<&str>, field: &str) -> Result<(), ApiError> {
+        match (role, &self.job_roles) {
+            (Some(r), Some(roles)) if !roles.contains(r) => Err(ApiError::bad_request(
+                format!(
+                    "{field}: {r} is not a job role of this deployment: no service account runs its pods (JobRoleServiceAccounts maps each job role to one)"
+                ),
+                serde_json::json!({"field": field, "job_role_arn": r}),
+            )),
+            _ => Ok(()),
         }
     }
 }

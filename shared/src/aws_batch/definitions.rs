@@ -339,7 +339,9 @@ impl Service {
         environment(container, "containerProperties")?;
         log_config(container, "containerProperties")?;
         refuse_unhonoured(container, "containerProperties")?;
-        container_from(None, None, container)?;
+        if let Some(c) = container_from(None, None, container)? {
+            self.check_job_role(c.job_role_arn.as_deref(), "containerProperties.jobRoleArn")?;
+        }
         if let Some(p) = input.get("platformCapabilities").and_then(Value::as_array) {
             if p.iter().any(|c| c != "EC2") {
                 return Err(client(format!(
