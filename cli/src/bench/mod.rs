@@ -5,6 +5,7 @@
 //! and writes JSON. Not a test: numbers are measured, not asserted.
 
 pub mod autoscaler;
+pub mod keys;
 pub mod listing;
 mod measure;
 pub mod placement;

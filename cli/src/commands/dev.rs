@@ -194,7 +194,16 @@ async fn run_here(args: &StackArgs) -> anyhow::Result<u8> {
     }
     println!("stopping");
     let _ = std::fs::remove_file(&ready_path);
-    let result = stack.shutdown().await;
+    // Workers get five seconds to finish their tasks; a second signal, or ten seconds
+    // in all, kills what is left at once.
+    let backend = stack.backend.clone();
+    let result = tokio::select! {
+        r = stack.shutdown_within(Duration::from_secs(5)) => r,
+        _ = term.recv() => Err(anyhow::anyhow!("stopped at once on a second signal")),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("stopped at once on a second signal")),
+        _ = tokio::time::sleep(Duration::from_secs(10)) => Err(anyhow::anyhow!("the stack did not stop within 10 s; killed")),
+    };
+    backend.kill_all();
     emulators.stop();
     result?;
     Ok(0)
@@ -286,7 +295,9 @@ async fn down(state_dir: &Path) -> anyhow::Result<u8> {
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // The stack stops itself within ten seconds however loaded; past fifteen its whole
+    // process group is killed.
+    let deadline = Instant::now() + Duration::from_secs(15);
     while alive(pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

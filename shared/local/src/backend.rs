@@ -119,6 +119,17 @@ impl LocalBackend {
         }
     }
 
+    /// Collect the exit status of every worker that has ended, so none lingers as a
+    /// zombie however long the stack runs; its record stays until the autoscaler reaps
+    /// its placement (`terminate`). Returns how many workers are still running.
+    pub fn reap_exited(&self) -> usize {
+        self.processes()
+            .iter_mut()
+            .filter_map(|p| p.child.try_wait().ok())
+            .filter(Option::is_none)
+            .count()
+    }
+
     /// SIGKILL every worker still running.
     pub fn kill_all(&self) {
         for p in self.processes().iter_mut() {

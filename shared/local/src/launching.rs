@@ -170,6 +170,7 @@ pub(crate) async fn launcher_loop(mut parts: LauncherParts) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         tick += 1;
+        parts.backend.reap_exited();
         let waiting: Vec<PoolWorkers> = parts
             .waiting
             .lock()

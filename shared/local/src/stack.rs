@@ -351,25 +351,46 @@ impl LocalStack {
         Ok(())
     }
 
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown_within(Duration::from_secs(30)).await
+    }
+
+    /// Stop everything the stack started, giving its workers `grace` to finish their
+    /// running tasks (then they are killed; their tasks run again after their lease on
+    /// the next start) and its loops, server and stream pollers a few seconds each
+    /// (then they are cut off), so a loaded stack still stops in seconds.
+    pub async fn shutdown_within(mut self, grace: Duration) -> anyhow::Result<()> {
+        const LOOPS: Duration = Duration::from_secs(5);
         let _ = self.stop.send(true);
-        if let Some(launcher) = self.launcher.take() {
-            let _ = launcher.await;
+        for handle in [self.launcher.take(), self.autoscaler.take()]
+            .into_iter()
+            .flatten()
+        {
+            cut_off(handle, LOOPS).await;
         }
-        if let Some(autoscaler) = self.autoscaler.take() {
-            let _ = autoscaler.await;
-        }
-        self.backend.stop_all(Duration::from_secs(30)).await;
+        self.backend.stop_all(grace).await;
         if let Some(server) = self.server.take() {
-            let _ = server.await;
+            cut_off(server, LOOPS).await;
         }
-        for poller in std::mem::take(&mut self.pollers) {
-            match poller.await {
-                Ok(r) => r?,
-                Err(e) => bail!("a stream poller panicked: {e}"),
+        for mut poller in std::mem::take(&mut self.pollers) {
+            match tokio::time::timeout(LOOPS, &mut poller).await {
+                Ok(Ok(r)) => r?,
+                Ok(Err(e)) => bail!("a stream poller panicked: {e}"),
+                Err(_) => {
+                    tracing::warn!("a stream poller did not stop within {LOOPS:?}; cut off");
+                    poller.abort();
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// Wait for a task of the stack to end by itself for `within`, else abort it.
+async fn cut_off(mut handle: JoinHandle<()>, within: Duration) {
+    if tokio::time::timeout(within, &mut handle).await.is_err() {
+        tracing::warn!("a loop of the stack did not stop within {within:?}; cut off");
+        handle.abort();
     }
 }
 
