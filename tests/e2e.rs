@@ -906,3 +906,63 @@ async fn a_file_of_several_jobs_is_submitted_whole_and_waited_on() {
 fn job_ids(stdout: &str) -> Vec<&str> {
     stdout.lines().filter(|l| l.starts_with("j-")).collect()
 }
+
+/// The CLI checks every job of a file as the API would before sending any: a file whose
+/// second job has a cycle sends nothing (the API here is a closed port, so a request
+/// would have failed otherwise), and the error names the job and the cycle.
+/// `--dry-run` checks a good file and says what it holds.
+#[test]
+fn the_cli_checks_a_whole_file_before_sending_any_of_it() {
+    let dir = batchplane_testing::scratch_dir("cli-validate");
+    let file = dir.join("two.yaml");
+    std::fs::write(
+        &file,
+        "name: fine\ntasks:\n  - {id: a, command: ['true']}\n---\nname: looped\ntasks:\n  - {id: x, command: ['true'], depends_on: [y]}\n  - {id: y, command: ['true'], depends_on: [x]}\n",
+    )
+    .must("writing the file");
+    let nowhere = "http://127.0.0.1:1";
+    let out = std::process::Command::new(binary("batchplane"))
+        .args(["submit", &file.to_string_lossy(), "--api-url", nowhere])
+        .output()
+        .must("running batchplane");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("job 2 of 2 (looped)")
+            && (stderr.contains("x -> y -> x") || stderr.contains("y -> x -> y"))
+            && stderr.contains("nothing was submitted"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no job id: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let good = dir.join("good.yaml");
+    std::fs::write(
+        &good,
+        "name: fine\ntasks:\n  - {id: a, command: ['true']}\n  - {id: b, command: ['true'], depends_on: [a]}\n",
+    )
+    .must("writing the file");
+    let out = std::process::Command::new(binary("batchplane"))
+        .args([
+            "submit",
+            &good.to_string_lossy(),
+            "--dry-run",
+            "--api-url",
+            nowhere,
+        ])
+        .output()
+        .must("running batchplane");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1 job(s), 2 task(s) valid") && stdout.contains("nothing sent"),
+        "{stdout}"
+    );
+}

@@ -38,6 +38,10 @@ enum Command {
         /// In a file of several jobs, only the one with this name.
         #[arg(long)]
         job: Option<String>,
+        /// Check the file as the API would (every job, every task, dependencies and
+        /// cycles) and say how long that took, sending nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Show a job: state, times, counts of tasks by state.
     Status {
@@ -224,9 +228,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Submit {
             file,
+            job,
+            dry_run: true,
+            ..
+        } => jobs::dry_run(file, job.as_deref()),
+        Command::Submit {
+            file,
             wait,
             idempotency_key,
             job,
+            dry_run: false,
         } => {
             jobs::submit(
                 &api()?,

@@ -58,6 +58,52 @@ pub fn pick_job(file: &Path, name: Option<&str>) -> anyhow::Result<Value> {
     }
 }
 
+/// Check every job of a spec file as the API checks it (the same parser and rules),
+/// before anything is sent: a file with a bad job submits none of its jobs. The error
+/// names the job and, from the spec's own check, the task, field or line. Returns the
+/// tasks of each job (0 for a single or array job).
+pub fn validate(file: &Path, jobs: &[Value]) -> anyhow::Result<Vec<usize>> {
+    use batchplane::domain::spec::{parse_submission, Submission};
+    jobs.iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let what = job["name"].as_str().unwrap_or("(unnamed)");
+            match parse_submission(&job.to_string()) {
+                Ok(Submission::Dag(spec)) => Ok(spec.tasks.len()),
+                Ok(Submission::Array(_)) => Ok(0),
+                Err(e) => bail!(
+                    "{}: job {} of {} ({what}): {} (nothing was submitted)",
+                    file.display(),
+                    i + 1,
+                    jobs.len(),
+                    e.message
+                ),
+            }
+        })
+        .collect()
+}
+
+/// `submit --dry-run`: read and check the file, say what it holds and how long that
+/// took; send nothing.
+pub fn dry_run(file: &Path, name: Option<&str>) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let jobs = match name {
+        Some(_) => vec![pick_job(file, name)?],
+        None => read_jobs(file)?,
+    };
+    let read = started.elapsed();
+    let tasks = validate(file, &jobs)?;
+    println!(
+        "{}: {} job(s), {} task(s) valid; read in {:.2} s, checked in {:.2} s; nothing sent",
+        file.display(),
+        jobs.len(),
+        tasks.iter().sum::<usize>(),
+        read.as_secs_f64(),
+        (started.elapsed() - read).as_secs_f64()
+    );
+    Ok(0)
+}
+
 /// Submit the file's jobs (or the one `name` picks), printing each job id; with `wait`,
 /// wait for every one and succeed only if all did. With several jobs, each gets its own
 /// idempotency key: `KEY-<n>`, `n` its place in the file, so a retry of the whole file
@@ -73,6 +119,8 @@ pub async fn submit(
         Some(_) => vec![pick_job(file, name)?],
         None => read_jobs(file)?,
     };
+    // Every job is checked here first: a file with a bad job sends none.
+    validate(file, &jobs)?;
     let several = jobs.len() > 1;
     let mut ids = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
