@@ -5,7 +5,6 @@
 
 use batchplane::domain::containers::{Container, IMAGE_NOT_ENFORCED};
 use batchplane_testing::{attempts, Harness, Must};
-use serde_json::Value;
 use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -148,6 +147,23 @@ async fn bad_images_and_roles_are_refused_with_their_place_and_write_nothing() {
             .to_string();
         assert!(msg.contains(says), "{spec}: {msg}");
     }
+    // Each image is a pool (a queue and, under load, workers): one submission may bring
+    // at most 16 into being beside the queue's own.
+    let tasks: Vec<String> = (0..17)
+        .map(|i| format!("  - {{id: t{i}, command: [true], image: 'tool:{i}'}}"))
+        .collect();
+    let r = h
+        .post(
+            "/v1/jobs",
+            &format!("name: many\ntasks:\n{}\n", tasks.join("\n")),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let msg = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("17 worker pools") && msg.contains("at most 16"),
+        "{msg}"
+    );
     // Nothing of any job, and no container, was written.
     let ddb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&h.stack.shared_config)
@@ -196,7 +212,8 @@ async fn a_pools_container_is_stored_under_its_key_at_submission() {
         .must("stored");
     assert_eq!(stored.image, "ghcr.io/acme/tool:2");
     assert_eq!(stored.job_role_arn.as_deref(), Some(ROLE));
-    let _: Value = h.post(&format!("/v1/jobs/{job}/cancel"), "").await.body;
+    let cancelled = h.post(&format!("/v1/jobs/{job}/cancel"), "").await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
     h.shutdown().await;
 }
 

@@ -92,7 +92,7 @@ struct TaskWrites {
     release: f64,
 }
 
-fn task_writes(job_id: &str, shard_count: u32) -> TaskWrites {
+fn task_writes(job_id: &str, shard_count: u32) -> anyhow::Result<TaskWrites> {
     let spec = |id: &str, deps: &[&str]| TaskSpec {
         id: id.into(),
         command: vec!["sh".into(), "-c".into(), "sleep 0.1".into()],
@@ -117,7 +117,7 @@ fn task_writes(job_id: &str, shard_count: u32) -> TaskWrites {
     let t = plan
         .iter()
         .find(|t| t.id == "l1-0")
-        .expect("the level task");
+        .ok_or_else(|| anyhow::anyhow!("the plan of the sample level has no task l1-0"))?;
     let shard = task_shard(&t.id, shard_count);
     let created = new_task_item(
         job_id,
@@ -175,11 +175,11 @@ fn task_writes(job_id: &str, shard_count: u32) -> TaskWrites {
     finished.insert("finished_at".into(), n(1_760_000_000_150i64));
     finished.insert("exit_code".into(), n(0));
     // An update is billed by the larger of the item before and after it.
-    TaskWrites {
+    Ok(TaskWrites {
         claim: wcu(item_bytes(&claimed)),
         finish: wcu(item_bytes(&finished)),
         release: wcu(item_bytes(&claimed)),
-    }
+    })
 }
 
 /// Write units per partition key per second of the run.
@@ -231,10 +231,10 @@ fn row(job: &'static str, kind: impl Into<String>, ledger: &Ledger) -> Row {
 
 /// The DAG: every task's claim and finish on its own shard, one release into each of
 /// its dependents on theirs, and its stream records counted on the job's key.
-fn dag_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) {
+fn dag_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let job_id = "j-19b0f0c4e00-0123456789ab";
     let shards = shard_count_for(args.tasks);
-    let w = task_writes(job_id, shards);
+    let w = task_writes(job_id, shards)?;
     let width = args.width.max(2);
     let levels = args.tasks.div_ceil(width);
     let id = |level: usize, i: usize| format!("l{level}-{i}");
@@ -271,6 +271,7 @@ fn dag_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) {
     rows.push(row("dag", "task items: release (deps_done)", &releases));
     rows.push(row("dag", "task items: all writes of a shard", &all));
     counts_rows("dag", job_id, &records, &args.stream_batches, rows);
+    Ok(())
 }
 
 /// Count items: one write per fanout invocation per job, on the job's key.
@@ -299,10 +300,10 @@ fn counts_rows(
 
 /// The array: each child's claim creates its item on its shard and its finish updates
 /// it; the job item moves the dispatch cursor once per window refill.
-fn array_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) {
+fn array_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let job_id = "j-19b0f0c4e00-fedcba987654";
     let shards = shard_count_for(args.tasks);
-    let w = task_writes(job_id, shards);
+    let w = task_writes(job_id, shards)?;
     let mut children = Ledger::default();
     let mut job_item = Ledger::default();
     let mut records = Vec::new();
@@ -326,12 +327,13 @@ fn array_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) {
     ));
     rows.push(row("array", "job item: dispatch cursor", &job_item));
     counts_rows("array", job_id, &records, &args.stream_batches, rows);
+    Ok(())
 }
 
 pub fn run(args: &KeysBenchArgs) -> anyhow::Result<u8> {
     let mut rows = Vec::new();
-    dag_rows(args, &mut rows);
-    array_rows(args, &mut rows);
+    dag_rows(args, &mut rows)?;
+    array_rows(args, &mut rows)?;
     println!(
         "{} tasks at {} tasks/s; {} shards per job; DynamoDB allows {PARTITION_WCU} WCU per partition",
         args.tasks,
@@ -393,8 +395,8 @@ mod tests {
     fn task_writes_spread_over_every_shard_and_counts_stay_on_the_jobs_key() {
         let a = args(1_000_000);
         let mut rows = Vec::new();
-        dag_rows(&a, &mut rows);
-        array_rows(&a, &mut rows);
+        dag_rows(&a, &mut rows).expect("the DAG's rows");
+        array_rows(&a, &mut rows).expect("the array's rows");
         let shards = shard_count_for(a.tasks) as usize;
         for r in &rows {
             assert!(r.share_of_partition_limit < 0.5, "{r:?}");
