@@ -16,6 +16,7 @@ mod isolation;
 mod listing;
 mod logs;
 mod paged_work;
+mod pages;
 mod placement;
 mod publisher;
 mod quotas;

@@ -1,6 +1,6 @@
 //! A small client for Batchplane's HTTP API.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -155,9 +155,17 @@ impl Api {
             if details.is_object() && !details.as_object().map(|o| o.is_empty()).unwrap_or(true) {
                 msg.push_str(&format!("\n  details: {details}"));
             }
-            bail!(msg)
+            return Err(HttpError {
+                status: status.as_u16(),
+                message: msg,
+            }
+            .into());
         }
-        bail!("HTTP {status}: {body}")
+        Err(HttpError {
+            status: status.as_u16(),
+            message: format!("HTTP {status}: {body}"),
+        }
+        .into())
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -189,6 +197,33 @@ impl Api {
             .send(reqwest::Method::PUT, &url, Some(body), &[])
             .await?;
         Self::check(resp).await
+    }
+}
+
+/// The API answered with an error: its HTTP status and what it said.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+impl HttpError {
+    /// Whether the same request may succeed later: throttled, busy, or a fault on the
+    /// API's side (a refusal of the request itself will not).
+    pub fn retryable(e: &anyhow::Error) -> bool {
+        match e.downcast_ref::<HttpError>() {
+            Some(h) => h.status == 429 || h.status >= 500,
+            // No answer at all (connection, timeout): try again.
+            None => true,
+        }
     }
 }
 

@@ -42,6 +42,10 @@ enum Command {
         /// cycles) and say how long that took, sending nothing.
         #[arg(long)]
         dry_run: bool,
+        /// A DAG of more tasks than this is sent in pages of this many (opened, paged,
+        /// committed; nothing runs before the commit), with progress on stderr.
+        #[arg(long, default_value_t = commands::pages::PAGE_TASKS)]
+        page_tasks: usize,
     },
     /// Show a job: state, times, counts of tasks by state.
     Status {
@@ -238,6 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             idempotency_key,
             job,
             dry_run: false,
+            page_tasks,
         } => {
             jobs::submit(
                 &api()?,
@@ -245,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 job.as_deref(),
                 *wait,
                 idempotency_key.as_deref(),
+                *page_tasks,
             )
             .await
         }

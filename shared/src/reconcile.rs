@@ -3,7 +3,8 @@
 //!
 //! - **Abandoned submissions.** A DAG job still uncommitted [`ABANDON_AFTER_MS`] after
 //!   it was created (its submission failed or died part-way) is closed FAILED. None of
-//!   it ran: nothing is sent before the commit.
+//!   it ran: nothing is sent before the commit. A job open for pages is closed so once
+//!   no page has come for [`OPEN_IDLE_MS`].
 //! - **Stranded tasks.** A committed job with RUNNABLE tasks while every pool of its
 //!   queue and team is empty (no message visible or in flight) lost messages: its ready
 //!   tasks are sent again through the paged walk (a copy of a message that did exist is
@@ -26,6 +27,10 @@ use serde::Serialize;
 /// How old an uncommitted submission must be before it is closed as abandoned: well
 /// past the longest a submission request may run.
 pub const ABANDON_AFTER_MS: i64 = 5 * 60 * 1000;
+
+/// How long a job open for pages may go without a page before it is closed as
+/// abandoned: a sender that stopped (or died) for this long is not coming back.
+pub const OPEN_IDLE_MS: i64 = 30 * 60 * 1000;
 
 /// How far back abandoned submissions are looked for.
 const ABANDON_LOOKBACK_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -103,11 +108,32 @@ impl Reconciler<'_> {
             .uncommitted_jobs(queue, now - ABANDON_LOOKBACK_MS, now - ABANDON_AFTER_MS)
             .await?;
         for job in jobs {
-            let reason = format!(
-                "the submission did not complete within {} minutes; nothing of it ran",
-                ABANDON_AFTER_MS / 60_000
-            );
-            if self.store.abandon_job(&job.job_id, &reason).await? {
+            let (idle_since, reason) = if job.paging.open {
+                let last = job.paging.last_page_at.unwrap_or(job.created_at);
+                if last >= now - OPEN_IDLE_MS {
+                    continue;
+                }
+                (
+                    now - OPEN_IDLE_MS,
+                    format!(
+                        "the job was opened for pages and none came for {} minutes before it committed; nothing of it ran",
+                        OPEN_IDLE_MS / 60_000
+                    ),
+                )
+            } else {
+                (
+                    i64::MAX,
+                    format!(
+                        "the submission did not complete within {} minutes; nothing of it ran",
+                        ABANDON_AFTER_MS / 60_000
+                    ),
+                )
+            };
+            if self
+                .store
+                .abandon_job(&job.job_id, &reason, idle_since)
+                .await?
+            {
                 tracing::warn!(job_id = %job.job_id, "an abandoned submission was closed");
                 out.abandoned.push(job.job_id);
             }

@@ -60,17 +60,20 @@ pub fn pick_job(file: &Path, name: Option<&str>) -> anyhow::Result<Value> {
 
 /// Check every job of a spec file as the API checks it (the same parser and rules),
 /// before anything is sent: a file with a bad job submits none of its jobs. The error
-/// names the job and, from the spec's own check, the task, field or line. Returns the
-/// tasks of each job (0 for a single or array job).
-pub fn validate(file: &Path, jobs: &[Value]) -> anyhow::Result<Vec<usize>> {
+/// names the job and, from the spec's own check, the task, field or line. Returns each
+/// job's parsed DAG spec (`None` for a single or array job).
+pub fn validate(
+    file: &Path,
+    jobs: &[Value],
+) -> anyhow::Result<Vec<Option<batchplane::domain::spec::JobSpec>>> {
     use batchplane::domain::spec::{parse_submission, Submission};
     jobs.iter()
         .enumerate()
         .map(|(i, job)| {
             let what = job["name"].as_str().unwrap_or("(unnamed)");
             match parse_submission(&job.to_string()) {
-                Ok(Submission::Dag(spec)) => Ok(spec.tasks.len()),
-                Ok(Submission::Array(_)) => Ok(0),
+                Ok(Submission::Dag(spec)) => Ok(Some(spec)),
+                Ok(Submission::Array(_)) => Ok(None),
                 Err(e) => bail!(
                     "{}: job {} of {} ({what}): {} (nothing was submitted)",
                     file.display(),
@@ -92,12 +95,12 @@ pub fn dry_run(file: &Path, name: Option<&str>) -> anyhow::Result<u8> {
         None => read_jobs(file)?,
     };
     let read = started.elapsed();
-    let tasks = validate(file, &jobs)?;
+    let specs = validate(file, &jobs)?;
     println!(
         "{}: {} job(s), {} task(s) valid; read in {:.2} s, checked in {:.2} s; nothing sent",
         file.display(),
         jobs.len(),
-        tasks.iter().sum::<usize>(),
+        specs.iter().flatten().map(|s| s.tasks.len()).sum::<usize>(),
         read.as_secs_f64(),
         (started.elapsed() - read).as_secs_f64()
     );
@@ -107,44 +110,50 @@ pub fn dry_run(file: &Path, name: Option<&str>) -> anyhow::Result<u8> {
 /// Submit the file's jobs (or the one `name` picks), printing each job id; with `wait`,
 /// wait for every one and succeed only if all did. With several jobs, each gets its own
 /// idempotency key: `KEY-<n>`, `n` its place in the file, so a retry of the whole file
-/// submits none twice.
+/// submits none twice. A DAG of more than `page_tasks` tasks goes in pages.
 pub async fn submit(
     api: &Api,
     file: &Path,
     name: Option<&str>,
     wait: bool,
     key: Option<&str>,
+    page_tasks: usize,
 ) -> anyhow::Result<u8> {
     let jobs = match name {
         Some(_) => vec![pick_job(file, name)?],
         None => read_jobs(file)?,
     };
     // Every job is checked here first: a file with a bad job sends none.
-    validate(file, &jobs)?;
+    let specs = validate(file, &jobs)?;
     let several = jobs.len() > 1;
     let mut ids = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
+    for (i, (job, spec)) in jobs.iter().zip(&specs).enumerate() {
         let key = key.map(|k| match several {
             true => format!("{k}-{i}"),
             false => k.to_string(),
         });
         let what = job["name"].as_str().unwrap_or("(unnamed)");
-        let resp = api
-            .post("/v1/jobs", job.to_string(), key.as_deref())
-            .await
-            .with_context(|| match several {
-                true => format!(
-                    "submitting job {} of {} ({what}); those before it were submitted: {}",
-                    i + 1,
-                    jobs.len(),
-                    if ids.is_empty() {
-                        "none".to_string()
-                    } else {
-                        ids.join(", ")
-                    }
-                ),
-                false => format!("submitting {what}"),
-            })?;
+        let sent = match spec {
+            Some(spec) if spec.tasks.len() > page_tasks && !spec.open => {
+                super::pages::submit_in_pages(api, spec, key.as_deref(), page_tasks)
+                    .await
+                    .map(|job_id| serde_json::json!({ "job_id": job_id }))
+            }
+            _ => api.post("/v1/jobs", job.to_string(), key.as_deref()).await,
+        };
+        let resp = sent.with_context(|| match several {
+            true => format!(
+                "submitting job {} of {} ({what}); those before it were submitted: {}",
+                i + 1,
+                jobs.len(),
+                if ids.is_empty() {
+                    "none".to_string()
+                } else {
+                    ids.join(", ")
+                }
+            ),
+            false => format!("submitting {what}"),
+        })?;
         let job_id = resp["job_id"]
             .as_str()
             .context("the API answered without a job_id")?

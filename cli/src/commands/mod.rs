@@ -9,4 +9,5 @@ pub mod chaos;
 pub mod dev;
 pub mod jobs;
 pub mod logs;
+pub mod pages;
 pub mod repro;

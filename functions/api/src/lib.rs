@@ -9,7 +9,7 @@ use identity::Caller;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use batchplane::api::{ApiError, ErrorKind, Service};
 use serde::Deserialize;
@@ -57,6 +57,8 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{job_id}", get(get_job))
         .route("/v1/jobs/{job_id}/tasks", get(list_tasks).post(add_tasks))
         .route("/v1/jobs/{job_id}/tasks/{task_id}", get(get_task))
+        .route("/v1/jobs/{job_id}/pages/{page_id}", put(add_page))
+        .route("/v1/jobs/{job_id}/commit", post(commit_job))
         .route("/v1/jobs/{job_id}/tasks/{task_id}/logs", get(task_log))
         .route("/v1/jobs/{job_id}/explain", get(explain_job))
         .route("/v1/teams/{team}/usage", get(team_usage))
@@ -354,6 +356,31 @@ async fn add_tasks(
 ) -> Result<Response> {
     let added = svc.add_tasks(&who, &job_id, body_text(&body)?).await?;
     Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+async fn add_page(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    Path((job_id, page_id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let added = svc
+        .add_page(&who, &job_id, &page_id, body_text(&body)?)
+        .await?;
+    let status = if added.already_stored {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(added)).into_response())
+}
+
+async fn commit_job(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    Path(job_id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.commit_open_job(&who, &job_id).await?).into_response())
 }
 
 async fn cancel_job(

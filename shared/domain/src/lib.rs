@@ -25,6 +25,6 @@ pub mod tiers;
 
 pub use error::FieldError;
 pub use plan::{plan_addition, plan_job, ExistingEdge, PlannedTask, TaskKind, MAX_EDGES};
-pub use records::{AttemptRecord, JobRecord, Notify, Stop, TaskRecord, Usage};
+pub use records::{AttemptRecord, JobRecord, Notify, Paging, Stop, TaskRecord, Usage};
 pub use spec::{parse_job_spec, parse_task_list, validate_addition, JobSpec, SpecError, TaskSpec};
 pub use state::{JobState, TaskCounts, TaskState, TaskTransition};

@@ -19,6 +19,11 @@ pub const MAX_TASKS_PER_ADDITION: usize = 100;
 /// transaction, less room for the keys and conditions).
 pub const MAX_ADDITION_BYTES: usize = 3_500_000;
 
+/// The most tasks one page of an open job may hold. A page is written with
+/// BatchWriteItem, not in one transaction, so only the request's size bounds it; this
+/// keeps each page's check and write well inside an API request's 29 s.
+pub const MAX_TASKS_PER_PAGE: usize = 20_000;
+
 /// The most distinct worker pools (tier shapes) one submission may bring into being.
 pub const MAX_POOLS_PER_SUBMISSION: usize = 16;
 

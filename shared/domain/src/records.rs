@@ -42,6 +42,22 @@ pub struct JobRecord {
     pub dependents: Vec<String>,
     /// Who hears about the job besides its API: task events, a Step Functions token.
     pub notify: Notify,
+    /// For a job opened for pages: what its pages have done.
+    pub paging: Paging,
+}
+
+/// A job opened for pages (`open: true` in its spec): its tasks come in pages, each
+/// stored under a name its sender gives, and nothing runs before its commit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Paging {
+    /// Opened for pages: it takes pages until it commits.
+    pub open: bool,
+    /// When its last page was stored (ms): an open job idle too long is abandoned.
+    pub last_page_at: Option<i64>,
+    /// Some page's tasks depend on tasks of an earlier page. Those edges are items of
+    /// their own (a stored task is not rewritten), which whoever follows a task's
+    /// dependents reads beside its `dependents`.
+    pub page_edges: bool,
 }
 
 impl JobRecord {
@@ -69,6 +85,7 @@ impl JobRecord {
             dispatched: 0,
             dependents: Vec::new(),
             notify: Notify::default(),
+            paging: Paging::default(),
         }
     }
 }
@@ -223,6 +240,8 @@ pub struct TaskRecord {
     /// template, not stored on the item). `None` for a DAG's task: the defaults.
     pub log: Option<super::logs::LogConfig>,
     pub definition: Option<String>,
+    /// The page of an open job that wrote the task, if one did.
+    pub page: Option<String>,
 }
 
 impl TaskRecord {

@@ -178,7 +178,7 @@ impl Service {
             }
         }
         let reason = format!("the submission failed and nothing of it ran: {why}");
-        if let Err(e) = self.store.abandon_job(job_id, &reason).await {
+        if let Err(e) = self.store.abandon_job(job_id, &reason, i64::MAX).await {
             tracing::warn!(error = %e, job_id, "closing an abandoned submission failed; the reconciler will");
         }
     }
@@ -245,7 +245,10 @@ impl Service {
             return Ok(existing);
         }
         let plan = plan_job(&spec.tasks);
-        let shard_count = shard_count_for(plan.len());
+        let shard_count = match spec.expected_tasks {
+            Some(n) => shard_count_for(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => shard_count_for(plan.len()),
+        };
         let job = JobRecord {
             created_at: now,
             total_tasks: spec.tasks.len() as u64,
@@ -255,29 +258,37 @@ impl Service {
                 task_events: spec.task_events,
                 task_token: spec.task_token.clone(),
             },
+            paging: crate::domain::Paging {
+                open: spec.open,
+                last_page_at: None,
+                page_edges: false,
+            },
             ..JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
         };
-        self.write_and_commit(&job, &plan, idempotency_key).await?;
+        self.write_and_commit(&job, &plan, idempotency_key, !spec.open)
+            .await?;
         if let Some(k) = idempotency_key {
             self.store
                 .bind_idempotency_key(&spec.team, k, &job_id)
                 .await?;
         }
-        tracing::info!(job_id, name = %spec.name, tasks = spec.tasks.len(), "job submitted");
+        tracing::info!(job_id, name = %spec.name, tasks = spec.tasks.len(), open = spec.open, "job submitted");
         Ok(Submitted {
             job_id,
             created: true,
         })
     }
 
-    /// Write a submitted job and its tasks, then commit it. Nothing is sent to a queue
-    /// before the commit: a submission that fails or dies part-way runs nothing, and is
-    /// closed (here, or by the reconciler).
+    /// Write a submitted job and its tasks, then (with `commit`; a job opened for pages
+    /// commits later) commit it. Nothing is sent to a queue before the commit: a
+    /// submission that fails or dies part-way runs nothing, and is closed (here, or by
+    /// the reconciler).
     async fn write_and_commit(
         &self,
         job: &JobRecord,
         plan: &[crate::domain::PlannedTask],
         idempotency_key: Option<&str>,
+        commit: bool,
     ) -> Result<(), ApiError> {
         let job_id = job.job_id.as_str();
         let written = async {
@@ -291,7 +302,11 @@ impl Service {
                     plan,
                 )
                 .await?;
-            self.store.commit_job(job_id).await
+            if commit {
+                self.store.commit_job(job_id).await
+            } else {
+                Ok(true)
+            }
         }
         .await;
         match written {

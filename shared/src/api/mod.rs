@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `jobs` | submit, look at and cancel a job |
 //! | `tasks` | list a job's tasks, look at one, add tasks |
+//! | `pages` | a job too big for one request: opened, sent in pages, committed |
 //! | `teams` | a team's usage |
 //! | `explain` | why a job or task is not running |
 //! | `fit` | refusing a task no worker of its pool can hold |
@@ -20,6 +21,7 @@ pub mod explain;
 mod fit;
 mod jobs;
 mod logs;
+mod pages;
 mod tasks;
 mod teams;
 mod views;
@@ -28,6 +30,7 @@ pub use access::Need;
 pub use error::{ApiError, ErrorKind};
 pub use jobs::{pool_uses, Added, PoolUses, Submitted};
 pub use logs::{LogLine, LogPage};
+pub use pages::{Committed, PageAdded};
 pub use views::{
     job_view, task_view, ArrayView, AttemptView, JobView, TaskListView, TaskSummary, TaskView,
     TeamDayView, TeamUsageView,
@@ -92,4 +95,13 @@ impl Service {
             _ => Ok(()),
         }
     }
+}
+
+/// Names as a message lists them: quoted, comma-separated.
+pub(crate) fn quoted_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

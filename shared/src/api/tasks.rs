@@ -87,6 +87,13 @@ impl Service {
         if let Some(a) = &job.array {
             crate::domain::batch::apply_template(&mut task, a);
         }
+        if job.paging.page_edges {
+            let later = self
+                .store
+                .page_dependents(job_id, job.shard_count, task_id)
+                .await?;
+            task.dependents.extend(later);
+        }
         let deps = self
             .store
             .get_tasks(job_id, job.shard_count, &task.deps)
@@ -146,8 +153,9 @@ impl Service {
         check_fan_out(&edges, &found)?;
         check_addition_size(&plan)?;
         // The total goes up first, so the job cannot close before the new tasks are
-        // counted; it comes down again if they are not written.
-        let n = plan.len() as u64;
+        // counted; it comes down again if they are not written. It counts user tasks:
+        // the barriers the plan adds for wide edges are not counted when they end.
+        let n = tasks.len() as u64;
         if !self.store.add_to_total(job_id, n).await? {
             return Err(refuse());
         }
@@ -171,7 +179,7 @@ impl Service {
                     format!(
                         "job {job_id} already has task{} {}: another addition took {} first; nothing of this one was added",
                         if taken.len() == 1 { "" } else { "s" },
-                        taken.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", "),
+                        quoted_list(&taken),
                         if taken.len() == 1 { "it" } else { "them" },
                     ),
                     json!({"job_id": job_id, "tasks": taken, "field": "id"}),

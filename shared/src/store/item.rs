@@ -28,6 +28,23 @@ pub fn task_pk(job_id: &str, shard: u32) -> String {
 pub fn task_sk(task_id: &str) -> String {
     format!("T#{task_id}")
 }
+/// Where the edges from one shard's tasks to tasks of later pages are kept (an open
+/// job's pages): beside the shard's tasks, so walks of its tasks never read them.
+pub fn page_edge_pk(job_id: &str, shard: u32) -> String {
+    format!("J#{job_id}#{shard}#E")
+}
+/// An edge from `from` (the dependency) to `to`; `.` cannot end a task id's prefix
+/// search wrongly because the id is followed by `/`, which no task id holds.
+pub fn page_edge_sk(from: &str, to: &str) -> String {
+    format!("E#{from}/{to}")
+}
+pub fn page_edge_prefix(from: &str) -> String {
+    format!("E#{from}/")
+}
+/// A page of an open job, in the job's partition.
+pub fn page_sk(page_id: &str) -> String {
+    format!("P#{page_id}")
+}
 pub const META_SK: &str = "META";
 pub const COUNTS_PREFIX: &str = "C#";
 pub const COUNTS_BASE_SK: &str = "C#base";
@@ -196,6 +213,15 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     if job.uncommitted {
         item.insert("uncommitted".into(), AttributeValue::Bool(true));
     }
+    if job.paging.open {
+        item.insert("open".into(), AttributeValue::Bool(true));
+    }
+    if let Some(at) = job.paging.last_page_at {
+        item.insert("last_page_at".into(), n(at));
+    }
+    if job.paging.page_edges {
+        item.insert("page_edges".into(), AttributeValue::Bool(true));
+    }
     if !job.notify.is_empty() {
         item.insert(
             "notify".into(),
@@ -269,6 +295,11 @@ pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
                 serde_json::from_str(&json).map_err(|e| r.bad("notify", &e.to_string()))?
             }
             None => Default::default(),
+        },
+        paging: crate::domain::Paging {
+            open: r.bool("open"),
+            last_page_at: r.opt_n("last_page_at")?,
+            page_edges: r.bool("page_edges"),
         },
     })
 }
@@ -487,6 +518,7 @@ pub fn task_from_item(item: &Item) -> Result<TaskRecord, Malformed> {
         index: r.opt_n("idx")?,
         log: None,
         definition: None,
+        page: r.opt_s("page")?,
     })
 }
 

@@ -150,8 +150,10 @@ impl Store {
             .table_name(&self.table)
             .set_key(Some(key(job_pk(job_id), META_SK.into())))
             .update_expression("SET #state = :pending, committed_at = :now REMOVE uncommitted")
-            .condition_expression("#state = :submitted AND uncommitted = :true")
+            // An open job commits only with every page whole.
+            .condition_expression("#state = :submitted AND uncommitted = :true AND (attribute_not_exists(pages_writing) OR pages_writing = :zero)")
             .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":pending", s(JobState::Pending.as_str()))
             .expression_attribute_values(":submitted", s(JobState::Submitted.as_str()))
             .expression_attribute_values(":true", AttributeValue::Bool(true))
@@ -201,17 +203,24 @@ impl Store {
     }
 
     /// Close an abandoned submission: FAILED with `reason`, if it is still uncommitted
-    /// (a submission that was only slow and commits first wins). Its tasks were never
-    /// sent and are left as written.
-    pub async fn abandon_job(&self, job_id: &str, reason: &str) -> Result<bool, StoreError> {
+    /// (a submission that was only slow and commits first wins), and, for a job open
+    /// for pages, if no page came after `idle_since` (ms). Its tasks were never sent
+    /// and are left as written.
+    pub async fn abandon_job(
+        &self,
+        job_id: &str,
+        reason: &str,
+        idle_since: i64,
+    ) -> Result<bool, StoreError> {
         Ok(send_if(
             self.ddb
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(key(job_pk(job_id), META_SK.into())))
                 .update_expression("SET #state = :failed, reason = :reason, finished_at = :now")
-                .condition_expression("#state = :submitted AND uncommitted = :true")
+                .condition_expression("#state = :submitted AND uncommitted = :true AND (attribute_not_exists(last_page_at) OR last_page_at < :idle)")
                 .expression_attribute_names("#state", "state")
+                .expression_attribute_values(":idle", n(idle_since))
                 .expression_attribute_values(":failed", s(JobState::Failed.as_str()))
                 .expression_attribute_values(":submitted", s(JobState::Submitted.as_str()))
                 .expression_attribute_values(":true", AttributeValue::Bool(true))

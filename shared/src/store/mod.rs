@@ -15,6 +15,7 @@ mod error;
 pub mod item;
 mod jobs;
 mod listing;
+mod pages;
 pub mod placement;
 pub mod published;
 pub mod registry;
@@ -31,6 +32,7 @@ pub(crate) use error::classify;
 pub use error::StoreError;
 pub use jobs::{KeyClaim, KEY_HOLD_MS};
 pub use listing::{JobPage, JobQuery, ListAt, ListPosition, LIST_EXAMINE_LIMIT};
+pub use pages::{PageRecord, PageStart};
 pub use tasks::TaskPage;
 pub use work::{WorkCursor, WorkKind, WORK_PAGE};
 

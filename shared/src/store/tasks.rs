@@ -6,7 +6,7 @@ use super::WRITE_CONCURRENCY;
 use super::{Store, StoreError};
 use crate::aws::backoff::Backoff;
 use crate::domain::{PlannedTask, TaskKind, TaskRecord, TaskState};
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, WriteRequest};
 use futures::{stream, StreamExt, TryStreamExt};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -166,7 +166,7 @@ impl Store {
         staged: bool,
     ) -> Result<(), StoreError> {
         let now = self.now();
-        let requests: Vec<WriteRequest> = tasks
+        let items = tasks
             .iter()
             .map(|t| {
                 let shard = crate::domain::ids::task_shard(&t.id, shard_count);
@@ -174,30 +174,20 @@ impl Store {
                 if staged && t.state == TaskState::Runnable {
                     item.insert("enqueued".into(), AttributeValue::Bool(true));
                 }
-                Ok(WriteRequest::builder()
-                    .put_request(PutRequest::builder().set_item(Some(item)).build().map_err(
-                        |source| StoreError::Build {
-                            operation: "BatchWriteItem",
-                            source,
-                        },
-                    )?)
-                    .build())
+                item
             })
-            .collect::<Result<_, StoreError>>()?;
-        let chunks: Vec<Vec<WriteRequest>> = requests.chunks(25).map(|c| c.to_vec()).collect();
-        stream::iter(chunks)
-            .map(|chunk| self.batch_write(chunk))
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+            .collect();
+        self.put_items(items).await
     }
 
     /// One BatchWriteItem of up to 25 puts, its unprocessed entries sent again (with
     /// jittered backoff, started over whenever some were taken) until every one is
     /// written. Only a real error, or no progress at all for [`UNPROCESSED_PATIENCE`],
     /// ends it early, and then as an error: a throttled write is never dropped.
-    async fn batch_write(&self, mut pending: Vec<WriteRequest>) -> Result<(), StoreError> {
+    pub(super) async fn batch_write(
+        &self,
+        mut pending: Vec<WriteRequest>,
+    ) -> Result<(), StoreError> {
         let mut backoff = Backoff::new(UNPROCESSED_FIRST_WAIT, UNPROCESSED_MAX_WAIT);
         let mut stalled_since = Instant::now();
         loop {

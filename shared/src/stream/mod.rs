@@ -217,20 +217,29 @@ pub struct BatchOutcome {
 pub struct Fanout {
     pub store: Store,
     pub queues: Queues,
-    /// Jobs' shard counts (fixed at submission), so a record costs no job read.
-    shard_counts: std::sync::Mutex<HashMap<String, u32>>,
+    /// Committed jobs' shard counts and page edges (both fixed by the commit), so a
+    /// record costs no job read.
+    shapes: std::sync::Mutex<HashMap<String, JobShape>>,
     /// Jobs whose start time is recorded, so no batch spends a failed write on it again.
     started: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 const EFFECT_CONCURRENCY: usize = 32;
 
+/// What following a job's edges needs to know of it.
+#[derive(Debug, Clone, Copy)]
+struct JobShape {
+    shard_count: u32,
+    /// Some tasks have dependents in later pages, kept as items of their own.
+    page_edges: bool,
+}
+
 impl Fanout {
     pub fn new(store: Store, queues: Queues) -> Self {
         Fanout {
             store,
             queues,
-            shard_counts: Default::default(),
+            shapes: Default::default(),
             started: Default::default(),
         }
     }
@@ -358,10 +367,15 @@ impl Fanout {
             return Ok(0);
         }
         let failed = became(t, TaskState::Failed) || became(t, TaskState::Cancelled);
-        if task.dependents.is_empty() || !failed {
+        if !failed {
             return Ok(0);
         }
-        let shard_count = self.shard_count(&task.job_id).await?;
+        let shape = self.job_shape(&task.job_id).await?;
+        let shard_count = shape.shard_count;
+        let dependents = self.dependents_of(task, shape).await?;
+        if dependents.is_empty() {
+            return Ok(0);
+        }
         {
             // Name the user task at the root, looking through barriers.
             let root = match task.kind {
@@ -382,7 +396,7 @@ impl Fanout {
             };
             let dependents = self
                 .store
-                .get_tasks(&task.job_id, shard_count, &task.dependents)
+                .get_tasks(&task.job_id, shard_count, &dependents)
                 .await?;
             let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.into_values())
                 .map(|d| {
@@ -411,24 +425,39 @@ impl Fanout {
         changes: &[Change],
         send: &mut Vec<(usize, TaskRecord)>,
     ) -> Result<usize, usize> {
-        // job → dependent → (finished dependencies, first record index naming it)
-        let mut edges: BTreeMap<&str, BTreeMap<&str, (Vec<String>, usize)>> = BTreeMap::new();
+        // Each succeeded task's dependents: its own list, and its edges to later pages.
+        let mut followed: Vec<(usize, &TaskRecord, Vec<String>)> = Vec::new();
+        let mut failed: Option<usize> = None;
         for (i, c) in changes.iter().enumerate() {
             let Change::Task(t) = c else { continue };
             if !became(t, TaskState::Succeeded) {
                 continue;
             }
-            let job = edges.entry(t.task.job_id.as_str()).or_default();
-            for d in &t.task.dependents {
-                let e = job.entry(d.as_str()).or_insert((Vec::new(), i));
-                if !e.0.contains(&t.task.task_id) {
-                    e.0.push(t.task.task_id.clone());
+            let listed = match self.job_shape(&t.task.job_id).await {
+                Ok(shape) => self.dependents_of(&t.task, shape).await,
+                Err(e) => Err(e),
+            };
+            match listed {
+                Ok(d) => followed.push((i, &t.task, d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, job_id = %t.task.job_id, "reading dependents failed; will retry");
+                    failed = Some(failed.map_or(i, |f| f.min(i)));
+                }
+            }
+        }
+        // job → dependent → (finished dependencies, first record index naming it)
+        let mut edges: BTreeMap<&str, BTreeMap<String, (Vec<String>, usize)>> = BTreeMap::new();
+        for (i, task, dependents) in followed {
+            let job = edges.entry(task.job_id.as_str()).or_default();
+            for d in dependents {
+                let e = job.entry(d).or_insert((Vec::new(), i));
+                if !e.0.contains(&task.task_id) {
+                    e.0.push(task.task_id.clone());
                 }
                 e.1 = e.1.min(i);
             }
         }
         let mut released = 0;
-        let mut failed: Option<usize> = None;
         for (job_id, dependents) in edges {
             let first = dependents.values().map(|(_, i)| *i).min().unwrap_or(0);
             let shard_count = match self.shard_count(job_id).await {
@@ -513,23 +542,52 @@ impl Fanout {
     }
 
     async fn shard_count(&self, job_id: &str) -> Result<u32, FanoutError> {
+        Ok(self.job_shape(job_id).await?.shard_count)
+    }
+
+    /// A task's dependents: its own list, and for a job whose pages made edges, its
+    /// edges to tasks of later pages.
+    async fn dependents_of(
+        &self,
+        task: &TaskRecord,
+        shape: JobShape,
+    ) -> Result<Vec<String>, FanoutError> {
+        let mut all = task.dependents.clone();
+        if shape.page_edges && task.kind == TaskKind::Command {
+            all.extend(
+                self.store
+                    .page_dependents(&task.job_id, shape.shard_count, &task.task_id)
+                    .await?,
+            );
+        }
+        Ok(all)
+    }
+
+    async fn job_shape(&self, job_id: &str) -> Result<JobShape, FanoutError> {
         // Tasks carry their own shard but not the job's count: read the job once.
-        if let Some(n) = self
-            .shard_counts
+        if let Some(shape) = self
+            .shapes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(job_id)
         {
-            return Ok(*n);
+            return Ok(*shape);
         }
         match self.store.get_job(job_id).await? {
             Some(j) => {
-                let mut cache = self.shard_counts.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.len() > 10_000 {
-                    cache.clear();
+                let shape = JobShape {
+                    shard_count: j.shard_count,
+                    page_edges: j.paging.page_edges,
+                };
+                // Until its commit a job may still gain page edges.
+                if !j.uncommitted {
+                    let mut cache = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
+                    if cache.len() > 10_000 {
+                        cache.clear();
+                    }
+                    cache.insert(job_id.to_string(), shape);
                 }
-                cache.insert(job_id.to_string(), j.shard_count);
-                Ok(j.shard_count)
+                Ok(shape)
             }
             None => Err(FanoutError::BadRecord {
                 sequence_number: String::new(),

@@ -36,6 +36,16 @@ pub struct JobSpec {
     /// task that does not name its own; needs an image.
     #[serde(default)]
     pub job_role_arn: Option<String>,
+    /// Open the job for pages instead of submitting it whole: its tasks (none or
+    /// some) are stored, more come in pages (`PUT /v1/jobs/{id}/pages/{page}`), and
+    /// nothing runs before `POST /v1/jobs/{id}/commit`.
+    #[serde(default)]
+    pub open: bool,
+    /// How many tasks an open job will have in all: its tasks are spread over as many
+    /// key shards as a job of that size submitted whole (default: the tasks given now).
+    #[serde(default)]
+    pub expected_tasks: Option<u64>,
+    #[serde(default)]
     pub tasks: Vec<TaskSpec>,
 }
 
@@ -91,6 +101,8 @@ impl TaskSpec {
 
 /// What `POST /v1/jobs` accepts: a DAG of tasks, or one command run once or as an array.
 #[derive(Debug, Clone, PartialEq)]
+// Made once per request and taken apart at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Submission {
     Dag(JobSpec),
     Array(Box<ArrayJobSpec>),
@@ -259,6 +271,9 @@ impl SpecError {
 /// (and, later, array jobs, which are rules rather than lists).
 pub const MAX_TASKS_PER_REQUEST: usize = 1_000_000;
 
+/// The most tasks a job opened for pages may declare it will have.
+pub const MAX_TASKS_PER_JOB: u64 = 10_000_000;
+
 /// The most bytes of argv and environment one task may carry: a task item must stay
 /// well inside DynamoDB's 400 KB, with room for its attempts and edges.
 pub const MAX_TASK_BYTES: usize = 64 * 1024;
@@ -302,7 +317,25 @@ pub fn parse_job_spec(text: &str) -> Result<JobSpec, SpecError> {
             ));
         }
     }
-    validate_tasks(&spec.tasks, &HashSet::new())?;
+    match spec.expected_tasks {
+        Some(_) if !spec.open => {
+            return Err(invalid(
+                "expected_tasks",
+                "field `expected_tasks`: only an open job (`open: true`) takes it".into(),
+            ))
+        }
+        Some(n) if n == 0 || n > MAX_TASKS_PER_JOB => {
+            return Err(invalid(
+                "expected_tasks",
+                format!("field `expected_tasks`: {n} must be 1 to {MAX_TASKS_PER_JOB}"),
+            ))
+        }
+        _ => {}
+    }
+    // An open job may start empty: its tasks come in pages.
+    if !(spec.open && spec.tasks.is_empty()) {
+        validate_tasks(&spec.tasks, &HashSet::new())?;
+    }
     Ok(spec)
 }
 
