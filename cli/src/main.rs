@@ -193,6 +193,10 @@ enum Command {
     /// functions: the busiest partition key of each item kind against DynamoDB's 1,000
     /// WCU per partition; prints a table and writes JSON.
     BenchKeys(bench::keys::KeysBenchArgs),
+    /// A million-task DAG checked by the CLI and sent in pages through the local stack's
+    /// API, beside the same items written with plain BatchWriteItem at the same
+    /// concurrency; prints a table and writes JSON.
+    BenchPages(bench::pages::PagesBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -310,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::BenchPlacement(args) => interruptible(bench::placement::run(args)).await,
         Command::BenchListing(args) => interruptible(bench::listing::run(args)).await,
         Command::BenchKeys(args) => bench::keys::run(args),
+        Command::BenchPages(args) => interruptible(bench::pages::run(args)).await,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod autoscaler;
 pub mod keys;
 pub mod listing;
 mod measure;
+pub mod pages;
 pub mod placement;
 pub mod rng;
 mod scenarios;
@@ -235,13 +236,13 @@ async fn start_stack(
     Ok((stack, api))
 }
 
-/// Stop the stack, count the items it left, drop its table; the requests of this process
-/// since `before` plus those the workers wrote on exit.
+/// Stop the stack, count the items it left, drop its table; the requests this process
+/// made for the scenario (`in_process`, taken when its jobs ended, before the benchmark
+/// reads their tasks back for its own figures) plus those the workers wrote on exit.
 async fn finish_stack(
     stack: LocalStack,
-    before: &RequestCounts,
+    in_process: RequestCounts,
 ) -> anyhow::Result<(RequestCounts, u64)> {
-    let in_process = accounting::snapshot().since(before);
     let metrics_dir = stack.opts.metrics_dir.clone().context("metrics dir")?;
     let store = stack.service.store.clone();
     stack.shutdown().await?;
@@ -366,6 +367,8 @@ async fn run_scenario(
     let job_id = resp["job_id"].as_str().context("job_id")?.to_string();
     let done = jobs::wait_for(&api, &job_id, true).await?;
     // Server-side: submission accepted to job finished (the poll adds up to 250 ms).
+    // What the scenario cost, before the timeline's reads of every task add theirs.
+    let in_process = accounting::snapshot().since(&before);
     let makespan = makespan_s(&done, &done).unwrap_or_else(|| started.elapsed().as_secs_f64());
     anyhow::ensure!(
         done["state"] == "SUCCEEDED",
@@ -380,7 +383,7 @@ async fn run_scenario(
         args.worker_cpus.floor(),
     )
     .await?;
-    let (counts, items) = finish_stack(stack, &before).await?;
+    let (counts, items) = finish_stack(stack, in_process).await?;
     Ok(result(Measured {
         name: scenario.name.to_string(),
         tasks: scenario.levels.iter().map(Vec::len).sum::<usize>(),
@@ -440,6 +443,7 @@ async fn run_array(
             d["state"]
         );
     }
+    let in_process = accounting::snapshot().since(&before);
     let makespan = makespan_s(&done_a, &done_b).context("job times")?;
     let mut latencies = Vec::new();
     let step = (n / 1000).max(1) as usize;
@@ -453,7 +457,7 @@ async fn run_array(
         }
     }
     latencies.sort_by(|x, y| x.total_cmp(y));
-    let (counts, items) = finish_stack(stack, &before).await?;
+    let (counts, items) = finish_stack(stack, in_process).await?;
     Ok(result(Measured {
         name: "array".into(),
         tasks: 2 * n as usize,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub const PAGE_TASKS: usize = 5_000;
 
 /// Pages in flight at once.
-const PAGES_AT_ONCE: usize = 4;
+pub const PAGES_AT_ONCE: usize = 4;
 
 /// Tries of one page before the submission gives up (the job is left open; run the
 /// command again with the same idempotency key to finish it).

@@ -144,17 +144,16 @@ impl Service {
                 ))
             }
         }
-        self.store
-            .write_page(
-                job_id,
-                job.shard_count,
-                (&job.queue, &job.team),
-                self.max_attempts,
-                page_id,
-                &plan,
-                &edges,
-            )
-            .await?;
+        let items = self.store.page_items(
+            job_id,
+            job.shard_count,
+            (&job.queue, &job.team),
+            self.max_attempts,
+            page_id,
+            &plan,
+            &edges,
+        );
+        self.store.put_items(items).await?;
         self.store.end_page(job_id, page_id).await?;
         tracing::info!(
             job_id,

@@ -164,10 +164,11 @@ impl Store {
         })
     }
 
-    /// Step 2: the page's tasks (marked as the page's, ready ones as sent by the
-    /// commit's walk) and its edges from tasks of earlier pages.
+    /// Step 2's items, written with [`Store::put_items`]: the page's tasks (marked as
+    /// the page's, ready ones as sent by the commit's walk) and its edges from tasks of
+    /// earlier pages.
     #[allow(clippy::too_many_arguments)]
-    pub async fn write_page(
+    pub fn page_items(
         &self,
         job_id: &str,
         shard_count: u32,
@@ -176,7 +177,7 @@ impl Store {
         page_id: &str,
         plan: &[PlannedTask],
         edges: &[ExistingEdge],
-    ) -> Result<(), StoreError> {
+    ) -> Vec<Item> {
         let now = self.now();
         let mut items = Vec::with_capacity(plan.len() + edges.len());
         for t in plan {
@@ -194,7 +195,7 @@ impl Store {
             item.insert("page".into(), s(page_id));
             items.push(item);
         }
-        self.put_items(items).await
+        items
     }
 
     /// Step 3: the page is whole.
@@ -256,7 +257,7 @@ impl Store {
     }
 
     /// Items written with BatchWriteItem, 25 a request and several requests at once.
-    pub(crate) async fn put_items(&self, items: Vec<Item>) -> Result<(), StoreError> {
+    pub async fn put_items(&self, items: Vec<Item>) -> Result<(), StoreError> {
         use futures::{stream, StreamExt, TryStreamExt};
         let requests: Vec<WriteRequest> = items
             .into_iter()

@@ -95,6 +95,11 @@ enum Progress {
     Done { receipt: Option<(String, String)> },
 }
 
+/// Messages deleted in one request (SQS's most).
+const DELETE_BATCH: usize = 10;
+/// The longest a recorded attempt's message waits for others to be deleted with.
+const DELETE_WAIT: Duration = Duration::from_millis(500);
+
 /// What every attempt of this worker needs.
 struct Ctx {
     store: Store,
@@ -186,6 +191,8 @@ struct Worker {
     /// Tasks claimed ahead of a free slot, in the order claimed.
     waiting: VecDeque<String>,
     to_delete: Vec<(String, String)>,
+    /// When the oldest message in `to_delete` was put there.
+    to_delete_since: Option<Instant>,
     deletes: Vec<tokio::task::JoinHandle<()>>,
     last_busy: Instant,
     draining: bool,
@@ -272,6 +279,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         held: VecDeque::new(),
         waiting: VecDeque::new(),
         to_delete: Vec::new(),
+        to_delete_since: None,
         deletes: Vec::new(),
         last_busy: Instant::now(),
         draining: !placed,
@@ -337,11 +345,12 @@ impl Worker {
                 self.claim_ahead(ctx, &done_tx, queues).await;
             }
             self.give_back_stale(hold, queues).await;
-            self.flush_deletes(queues);
+            let delete_due = self.flush_deletes(queues, false);
             if self.done(idle) {
                 if !self.draining {
                     tracing::info!(worker_id, "idle; exiting");
                 }
+                self.flush_deletes(queues, true);
                 return Ok(());
             }
             let (want, wake) = self.plan(opts);
@@ -366,6 +375,7 @@ impl Worker {
                 }
                 _ = tokio::time::sleep(hold.max(Duration::from_millis(10))), if !self.held.is_empty() => {}
                 _ = tokio::time::sleep(wake.unwrap_or_default().max(Duration::from_millis(1))), if wake.is_some() => {}
+                _ = tokio::time::sleep(delete_due.unwrap_or_default()), if delete_due.is_some() => {}
                 _ = heartbeat.tick() => {
                     leases::keep_alive(ctx, &self.running, &self.held, queues).await;
                     if !me.refresh(&ctx.store, self.running.len() as u32).await && !self.draining {
@@ -500,12 +510,22 @@ impl Worker {
         }
     }
 
-    /// Delete the messages of recorded attempts. Deleting is bookkeeping: it is kept off
-    /// the path that starts the next task.
-    fn flush_deletes(&mut self, queues: &Arc<Queues>) {
+    /// Delete the messages of recorded attempts, ten a request: once ten are waiting,
+    /// once the oldest has waited [`DELETE_WAIT`], or (`now`) at once. Deleting is
+    /// bookkeeping: it is kept off the path that starts the next task, and a message
+    /// whose delete waits a moment stays invisible meanwhile. Returns how long until
+    /// the waiting ones are due.
+    fn flush_deletes(&mut self, queues: &Arc<Queues>, now: bool) -> Option<Duration> {
         if self.to_delete.is_empty() {
-            return;
+            self.to_delete_since = None;
+            return None;
         }
+        let since = *self.to_delete_since.get_or_insert_with(Instant::now);
+        let waited = since.elapsed();
+        if !now && self.to_delete.len() < DELETE_BATCH && waited < DELETE_WAIT {
+            return Some(DELETE_WAIT - waited);
+        }
+        self.to_delete_since = None;
         let (queues, batch) = (queues.clone(), std::mem::take(&mut self.to_delete));
         self.deletes.push(tokio::spawn(async move {
             for (url, receipts) in leases::by_queue(batch) {
@@ -515,6 +535,7 @@ impl Worker {
             }
         }));
         self.deletes.retain(|h| !h.is_finished());
+        None
     }
 
     /// Whether the worker is done: nothing held or running, and draining or idle for
