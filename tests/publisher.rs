@@ -227,7 +227,7 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
     // test plays the submitter.
     let asl = json!({"StartAt": "Run", "States": {"Run": {
         "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
-        "Parameters": {"QueueUrl": tokens_url, "MessageBody": {"token.$": "$$.Task.Token", "command.$": "$.command"}},
+        "Parameters": {"QueueUrl": tokens_url, "MessageBody": {"token.$": "$$.Task.Token", "command.$": "$.command", "execution.$": "$$.Execution.Name"}},
         "End": true}}});
     let machine = sfn
         .create_state_machine()
@@ -280,21 +280,30 @@ async fn a_job_with_a_task_token_completes_or_fails_the_waiting_execution() {
         ("stopped", "sleep 60", "CANCELLED"),
     ] {
         let execution = run(name, command).await;
+        // Each token message is deleted once read: one left behind would come back after
+        // its visibility timeout, and a later round would report to an ended execution.
+        let sqs = h.stack.service.queues.client();
         let body = loop {
-            let out = h
-                .stack
-                .service
-                .queues
-                .client()
+            let out = sqs
                 .receive_message()
                 .queue_url(&tokens_url)
                 .wait_time_seconds(2)
                 .send()
                 .await
                 .must("ReceiveMessage");
-            if let Some(m) = out.messages().first() {
-                break serde_json::from_str::<Value>(m.body().unwrap_or("{}"))
-                    .must("the token message");
+            let Some(m) = out.messages().first() else {
+                continue;
+            };
+            sqs.delete_message()
+                .queue_url(&tokens_url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .must("DeleteMessage");
+            let body =
+                serde_json::from_str::<Value>(m.body().unwrap_or("{}")).must("the token message");
+            if body["execution"] == name {
+                break body;
             }
         };
         let token = body["token"].as_str().must("a task token");

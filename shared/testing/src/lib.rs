@@ -79,6 +79,7 @@ pub struct Response {
 
 impl Harness {
     pub async fn start(configure: impl FnOnce(&mut StackOptions)) -> Harness {
+        capture_warnings();
         let emulators = TestEmulators::get();
         let dir = scratch_dir("stack");
         let mut opts = StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir)
@@ -466,6 +467,17 @@ impl ManualClock {
 /// Poll `check` until it returns `Ok(value)`; after `timeout`, panic with `what` was
 /// awaited and the last thing `check` saw (its `Err`), so a failure says why. Polls every
 /// 200 ms.
+/// The stack's warnings and errors go to the test's captured output, so a failing test
+/// shows what the control plane complained about on its way there (`RUST_LOG` widens it).
+fn capture_warnings() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _already = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
