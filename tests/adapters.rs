@@ -332,6 +332,7 @@ async fn queue_round_trip_and_unknown_queue() {
             memory_mib: 64,
             gpu: 0,
             array_child: false,
+            windowed: false,
         })
         .collect();
     queues.send("default", &msgs).await.unwrap();

@@ -376,6 +376,7 @@ async fn duplicate_sqs_deliveries_run_each_task_once() {
             memory_mib: 512,
             gpu: 0,
             array_child: false,
+            windowed: false,
         });
     }
     // Twice more while every task runs (a copy of a message a worker holds), as SQS may

@@ -23,3 +23,4 @@ mod quotas;
 mod tenancy;
 mod tiers;
 mod triggers;
+mod windows;

@@ -35,6 +35,10 @@ pub struct TaskMessage {
     /// the job's template.
     #[serde(rename = "a", default, skip_serializing_if = "std::ops::Not::not")]
     pub array_child: bool,
+    /// Sent in a slot of its job's release window: a worker that finds nothing to run
+    /// for it (a second copy, a task cancelled while queued) gives the slot back.
+    #[serde(rename = "w", default, skip_serializing_if = "std::ops::Not::not")]
+    pub windowed: bool,
 }
 
 impl TaskMessage {
@@ -48,6 +52,7 @@ impl TaskMessage {
             memory_mib: task.memory_mib,
             gpu: task.gpu,
             array_child: task.index.is_some(),
+            windowed: false,
         }
     }
 }

@@ -47,6 +47,9 @@ pub struct Reconciled {
     pub abandoned: Vec<String>,
     /// Jobs whose ready tasks were sent again.
     pub resent_jobs: Vec<String>,
+    /// Windowed jobs given their whole window back (none of their messages waited)
+    /// with held tasks sent in it.
+    pub refilled_jobs: Vec<String>,
     pub dead_letters: usize,
     pub redriven: usize,
     /// Tasks failed because no worker would take them (job/task).
@@ -160,26 +163,33 @@ impl Reconciler<'_> {
                     None,
                 )
                 .await?;
-            jobs.extend(
-                page.jobs
-                    .into_iter()
-                    .filter(|j| !j.state.is_terminal() && !j.uncommitted && j.array.is_none()),
-            );
+            jobs.extend(page.jobs.into_iter().filter(|j| {
+                !j.state.is_terminal()
+                    && !j.uncommitted
+                    && (j.array.is_none() || j.release_window().is_some())
+            }));
         }
         for job in jobs {
-            let (counts, _, _) = self.store.job_counts(&job.job_id).await?;
-            if counts.get(TaskState::Runnable) == 0 {
-                continue;
-            }
             let own = WorkerPool::new(queue, &job.team, None).name();
             let pools = all_queues
                 .iter()
                 .filter(|n| **n == own || n.starts_with(&format!("{own}--")));
-            let mut messages = 0;
+            let (mut waiting, mut messages) = (0, 0);
             for p in pools {
                 let url = self.queues.url(p).await?;
                 let (visible, in_flight) = self.queues.depth(&url).await?;
+                waiting += visible;
                 messages += visible + in_flight;
+            }
+            if waiting == 0 {
+                self.repair_window(&job, out).await?;
+            }
+            if job.array.is_some() {
+                continue;
+            }
+            let (counts, _, _) = self.store.job_counts(&job.job_id).await?;
+            if counts.get(TaskState::Runnable) == 0 {
+                continue;
             }
             if messages == 0
                 && self
@@ -192,6 +202,48 @@ impl Reconciler<'_> {
                 out.resent_jobs.push(job.job_id);
             }
         }
+        Ok(())
+    }
+
+    /// None of a windowed job's messages waits in SQS, so every slot it took has come
+    /// back or leaked (a message sent twice is claimed once; a send cut off after its
+    /// take): give it its whole window back and send what it holds.
+    async fn repair_window(
+        &self,
+        job: &crate::domain::JobRecord,
+        out: &mut Reconciled,
+    ) -> Result<(), anyhow::Error> {
+        let Some(size) = job.release_window() else {
+            return Ok(());
+        };
+        let slots = self.store.slots(&job.job_id).await?;
+        if slots.free >= i64::from(size) && slots.held == 0 {
+            return Ok(());
+        }
+        self.store.reset_slots(&job.job_id, size).await?;
+        if self
+            .store
+            .recount_held(&job.job_id, job.shard_count)
+            .await?
+            == 0
+        {
+            return Ok(());
+        }
+        let window = crate::stream::window::Window {
+            size,
+            shard_count: job.shard_count,
+        };
+        let sent = crate::stream::window::refill(
+            self.store,
+            self.queues,
+            &job.job_id,
+            window,
+            i64::from(size),
+        )
+        .await?;
+        tracing::warn!(job_id = %job.job_id, free = slots.free, held = slots.held, sent,
+            "a windowed job had held tasks and no message waiting: its window is whole again");
+        out.refilled_jobs.push(job.job_id.clone());
         Ok(())
     }
 

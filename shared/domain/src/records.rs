@@ -44,6 +44,10 @@ pub struct JobRecord {
     pub notify: Notify,
     /// For a job opened for pages: what its pages have done.
     pub paging: Paging,
+    /// For a DAG job: how many of its ready tasks may wait in SQS at once (its release
+    /// window, see [`JobRecord::release_window`]). `None` for arrays, and for DAG jobs
+    /// stored before windows existed (their tasks are sent as they become ready).
+    pub dag_window: Option<u32>,
 }
 
 /// A job opened for pages (`open: true` in its spec): its tasks come in pages, each
@@ -86,6 +90,20 @@ impl JobRecord {
             dependents: Vec::new(),
             notify: Notify::default(),
             paging: Paging::default(),
+            dag_window: None,
+        }
+    }
+
+    /// How many of this job's ready tasks may wait in SQS at once, where tasks become
+    /// ready in any order (a DAG's, an N_TO_N array's children): the rest are held in the
+    /// table and sent as workers take the waiting ones, so no job's backlog sits in
+    /// front of another's. `None` where the job is paced otherwise (an array's dispatch
+    /// cursor, a SEQUENTIAL array's one child at a time) or not at all.
+    pub fn release_window(&self) -> Option<u32> {
+        match &self.array {
+            Some(a) if !a.n_to_n.is_empty() && !a.sequential => Some(a.window.max(1)),
+            Some(_) => None,
+            None => self.dag_window.map(|w| w.max(1)),
         }
     }
 }

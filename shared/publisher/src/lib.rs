@@ -292,7 +292,7 @@ impl Publisher {
                         }
                     }
                 }
-                Change::Work { .. } | Change::Other { .. } => {}
+                Change::Work { .. } | Change::SlotFreed { .. } | Change::Other { .. } => {}
             }
         }
         let mut published = Published::default();

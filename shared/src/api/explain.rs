@@ -82,7 +82,11 @@ impl Service {
                 };
                 let state = crate::domain::batch::unborn_child_state(&job);
                 self.job_reasons(&job, &mut reasons).await?;
-                if state == TaskState::Runnable && u64::from(index) >= job.dispatched {
+                if job.release_window().is_some() {
+                    if state == TaskState::Runnable {
+                        reasons.extend(self.window_reason(&job).await?);
+                    }
+                } else if state == TaskState::Runnable && u64::from(index) >= job.dispatched {
                     reasons.push(reason(
                         "WaitingForWindow",
                         format!(
@@ -102,6 +106,26 @@ impl Service {
             state,
             reasons,
         })
+    }
+
+    /// A windowed job holding ready tasks in the table until slots free (which of them
+    /// are held is not looked up: they are kept in bundles, not task by task).
+    async fn window_reason(&self, job: &JobRecord) -> Result<Option<Reason>, ApiError> {
+        let Some(window) = job.release_window() else {
+            return Ok(None);
+        };
+        let slots = self.store.slots(&job.job_id).await?;
+        if slots.held <= 0 {
+            return Ok(None);
+        }
+        Ok(Some(reason(
+            "WaitingForWindow",
+            format!(
+                "the job's release window is full: at most {window} of its tasks wait in SQS at once, and {} more are ready and held behind them (this one is queued or among them)",
+                slots.held
+            ),
+            json!({"window": window, "held": slots.held, "free": slots.free}),
+        )))
     }
 
     /// Why a job is where it is: its gates and window, its queue, and its pools.
@@ -295,6 +319,7 @@ impl Service {
             }
             TaskState::Runnable => {
                 self.job_reasons(job, out).await?;
+                out.extend(self.window_reason(job).await?);
                 let pool = WorkerPool::parse(task.pool_name()).unwrap_or_else(|| {
                     WorkerPool::for_task(&task.queue, &job.team, &task.tiers, task.tier)
                 });

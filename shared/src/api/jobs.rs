@@ -263,6 +263,7 @@ impl Service {
                 last_page_at: None,
                 page_edges: false,
             },
+            dag_window: Some(self.job_window),
             ..JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
         };
         self.write_and_commit(&job, &plan, idempotency_key, !spec.open)

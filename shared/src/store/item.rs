@@ -41,6 +41,16 @@ pub fn page_edge_sk(from: &str, to: &str) -> String {
 pub fn page_edge_prefix(from: &str) -> String {
     format!("E#{from}/")
 }
+/// Where a job's ready tasks wait while its release window is full: beside the shard's
+/// tasks (a walk of its tasks never reads them), in bundles.
+pub fn held_pk(job_id: &str, shard: u32) -> String {
+    format!("J#{job_id}#{shard}#H")
+}
+pub fn held_sk(bundle: &str) -> String {
+    format!("H#{bundle}")
+}
+/// A job's free release-window slots, in the job's partition.
+pub const SLOTS_SK: &str = "SLOTS";
 /// A page of an open job, in the job's partition.
 pub fn page_sk(page_id: &str) -> String {
     format!("P#{page_id}")
@@ -222,6 +232,9 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     if job.paging.page_edges {
         item.insert("page_edges".into(), AttributeValue::Bool(true));
     }
+    if let Some(w) = job.dag_window {
+        item.insert("dag_window".into(), n(w));
+    }
     if !job.notify.is_empty() {
         item.insert(
             "notify".into(),
@@ -301,6 +314,7 @@ pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
             last_page_at: r.opt_n("last_page_at")?,
             page_edges: r.bool("page_edges"),
         },
+        dag_window: r.opt_n("dag_window")?,
     })
 }
 
@@ -552,6 +566,21 @@ pub fn work_sk(kind: &str) -> String {
 pub fn is_work_item(item: &Item) -> bool {
     matches!(item.get("sk"), Some(AttributeValue::S(sk)) if sk.starts_with("W#"))
         && matches!(item.get("pk"), Some(AttributeValue::S(pk)) if pk.starts_with("J#"))
+}
+
+/// The job whose release-window slot a worker gave back in this change, if it is one
+/// (its slots item's `freed_at` moved).
+pub fn slot_freed(old: &Item, new: &Item) -> Option<String> {
+    if !matches!(new.get("sk"), Some(AttributeValue::S(sk)) if sk == SLOTS_SK) {
+        return None;
+    }
+    if new.get("freed_at").is_none() || new.get("freed_at") == old.get("freed_at") {
+        return None;
+    }
+    match new.get("pk") {
+        Some(AttributeValue::S(pk)) => pk.strip_prefix("J#").map(str::to_string),
+        _ => None,
+    }
 }
 
 /// Whether an item is a task item (by its sort key).

@@ -23,6 +23,7 @@ pub(crate) mod request;
 mod schema;
 mod tasks;
 pub mod teams;
+mod window;
 pub mod work;
 pub mod workers;
 
@@ -34,6 +35,7 @@ pub use jobs::{KeyClaim, KEY_HOLD_MS};
 pub use listing::{JobPage, JobQuery, ListAt, ListPosition, LIST_EXAMINE_LIMIT};
 pub use pages::{PageRecord, PageStart};
 pub use tasks::TaskPage;
+pub use window::{bundle_size, HeldBundle, HeldTask, Slots, BUNDLE};
 pub use work::{WorkCursor, WorkKind, WORK_PAGE};
 
 use item::*;

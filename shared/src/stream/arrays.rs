@@ -33,6 +33,7 @@ pub fn child_message(job: &JobRecord, index: u32) -> Option<TaskMessage> {
         memory_mib: a.template.memory_mib,
         gpu: a.template.tiers.first().map_or(0, |t| t.gpu),
         array_child: true,
+        windowed: false,
     })
 }
 
@@ -153,6 +154,16 @@ impl Fanout {
             .iter()
             .filter_map(|i| child_message(job, *i))
             .collect();
+        // An N_TO_N array's children become ready in any order: its window paces them.
+        if let Some(size) = job.release_window() {
+            let pool = first_pool(job);
+            let ready = messages.into_iter().map(|m| (pool.clone(), m)).collect();
+            let window = super::window::Window {
+                size,
+                shard_count: job.shard_count,
+            };
+            return self.admit(&job.job_id, window, ready).await;
+        }
         let chunks: Vec<Vec<TaskMessage>> = messages.chunks(10).map(|c| c.to_vec()).collect();
         stream::iter(chunks)
             .map(|chunk| async move { self.queues.send(&first_pool(job), &chunk).await })

@@ -9,11 +9,12 @@
 
 pub mod arrays;
 mod jobs;
+pub mod window;
 mod work;
 
 use crate::domain::JobRecord;
 use crate::domain::{JobState, TaskKind, TaskRecord, TaskState, TaskTransition, Usage};
-use crate::queue::{Queues, TaskMessage};
+use crate::queue::Queues;
 use crate::store::item::{is_job_item, is_task_item, job_from_item, task_from_item, Item};
 use crate::store::{RecordCounts, Store, StoreError};
 use aws_lambda_events::event::dynamodb::EventRecord;
@@ -50,6 +51,11 @@ pub enum Change {
         sequence_number: String,
         cursor: Box<crate::store::WorkCursor>,
     },
+    /// A worker gave a slot of this job's release window back: send a held task in it.
+    SlotFreed {
+        sequence_number: String,
+        job_id: String,
+    },
     /// Counter, marker and key items: nothing to do.
     Other {
         sequence_number: String,
@@ -62,6 +68,9 @@ impl Change {
             Change::Task(t) => &t.sequence_number,
             Change::Job(j) => &j.sequence_number,
             Change::Work {
+                sequence_number, ..
+            }
+            | Change::SlotFreed {
                 sequence_number, ..
             }
             | Change::Other { sequence_number } => sequence_number,
@@ -112,6 +121,14 @@ pub fn decode_record(record: &EventRecord) -> Result<Change, FanoutError> {
             sequence_number: seq,
             cursor: Box::new(cursor),
         });
+    }
+    if record.event_name != "REMOVE" {
+        if let Some(job_id) = crate::store::item::slot_freed(&old, &new) {
+            return Ok(Change::SlotFreed {
+                sequence_number: seq,
+                job_id,
+            });
+        }
     }
     if record.event_name == "REMOVE" || !is_task_item(&new) {
         return Ok(Change::Other {
@@ -232,6 +249,8 @@ struct JobShape {
     shard_count: u32,
     /// Some tasks have dependents in later pages, kept as items of their own.
     page_edges: bool,
+    /// Its release window, if its ready tasks are paced by one.
+    window: Option<window::Window>,
 }
 
 impl Fanout {
@@ -296,40 +315,14 @@ impl Fanout {
         // Enqueue runnable command tasks, grouped by pool, ten a request: those this
         // batch released, and those the stream shows becoming RUNNABLE otherwise
         // (submitted ready, retried, moved up a tier, released by the API).
-        let mut by_queue: BTreeMap<String, Vec<(usize, TaskMessage)>> = BTreeMap::new();
-        let from_stream = changes.iter().enumerate().filter_map(|(i, c)| match c {
-            Change::Task(t)
-                if became(t, TaskState::Runnable)
-                    && !(t.task.enqueued_on_release
-                        && matches!(t.old_state, Some(TaskState::Pending) | None)) =>
-            {
-                Some((i, &t.task))
-            }
-            _ => None,
-        });
-        for (i, task) in from_stream.chain(released_now.iter().map(|(i, t)| (*i, t))) {
-            if task.kind == TaskKind::Command {
-                by_queue
-                    .entry(task.pool_name().to_string())
-                    .or_default()
-                    .push((i, TaskMessage::for_task(task)));
-            }
+        // Claims of windowed tasks give their slots back first: held tasks (ready
+        // before anything this batch released) go out in them.
+        if let Err(failed) = self.give_back_claims(changes, &mut outcome).await {
+            first_failed = first_failed.min(failed);
         }
-        for (queue, msgs) in by_queue {
-            for chunk in msgs.chunks(10) {
-                let bodies: Vec<TaskMessage> = chunk.iter().map(|(_, m)| m.clone()).collect();
-                match self.queues.send(&queue, &bodies).await {
-                    Ok(()) => outcome.enqueued += bodies.len(),
-                    Err(e) => {
-                        // Retried from the earliest record any of these came from (the
-                        // chunk mixes released dependents with newly runnable tasks, in
-                        // no order): one a retry starts after would never be sent.
-                        tracing::warn!(error = %e, queue, "enqueue failed; will retry");
-                        let earliest = chunk.iter().map(|(i, _)| *i).min().unwrap_or(0);
-                        first_failed = first_failed.min(earliest);
-                    }
-                }
-            }
+
+        if let Err(failed) = self.send_ready(changes, &released_now, &mut outcome).await {
+            first_failed = first_failed.min(failed);
         }
 
         // Counts for the records that succeeded, once per job.
@@ -578,6 +571,10 @@ impl Fanout {
                 let shape = JobShape {
                     shard_count: j.shard_count,
                     page_edges: j.paging.page_edges,
+                    window: j.release_window().map(|size| window::Window {
+                        size,
+                        shard_count: j.shard_count,
+                    }),
                 };
                 // Until its commit a job may still gain page edges.
                 if !j.uncommitted {

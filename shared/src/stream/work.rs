@@ -7,7 +7,6 @@ use crate::domain::{JobState, TaskKind, TaskState};
 use crate::queue::TaskMessage;
 use crate::store::StoreError;
 use futures::{stream, StreamExt};
-use std::collections::BTreeMap;
 
 impl Fanout {
     /// One page of a job's paged work, then the cursor moved on (its record brings the
@@ -20,27 +19,23 @@ impl Fanout {
         if cursor.kind.by_index() {
             return self.index_page(cursor).await;
         }
-        let shard_count = self.shard_count(&cursor.job_id).await?;
-        let (tasks, next) = self.store.work_page(cursor, shard_count).await?;
+        let shape = self.job_shape(&cursor.job_id).await?;
+        let (tasks, next) = self.store.work_page(cursor, shape.shard_count).await?;
         let mut sent = 0;
         match cursor.kind {
             WorkKind::Enqueue => {
-                let mut by_pool: BTreeMap<String, Vec<TaskMessage>> = BTreeMap::new();
-                for t in tasks
+                let ready: Vec<(String, TaskMessage)> = tasks
                     .iter()
                     .filter(|t| t.kind == TaskKind::Command && t.state == TaskState::Runnable)
-                {
-                    by_pool
-                        .entry(t.pool_name().to_string())
-                        .or_default()
-                        .push(TaskMessage::for_task(t));
-                }
-                for (pool, msgs) in by_pool {
-                    for chunk in msgs.chunks(10) {
-                        self.queues.send(&pool, chunk).await?;
-                        sent += chunk.len();
+                    .map(|t| (t.pool_name().to_string(), TaskMessage::for_task(t)))
+                    .collect();
+                sent += match shape.window {
+                    Some(w) => self.admit(&cursor.job_id, w, ready).await?,
+                    None => {
+                        super::window::send_to_pools(&self.queues, &ready).await?;
+                        ready.len()
                     }
-                }
+                };
             }
             WorkKind::FailSequence | WorkKind::SweepNToN => {}
             WorkKind::Cancel => {

@@ -84,6 +84,12 @@ pub(super) async fn start(
                     .await;
                 return Started::Later;
             }
+            if m.windowed {
+                // The slot this message took frees no other way: nothing claims it.
+                if let Err(e) = ctx.store.give_back_unclaimed(&m.job_id).await {
+                    tracing::warn!(error = %e, job_id = %m.job_id, "giving a window slot back failed; the reconciler will");
+                }
+            }
             return drop();
         }
         Ok(Claim::Exhausted) => return drop(),

@@ -1,0 +1,426 @@
+//! Release windows: how many of a job's ready tasks may wait in SQS at once.
+//!
+//! A DAG's tasks (and an N_TO_N array's children) become ready in any order, released
+//! by whichever stream batch finishes their last dependency, so no cursor can pace them
+//! the way an array's dispatch cursor paces its children. A job with a window (see
+//! [`crate::domain::JobRecord::release_window`]) instead has an item of free slots:
+//!
+//! - **Taking.** Sending `k` of its tasks takes `k` slots (a conditional decrement that
+//!   never goes below zero; the first take creates the item with the whole window).
+//! - **Holding.** Ready tasks that find no slot are held: bundles of up to [`BUNDLE`]
+//!   messages with their pools (`J#<job>#<shard>#H`, `H#<hash of the bundle's task ids>`),
+//!   each put on condition that it is not held already, and counted in `held`.
+//! - **Giving back.** A worker's claim takes the task's message out of SQS; the stream
+//!   record of the claim gives the slot back, and the giver sends held tasks in the
+//!   freed slots. A bundle is taken out by deleting it (on condition that it is still
+//!   there, so two givers never both send it), then sent whole: a window may be overrun
+//!   by less than a bundle.
+//!
+//! Slots never exceed the window: a give-back that would (a stream record applied twice)
+//! stops at it. A slot can leak (a message sent twice is claimed once; a send cut off
+//! between its take and its message); the reconciler gives a job its whole window back
+//! when none of its pools has a message waiting.
+
+use super::item::*;
+use super::request::{send, send_if, send_if_current, CONFLICT_RETRIES};
+use super::{Store, StoreError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use futures::{stream, StreamExt, TryStreamExt};
+
+/// A task waiting for a slot of its job's window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldTask {
+    pub task_id: String,
+    pub shard: u32,
+    /// The pool whose queue it goes to.
+    pub pool: String,
+    /// Its message body, as it will be sent.
+    pub body: String,
+}
+
+/// Held tasks kept as one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBundle {
+    pub shard: u32,
+    pub sk: String,
+    pub tasks: Vec<HeldTask>,
+}
+
+/// The most tasks held per item: 25 messages of about 100 bytes are three write units to
+/// put and three to delete, where an item each would be 50.
+pub const BUNDLE: usize = 25;
+
+/// Tasks held per item for a window of `window`: a tenth of it, so sending a bundle whole
+/// overruns the window by under a tenth (a window of under 20 holds task by task).
+pub fn bundle_size(window: u32) -> usize {
+    (window as usize / 10).clamp(1, BUNDLE)
+}
+
+/// A job's slots item as last written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slots {
+    pub free: i64,
+    /// Tasks held (put and not yet taken back out).
+    pub held: i64,
+}
+
+fn slots_key(job_id: &str) -> Item {
+    key(job_pk(job_id), SLOTS_SK.into())
+}
+
+fn slots_of(item: &Item) -> Slots {
+    let r = Reader::new(item);
+    Slots {
+        free: r.opt_n("slots").ok().flatten().unwrap_or(0),
+        held: r.opt_n("held").ok().flatten().unwrap_or(0),
+    }
+}
+
+const HOLD_CONCURRENCY: usize = 16;
+
+impl Store {
+    /// Take up to `want` free slots of a job's window (`window` of them the first time).
+    /// How many were taken: fewer than asked when fewer are free.
+    pub async fn take_slots(
+        &self,
+        job_id: &str,
+        window: u32,
+        want: u32,
+    ) -> Result<u32, StoreError> {
+        let mut k = want.min(window);
+        for _ in 0..CONFLICT_RETRIES {
+            if k == 0 {
+                return Ok(0);
+            }
+            let r = send_if_current(
+                self.ddb
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(slots_key(job_id)))
+                    .update_expression("SET slots = if_not_exists(slots, :w) - :k, slot_limit = :w")
+                    .condition_expression("attribute_not_exists(slots) OR slots >= :k")
+                    .expression_attribute_values(":w", n(window))
+                    .expression_attribute_values(":k", n(k))
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    ),
+            )
+            .await?;
+            match r {
+                Ok(_) => return Ok(k),
+                Err(current) => {
+                    let free = current.as_ref().map_or(0, |c| slots_of(c).free);
+                    k = k.min(u32::try_from(free.max(0)).unwrap_or(0));
+                }
+            }
+        }
+        Ok(0)
+    }
+
+    /// Give `count` slots back, never above the window. The item as it is after.
+    pub async fn give_slots(
+        &self,
+        job_id: &str,
+        window: u32,
+        count: u32,
+    ) -> Result<Slots, StoreError> {
+        if count == 0 {
+            return self.slots(job_id).await;
+        }
+        let limit = i64::from(window) - i64::from(count);
+        for _ in 0..CONFLICT_RETRIES {
+            let r = send_if_current(
+                self.ddb
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(slots_key(job_id)))
+                    .update_expression("SET slots = slots + :k")
+                    .condition_expression("slots <= :limit")
+                    .expression_attribute_values(":k", n(count))
+                    .expression_attribute_values(":limit", n(limit))
+                    .return_values(ReturnValue::AllNew)
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    ),
+            )
+            .await?;
+            let current = match r {
+                Ok(out) => return Ok(out.attributes().map(slots_of).unwrap_or_default()),
+                Err(Some(current)) => slots_of(&current),
+                // Never taken from: the window is whole.
+                Err(None) => return Ok(Slots::default()),
+            };
+            // Within `count` of the window: fill it, unless a take got in between.
+            let filled = send_if(
+                self.ddb
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(slots_key(job_id)))
+                    .update_expression("SET slots = :w")
+                    .condition_expression("slots = :seen")
+                    .expression_attribute_values(":w", n(window))
+                    .expression_attribute_values(":seen", n(current.free))
+                    .return_values(ReturnValue::AllNew),
+            )
+            .await?;
+            if let Some(out) = filled {
+                return Ok(out.attributes().map(slots_of).unwrap_or_default());
+            }
+        }
+        self.slots(job_id).await
+    }
+
+    /// A worker found nothing to run for a message sent in a slot (a second copy of it,
+    /// or its task cancelled while it waited): the slot comes back, never above the
+    /// window, and `freed_at` tells the fanout to send a held task in it. Whether it did.
+    pub async fn give_back_unclaimed(&self, job_id: &str) -> Result<bool, StoreError> {
+        Ok(send_if(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(slots_key(job_id)))
+                .update_expression("SET slots = slots + :one, freed_at = :now")
+                .condition_expression("slots < slot_limit")
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":now", n(self.now())),
+        )
+        .await?
+        .is_some())
+    }
+
+    /// Give a job its whole window back (the reconciler, when none of its messages waits).
+    pub async fn reset_slots(&self, job_id: &str, window: u32) -> Result<(), StoreError> {
+        send(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(slots_key(job_id)))
+                .update_expression("SET slots = :w")
+                .expression_attribute_values(":w", n(window)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A job's slots item (all zero before its first take).
+    pub async fn slots(&self, job_id: &str) -> Result<Slots, StoreError> {
+        let out = send(
+            self.ddb
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(slots_key(job_id)))
+                .consistent_read(true),
+        )
+        .await?;
+        Ok(out.item().map(slots_of).unwrap_or_default())
+    }
+
+    /// Hold tasks until slots free up, in bundles of `bundle` (at most [`BUNDLE`]; a bundle is one
+    /// item, so holding costs about a write unit per kilobyte of messages, not one per
+    /// task). A bundle's key is a hash of its tasks and it is put only if absent, so a
+    /// retried batch holding the same tasks again adds nothing. How many were new.
+    pub async fn hold_tasks(
+        &self,
+        job_id: &str,
+        bundle: usize,
+        tasks: &[HeldTask],
+    ) -> Result<u32, StoreError> {
+        let mut tasks = tasks.to_vec();
+        tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        let bundles: Vec<Vec<HeldTask>> = tasks
+            .chunks(bundle.clamp(1, BUNDLE))
+            .map(<[HeldTask]>::to_vec)
+            .collect();
+        let put: Vec<u32> = stream::iter(bundles)
+            .map(|bundle| async move {
+                let ids: Vec<&str> = bundle.iter().map(|t| t.task_id.as_str()).collect();
+                let name = format!("{:016x}", crate::domain::ids::stable_hash(&ids.join("/")));
+                let mut item = key(held_pk(job_id, bundle[0].shard), held_sk(&name));
+                let wire: Vec<(&str, &str, u32, &str)> = bundle
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.task_id.as_str(),
+                            t.pool.as_str(),
+                            t.shard,
+                            t.body.as_str(),
+                        )
+                    })
+                    .collect();
+                item.insert(
+                    "tasks".into(),
+                    s(serde_json::to_string(&wire).unwrap_or_default()),
+                );
+                item.insert("count".into(), n(bundle.len()));
+                let put = send_if(
+                    self.ddb
+                        .put_item()
+                        .table_name(&self.table)
+                        .set_item(Some(item))
+                        .condition_expression("attribute_not_exists(pk)"),
+                )
+                .await?;
+                Ok::<u32, StoreError>(if put.is_some() {
+                    bundle.len() as u32
+                } else {
+                    0
+                })
+            })
+            .buffer_unordered(HOLD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let new: u32 = put.iter().sum();
+        self.count_held(job_id, i64::from(new)).await?;
+        Ok(new)
+    }
+
+    async fn count_held(&self, job_id: &str, delta: i64) -> Result<(), StoreError> {
+        if delta == 0 {
+            return Ok(());
+        }
+        send(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(slots_key(job_id)))
+                .update_expression("ADD held :d")
+                .expression_attribute_values(":d", n(delta)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` bundles of held tasks of a job, from shard `from` on (round the
+    /// shards).
+    pub async fn held_bundles(
+        &self,
+        job_id: &str,
+        shard_count: u32,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<HeldBundle>, StoreError> {
+        let mut found = Vec::new();
+        let shards = shard_count.max(1);
+        for i in 0..shards {
+            if found.len() >= limit {
+                break;
+            }
+            let shard = (from + i) % shards;
+            let out = send(
+                self.ddb
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", s(held_pk(job_id, shard)))
+                    .limit(i32::try_from(limit - found.len()).unwrap_or(i32::MAX))
+                    .consistent_read(true),
+            )
+            .await?;
+            for item in out.items() {
+                let r = Reader::new(item);
+                let (Ok(sk), Ok(json)) = (r.req_s("sk"), r.req_s("tasks")) else {
+                    continue;
+                };
+                let wire: Vec<(String, String, u32, String)> =
+                    serde_json::from_str(&json).unwrap_or_default();
+                found.push(HeldBundle {
+                    shard,
+                    sk,
+                    tasks: wire
+                        .into_iter()
+                        .map(|(task_id, pool, shard, body)| HeldTask {
+                            task_id,
+                            shard,
+                            pool,
+                            body,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Take a bundle out to send it: deleted on condition that it is still held, so of
+    /// two givers reading it at once only one sends it. Whether this call took it.
+    pub async fn unhold_bundle(
+        &self,
+        job_id: &str,
+        bundle: &HeldBundle,
+    ) -> Result<bool, StoreError> {
+        let gone = send_if(
+            self.ddb
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(held_pk(job_id, bundle.shard), bundle.sk.clone())))
+                .condition_expression("attribute_exists(pk)"),
+        )
+        .await?;
+        if gone.is_some() {
+            self.count_held(job_id, -(bundle.tasks.len() as i64))
+                .await?;
+        }
+        Ok(gone.is_some())
+    }
+
+    /// Spend `count` slots on a bundle just taken out: it goes out whole, so the window
+    /// may go below zero by less than a bundle. Free slots after.
+    pub async fn spend_slots(
+        &self,
+        job_id: &str,
+        window: u32,
+        count: u32,
+    ) -> Result<i64, StoreError> {
+        let out = send(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(slots_key(job_id)))
+                .update_expression("SET slots = if_not_exists(slots, :w) - :k, slot_limit = :w")
+                .expression_attribute_values(":w", n(window))
+                .expression_attribute_values(":k", n(count))
+                .return_values(ReturnValue::UpdatedNew),
+        )
+        .await?;
+        Ok(out.attributes().map_or(0, |a| slots_of(a).free))
+    }
+
+    /// How many tasks a job holds, counted bundle by bundle (the reconciler's check of
+    /// `held`), and the count written back.
+    pub async fn recount_held(&self, job_id: &str, shard_count: u32) -> Result<i64, StoreError> {
+        let mut total = 0i64;
+        for shard in 0..shard_count.max(1) {
+            let items = self
+                .query_all(|| {
+                    self.ddb
+                        .query()
+                        .key_condition_expression("pk = :pk")
+                        .expression_attribute_values(":pk", s(held_pk(job_id, shard)))
+                        .projection_expression("#c")
+                        .expression_attribute_names("#c", "count")
+                        .consistent_read(true)
+                })
+                .await?;
+            total += items
+                .iter()
+                .map(|it| {
+                    Reader::new(it)
+                        .opt_n::<i64>("count")
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                })
+                .sum::<i64>();
+        }
+        send(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(slots_key(job_id)))
+                .update_expression("SET held = :h")
+                .expression_attribute_values(":h", AttributeValue::N(total.to_string())),
+        )
+        .await?;
+        Ok(total)
+    }
+}

@@ -1,0 +1,219 @@
+//! Release windows: a DAG's ready tasks (and an N_TO_N array's children) wait in SQS no
+//! more than their job's window at once; the rest are held in the table and go out as
+//! workers claim the waiting ones, so a job submitted later is not queued behind a big
+//! job's backlog. Slots that leak come back through the reconciler.
+
+use batchplane::store::HeldTask;
+use batchplane_testing::{attempts, test_store, wait_for, Harness, Must, TestEmulators};
+use serde_json::json;
+use std::time::Duration;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const POOL: &str = "default--t-default";
+
+fn independent(name: &str, n: usize, command: &str) -> String {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| json!({"id": format!("t{i}"), "command": ["sh", "-c", command]}))
+        .collect();
+    json!({"name": name, "tasks": tasks}).to_string()
+}
+
+/// Messages waiting (visible) in the default pool's queue.
+async fn waiting(h: &Harness) -> u64 {
+    let queues = &h.stack.service.queues;
+    let url = queues.url(POOL).await.must("the pool's queue");
+    queues.depth(&url).await.must("the queue's depth").0
+}
+
+async fn counted(h: &Harness, job: &str, state: &str) -> u64 {
+    h.job(job).await["task_counts"][state].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dag_waits_in_sqs_no_more_than_its_window_and_runs_every_task_once() {
+    let mut h = Harness::start(|o| {
+        o.workers = 0;
+        o.job_window = 4;
+    })
+    .await;
+    let store = h.stack.service.store.clone();
+    let job = h.submit(&independent("wide", 30, "sleep 0.1")).await;
+    // No worker yet: four messages go out, the other 26 tasks are held.
+    let slots = wait_for("26 tasks held", MINUTE, || async {
+        let s = store.slots(&job).await.must("the job's slots");
+        (s.held == 26).then_some(s).ok_or(format!("{s:?}"))
+    })
+    .await;
+    assert_eq!(slots.free, 0, "{slots:?}");
+    assert_eq!(waiting(&h).await, 4);
+    assert_eq!(h.job(&job).await["task_counts"]["RUNNABLE"], 30);
+    let why = h.explain(&job, "t7").await;
+    assert!(
+        why["reasons"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["code"] == "WaitingForWindow"
+                && r["details"]["held"] == 26
+                && r["details"]["window"] == 4)),
+        "{why}"
+    );
+
+    h.stack.spawn_worker().await.must("a worker");
+    let mut most = 0;
+    while h.job(&job).await["state"] != "SUCCEEDED" {
+        most = most.max(waiting(&h).await);
+        assert!(most <= 4, "{most} messages waited with a window of 4");
+        assert_ne!(h.job(&job).await["state"], "FAILED");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..30 {
+        let t = h.task(&job, &format!("t{i}")).await;
+        assert_eq!(attempts(&t).len(), 1, "{t}");
+    }
+    let end = store.slots(&job).await.must("the job's slots");
+    assert_eq!((end.free, end.held), (4, 0), "every slot came back");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_behind_a_big_one_is_not_queued_behind_its_backlog() {
+    let mut h = Harness::start(|o| {
+        o.workers = 0;
+        o.job_window = 10;
+    })
+    .await;
+    let store = h.stack.service.store.clone();
+    let big = h.submit(&independent("big", 100, "sleep 0.2")).await;
+    wait_for("the big job's backlog held", MINUTE, || async {
+        let s = store.slots(&big).await.must("the job's slots");
+        (s.held == 90).then_some(()).ok_or(format!("{s:?}"))
+    })
+    .await;
+    let small = h.submit(&independent("small", 1, "true")).await;
+    wait_for("the small job's message", MINUTE, || async {
+        let n = waiting(&h).await;
+        (n == 11).then_some(()).ok_or(format!("{n} waiting"))
+    })
+    .await;
+    h.stack.spawn_worker().await.must("a worker");
+    let done = h.wait(&small, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    // Sent at once behind ten of the big job's, not behind its 100.
+    let big_done = counted(&h, &big, "SUCCEEDED").await;
+    assert!(
+        big_done < 50,
+        "the small job ended after {big_done} of the big job's tasks"
+    );
+    assert_eq!(h.wait(&big, 3 * MINUTE).await["state"], "SUCCEEDED");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_n_to_n_successor_goes_through_its_window_and_gives_every_slot_back() {
+    let h = Harness::start(|o| o.job_window = 3).await;
+    let a = h
+        .submit(r#"{"name": "first", "array_size": 20, "command": ["true"], "cpu": 0.5}"#)
+        .await;
+    let b = h
+        .submit(&format!(
+            r#"{{"name": "second", "array_size": 20, "command": ["true"], "cpu": 0.5,
+                "depends_on": [{{"job": "{a}", "type": "N_TO_N"}}]}}"#
+        ))
+        .await;
+    let second = h.wait(&b, 2 * MINUTE).await;
+    assert_eq!(second["state"], "SUCCEEDED", "{second}");
+    assert_eq!(second["task_counts"]["SUCCEEDED"], 20, "{second}");
+    let store = &h.stack.service.store;
+    let slots = store.slots(&b).await.must("the successor's slots");
+    assert_eq!((slots.free, slots.held), (3, 0), "{slots:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaked_slots_and_lost_messages_are_made_good_by_the_reconciler() {
+    let mut h = Harness::start(|o| {
+        o.workers = 0;
+        o.job_window = 2;
+        o.reconcile_every_seconds = 1;
+    })
+    .await;
+    let store = h.stack.service.store.clone();
+    let job = h.submit(&independent("leaky", 6, "true")).await;
+    wait_for("four held", MINUTE, || async {
+        let s = store.slots(&job).await.must("the job's slots");
+        (s.held == 4).then_some(()).ok_or(format!("{s:?}"))
+    })
+    .await;
+    // Both sent messages vanish unclaimed: their slots never come back by a claim, and
+    // their tasks stay RUNNABLE with no message anywhere.
+    let queues = &h.stack.service.queues;
+    let url = queues.url(POOL).await.must("the pool's queue");
+    let mut lost = 0;
+    while lost < 2 {
+        let got = queues
+            .receive(&url, 10, Duration::from_secs(1), Duration::from_secs(300))
+            .await
+            .must("receiving");
+        let receipts: Vec<String> = got.iter().map(|d| d.receipt_handle.clone()).collect();
+        queues.delete(&url, &receipts).await.must("deleting");
+        lost += receipts.len();
+    }
+    h.stack.spawn_worker().await.must("a worker");
+    let done = h.wait(&job, 2 * MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    for i in 0..6 {
+        assert_eq!(attempts(&h.task(&job, &format!("t{i}")).await).len(), 1);
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_stay_within_the_window_and_a_held_task_is_taken_out_once() {
+    let store = test_store(&TestEmulators::get(), "windows").await;
+    let job = "j-window";
+    assert_eq!(store.take_slots(job, 5, 3).await.must("take"), 3);
+    assert_eq!(store.take_slots(job, 5, 3).await.must("take"), 2);
+    assert_eq!(store.take_slots(job, 5, 1).await.must("take"), 0);
+    // Given back twice over (a record applied twice): never above the window.
+    for _ in 0..3 {
+        store.give_slots(job, 5, 4).await.must("give");
+    }
+    assert_eq!(store.slots(job).await.must("slots").free, 5);
+
+    let held: Vec<HeldTask> = (0..60)
+        .map(|i| HeldTask {
+            task_id: format!("t{i:02}"),
+            shard: i % 4,
+            pool: POOL.into(),
+            body: format!("{{\"t\": \"t{i:02}\"}}"),
+        })
+        .collect();
+    assert_eq!(store.hold_tasks(job, 25, &held).await.must("hold"), 60);
+    // Held again (a retried batch): nothing new, nothing counted twice.
+    assert_eq!(store.hold_tasks(job, 25, &held).await.must("hold"), 0);
+    assert_eq!(store.slots(job).await.must("slots").held, 60);
+    // Three bundles (25, 25, 10), each with its tasks' messages and pools.
+    let found = store.held_bundles(job, 4, 3, 100).await.must("held");
+    let mut sizes: Vec<usize> = found.iter().map(|b| b.tasks.len()).collect();
+    sizes.sort();
+    assert_eq!(sizes, [10, 25, 25]);
+    let mut ids: Vec<&str> = found
+        .iter()
+        .flat_map(|b| b.tasks.iter().map(|t| t.task_id.as_str()))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        held.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>()
+    );
+    // Two givers take the same bundles out at once: each goes to one of them.
+    let mut taken = 0;
+    for b in &found {
+        let (a, c) = tokio::join!(store.unhold_bundle(job, b), store.unhold_bundle(job, b));
+        let (a, c) = (a.must("unhold"), c.must("unhold"));
+        assert!(a != c, "taken by both or neither");
+        taken += b.tasks.len();
+    }
+    assert_eq!(taken, 60);
+    assert_eq!(store.slots(job).await.must("slots").held, 0);
+    assert_eq!(store.recount_held(job, 4).await.must("recount"), 0);
+}
