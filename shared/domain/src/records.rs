@@ -98,13 +98,17 @@ impl JobRecord {
     /// ready in any order (a DAG's, an N_TO_N array's children): the rest are held in the
     /// table and sent as workers take the waiting ones, so no job's backlog sits in
     /// front of another's. `None` where the job is paced otherwise (an array's dispatch
-    /// cursor, a SEQUENTIAL array's one child at a time) or not at all.
+    /// cursor, a SEQUENTIAL array's one child at a time), not at all, or need not be: a
+    /// job of no more tasks than its window can never have more waiting, so it pays
+    /// nothing for one (its total is read at its commit: tasks a running job adds later
+    /// do not make it windowed).
     pub fn release_window(&self) -> Option<u32> {
-        match &self.array {
+        let window = match &self.array {
             Some(a) if !a.n_to_n.is_empty() && !a.sequential => Some(a.window.max(1)),
             Some(_) => None,
             None => self.dag_window.map(|w| w.max(1)),
-        }
+        }?;
+        (self.total_tasks > u64::from(window)).then_some(window)
     }
 }
 

@@ -8,8 +8,9 @@
 //! - **Taking.** Sending `k` of its tasks takes `k` slots (a conditional decrement that
 //!   never goes below zero; the first take creates the item with the whole window).
 //! - **Holding.** Ready tasks that find no slot are held: bundles of up to [`BUNDLE`]
-//!   messages with their pools (`J#<job>#<shard>#H`, `H#<hash of the bundle's task ids>`),
-//!   each put on condition that it is not held already, and counted in `held`.
+//!   messages with their pools (`J#<job>#<shard>#H`, `H#<time>-<hash of its task ids>`,
+//!   oldest first), each put on condition that it is not held already, and counted in
+//!   `held`.
 //! - **Giving back.** A worker's claim takes the task's message out of SQS; the stream
 //!   record of the claim gives the slot back, and the giver sends held tasks in the
 //!   freed slots. A bundle is taken out by deleting it (on condition that it is still
@@ -217,8 +218,11 @@ impl Store {
 
     /// Hold tasks until slots free up, in bundles of `bundle` (at most [`BUNDLE`]; a bundle is one
     /// item, so holding costs about a write unit per kilobyte of messages, not one per
-    /// task). A bundle's key is a hash of its tasks and it is put only if absent, so a
-    /// retried batch holding the same tasks again adds nothing. How many were new.
+    /// task). A bundle's key is the time and a hash of its tasks, put only if absent: held
+    /// again in the same millisecond (a refill putting back what it could not send) it
+    /// adds nothing; held again later (a retried batch) it is a second copy, whose
+    /// messages a worker finds nothing to claim for and gives their slots back. How many
+    /// were new.
     pub async fn hold_tasks(
         &self,
         job_id: &str,
@@ -227,6 +231,7 @@ impl Store {
     ) -> Result<u32, StoreError> {
         let mut tasks = tasks.to_vec();
         tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        let now = self.now();
         let bundles: Vec<Vec<HeldTask>> = tasks
             .chunks(bundle.clamp(1, BUNDLE))
             .map(<[HeldTask]>::to_vec)
@@ -234,7 +239,12 @@ impl Store {
         let put: Vec<u32> = stream::iter(bundles)
             .map(|bundle| async move {
                 let ids: Vec<&str> = bundle.iter().map(|t| t.task_id.as_str()).collect();
-                let name = format!("{:016x}", crate::domain::ids::stable_hash(&ids.join("/")));
+                // Oldest first within a shard: a query reads bundles in the order they
+                // were held.
+                let name = format!(
+                    "{now:013}-{:016x}",
+                    crate::domain::ids::stable_hash(&ids.join("/"))
+                );
                 let mut item = key(held_pk(job_id, bundle[0].shard), held_sk(&name));
                 let wire: Vec<(&str, &str, u32, &str)> = bundle
                     .iter()

@@ -101,6 +101,14 @@ pub async fn refill(
     window: Window,
     mut free: i64,
 ) -> Result<usize, FanoutError> {
+    if free <= 0 {
+        return Ok(0);
+    }
+    // A job ended or being cancelled runs nothing more: what it holds stays held.
+    match store.get_job(job_id).await? {
+        Some(job) if !job.state.is_terminal() && !job.cancel_requested => {}
+        _ => return Ok(0),
+    }
     // Each call starts at a shard of its own, so givers of one job running at once
     // mostly read different bundles.
     let from = fastrand::u32(0..window.shard_count.max(1));
