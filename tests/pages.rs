@@ -312,7 +312,7 @@ async fn an_addition_with_a_wide_fan_in_counts_only_its_own_tasks() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    let done = h.wait(&job, MINUTE).await;
+    let done = h.wait(&job, 3 * MINUTE).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     assert_eq!(done["total_tasks"], 103, "{done}");
     h.shutdown().await;

@@ -95,7 +95,7 @@ async fn a_job_submitted_behind_a_big_one_is_not_queued_behind_its_backlog() {
     })
     .await;
     h.stack.spawn_worker().await.must("a worker");
-    let done = h.wait(&small, MINUTE).await;
+    let done = h.wait(&small, 2 * MINUTE).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     // Sent at once behind ten of the big job's, not behind its 100.
     let big_done = counted(&h, &big, "SUCCEEDED").await;
