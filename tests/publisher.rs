@@ -69,12 +69,19 @@ fn assert_lifecycle(seq: &[String], must: &[&str], last: &str) {
     assert_eq!(seq.last().map(String::as_str), Some(last), "{seq:?}");
 }
 
-/// Every message on the queue until it has been quiet for `quiet`.
-async fn drain(h: &Harness, url: &str, quiet: Duration) -> Vec<Value> {
+/// Every message on the queue until `complete` says what came is whole and the queue has
+/// then been quiet for `quiet` (so a late duplicate would still show), or a minute passed.
+async fn drain(
+    h: &Harness,
+    url: &str,
+    quiet: Duration,
+    complete: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let sqs = h.stack.service.queues.client();
     let mut got = Vec::new();
     let mut last = Instant::now();
-    while last.elapsed() < quiet {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (last.elapsed() < quiet || !complete(&got)) && Instant::now() < deadline {
         let out = sqs
             .receive_message()
             .queue_url(url)
@@ -148,7 +155,19 @@ async fn every_transition_is_published_once_and_task_events_only_when_asked() {
     for j in [&chatty, &quiet] {
         h.wait(j, Duration::from_secs(60)).await;
     }
-    let events = drain(&h, &url, Duration::from_secs(4)).await;
+    // The publisher follows the stream on a poller of its own and may trail the jobs'
+    // ends by seconds on a loaded machine: wait for both final events.
+    let ended = |events: &[Value], job: &str, status: &str| {
+        events.iter().any(|e| {
+            e["detail-type"] == "Job State Change"
+                && e["detail"]["jobId"] == job
+                && e["detail"]["status"] == status
+        })
+    };
+    let events = drain(&h, &url, Duration::from_secs(4), |got| {
+        ended(got, &chatty, "SUCCEEDED") && ended(got, &quiet, "FAILED")
+    })
+    .await;
     assert!(events.iter().all(|e| e["source"] == "batchplane"));
 
     // No transition twice, though every stream batch was delivered twice.
