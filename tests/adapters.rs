@@ -346,7 +346,7 @@ async fn queue_round_trip_and_unknown_queue() {
             break;
         }
         let receipts: Vec<String> = batch.iter().map(|d| d.receipt_handle.clone()).collect();
-        got.extend(batch.into_iter().map(|d| d.message.unwrap()));
+        got.extend(batch.into_iter().flat_map(|d| d.tasks));
         queues.delete(&url, &receipts).await.unwrap();
     }
     got.sort_by_key(|m| m.task_id.clone());

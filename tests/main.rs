@@ -15,6 +15,7 @@ mod images;
 mod isolation;
 mod listing;
 mod logs;
+mod packs;
 mod paged_work;
 mod pages;
 mod placement;

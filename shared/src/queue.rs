@@ -2,6 +2,12 @@
 //! tier's shape: see [`crate::domain::tiers::WorkerPool`]), carrying references to
 //! runnable tasks. A message says which task; the task item says everything else, and
 //! the claim in DynamoDB decides who runs it, so a duplicate message is harmless.
+//!
+//! A message may carry several tasks of one pool (a *pack*, see [`packs`]): a send of
+//! many tasks costs a tenth of the messages, receives and deletes. A worker claims each
+//! task of a pack on its own and deletes the message once every task in it is accounted
+//! for, so a pack whose worker dies comes back whole and its finished tasks are dropped
+//! as any duplicate is.
 
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
@@ -61,13 +67,64 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// Tasks one message carries, at most.
+pub const PACK: usize = 10;
+/// A send of at most this many tasks goes out one task a message, and a larger one in at
+/// least this many messages, so a handful of ready tasks spreads over as many workers
+/// as it can (a pack goes to one worker).
+pub const SPREAD: usize = 10;
+/// Tasks that fit one SendMessageBatch request when fully packed: callers that send in
+/// chunks (to retry a chunk on its own) chunk by this.
+pub const SEND_CHUNK: usize = PACK * 10;
+
+/// How a send of these tasks is cut into messages: at least `min(n, SPREAD)` messages,
+/// at most [`PACK`] tasks each, sizes as even as they can be, order kept.
+pub fn packs(messages: &[TaskMessage]) -> Vec<&[TaskMessage]> {
+    let n = messages.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let count = n.div_ceil(PACK).max(n.min(SPREAD));
+    let (base, extra) = (n / count, n % count);
+    let mut out = Vec::with_capacity(count);
+    let mut at = 0;
+    for i in 0..count {
+        let len = base + usize::from(i < extra);
+        out.push(&messages[at..at + len]);
+        at += len;
+    }
+    out
+}
+
+/// A message's body: one task as an object (as every message was before packs), several
+/// as an array of them.
+pub fn encode(pack: &[TaskMessage]) -> String {
+    match pack {
+        [one] => serde_json::to_string(one),
+        many => serde_json::to_string(many),
+    }
+    .unwrap_or_default()
+}
+
+/// The tasks a message's body carries; empty when it is not a task message at all.
+pub fn decode(body: &str) -> Vec<TaskMessage> {
+    if body.trim_start().starts_with('[') {
+        serde_json::from_str(body).unwrap_or_default()
+    } else {
+        serde_json::from_str(body)
+            .map(|m| vec![m])
+            .unwrap_or_default()
+    }
+}
+
 /// A received message.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The queue it came from (where it is deleted or handed back).
     pub queue_url: String,
     pub receipt_handle: String,
-    pub message: Option<TaskMessage>,
+    /// The tasks it carries (one, or a pack); empty if the body is unreadable.
+    pub tasks: Vec<TaskMessage>,
     pub body: String,
     pub receive_count: u32,
 }
@@ -294,12 +351,13 @@ impl Queues {
         self.create(&name, Duration::from_secs(visibility)).await
     }
 
-    /// Send task messages, ten a request, retrying entries SQS reports as failed.
+    /// Send tasks to a pool, packed (see [`packs`]) ten messages a request, retrying
+    /// entries SQS reports as failed.
     pub async fn send(&self, queue: &str, messages: &[TaskMessage]) -> Result<(), QueueError> {
         self.send_delayed(queue, messages, Duration::ZERO).await
     }
 
-    /// Send task messages that become visible only after `delay` (at most 15 minutes).
+    /// Send tasks that become visible only after `delay` (at most 15 minutes).
     pub async fn send_delayed(
         &self,
         queue: &str,
@@ -307,10 +365,22 @@ impl Queues {
         delay: Duration,
     ) -> Result<(), QueueError> {
         let url = self.url(queue).await?;
+        self.send_to_url(&url, messages, delay).await
+    }
+
+    /// [`Queues::send_delayed`] to a queue known by its URL (a worker handing back part
+    /// of a pack it received).
+    pub async fn send_to_url(
+        &self,
+        url: &str,
+        messages: &[TaskMessage],
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         let delay = delay.as_secs().min(900) as i32;
-        let sends = messages
+        let bodies: Vec<String> = packs(messages).into_iter().map(encode).collect();
+        let sends = bodies
             .chunks(10)
-            .map(|chunk| self.send_batch(&url, chunk, delay));
+            .map(|chunk| self.send_batch(url, chunk, delay));
         futures::future::try_join_all(sends).await?;
         Ok(())
     }
@@ -318,13 +388,13 @@ impl Queues {
     async fn send_batch(
         &self,
         url: &str,
-        chunk: &[TaskMessage],
+        chunk: &[String],
         delay_seconds: i32,
     ) -> Result<(), QueueError> {
-        let mut pending: Vec<(String, String)> = chunk
+        let mut pending: Vec<(String, &String)> = chunk
             .iter()
             .enumerate()
-            .map(|(i, m)| (i.to_string(), serde_json::to_string(m).unwrap_or_default()))
+            .map(|(i, body)| (i.to_string(), body))
             .collect();
         for round in 0..5 {
             let entries = pending
@@ -332,7 +402,7 @@ impl Queues {
                 .map(|(id, body)| {
                     SendMessageBatchRequestEntry::builder()
                         .id(id)
-                        .message_body(body)
+                        .message_body(body.as_str())
                         .set_delay_seconds((delay_seconds > 0).then_some(delay_seconds))
                         .build()
                         .map_err(|source| QueueError::Build {
@@ -395,7 +465,7 @@ impl Queues {
                 Delivery {
                     queue_url: url.to_string(),
                     receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
-                    message: serde_json::from_str(&body).ok(),
+                    tasks: decode(&body),
                     receive_count: m
                         .attributes()
                         .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
@@ -562,5 +632,59 @@ impl Queues {
             get(QueueAttributeName::ApproximateNumberOfMessages),
             get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(i: usize) -> TaskMessage {
+        TaskMessage {
+            job_id: "j".into(),
+            task_id: format!("t{i}"),
+            shard: 3,
+            cpu_milli: 250,
+            memory_mib: 64,
+            gpu: 0,
+            array_child: false,
+            windowed: i.is_multiple_of(2),
+        }
+    }
+
+    #[test]
+    fn a_few_tasks_go_one_a_message_and_many_in_packs() {
+        let sizes = |n: usize| {
+            let tasks: Vec<TaskMessage> = (0..n).map(task).collect();
+            let packs = packs(&tasks);
+            let flat: Vec<TaskMessage> = packs.iter().flat_map(|p| p.to_vec()).collect();
+            assert_eq!(flat, tasks, "order and content kept for {n}");
+            packs.iter().map(|p| p.len()).collect::<Vec<_>>()
+        };
+        assert!(sizes(0).is_empty());
+        assert_eq!(sizes(1), vec![1]);
+        assert_eq!(sizes(10), vec![1; 10]);
+        assert_eq!(sizes(25), vec![3, 3, 3, 3, 3, 2, 2, 2, 2, 2]);
+        assert_eq!(sizes(100), vec![10; 10]);
+        let big = sizes(1005);
+        assert_eq!(big.len(), 101);
+        assert!(big.iter().all(|&n| n == 9 || n == 10), "{big:?}");
+    }
+
+    #[test]
+    fn a_pack_reads_back_as_its_tasks_and_a_single_task_as_before() {
+        let tasks: Vec<TaskMessage> = (0..4).map(task).collect();
+        assert_eq!(decode(&encode(&tasks)), tasks);
+        let one = encode(&tasks[..1]);
+        assert!(one.starts_with('{'), "{one}");
+        assert_eq!(decode(&one), tasks[..1].to_vec());
+        assert_eq!(
+            decode(r#"{"j":"j","t":"a","s":1}"#)[0].task_id,
+            "a",
+            "a message from before packs"
+        );
+        assert!(decode("not json").is_empty());
+        assert!(decode("[1, 2]").is_empty());
+        assert!(decode("[]").is_empty());
     }
 }

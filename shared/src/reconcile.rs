@@ -264,10 +264,12 @@ impl Reconciler<'_> {
             }
             for d in got {
                 out.dead_letters += 1;
-                let handled = match &d.message {
-                    Some(m) => self.dead_letter(m, out).await,
-                    None => Ok(()),
-                };
+                let mut handled = Ok(());
+                for m in &d.tasks {
+                    if let Err(e) = self.dead_letter(m, out).await {
+                        handled = Err(e);
+                    }
+                }
                 match handled {
                     Ok(()) => {
                         self.queues

@@ -102,6 +102,9 @@ pub struct StackOptions {
     pub task_uids: Option<String>,
     /// The taskhosts' `--memory-enforcement` (`auto` or `poll`); `None`: their default.
     pub memory_enforcement: Option<String>,
+    /// The taskhosts' `--hold-ms` (how long a task waits in a full worker before it is
+    /// handed back); `None`: their default.
+    pub worker_hold_ms: Option<u64>,
     /// Receives after which a pool's message is dead-lettered (AWS: 100).
     pub max_receives: u32,
     /// How often the reconciler runs (the autoscaler's schedule in AWS), in seconds.
@@ -271,6 +274,7 @@ impl StackOptions {
             memory_enforcement: None,
             worker_endpoints: None,
             max_receives: batchplane::queue::MAX_RECEIVES,
+            worker_hold_ms: None,
             reconcile_every_seconds: 10,
             job_roles: None,
         })

@@ -278,6 +278,9 @@ impl LocalStack {
         if let Some(how) = &o.memory_enforcement {
             env.push(("BATCHPLANE_MEMORY_ENFORCEMENT".into(), how.clone()));
         }
+        if let Some(ms) = o.worker_hold_ms {
+            env.push(("BATCHPLANE_HOLD_MS".into(), ms.to_string()));
+        }
         env
     }
 

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 pub struct PoolDecision {
     pub pool: String,
     pub team: String,
-    /// Queued (visible) and in-flight messages, and the oldest cohort's age.
+    /// Queued (visible) tasks, from the messages waiting and the tasks a message has
+    /// been carrying; in-flight messages; the oldest cohort's age.
     pub queued: u64,
     pub in_flight: u64,
     pub oldest_seconds: f64,

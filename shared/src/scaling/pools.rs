@@ -29,11 +29,14 @@ impl<B: WorkerBackend, E: Ec2Api> Autoscaler<'_, B, E> {
         now: i64,
     ) -> Result<Option<PoolDecision>, AutoscaleError> {
         let name = &work.name;
-        let (queued, in_flight) = match self.queues.url(name).await {
+        let (messages, in_flight) = match self.queues.url(name).await {
             Ok(url) => self.queues.depth(&url).await?,
             Err(QueueError::NoSuchQueue { .. }) => (0, 0),
             Err(e) => return Err(e.into()),
         };
+        // A message may carry several tasks: the depth is counted in tasks at the size
+        // the pool's workers have been receiving.
+        let queued = (messages as f64 * tasks_per_message(records, name)).round() as u64;
         let mut backlog = before.backlogs.get(name).cloned().unwrap_or_default();
         backlog.update(queued, now);
         backlog.compact(MAX_COHORTS);
@@ -270,6 +273,21 @@ pub(super) fn short(name: &str) -> String {
 
 /// What the pool's workers have reported: the mean task length and the mean start-up
 /// time, each the settings' default until a worker has reported one.
+/// Tasks a message of the pool has carried to its workers (1 before any has received).
+fn tasks_per_message(records: &[crate::store::workers::WorkerRecord], pool: &str) -> f64 {
+    let (messages, tasks) = records
+        .iter()
+        .filter(|r| r.pool == pool)
+        .fold((0u64, 0u64), |(m, t), r| {
+            (m + r.messages_in, t + r.tasks_in)
+        });
+    if messages == 0 {
+        1.0
+    } else {
+        (tasks as f64 / messages as f64).clamp(1.0, crate::queue::PACK as f64)
+    }
+}
+
 fn observed(
     records: &[crate::store::workers::WorkerRecord],
     pool: &str,
@@ -290,4 +308,42 @@ fn observed(
         startups.iter().sum::<i64>() as f64 / startups.len() as f64 / 1000.0
     };
     (mean_task_seconds, startup_seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::workers::WorkerRecord;
+
+    fn worker(pool: &str, messages_in: u64, tasks_in: u64) -> WorkerRecord {
+        WorkerRecord {
+            pool: pool.into(),
+            worker_id: "w".into(),
+            cpu_milli: 4000,
+            memory_mib: 4096,
+            gpu: 0,
+            running: 0,
+            tasks_done: 0,
+            busy_ms: 0,
+            startup_ms: None,
+            messages_in,
+            tasks_in,
+            last_seen: 0,
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_queues_depth_counts_the_tasks_its_packs_carry() {
+        assert_eq!(tasks_per_message(&[], "p"), 1.0, "nothing seen yet");
+        let seen = [worker("p", 10, 60), worker("p", 10, 100), worker("q", 5, 5)];
+        assert_eq!(tasks_per_message(&seen, "p"), 8.0);
+        assert_eq!(tasks_per_message(&seen, "q"), 1.0);
+        let odd = [worker("p", 1, 500)];
+        assert_eq!(
+            tasks_per_message(&odd, "p"),
+            10.0,
+            "never more than a pack holds"
+        );
+    }
 }

@@ -31,6 +31,13 @@ pub struct WorkerRecord {
     /// How long it took from its launch to taking work (ms), when it knows.
     #[serde(default)]
     pub startup_ms: Option<i64>,
+    /// Messages it received and the tasks they carried, in total: how many tasks a
+    /// message of its pools carries (a pack carries several), which turns a queue's
+    /// depth in messages into tasks.
+    #[serde(default)]
+    pub messages_in: u64,
+    #[serde(default)]
+    pub tasks_in: u64,
     pub last_seen: i64,
     /// Seconds since the epoch, DynamoDB's TTL unit.
     pub expires_at: i64,
@@ -51,6 +58,8 @@ impl Store {
         if let Some(ms) = w.startup_ms {
             it.insert("startup_ms".into(), n(ms));
         }
+        it.insert("messages_in".into(), n(w.messages_in));
+        it.insert("tasks_in".into(), n(w.tasks_in));
         it.insert("last_seen".into(), n(w.last_seen));
         it.insert("expires_at".into(), n(w.expires_at));
         let _out = send(
@@ -107,6 +116,8 @@ impl Store {
                 tasks_done: r.opt_n("tasks_done")?.unwrap_or(0),
                 busy_ms: r.opt_n("busy_ms")?.unwrap_or(0),
                 startup_ms: r.opt_n("startup_ms")?,
+                messages_in: r.opt_n("messages_in")?.unwrap_or(0),
+                tasks_in: r.opt_n("tasks_in")?.unwrap_or(0),
                 last_seen: r.req_n("last_seen")?,
                 expires_at: r.req_n("expires_at")?,
             };

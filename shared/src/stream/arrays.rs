@@ -14,7 +14,7 @@
 use crate::domain::batch::{child_task_id, Dependent};
 use crate::domain::ids::task_shard;
 use crate::domain::{JobRecord, JobState, TaskState};
-use crate::queue::TaskMessage;
+use crate::queue::{TaskMessage, SEND_CHUNK};
 use crate::stream::{BatchOutcome, Change, Fanout, FanoutError, JobChange, TaskChange};
 use futures::{stream, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -164,7 +164,8 @@ impl Fanout {
             };
             return self.admit(&job.job_id, window, ready).await;
         }
-        let chunks: Vec<Vec<TaskMessage>> = messages.chunks(10).map(|c| c.to_vec()).collect();
+        let chunks: Vec<Vec<TaskMessage>> =
+            messages.chunks(SEND_CHUNK).map(|c| c.to_vec()).collect();
         stream::iter(chunks)
             .map(|chunk| async move { self.queues.send(&first_pool(job), &chunk).await })
             .buffer_unordered(CONCURRENCY)

@@ -8,7 +8,7 @@
 
 use super::{became, BatchOutcome, Change, Fanout, FanoutError, JobShape};
 use crate::domain::{TaskKind, TaskRecord, TaskState};
-use crate::queue::{Queues, TaskMessage};
+use crate::queue::{Queues, TaskMessage, SEND_CHUNK};
 use crate::store::{HeldTask, Store};
 use futures::{stream, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
@@ -27,7 +27,7 @@ pub struct Window {
     pub shard_count: u32,
 }
 
-/// Send `(pool, message)` pairs, ten to a request, grouped by pool.
+/// Send `(pool, message)` pairs, grouped by pool and packed (a hundred tasks a request).
 pub async fn send_to_pools(
     queues: &Queues,
     messages: &[(String, TaskMessage)],
@@ -38,7 +38,10 @@ pub async fn send_to_pools(
     }
     let chunks: Vec<(String, Vec<TaskMessage>)> = by_pool
         .iter()
-        .flat_map(|(pool, msgs)| msgs.chunks(10).map(move |c| (pool.clone(), c.to_vec())))
+        .flat_map(|(pool, msgs)| {
+            msgs.chunks(SEND_CHUNK)
+                .map(move |c| (pool.clone(), c.to_vec()))
+        })
         .collect();
     stream::iter(chunks)
         .map(|(pool, chunk)| async move { queues.send(&pool, &chunk).await })
@@ -305,7 +308,7 @@ impl Fanout {
             }
         }
         for (queue, msgs) in by_queue {
-            for chunk in msgs.chunks(10) {
+            for chunk in msgs.chunks(SEND_CHUNK) {
                 let bodies: Vec<TaskMessage> = chunk.iter().map(|(_, m)| m.clone()).collect();
                 match self.queues.send(&queue, &bodies).await {
                     Ok(()) => outcome.enqueued += bodies.len(),

@@ -172,6 +172,14 @@ impl Harness {
         r.body
     }
 
+    /// Assert that each of the job's tasks `t0` … `t{n-1}` ran exactly once.
+    pub async fn assert_each_ran_once(&self, job_id: &str, n: usize) {
+        for i in 0..n {
+            let task = self.task(job_id, &format!("t{i}")).await;
+            assert_eq!(attempts(&task).len(), 1, "{task}");
+        }
+    }
+
     pub async fn task(&self, job_id: &str, task_id: &str) -> Value {
         let r = self
             .get(&format!("/v1/jobs/{job_id}/tasks/{task_id}"))

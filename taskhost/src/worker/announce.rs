@@ -18,6 +18,9 @@ pub(super) struct Announce {
     /// Tasks this worker finished and the time they ran, in total.
     pub(super) tasks_done: std::sync::atomic::AtomicU64,
     pub(super) busy_ms: std::sync::atomic::AtomicU64,
+    /// Messages received and the tasks they carried.
+    pub(super) messages_in: std::sync::atomic::AtomicU64,
+    pub(super) tasks_in: std::sync::atomic::AtomicU64,
     /// From its launch (`BATCHPLANE_LAUNCHED_AT`) to taking work, when it was launched.
     pub(super) startup_ms: Option<i64>,
 }
@@ -27,6 +30,13 @@ impl Announce {
         use std::sync::atomic::Ordering::Relaxed;
         self.tasks_done.fetch_add(1, Relaxed);
         self.busy_ms.fetch_add(ran.as_millis() as u64, Relaxed);
+    }
+
+    pub(super) fn received(&self, got: &[batchplane::queue::Delivery]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tasks: usize = got.iter().map(|d| d.tasks.len()).sum();
+        self.messages_in.fetch_add(got.len() as u64, Relaxed);
+        self.tasks_in.fetch_add(tasks as u64, Relaxed);
     }
 
     /// Record this worker again and renew its placement; false once the placement is
@@ -59,6 +69,8 @@ impl Announce {
                 tasks_done: self.tasks_done.load(std::sync::atomic::Ordering::Relaxed),
                 busy_ms: self.busy_ms.load(std::sync::atomic::Ordering::Relaxed),
                 startup_ms: self.startup_ms,
+                messages_in: self.messages_in.load(std::sync::atomic::Ordering::Relaxed),
+                tasks_in: self.tasks_in.load(std::sync::atomic::Ordering::Relaxed),
                 last_seen: now,
                 expires_at: now / 1000 + 3 * self.lease.as_secs() as i64,
             };

@@ -3,6 +3,7 @@
 //! next tier after running out of memory, or the end).
 
 use super::fence::{fence_due, write_fence};
+use super::messages::Receipt;
 use super::{Ctx, Kill, Progress, Running};
 use crate::shim::Report;
 use batchplane::domain::containers::{IMAGE_ENFORCED, IMAGE_NOT_ENFORCED};
@@ -11,20 +12,20 @@ use batchplane::domain::tiers::{
     after_oom, budgeted_attempts, OomOutcome, WorkerPool, OOM_ON_LARGEST_TIER, OUT_OF_MEMORY,
 };
 use batchplane::domain::{AttemptRecord, TaskRecord, TaskState};
-use batchplane::queue::{Delivery, Queues, TaskMessage};
+use batchplane::queue::{Queues, TaskMessage};
 use batchplane::store::{now_ms, Claim, Escalation};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// What became of a delivered message.
+/// What became of a delivered task.
 pub(super) enum Started {
     /// Claimed (in the time given) and started, or waiting for a slot if claimed ahead.
     Running(Box<Running>, Duration),
-    /// Nothing to run (finished, exhausted, unreadable): delete the message.
-    Drop((String, String)),
-    /// Not now (another worker's live lease, or a failed claim): the message comes back.
+    /// Nothing to run (finished, exhausted, a job that ended): the task is accounted for.
+    Drop,
+    /// Not now (another worker's live lease, or a failed claim): its message comes back.
     Later,
 }
 
@@ -32,14 +33,13 @@ pub(super) enum Started {
 /// is made visible again when that lease would lapse, so a dead holder's task returns.
 pub(super) async fn start(
     ctx: &Arc<Ctx>,
-    d: &Delivery,
+    receipt: &Receipt,
     m: &TaskMessage,
     done: &mpsc::UnboundedSender<Progress>,
     queues: &Queues,
     launch_now: bool,
 ) -> Started {
-    let url = d.queue_url.as_str();
-    let drop = || Started::Drop((d.queue_url.clone(), d.receipt_handle.clone()));
+    let (url, handle) = receipt;
     let asked = Instant::now();
     let claim = if m.array_child {
         // A child's command is its job's template; a job that has ended (cancelled,
@@ -52,7 +52,7 @@ pub(super) async fn start(
                         .claim_child(&m.job_id, m.shard, &seed, &ctx.worker_id, ctx.lease)
                         .await
                         .map(|c| crate::templates::with_template(c, &job)),
-                    None => return drop(),
+                    None => return Started::Drop,
                 }
             }
             // A cancelled job starts no more children, but one already running whose
@@ -63,7 +63,7 @@ pub(super) async fn start(
                 .claim_task(&m.job_id, m.shard, &m.task_id, &ctx.worker_id, ctx.lease)
                 .await
                 .map(|c| crate::templates::with_template(c, &job)),
-            Ok(_) => return drop(),
+            Ok(_) => return Started::Drop,
             Err(e) => {
                 tracing::warn!(error = %e, job_id = %m.job_id, "reading the job failed; the message will come back");
                 return Started::Later;
@@ -80,7 +80,7 @@ pub(super) async fn start(
             tracing::debug!(job_id = %m.job_id, task_id = %m.task_id, reason, "not claimed");
             if reason.starts_with("held by") {
                 let _ = queues
-                    .extend(url, std::slice::from_ref(&d.receipt_handle), ctx.lease)
+                    .extend(url, std::slice::from_ref(handle), ctx.lease)
                     .await;
                 return Started::Later;
             }
@@ -90,9 +90,9 @@ pub(super) async fn start(
                     tracing::warn!(error = %e, job_id = %m.job_id, "giving a window slot back failed; the reconciler will");
                 }
             }
-            return drop();
+            return Started::Drop;
         }
-        Ok(Claim::Exhausted) => return drop(),
+        Ok(Claim::Exhausted) => return Started::Drop,
         Err(e) => {
             tracing::warn!(error = %e, task_id = %m.task_id, "claim failed; the message will come back");
             return Started::Later;
@@ -115,8 +115,6 @@ pub(super) async fn start(
     let running = Running {
         task: task.clone(),
         lease: lease_tx,
-        queue_url: d.queue_url.clone(),
-        receipt: d.receipt_handle.clone(),
         need: super::need(m),
         kill: kill_tx,
         since: Instant::now(),
@@ -125,15 +123,13 @@ pub(super) async fn start(
     let ctx = ctx.clone();
     let done = done.clone();
     let key = super::attempt_key(&task);
-    let receipt = (d.queue_url.clone(), d.receipt_handle.clone());
+    let receipt = receipt.clone();
     tokio::spawn(async move {
         let recorded = run_attempt(&ctx, &task, kill_rx, lease_rx, gate_rx, || {
             let _ = done.send(Progress::SlotFree { key });
         })
         .await;
-        let _ = done.send(Progress::Done {
-            receipt: recorded.then_some(receipt),
-        });
+        let _ = done.send(Progress::Done { receipt, recorded });
     });
     Started::Running(Box::new(running), claim_took)
 }

@@ -1,10 +1,11 @@
 //! Keeping what the worker holds: every running task's lease (learning of cancellations
 //! and lost leases on the way) and the visibility of its messages, held ones included.
 
-use super::{Ctx, Held, Kill, Running};
+use super::messages::Messages;
+use super::{Ctx, Kill, Running};
 use batchplane::queue::Queues;
 use batchplane::store::Heartbeat;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Extend every running attempt's lease (learning of cancellations and lost leases),
@@ -14,7 +15,7 @@ use std::time::Duration;
 pub(super) async fn keep_alive(
     ctx: &Ctx,
     running: &HashMap<String, Running>,
-    held: &VecDeque<Held>,
+    messages: &Messages,
     queues: &Queues,
 ) {
     let beats = running.values().map(|r| async move {
@@ -52,11 +53,7 @@ pub(super) async fn keep_alive(
         }
     });
     futures::future::join_all(beats).await;
-    let receipts: Vec<(String, String)> = running
-        .values()
-        .map(|r| (r.queue_url.clone(), r.receipt.clone()))
-        .chain(held.iter().map(Held::receipt))
-        .collect();
+    let receipts: Vec<(String, String)> = messages.open().cloned().collect();
     if tokio::time::timeout(ctx.lease / 3, extend_all(queues, receipts, ctx.lease))
         .await
         .is_err()

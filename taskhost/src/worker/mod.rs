@@ -7,10 +7,11 @@
 //! |---|---|
 //! | `options` | flags, and what the worker offers by default |
 //! | `slots` | the pure scheduler: what fits now, what to claim ahead, how much to ask for |
-//! | `receiver` | the task that long-polls SQS for as many messages as there is room for |
+//! | `receiver` | the task that long-polls SQS for as many tasks as there is room for |
 //! | `attempt` | one attempt: claim, wait for its slot, run the process, record the end |
 //! | `fence` | stopping an attempt whose lease was not renewed in time |
 //! | `leases` | heartbeats and message visibility for what the worker holds |
+//! | `messages` | taking deliveries in, handing on what finds no room, deleting a message (one task or a pack) once all its tasks are accounted for |
 //! | `announce` | this worker in the pools' worker records, and its placement slot |
 
 mod announce;
@@ -18,6 +19,7 @@ mod attempt;
 mod environment;
 mod fence;
 mod leases;
+mod messages;
 mod options;
 mod pools;
 mod receiver;
@@ -31,6 +33,7 @@ use batchplane::domain::TaskRecord;
 use batchplane::queue::{Delivery, Queues, TaskMessage};
 use batchplane::store::{now_ms, Store};
 pub use environment::task_environment;
+use messages::{Messages, Receipt};
 pub use options::Options;
 use slots::Slots;
 use std::collections::{HashMap, VecDeque};
@@ -55,8 +58,6 @@ struct Running {
     task: TaskRecord,
     /// When its lease ends (ms), as of the last renewal; the attempt fences itself by it.
     lease: watch::Sender<i64>,
-    queue_url: String,
-    receipt: String,
     /// What it reserves of the worker once started.
     need: Tier,
     kill: watch::Sender<Option<Kill>>,
@@ -89,10 +90,10 @@ impl Running {
 enum Progress {
     /// The process has ended: its CPU and memory are free for the next task.
     SlotFree { key: String },
-    /// The attempt is over. `receipt` is the message to delete, present only when the
-    /// result was recorded: otherwise the message must come back (after the lease
-    /// lapses) so the task is not left RUNNING with nobody to finish it.
-    Done { receipt: Option<(String, String)> },
+    /// The attempt is over. Its message is done with only if the result was
+    /// `recorded`: otherwise it must come back (after the lease lapses) so the task is
+    /// not left RUNNING with nobody to finish it.
+    Done { receipt: Receipt, recorded: bool },
 }
 
 /// Messages deleted in one request (SQS's most).
@@ -153,20 +154,12 @@ impl Ctx {
     }
 }
 
-/// A delivered message the worker holds until there is room for its task.
+/// A delivered task the worker holds until there is room for it (a pack's tasks are
+/// held one by one, sharing their message).
 struct Held {
-    delivery: Delivery,
+    receipt: Receipt,
     message: TaskMessage,
     since: Instant,
-}
-
-impl Held {
-    fn receipt(&self) -> (String, String) {
-        (
-            self.delivery.queue_url.clone(),
-            self.delivery.receipt_handle.clone(),
-        )
-    }
 }
 
 /// An attempt's key among what the worker holds: job, task and attempt.
@@ -188,6 +181,10 @@ struct Worker {
     slots: Slots,
     running: HashMap<String, Running>,
     held: VecDeque<Held>,
+    /// The messages of what is held or running, until each is deleted or left to come back.
+    messages: Messages,
+    /// What the last task received asks of a worker: the next ones are likely alike.
+    last_need: Option<Tier>,
     /// Tasks claimed ahead of a free slot, in the order claimed.
     waiting: VecDeque<String>,
     to_delete: Vec<(String, String)>,
@@ -249,6 +246,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         lease: config.lease,
         tasks_done: Default::default(),
         busy_ms: Default::default(),
+        messages_in: Default::default(),
+        tasks_in: Default::default(),
         startup_ms: opts.launched_at.map(|at| (now_ms() - at).max(0)),
     };
     let placed = me.refresh(&ctx.store, 0).await;
@@ -259,7 +258,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
 
-    // The receiver asks SQS for as many messages as the worker has room for (`want`).
+    // The receiver asks SQS for as many tasks as the worker has room for (`want`).
     let (want_tx, want_rx) = watch::channel(0i32);
     let (deliveries_tx, deliveries_rx) = mpsc::channel::<Vec<Delivery>>(4);
     let (urls_tx, urls_rx) = watch::channel(urls);
@@ -277,6 +276,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         slots: Slots::new(capacity),
         running: HashMap::new(),
         held: VecDeque::new(),
+        messages: Messages::default(),
+        last_need: None,
         waiting: VecDeque::new(),
         to_delete: Vec::new(),
         to_delete_since: None,
@@ -312,7 +313,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
 /// The worker loop's side of the receiver.
 struct Channels {
-    /// How many messages the worker wants now (-1: it took the last delivery).
+    /// How many tasks the worker wants now (-1: it took the last delivery).
     want: watch::Sender<i32>,
     deliveries: mpsc::Receiver<Vec<Delivery>>,
 }
@@ -369,7 +370,10 @@ impl Worker {
                     }
                 }
                 Some(batch) = channels.deliveries.recv() => {
-                    self.on_deliveries(batch, queues).await;
+                    me.received(&batch);
+                    let wanted = usize::try_from(*channels.want.borrow()).unwrap_or(0)
+                        + self.turnover(Duration::from_millis(opts.prefetch_horizon_ms));
+                    self.on_deliveries(batch, wanted, queues).await;
                     // Tell the receiver we took these (it waits for a change).
                     channels.want.send_modify(|w| *w = -1);
                 }
@@ -377,7 +381,7 @@ impl Worker {
                 _ = tokio::time::sleep(wake.unwrap_or_default().max(Duration::from_millis(1))), if wake.is_some() => {}
                 _ = tokio::time::sleep(delete_due.unwrap_or_default()), if delete_due.is_some() => {}
                 _ = heartbeat.tick() => {
-                    leases::keep_alive(ctx, &self.running, &self.held, queues).await;
+                    leases::keep_alive(ctx, &self.running, &self.messages, queues).await;
                     if !me.refresh(&ctx.store, self.running.len() as u32).await && !self.draining {
                         tracing::warn!(worker_id, "this worker's placement was reclaimed: draining");
                         self.draining = true;
@@ -421,10 +425,10 @@ impl Worker {
         let outcomes = futures::future::join_all(
             startable
                 .iter()
-                .map(|h| attempt::start(ctx, &h.delivery, &h.message, done, queues, true)),
+                .map(|h| attempt::start(ctx, &h.receipt, &h.message, done, queues, true)),
         )
         .await;
-        for outcome in outcomes {
+        for (outcome, h) in outcomes.into_iter().zip(&startable) {
             match outcome {
                 Started::Running(r, took) => {
                     self.claim_latency.observe(took);
@@ -432,8 +436,8 @@ impl Worker {
                     self.running.insert(r.key(), *r);
                     self.last_busy = Instant::now();
                 }
-                Started::Drop(receipt) => self.to_delete.push(receipt),
-                Started::Later => {}
+                Started::Drop => self.handled(&h.receipt),
+                Started::Later => self.messages.later(&h.receipt),
             }
         }
     }
@@ -479,10 +483,10 @@ impl Worker {
         let outcomes = futures::future::join_all(
             ahead
                 .iter()
-                .map(|h| attempt::start(ctx, &h.delivery, &h.message, done, queues, false)),
+                .map(|h| attempt::start(ctx, &h.receipt, &h.message, done, queues, false)),
         )
         .await;
-        for outcome in outcomes {
+        for (outcome, h) in outcomes.into_iter().zip(&ahead) {
             match outcome {
                 Started::Running(r, took) => {
                     self.claim_latency.observe(took);
@@ -490,23 +494,9 @@ impl Worker {
                     self.waiting.push_back(key.clone());
                     self.running.insert(key, *r);
                 }
-                Started::Drop(receipt) => self.to_delete.push(receipt),
-                Started::Later => {}
+                Started::Drop => self.handled(&h.receipt),
+                Started::Later => self.messages.later(&h.receipt),
             }
-        }
-    }
-
-    /// Messages held this long without room go back to the queue for another worker.
-    async fn give_back_stale(&mut self, hold: Duration, queues: &Queues) {
-        let stale = self
-            .held
-            .iter()
-            .take_while(|h| h.since.elapsed() >= hold)
-            .count();
-        let give_back: Vec<(String, String)> =
-            self.held.drain(..stale).map(|h| h.receipt()).collect();
-        if !give_back.is_empty() {
-            leases::extend_all(queues, give_back, Duration::ZERO).await;
         }
     }
 
@@ -548,7 +538,7 @@ impl Worker {
         self.draining || (!idle.is_zero() && self.last_busy.elapsed() >= idle)
     }
 
-    /// How many messages to ask for, and when to wake next without an event: when a
+    /// How many tasks to ask for, and when to wake next without an event: when a
     /// running task comes near its expected end, to fetch its successor or claim it ahead.
     fn plan(&self, opts: &Options) -> (i32, Option<Duration>) {
         let horizon = Duration::from_millis(opts.prefetch_horizon_ms);
@@ -567,15 +557,24 @@ impl Worker {
                 .unwrap_or(opts.prefetch)
                 .saturating_sub(self.waiting.len())
                 .min(opts.prefetch)
+        } else if self.forecast.mean().is_none() {
+            // Full before any of its tasks has ended: nothing says a slot frees soon,
+            // and what it held would wait here while workers elsewhere may have room
+            // (a pack it handed back for being over would come straight back).
+            0
         } else {
             opts.prefetch
         };
-        let want = slots::messages_wanted(
-            self.draining,
-            self.slots.free_vcpus(),
-            self.held.len(),
-            prefetch,
-        );
+        // Room in tasks like the last one received (and one while anything is free: the
+        // next may be smaller), or in vCPUs before any.
+        let room = match self.last_need {
+            Some(like) => self
+                .slots
+                .room_for(like)
+                .max(usize::from(self.slots.free_vcpus() > 0)),
+            None => self.slots.free_vcpus(),
+        };
+        let want = slots::tasks_wanted(self.draining, room, self.held.len(), prefetch);
         let wake = if self.draining || !self.forecast.steady() {
             None
         } else {
@@ -593,6 +592,18 @@ impl Worker {
         (want as i32, wake)
     }
 
+    /// Tasks this worker expects to start within `horizon` as its running tasks' slots
+    /// turn over at their forecast length (none while it has no steady forecast): what
+    /// a pack brings beyond its room is kept when it will start that soon.
+    fn turnover(&self, horizon: Duration) -> usize {
+        match self.forecast.mean() {
+            Some(mean) if self.forecast.steady() && !mean.is_zero() => {
+                (self.running.len() as f64 * horizon.as_secs_f64() / mean.as_secs_f64()) as usize
+            }
+            _ => 0,
+        }
+    }
+
     fn on_progress(&mut self, p: Progress, me: &Announce) {
         match p {
             Progress::SlotFree { key } => {
@@ -608,42 +619,10 @@ impl Worker {
                     self.waiting.retain(|k| k != &key);
                 }
             }
-            Progress::Done { receipt } => self.to_delete.extend(receipt),
+            Progress::Done { receipt, recorded } => match recorded {
+                true => self.handled(&receipt),
+                false => self.messages.later(&receipt),
+            },
         }
-    }
-
-    async fn on_deliveries(&mut self, batch: Vec<Delivery>, queues: &Queues) {
-        for d in batch {
-            let Some(m) = d.message.clone() else {
-                tracing::warn!(body = %d.body, "unreadable message dropped");
-                self.to_delete
-                    .push((d.queue_url.clone(), d.receipt_handle.clone()));
-                continue;
-            };
-            if !self.slots.could_ever_fit(need(&m)) {
-                tracing::warn!(job_id = %m.job_id, task_id = %m.task_id, cpu_milli = m.cpu_milli, memory_mib = m.memory_mib, gpu = m.gpu,
-                    "task is larger than this worker; leaving it for a bigger one");
-                let _ = queues
-                    .extend(
-                        &d.queue_url,
-                        std::slice::from_ref(&d.receipt_handle),
-                        Duration::from_secs(5),
-                    )
-                    .await;
-                continue;
-            }
-            self.held.push_back(Held {
-                delivery: d,
-                message: m,
-                since: Instant::now(),
-            });
-        }
-    }
-
-    /// Take no more work; give back what is held so other workers start it now.
-    async fn drain(&mut self, queues: &Queues) {
-        self.draining = true;
-        let receipts: Vec<(String, String)> = self.held.drain(..).map(|h| h.receipt()).collect();
-        leases::extend_all(queues, receipts, Duration::ZERO).await;
     }
 }

@@ -4,8 +4,9 @@
 
 use batchplane::domain::tiers::Tier;
 
-/// At most this many messages are asked of SQS at once (its receive limit).
-pub const MAX_RECEIVE: usize = 10;
+/// At most this many tasks are asked of SQS at once: its receive limit of ten messages,
+/// each a full pack.
+pub const MAX_RECEIVE: usize = 10 * batchplane::queue::PACK;
 
 /// What the worker offers and what its started tasks use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,17 @@ impl Slots {
         fitting(room, queue, at_most)
     }
 
+    /// How many tasks the size of `like` fit beside what runs now (the worker's room,
+    /// counted in the tasks it has been getting).
+    pub fn room_for(&self, like: Tier) -> usize {
+        let free = self.total.minus(self.used);
+        let by = |have: u64, each: u64| have.checked_div(each).map_or(usize::MAX, |n| n as usize);
+        by(free.cpu_milli.into(), like.cpu_milli.into())
+            .min(by(free.memory_mib, like.memory_mib))
+            .min(by(free.gpu.into(), like.gpu.into()))
+            .min(MAX_RECEIVE)
+    }
+
     /// Roughly one message per free vCPU, and one while any CPU and memory are free.
     pub fn free_vcpus(&self) -> usize {
         if self.used.cpu_milli >= self.total.cpu_milli
@@ -96,14 +108,15 @@ fn fitting(mut room: Tier, queue: impl IntoIterator<Item = Tier>, at_most: usize
     n
 }
 
-/// How many messages to ask SQS for. A worker with room asks for exactly that (less what
-/// it holds): asking for more would hoard work other workers could start now. A full
-/// one holds up to `prefetch` for its next free slots. A draining one asks for none.
-pub fn messages_wanted(draining: bool, free_vcpus: usize, held: usize, prefetch: usize) -> usize {
+/// How many tasks to ask SQS for, given the `room` (in tasks) the worker has now. A
+/// worker with room asks for exactly that (less what it holds): asking for more would
+/// hoard work other workers could start now. A full one holds up to `prefetch` for its
+/// next free slots. A draining one asks for none.
+pub fn tasks_wanted(draining: bool, room: usize, held: usize, prefetch: usize) -> usize {
     if draining {
         0
-    } else if free_vcpus > 0 {
-        free_vcpus.saturating_sub(held).min(MAX_RECEIVE)
+    } else if room > 0 {
+        room.saturating_sub(held).min(MAX_RECEIVE)
     } else {
         prefetch.saturating_sub(held).min(MAX_RECEIVE)
     }
@@ -195,15 +208,22 @@ mod tests {
     }
 
     #[test]
+    fn room_is_counted_in_tasks_like_the_last_by_whatever_runs_out_first() {
+        let mut s = Slots::new(t(8.0, 4096, 0));
+        assert_eq!(s.room_for(t(0.5, 512, 0)), 8, "memory binds before CPU");
+        assert_eq!(s.room_for(t(2.0, 64, 0)), 4, "CPU binds");
+        assert_eq!(s.room_for(t(1.0, 64, 1)), 0, "no GPU here");
+        assert_eq!(s.room_for(Tier::ZERO), MAX_RECEIVE);
+        s.take(t(0.5, 3584, 0));
+        assert_eq!(s.room_for(t(0.5, 512, 0)), 1);
+    }
+
+    #[test]
     fn a_worker_asks_for_its_room_or_its_prefetch_and_a_draining_one_for_nothing() {
-        assert_eq!(messages_wanted(true, 4, 0, 4), 0);
-        assert_eq!(messages_wanted(false, 4, 1, 4), 3);
-        assert_eq!(messages_wanted(false, 64, 0, 4), MAX_RECEIVE);
-        assert_eq!(
-            messages_wanted(false, 0, 1, 4),
-            3,
-            "a full worker prefetches"
-        );
-        assert_eq!(messages_wanted(false, 0, 5, 4), 0);
+        assert_eq!(tasks_wanted(true, 4, 0, 4), 0);
+        assert_eq!(tasks_wanted(false, 4, 1, 4), 3);
+        assert_eq!(tasks_wanted(false, 500, 0, 4), MAX_RECEIVE);
+        assert_eq!(tasks_wanted(false, 0, 1, 4), 3, "a full worker prefetches");
+        assert_eq!(tasks_wanted(false, 0, 5, 4), 0);
     }
 }
