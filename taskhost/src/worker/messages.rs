@@ -127,11 +127,11 @@ impl Worker {
         }
     }
 
-    /// Hold the delivered tasks. Packs may bring more than the `wanted` asked for (and
-    /// what will start within the prefetch horizon): the messages that lie wholly in
-    /// what is over go straight back (made visible again),
-    /// so they do not wait here while other workers have room; a message part of which
-    /// was wanted is kept whole, and what of it finds no room goes on after `--hold-ms`.
+    /// Hold the delivered tasks. Packs may bring more than `wanted` (the tasks asked
+    /// for, and those expected to start within the prefetch horizon): the messages that
+    /// lie wholly in what is over go straight back (made visible again), so they do not
+    /// wait here while other workers have room. A message part of which was wanted is
+    /// kept whole, and what of it finds no room goes on after `--hold-ms`.
     pub(super) async fn on_deliveries(
         &mut self,
         batch: Vec<Delivery>,
