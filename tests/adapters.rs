@@ -517,7 +517,9 @@ async fn every_store_transition_starts_only_where_the_table_says() {
         record.state = t.from()[0];
         let moved = match t {
             TaskTransition::Release => store.release_edge(&record, "x").await,
-            TaskTransition::FailDependent => store.fail_dependent(&record, "x", "x failed").await,
+            TaskTransition::FailDependent => {
+                store.fail_dependent(&record, "x", TaskState::Failed).await
+            }
             TaskTransition::Claim => store
                 .claim_task(&job, record.shard, &task_id, "w2", Duration::from_secs(30))
                 .await

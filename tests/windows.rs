@@ -256,3 +256,60 @@ async fn a_cancelled_job_sends_nothing_it_held() {
     }
     h.shutdown().await;
 }
+
+/// A job's cancel walks its tasks a page at a time (a million-task job's for minutes).
+/// A worker handed a task the walk has not reached yet cancels it instead of running
+/// it, and the dependents of a cancelled task end CANCELLED, not FAILED. Here the job is
+/// flagged without any walk at all, so only the worker's check can stop the tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_starts_nothing_of_a_job_being_cancelled() {
+    let mut h = Harness::start(|o| o.workers = 0).await;
+    let store = h.stack.service.store.clone();
+    let ran = batchplane_testing::shared_file(&h.dir.join("ran.log"));
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let cmd = format!("echo a{i} >> {}", ran.display());
+        tasks.push(json!({"id": format!("a{i}"), "command": ["sh", "-c", cmd]}));
+        tasks.push(
+            json!({"id": format!("b{i}"), "command": ["true"], "depends_on": [format!("a{i}")]}),
+        );
+    }
+    let job = h
+        .submit(&json!({"name": "flagged", "tasks": tasks}).to_string())
+        .await;
+    wait_for("three messages waiting", MINUTE, || async {
+        let n = waiting(&h).await;
+        (n == 3).then_some(()).ok_or(format!("{n}"))
+    })
+    .await;
+    // What the API's cancel does first; its walk is left out.
+    store
+        .request_job_cancel(&job, batchplane::domain::Stop::Cancel, None)
+        .await
+        .must("flagging the job");
+    h.stack.spawn_worker().await.must("a worker");
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "CANCELLED", "{done}");
+    for i in 0..3 {
+        let a = h.task(&job, &format!("a{i}")).await;
+        assert_eq!(a["state"], "CANCELLED", "{a}");
+        assert!(attempts(&a).is_empty(), "{a}");
+        let b = h.task(&job, &format!("b{i}")).await;
+        assert_eq!(b["state"], "CANCELLED", "{b}");
+        assert_eq!(
+            b["status_reason"],
+            format!("dependency a{i} cancelled"),
+            "{b}"
+        );
+    }
+    assert_eq!(
+        done["task_counts"]["FAILED"].as_u64().unwrap_or(0),
+        0,
+        "{done}"
+    );
+    assert!(
+        std::fs::read_to_string(&ran).unwrap_or_default().is_empty(),
+        "a task of the cancelled job ran"
+    );
+    h.shutdown().await;
+}

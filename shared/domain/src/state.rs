@@ -77,7 +77,8 @@ impl TaskState {
 pub enum TaskTransition {
     /// Its last dependency succeeded (or it had none): the task is queued.
     Release,
-    /// A dependency failed or was cancelled, so the task never runs.
+    /// A dependency failed (the task ends FAILED) or was cancelled (CANCELLED: only a
+    /// job's cancel or terminate cancels a task), so the task never runs.
     FailDependent,
     /// A worker claims it as its next attempt, under a lease. (An array child's first
     /// claim creates its item RUNNING.)
@@ -131,7 +132,8 @@ impl TaskTransition {
         use TaskState::*;
         match self {
             TaskTransition::Release => &[Runnable],
-            TaskTransition::FailDependent | TaskTransition::Undeliverable => &[Failed],
+            TaskTransition::FailDependent => &[Failed, Cancelled],
+            TaskTransition::Undeliverable => &[Failed],
             TaskTransition::ExhaustLeases => &[Failed, Cancelled],
             TaskTransition::Claim | TaskTransition::TakeOver => &[Running],
             TaskTransition::Finish => &[Succeeded, Failed, Cancelled, Runnable],

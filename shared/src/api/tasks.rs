@@ -239,19 +239,8 @@ impl Service {
                     TaskState::Succeeded => {
                         self.store.release_edge(&to, &e.from).await?;
                     }
-                    TaskState::Cancelled => {
-                        self.store
-                            .fail_dependent(
-                                &to,
-                                &e.from,
-                                &format!("dependency {} cancelled", e.from),
-                            )
-                            .await?;
-                    }
-                    _ => {
-                        self.store
-                            .fail_dependent(&to, &e.from, &format!("dependency {} failed", e.from))
-                            .await?;
+                    ended => {
+                        self.store.fail_dependent(&to, &e.from, ended).await?;
                     }
                 }
             }

@@ -122,4 +122,19 @@ impl Store {
         }
         Ok(current.state)
     }
+
+    /// [`Store::cancel_task`] by the task's key, for a worker handed a task of a job
+    /// being cancelled before the job's cancel walk reached it. `None` where there is no
+    /// item (an array child never started).
+    pub async fn cancel_task_by_key(
+        &self,
+        job_id: &str,
+        shard: u32,
+        task_id: &str,
+    ) -> Result<Option<TaskState>, StoreError> {
+        match self.get_task_in_shard(job_id, shard, task_id).await? {
+            Some(task) => Ok(Some(self.cancel_task(&task).await?)),
+            None => Ok(None),
+        }
+    }
 }

@@ -122,22 +122,39 @@ impl Store {
         Ok(send_if(req).await?.is_some())
     }
 
-    /// Fail a waiting task because a dependency failed or was cancelled.
+    /// End a waiting task because a dependency did not succeed: FAILED where the
+    /// dependency failed, CANCELLED where it was cancelled (a task is cancelled only by
+    /// its job's cancel or terminate, which would cancel this one too).
     pub async fn fail_dependent(
         &self,
         dependent: &TaskRecord,
         root: &str,
-        reason: &str,
+        dependency_ended: TaskState,
     ) -> Result<bool, StoreError> {
-        Ok(send_if(self.update_task(dependent)
-            .update_expression("SET #state = :failed, reason = :reason, failed_dependency = :root, finished_at = :now, failed_in = :job")
-            .expression_attribute_values(":job", s(&dependent.job_id))
-            .condition_expression(state_in(TaskTransition::FailDependent.from()))
-            .expression_attribute_values(":failed", s(TaskState::Failed.as_str()))
-            .expression_attribute_values(":reason", s(reason))
-            .expression_attribute_values(":root", s(root))
-            .expression_attribute_values(":now", n(self.now()))
-            .with_states(TaskTransition::FailDependent.from())).await?.is_some())
+        let (to, reason) = match dependency_ended {
+            TaskState::Cancelled => (TaskState::Cancelled, format!("dependency {root} cancelled")),
+            _ => (TaskState::Failed, format!("dependency {root} failed")),
+        };
+        let mut update =
+            "SET #state = :to, reason = :reason, failed_dependency = :root, finished_at = :now"
+                .to_string();
+        let mut req = self.update_task(dependent);
+        if to == TaskState::Failed {
+            // The sparse index of failures.
+            update.push_str(", failed_in = :job");
+            req = req.expression_attribute_values(":job", s(&dependent.job_id));
+        }
+        Ok(send_if(
+            req.update_expression(update)
+                .condition_expression(state_in(TaskTransition::FailDependent.from()))
+                .expression_attribute_values(":to", s(to.as_str()))
+                .expression_attribute_values(":reason", s(&reason))
+                .expression_attribute_values(":root", s(root))
+                .expression_attribute_values(":now", n(self.now()))
+                .with_states(TaskTransition::FailDependent.from()),
+        )
+        .await?
+        .is_some())
     }
 
     /// Add a new dependent to a stored task that has not finished. If it has, the

@@ -383,10 +383,6 @@ impl Fanout {
             } else {
                 TaskState::Failed
             };
-            let reason = match root_state {
-                TaskState::Cancelled => format!("dependency {root} cancelled"),
-                _ => format!("dependency {root} failed"),
-            };
             let dependents = self
                 .store
                 .get_tasks(&task.job_id, shard_count, &dependents)
@@ -394,8 +390,8 @@ impl Fanout {
             let results: Vec<Result<bool, StoreError>> = stream::iter(dependents.into_values())
                 .map(|d| {
                     let store = self.store.clone();
-                    let (root, reason) = (root.clone(), reason.clone());
-                    async move { store.fail_dependent(&d, &root, &reason).await }
+                    let root = root.clone();
+                    async move { store.fail_dependent(&d, &root, root_state).await }
                 })
                 .buffer_unordered(EFFECT_CONCURRENCY)
                 .collect()
