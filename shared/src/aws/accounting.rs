@@ -122,12 +122,30 @@ pub mod prices {
     pub const DYNAMODB_PER_MILLION_READS: f64 = 0.125;
     pub const SQS_PER_MILLION_REQUESTS: f64 = 0.40;
     pub const LAMBDA_PER_MILLION_REQUESTS: f64 = 0.20;
+    /// Provisioned capacity: a write unit a second for an hour.
+    pub const DYNAMODB_PER_WCU_HOUR: f64 = 0.00065;
+    /// Provisioned capacity: a read unit a second for an hour.
+    pub const DYNAMODB_PER_RCU_HOUR: f64 = 0.00013;
+    /// Share of provisioned capacity a table uses under auto scaling's target tracking
+    /// (its default target, 70%): the rest is paid for as headroom.
+    pub const PROVISIONED_UTILISATION: f64 = 0.7;
 }
 
 /// Dollars for these counts: DynamoDB by capacity units, SQS by request.
 pub fn dollars(c: &RequestCounts) -> f64 {
     c.total_write_units() * prices::DYNAMODB_PER_MILLION_WRITES / 1e6
         + c.total_read_units() * prices::DYNAMODB_PER_MILLION_READS / 1e6
+        + c.requests_of("SQS") as f64 * prices::SQS_PER_MILLION_REQUESTS / 1e6
+}
+
+/// Dollars for these counts with the table in provisioned capacity mode under auto
+/// scaling: a unit used for a second costs its unit-hour price over 3,600, divided by the
+/// target utilisation (the headroom is paid for too). SQS as in [`dollars`]. A steady
+/// load is what this fits; a bursty one pays for capacity it scales down to late.
+pub fn dollars_provisioned(c: &RequestCounts) -> f64 {
+    let per_unit_second = |hourly: f64| hourly / 3600.0 / prices::PROVISIONED_UTILISATION;
+    c.total_write_units() * per_unit_second(prices::DYNAMODB_PER_WCU_HOUR)
+        + c.total_read_units() * per_unit_second(prices::DYNAMODB_PER_RCU_HOUR)
         + c.requests_of("SQS") as f64 * prices::SQS_PER_MILLION_REQUESTS / 1e6
 }
 
@@ -146,6 +164,12 @@ mod tests {
         assert_eq!(b.total_write_units(), 8.0);
         let d = dollars(&b);
         assert!((d - (8.0 * 0.625 + 4.0 * 0.40) / 1e6).abs() < 1e-12);
+        // Provisioned: a million write units at 70% of $0.00065 a unit-hour.
+        let mut m = RequestCounts::default();
+        m.write_units.insert("UpdateItem".into(), 1e6);
+        let p = dollars_provisioned(&m);
+        assert!((p - 0.00065 * 1e6 / 3600.0 / 0.7).abs() < 1e-9, "{p}");
+        assert!(p < dollars(&m) / 2.0);
         let back = b.since(&a);
         assert_eq!(back.requests_of("SQS"), 2);
         assert_eq!(back.total_write_units(), 4.0);

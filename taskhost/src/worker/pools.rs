@@ -81,7 +81,10 @@ pub(super) fn watch_pools(
         let mut seen: Option<BTreeSet<String>> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(opts.pool_scan_ms.max(100))).await;
-            let Some(listed) = container_pools(&opts, &queues).await else {
+            // A local worker's scan, once a pool-scan period whatever it runs: upkeep,
+            // not a cost of its tasks (a deployed pool's workers do not scan).
+            let scan = container_pools(&opts, &queues);
+            let Some(listed) = batchplane::aws::accounting::upkeep(scan).await else {
                 continue;
             };
             if seen.as_ref() == Some(&listed) {
