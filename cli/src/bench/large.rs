@@ -410,6 +410,17 @@ pub async fn run(args: &LargeBenchArgs) -> anyhow::Result<u8> {
     let outcome = run_dag(args, &value, &spec, &emulators, &state, floor_s).await;
     emulators.stop();
     let (dag, submit_s, run_s, sampled, fairness) = outcome?;
+    // The DAG's figures, kept before the cancel run in case it fails.
+    let partial = args.out.with_extension("dag.json");
+    if let Some(dir) = partial.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &partial,
+        serde_json::to_vec_pretty(
+            &json!({"submit_s": submit_s, "run_s": run_s, "dag": &dag, "fairness": &fairness}),
+        )?,
+    )?;
     let cancel = if args.no_cancel {
         None
     } else {
