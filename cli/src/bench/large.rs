@@ -69,12 +69,12 @@ fn large_dag(n: usize, sleep_every: usize) -> (Value, Vec<Vec<String>>) {
     let n = n.max(LEVELS + 3);
     let fan_in = ((n - 2) / LEVELS).div_ceil(FAN_IN).max(1);
     let middle = n - 2 - fan_in;
-    let mut widths = vec![middle / LEVELS; LEVELS];
+    let mut widths = [middle / LEVELS; LEVELS];
     widths[LEVELS - 1] += middle % LEVELS;
     let mut k = 0usize;
     let mut command = || {
         k += 1;
-        if sleep_every > 0 && k % sleep_every == 0 {
+        if sleep_every > 0 && k.is_multiple_of(sleep_every) {
             "sleep 0.1"
         } else {
             "true"

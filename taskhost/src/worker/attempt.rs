@@ -138,33 +138,22 @@ pub(super) async fn start(
 }
 
 /// A delivered task of a job being cancelled is not started. The job's cancel walks its
-/// tasks a page at a time (a million-task job's for minutes), and until it reaches this
-/// one the task is still RUNNABLE: the worker cancels it here instead, as the walk would.
-/// A running one (its worker died) goes on to the claim, whose take-over ends it
-/// CANCELLED. `None`: claim as usual (also where the job cannot be read now: the claim
-/// is what decides, and the walk still comes).
+/// tasks a page at a time (a million-task job's for minutes); until it reaches this one,
+/// the worker cancels it instead, as the walk would. A running one (its worker died) goes
+/// on to the claim, whose take-over ends it CANCELLED. `None`: claim as usual (also where
+/// the job cannot be read now: the claim decides, and the walk still comes).
 async fn stop_if_cancelled(ctx: &Arc<Ctx>, m: &TaskMessage) -> Option<Started> {
-    let job = match ctx.jobs.get(&m.job_id).await {
-        Ok(Some(job)) => job,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::debug!(error = %e, job_id = %m.job_id, "reading the job before a claim");
-            return None;
-        }
-    };
+    let job = ctx.jobs.get(&m.job_id).await.ok().flatten()?;
     if !job.cancel_requested || job.state.is_terminal() {
         return None;
     }
-    match ctx
-        .store
+    let store = &ctx.store;
+    match store
         .cancel_task_by_key(&m.job_id, m.shard, &m.task_id)
         .await
     {
         Ok(Some(state)) if TaskState::LEASED.contains(&state) => None,
-        Ok(_) => {
-            tracing::info!(job_id = %m.job_id, task_id = %m.task_id, "task of a cancelled job not started");
-            Some(Started::Drop)
-        }
+        Ok(_) => Some(Started::Drop),
         Err(e) => {
             tracing::warn!(error = %e, job_id = %m.job_id, "cancelling a task of a cancelled job failed; the message will come back");
             Some(Started::Later)
