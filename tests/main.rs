@@ -7,6 +7,7 @@ mod arrays;
 mod autoscaling;
 mod aws_batch;
 mod bounds;
+mod cancels;
 mod chaos;
 mod contract;
 mod e2e;

@@ -17,6 +17,9 @@
 //!   SQS's 12-hour visibility limit, whose message kept coming back) it is sent again
 //!   with a delay, so a takeover still finds it if that worker dies. Anything else
 //!   (finished, gone) is dropped.
+//! - **Cancels that settled quietly.** A cancelled job closes once nothing of it runs
+//!   ([`crate::domain::JobRecord::closes_cancelled`]), on the stream record that shows
+//!   it; one whose last record came before its cancel settled is closed here.
 
 use crate::domain::tiers::WorkerPool;
 use crate::domain::{TaskKind, TaskState};
@@ -54,6 +57,8 @@ pub struct Reconciled {
     pub redriven: usize,
     /// Tasks failed because no worker would take them (job/task).
     pub undeliverable: Vec<String>,
+    /// Cancelled jobs closed here (no stream record came once their cancel settled).
+    pub closed_cancelled: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -170,6 +175,18 @@ impl Reconciler<'_> {
             }));
         }
         for job in jobs {
+            if job.cancel_requested {
+                // Nothing to resend or refill: its walk and its workers cancel what is
+                // left, and it closes once nothing of it runs.
+                if job.array.is_none()
+                    && crate::stream::close_if_done(self.store, &job.job_id)
+                        .await?
+                        .is_some()
+                {
+                    out.closed_cancelled.push(job.job_id);
+                }
+                continue;
+            }
             let own = WorkerPool::new(queue, &job.team, None).name();
             let pools = all_queues
                 .iter()

@@ -2,6 +2,7 @@
 //! templates (read once, refreshed every few seconds so a cancelled job stops starting
 //! children), and the order its queues are polled in.
 
+use batchplane::domain::records::JOB_VIEW_FRESH_FOR_MS;
 use batchplane::domain::JobRecord;
 use batchplane::queue::{Delivery, QueueError, Queues, TaskMessage};
 use batchplane::store::registry::ResourceKind;
@@ -10,8 +11,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long a job read is trusted: a cancelled job starts no child after this.
-const FRESH_FOR: Duration = Duration::from_secs(2);
+/// How long a job read is trusted: a cancelled job starts no task after this (its
+/// close waits this long and more, `JobRecord::closes_cancelled`).
+const FRESH_FOR: Duration = Duration::from_millis(JOB_VIEW_FRESH_FOR_MS as u64);
 
 /// Jobs by id, as last read.
 pub struct JobCache {

@@ -50,8 +50,11 @@ pub struct LargeBenchArgs {
     #[arg(long, default_value_t = 1000)]
     cancel_after_tasks: u64,
     /// Leave out the cancel run.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cancel_only")]
     no_cancel: bool,
+    /// Only the cancel run (its figures go beside `--out`, as `<out>.cancel.json`).
+    #[arg(long)]
+    cancel_only: bool,
     #[arg(long, default_value = "bench-results/large.json")]
     out: PathBuf,
 }
@@ -403,9 +406,26 @@ pub async fn run(args: &LargeBenchArgs) -> anyhow::Result<u8> {
         spec.tasks.len(),
         spec_bytes as f64 / 1e6
     );
+    let state = std::env::temp_dir().join(format!("batchplane-bench-large-{}", std::process::id()));
+    if args.cancel_only {
+        let mut emulators =
+            Emulators::start(&state.join("emulators-cancel"), free_port()?, free_port()?)?;
+        let outcome = run_cancel(args, &spec, &emulators, &state).await;
+        emulators.stop();
+        let cancel = outcome?;
+        print_cancel(&cancel);
+        write_results(
+            &args.out.with_extension("cancel.json"),
+            json!({
+                "workers": args.workers,
+                "worker_cpus": args.worker_cpus,
+                "result": {"cancel": cancel},
+            }),
+        )?;
+        return Ok(0);
+    }
     let floor_s = floor(&levels, parallelism)?;
     eprintln!("   xargs -P {parallelism}: {floor_s:.1} s");
-    let state = std::env::temp_dir().join(format!("batchplane-bench-large-{}", std::process::id()));
     let mut emulators = Emulators::start(&state.join("emulators-dag"), free_port()?, free_port()?)?;
     let outcome = run_dag(args, &value, &spec, &emulators, &state, floor_s).await;
     emulators.stop();
@@ -507,12 +527,16 @@ fn print_report(r: &Report) {
         );
     }
     if let Some(c) = &r.cancel {
-        let s = |v: Option<f64>| v.map_or("not within 10 min".to_string(), |x| format!("{x:.1} s"));
-        println!(
-            "cancel of the {}-task DAG with {} tasks ended: answered in {:.0} ms, none running after {}, CANCELLED after {}; counts {}",
-            c.tasks, c.ended_before, c.answer_ms, s(c.none_running_s), s(c.closed_s), c.counts
-        );
+        print_cancel(c);
     }
+}
+
+fn print_cancel(c: &Cancel) {
+    let s = |v: Option<f64>| v.map_or("not within 10 min".to_string(), |x| format!("{x:.1} s"));
+    println!(
+        "cancel of the {}-task DAG with {} tasks ended: answered in {:.0} ms, none running after {}, CANCELLED after {}; counts {}",
+        c.tasks, c.ended_before, c.answer_ms, s(c.none_running_s), s(c.closed_s), c.counts
+    );
 }
 
 #[cfg(test)]

@@ -28,6 +28,9 @@ pub struct JobRecord {
     /// The reason the caller gave when stopping it: the job's reason once it closes
     /// (an array waits for its running children first).
     pub stop_reason: Option<String>,
+    /// When the job was first asked to stop (ms): once no worker can still hold a stale
+    /// view of it, a stopped job whose tasks have all stopped running may close.
+    pub stopped_at: Option<i64>,
     /// A DAG job whose tasks are still being written: none of them is sent to a queue
     /// until the submission commits (clears this), so a submission that fails part-way
     /// runs nothing.
@@ -83,6 +86,7 @@ impl JobRecord {
             cancel_requested: false,
             stopped_by: None,
             stop_reason: None,
+            stopped_at: None,
             uncommitted: false,
             array: None,
             gates_met: 0,
@@ -110,7 +114,53 @@ impl JobRecord {
         }?;
         (self.total_tasks > u64::from(window)).then_some(window)
     }
+
+    /// A cancelled job (not an array: those close by [`super::batch::stopped_array_ends`])
+    /// closes once no task of it is leased and no worker can still start one, though its
+    /// cancel walk, an UpdateItem per waiting task, may have minutes of a big job left:
+    /// what has not started never will. Workers re-read a job at most
+    /// [`JOB_VIEW_FRESH_FOR_MS`] old before every claim, so [`CANCEL_SETTLES_AFTER_MS`]
+    /// after the cancel a claim that read the job before it has been counted.
+    pub fn closes_cancelled(&self, counts: &super::TaskCounts, now: i64) -> bool {
+        self.array.is_none()
+            && self.cancel_requested
+            && !self.state.is_terminal()
+            && self
+                .stopped_at
+                .is_some_and(|at| now - at >= CANCEL_SETTLES_AFTER_MS)
+            && !counts.any_running()
+    }
+
+    /// A task's state as readers see it: a task still waiting in a job that closed
+    /// CANCELLED (before its walk wrote it) is CANCELLED.
+    pub fn shown_task_state(&self, state: TaskState) -> TaskState {
+        let waiting = matches!(state, TaskState::Pending | TaskState::Runnable);
+        if self.state == JobState::Cancelled && waiting {
+            TaskState::Cancelled
+        } else {
+            state
+        }
+    }
+
+    /// The job's counts as readers see them ([`JobRecord::shown_task_state`]).
+    pub fn shown_counts(&self, counts: &super::TaskCounts) -> super::TaskCounts {
+        let mut shown = counts.clone();
+        for st in [TaskState::Pending, TaskState::Runnable] {
+            let n = counts.get(st) as i64;
+            if self.shown_task_state(st) != st {
+                shown.add(st, -n);
+                shown.add(self.shown_task_state(st), n);
+            }
+        }
+        shown
+    }
 }
+
+/// How old a worker's view of a job may be when it decides to claim one of its tasks.
+pub const JOB_VIEW_FRESH_FOR_MS: i64 = 2_000;
+/// How long after a cancel a job may close with tasks not yet walked: a worker's
+/// stale view, its claim, and the claim's stream record counted.
+pub const CANCEL_SETTLES_AFTER_MS: i64 = JOB_VIEW_FRESH_FOR_MS + 3_000;
 
 /// How a caller stopped a job: CancelJob (what has not started never runs) or
 /// TerminateJob (what runs is killed too); the native cancel is a cancel.
@@ -371,5 +421,77 @@ mod tests {
             Usage::of_attempt(1000, 1, &AttemptRecord::default()).is_none(),
             "unfinished"
         );
+    }
+
+    #[test]
+    fn a_cancelled_job_closes_once_nothing_runs_and_no_stale_claim_can_come() {
+        let mut job = JobRecord {
+            state: JobState::Pending,
+            cancel_requested: true,
+            stopped_at: Some(10_000),
+            total_tasks: 100,
+            ..JobRecord::new("j", "big", "t", "q")
+        };
+        let mut counts = super::super::TaskCounts::default();
+        counts.add(TaskState::Pending, 90);
+        counts.add(TaskState::Runnable, 5);
+        counts.add(TaskState::Succeeded, 5);
+        let settled = 10_000 + CANCEL_SETTLES_AFTER_MS;
+        assert!(job.closes_cancelled(&counts, settled));
+        assert!(
+            !job.closes_cancelled(&counts, settled - 1),
+            "a worker may still claim on a view from before the cancel"
+        );
+        counts.add(TaskState::Running, 1);
+        assert!(!job.closes_cancelled(&counts, settled), "a task still runs");
+        counts.add(TaskState::Running, -1);
+        counts.add(TaskState::Starting, 1);
+        assert!(
+            !job.closes_cancelled(&counts, settled),
+            "a task is starting"
+        );
+        counts.add(TaskState::Starting, -1);
+        let mut array = job.clone();
+        array.array = Some(
+            serde_json::from_value(serde_json::json!({
+                "template": {"command": ["true"], "cpu_milli": 1000, "memory_mib": 64},
+                "array_size": 4,
+                "window": 1,
+            }))
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert!(
+            !array.closes_cancelled(&counts, settled),
+            "arrays have their own rule"
+        );
+        let mut never_asked = job.clone();
+        never_asked.cancel_requested = false;
+        assert!(!never_asked.closes_cancelled(&counts, settled));
+        let mut undated = job.clone();
+        undated.stopped_at = None;
+        assert!(
+            !undated.closes_cancelled(&counts, settled),
+            "waits for its walk"
+        );
+
+        // Before it closes its tasks are what they are; after, the waiting ones are
+        // cancelled, and its counts say so.
+        assert_eq!(job.shown_task_state(TaskState::Pending), TaskState::Pending);
+        job.state = JobState::Cancelled;
+        for (st, shown) in [
+            (TaskState::Pending, TaskState::Cancelled),
+            (TaskState::Runnable, TaskState::Cancelled),
+            (TaskState::Running, TaskState::Running),
+            (TaskState::Succeeded, TaskState::Succeeded),
+        ] {
+            assert_eq!(job.shown_task_state(st), shown, "{st}");
+        }
+        let shown = job.shown_counts(&counts);
+        assert_eq!(shown.get(TaskState::Cancelled), 95);
+        assert_eq!(
+            shown.get(TaskState::Pending) + shown.get(TaskState::Runnable),
+            0
+        );
+        assert_eq!(shown.get(TaskState::Succeeded), 5);
     }
 }

@@ -46,9 +46,31 @@ impl Service {
             })?),
             None => None,
         };
+        // A job that closed CANCELLED before its walk wrote every waiting task shows
+        // those as cancelled (`JobRecord::shown_task_state`): ask for what is shown.
+        let stored: Vec<TaskState> = match state {
+            Some(st) => TaskState::ALL
+                .iter()
+                .copied()
+                .filter(|s| job.shown_task_state(*s) == st)
+                .collect(),
+            None => Vec::new(),
+        };
+        if state.is_some() && stored.is_empty() {
+            return Ok(TaskListView {
+                tasks: Vec::new(),
+                next_token: None,
+            });
+        }
         let page = self
             .store
-            .list_tasks(job_id, job.shard_count, state, limit, start)
+            .list_tasks(
+                job_id,
+                job.shard_count,
+                state.map(|_| stored.as_slice()),
+                limit,
+                start,
+            )
             .await?;
         Ok(TaskListView {
             tasks: page
@@ -56,8 +78,8 @@ impl Service {
                 .iter()
                 .map(|t| TaskSummary {
                     task_id: t.task_id.clone(),
-                    state: t.state,
-                    status_reason: t.reason.clone(),
+                    state: job.shown_task_state(t.state),
+                    status_reason: shown_reason(&job, t),
                     attempt: t.attempt,
                     exit_code: t.exit_code,
                 })
@@ -99,7 +121,12 @@ impl Service {
             .get_tasks(job_id, job.shard_count, &task.deps)
             .await?;
         let mut view = task_view(&task);
-        view.dependency_states = deps.into_iter().map(|(id, t)| (id, t.state)).collect();
+        view.state = job.shown_task_state(task.state);
+        view.status_reason = shown_reason(&job, &task);
+        view.dependency_states = deps
+            .into_iter()
+            .map(|(id, t)| (id, job.shown_task_state(t.state)))
+            .collect();
         Ok(view)
     }
 
@@ -254,6 +281,15 @@ impl Service {
 ///
 /// [`MAX_TASKS_PER_ADDITION`]: crate::domain::limits::MAX_TASKS_PER_ADDITION
 /// [`MAX_ADDITION_BYTES`]: crate::domain::limits::MAX_ADDITION_BYTES
+/// A task's reason as readers see it: one its job's close cancelled says so.
+fn shown_reason(job: &crate::domain::JobRecord, t: &crate::domain::TaskRecord) -> Option<String> {
+    if job.shown_task_state(t.state) == t.state {
+        t.reason.clone()
+    } else {
+        Some("job cancelled".to_string())
+    }
+}
+
 fn check_addition_size(plan: &[crate::domain::PlannedTask]) -> Result<(), ApiError> {
     use crate::domain::limits::{MAX_ADDITION_BYTES, MAX_TASKS_PER_ADDITION};
     if plan.len() > MAX_TASKS_PER_ADDITION {

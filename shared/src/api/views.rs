@@ -237,7 +237,7 @@ pub struct TeamDayView {
 }
 
 pub fn job_view(job: &JobRecord, counts: &TaskCounts) -> JobView {
-    let counts = &crate::domain::batch::child_counts(job, counts);
+    let counts = &job.shown_counts(&crate::domain::batch::child_counts(job, counts));
     let state = if job.state.is_terminal() || job.state == JobState::Submitted {
         job.state
     } else {

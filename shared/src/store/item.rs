@@ -220,6 +220,9 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     if let Some(r) = &job.stop_reason {
         item.insert("stop_reason".into(), s(r));
     }
+    if let Some(at) = job.stopped_at {
+        item.insert("stopped_at".into(), n(at));
+    }
     if job.uncommitted {
         item.insert("uncommitted".into(), AttributeValue::Bool(true));
     }
@@ -293,6 +296,7 @@ pub fn job_from_item(item: &Item) -> Result<JobRecord, Malformed> {
             None => None,
         },
         stop_reason: r.opt_s("stop_reason")?,
+        stopped_at: r.opt_n("stopped_at")?,
         uncommitted: r.bool("uncommitted"),
         array: match r.opt_s("array")? {
             Some(json) => {

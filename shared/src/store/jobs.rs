@@ -385,17 +385,22 @@ impl Store {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(job_pk(job_id), META_SK.into())))
-            .update_expression("SET cancel_requested = :true, stopped_by = :stop");
+            .update_expression(
+                "SET cancel_requested = :true, stopped_by = :stop, \
+                 stopped_at = if_not_exists(stopped_at, :now)",
+            );
         if let Some(r) = reason {
             update = update
                 .update_expression(
-                    "SET cancel_requested = :true, stopped_by = :stop, stop_reason = :why",
+                    "SET cancel_requested = :true, stopped_by = :stop, stop_reason = :why, \
+                     stopped_at = if_not_exists(stopped_at, :now)",
                 )
                 .expression_attribute_values(":why", s(r));
         }
         Ok(send_if(
             update
                 .expression_attribute_values(":stop", s(stop.as_str()))
+                .expression_attribute_values(":now", n(self.now()))
                 .condition_expression("#state IN (:submitted, :pending, :runnable)")
                 .expression_attribute_names("#state", "state")
                 .expression_attribute_values(":true", AttributeValue::Bool(true))

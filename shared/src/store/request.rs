@@ -372,18 +372,24 @@ pub(crate) trait StateCondition: Sized {
     fn with_states(self, states: &[crate::domain::TaskState]) -> Self;
 }
 
-impl StateCondition
-    for aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder
-{
-    fn with_states(self, states: &[crate::domain::TaskState]) -> Self {
-        states.iter().enumerate().fold(
-            self.expression_attribute_names("#state", "state"),
-            |req, (i, st)| {
-                req.expression_attribute_values(
-                    format!(":from{i}"),
-                    aws_sdk_dynamodb::types::AttributeValue::S(st.as_str().to_string()),
+/// The same for every builder that takes names and values.
+macro_rules! state_condition {
+    ($builder:ty) => {
+        impl StateCondition for $builder {
+            fn with_states(self, states: &[crate::domain::TaskState]) -> Self {
+                states.iter().enumerate().fold(
+                    self.expression_attribute_names("#state", "state"),
+                    |req, (i, st)| {
+                        req.expression_attribute_values(
+                            format!(":from{i}"),
+                            aws_sdk_dynamodb::types::AttributeValue::S(st.as_str().to_string()),
+                        )
+                    },
                 )
-            },
-        )
-    }
+            }
+        }
+    };
 }
+state_condition!(aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder);
+// A listing's filter on states.
+state_condition!(aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder);

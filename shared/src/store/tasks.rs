@@ -1,7 +1,7 @@
 //! Task items: writing a job's planned tasks, reading them by id, and listing them.
 
 use super::item::*;
-use super::request::send;
+use super::request::{send, state_in, StateCondition};
 use super::WRITE_CONCURRENCY;
 use super::{Store, StoreError};
 use crate::aws::backoff::Backoff;
@@ -331,11 +331,11 @@ impl Store {
         &self,
         job_id: &str,
         shard_count: u32,
-        state: Option<TaskState>,
+        states: Option<&[TaskState]>,
         limit: usize,
         start: Option<(u32, String)>,
     ) -> Result<TaskPage, StoreError> {
-        if state == Some(TaskState::Failed) {
+        if states == Some(&[TaskState::Failed]) {
             return self.list_failed_tasks(job_id, limit, start).await;
         }
         let (mut shard, mut after) = match start {
@@ -354,11 +354,10 @@ impl Store {
                 .expression_attribute_values(":command", s(TaskKind::Command.as_str()))
                 .expression_attribute_names("#kind", "kind")
                 .limit(((limit - tasks.len()) * 2).clamp(10, 1000) as i32);
-            q = match state {
-                Some(st) => q
-                    .filter_expression("#kind = :command AND #state = :state")
-                    .expression_attribute_names("#state", "state")
-                    .expression_attribute_values(":state", s(st.as_str())),
+            q = match states {
+                Some(states) => q
+                    .filter_expression(format!("#kind = :command AND {}", state_in(states)))
+                    .with_states(states),
                 None => q.filter_expression("#kind = :command"),
             };
             if let Some(sk) = after.take() {

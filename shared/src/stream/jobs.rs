@@ -23,67 +23,82 @@ impl Fanout {
         Ok(())
     }
 
-    /// Close a job whose tasks are all finished, and fold its count items now and then.
+    /// Close a job whose tasks are all finished ([`close_if_done`]).
     pub async fn close_if_done(&self, job_id: &str) -> Result<Option<JobState>, FanoutError> {
-        let Some(job) = self.store.get_job(job_id).await? else {
-            return Ok(None);
-        };
-        if job.state.is_terminal() {
-            // Closed by an earlier try of this batch that stopped before the team's
-            // rollup: add it now (the rollup counts a job once).
-            let (_, usage, _) = self.store.job_counts(job_id).await?;
-            self.store
-                .add_team_usage(
-                    &job.team,
-                    job_id,
-                    job.finished_at.unwrap_or_else(crate::store::now_ms),
-                    &usage,
-                )
-                .await?;
-            return Ok(None);
-        }
-        let (counts, usage, items) = self.store.job_counts(job_id).await?;
-        if items > 50 {
-            self.store.fold_counts(job_id).await?;
-        }
-        if let Some(why) = crate::domain::batch::stopped_array_ends(&job, &counts) {
-            let closed = self.store.fail_job(job_id, JobState::Failed, why).await?;
-            if closed {
-                self.store
-                    .add_team_usage(&job.team, job_id, crate::store::now_ms(), &usage)
-                    .await?;
-            }
-            return Ok(closed.then_some(JobState::Failed));
-        }
-        let Some(state) = JobState::final_state(&counts, job.total_tasks, job.cancel_requested)
-        else {
-            return Ok(None);
-        };
-        let reason = match state {
-            JobState::Failed => Some(format!(
-                "{} of {} tasks failed",
-                counts.get(TaskState::Failed),
-                job.total_tasks
-            )),
-            JobState::Cancelled => Some("cancelled by request".to_string()),
-            _ => None,
-        };
-        let closed = self
-            .store
-            .close_job(
+        close_if_done(&self.store, job_id).await
+    }
+}
+
+/// Close a job whose tasks are all finished, or a cancelled one of which nothing runs,
+/// and fold its count items now and then: the fanout does on the records that end its
+/// tasks, the reconciler for a cancel that settled after its last record.
+pub async fn close_if_done(
+    store: &crate::store::Store,
+    job_id: &str,
+) -> Result<Option<JobState>, FanoutError> {
+    let Some(job) = store.get_job(job_id).await? else {
+        return Ok(None);
+    };
+    if job.state.is_terminal() {
+        // Closed by an earlier try of this batch that stopped before the team's
+        // rollup: add it now (the rollup counts a job once).
+        let (_, usage, _) = store.job_counts(job_id).await?;
+        store
+            .add_team_usage(
+                &job.team,
                 job_id,
-                &[JobState::Submitted, JobState::Pending, JobState::Runnable],
-                state,
-                reason.as_deref(),
-                job.total_tasks,
+                job.finished_at.unwrap_or_else(crate::store::now_ms),
+                &usage,
             )
             .await?;
+        return Ok(None);
+    }
+    let (counts, usage, items) = store.job_counts(job_id).await?;
+    if items > 50 {
+        store.fold_counts(job_id).await?;
+    }
+    if let Some(why) = crate::domain::batch::stopped_array_ends(&job, &counts) {
+        let closed = store.fail_job(job_id, JobState::Failed, why).await?;
         if closed {
-            tracing::info!(job_id, state = %state, "job finished");
-            self.store
+            store
                 .add_team_usage(&job.team, job_id, crate::store::now_ms(), &usage)
                 .await?;
         }
-        Ok(closed.then_some(state))
+        return Ok(closed.then_some(JobState::Failed));
     }
+    let state = if job.closes_cancelled(&counts, crate::store::now_ms()) {
+        // Nothing of it runs or can start: what its walk has not yet written is
+        // cancelled all the same (readers see it so, `JobRecord::shown_task_state`).
+        Some(JobState::Cancelled)
+    } else {
+        JobState::final_state(&counts, job.total_tasks, job.cancel_requested)
+    };
+    let Some(state) = state else {
+        return Ok(None);
+    };
+    let reason = match state {
+        JobState::Failed => Some(format!(
+            "{} of {} tasks failed",
+            counts.get(TaskState::Failed),
+            job.total_tasks
+        )),
+        JobState::Cancelled => Some("cancelled by request".to_string()),
+        _ => None,
+    };
+    let closed = store
+        .close_job(
+            job_id,
+            &[JobState::Submitted, JobState::Pending, JobState::Runnable],
+            state,
+            reason.as_deref(),
+            job.total_tasks,
+        )
+        .await?;
+    if closed {
+        tracing::info!(job_id, state = %state, "job finished");
+        store
+            .add_team_usage(&job.team, job_id, crate::store::now_ms(), &usage)
+            .await?;
+    }
+    Ok(closed.then_some(state))
 }

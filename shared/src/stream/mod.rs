@@ -9,6 +9,7 @@
 
 pub mod arrays;
 mod jobs;
+pub use jobs::close_if_done;
 pub mod window;
 mod work;
 

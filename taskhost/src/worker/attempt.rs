@@ -137,14 +137,14 @@ pub(super) async fn start(
     Started::Running(Box::new(running), claim_took)
 }
 
-/// A delivered task of a job being cancelled is not started. The job's cancel walks its
-/// tasks a page at a time (a million-task job's for minutes); until it reaches this one,
-/// the worker cancels it instead, as the walk would. A running one (its worker died) goes
-/// on to the claim, whose take-over ends it CANCELLED. `None`: claim as usual (also where
-/// the job cannot be read now: the claim decides, and the walk still comes).
+/// A delivered task of a cancelled job (closed or not) is not started. Until the job's
+/// walk (minutes for a million tasks) reaches it, the worker cancels it as the walk would.
+/// A running one (its worker died) goes on to the claim, whose take-over ends it
+/// CANCELLED. `None`: claim as usual (also where the job cannot be read now: the claim
+/// decides, and the walk still comes).
 async fn stop_if_cancelled(ctx: &Arc<Ctx>, m: &TaskMessage) -> Option<Started> {
     let job = ctx.jobs.get(&m.job_id).await.ok().flatten()?;
-    if !job.cancel_requested || job.state.is_terminal() {
+    if !job.cancel_requested {
         return None;
     }
     let store = &ctx.store;

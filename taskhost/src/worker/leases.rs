@@ -53,12 +53,44 @@ pub(super) async fn keep_alive(
         }
     });
     futures::future::join_all(beats).await;
+    if tokio::time::timeout(ctx.lease / 3, stop_cancelled_jobs(ctx, running))
+        .await
+        .is_err()
+    {
+        tracing::warn!("reading running tasks' jobs got no answer in time");
+    }
     let receipts: Vec<(String, String)> = messages.open().cloned().collect();
     if tokio::time::timeout(ctx.lease / 3, extend_all(queues, receipts, ctx.lease))
         .await
         .is_err()
     {
         tracing::warn!("extending message visibility got no answer in time");
+    }
+}
+
+/// Stop the running tasks of cancelled jobs. A job's cancel reaches its tasks by its
+/// walk, which flags each running one for its heartbeat; a big job's walk takes minutes,
+/// and the job closes once nothing of it runs, so the worker also looks at the job
+/// itself (read at most every few seconds per job). Arrays are left to their walk:
+/// AWS Batch's CancelJob does not stop a running child.
+async fn stop_cancelled_jobs(ctx: &Ctx, running: &HashMap<String, Running>) {
+    let jobs: std::collections::BTreeSet<&str> =
+        running.values().map(|r| r.task.job_id.as_str()).collect();
+    for job_id in jobs {
+        let job = match ctx.jobs.get(job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, job_id, "reading a running task's job failed");
+                continue;
+            }
+        };
+        if !job.cancel_requested || job.array.is_some() {
+            continue;
+        }
+        for r in running.values().filter(|r| r.task.job_id == job_id) {
+            let _ = r.kill.send(Some(Kill::Cancelled));
+        }
     }
 }
 
