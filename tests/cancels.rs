@@ -68,6 +68,8 @@ tasks:
         after["dependency_states"]["starved"], "CANCELLED",
         "{after}"
     );
+    let why = h.explain(&job, "after").await;
+    assert_eq!(why["state"], "CANCELLED", "{why}");
 
     // In the table they still wait: nothing wrote them, nothing will run them.
     let shards = store

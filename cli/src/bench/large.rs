@@ -158,6 +158,10 @@ struct Cancel {
     closed_s: Option<f64>,
     /// Cancel sent → none of its tasks running any more.
     none_running_s: Option<f64>,
+    /// Claims in the workers' logs stamped after the cancel was sent (a worker's view of
+    /// the job may be 2 s old), and how long after it the last one came.
+    claims_after: usize,
+    last_claim_after_s: Option<f64>,
     /// Its tasks' final counts.
     counts: Value,
 }
@@ -366,6 +370,7 @@ async fn run_cancel(
     let ended_before = ended(&view);
     eprintln!("   cancelling {job} with {ended_before} tasks ended");
     let sent = Instant::now();
+    let sent_at = chrono::Utc::now();
     api.post(&format!("/v1/jobs/{job}/cancel"), String::new(), None)
         .await?;
     let answer_ms = sent.elapsed().as_secs_f64() * 1000.0;
@@ -385,6 +390,7 @@ async fn run_cancel(
         }
     }
     stack.shutdown().await?;
+    let late = claims_after(&state.join("cancel").join("workers"), sent_at)?;
     Ok(Cancel {
         tasks: spec.tasks.len(),
         submit_s,
@@ -392,8 +398,45 @@ async fn run_cancel(
         answer_ms,
         closed_s,
         none_running_s,
+        claims_after: late.len(),
+        last_claim_after_s: late
+            .iter()
+            .max()
+            .map(|at| (*at - sent_at).num_milliseconds() as f64 / 1000.0),
         counts: view["task_counts"].clone(),
     })
+}
+
+/// When each claim in the workers' logs under `dir` came, of those after `after`.
+fn claims_after(
+    dir: &Path,
+    after: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<chrono::DateTime<chrono::Utc>>> {
+    let mut late = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        late.extend(
+            text.lines()
+                .filter(|l| l.contains("task claimed"))
+                .filter_map(log_time)
+                .filter(|at| *at > after),
+        );
+    }
+    Ok(late)
+}
+
+/// The time a worker's log line starts with (its colours stripped).
+fn log_time(line: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let mut parts = line.split('\u{1b}');
+    let mut plain = parts.next().unwrap_or_default().to_string();
+    // Each escape runs to its `m`.
+    for part in parts {
+        plain.push_str(part.find('m').map_or(part, |i| &part[i + 1..]));
+    }
+    let stamp = plain.split_whitespace().next()?;
+    chrono::DateTime::parse_from_rfc3339(stamp)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 pub async fn run(args: &LargeBenchArgs) -> anyhow::Result<u8> {
@@ -534,14 +577,28 @@ fn print_report(r: &Report) {
 fn print_cancel(c: &Cancel) {
     let s = |v: Option<f64>| v.map_or("not within 10 min".to_string(), |x| format!("{x:.1} s"));
     println!(
-        "cancel of the {}-task DAG with {} tasks ended: answered in {:.0} ms, none running after {}, CANCELLED after {}; counts {}",
-        c.tasks, c.ended_before, c.answer_ms, s(c.none_running_s), s(c.closed_s), c.counts
+        "cancel of the {}-task DAG with {} tasks ended: answered in {:.0} ms, none running after {}, CANCELLED after {}; {} claims after it (the last {}); counts {}",
+        c.tasks, c.ended_before, c.answer_ms, s(c.none_running_s), s(c.closed_s),
+        c.claims_after, s(c.last_claim_after_s), c.counts
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workers_log_line_gives_its_time() {
+        let line =
+            "\u{1b}[2m2026-12-06T23:27:31.808047Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m task claimed";
+        let at = log_time(line).expect("a time");
+        assert_eq!(at.to_rfc3339(), "2026-12-06T23:27:31.808047+00:00");
+        assert_eq!(
+            log_time("2026-12-06T23:27:31Z INFO task claimed").map(|t| t.timestamp()),
+            Some(1796599651)
+        );
+        assert!(log_time("no time here").is_none());
+    }
 
     #[test]
     fn the_dag_has_the_tasks_asked_for_and_checks() {

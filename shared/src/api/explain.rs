@@ -66,6 +66,12 @@ impl Service {
                 if let Some(a) = &job.array {
                     crate::domain::batch::apply_template(&mut task, a);
                 }
+                let shown = job.shown_task_state(task.state);
+                if shown != task.state {
+                    // Its job closed CANCELLED before the cancel's walk wrote it.
+                    task.state = shown;
+                    task.reason = Some("job cancelled".into());
+                }
                 self.task_reasons(&job, &task, &mut reasons).await?;
                 task.state.to_string()
             }
