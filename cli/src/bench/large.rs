@@ -8,7 +8,7 @@
 
 use super::measure::{epoch_ms, makespan_s, release_latencies};
 use super::scenarios::{floor, task};
-use super::{finish_stack, result, start_stack, write_results, Measured, ScenarioResult, PRICES};
+use super::{finish_stack, result, start_stack, write_stack_results, Measured, ScenarioResult};
 use crate::client::Api;
 use crate::commands::jobs;
 use crate::commands::pages::{submit_in_pages, PAGE_TASKS};
@@ -457,13 +457,10 @@ pub async fn run(args: &LargeBenchArgs) -> anyhow::Result<u8> {
         emulators.stop();
         let cancel = outcome?;
         print_cancel(&cancel);
-        write_results(
+        write_stack_results(
             &args.out.with_extension("cancel.json"),
-            json!({
-                "workers": args.workers,
-                "worker_cpus": args.worker_cpus,
-                "result": {"cancel": cancel},
-            }),
+            (args.workers, args.worker_cpus),
+            json!({"result": {"cancel": cancel}}),
         )?;
         return Ok(0);
     }
@@ -510,14 +507,10 @@ pub async fn run(args: &LargeBenchArgs) -> anyhow::Result<u8> {
         cancel,
     };
     print_report(&report);
-    write_results(
+    write_stack_results(
         &args.out,
-        json!({
-            "workers": args.workers,
-            "worker_cpus": args.worker_cpus,
-            "prices": PRICES,
-            "result": report,
-        }),
+        (args.workers, args.worker_cpus),
+        json!({"result": report}),
     )?;
     Ok(0)
 }

@@ -121,6 +121,20 @@ pub(crate) fn write_results(out: &std::path::Path, fields: Value) -> anyhow::Res
     Ok(())
 }
 
+/// [`write_results`] for a run through the local stack: its workers and the prices its
+/// dollars are at go with `fields`.
+pub(crate) fn write_stack_results(
+    out: &std::path::Path,
+    (workers, worker_cpus): (usize, f64),
+    fields: Value,
+) -> anyhow::Result<()> {
+    let mut doc = json!({"workers": workers, "worker_cpus": worker_cpus, "prices": PRICES});
+    if let (Some(d), Value::Object(f)) = (doc.as_object_mut(), fields) {
+        d.extend(f);
+    }
+    write_results(out, doc)
+}
+
 /// The prices every stack scenario's dollars are at.
 pub(crate) const PRICES: &str = "us-east-1 list prices, late 2026: DynamoDB on demand $0.625/M write units, $0.125/M read units; provisioned $0.00065 a write unit-hour, $0.00013 a read unit-hour, at 70% utilisation; SQS $0.40/M requests; Lambda $0.20/M requests";
 
@@ -225,14 +239,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     }
     emulators.stop();
     print_table(&results);
-    write_results(
+    write_stack_results(
         &args.out,
-        json!({
-            "workers": args.workers,
-            "worker_cpus": args.worker_cpus,
-            "prices": PRICES,
-            "results": results,
-        }),
+        (args.workers, args.worker_cpus),
+        json!({"results": results}),
     )?;
     Ok(0)
 }
