@@ -90,7 +90,7 @@ impl Reconciler<'_> {
                 out.errors
                     .push(format!("queue {q}: abandoned submissions: {e}"));
             }
-            if let Err(e) = self.stranded(q, &names, &mut out).await {
+            if let Err(e) = self.stranded(q, &names, now, &mut out).await {
                 out.errors.push(format!("queue {q}: stranded tasks: {e}"));
             }
         }
@@ -153,6 +153,7 @@ impl Reconciler<'_> {
         &self,
         queue: &str,
         all_queues: &[String],
+        now: i64,
         out: &mut Reconciled,
     ) -> Result<(), anyhow::Error> {
         // A committed DAG job that has not ended is listed RUNNABLE or RUNNING.
@@ -199,7 +200,7 @@ impl Reconciler<'_> {
                 messages += visible + in_flight;
             }
             if waiting == 0 {
-                self.repair_window(&job, out).await?;
+                self.repair_window(&job, now, out).await?;
             }
             if job.array.is_some() {
                 continue;
@@ -207,6 +208,17 @@ impl Reconciler<'_> {
             let (counts, _, _) = self.store.job_counts(&job.job_id).await?;
             if counts.get(TaskState::Runnable) == 0 {
                 continue;
+            }
+            // A windowed job's held tasks are RUNNABLE with no message by design, and
+            // between a claim and the refill it brings nothing waits either: sending
+            // them again would hold each a second time. Only a window left alone that
+            // holds nothing has lost messages.
+            if job.release_window().is_some() {
+                let slots = self.store.slots(&job.job_id).await?;
+                if slots.held > 0 || now - slots.changed_at < crate::store::WINDOW_SETTLES_AFTER_MS
+                {
+                    continue;
+                }
             }
             if messages == 0
                 && self
@@ -222,12 +234,14 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    /// None of a windowed job's messages waits in SQS, so every slot it took has come
-    /// back or leaked (a message sent twice is claimed once; a send cut off after its
-    /// take): give it its whole window back and send what it holds.
+    /// None of a windowed job's messages waits in SQS and its window has not changed
+    /// for a while, so every slot it took has come back or leaked (a message sent twice
+    /// is claimed once; a send cut off after its take): give it its whole window back
+    /// and send what it holds.
     async fn repair_window(
         &self,
         job: &crate::domain::JobRecord,
+        now: i64,
         out: &mut Reconciled,
     ) -> Result<(), anyhow::Error> {
         let Some(size) = job.release_window() else {
@@ -237,7 +251,14 @@ impl Reconciler<'_> {
         if slots.free >= i64::from(size) && slots.held == 0 {
             return Ok(());
         }
-        self.store.reset_slots(&job.job_id, size).await?;
+        // Nothing waits between a take and its send too: only a window left alone for a
+        // while has leaked, and only if nothing took or gave since it was read.
+        let quiet_for = now - slots.changed_at;
+        if quiet_for < crate::store::WINDOW_SETTLES_AFTER_MS
+            || !self.store.reset_slots(&job.job_id, size, &slots).await?
+        {
+            return Ok(());
+        }
         if self
             .store
             .recount_held(&job.job_id, job.shard_count)

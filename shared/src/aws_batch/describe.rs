@@ -57,6 +57,10 @@ pub(super) fn attempts_json(t: &TaskRecord) -> Value {
     )
 }
 
+/// The most array children one ListJobs page reads, and the time it reads them for.
+const LIST_CHILDREN_READ: u32 = 10_000;
+const LIST_CHILDREN_TIME: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Service {
     /// Jobs the caller has no role on are left out, as AWS leaves out unknown ids.
     pub async fn describe_jobs(&self, who: &Access, input: &Value) -> Result<Value, ApiError> {
@@ -372,7 +376,15 @@ impl Service {
         };
         let mut out = Vec::new();
         let mut scanned = 0;
-        while from < size && out.len() < max && scanned < 10_000 {
+        // A status the children mostly lack can mean reading far for a page: stop at a
+        // bound of children read and of time (a busy table answers slowly) and give the
+        // caller the rest as the next page, as AWS Batch may return a short one.
+        let began = std::time::Instant::now();
+        while from < size
+            && out.len() < max
+            && scanned < LIST_CHILDREN_READ
+            && began.elapsed() < LIST_CHILDREN_TIME
+        {
             let to = (from + 100).min(size);
             let ids: Vec<String> = (from..to).map(child_task_id).collect();
             let found = self.store.get_tasks(parent, job.shard_count, &ids).await?;

@@ -20,7 +20,11 @@
 //! Slots never exceed the window: a give-back that would (a stream record applied twice)
 //! stops at it. A slot can leak (a message sent twice is claimed once; a send cut off
 //! between its take and its message); the reconciler gives a job its whole window back
-//! when none of its pools has a message waiting.
+//! when none of its pools has a message waiting and the item has not changed for
+//! [`WINDOW_SETTLES_AFTER_MS`]. Every write of the item stamps `changed_at`: between a
+//! take and its messages' send nothing waits in SQS either, and a repair then would
+//! hand out the slots of messages on their way (and a later refill would send held
+//! tasks in them, past the window).
 
 use super::item::*;
 use super::request::{send, send_if, send_if_current, CONFLICT_RETRIES};
@@ -57,12 +61,18 @@ pub fn bundle_size(window: u32) -> usize {
     (window as usize / 10).clamp(1, BUNDLE)
 }
 
+/// How long a job's slots item must have gone unchanged before the reconciler may take
+/// an empty queue as a leak: far longer than any take, send and hold of one batch.
+pub const WINDOW_SETTLES_AFTER_MS: i64 = 30_000;
+
 /// A job's slots item as last written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Slots {
     pub free: i64,
     /// Tasks held (put and not yet taken back out).
     pub held: i64,
+    /// When the item was last written (epoch ms; 0 before its first write).
+    pub changed_at: i64,
 }
 
 fn slots_key(job_id: &str) -> Item {
@@ -74,6 +84,7 @@ fn slots_of(item: &Item) -> Slots {
     Slots {
         free: r.opt_n("slots").ok().flatten().unwrap_or(0),
         held: r.opt_n("held").ok().flatten().unwrap_or(0),
+        changed_at: r.opt_n("changed_at").ok().flatten().unwrap_or(0),
     }
 }
 
@@ -98,10 +109,11 @@ impl Store {
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(slots_key(job_id)))
-                    .update_expression("SET slots = if_not_exists(slots, :w) - :k, slot_limit = :w")
+                    .update_expression("SET slots = if_not_exists(slots, :w) - :k, slot_limit = :w, changed_at = :now")
                     .condition_expression("attribute_not_exists(slots) OR slots >= :k")
                     .expression_attribute_values(":w", n(window))
                     .expression_attribute_values(":k", n(k))
+                    .expression_attribute_values(":now", n(self.now()))
                     .return_values_on_condition_check_failure(
                         ReturnValuesOnConditionCheckFailure::AllOld,
                     ),
@@ -135,10 +147,11 @@ impl Store {
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(slots_key(job_id)))
-                    .update_expression("SET slots = slots + :k")
+                    .update_expression("SET slots = slots + :k, changed_at = :now")
                     .condition_expression("slots <= :limit")
                     .expression_attribute_values(":k", n(count))
                     .expression_attribute_values(":limit", n(limit))
+                    .expression_attribute_values(":now", n(self.now()))
                     .return_values(ReturnValue::AllNew)
                     .return_values_on_condition_check_failure(
                         ReturnValuesOnConditionCheckFailure::AllOld,
@@ -157,10 +170,11 @@ impl Store {
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(slots_key(job_id)))
-                    .update_expression("SET slots = :w")
+                    .update_expression("SET slots = :w, changed_at = :now")
                     .condition_expression("slots = :seen")
                     .expression_attribute_values(":w", n(window))
                     .expression_attribute_values(":seen", n(current.free))
+                    .expression_attribute_values(":now", n(self.now()))
                     .return_values(ReturnValue::AllNew),
             )
             .await?;
@@ -180,7 +194,7 @@ impl Store {
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(slots_key(job_id)))
-                .update_expression("SET slots = slots + :one, freed_at = :now")
+                .update_expression("SET slots = slots + :one, freed_at = :now, changed_at = :now")
                 .condition_expression("slots < slot_limit")
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":now", n(self.now())),
@@ -189,18 +203,37 @@ impl Store {
         .is_some())
     }
 
-    /// Give a job its whole window back (the reconciler, when none of its messages waits).
-    pub async fn reset_slots(&self, job_id: &str, window: u32) -> Result<(), StoreError> {
-        send(
-            self.ddb
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(slots_key(job_id)))
-                .update_expression("SET slots = :w")
-                .expression_attribute_values(":w", n(window)),
-        )
-        .await?;
-        Ok(())
+    /// Give a job its whole window back (the reconciler, when none of its messages
+    /// waits), on condition that the item is still as `seen`: a take, give or hold since
+    /// means the window is in use. Whether it was reset.
+    pub async fn reset_slots(
+        &self,
+        job_id: &str,
+        window: u32,
+        seen: &Slots,
+    ) -> Result<bool, StoreError> {
+        // Its free count too: a take in the millisecond of the write seen has the
+        // same stamp.
+        let unchanged = if seen.changed_at == 0 {
+            "attribute_not_exists(changed_at)"
+        } else {
+            "changed_at = :seen AND slots = :free"
+        };
+        let mut update = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(slots_key(job_id)))
+            .update_expression("SET slots = :w, changed_at = :now")
+            .condition_expression(unchanged)
+            .expression_attribute_values(":w", n(window))
+            .expression_attribute_values(":now", n(self.now()));
+        if seen.changed_at != 0 {
+            update = update
+                .expression_attribute_values(":seen", n(seen.changed_at))
+                .expression_attribute_values(":free", n(seen.free));
+        }
+        Ok(send_if(update).await?.is_some())
     }
 
     /// A job's slots item (all zero before its first take).
@@ -293,8 +326,9 @@ impl Store {
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(slots_key(job_id)))
-                .update_expression("ADD held :d")
-                .expression_attribute_values(":d", n(delta)),
+                .update_expression("ADD held :d SET changed_at = :now")
+                .expression_attribute_values(":d", n(delta))
+                .expression_attribute_values(":now", n(self.now())),
         )
         .await?;
         Ok(())
@@ -386,9 +420,12 @@ impl Store {
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(slots_key(job_id)))
-                .update_expression("SET slots = if_not_exists(slots, :w) - :k, slot_limit = :w")
+                .update_expression(
+                    "SET slots = if_not_exists(slots, :w) - :k, slot_limit = :w, changed_at = :now",
+                )
                 .expression_attribute_values(":w", n(window))
                 .expression_attribute_values(":k", n(count))
+                .expression_attribute_values(":now", n(self.now()))
                 .return_values(ReturnValue::UpdatedNew),
         )
         .await?;
