@@ -6,7 +6,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/batchplane/target
 export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/debug
 
-.PHONY: demo test build lint bench bench-autoscaler infra lambda taskhost-static
+.PHONY: demo test build lint bench bench-autoscaler infra lambda cdk taskhost-static
 
 build:
 	cargo build --workspace --bins
@@ -24,6 +24,11 @@ infra:
 # Every function's bootstrap for arm64, as sam build makes them (cargo lambda + zig, pinned).
 lambda:
 	bash scripts/lambda-build.sh
+
+# The CDK construct against the SAM template: its tests, cdk synth with cdk-nag, cfn-lint,
+# and the comparison with the template transformed by aws-sam-translator. After `make lambda`.
+cdk:
+	bash scripts/cdk-check.sh
 
 # The taskhost as static musl binaries for x86_64 and arm64, checked to need no shared
 # library and to run from an empty directory (what a worker pod's init container copies).

@@ -1,0 +1,2 @@
+export { Batchplane, BatchplaneProps, FunctionName } from './batchplane';
+export { propsFromParameters } from './parameters';
