@@ -10,7 +10,6 @@ import {
   Duration,
   Fn,
   RemovalPolicy,
-  Token,
   aws_apigatewayv2 as apigw,
   aws_cloudwatch as cloudwatch,
   aws_dynamodb as dynamodb,
@@ -24,9 +23,10 @@ import {
   aws_sqs as sqs,
   aws_stepfunctions as sfn,
 } from 'aws-cdk-lib';
-import { RustFunction } from 'cargo-lambda-cdk';
-import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
+import { codeFor } from './functions';
+import { suppressNagFindings } from './nag';
+import { validate } from './validate';
 
 /** What `infra/template.yaml` takes as parameters, typed. */
 export interface BatchplaneProps {
@@ -125,9 +125,6 @@ export interface BatchplaneProps {
 
 /** The functions, by the binary each runs. */
 export type FunctionName = 'api' | 'fanout' | 'placement' | 'autoscaler' | 'publisher' | 'trigger';
-
-const DEPLOYMENT_NAME = /^[a-z][a-z0-9-]{0,30}$/;
-const ADMIN = /^[A-Za-z0-9+=,.@_:/*-]+$/;
 
 /** One function as the template declares it. */
 interface FunctionSpec {
@@ -507,7 +504,7 @@ export class Batchplane extends Construct {
     this.taskDeadLetterQueueUrl = taskDeadLetters.queueUrl;
     this.streamDeadLetterQueueUrl = streamDeadLetters.queueUrl;
 
-    this.suppressNagFindings();
+    suppressNagFindings(this);
   }
 
   private logGroup(id: string, logGroupName: string): logs.LogGroup {
@@ -629,93 +626,5 @@ export class Batchplane extends Construct {
       },
     });
     return { stateMachineArn: machine.ref, roleArn: role.roleArn };
-  }
-
-  /** What cdk-nag's AwsSolutions rules report and why each stands. */
-  private suppressNagFindings() {
-    NagSuppressions.addResourceSuppressions(this, [
-      {
-        id: 'AwsSolutions-IAM4',
-        reason: 'The functions use the AWS managed basic execution, X-Ray write and DynamoDB stream read policies, as the SAM template does; each names only logs, traces and the stream.',
-      },
-      {
-        id: 'AwsSolutions-IAM5',
-        reason: 'Wildcards are the deployment\'s own: its queues (<name>-*, created on first use per job queue and pool), its table\'s indexes, any EKS cluster in the account (registered at run time), launch templates and subnets named in stored settings, EC2 Describe calls (unscoped by AWS), task tokens (no resource), and log delivery for the example state machine.',
-      },
-      {
-        id: 'AwsSolutions-SQS3',
-        reason: 'These are the dead-letter queues themselves; each has an alarm on its depth.',
-      },
-      {
-        id: 'AwsSolutions-SQS4',
-        reason: 'No queue has a resource policy granting anyone outside the account; the deployment\'s roles reach them with signed HTTPS requests from the AWS SDK.',
-      },
-      {
-        id: 'AwsSolutions-SF1',
-        reason: 'The example state machine logs errors only, without execution data: its input holds job specs that are not for the logs.',
-      },
-      {
-        id: 'AwsSolutions-SF2',
-        reason: 'The example state machine is one task waiting on a callback; Batchplane\'s functions are traced with X-Ray.',
-      },
-    ], true);
-  }
-}
-
-type FunctionProps = Omit<lambda.FunctionProps, 'code' | 'runtime' | 'handler' | 'architecture'>;
-type MakeFunction = (scope: Construct, id: string, binary: FunctionName, props: FunctionProps) => lambda.Function;
-
-/** Each function's code: prebuilt bootstraps when given, else cargo-lambda-cdk builds them. */
-function codeFor(props: BatchplaneProps): MakeFunction {
-  const dir = props.prebuiltFunctionsDir;
-  if (dir) {
-    return (scope, id, binary, p) => {
-      const bootstrap = path.join(dir, binary, 'bootstrap');
-      if (!fs.existsSync(bootstrap)) {
-        throw new Error(`prebuiltFunctionsDir: ${bootstrap} does not exist (build it with \`make lambda\` or \`cargo lambda build --release --arm64 --lambda-dir ${dir}\`)`);
-      }
-      return new lambda.Function(scope, id, {
-        ...p,
-        runtime: lambda.Runtime.PROVIDED_AL2023,
-        architecture: lambda.Architecture.ARM_64,
-        handler: 'bootstrap',
-        code: lambda.Code.fromAsset(path.join(dir, binary)),
-      });
-    };
-  }
-  const manifestPath = props.manifestPath ?? path.join(__dirname, '..', '..', '..', '..', 'Cargo.toml');
-  return (scope, id, binary, p) =>
-    new RustFunction(scope, id, {
-      ...p,
-      manifestPath,
-      binaryName: binary,
-      runtime: 'provided.al2023',
-      architecture: lambda.Architecture.ARM_64,
-    });
-}
-
-/** Refuse props the template's parameter constraints would refuse, naming the prop. */
-function validate(props: BatchplaneProps) {
-  const name = props.deploymentName;
-  if (name !== undefined && !Token.isUnresolved(name) && !DEPLOYMENT_NAME.test(name)) {
-    throw new Error(`deploymentName: "${name}" must be a lower-case letter then up to 30 lower-case letters, digits or dashes`);
-  }
-  const atLeast = (prop: string, d: Duration | undefined, min: number) => {
-    if (d !== undefined && !Token.isUnresolved(d.toSeconds()) && d.toSeconds() < min) {
-      throw new Error(`${prop}: ${d.toSeconds()} seconds is under the minimum of ${min}`);
-    }
-  };
-  atLeast('lease', props.lease, 3);
-  atLeast('reservationLease', props.reservationLease, 30);
-  (props.admins ?? []).forEach((a, i) => {
-    if (!Token.isUnresolved(a) && !ADMIN.test(a)) {
-      throw new Error(`admins[${i}]: "${a}" is not an IAM ARN or pattern (letters, digits and +=,.@_:/*- only)`);
-    }
-  });
-  if (props.exampleBucketName && !props.deployExamples) {
-    throw new Error('exampleBucketName: set deployExamples too (the bucket rule is one of the examples)');
-  }
-  if (props.prebuiltFunctionsDir && props.manifestPath) {
-    throw new Error('prebuiltFunctionsDir and manifestPath: give one (prebuilt bootstraps are not built again)');
   }
 }
