@@ -256,7 +256,14 @@ export class Batchplane extends Construct {
       const role = new iam.Role(this, `${id}Role`, {
         assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
         managedPolicies: managed.map((m) => iam.ManagedPolicy.fromAwsManagedPolicyName(m)),
-        inlinePolicies: { [`${id}Policy`]: new iam.PolicyDocument({ statements }) },
+        inlinePolicies: {
+          [`${id}Policy`]: new iam.PolicyDocument({
+            // A stream consumer sends the batches it gives up on to the stream's DLQ.
+            statements: spec.readsStream
+              ? [...statements, new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [streamDeadLetters.queueArn] })]
+              : statements,
+          }),
+        },
       });
       const logGroup = this.logGroup(`${id}LogGroup`, `/aws/lambda/${name}-${fn}`);
       const f = code(this, id, fn, {
@@ -301,21 +308,15 @@ export class Batchplane extends Construct {
     }, [
       allow(ddb('GetItem', 'PutItem', 'UpdateItem', 'DeleteItem', 'Query', 'BatchGetItem', 'BatchWriteItem', 'ConditionCheckItem'), tableAndIndexes),
       allow(['sqs:SendMessage', 'sqs:GetQueueUrl', 'sqs:GetQueueAttributes', 'sqs:CreateQueue'], [ownQueues]),
-      allow(['sqs:SendMessage'], [streamDeadLetters.queueArn]),
     ]);
-    fanout.addEventSourceMapping('Stream', {
-      eventSourceArn: this.table.tableStreamArn!,
-      startingPosition: lambda.StartingPosition.TRIM_HORIZON,
+    this.consumeStream(fanout, streamDeadLetters, {
       batchSize: 500,
       // Release latency matters more than invocations: no batching window.
       maxBatchingWindow: Duration.seconds(0),
       parallelizationFactor: 4,
-      reportBatchItemFailures: true,
       // Task counts are kept per batch, keyed by its first record: a bisected retry would
       // present counted records under a new first record.
       bisectBatchOnError: false,
-      retryAttempts: 100,
-      onFailure: new sources.SqsDlq(streamDeadLetters),
     });
 
     const placement = make('placement', 'PlacementFunction', {
@@ -381,19 +382,13 @@ export class Batchplane extends Construct {
       allow(['events:PutEvents'], [this.eventBus.eventBusArn]),
       // Task tokens name no resource.
       allow(['states:SendTaskSuccess', 'states:SendTaskFailure', 'states:SendTaskHeartbeat'], ['*']),
-      allow(['sqs:SendMessage'], [streamDeadLetters.queueArn]),
     ]);
     // The stream's second consumer: an EventBridge or Step Functions outage never holds
     // up task release.
-    publisher.addEventSourceMapping('Stream', {
-      eventSourceArn: this.table.tableStreamArn!,
-      startingPosition: lambda.StartingPosition.TRIM_HORIZON,
+    this.consumeStream(publisher, streamDeadLetters, {
       batchSize: 100,
       maxBatchingWindow: Duration.seconds(1),
-      reportBatchItemFailures: true,
       bisectBatchOnError: true,
-      retryAttempts: 100,
-      onFailure: new sources.SqsDlq(streamDeadLetters),
     });
     this.schedule('PublisherFunctionHeartbeats', publisher, `${name}-publisher-heartbeat`);
 
@@ -505,6 +500,18 @@ export class Batchplane extends Construct {
     this.streamDeadLetterQueueUrl = streamDeadLetters.queueUrl;
 
     suppressNagFindings(this);
+  }
+
+  /** Invoke `fn` with the table's stream: its item failures retried from the failed record, 100 times, then to the stream's DLQ. */
+  private consumeStream(fn: lambda.Function, deadLetters: sqs.Queue, batching: Pick<lambda.EventSourceMappingOptions, 'batchSize' | 'maxBatchingWindow' | 'parallelizationFactor' | 'bisectBatchOnError'>) {
+    fn.addEventSourceMapping('Stream', {
+      eventSourceArn: this.table.tableStreamArn!,
+      startingPosition: lambda.StartingPosition.TRIM_HORIZON,
+      reportBatchItemFailures: true,
+      retryAttempts: 100,
+      onFailure: new sources.SqsDlq(deadLetters),
+      ...batching,
+    });
   }
 
   private logGroup(id: string, logGroupName: string): logs.LogGroup {
