@@ -47,6 +47,7 @@ async fn a_dag_waits_in_sqs_no_more_than_its_window_and_runs_every_task_once() {
     let mut h = Harness::start(|o| {
         o.workers = 0;
         o.job_window = 4;
+        o.window_seconds = 0.0;
     })
     .await;
     let store = h.stack.service.store.clone();
@@ -92,6 +93,7 @@ async fn a_job_submitted_behind_a_big_one_is_not_queued_behind_its_backlog() {
     let mut h = Harness::start(|o| {
         o.workers = 0;
         o.job_window = 10;
+        o.window_seconds = 0.0;
     })
     .await;
     let store = h.stack.service.store.clone();
@@ -122,7 +124,11 @@ async fn a_job_submitted_behind_a_big_one_is_not_queued_behind_its_backlog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_n_to_n_successor_goes_through_its_window_and_gives_every_slot_back() {
-    let h = Harness::start(|o| o.job_window = 3).await;
+    let h = Harness::start(|o| {
+        o.job_window = 3;
+        o.window_seconds = 0.0;
+    })
+    .await;
     let a = h
         .submit(r#"{"name": "first", "array_size": 20, "command": ["true"], "cpu": 0.5}"#)
         .await;
@@ -148,11 +154,75 @@ async fn an_n_to_n_successor_goes_through_its_window_and_gives_every_slot_back()
     h.shutdown().await;
 }
 
+/// A job's window follows its own claim rate (about a second of it): one started small
+/// on a pool that runs tens of tasks a second grows, and one started big on a pool that
+/// runs a few shrinks, so what a job submitted behind it waits for is a second or so of
+/// work either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_follows_its_jobs_claim_rate() {
+    let h = Harness::start(|o| o.job_window = 4).await;
+    let store = h.stack.service.store.clone();
+    let fast = h.submit(&independent("fast", 400, "true")).await;
+    let grown = wait_for("the fast job's window grows past 8", MINUTE, || async {
+        let s = store.slots(&fast).await.must("the job's slots");
+        (s.limit > 8).then_some(s).ok_or(format!("{s:?}"))
+    })
+    .await;
+    assert!(grown.limit <= i64::from(batchplane::store::WINDOW_CEILING));
+    let done = h.wait(&fast, 3 * MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    h.assert_each_ran_once(&fast, 400).await;
+    wait_for("every slot back", MINUTE / 4, || async {
+        let s = store.slots(&fast).await.must("the job's slots");
+        (s.free == s.limit && s.held == 0)
+            .then_some(())
+            .ok_or(format!("{s:?}"))
+    })
+    .await;
+    h.shutdown().await;
+
+    // Half a second a task on one worker of a few slots: a few claims a second, so a
+    // window of 256 halves period by period down to the floor.
+    let slow_spec = json!({"name": "slow", "tasks": (0..300)
+        .map(|i| json!({"id": format!("t{i}"), "command": ["sleep", "0.5"], "cpu": 1}))
+        .collect::<Vec<_>>()});
+    let h2 = Harness::start(|o| {
+        o.job_window = 256;
+        o.workers = 1;
+        o.worker_cpus = 2.0;
+    })
+    .await;
+    let store2 = h2.stack.service.store.clone();
+    let slow = h2.submit(&slow_spec.to_string()).await;
+    let shrunk = wait_for(
+        "the slow job's window shrinks to the floor",
+        MINUTE,
+        || async {
+            let s = store2.slots(&slow).await.must("the job's slots");
+            (s.limit == i64::from(batchplane::store::WINDOW_FLOOR))
+                .then_some(s)
+                .ok_or(format!("{s:?}"))
+        },
+    )
+    .await;
+    // The slots it had out past the new window come back before any is free again.
+    assert!(shrunk.free <= 0 && shrunk.held > 0, "{shrunk:?}");
+    let explained = h2.explain(&slow, "t299").await;
+    assert!(
+        explained.to_string().contains("\"window\":32"),
+        "explain names the window as it is now: {explained}"
+    );
+    let r = h2.post(&format!("/v1/jobs/{slow}/cancel"), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    h2.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaked_slots_and_lost_messages_are_made_good_by_the_reconciler() {
     let mut h = Harness::start(|o| {
         o.workers = 0;
         o.job_window = 2;
+        o.window_seconds = 0.0;
     })
     .await;
     let store = h.stack.service.store.clone();
@@ -215,7 +285,7 @@ async fn slots_stay_within_the_window_and_a_held_task_is_taken_out_once() {
     assert_eq!(store.take_slots(job, 5, 1).await.must("take"), 0);
     // Given back twice over (a record applied twice): never above the window.
     for _ in 0..3 {
-        store.give_slots(job, 5, 4).await.must("give");
+        store.give_slots(job, 5, 4, 4).await.must("give");
     }
     assert_eq!(store.slots(job).await.must("slots").free, 5);
     // The reconciler's reset holds only if nothing took or gave since it looked.
@@ -226,6 +296,46 @@ async fn slots_stay_within_the_window_and_a_held_task_is_taken_out_once() {
     let seen = store.slots(job).await.must("slots");
     assert!(store.reset_slots(job, 5, &seen).await.must("reset"));
     assert_eq!(store.slots(job).await.must("slots").free, 5);
+
+    // Resized (the fanout, when a period of claims is over): the limit and the free
+    // slots move together, the claims count afresh, and only from the item as seen.
+    let seen = store.slots(job).await.must("slots");
+    assert_eq!((seen.limit, seen.claimed), (5, 12), "{seen:?}");
+    assert_eq!(store.take_slots(job, 5, 2).await.must("take"), 2);
+    let seen = store.slots(job).await.must("slots");
+    let grown = store.resize_window(job, &seen, 9).await.must("resize");
+    let grown = grown.expect("resized from the item as seen");
+    assert_eq!(
+        (grown.limit, grown.free, grown.claimed),
+        (9, 7, 0),
+        "{grown:?}"
+    );
+    assert!(
+        store
+            .resize_window(job, &seen, 2)
+            .await
+            .must("resize")
+            .is_none(),
+        "a second resize from the same reading"
+    );
+    // A giver that still believes the window is 5 gives against 9, never above it.
+    let given = store.give_slots(job, 5, 4, 4).await.must("give");
+    assert_eq!((given.limit, given.free), (9, 9), "{given:?}");
+    // Shrunk below what is out: nothing is free until enough has come back.
+    assert_eq!(store.take_slots(job, 5, 6).await.must("take"), 6);
+    let seen = store.slots(job).await.must("slots");
+    let shrunk = store.resize_window(job, &seen, 4).await.must("resize");
+    assert_eq!(shrunk.map(|s| (s.limit, s.free)), Some((4, -2)));
+    assert_eq!(store.take_slots(job, 5, 1).await.must("take"), 0);
+    assert_eq!(store.give_slots(job, 4, 2, 2).await.must("give").free, 0);
+    assert_eq!(store.give_slots(job, 4, 6, 6).await.must("give").free, 4);
+    // The reconciler's reset gives the window as it is now, not as it started.
+    let seen = store.slots(job).await.must("slots");
+    assert_eq!(store.take_slots(job, 5, 4).await.must("take"), 4);
+    let seen_after = store.slots(job).await.must("slots");
+    assert!(!store.reset_slots(job, 5, &seen).await.must("reset"));
+    assert!(store.reset_slots(job, 5, &seen_after).await.must("reset"));
+    assert_eq!(store.slots(job).await.must("slots").free, 4);
 
     let held: Vec<HeldTask> = (0..60)
         .map(|i| HeldTask {
@@ -269,6 +379,7 @@ async fn a_cancelled_job_sends_nothing_it_held() {
     let mut h = Harness::start(|o| {
         o.workers = 0;
         o.job_window = 2;
+        o.window_seconds = 0.0;
     })
     .await;
     let store = h.stack.service.store.clone();

@@ -24,6 +24,10 @@ pub struct Config {
     /// `BATCHPLANE_JOB_WINDOW`: children of one array job queued at once; what a job
     /// submitted later waits behind, per job ahead of it.
     pub job_window: u32,
+    /// `BATCHPLANE_WINDOW_SECONDS`: a windowed job's window (DAGs, N_TO_N arrays) starts
+    /// at `job_window` and follows its claim rate, to about this many seconds of its
+    /// claims; 0 keeps it at `job_window`.
+    pub window_seconds: f64,
     /// `BATCHPLANE_RESERVATION_LEASE_SECONDS`: how long a worker's placement holds its
     /// team's quota without the worker renewing it; the sweeper reclaims it after.
     pub reservation_lease: Duration,
@@ -106,6 +110,7 @@ impl Default for Config {
             lease: Duration::from_secs(30),
             max_attempts: 3,
             job_window: 256,
+            window_seconds: 1.0,
             reservation_lease: Duration::from_secs(300),
             dead_letter_queue_arn: None,
             endpoints: Endpoints::default(),
@@ -121,6 +126,24 @@ impl Default for Config {
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Seconds, from 0 to an hour, fractions allowed.
+fn seconds(name: &'static str, default: f64) -> Result<f64, ConfigError> {
+    let Some(v) = var(name) else {
+        return Ok(default);
+    };
+    match v.parse::<f64>() {
+        Ok(s) if (0.0..=3600.0).contains(&s) => Ok(s),
+        Ok(_) => Err(ConfigError::Invalid {
+            name,
+            problem: format!("{v} is not from 0 to 3600 seconds"),
+        }),
+        Err(e) => Err(ConfigError::Invalid {
+            name,
+            problem: format!("{v:?} is not a number of seconds ({e})"),
+        }),
+    }
 }
 
 fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
@@ -150,6 +173,7 @@ impl Config {
             max_attempts: number("BATCHPLANE_MAX_ATTEMPTS", u64::from(d.max_attempts))? as u32,
             job_window: number("BATCHPLANE_JOB_WINDOW", u64::from(d.job_window))?.clamp(1, 100_000)
                 as u32,
+            window_seconds: seconds("BATCHPLANE_WINDOW_SECONDS", d.window_seconds)?,
             reservation_lease: Duration::from_secs(
                 number(
                     "BATCHPLANE_RESERVATION_LEASE_SECONDS",
@@ -197,6 +221,13 @@ impl Config {
         })
     }
 
+    /// How windowed jobs' windows follow their claims.
+    pub fn window_policy(&self) -> crate::store::WindowPolicy {
+        crate::store::WindowPolicy {
+            seconds: self.window_seconds,
+        }
+    }
+
     /// The task queues, with the dead-letter queue for those created at run time.
     pub fn queues(&self, sqs: aws_sdk_sqs::Client) -> crate::queue::Queues {
         let q = crate::queue::Queues::new(sqs, self.queue_prefix.clone());
@@ -209,5 +240,38 @@ impl Config {
     /// The SQS queue name for a Batchplane queue.
     pub fn sqs_queue_name(&self, queue: &str) -> String {
         format!("{}{}", self.queue_prefix, queue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_read_checked_and_named_when_wrong() {
+        // Names of this test's own, so no other test's environment is touched.
+        assert_eq!(
+            seconds("BATCHPLANE_TEST_SECONDS_UNSET", 1.0).ok(),
+            Some(1.0)
+        );
+        std::env::set_var("BATCHPLANE_TEST_SECONDS_HALF", "0.5");
+        assert_eq!(seconds("BATCHPLANE_TEST_SECONDS_HALF", 1.0).ok(), Some(0.5));
+        for (name, value, says) in [
+            (
+                "BATCHPLANE_TEST_SECONDS_NEGATIVE",
+                "-1",
+                "not from 0 to 3600",
+            ),
+            (
+                "BATCHPLANE_TEST_SECONDS_WORD",
+                "soon",
+                "not a number of seconds",
+            ),
+            ("BATCHPLANE_TEST_SECONDS_NAN", "NaN", "not from 0 to 3600"),
+        ] {
+            std::env::set_var(name, value);
+            let e = seconds(name, 1.0).expect_err(value).to_string();
+            assert!(e.contains(name) && e.contains(says), "{e}");
+        }
     }
 }

@@ -248,7 +248,7 @@ impl Reconciler<'_> {
             return Ok(());
         };
         let slots = self.store.slots(&job.job_id).await?;
-        if slots.free >= i64::from(size) && slots.held == 0 {
+        if slots.free >= i64::from(slots.window(size)) && slots.held == 0 {
             return Ok(());
         }
         // Nothing waits between a take and its send too: only a window left alone for a

@@ -8,7 +8,10 @@
 
 use super::measure::{epoch_ms, makespan_s, release_latencies};
 use super::scenarios::{floor, task};
-use super::{finish_stack, result, start_stack, write_stack_results, Measured, ScenarioResult};
+use super::{
+    finish_stack, result, start_stack, start_stack_with, write_stack_results, Measured,
+    ScenarioResult,
+};
 use crate::client::Api;
 use crate::commands::jobs;
 use crate::commands::pages::{submit_in_pages, PAGE_TASKS};
@@ -22,6 +25,8 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+mod fairness;
 
 #[derive(clap::Args, Debug)]
 pub struct LargeBenchArgs {
@@ -53,8 +58,15 @@ pub struct LargeBenchArgs {
     #[arg(long, conflicts_with = "cancel_only")]
     no_cancel: bool,
     /// Only the cancel run (its figures go beside `--out`, as `<out>.cancel.json`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fairness_only")]
     cancel_only: bool,
+    /// Only the small job beside the DAG, twice side by side: the DAG's window fixed at
+    /// its starting size, then following its claim rate (`<out>.fairness.json`).
+    #[arg(long, conflicts_with = "no_cancel")]
+    fairness_only: bool,
+    /// Seconds of its claims a windowed job's window follows (0: fixed).
+    #[arg(long, default_value_t = 1.0)]
+    window_seconds: f64,
     #[arg(long, default_value = "bench-results/large.json")]
     out: PathBuf,
 }
@@ -300,8 +312,14 @@ async fn run_dag(
     floor_s: f64,
 ) -> anyhow::Result<(ScenarioResult, f64, f64, usize, Option<Fairness>)> {
     let parallelism = (args.workers as f64 * args.worker_cpus).floor() as usize;
-    let (stack, api) =
-        start_stack("large", (args.workers, args.worker_cpus), emulators, state).await?;
+    let (stack, api) = start_stack_with(
+        "large",
+        (args.workers, args.worker_cpus),
+        emulators,
+        state,
+        |o| o.window_seconds = args.window_seconds,
+    )
+    .await?;
     let before = accounting::snapshot();
     let started = Instant::now();
     let job = submit_in_pages(&api, spec, None, PAGE_TASKS)
@@ -463,6 +481,9 @@ pub async fn run(args: &LargeBenchArgs) -> anyhow::Result<u8> {
             json!({"result": {"cancel": cancel}}),
         )?;
         return Ok(0);
+    }
+    if args.fairness_only {
+        return fairness::run(args, &spec, &state).await;
     }
     let floor_s = floor(&levels, parallelism)?;
     eprintln!("   xargs -P {parallelism}: {floor_s:.1} s");

@@ -250,9 +250,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
 /// A stack for one scenario, its metrics going to the scenario's own folder.
 async fn start_stack(
     name: &str,
+    sizes: (usize, f64),
+    emulators: &Emulators,
+    state: &std::path::Path,
+) -> anyhow::Result<(LocalStack, Api)> {
+    start_stack_with(name, sizes, emulators, state, |_| {}).await
+}
+
+/// As [`start_stack`], with the stack's options changed by `configure` first.
+async fn start_stack_with(
+    name: &str,
     (workers, worker_cpus): (usize, f64),
     emulators: &Emulators,
     state: &std::path::Path,
+    configure: impl FnOnce(&mut StackOptions),
 ) -> anyhow::Result<(LocalStack, Api)> {
     let dir = state.join(name);
     let mut opts = StackOptions::new(&emulators.dynamodb_url, &emulators.sqs_url, &dir)?;
@@ -260,6 +271,7 @@ async fn start_stack(
     opts.worker_cpus = worker_cpus;
     opts.worker_memory_mib = 64 * 1024;
     opts.metrics_dir = Some(dir.join("metrics"));
+    configure(&mut opts);
     let stack = LocalStack::start(opts).await?;
     let api = Api::new(&stack.api_url)?;
     // Workers' first long polls and the stream poller settle before the clock starts.

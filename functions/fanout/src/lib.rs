@@ -41,7 +41,8 @@ pub async fn fanout_from_env() -> anyhow::Result<Fanout> {
     Ok(Fanout::new(
         batchplane::store::Store::new(clients.dynamodb, config.table.clone()),
         config.queues(clients.sqs),
-    ))
+    )
+    .with_window_policy(config.window_policy()))
 }
 
 #[cfg(test)]

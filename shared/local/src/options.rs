@@ -78,6 +78,8 @@ pub struct StackOptions {
     pub metrics_dir: Option<PathBuf>,
     /// Children of one array job queued at once.
     pub job_window: u32,
+    /// Seconds of its claims a windowed job's window follows (0: fixed at `job_window`).
+    pub window_seconds: f64,
     /// The shortest attempt timeout a job may ask for (AWS Batch's 60 s unless a test
     /// wants a timeout to fire quickly).
     pub min_attempt_seconds: u64,
@@ -234,6 +236,13 @@ impl std::str::FromStr for PoolWorkers {
 }
 
 impl StackOptions {
+    /// How the stack's fanout sizes windowed jobs' windows.
+    pub fn window_policy(&self) -> batchplane::store::WindowPolicy {
+        batchplane::store::WindowPolicy {
+            seconds: self.window_seconds,
+        }
+    }
+
     /// Defaults for a stack on the given emulators, with names unique to this stack.
     pub fn new(dynamodb_url: &str, sqs_url: &str, log_dir: &Path) -> anyhow::Result<StackOptions> {
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -254,6 +263,7 @@ impl StackOptions {
             poller: PollerOptions::default(),
             metrics_dir: None,
             job_window: 256,
+            window_seconds: 1.0,
             min_attempt_seconds: 60,
             pools: Vec::new(),
             clusters: vec![

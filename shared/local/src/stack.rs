@@ -106,7 +106,8 @@ impl LocalStack {
             // Workers here run on the host: a role is recorded, never assumed.
             job_roles: opts.job_roles.clone(),
         });
-        let fanout = Arc::new(Fanout::new(store.clone(), make_queues()));
+        let fanout = Fanout::new(store.clone(), make_queues());
+        let fanout = Arc::new(fanout.with_window_policy(opts.window_policy()));
 
         let (stop, stop_rx) = watch::channel(false);
         let (api_url, server) = serve_api(service.clone(), opts.api_port, stop_rx.clone()).await?;

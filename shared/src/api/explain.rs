@@ -117,10 +117,11 @@ impl Service {
     /// A windowed job holding ready tasks in the table until slots free (which of them
     /// are held is not looked up: they are kept in bundles, not task by task).
     async fn window_reason(&self, job: &JobRecord) -> Result<Option<Reason>, ApiError> {
-        let Some(window) = job.release_window() else {
+        let Some(start) = job.release_window() else {
             return Ok(None);
         };
         let slots = self.store.slots(&job.job_id).await?;
+        let window = slots.window(start);
         if slots.held <= 0 {
             return Ok(None);
         }

@@ -35,7 +35,10 @@ pub use jobs::{KeyClaim, KEY_HOLD_MS};
 pub use listing::{JobPage, JobQuery, ListAt, ListPosition, LIST_EXAMINE_LIMIT};
 pub use pages::{PageRecord, PageStart};
 pub use tasks::TaskPage;
-pub use window::{bundle_size, HeldBundle, HeldTask, Slots, BUNDLE, WINDOW_SETTLES_AFTER_MS};
+pub use window::{
+    bundle_size, HeldBundle, HeldTask, Slots, WindowPolicy, BUNDLE, RATE_PERIOD_MS, WINDOW_CEILING,
+    WINDOW_FLOOR, WINDOW_SETTLES_AFTER_MS,
+};
 pub use work::{WorkCursor, WorkKind, WORK_PAGE};
 
 use item::*;

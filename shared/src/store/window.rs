@@ -17,6 +17,15 @@
 //!   there, so two givers never both send it), then sent whole: a window may be overrun
 //!   by less than a bundle.
 //!
+//! - **Following the claim rate.** The window a job starts with (`BATCHPLANE_JOB_WINDOW`)
+//!   is where it starts, not where it stays: the item counts the claims given back
+//!   (`claimed` since `rate_since`), and every [`RATE_PERIOD_MS`] the fanout resizes the
+//!   window to about [`WindowPolicy::seconds`] of the job's own claims
+//!   ([`Store::resize_window`]: the limit and the free slots move together, on condition
+//!   that nobody resized it since). A job's waiting messages are then about a second of
+//!   its pool's work whatever the pool's rate: a job submitted behind it waits about
+//!   that long, and a fast pool is not starved by a window sized for a slow one.
+//!
 //! Slots never exceed the window: a give-back that would (a stream record applied twice)
 //! stops at it. A slot can leak (a message sent twice is claimed once; a send cut off
 //! between its take and its message); the reconciler gives a job its whole window back
@@ -65,6 +74,56 @@ pub fn bundle_size(window: u32) -> usize {
 /// an empty queue as a leak: far longer than any take, send and hold of one batch.
 pub const WINDOW_SETTLES_AFTER_MS: i64 = 30_000;
 
+/// How long claims are counted before a window is resized to their rate.
+pub const RATE_PERIOD_MS: i64 = 2_000;
+
+/// The smallest window a job's claim rate may shrink it to (or its starting window,
+/// where that is smaller): a refill through the stream takes a fraction of a second, and
+/// a window much smaller than that much work leaves workers idle.
+pub const WINDOW_FLOOR: u32 = 32;
+
+/// The largest window a job's claim rate may grow it to: SQS keeps at most 120,000
+/// messages in flight per queue, shared by every job of a pool.
+pub const WINDOW_CEILING: u32 = 20_000;
+
+/// How a windowed job's window follows its claims.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowPolicy {
+    /// Seconds of the job's own claims its window holds; 0 keeps every window at the
+    /// size the job started with.
+    pub seconds: f64,
+}
+
+impl Default for WindowPolicy {
+    fn default() -> Self {
+        WindowPolicy { seconds: 1.0 }
+    }
+}
+
+impl WindowPolicy {
+    /// A window that stays at its starting size.
+    pub const FIXED: WindowPolicy = WindowPolicy { seconds: 0.0 };
+
+    /// The window a job that started at `start` should have now, given its slots item
+    /// as a give-back left it at `now`; `None` while the period is not over, or where
+    /// the window is already that size.
+    pub fn resized(&self, start: u32, slots: &Slots, now: i64) -> Option<u32> {
+        let elapsed = now - slots.rate_since;
+        if self.seconds <= 0.0 || slots.rate_since == 0 || elapsed < RATE_PERIOD_MS {
+            return None;
+        }
+        let rate = slots.claimed.max(0) as f64 * 1000.0 / elapsed as f64;
+        let floor = start.clamp(1, WINDOW_FLOOR);
+        let ceiling = start.max(WINDOW_CEILING);
+        // At most halved in one period: a pause between two levels of a DAG is not its
+        // rate.
+        let current = u32::try_from(slots.limit.max(1)).unwrap_or(u32::MAX);
+        let want = (rate * self.seconds).ceil().min(f64::from(u32::MAX)) as u32;
+        let next = want.max(current / 2).clamp(floor, ceiling);
+        (next != current || slots.claimed > 0).then_some(next)
+    }
+}
+
 /// A job's slots item as last written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Slots {
@@ -73,6 +132,22 @@ pub struct Slots {
     pub held: i64,
     /// When the item was last written (epoch ms; 0 before its first write).
     pub changed_at: i64,
+    /// The window now (0 before the first take: the job's starting window).
+    pub limit: i64,
+    /// Claims given back since `rate_since` (epoch ms; 0 before the first give-back).
+    pub claimed: i64,
+    pub rate_since: i64,
+}
+
+impl Slots {
+    /// The window now, `start` before the item's first write.
+    pub fn window(&self, start: u32) -> u32 {
+        if self.limit > 0 {
+            u32::try_from(self.limit).unwrap_or(u32::MAX)
+        } else {
+            start
+        }
+    }
 }
 
 fn slots_key(job_id: &str) -> Item {
@@ -85,21 +160,24 @@ fn slots_of(item: &Item) -> Slots {
         free: r.opt_n("slots").ok().flatten().unwrap_or(0),
         held: r.opt_n("held").ok().flatten().unwrap_or(0),
         changed_at: r.opt_n("changed_at").ok().flatten().unwrap_or(0),
+        limit: r.opt_n("slot_limit").ok().flatten().unwrap_or(0),
+        claimed: r.opt_n("claimed").ok().flatten().unwrap_or(0),
+        rate_since: r.opt_n("rate_since").ok().flatten().unwrap_or(0),
     }
 }
 
 const HOLD_CONCURRENCY: usize = 16;
 
 impl Store {
-    /// Take up to `want` free slots of a job's window (`window` of them the first time).
-    /// How many were taken: fewer than asked when fewer are free.
+    /// Take up to `want` free slots of a job's window (`window`, its starting size, the
+    /// first time). How many were taken: fewer than asked when fewer are free.
     pub async fn take_slots(
         &self,
         job_id: &str,
         window: u32,
         want: u32,
     ) -> Result<u32, StoreError> {
-        let mut k = want.min(window);
+        let mut k = want;
         for _ in 0..CONFLICT_RETRIES {
             if k == 0 {
                 return Ok(0);
@@ -109,8 +187,8 @@ impl Store {
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(slots_key(job_id)))
-                    .update_expression("SET slots = if_not_exists(slots, :w) - :k, slot_limit = :w, changed_at = :now")
-                    .condition_expression("attribute_not_exists(slots) OR slots >= :k")
+                    .update_expression("SET slots = if_not_exists(slots, :w) - :k, slot_limit = if_not_exists(slot_limit, :w), changed_at = :now")
+                    .condition_expression("(attribute_not_exists(slots) AND :w >= :k) OR slots >= :k")
                     .expression_attribute_values(":w", n(window))
                     .expression_attribute_values(":k", n(k))
                     .expression_attribute_values(":now", n(self.now()))
@@ -122,7 +200,9 @@ impl Store {
             match r {
                 Ok(_) => return Ok(k),
                 Err(current) => {
-                    let free = current.as_ref().map_or(0, |c| slots_of(c).free);
+                    let free = current
+                        .as_ref()
+                        .map_or(i64::from(window), |c| slots_of(c).free);
                     k = k.min(u32::try_from(free.max(0)).unwrap_or(0));
                 }
             }
@@ -130,27 +210,35 @@ impl Store {
         Ok(0)
     }
 
-    /// Give `count` slots back, never above the window. The item as it is after.
+    /// Give `count` slots back, never above the window (`limit` is the window as the
+    /// caller last saw it: a wrong one costs a retry), `claimed` of them for claims (the
+    /// rest were taken for a send that failed). The item as it is after.
     pub async fn give_slots(
         &self,
         job_id: &str,
-        window: u32,
+        mut limit: u32,
         count: u32,
+        claimed: u32,
     ) -> Result<Slots, StoreError> {
         if count == 0 {
             return self.slots(job_id).await;
         }
-        let limit = i64::from(window) - i64::from(count);
         for _ in 0..CONFLICT_RETRIES {
+            let room = i64::from(limit) - i64::from(count);
             let r = send_if_current(
                 self.ddb
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(slots_key(job_id)))
-                    .update_expression("SET slots = slots + :k, changed_at = :now")
-                    .condition_expression("slots <= :limit")
+                    .update_expression(
+                        "SET slots = slots + :k, changed_at = :now, \
+                         rate_since = if_not_exists(rate_since, :now) ADD claimed :c",
+                    )
+                    .condition_expression("slot_limit = :limit AND slots <= :room")
                     .expression_attribute_values(":k", n(count))
+                    .expression_attribute_values(":c", n(claimed))
                     .expression_attribute_values(":limit", n(limit))
+                    .expression_attribute_values(":room", n(room))
                     .expression_attribute_values(":now", n(self.now()))
                     .return_values(ReturnValue::AllNew)
                     .return_values_on_condition_check_failure(
@@ -164,16 +252,25 @@ impl Store {
                 // Never taken from: the window is whole.
                 Err(None) => return Ok(Slots::default()),
             };
+            if current.limit != i64::from(limit) {
+                // Resized since the caller looked: give against the window as it is.
+                limit = current.window(limit);
+                continue;
+            }
             // Within `count` of the window: fill it, unless a take got in between.
             let filled = send_if(
                 self.ddb
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(slots_key(job_id)))
-                    .update_expression("SET slots = :w, changed_at = :now")
-                    .condition_expression("slots = :seen")
-                    .expression_attribute_values(":w", n(window))
+                    .update_expression(
+                        "SET slots = slot_limit, changed_at = :now, \
+                         rate_since = if_not_exists(rate_since, :now) ADD claimed :c",
+                    )
+                    .condition_expression("slots = :seen AND slot_limit = :limit")
                     .expression_attribute_values(":seen", n(current.free))
+                    .expression_attribute_values(":limit", n(limit))
+                    .expression_attribute_values(":c", n(claimed))
                     .expression_attribute_values(":now", n(self.now()))
                     .return_values(ReturnValue::AllNew),
             )
@@ -183,6 +280,37 @@ impl Store {
             }
         }
         self.slots(job_id).await
+    }
+
+    /// Resize a job's window to `limit`, moving its free slots by as much, and start
+    /// counting its claims afresh; on condition that the item is as `seen` left it
+    /// (nobody resized it since). The item after, or `None` where it had changed.
+    pub async fn resize_window(
+        &self,
+        job_id: &str,
+        seen: &Slots,
+        limit: u32,
+    ) -> Result<Option<Slots>, StoreError> {
+        let out = send_if(
+            self.ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(slots_key(job_id)))
+                .update_expression(
+                    "SET slot_limit = :limit, slots = slots + :delta, claimed = claimed - :c, \
+                     rate_since = :now, changed_at = :now",
+                )
+                .condition_expression("slot_limit = :old AND rate_since = :since")
+                .expression_attribute_values(":limit", n(limit))
+                .expression_attribute_values(":delta", n(i64::from(limit) - seen.limit))
+                .expression_attribute_values(":c", n(seen.claimed))
+                .expression_attribute_values(":old", n(seen.limit))
+                .expression_attribute_values(":since", n(seen.rate_since))
+                .expression_attribute_values(":now", n(self.now()))
+                .return_values(ReturnValue::AllNew),
+        )
+        .await?;
+        Ok(out.and_then(|o| o.attributes().map(slots_of)))
     }
 
     /// A worker found nothing to run for a message sent in a slot (a second copy of it,
@@ -203,8 +331,8 @@ impl Store {
         .is_some())
     }
 
-    /// Give a job its whole window back (the reconciler, when none of its messages
-    /// waits), on condition that the item is still as `seen`: a take, give or hold since
+    /// Give a job its whole window back (the window it has now; `window`, its starting
+    /// size, if it never took any) (the reconciler, when none of its messages waits), on condition that the item is still as `seen`: a take, give or hold since
     /// means the window is in use. Whether it was reset.
     pub async fn reset_slots(
         &self,
@@ -224,7 +352,7 @@ impl Store {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(slots_key(job_id)))
-            .update_expression("SET slots = :w, changed_at = :now")
+            .update_expression("SET slots = if_not_exists(slot_limit, :w), changed_at = :now")
             .condition_expression(unchanged)
             .expression_attribute_values(":w", n(window))
             .expression_attribute_values(":now", n(self.now()));
@@ -421,7 +549,8 @@ impl Store {
                 .table_name(&self.table)
                 .set_key(Some(slots_key(job_id)))
                 .update_expression(
-                    "SET slots = if_not_exists(slots, :w) - :k, slot_limit = :w, changed_at = :now",
+                    "SET slots = if_not_exists(slots, :w) - :k, \
+                     slot_limit = if_not_exists(slot_limit, :w), changed_at = :now",
                 )
                 .expression_attribute_values(":w", n(window))
                 .expression_attribute_values(":k", n(count))
@@ -469,5 +598,62 @@ impl Store {
         )
         .await?;
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(limit: i64, claimed: i64, rate_since: i64) -> Slots {
+        Slots {
+            limit,
+            claimed,
+            rate_since,
+            ..Slots::default()
+        }
+    }
+
+    #[test]
+    fn a_window_is_about_a_second_of_its_jobs_claims() {
+        let p = WindowPolicy::default();
+        // 600 claims in 2 s: 300 a second.
+        assert_eq!(p.resized(256, &slots(256, 600, 1_000), 3_000), Some(300));
+        // 60 a second (the local stack): 60, from 256.
+        assert_eq!(p.resized(256, &slots(256, 240, 1), 4_001), Some(128));
+        assert_eq!(p.resized(256, &slots(128, 240, 1), 4_001), Some(64));
+        assert_eq!(p.resized(256, &slots(64, 240, 1), 4_001), Some(60));
+        // 10,000 a second: grows at once, up to the ceiling.
+        assert_eq!(p.resized(256, &slots(256, 20_000, 1), 2_001), Some(10_000));
+        assert_eq!(
+            p.resized(256, &slots(10_000, 200_000, 1), 2_001),
+            Some(WINDOW_CEILING)
+        );
+        // Two seconds of its claims, if asked.
+        let two = WindowPolicy { seconds: 2.0 };
+        assert_eq!(two.resized(256, &slots(256, 600, 1), 2_001), Some(600));
+    }
+
+    #[test]
+    fn a_window_shrinks_by_halves_to_its_floor_and_waits_out_its_period() {
+        let p = WindowPolicy::default();
+        // No claims for a period: halved, not dropped to the floor.
+        assert_eq!(p.resized(256, &slots(256, 0, 1), 10_001), Some(128));
+        assert_eq!(p.resized(256, &slots(40, 0, 1), 10_001), Some(WINDOW_FLOOR));
+        // At its floor with nothing claimed: nothing to write.
+        assert_eq!(p.resized(256, &slots(32, 0, 1), 10_001), None);
+        // A job that started under the floor may go back down to where it started.
+        assert_eq!(p.resized(4, &slots(16, 0, 1), 10_001), Some(8));
+        assert_eq!(p.resized(4, &slots(5, 0, 1), 10_001), Some(4));
+        // The same size with claims counted: written, so the count starts afresh.
+        assert_eq!(p.resized(256, &slots(300, 600, 1), 2_001), Some(300));
+        // Before its period is over, before any give-back, or with a fixed policy:
+        // left alone.
+        assert_eq!(p.resized(256, &slots(256, 600, 1), 1_999), None);
+        assert_eq!(p.resized(256, &slots(256, 600, 0), 10_000), None);
+        assert_eq!(
+            WindowPolicy::FIXED.resized(256, &slots(256, 600, 1), 10_001),
+            None
+        );
     }
 }

@@ -240,6 +240,10 @@ pub struct Fanout {
     shapes: std::sync::Mutex<HashMap<String, JobShape>>,
     /// Jobs whose start time is recorded, so no batch spends a failed write on it again.
     started: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// How windowed jobs' windows follow their claims.
+    window_policy: crate::store::WindowPolicy,
+    /// Each windowed job's window as last seen, so a give-back names the right one.
+    window_limits: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 const EFFECT_CONCURRENCY: usize = 32;
@@ -261,7 +265,16 @@ impl Fanout {
             queues,
             shapes: Default::default(),
             started: Default::default(),
+            window_policy: Default::default(),
+            window_limits: Default::default(),
         }
+    }
+
+    /// How windowed jobs' windows follow their claim rates (by default, a second of
+    /// each job's claims).
+    pub fn with_window_policy(mut self, policy: crate::store::WindowPolicy) -> Self {
+        self.window_policy = policy;
+        self
     }
 
     /// Apply a batch of stream records in order (effects run concurrently; all are

@@ -22,7 +22,8 @@ const SEND_CONCURRENCY: usize = 16;
 /// A windowed job, as sending its tasks needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
-    /// Tasks that may wait in SQS at once.
+    /// Tasks that may wait in SQS at once when the job starts (the window then follows
+    /// its claim rate: see [`crate::store::WindowPolicy`]).
     pub size: u32,
     pub shard_count: u32,
 }
@@ -70,7 +71,7 @@ pub async fn admit(
     let taken = store.take_slots(job_id, window.size, want).await?;
     let later = ready.split_off((taken as usize).min(ready.len()));
     if let Err(e) = send_to_pools(queues, &ready).await {
-        store.give_slots(job_id, window.size, taken).await?;
+        store.give_slots(job_id, window.size, taken, 0).await?;
         return Err(e);
     }
     let mut sent = ready.len();
@@ -182,7 +183,39 @@ impl Fanout {
         window: Window,
         claims: u32,
     ) -> Result<usize, FanoutError> {
-        let slots = self.store.give_slots(job_id, window.size, claims).await?;
+        let believed = self
+            .window_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job_id)
+            .copied()
+            .unwrap_or(window.size);
+        let mut slots = self
+            .store
+            .give_slots(job_id, believed, claims, claims)
+            .await?;
+        let now = self.store.now();
+        if let Some(limit) = self.window_policy.resized(window.size, &slots, now) {
+            if let Some(after) = self.store.resize_window(job_id, &slots, limit).await? {
+                if after.limit != slots.limit {
+                    tracing::debug!(
+                        job_id,
+                        from = slots.limit,
+                        to = after.limit,
+                        claimed = slots.claimed,
+                        "the job's window follows its claim rate"
+                    );
+                }
+                slots = after;
+            }
+        }
+        if slots.limit > 0 {
+            let mut limits = self.window_limits.lock().unwrap_or_else(|p| p.into_inner());
+            if limits.len() > 10_000 {
+                limits.clear();
+            }
+            limits.insert(job_id.to_string(), slots.window(window.size));
+        }
         if slots.held > 0 && slots.free > 0 {
             return refill(&self.store, &self.queues, job_id, window, slots.free).await;
         }
