@@ -667,10 +667,13 @@ async fn an_idempotency_key_returns_the_same_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_hold_long_tasks_timeouts_kill_and_idle_workers_exit() {
+    // Idle long enough to outlast the wait for its first message on a loaded machine
+    // (a worker counts its idle time from its start): at 2 s, a slow first release
+    // once left the job RUNNABLE with no worker.
     let mut h = Harness::start(|o| {
         o.workers = 1;
         o.lease_seconds = 3;
-        o.idle_timeout_seconds = 2;
+        o.idle_timeout_seconds = 8;
     })
     .await;
     let job = h
@@ -709,7 +712,7 @@ tasks:
     );
     // With nothing left to run, the worker exits after its idle time.
     let pid = h.stack.worker_pids()[0];
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !h.stack.worker_exited(pid) {
         assert!(
             std::time::Instant::now() < deadline,
