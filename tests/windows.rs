@@ -169,7 +169,7 @@ async fn a_window_follows_its_jobs_claim_rate() {
     })
     .await;
     let store = h.stack.service.store.clone();
-    let fast = h.submit(&independent("fast", 400, "true")).await;
+    let fast = h.submit(&independent("fast", 120, "true")).await;
     let grown = wait_for("the fast job's window grows past 8", MINUTE, || async {
         let s = store.slots(&fast).await.must("the job's slots");
         (s.limit > 8).then_some(s).ok_or(format!("{s:?}"))
@@ -178,7 +178,7 @@ async fn a_window_follows_its_jobs_claim_rate() {
     assert!(grown.limit <= i64::from(batchplane::store::WINDOW_CEILING));
     let done = h.wait(&fast, 3 * MINUTE).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
-    h.assert_each_ran_once(&fast, 400).await;
+    h.assert_each_ran_once(&fast, 120).await;
     wait_for("every slot back", MINUTE / 4, || async {
         let s = store.slots(&fast).await.must("the job's slots");
         (s.free == s.limit && s.held == 0)
