@@ -9,6 +9,7 @@ mod aws_batch;
 mod bounds;
 mod cancels;
 mod chaos;
+mod console;
 mod contract;
 mod e2e;
 mod faults;

@@ -168,6 +168,22 @@ impl Api {
         .into())
     }
 
+    /// Send `method path` (with its query) as the CLI's own requests go, signed the
+    /// same way, and hand back the API's status and body untouched, error or not (the
+    /// console passes them on to its page).
+    pub async fn forward(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let url = format!("{}{path_and_query}", self.base);
+        let resp = self.send(method, &url, body, &[]).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.context("reading the API's answer")?;
+        Ok((status, bytes.to_vec()))
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let resp = self.send(reqwest::Method::GET, &url, None, &[]).await?;

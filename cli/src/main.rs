@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod commands;
+mod console;
 
 use commands::{access, admin, autoscaler, dev, jobs, logs, repro};
 
@@ -47,6 +48,11 @@ enum Command {
         #[arg(long, default_value_t = commands::pages::PAGE_TASKS)]
         page_tasks: usize,
     },
+    /// The jobs you may see, newest first, filtered by team, queue, state and name.
+    Jobs(commands::listing::JobsArgs),
+    /// The web console: a loopback server for its pages, forwarding their API calls
+    /// signed with your credentials (as the CLI's own are). Prints its URL.
+    Console(console::ConsoleArgs),
     /// Show a job: state, times, counts of tasks by state.
     Status {
         job: String,
@@ -129,8 +135,6 @@ enum Command {
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
     },
-    /// Launch configs marked capacity-limited (EC2 gave fewer nodes than asked), with
-    /// the reason and when the mark expires.
     /// Who may do what: the grants (admins only); `grant`, `revoke`, `whoami`.
     Access {
         #[command(subcommand)]
@@ -138,6 +142,8 @@ enum Command {
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
     },
+    /// Launch configs marked capacity-limited (EC2 gave fewer nodes than asked), with
+    /// the reason and when the mark expires.
     Capacity {
         #[arg(short = 'o', long, default_value = "text")]
         output: jobs::Output,
@@ -262,6 +268,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             )
             .await
         }
+        Command::Jobs(args) => commands::listing::list(&api()?, args).await,
+        Command::Console(args) => console::run(api()?, args).await,
         Command::Status { job, output } => jobs::status(&api()?, job, *output).await,
         Command::Tasks { job, state, output } => {
             jobs::tasks(&api()?, job, state.as_deref(), *output).await

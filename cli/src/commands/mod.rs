@@ -8,6 +8,7 @@ pub mod autoscaler;
 pub mod chaos;
 pub mod dev;
 pub mod jobs;
+pub mod listing;
 pub mod logs;
 pub mod pages;
 pub mod repro;

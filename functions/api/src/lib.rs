@@ -53,7 +53,7 @@ type Result<T> = std::result::Result<T, Error>;
 /// The API's routes over a [`Service`].
 pub fn router(service: Arc<Service>) -> Router {
     Router::new()
-        .route("/v1/jobs", post(submit_job))
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{job_id}", get(get_job))
         .route("/v1/jobs/{job_id}/tasks", get(list_tasks).post(add_tasks))
         .route("/v1/jobs/{job_id}/tasks/{task_id}", get(get_task))
@@ -241,8 +241,17 @@ async fn get_job(
 #[derive(Deserialize)]
 struct ListQuery {
     state: Option<String>,
+    prefix: Option<String>,
     limit: Option<String>,
     next_token: Option<String>,
+}
+
+async fn list_jobs(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    Query(q): Query<batchplane::api::JobListQuery>,
+) -> Result<Response> {
+    Ok(Json(svc.list_jobs_of_teams(&who, &q).await?).into_response())
 }
 
 async fn list_tasks(
@@ -265,6 +274,7 @@ async fn list_tasks(
             &who,
             &job_id,
             q.state.as_deref().filter(|s| !s.is_empty()),
+            q.prefix.as_deref(),
             limit,
             q.next_token.as_deref(),
         )

@@ -209,6 +209,14 @@ export class Batchplane extends Construct {
         nonKeyAttributes: listed,
       });
     }
+    // A team's jobs, newest first: the native listing and the console.
+    this.table.addGlobalSecondaryIndex({
+      indexName: 'by_team',
+      partitionKey: { name: 'jt', type: S },
+      sortKey: { name: 'created_at', type: N },
+      projectionType: dynamodb.ProjectionType.INCLUDE,
+      nonKeyAttributes: ['jq', 'state', 'nk'],
+    });
 
     // ---- queues ----
     const queue = (id: string, suffix: string, extra: Partial<sqs.QueueProps> = {}) =>

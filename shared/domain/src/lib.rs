@@ -20,6 +20,7 @@ pub mod records;
 pub mod retry;
 pub mod spec;
 pub mod state;
+pub mod team_listing;
 pub mod template;
 pub mod tiers;
 

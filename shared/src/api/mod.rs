@@ -20,6 +20,7 @@ mod error;
 pub mod explain;
 mod fit;
 mod jobs;
+mod listing;
 mod logs;
 mod pages;
 mod tasks;
@@ -29,6 +30,7 @@ mod views;
 pub use access::Need;
 pub use error::{ApiError, ErrorKind};
 pub use jobs::{pool_uses, Added, PoolUses, Submitted};
+pub use listing::{JobListQuery, JobListView, JOB_LIST_MAX};
 pub use logs::{LogLine, LogPage};
 pub use pages::{Committed, PageAdded};
 pub use views::{

@@ -17,10 +17,18 @@ impl Service {
         who: &Access,
         job_id: &str,
         state: Option<&str>,
+        prefix: Option<&str>,
         limit: Option<usize>,
         next_token: Option<&str>,
     ) -> Result<TaskListView, ApiError> {
         let job = self.job_for(who, job_id, Need::View).await?;
+        let prefix = prefix.unwrap_or("");
+        if !prefix.is_empty() && !is_valid_task_id(prefix) {
+            return Err(ApiError::bad_request(
+                format!("query parameter `prefix`: {prefix:?} cannot begin a task id (letters, digits, `_`, `.` and `-`, up to 128)"),
+                json!({"parameter": "prefix"}),
+            ));
+        }
         let state = match state {
             Some(s) => Some(s.parse::<TaskState>().map_err(|e| {
                 ApiError::bad_request(
@@ -68,6 +76,7 @@ impl Service {
                 job_id,
                 job.shard_count,
                 state.map(|_| stored.as_slice()),
+                prefix,
                 limit,
                 start,
             )

@@ -191,6 +191,7 @@ pub fn job_to_item(job: &JobRecord) -> Item {
     // Only job items carry `jq` and the other listing keys: the sparse listing indexes
     // list jobs, never tasks.
     item.insert(JOB_QUEUE_ATTR.into(), s(&job.queue));
+    item.insert(JOB_TEAM_ATTR.into(), s(&job.team));
     let listed = crate::domain::listing::listing_keys(job);
     item.insert(LISTED_STATUS_ATTR.into(), s(listed.status));
     item.insert(NAME_KEY_ATTR.into(), s(listed.name));
@@ -270,6 +271,16 @@ pub const BY_DEFINITION_INDEX: &str = "by_definition";
 pub const SHARE_KEY_ATTR: &str = "sq";
 pub const SHARE_ATTR: &str = "share";
 pub const BY_SHARE_INDEX: &str = "by_share";
+/// The attribute the `by_team` index is keyed on (with `created_at`): the job's team,
+/// on job items only (access grants and reservations carry `team` too, so the index
+/// needs a key of its own to stay a listing of jobs).
+pub const JOB_TEAM_ATTR: &str = "jt";
+pub const BY_TEAM_INDEX: &str = "by_team";
+/// What `by_team` carries besides its keys: what the native listing filters on.
+pub const TEAM_LISTING_PROJECTION: [&str; 3] = [JOB_QUEUE_ATTR, "state", NAME_KEY_ATTR];
+/// The partition of the teams that have ever had a job (`sk` the team): who an
+/// administrator's listing of every job merges over.
+pub const JOB_TEAMS_PK: &str = "JOBTEAMS";
 /// What the listing indexes carry besides their keys: what a listing filters on.
 pub const LISTING_PROJECTION: [&str; 3] = ["team", DEFINITION_ATTR, SHARE_ATTR];
 

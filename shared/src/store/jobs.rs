@@ -232,6 +232,7 @@ impl Store {
     }
 
     pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.note_job_team(&job.team).await?;
         let _out = send(
             self.ddb
                 .put_item()

@@ -22,6 +22,7 @@ pub mod registry;
 pub(crate) mod request;
 mod schema;
 mod tasks;
+mod team_jobs;
 pub mod teams;
 mod window;
 pub mod work;
@@ -35,6 +36,7 @@ pub use jobs::{KeyClaim, KEY_HOLD_MS};
 pub use listing::{JobPage, JobQuery, ListAt, ListPosition, LIST_EXAMINE_LIMIT};
 pub use pages::{PageRecord, PageStart};
 pub use tasks::TaskPage;
+pub use team_jobs::{JobFilter, TeamJobPage};
 pub use window::{
     bundle_size, HeldBundle, HeldTask, Slots, WindowPolicy, BUNDLE, RATE_PERIOD_MS, WINDOW_CEILING,
     WINDOW_FLOOR, WINDOW_SETTLES_AFTER_MS,

@@ -72,6 +72,7 @@ impl Store {
             JOB_QUEUE_ATTR,
             FAILED_IN_ATTR,
             LISTED_STATUS_ATTR,
+            JOB_TEAM_ATTR,
         ]
         .into_iter()
         .chain([NAME_KEY_ATTR, DEFINITION_KEY_ATTR, SHARE_KEY_ATTR])
@@ -108,6 +109,21 @@ impl Store {
                 SHARE_KEY_ATTR,
                 "created_at",
                 listed(),
+            )?)
+            // Every job of a team, newest first: the native listing (`GET /v1/jobs`).
+            .global_secondary_indexes(index(
+                BY_TEAM_INDEX,
+                JOB_TEAM_ATTR,
+                "created_at",
+                Projection::builder()
+                    .projection_type(ProjectionType::Include)
+                    .set_non_key_attributes(Some(
+                        TEAM_LISTING_PROJECTION
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect(),
+                    ))
+                    .build(),
             )?)
             .billing_mode(BillingMode::PayPerRequest)
             .stream_specification(

@@ -325,18 +325,22 @@ impl Store {
         Ok(pages.into_iter().flatten().collect())
     }
 
-    /// One page of a job's user tasks, optionally only those in `state`, walking the
-    /// job's shards in order. `start` is where the previous page stopped.
+    /// One page of a job's user tasks whose ids begin with `prefix` (every task for
+    /// ""), optionally only those in `state`, walking the job's shards in order (ids
+    /// sort within a shard; tasks spread over shards by a hash of their id). `start` is
+    /// where the previous page stopped.
     pub async fn list_tasks(
         &self,
         job_id: &str,
         shard_count: u32,
         states: Option<&[TaskState]>,
+        prefix: &str,
         limit: usize,
         start: Option<(u32, String)>,
     ) -> Result<TaskPage, StoreError> {
+        let begins = task_sk(prefix);
         if states == Some(&[TaskState::Failed]) {
-            return self.list_failed_tasks(job_id, limit, start).await;
+            return self.list_failed_tasks(job_id, &begins, limit, start).await;
         }
         let (mut shard, mut after) = match start {
             Some((sh, sk)) => (sh, Some(sk)),
@@ -350,7 +354,7 @@ impl Store {
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :t)")
                 .expression_attribute_values(":pk", s(task_pk(job_id, shard)))
-                .expression_attribute_values(":t", s("T#"))
+                .expression_attribute_values(":t", s(&begins))
                 .expression_attribute_values(":command", s(TaskKind::Command.as_str()))
                 .expression_attribute_names("#kind", "kind")
                 .limit(((limit - tasks.len()) * 2).clamp(10, 1000) as i32);
@@ -393,6 +397,7 @@ impl Store {
     async fn list_failed_tasks(
         &self,
         job_id: &str,
+        begins: &str,
         limit: usize,
         start: Option<(u32, String)>,
     ) -> Result<TaskPage, StoreError> {
@@ -408,7 +413,8 @@ impl Store {
                     .query()
                     .table_name(&self.table)
                     .index_name(FAILURES_INDEX)
-                    .key_condition_expression("failed_in = :job")
+                    .key_condition_expression("failed_in = :job AND begins_with(sk, :t)")
+                    .expression_attribute_values(":t", s(begins))
                     .filter_expression("#kind = :command")
                     .expression_attribute_names("#kind", "kind")
                     .expression_attribute_values(":job", s(job_id))

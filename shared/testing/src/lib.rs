@@ -2,6 +2,8 @@
 //! `.ci/run` and named by `BATCHPLANE_TEST_DYNAMODB_URL` / `BATCHPLANE_TEST_SQS_URL`),
 //! or on emulators of its own when those are not set.
 
+pub mod browser;
+
 use batchplane_local::emulators::{free_port, Emulators};
 use batchplane_local::{LocalStack, StackOptions};
 use serde_json::Value;

@@ -1,0 +1,436 @@
+//! The console and what it reads: the native job listing (every job the caller may see,
+//! newest first, across teams), task search by id prefix, and the console's pages in a
+//! real browser (headless Chromium through ChromeDriver) against the local stack, as
+//! one principal and as another of a different team.
+
+use batchplane_testing::browser::Browser;
+use batchplane_testing::{binary, Harness};
+use reqwest::Method;
+use serde_json::Value;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const ALICE: &str = "AKIDALICE";
+const BOB: &str = "AKIDBOB";
+
+async fn get_as(h: &Harness, who: Option<&str>, path: &str) -> (u16, Value) {
+    let r = h.request_as(who, Method::GET, path, None).await;
+    (r.status, r.body)
+}
+
+async fn submit_as(h: &Harness, who: &str, spec: &str) -> String {
+    let r = h
+        .request_as(Some(who), Method::POST, "/v1/jobs", Some(spec))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["job_id"].as_str().unwrap_or_default().to_string()
+}
+
+/// Every job `who` is listed, page by page of `limit`, with the query `filters`.
+async fn listed(h: &Harness, who: Option<&str>, filters: &str, limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..100 {
+        let mut path = format!("/v1/jobs?limit={limit}{filters}");
+        if let Some(t) = &token {
+            path.push_str(&format!("&next_token={t}"));
+        }
+        let (status, body) = get_as(h, who, &path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
+        assert!(jobs.len() <= limit, "{body}");
+        out.extend(
+            jobs.iter()
+                .map(|j| j["job_id"].as_str().unwrap_or_default().to_string()),
+        );
+        match body["next_token"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => return out,
+        }
+    }
+    panic!("the listing of {filters:?} never ended");
+}
+
+fn job(name: &str, team: &str) -> String {
+    format!("name: {name}\nteam: {team}\ntasks:\n  - id: a\n    command: [\"true\"]\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_listing_merges_a_callers_teams_newest_first_and_shows_no_one_elses() {
+    let h = Harness::start(|o| o.workers = 0).await;
+    h.grant(ALICE, Some("research"), "member").await;
+    h.grant(ALICE, Some("ops"), "member").await;
+    h.grant(BOB, Some("finance"), "member").await;
+    // Alice's jobs on two teams, interleaved in time; Bob's on a third.
+    let mut alices = Vec::new();
+    let mut bobs = Vec::new();
+    for (i, (name, team)) in [
+        ("nightly-1", "research"),
+        ("ops-a", "ops"),
+        ("nightly-2", "research"),
+        ("adhoc", "research"),
+        ("ops-b", "ops"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        alices.push(submit_as(&h, ALICE, &job(name, team)).await);
+        if i % 2 == 0 {
+            bobs.push(submit_as(&h, BOB, &job(&format!("secret-{i}"), "finance")).await);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let newest_first = |ids: &[String]| ids.iter().rev().cloned().collect::<Vec<_>>();
+
+    // Every page size gives the same listing: each job once, newest first.
+    for limit in [1, 2, 3, 25] {
+        assert_eq!(
+            listed(&h, Some(ALICE), "", limit).await,
+            newest_first(&alices),
+            "limit {limit}"
+        );
+    }
+    assert_eq!(listed(&h, Some(BOB), "", 2).await, newest_first(&bobs));
+    // The deployment's admin (the local stack's anonymous caller) sees every team.
+    let all = listed(&h, None, "", 4).await;
+    assert_eq!(all.len(), alices.len() + bobs.len(), "{all:?}");
+
+    // Filters: team, name (a case-insensitive prefix), queue.
+    let research: Vec<String> = [&alices[0], &alices[2], &alices[3]]
+        .into_iter()
+        .cloned()
+        .collect();
+    assert_eq!(
+        listed(&h, Some(ALICE), "&team=research", 2).await,
+        newest_first(&research)
+    );
+    assert_eq!(
+        listed(&h, Some(ALICE), "&name=NIGHTLY", 1).await,
+        vec![alices[2].clone(), alices[0].clone()]
+    );
+    assert_eq!(listed(&h, Some(ALICE), "&queue=default", 10).await.len(), 5);
+    assert!(listed(&h, Some(ALICE), "&queue=elsewhere", 10)
+        .await
+        .is_empty());
+    // Another team's name lists nothing, as a team with no jobs would.
+    assert!(listed(&h, Some(BOB), "&team=research", 10).await.is_empty());
+
+    // By state: cancel one; once closed it lists under CANCELLED and nowhere else.
+    let cancel = h
+        .request_as(
+            Some(ALICE),
+            Method::POST,
+            &format!("/v1/jobs/{}/cancel", alices[3]),
+            None,
+        )
+        .await;
+    assert_eq!(cancel.status, 200, "{}", cancel.body);
+    h.wait(&alices[3], Duration::from_secs(60)).await;
+    let cancelled =
+        batchplane_testing::wait_for("the listing by state", Duration::from_secs(30), || async {
+            let l = listed(&h, Some(ALICE), "&state=CANCELLED", 10).await;
+            match l.is_empty() {
+                true => Err("nothing listed yet".to_string()),
+                false => Ok(l),
+            }
+        })
+        .await;
+    assert_eq!(cancelled, vec![alices[3].clone()]);
+    assert_eq!(
+        listed(&h, Some(ALICE), "&state=succeeded,CANCELLED", 10).await,
+        cancelled
+    );
+    assert!(!listed(
+        &h,
+        Some(ALICE),
+        "&state=RUNNABLE,PENDING,SUBMITTED,RUNNING",
+        10
+    )
+    .await
+    .contains(&alices[3]));
+
+    // A page's token carries teams, never rights: Bob replaying Alice's sees nothing.
+    let (_, first) = get_as(&h, Some(ALICE), "/v1/jobs?limit=1").await;
+    let token = first["next_token"].as_str().unwrap_or_default();
+    let (status, replay) = get_as(&h, Some(BOB), &format!("/v1/jobs?next_token={token}")).await;
+    assert_eq!(
+        (status, replay["jobs"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{replay}"
+    );
+
+    // Bad input names the parameter.
+    for (query, parameter) in [
+        ("state=LOST", "state"),
+        ("limit=0", "limit"),
+        ("limit=many", "limit"),
+        ("next_token=not-ours", "next_token"),
+    ] {
+        let (status, body) = get_as(&h, Some(ALICE), &format!("/v1/jobs?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(
+            body["error"]["details"]["parameter"], parameter,
+            "{query}: {body}"
+        );
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_found_by_id_prefix_in_every_shard_and_among_the_failed() {
+    let h = Harness::start(|_| {}).await;
+    let mut spec = String::from("name: prefixes\ntasks:\n");
+    for i in 0..30 {
+        spec.push_str(&format!("  - {{id: shard-{i:02}, command: [\"true\"]}}\n"));
+    }
+    for i in 0..12 {
+        let code = if i % 3 == 0 { 1 } else { 0 };
+        spec.push_str(&format!(
+            "  - {{id: part-{i:02}, command: [sh, -c, 'exit {code}']}}\n"
+        ));
+    }
+    let job = h.submit(&spec).await;
+    h.wait(&job, Duration::from_secs(120)).await;
+    let ids = |tasks: Vec<Value>| {
+        let mut v: Vec<String> = tasks
+            .iter()
+            .map(|t| t["task_id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let page_through = |filters: &'static str| {
+        let h = &h;
+        let job = job.clone();
+        async move {
+            let mut out = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let mut path = format!("/v1/jobs/{job}/tasks?limit=4{filters}");
+                if let Some(t) = &token {
+                    path.push_str(&format!("&next_token={t}"));
+                }
+                let r = h.get(&path).await;
+                assert_eq!(r.status, 200, "{path}: {}", r.body);
+                out.extend(r.body["tasks"].as_array().cloned().unwrap_or_default());
+                match r.body["next_token"].as_str() {
+                    Some(t) => token = Some(t.to_string()),
+                    None => return out,
+                }
+            }
+        }
+    };
+    let want: Vec<String> = (0..12).map(|i| format!("part-{i:02}")).collect();
+    assert_eq!(ids(page_through("&prefix=part-").await), want);
+    assert_eq!(
+        ids(page_through("&prefix=part-1").await),
+        ["part-10", "part-11"]
+    );
+    assert_eq!(
+        ids(page_through("&prefix=part-&state=FAILED").await),
+        ["part-00", "part-03", "part-06", "part-09"]
+    );
+    assert_eq!(
+        ids(page_through("&prefix=part-0&state=SUCCEEDED").await).len(),
+        6
+    );
+    assert!(page_through("&prefix=nothing").await.is_empty());
+    let r = h.get(&format!("/v1/jobs/{job}/tasks?prefix=a/b")).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["details"]["parameter"], "prefix");
+    h.shutdown().await;
+}
+
+/// `batchplane console` as `principal`, against the harness's stack; killed on drop.
+struct ConsoleProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ConsoleProcess {
+    fn start(h: &Harness, principal: &str) -> ConsoleProcess {
+        let mut child = std::process::Command::new(binary("batchplane"))
+            .args(["console", "--api-url", &h.stack.api_url])
+            .env("AWS_ACCESS_KEY_ID", principal)
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting batchplane console: {e}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading the console's URL: {e}"));
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("the console printed no URL: {line:?}"))
+            .to_string();
+        ConsoleProcess { child, url }
+    }
+
+    fn page(&self, route: &str) -> String {
+        format!("{}#/{route}", self.url)
+    }
+}
+
+impl Drop for ConsoleProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the pages' screenshots go, for a reviewer to look at.
+fn screenshot_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../bench-results/console")
+        .join(format!("{name}.png"))
+}
+
+const SUCCEEDS: &str = r#"
+name: histogram-small
+team: research
+tasks:
+  - {id: generate, command: [sh, -c, 'seq 1 100 > /dev/null; echo generated']}
+  - {id: count-0, depends_on: [generate], command: [sh, -c, 'echo counted 0']}
+  - {id: count-1, depends_on: [generate], command: [sh, -c, 'echo counted 1']}
+  - {id: merge, depends_on: [count-0, count-1], command: [sh, -c, 'echo merged']}
+"#;
+
+const FAILS: &str = r#"
+name: breaks-on-purpose
+team: research
+tasks:
+  - {id: prepare, command: [sh, -c, 'echo ready']}
+  - id: boom
+    depends_on: [prepare]
+    env: {MODE: strict}
+    command: [sh, -c, 'echo about to fail; echo the disk is full >&2; exit 3']
+  - {id: after, depends_on: [boom], command: ["true"]}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_jobs_tasks_and_output_in_a_browser_and_nothing_of_other_teams() {
+    // The stack's workers serve Alice's team.
+    let h = Harness::start(|o| o.team = "research".into()).await;
+    h.grant(ALICE, Some("research"), "member").await;
+    h.grant(BOB, Some("finance"), "member").await;
+    let ok = submit_as(&h, ALICE, SUCCEEDS).await;
+    let bad = submit_as(&h, ALICE, FAILS).await;
+    h.wait(&ok, Duration::from_secs(120)).await;
+    h.wait(&bad, Duration::from_secs(120)).await;
+
+    let alice = ConsoleProcess::start(&h, ALICE);
+    let browser = Browser::start().await;
+    let wait = Duration::from_secs(30);
+    let clean = |page: &str, errors: Vec<String>| {
+        assert!(
+            errors.is_empty(),
+            "the {page} page logged errors: {errors:#?}"
+        );
+    };
+
+    // Jobs: both of Alice's, newest first, each with its state.
+    browser.open(&alice.page("jobs")).await;
+    browser
+        .wait_for_text(&format!("tr[data-job='{bad}']"), "FAILED", wait)
+        .await;
+    let rows = browser
+        .wait_for_text("#jobs tbody", "SUCCEEDED", wait)
+        .await;
+    assert!(
+        rows.find("breaks-on-purpose") < rows.find("histogram-small"),
+        "{rows}"
+    );
+    browser.screenshot(&screenshot_path("jobs")).await;
+    clean("jobs", browser.console_errors().await);
+
+    // The failed job: its reason, why (explain), and its failed tasks first.
+    browser.open(&alice.page(&format!("jobs/{bad}"))).await;
+    browser.wait_for_text("#job-reason", "failed", wait).await;
+    browser.wait_for_text("#explain", "Finished", wait).await;
+    let failed = browser
+        .wait_for_text("#failed-tasks", "exit code 3", wait)
+        .await;
+    assert!(failed.contains("dependency boom failed"), "{failed}");
+    assert!(!failed.contains("prepare"), "{failed}");
+    browser.screenshot(&screenshot_path("job-failed")).await;
+    clean("failed job", browser.console_errors().await);
+
+    // The failed task: reason, argv, environment, attempts, its output and repro.
+    browser
+        .open(&alice.page(&format!("jobs/{bad}/tasks/boom")))
+        .await;
+    browser
+        .wait_for_text("#task-reason", "exit code 3", wait)
+        .await;
+    browser.wait_for_text("#argv", "exit 3", wait).await;
+    browser.wait_for_text("#env", "strict", wait).await;
+    browser.wait_for_text("#attempts", "3", wait).await;
+    browser.wait_for_text("#log", "about to fail", wait).await;
+    browser
+        .wait_for_text("#repro", &format!("batchplane repro {bad} boom"), wait)
+        .await;
+    browser.screenshot(&screenshot_path("task-failed")).await;
+    clean("failed task", browser.console_errors().await);
+
+    // The job that succeeded: task search by id prefix.
+    browser.open(&alice.page(&format!("jobs/{ok}"))).await;
+    browser.wait_for_text("#tasks", "merge", wait).await;
+    browser
+        .script(
+            "document.getElementById('task-prefix').value = 'count-'; document.getElementById('task-prefix').form.requestSubmit();",
+            serde_json::json!([]),
+        )
+        .await;
+    let found = browser
+        .wait_until("#tasks tbody", "only the count- tasks", wait, |t| {
+            !t.contains("merge")
+        })
+        .await;
+    assert!(
+        found.contains("count-0") && found.contains("count-1"),
+        "{found}"
+    );
+    assert!(!found.contains("generate"), "{found}");
+    browser.screenshot(&screenshot_path("job-succeeded")).await;
+    clean("succeeded job", browser.console_errors().await);
+
+    // Teams and pools: what a member may see, and that the rest is the admins'.
+    browser.open(&alice.page("pools")).await;
+    browser.wait_for_text(".admins-only", "admins", wait).await;
+    browser.open(&alice.page("teams")).await;
+    browser.wait_for_text("h1", "Teams", wait).await;
+    clean("teams", browser.console_errors().await);
+
+    // Bob, of another team, sees none of it: no jobs, and Alice's job does not exist.
+    let bob = ConsoleProcess::start(&h, BOB);
+    browser.open(&bob.page("jobs")).await;
+    browser.wait_for_text("#no-jobs", "No jobs", wait).await;
+    let text = browser.text().await;
+    assert!(
+        !text.contains(&ok) && !text.contains(&bad) && !text.contains("breaks"),
+        "{text}"
+    );
+    browser
+        .screenshot(&screenshot_path("jobs-other-team"))
+        .await;
+    clean("other team's jobs", browser.console_errors().await);
+    browser.open(&bob.page(&format!("jobs/{bad}"))).await;
+    browser.wait_for_text("#error", "NotFound", wait).await;
+    assert!(!browser.text().await.contains("breaks-on-purpose"));
+
+    // The console's own API refuses a call without its page's token.
+    let refused = reqwest::get(format!("{}api/jobs", alice.url))
+        .await
+        .unwrap_or_else(|e| panic!("asking the console: {e}"));
+    assert_eq!(refused.status(), 403);
+
+    browser.quit().await;
+    drop((alice, bob));
+    h.shutdown().await;
+}
