@@ -232,7 +232,9 @@ impl Store {
     }
 
     pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        self.note_job_team(&job.team).await?;
+        if !job.team.is_empty() {
+            self.note_job_team(&job.team).await?;
+        }
         let _out = send(
             self.ddb
                 .put_item()
