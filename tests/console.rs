@@ -242,6 +242,78 @@ async fn tasks_are_found_by_id_prefix_in_every_shard_and_among_the_failed() {
     h.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_graph_sees_through_barriers_and_is_drawn_only_for_small_jobs() {
+    let h = Harness::start(|o| o.workers = 0).await;
+    // A fan-in of 120: wider than a task item holds, so it goes through a barrier.
+    let mut spec = String::from("name: wide\ntasks:\n");
+    for i in 0..120 {
+        spec.push_str(&format!("  - {{id: leaf-{i:03}, command: [\"true\"]}}\n"));
+    }
+    let leaves: Vec<String> = (0..120).map(|i| format!("leaf-{i:03}")).collect();
+    spec.push_str(&format!(
+        "  - {{id: sink, depends_on: [{}], command: [\"true\"]}}\n",
+        leaves.join(", ")
+    ));
+    let job = h.submit(&spec).await;
+    let r = h.get(&format!("/v1/jobs/{job}/graph")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let g = r.body;
+    assert_eq!(g["drawn"], true, "{g}");
+    let tasks = g["tasks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tasks.len(), 121, "barriers are not drawn");
+    let sink = tasks
+        .iter()
+        .find(|t| t["id"] == "sink")
+        .cloned()
+        .unwrap_or_default();
+    let deps: Vec<String> = sink["deps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        deps, leaves,
+        "the sink's dependencies, seen through the barrier"
+    );
+    assert!(tasks.iter().all(|t| t["state"] != "SUCCEEDED"));
+    // Nothing ran: of equal weight, the longer chain, smallest id first.
+    assert_eq!(g["critical_path"], serde_json::json!(["leaf-000", "sink"]));
+
+    // Past the limit the job is not drawn, and the answer says why.
+    let mut big = String::from("name: big\ntasks:\n");
+    for i in 0..2001 {
+        big.push_str(&format!("  - {{id: t{i}, command: [\"true\"]}}\n"));
+    }
+    let big = h.submit(&big).await;
+    let r = h.get(&format!("/v1/jobs/{big}/graph")).await;
+    assert_eq!(
+        (r.status, &r.body["drawn"]),
+        (200, &serde_json::json!(false)),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["why_not"]
+            .as_str()
+            .is_some_and(|w| w.contains("2001 tasks")),
+        "{}",
+        r.body
+    );
+    // Another team's caller gets no graph of it.
+    let other = h
+        .request_as(
+            Some(BOB),
+            Method::GET,
+            &format!("/v1/jobs/{job}/graph"),
+            None,
+        )
+        .await;
+    assert_eq!(other.status, 404, "{}", other.body);
+    h.shutdown().await;
+}
+
 /// `batchplane console` as `principal`, against the harness's stack; killed on drop.
 struct ConsoleProcess {
     child: std::process::Child,
@@ -358,6 +430,10 @@ async fn the_console_shows_jobs_tasks_and_output_in_a_browser_and_nothing_of_oth
         .await;
     assert!(failed.contains("dependency boom failed"), "{failed}");
     assert!(!failed.contains("prepare"), "{failed}");
+    let boom = browser
+        .script("const n = document.querySelector(\"#dag circle[data-task='boom']\"); return n && n.dataset.state", serde_json::json!([]))
+        .await;
+    assert_eq!(boom, "FAILED", "the failed task in the graph");
     browser.screenshot(&screenshot_path("job-failed")).await;
     clean("failed job", browser.console_errors().await);
 
@@ -397,6 +473,28 @@ async fn the_console_shows_jobs_tasks_and_output_in_a_browser_and_nothing_of_oth
         "{found}"
     );
     assert!(!found.contains("generate"), "{found}");
+    // Its graph, task by task with the critical path, and its timeline.
+    let nodes = browser
+        .script(
+            "return document.querySelectorAll('#dag circle[data-task]').length",
+            serde_json::json!([]),
+        )
+        .await;
+    assert_eq!(nodes, 4, "the graph's nodes");
+    let path = browser
+        .wait_for_text("#critical-path", "generate", wait)
+        .await;
+    assert!(
+        path.starts_with("generate") && path.ends_with("merge"),
+        "{path}"
+    );
+    let bars = browser
+        .script(
+            "return document.querySelectorAll('#timeline rect[data-attempt]').length",
+            serde_json::json!([]),
+        )
+        .await;
+    assert_eq!(bars, 4, "one bar per attempt");
     browser.screenshot(&screenshot_path("job-succeeded")).await;
     clean("succeeded job", browser.console_errors().await);
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 const INDEX: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
+const GRAPH_JS: &str = include_str!("assets/graph.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 
 #[derive(clap::Args, Debug, Clone)]
@@ -61,6 +62,10 @@ impl Console {
             .route(
                 "/app.js",
                 get(|| async { asset("text/javascript", APP_JS) }),
+            )
+            .route(
+                "/graph.js",
+                get(|| async { asset("text/javascript", GRAPH_JS) }),
             )
             .route("/style.css", get(|| async { asset("text/css", STYLE_CSS) }))
             .route("/api/{*path}", any(forward))

@@ -61,6 +61,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{job_id}/commit", post(commit_job))
         .route("/v1/jobs/{job_id}/tasks/{task_id}/logs", get(task_log))
         .route("/v1/jobs/{job_id}/explain", get(explain_job))
+        .route("/v1/jobs/{job_id}/graph", get(job_graph))
         .route("/v1/teams/{team}/usage", get(team_usage))
         .route("/v1/teams", get(list_teams))
         .route("/v1/teams/{team}", get(get_team).put(set_team))
@@ -252,6 +253,14 @@ async fn list_jobs(
     Query(q): Query<batchplane::api::JobListQuery>,
 ) -> Result<Response> {
     Ok(Json(svc.list_jobs_of_teams(&who, &q).await?).into_response())
+}
+
+async fn job_graph(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    Path(job_id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.job_graph(&who, &job_id).await?).into_response())
 }
 
 async fn list_tasks(

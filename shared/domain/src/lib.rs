@@ -7,6 +7,7 @@ pub mod batch;
 pub mod containers;
 pub mod environment;
 pub mod error;
+pub mod graph;
 pub mod ids;
 pub mod launch;
 pub mod lease;

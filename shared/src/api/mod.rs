@@ -19,6 +19,7 @@ pub mod access;
 mod error;
 pub mod explain;
 mod fit;
+mod graph;
 mod jobs;
 mod listing;
 mod logs;
@@ -29,6 +30,7 @@ mod views;
 
 pub use access::Need;
 pub use error::{ApiError, ErrorKind};
+pub use graph::{GraphAttempt, GraphTask, GraphView, GRAPH_TASK_LIMIT};
 pub use jobs::{pool_uses, Added, PoolUses, Submitted};
 pub use listing::{JobListQuery, JobListView, JOB_LIST_MAX};
 pub use logs::{LogLine, LogPage};

@@ -219,8 +219,10 @@ async function jobPage(page, jobId, params) {
   const over = h('div', { class: 'card' });
   const why = h('div', { class: 'card' });
   const failed = h('div');
+  const graph = h('div', { class: 'card' });
+  const timeline = h('div', { class: 'card' });
   const tasks = h('div');
-  page.append(head, facts, over, why, failed, tasks);
+  page.append(head, facts, over, why, failed, graph, timeline, tasks);
   const history = [];
   let job = null;
   const load = async () => {
@@ -235,6 +237,9 @@ async function jobPage(page, jobId, params) {
     over.hidden = TERMINAL.has(j.state) && history.length < 2;
     fill(over, h('h2', {}, 'Tasks by state over time'), sparkline(history), h('p', { class: 'muted' }, 'Sampled every few seconds since this page opened.'));
     fill(why, h('h2', {}, 'Why it is where it is'), h('ul', { class: 'reasons', id: 'explain' }, ex.reasons.map((r) => h('li', {}, h('code', {}, r.code), ' ', r.message))));
+    const g = await api(`jobs/${enc(jobId)}/graph`);
+    if (gen !== generation) return;
+    renderGraph(graph, timeline, g);
   };
   await load();
   if ((job.task_counts.FAILED || 0) > 0) {

@@ -1,0 +1,119 @@
+//! `GET /v1/jobs/{id}/graph`: a job's tasks with their dependencies (barriers seen
+//! through), states and attempts, and its critical path, for the console's DAG view
+//! and timeline. Only for jobs small enough to draw task by task: a larger job answers
+//! `drawn: false` and why, and is looked at through its counts and task search.
+
+use super::*;
+use crate::domain::access::Access;
+use crate::domain::graph::{critical_path, is_barrier, user_dependencies};
+use crate::domain::TaskState;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The most tasks a job may have to be drawn task by task.
+pub const GRAPH_TASK_LIMIT: u64 = 2_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphView {
+    pub job_id: String,
+    pub total_tasks: u64,
+    pub drawn: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_not: Option<String>,
+    pub tasks: Vec<GraphTask>,
+    /// Task ids, first to last: the chain whose run times add up to the most.
+    pub critical_path: Vec<String>,
+}
+
+/// A task in the graph. Times are milliseconds since the epoch.
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphTask {
+    pub id: String,
+    pub state: TaskState,
+    pub deps: Vec<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub attempts: Vec<GraphAttempt>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphAttempt {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl Service {
+    pub async fn job_graph(&self, who: &Access, job_id: &str) -> Result<GraphView, ApiError> {
+        let job = self.job_for(who, job_id, Need::View).await?;
+        let not_drawn = |why: String| GraphView {
+            job_id: job.job_id.clone(),
+            total_tasks: job.total_tasks,
+            drawn: false,
+            why_not: Some(why),
+            tasks: Vec::new(),
+            critical_path: Vec::new(),
+        };
+        if job.array.is_some() {
+            return Ok(not_drawn(
+                "a single or array job: its children do not depend on each other".into(),
+            ));
+        }
+        if job.total_tasks > GRAPH_TASK_LIMIT {
+            return Ok(not_drawn(format!(
+                "{} tasks: jobs of up to {GRAPH_TASK_LIMIT} are drawn task by task",
+                job.total_tasks
+            )));
+        }
+        let all = self.store.all_tasks(job_id, job.shard_count).await?;
+        let deps_of: BTreeMap<String, Vec<String>> = all
+            .iter()
+            .map(|t| (t.task_id.clone(), t.deps.clone()))
+            .collect();
+        let users = user_dependencies(&deps_of);
+        let now = self.store.now();
+        let weight: BTreeMap<String, i64> = all
+            .iter()
+            .filter(|t| !is_barrier(&t.task_id))
+            .map(|t| {
+                let ran = t.started_at.map_or(0, |s| t.finished_at.unwrap_or(now) - s);
+                (t.task_id.clone(), ran)
+            })
+            .collect();
+        let path = critical_path(&users, &weight);
+        let tasks = all
+            .iter()
+            .filter(|t| !is_barrier(&t.task_id))
+            .map(|t| GraphTask {
+                id: t.task_id.clone(),
+                state: job.shown_task_state(t.state),
+                deps: users.get(&t.task_id).cloned().unwrap_or_default(),
+                started_at: t.started_at,
+                finished_at: t.finished_at,
+                attempts: t
+                    .attempts
+                    .iter()
+                    .map(|a| GraphAttempt {
+                        attempt: a.attempt,
+                        worker_id: a.worker_id.clone(),
+                        started_at: a.started_at,
+                        finished_at: a.finished_at,
+                        exit_code: a.exit_code,
+                        signal: a.signal,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(GraphView {
+            job_id: job.job_id.clone(),
+            total_tasks: job.total_tasks,
+            drawn: true,
+            why_not: None,
+            tasks,
+            critical_path: path,
+        })
+    }
+}
