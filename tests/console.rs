@@ -3,8 +3,12 @@
 //! real browser (headless Chromium through ChromeDriver) against the local stack, as
 //! one principal and as another of a different team.
 
+use batchplane::domain::TaskState;
+use batchplane::store::GroupRecordCounts;
 use batchplane_testing::browser::Browser;
-use batchplane_testing::{binary, Harness};
+use batchplane_testing::{
+    binary, stored_job, test_store, Harness, ManualClock, Must, TestEmulators,
+};
 use reqwest::Method;
 use serde_json::Value;
 use std::io::BufRead;
@@ -314,6 +318,113 @@ async fn the_graph_sees_through_barriers_and_is_drawn_only_for_small_jobs() {
     h.shutdown().await;
 }
 
+/// A record of one task moving from `from` (none: created) to `to`, in `group`.
+fn moved(seq: u32, group: &str, from: Option<TaskState>, to: TaskState) -> GroupRecordCounts {
+    let mut counts = batchplane::domain::TaskCounts::default();
+    if let Some(f) = from {
+        counts.add(f, -1);
+    }
+    counts.add(to, 1);
+    GroupRecordCounts {
+        sequence_number: seq.to_string(),
+        group: group.to_string(),
+        counts,
+    }
+}
+
+#[tokio::test]
+async fn counts_by_group_are_exact_under_retries_and_fold_past_the_kept_groups_into_other() {
+    let emu = TestEmulators::get();
+    let clock = ManualClock::default();
+    let store = test_store(&emu, "group-counts")
+        .await
+        .with_clock(clock.clock());
+    let (job, _) = stored_job(&store, "name: x\ntasks:\n - {id: a, command: ['true']}\n").await;
+    // Batch 100: three tasks of `a-` and one of `b-` created; batch 200: two of `a-`
+    // start and one ends.
+    let first: Vec<GroupRecordCounts> = [("a-", 100), ("a-", 101), ("b-", 102), ("a-", 103)]
+        .iter()
+        .map(|(g, s)| moved(*s, g, None, TaskState::Pending))
+        .collect();
+    assert!(store
+        .add_batch_group_counts(&job, "100", &first[..2])
+        .await
+        .must("a first try"));
+    // A retry that got further adds only what the first try had not.
+    assert!(store
+        .add_batch_group_counts(&job, "100", &first)
+        .await
+        .must("a retry"));
+    assert!(!store
+        .add_batch_group_counts(&job, "100", &first)
+        .await
+        .must("a duplicate"));
+    let second = [
+        moved(200, "a-", Some(TaskState::Pending), TaskState::Running),
+        moved(201, "a-", Some(TaskState::Pending), TaskState::Running),
+        moved(202, "a-", Some(TaskState::Running), TaskState::Succeeded),
+    ];
+    assert!(store
+        .add_batch_group_counts(&job, "200", &second)
+        .await
+        .must("batch 200"));
+    let (groups, _) = store
+        .job_group_counts(&job)
+        .await
+        .must("the counts by group");
+    let a = &groups["a-"];
+    assert_eq!(
+        (
+            a.get(TaskState::Pending),
+            a.get(TaskState::Running),
+            a.get(TaskState::Succeeded)
+        ),
+        (1, 1, 1),
+        "{groups:?}"
+    );
+    assert_eq!(groups["b-"].get(TaskState::Pending), 1);
+
+    // Many batches of many groups, folded once old: the sums hold, and past the kept
+    // groups the rest are counted together.
+    let kept = batchplane::store::GROUPS_KEPT;
+    for b in 0..3u32 {
+        let parts: Vec<GroupRecordCounts> = (0..(kept as u32 / 2 + 10))
+            .map(|i| {
+                moved(
+                    1000 * (b + 1) + i,
+                    &format!("g{b}-{i}-"),
+                    None,
+                    TaskState::Pending,
+                )
+            })
+            .collect();
+        let start = parts[0].sequence_number.clone();
+        assert!(store
+            .add_batch_group_counts(&job, &start, &parts)
+            .await
+            .must("a wide batch"));
+    }
+    let (before, items) = store.job_group_counts(&job).await.must("before folding");
+    let total = |g: &std::collections::BTreeMap<String, batchplane::domain::TaskCounts>| {
+        g.values().map(|c| c.0.values().sum::<i64>()).sum::<i64>()
+    };
+    assert_eq!(items, 5);
+    clock.advance(Duration::from_secs(16 * 60));
+    store.fold_group_counts(&job).await.must("folding");
+    let (after, items) = store.job_group_counts(&job).await.must("after folding");
+    assert_eq!(items, 1, "one base item");
+    assert_eq!(total(&after), total(&before), "folding keeps every count");
+    let other = after
+        .get(batchplane::store::OTHER_GROUPS)
+        .unwrap_or_else(|| panic!("no other groups in {} groups", after.len()));
+    assert!(other.get(TaskState::Pending) > 0);
+    assert!(after.len() <= kept + 1, "{} groups kept", after.len());
+    assert_eq!(
+        after["a-"], before["a-"],
+        "the first groups keep their own counts"
+    );
+}
+
 /// `batchplane console` as `principal`, against the harness's stack; killed on drop.
 struct ConsoleProcess {
     child: std::process::Child,
@@ -530,5 +641,89 @@ async fn the_console_shows_jobs_tasks_and_output_in_a_browser_and_nothing_of_oth
 
     browser.quit().await;
     drop((alice, bob));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_too_large_to_draw_is_shown_by_group_with_its_counts() {
+    // No workers: the DAG's first level waits RUNNABLE, the rest PENDING.
+    let h = Harness::start(|o| o.workers = 0).await;
+    h.grant(ALICE, Some("research"), "member").await;
+    let mut spec = String::from("name: ten-thousand\nteam: research\ntasks:\n");
+    for level in 0..10 {
+        for i in 0..1000 {
+            let deps = match level {
+                0 => String::new(),
+                _ => format!(
+                    ", depends_on: [level-{p}-{i:04}, level-{p}-{j:04}]",
+                    p = level - 1,
+                    j = (i + 1) % 1000
+                ),
+            };
+            spec.push_str(&format!(
+                "  - {{id: level-{level}-{i:04}, command: [\"true\"]{deps}}}\n"
+            ));
+        }
+    }
+    let job = submit_as(&h, ALICE, &spec).await;
+    let alice = ConsoleProcess::start(&h, ALICE);
+    let browser = Browser::start().await;
+    browser.open(&alice.page(&format!("jobs/{job}"))).await;
+    browser
+        .wait_for_text("#dag-not-drawn", "10000 tasks", Duration::from_secs(60))
+        .await;
+    // The counts by group follow the stream: wait until every group has all of its
+    // tasks counted (the page refreshes every five seconds).
+    let read = "return [...document.querySelectorAll('#groups tbody tr')].map((r) => [r.dataset.group, Number(r.dataset.total), r.querySelector(\"[data-state='PENDING']\").textContent, r.querySelector(\"[data-state='RUNNABLE']\").textContent])";
+    let rows =
+        batchplane_testing::wait_for("every group counted", Duration::from_secs(180), || async {
+            let rows = browser.script(read, serde_json::json!([])).await;
+            let rows = rows.as_array().cloned().unwrap_or_default();
+            let complete = rows.len() == 10 && rows.iter().all(|r| r[1] == 1000);
+            match complete {
+                true => Ok(rows),
+                false => Err(format!("{rows:?}")),
+            }
+        })
+        .await;
+    for (level, row) in rows.iter().enumerate() {
+        assert_eq!(
+            row[0],
+            format!("level-{level}-"),
+            "groups in their natural order"
+        );
+        let (pending, runnable) = (row[2].as_str().unwrap_or(""), row[3].as_str().unwrap_or(""));
+        match level {
+            0 => assert_eq!((pending, runnable), ("", "1,000"), "{row:?}"),
+            _ => assert_eq!((pending, runnable), ("1,000", ""), "{row:?}"),
+        }
+    }
+    // A group is the way into its tasks.
+    browser
+        .script(
+            "document.querySelector(\"#groups tr[data-group='level-7-'] a\").click()",
+            serde_json::json!([]),
+        )
+        .await;
+    let found = browser
+        .wait_until(
+            "#tasks tbody",
+            "level-7 tasks",
+            Duration::from_secs(30),
+            |t| t.contains("level-7-"),
+        )
+        .await;
+    assert!(
+        !found.contains("level-6-") && !found.contains("level-8-"),
+        "{found}"
+    );
+    browser.screenshot(&screenshot_path("job-grouped")).await;
+    let errors = browser.console_errors().await;
+    assert!(
+        errors.is_empty(),
+        "the grouped job page logged errors: {errors:#?}"
+    );
+    browser.quit().await;
+    drop(alice);
     h.shutdown().await;
 }

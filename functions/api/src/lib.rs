@@ -62,6 +62,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{job_id}/tasks/{task_id}/logs", get(task_log))
         .route("/v1/jobs/{job_id}/explain", get(explain_job))
         .route("/v1/jobs/{job_id}/graph", get(job_graph))
+        .route("/v1/jobs/{job_id}/groups", get(job_groups))
         .route("/v1/teams/{team}/usage", get(team_usage))
         .route("/v1/teams", get(list_teams))
         .route("/v1/teams/{team}", get(get_team).put(set_team))
@@ -261,6 +262,14 @@ async fn job_graph(
     Path(job_id): Path<String>,
 ) -> Result<Response> {
     Ok(Json(svc.job_graph(&who, &job_id).await?).into_response())
+}
+
+async fn job_groups(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    Path(job_id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.job_groups(&who, &job_id).await?).into_response())
 }
 
 async fn list_tasks(

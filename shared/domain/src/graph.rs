@@ -5,6 +5,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// The group a task is counted in for a job too large to draw task by task: its id up
+/// to and with its last separator (`-`, `_` or `.`: `level-3-0042` is in `level-3-`, so
+/// a group is also the prefix that finds its tasks), or, for an id without one, the id
+/// less its trailing digits (`t0042` is in `t`; an id of digits alone is in `#`). A job
+/// names its tasks after their parts, so their groups are its parts.
+pub fn group_of(task_id: &str) -> String {
+    if let Some(i) = task_id.rfind(['-', '_', '.']) {
+        return task_id[..=i].to_string();
+    }
+    let stem = task_id.trim_end_matches(|c: char| c.is_ascii_digit());
+    match stem {
+        "" => "#".to_string(),
+        s if s == task_id => task_id.to_string(),
+        s => s.to_string(),
+    }
+}
+
 /// Whether a task id is an internal barrier's.
 pub fn is_barrier(id: &str) -> bool {
     id.starts_with('~')
@@ -115,6 +132,21 @@ mod tests {
             .iter()
             .map(|(id, ds)| (id.to_string(), ds.iter().map(|d| d.to_string()).collect()))
             .collect()
+    }
+
+    #[test]
+    fn a_task_is_grouped_by_its_id_up_to_the_last_separator() {
+        for (id, group) in [
+            ("level-3-0042", "level-3-"),
+            ("count_7", "count_"),
+            ("a.b.c", "a.b."),
+            ("t0042", "t"),
+            ("0042", "#"),
+            ("merge", "merge"),
+            ("-x", "-"),
+        ] {
+            assert_eq!(group_of(id), group, "{id}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `GET /v1/jobs/{id}/graph`: a job's tasks with their dependencies (barriers seen
 //! through), states and attempts, and its critical path, for the console's DAG view
 //! and timeline. Only for jobs small enough to draw task by task: a larger job answers
-//! `drawn: false` and why, and is looked at through its counts and task search.
+//! `drawn: false` and why, and is looked at by group (`GET /v1/jobs/{id}/groups`: its
+//! counts by group, kept by the fanout, so nothing reads its tasks) and task search.
 
 use super::*;
 use crate::domain::access::Access;
@@ -46,7 +47,52 @@ pub struct GraphAttempt {
     pub signal: Option<i32>,
 }
 
+/// A job's counts by group (`domain::graph::group_of`).
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupsView {
+    pub job_id: String,
+    pub total_tasks: u64,
+    pub groups: Vec<GroupView>,
+    /// The most groups a job's counts name; past them, tasks count in `~other`.
+    pub groups_kept: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupView {
+    /// The group, which is also the prefix its tasks' ids begin with.
+    pub group: String,
+    pub total: u64,
+    pub task_counts: BTreeMap<String, u64>,
+}
+
 impl Service {
+    pub async fn job_groups(&self, who: &Access, job_id: &str) -> Result<GroupsView, ApiError> {
+        let job = self.job_for(who, job_id, Need::View).await?;
+        let (groups, _) = self.store.job_group_counts(job_id).await?;
+        let groups = groups
+            .into_iter()
+            .map(|(group, counts)| {
+                let shown = job.shown_counts(&counts);
+                let task_counts: BTreeMap<String, u64> = TaskState::ALL
+                    .iter()
+                    .map(|st| (st.as_str().to_string(), shown.get(*st)))
+                    .collect();
+                GroupView {
+                    group,
+                    total: task_counts.values().sum(),
+                    task_counts,
+                }
+            })
+            .filter(|g| g.total > 0)
+            .collect();
+        Ok(GroupsView {
+            job_id: job.job_id.clone(),
+            total_tasks: job.total_tasks,
+            groups,
+            groups_kept: crate::store::GROUPS_KEPT,
+        })
+    }
+
     pub async fn job_graph(&self, who: &Access, job_id: &str) -> Result<GraphView, ApiError> {
         let job = self.job_for(who, job_id, Need::View).await?;
         let not_drawn = |why: String| GraphView {

@@ -6,7 +6,6 @@ use super::request::{send, send_unless_cancelled};
 use super::{Store, StoreError};
 use crate::domain::{TaskCounts, Usage};
 use aws_sdk_dynamodb::types::AttributeValue;
-use std::collections::HashMap;
 
 /// Whether stream sequence number `a` comes after `b` (both decimal, of one shard).
 pub fn sequence_after(a: &str, b: &str) -> bool {
@@ -35,35 +34,75 @@ fn sum(parts: &[&RecordCounts]) -> (TaskCounts, Usage) {
     (counts, usage)
 }
 
+/// One record's part of a family of batch delta items (a job's counts, its counts by
+/// group): what the per-record protocol of [`Store::add_batch_deltas`] needs of it.
+pub(crate) trait BatchPart {
+    fn sequence_number(&self) -> &str;
+}
+
+impl BatchPart for RecordCounts {
+    fn sequence_number(&self) -> &str {
+        &self.sequence_number
+    }
+}
+
+/// Attribute deltas to add: name and number.
+pub(crate) type Deltas = Vec<(String, AttributeValue)>;
+
+/// Counts and usage as attributes (counts of zero too, where `keep_zero`).
+fn attributes(counts: &TaskCounts, usage: &Usage, keep_zero: bool) -> Deltas {
+    let mut out: Deltas = counts
+        .0
+        .iter()
+        .filter(|(_, d)| keep_zero || **d != 0)
+        .map(|(st, d)| (counts_attr(*st), n(*d)))
+        .collect();
+    if !usage.is_empty() {
+        for (field, v) in Usage::FIELDS.iter().zip(usage.values()) {
+            out.push((usage_attr(field), n(v)));
+        }
+    }
+    out
+}
+
+/// The counts' and usage's deltas of some records, leaving out what adds nothing.
+fn count_deltas(parts: &[&RecordCounts]) -> Deltas {
+    let (counts, usage) = sum(parts);
+    attributes(&counts, &usage, false)
+}
+
 impl Store {
-    /// Add a stream batch's count deltas for a job, each record's once. The batch's item
-    /// is keyed by its first record and remembers the last record it counted (`upto`):
-    /// a batch retried from the same record (a function error, a duplicate invocation)
-    /// adds only the records past that, however far each try got. Records are in stream
-    /// order. Whether anything was added.
+    /// Add a stream batch's count deltas for a job, each record's once (see
+    /// [`Store::add_batch_deltas`]). Whether anything was added.
     pub async fn add_batch_counts(
         &self,
         job_id: &str,
         batch_start: &str,
         parts: &[RecordCounts],
     ) -> Result<bool, StoreError> {
-        let Some(last) = parts.last().map(|p| p.sequence_number.clone()) else {
+        let k = key(job_pk(job_id), format!("{COUNTS_PREFIX}{batch_start}"));
+        self.add_batch_deltas(k, parts, count_deltas, "UpdateItem (batch counts)")
+            .await
+    }
+
+    /// Add one stream batch's deltas to the item `k`, each record's once. The batch's
+    /// item is keyed by its first record and remembers the last record it counted
+    /// (`upto`): a batch retried from the same record (a function error, a duplicate
+    /// invocation) adds only the records past that, however far each try got. Records
+    /// are in stream order. Whether anything was added.
+    pub(crate) async fn add_batch_deltas<P: BatchPart>(
+        &self,
+        k: Item,
+        parts: &[P],
+        deltas: impl Fn(&[&P]) -> Deltas,
+        operation: &'static str,
+    ) -> Result<bool, StoreError> {
+        let Some(last) = parts.last().map(|p| p.sequence_number().to_string()) else {
             return Ok(false);
         };
-        let k = key(job_pk(job_id), format!("{COUNTS_PREFIX}{batch_start}"));
-        let all: Vec<&RecordCounts> = parts.iter().collect();
-        let (counts, usage) = sum(&all);
+        let all: Vec<&P> = parts.iter().collect();
         let mut it = k.clone();
-        for (st, delta) in &counts.0 {
-            if *delta != 0 {
-                it.insert(counts_attr(*st), n(*delta));
-            }
-        }
-        if !usage.is_empty() {
-            for (field, v) in Usage::FIELDS.iter().zip(usage.values()) {
-                it.insert(usage_attr(field), n(v));
-            }
-        }
+        it.extend(deltas(&all));
         it.insert("upto".into(), s(&last));
         it.insert("at".into(), n(self.now()));
         if self.put_if_absent(it).await? {
@@ -79,44 +118,29 @@ impl Store {
             let Some(upto) = Reader::new(&current).opt_s("upto")? else {
                 return Ok(false);
             };
-            let rest: Vec<&RecordCounts> = parts
+            let rest: Vec<&P> = parts
                 .iter()
-                .filter(|p| sequence_after(&p.sequence_number, &upto))
+                .filter(|p| sequence_after(p.sequence_number(), &upto))
                 .collect();
             if rest.is_empty() {
                 return Ok(false);
             }
-            let (counts, usage) = sum(&rest);
-            let mut adds = Vec::new();
-            let mut values = HashMap::from([
-                (":upto".to_string(), s(&upto)),
-                (":last".to_string(), s(&last)),
-            ]);
-            for (i, (st, delta)) in counts.0.iter().enumerate() {
-                if *delta != 0 {
-                    adds.push(format!("{} :v{i}", counts_attr(*st)));
-                    values.insert(format!(":v{i}"), n(*delta));
-                }
+            // The item as read, plus what the rest adds, put back only if no other try
+            // moved it meanwhile (a put, not an ADD: a batch may name hundreds of
+            // attributes, more than one update expression holds).
+            let mut next = current.clone();
+            for (name, v) in deltas(&rest) {
+                let sum = add_numbers(current.get(&name), &v);
+                next.insert(name, sum);
             }
-            if !usage.is_empty() {
-                for (i, (field, v)) in Usage::FIELDS.iter().zip(usage.values()).enumerate() {
-                    adds.push(format!("{} :u{i}", usage_attr(field)));
-                    values.insert(format!(":u{i}"), n(v));
-                }
-            }
-            let update = if adds.is_empty() {
-                "SET upto = :last".to_string()
-            } else {
-                format!("SET upto = :last ADD {}", adds.join(", "))
-            };
+            next.insert("upto".into(), s(&last));
             let written = super::request::send_if(
                 self.ddb
-                    .update_item()
+                    .put_item()
                     .table_name(&self.table)
-                    .set_key(Some(k.clone()))
-                    .update_expression(update)
+                    .set_item(Some(next))
                     .condition_expression("upto = :upto")
-                    .set_expression_attribute_values(Some(values)),
+                    .expression_attribute_values(":upto", s(&upto)),
             )
             .await?;
             if written.is_some() {
@@ -124,7 +148,7 @@ impl Store {
             }
         }
         Err(StoreError::Unprocessed {
-            operation: "UpdateItem (batch counts)",
+            operation,
             remaining: parts.len(),
         })
     }
@@ -165,13 +189,38 @@ impl Store {
     /// Fold batch count items into `C#base`, 99 at a time, each fold one transaction, so
     /// reading a job's counts stays a small query however long the job runs.
     pub async fn fold_counts(&self, job_id: &str) -> Result<(), StoreError> {
+        self.fold_deltas(job_id, COUNTS_PREFIX, COUNTS_BASE_SK, |base, batch| {
+            let mut counts = base.map(counts_from_item).unwrap_or_default();
+            let mut usage = base.map(usage_from_item).unwrap_or_default();
+            for it in batch {
+                counts.merge(&counts_from_item(it));
+                usage.add(&usage_from_item(it));
+            }
+            attributes(&counts, &usage, true)
+        })
+        .await
+    }
+
+    /// Fold up to 99 of a job's batch items under `prefix` that are old enough into its
+    /// base item `base_sk`, in one transaction: `total` gives the base's attributes from
+    /// the base as read (none at first) and the batch items. The base is put whole, on
+    /// the condition that it is still the version read, and each batch item is deleted
+    /// only as it was read (a retried batch may have added to it since): of two folds at
+    /// once, one wins and the other changes nothing.
+    pub(crate) async fn fold_deltas(
+        &self,
+        job_id: &str,
+        prefix: &str,
+        base_sk: &str,
+        total: impl Fn(Option<&Item>, &[&Item]) -> Deltas,
+    ) -> Result<(), StoreError> {
         let out = send(
             self.ddb
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :c)")
                 .expression_attribute_values(":pk", s(job_pk(job_id)))
-                .expression_attribute_values(":c", s(COUNTS_PREFIX))
+                .expression_attribute_values(":c", s(prefix))
                 .consistent_read(true)
                 .limit(100),
         )
@@ -180,9 +229,7 @@ impl Store {
         let batch: Vec<&Item> = out
             .items()
             .iter()
-            .filter(
-                |it| !matches!(it.get("sk"), Some(AttributeValue::S(sk)) if sk == COUNTS_BASE_SK),
-            )
+            .filter(|it| !matches!(it.get("sk"), Some(AttributeValue::S(sk)) if sk == base_sk))
             .filter(|it| {
                 Reader::new(it)
                     .opt_n::<i64>("at")
@@ -195,47 +242,37 @@ impl Store {
         if batch.len() < 2 {
             return Ok(());
         }
-        let mut sum = TaskCounts::default();
-        let mut usage = Usage::default();
-        for it in &batch {
-            sum.merge(&counts_from_item(it));
-            usage.add(&usage_from_item(it));
-        }
-        use aws_sdk_dynamodb::types::{Delete, TransactWriteItem, Update};
-        let mut update_parts = Vec::new();
-        let mut values = HashMap::new();
-        for (i, (st, delta)) in sum.0.iter().enumerate() {
-            update_parts.push(format!("{} :v{i}", counts_attr(*st)));
-            values.insert(format!(":v{i}"), n(*delta));
-        }
-        if !usage.is_empty() {
-            for (i, (field, v)) in Usage::FIELDS.iter().zip(usage.values()).enumerate() {
-                update_parts.push(format!("{} :u{i}", usage_attr(field)));
-                values.insert(format!(":u{i}"), n(v));
-            }
-        }
-        let mut items = Vec::new();
-        if !update_parts.is_empty() {
-            items.push(
-                TransactWriteItem::builder()
-                    .update(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .set_key(Some(key(job_pk(job_id), COUNTS_BASE_SK.into())))
-                            .update_expression(format!("ADD {}", update_parts.join(", ")))
-                            .set_expression_attribute_values(Some(values))
-                            .build()
-                            .map_err(|source| StoreError::Build {
-                                operation: "TransactWriteItems",
-                                source,
-                            })?,
-                    )
-                    .build(),
-            );
-        }
+        let base_key = key(job_pk(job_id), base_sk.into());
+        let base = self.read_item(base_key.clone()).await?;
+        let version = match &base {
+            Some(b) => Reader::new(b).opt_n::<i64>("ver")?,
+            None => None,
+        };
+        let mut next = base_key;
+        next.extend(total(base.as_ref(), &batch));
+        next.insert("ver".into(), n(version.unwrap_or(0) + 1));
+        use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+        let build = |source| StoreError::Build {
+            operation: "TransactWriteItems",
+            source,
+        };
+        let put = match version {
+            Some(v) => Put::builder()
+                .condition_expression("ver = :ver")
+                .expression_attribute_values(":ver", n(v)),
+            // No base yet, or one from before bases had versions.
+            None => Put::builder().condition_expression("attribute_not_exists(ver)"),
+        };
+        let mut items = vec![TransactWriteItem::builder()
+            .put(
+                put.table_name(&self.table)
+                    .set_item(Some(next))
+                    .build()
+                    .map_err(build)?,
+            )
+            .build()];
         for it in &batch {
             let k = key(job_pk(job_id), Reader::new(it).req_s("sk")?);
-            // Deleted only as read: a retried batch may have added to it meanwhile.
             let delete = match Reader::new(it).opt_s("upto")? {
                 Some(upto) => Delete::builder()
                     .condition_expression("upto = :upto")
@@ -249,10 +286,7 @@ impl Store {
                             .table_name(&self.table)
                             .set_key(Some(k))
                             .build()
-                            .map_err(|source| StoreError::Build {
-                                operation: "TransactWriteItems",
-                                source,
-                            })?,
+                            .map_err(build)?,
                     )
                     .build(),
             );

@@ -72,6 +72,20 @@ pub fn s(v: impl Into<String>) -> AttributeValue {
 pub fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
+/// The sum of two numbers as DynamoDB holds them (`None`: nothing yet, 0): whole
+/// numbers stay whole.
+pub fn add_numbers(a: Option<&AttributeValue>, b: &AttributeValue) -> AttributeValue {
+    let text = |v: Option<&AttributeValue>| match v {
+        Some(AttributeValue::N(x)) => x.clone(),
+        _ => "0".to_string(),
+    };
+    let (x, y) = (text(a), text(Some(b)));
+    match (x.parse::<i64>(), y.parse::<i64>()) {
+        (Ok(x), Ok(y)) => n(x + y),
+        _ => n(x.parse::<f64>().unwrap_or(0.0) + y.parse::<f64>().unwrap_or(0.0)),
+    }
+}
+
 pub fn list_s(v: &[String]) -> AttributeValue {
     AttributeValue::L(v.iter().map(|x| s(x.clone())).collect())
 }

@@ -55,7 +55,10 @@ pub async fn close_if_done(
     }
     let (counts, usage, items) = store.job_counts(job_id).await?;
     if items > 50 {
+        // A batch writes a counts item and a counts-by-group item for a DAG: they pile
+        // up together.
         store.fold_counts(job_id).await?;
+        store.fold_group_counts(job_id).await?;
     }
     if let Some(why) = crate::domain::batch::stopped_array_ends(&job, &counts) {
         let closed = store.fail_job(job_id, JobState::Failed, why).await?;

@@ -8,16 +8,17 @@
 //! changes nothing.
 
 pub mod arrays;
+mod counts;
 mod jobs;
 pub use jobs::close_if_done;
 pub mod window;
 mod work;
 
 use crate::domain::JobRecord;
-use crate::domain::{JobState, TaskKind, TaskRecord, TaskState, TaskTransition, Usage};
+use crate::domain::{JobState, TaskKind, TaskRecord, TaskState, TaskTransition};
 use crate::queue::Queues;
 use crate::store::item::{is_job_item, is_task_item, job_from_item, task_from_item, Item};
-use crate::store::{RecordCounts, Store, StoreError};
+use crate::store::{Store, StoreError};
 use aws_lambda_events::event::dynamodb::EventRecord;
 use futures::{stream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -601,89 +602,6 @@ impl Fanout {
                 problem: format!("job {job_id} has tasks but no job item"),
             }),
         }
-    }
-
-    async fn record_counts(
-        &self,
-        done: &[Change],
-        outcome: &mut BatchOutcome,
-    ) -> Result<(), FanoutError> {
-        let Some(first) = done.first() else {
-            return Ok(());
-        };
-        // Keyed by the batch's first record, each record's part kept apart: a retry of
-        // this batch adds only the records it had not counted (see `add_batch_counts`).
-        let batch_start = first.sequence_number();
-        let mut per_job: HashMap<String, (Vec<RecordCounts>, Option<i64>, bool)> = HashMap::new();
-        for c in done {
-            let Change::Task(t) = c else { continue };
-            if t.task.kind != TaskKind::Command || t.old_state == Some(t.task.state) {
-                continue;
-            }
-            let entry = per_job.entry(t.task.job_id.clone()).or_default();
-            let mut part = RecordCounts {
-                sequence_number: t.sequence_number.clone(),
-                ..Default::default()
-            };
-            if let Some(old) = t.old_state {
-                part.counts.add(old, -1);
-            }
-            part.counts.add(t.task.state, 1);
-            // A task seen running, or seen only once it had ended (its RUNNING record may
-            // have come in a batch whose counts were already recorded), started the job.
-            let started_at = match t.task.state {
-                TaskState::Running => Some(t.task.started_at.unwrap_or_else(crate::store::now_ms)),
-                st if st.is_terminal() => t.task.started_at,
-                _ => None,
-            };
-            if let Some(at) = started_at {
-                entry.1 = Some(entry.1.map_or(at, |x: i64| x.min(at)));
-            }
-            if t.task.state.is_terminal() {
-                entry.2 = true;
-            }
-            // An attempt that ran to its end (finished, or failed and retried) is measured.
-            if t.old_state == Some(TaskState::Running) {
-                if let Some(u) = t
-                    .task
-                    .attempts
-                    .last()
-                    .and_then(|a| Usage::of_attempt(t.task.cpu_milli, t.task.memory_mib, a))
-                {
-                    part.usage.add(&u);
-                }
-            }
-            entry.0.push(part);
-        }
-        for (job_id, (parts, started, finished_some)) in per_job {
-            if parts.is_empty() {
-                continue;
-            }
-            self.store
-                .add_batch_counts(&job_id, batch_start, &parts)
-                .await?;
-            if let Some(at) = started {
-                let known = self
-                    .started
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&job_id);
-                if !known {
-                    self.store.mark_job_started(&job_id, at).await?;
-                    let mut set = self.started.lock().unwrap_or_else(|p| p.into_inner());
-                    if set.len() > 10_000 {
-                        set.clear();
-                    }
-                    set.insert(job_id.clone());
-                }
-            }
-            if finished_some {
-                if let Some(state) = self.close_if_done(&job_id).await? {
-                    outcome.jobs_finished.push((job_id.clone(), state));
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -238,8 +238,9 @@ async function jobPage(page, jobId, params) {
     fill(over, h('h2', {}, 'Tasks by state over time'), sparkline(history), h('p', { class: 'muted' }, 'Sampled every few seconds since this page opened.'));
     fill(why, h('h2', {}, 'Why it is where it is'), h('ul', { class: 'reasons', id: 'explain' }, ex.reasons.map((r) => h('li', {}, h('code', {}, r.code), ' ', r.message))));
     const g = await api(`jobs/${enc(jobId)}/graph`);
+    const groups = !g.drawn && !j.array ? await api(`jobs/${enc(jobId)}/groups`) : null;
     if (gen !== generation) return;
-    renderGraph(graph, timeline, g);
+    renderGraph(graph, timeline, g, groups);
   };
   await load();
   if ((job.task_counts.FAILED || 0) > 0) {

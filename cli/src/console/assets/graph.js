@@ -15,15 +15,36 @@ function s(tag, attrs, ...children) {
 /** The most edges drawn; past it only the critical path's are. */
 const EDGE_LIMIT = 20000;
 
-function renderGraph(graphBox, timelineBox, g) {
+function renderGraph(graphBox, timelineBox, g, groups) {
   if (!g.drawn) {
-    fill(graphBox, h('h2', {}, 'Graph'), h('p', { class: 'muted', id: 'dag-not-drawn' }, `Not drawn: ${g.why_not}. Search its tasks below.`));
+    fill(graphBox, h('h2', {}, groups ? 'Graph, by group' : 'Graph'),
+      h('p', { class: 'muted', id: 'dag-not-drawn' }, `Not drawn task by task: ${g.why_not}.`),
+      groups ? groupTable(g.job_id, groups) : h('p', { class: 'muted' }, 'Search its tasks below.'));
     timelineBox.hidden = true;
     return;
   }
   timelineBox.hidden = false;
   fill(graphBox, h('h2', {}, 'Graph'), criticalPath(g), dag(g));
   fill(timelineBox, h('h2', {}, 'Timeline: attempts by worker slot'), timeline(g));
+}
+
+/** Ids' natural order: `level-2-` before `level-10-`. */
+const natural = new Intl.Collator('en', { numeric: true }).compare;
+
+/** A job too large to draw: its groups (task ids up to their last separator) with
+ *  their counts by state, each a way into its tasks. */
+function groupTable(jobId, view) {
+  const groups = [...view.groups].sort((a, b) => natural(a.group, b.group));
+  if (!groups.length) return h('div', { class: 'empty', id: 'groups' }, 'No counts by group yet.');
+  const rows = groups.map((gr) => h('tr', { 'data-group': gr.group, 'data-total': gr.total },
+    h('td', { class: 'mono' }, gr.group === '~other' ? `other groups (past ${view.groups_kept})`
+      : h('a', { href: `${jobHref(jobId)}?prefix=${enc(gr.group)}` }, gr.group)),
+    h('td', { class: 'num' }, fmt(gr.total, 0)),
+    TASK_STATES.map((st) => h('td', { class: 'num', 'data-state': st }, gr.task_counts[st] ? fmt(gr.task_counts[st], 0) : '')),
+    h('td', {}, countsBar(gr.task_counts))));
+  return h('table', { id: 'groups' },
+    h('thead', {}, h('tr', {}, h('th', {}, 'Group'), h('th', { class: 'num' }, 'Tasks'), TASK_STATES.map((st) => h('th', { class: 'num' }, st)), h('th', {}, 'By state'))),
+    h('tbody', {}, rows));
 }
 
 function criticalPath(g) {
