@@ -96,6 +96,9 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
             "--disable-quic",
+            // No crash handler: it would run as a daemon of its own and outlive the test.
+            "--disable-crash-reporter",
+            "--disable-breakpad",
             "--no-first-run",
             "--window-size=1280,1800",
         ]
@@ -258,9 +261,13 @@ impl Browser {
         if std::mem::replace(&mut self.stopped, true) {
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.driver.id())])
-            .status();
+        // ChromeDriver leads its own process group: Chromium goes with it. (The system
+        // call, not the `kill` command: procps-ng 4.0's `kill -KILL -PGID` signals every
+        // process there is.)
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.driver.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
