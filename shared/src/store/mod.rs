@@ -85,6 +85,8 @@ pub struct Store {
     ddb: aws_sdk_dynamodb::Client,
     table: String,
     clock: Clock,
+    /// Teams this process has noted as having jobs (see `note_job_team`): noted once.
+    noted_teams: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 pub(super) const WRITE_CONCURRENCY: usize = 8;
@@ -95,6 +97,7 @@ impl Store {
             ddb,
             table: table.into(),
             clock: Clock::system(),
+            noted_teams: Default::default(),
         }
     }
 

@@ -35,8 +35,15 @@ const TEAM_READS_AT_ONCE: usize = 8;
 
 impl Store {
     /// Note that `team` has jobs (before its first job is written, so no job is ever
-    /// stored that an administrator's listing would miss). Idempotent.
+    /// stored that an administrator's listing would miss). Idempotent; written once per
+    /// team by a process.
     pub(crate) async fn note_job_team(&self, team: &str) -> Result<(), StoreError> {
+        let noted = |set: &std::sync::Mutex<std::collections::HashSet<String>>| {
+            set.lock().unwrap_or_else(|p| p.into_inner()).contains(team)
+        };
+        if noted(&self.noted_teams) {
+            return Ok(());
+        }
         send(
             self.ddb
                 .put_item()
@@ -44,6 +51,11 @@ impl Store {
                 .set_item(Some(key(JOB_TEAMS_PK.into(), team.to_string()))),
         )
         .await?;
+        let mut set = self.noted_teams.lock().unwrap_or_else(|p| p.into_inner());
+        if set.len() > 10_000 {
+            set.clear();
+        }
+        set.insert(team.to_string());
         Ok(())
     }
 

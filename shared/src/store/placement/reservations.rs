@@ -157,36 +157,43 @@ impl Store {
             let cluster_update =
                 cl.update(&self.table, key(CLUSTERS_PK.into(), res.cluster.clone()))?;
 
-            match send_raw(
-                self.ddb
-                    .transact_write_items()
-                    .transact_items(
-                        TransactWriteItem::builder()
-                            .update(reservation_update)
-                            .build(),
-                    )
-                    .transact_items(TransactWriteItem::builder().update(team_update).build())
-                    .transact_items(TransactWriteItem::builder().update(cluster_update).build()),
-            )
-            .await
-            {
-                Ok(_) => {
-                    tracing::info!(reservation_id, slots = ?chosen, team = %res.team, cluster = %res.cluster,
-                        swept = expired_before.is_some(), "worker slots released");
-                    return Ok(chosen.len() as u32);
+            // One token for this transaction, kept by the SDK's retries and ours: a
+            // try that was applied but not answered (a lock time-out, a lost response)
+            // is answered "done" when sent again, not refused as a release of slots
+            // already gone, which would count them as released by someone else.
+            let token = uuid::Uuid::new_v4().to_string();
+            let request = self
+                .ddb
+                .transact_write_items()
+                .client_request_token(&token)
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .update(reservation_update)
+                        .build(),
+                )
+                .transact_items(TransactWriteItem::builder().update(team_update).build())
+                .transact_items(TransactWriteItem::builder().update(cluster_update).build());
+            for resend in 0..3 {
+                match send_raw(request.clone()).await {
+                    Ok(_) => {
+                        tracing::info!(reservation_id, slots = ?chosen, team = %res.team, cluster = %res.cluster,
+                            swept = expired_before.is_some(), "worker slots released");
+                        return Ok(chosen.len() as u32);
+                    }
+                    // No clear answer: the same transaction again, under its token.
+                    Err(e)
+                        if e.code() == Some("InternalServerError")
+                            || !matches!(e, SdkError::ServiceError(_)) =>
+                    {
+                        backoff(resend).await;
+                    }
+                    // A slot went (another release) or a lease moved (a renewal): read
+                    // again.
+                    Err(e) if e.code() == Some("TransactionCanceledException") => break,
+                    Err(e) => return Err(classify("TransactWriteItems", e)),
                 }
-                // A slot went (another release) or a lease moved (a renewal), or the
-                // transaction timed out on a lock: read again.
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        Some("TransactionCanceledException" | "InternalServerError")
-                    ) || !matches!(e, SdkError::ServiceError(_)) =>
-                {
-                    backoff(attempt).await;
-                }
-                Err(e) => return Err(classify("TransactWriteItems", e)),
             }
+            backoff(attempt).await;
         }
         Err(StoreError::Unprocessed {
             operation: "TransactWriteItems (release)",
