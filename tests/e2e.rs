@@ -511,9 +511,12 @@ fn strip_ansi(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
+    // A lease of six seconds: short enough to keep the test quick, long enough that a
+    // heartbeat every two seconds holds it on a machine loaded by other tests (at three,
+    // one late heartbeat let the second attempt's lease lapse and a third begin).
     let mut h = Harness::start(|o| {
         o.workers = 1;
-        o.lease_seconds = 3;
+        o.lease_seconds = 6;
     })
     .await;
     let marker = batchplane_testing::shared_file(&h.dir.join("attempts.log"));
@@ -543,7 +546,7 @@ async fn a_killed_taskhosts_task_is_claimed_again_after_its_lease() {
     let done = h.wait(&job, MINUTE).await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     let slow = h.task(&job, "slow").await;
-    assert_eq!(slow["attempt"], 2);
+    assert_eq!(slow["attempt"], 2, "{slow}");
     let a = attempts(&slow);
     assert_eq!(a.len(), 2, "{slow}");
     assert_eq!(a[0]["worker_id"], first_worker.as_str());

@@ -155,11 +155,11 @@ async fn an_n_to_n_successor_goes_through_its_window_and_gives_every_slot_back()
 }
 
 /// A job's window follows its own claim rate (about a second of it): one started small
-/// on a pool that runs tens of tasks a second grows, and one started big on a pool that
-/// runs a few shrinks, so what a job submitted behind it waits for is a second or so of
-/// work either way.
+/// on a pool that runs tens of tasks a second grows (this test), and one started big on
+/// a pool that runs a few shrinks (the next), so what a job submitted behind it waits
+/// for is a second or so of work either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_window_follows_its_jobs_claim_rate() {
+async fn a_window_grows_with_its_jobs_claim_rate() {
     // A window bound by its own size claims window ÷ refill time a second, so it grows
     // only while a refill takes less than the seconds asked for: thirty here, so that a
     // machine loaded by other tests (refills of seconds) still shows the growth.
@@ -187,7 +187,10 @@ async fn a_window_follows_its_jobs_claim_rate() {
     })
     .await;
     h.shutdown().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_shrinks_with_its_jobs_claim_rate() {
     // Half a second a task on one worker of a few slots: a few claims a second, so a
     // window of 256 halves period by period down to the floor.
     let slow_spec = json!({"name": "slow", "tasks": (0..300)
