@@ -329,6 +329,26 @@ fn moved(seq: u32, group: &str, from: Option<TaskState>, to: TaskState) -> Group
         sequence_number: seq.to_string(),
         group: group.to_string(),
         counts,
+        ..Default::default()
+    }
+}
+
+/// The same, for a task that started at `started` (and finished at `finished`).
+fn ran(
+    seq: u32,
+    group: &str,
+    to: TaskState,
+    started: i64,
+    finished: Option<i64>,
+) -> GroupRecordCounts {
+    let from = match to {
+        TaskState::Running => TaskState::Pending,
+        _ => TaskState::Running,
+    };
+    GroupRecordCounts {
+        started_at: Some(started),
+        finished_at: finished,
+        ..moved(seq, group, Some(from), to)
     }
 }
 
@@ -359,15 +379,21 @@ async fn counts_by_group_are_exact_under_retries_and_fold_past_the_kept_groups_i
         .add_batch_group_counts(&job, "100", &first)
         .await
         .must("a duplicate"));
+    // Their spans: the earliest start and the latest finish, whatever order the
+    // records come in and however often a batch is tried.
     let second = [
-        moved(200, "a-", Some(TaskState::Pending), TaskState::Running),
-        moved(201, "a-", Some(TaskState::Pending), TaskState::Running),
-        moved(202, "a-", Some(TaskState::Running), TaskState::Succeeded),
+        ran(200, "a-", TaskState::Running, 1_200, None),
+        ran(201, "a-", TaskState::Running, 1_000, None),
+        ran(202, "a-", TaskState::Succeeded, 1_200, Some(1_500)),
     ];
+    assert!(store
+        .add_batch_group_counts(&job, "200", &second[..1])
+        .await
+        .must("batch 200, a first try"));
     assert!(store
         .add_batch_group_counts(&job, "200", &second)
         .await
-        .must("batch 200"));
+        .must("batch 200, its retry"));
     let (groups, _) = store
         .job_group_counts(&job)
         .await
@@ -375,14 +401,19 @@ async fn counts_by_group_are_exact_under_retries_and_fold_past_the_kept_groups_i
     let a = &groups["a-"];
     assert_eq!(
         (
-            a.get(TaskState::Pending),
-            a.get(TaskState::Running),
-            a.get(TaskState::Succeeded)
+            a.counts.get(TaskState::Pending),
+            a.counts.get(TaskState::Running),
+            a.counts.get(TaskState::Succeeded)
         ),
         (1, 1, 1),
         "{groups:?}"
     );
-    assert_eq!(groups["b-"].get(TaskState::Pending), 1);
+    assert_eq!(
+        (a.first_started_at, a.last_finished_at),
+        (Some(1_000), Some(1_500))
+    );
+    assert_eq!(groups["b-"].counts.get(TaskState::Pending), 1);
+    assert_eq!(groups["b-"].first_started_at, None, "b- has not started");
 
     // Many batches of many groups, folded once old: the sums hold, and past the kept
     // groups the rest are counted together.
@@ -405,8 +436,10 @@ async fn counts_by_group_are_exact_under_retries_and_fold_past_the_kept_groups_i
             .must("a wide batch"));
     }
     let (before, items) = store.job_group_counts(&job).await.must("before folding");
-    let total = |g: &std::collections::BTreeMap<String, batchplane::domain::TaskCounts>| {
-        g.values().map(|c| c.0.values().sum::<i64>()).sum::<i64>()
+    let total = |g: &std::collections::BTreeMap<String, batchplane::store::GroupTotals>| {
+        g.values()
+            .map(|c| c.counts.0.values().sum::<i64>())
+            .sum::<i64>()
     };
     assert_eq!(items, 5);
     clock.advance(Duration::from_secs(16 * 60));
@@ -417,12 +450,104 @@ async fn counts_by_group_are_exact_under_retries_and_fold_past_the_kept_groups_i
     let other = after
         .get(batchplane::store::OTHER_GROUPS)
         .unwrap_or_else(|| panic!("no other groups in {} groups", after.len()));
-    assert!(other.get(TaskState::Pending) > 0);
+    assert!(other.counts.get(TaskState::Pending) > 0);
     assert!(after.len() <= kept + 1, "{} groups kept", after.len());
     assert_eq!(
         after["a-"], before["a-"],
         "the first groups keep their own counts"
     );
+}
+
+/// Run by workers, each group keeps when it first started and last finished, and the
+/// critical path over groups follows the group each one waited for longest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_keep_their_spans_and_the_path_follows_the_group_that_ended_last() {
+    let h = Harness::start(|o| o.team = "research".into()).await;
+    h.grant(ALICE, Some("research"), "member").await;
+    let job = submit_as(
+        &h,
+        ALICE,
+        r#"
+name: spans
+team: research
+tasks:
+  - {id: prep-1, command: ["true"]}
+  - {id: prep-2, command: ["true"], depends_on: [prep-1]}
+  - {id: fast-1, command: ["true"], depends_on: [prep-2]}
+  - {id: slow-1, command: [sleep, "2"], depends_on: [prep-2]}
+  - {id: report, command: ["true"], depends_on: [fast-1, slow-1]}
+"#,
+    )
+    .await;
+    h.wait(&job, Duration::from_secs(120)).await;
+    // The last task's counts may follow its job's close by a stream batch.
+    let view =
+        batchplane_testing::wait_for("every group ended", Duration::from_secs(30), || async {
+            let (status, view) = get_as(&h, Some(ALICE), &format!("/v1/jobs/{job}/groups")).await;
+            assert_eq!(status, 200, "{view}");
+            let ended = view["groups"].as_array().is_some_and(|g| {
+                g.len() == 4
+                    && g.iter()
+                        .all(|g| g["task_counts"]["SUCCEEDED"] == g["total"])
+            });
+            ended.then_some(view.clone()).ok_or(format!("{view}"))
+        })
+        .await;
+    let edges: Vec<String> = view["edges"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| {
+                    format!(
+                        "{}>{}",
+                        e["from"].as_str().unwrap_or(""),
+                        e["to"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        edges,
+        ["fast->report", "prep->fast-", "prep->slow-", "slow->report"],
+        "group edges, the chain inside prep- left out: {view}"
+    );
+    assert_eq!(
+        view["critical_path"],
+        serde_json::json!(["prep-", "slow-", "report"]),
+        "report waited longest for slow-: {view}"
+    );
+    let span = |g: &str| {
+        let gr = view["groups"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|x| x["group"] == g))
+            .unwrap_or_else(|| panic!("{g} in {view}"));
+        (
+            gr["first_started_at"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{g} started: {gr}")),
+            gr["last_finished_at"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{g} finished: {gr}")),
+        )
+    };
+    let (prep, slow, fast, report) = (span("prep-"), span("slow-"), span("fast-"), span("report"));
+    assert!(
+        prep.0 < prep.1 && prep.1 <= slow.0 && prep.1 <= fast.0,
+        "{view}"
+    );
+    assert!(slow.1 - slow.0 >= 2_000, "slow- slept two seconds: {view}");
+    assert!(fast.1 < slow.1 && slow.1 <= report.0, "{view}");
+    // Its tasks by state over its life end where the job did.
+    let (status, history) = get_as(&h, Some(ALICE), &format!("/v1/jobs/{job}/history")).await;
+    assert_eq!(status, 200, "{history}");
+    let points = history["points"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        points.last().map(|p| p["counts"].clone()),
+        Some(serde_json::json!({"SUCCEEDED": 5})),
+        "{history}"
+    );
+    h.shutdown().await;
 }
 
 /// `batchplane console` as `principal`, against the harness's stack; killed on drop.
@@ -478,7 +603,19 @@ const SUCCEEDS: &str = r#"
 name: histogram-small
 team: research
 tasks:
-  - {id: generate, command: [sh, -c, 'seq 1 100 > /dev/null; echo generated']}
+  - id: generate
+    memory_mib: 256
+    command:
+      - python3
+      - -c
+      - |
+        import time
+        data = bytearray(96 * 1024 * 1024)
+        end = time.time() + 2
+        while time.time() < end:
+            pass
+        time.sleep(3.5)
+        print("generated")
   - {id: count-0, depends_on: [generate], command: [sh, -c, 'echo counted 0']}
   - {id: count-1, depends_on: [generate], command: [sh, -c, 'echo counted 1']}
   - {id: merge, depends_on: [count-0, count-1], command: [sh, -c, 'echo merged']}
@@ -606,8 +743,46 @@ async fn the_console_shows_jobs_tasks_and_output_in_a_browser_and_nothing_of_oth
         )
         .await;
     assert_eq!(bars, 4, "one bar per attempt");
+    let points = browser
+        .script(
+            "return Number(document.getElementById('history').dataset.points)",
+            serde_json::json!([]),
+        )
+        .await;
+    assert!(
+        points.as_u64().is_some_and(|p| p >= 1),
+        "history points: {points}"
+    );
     browser.screenshot(&screenshot_path("job-succeeded")).await;
     clean("succeeded job", browser.console_errors().await);
+
+    // The long task's use over its life, against what it reserved.
+    browser
+        .open(&alice.page(&format!("jobs/{ok}/tasks/generate")))
+        .await;
+    let memory = browser
+        .wait_for_text("#usage-1 figure", "Memory: peak", wait)
+        .await;
+    assert!(memory.contains("of 256 reserved"), "{memory}");
+    let charts = browser
+        .script(
+            "return [...document.querySelectorAll('#usage-1 svg.usage-chart')].map((c) => c.dataset.measure).join(',')",
+            serde_json::json!([]),
+        )
+        .await;
+    assert!(
+        charts.as_str().is_some_and(|c| c.starts_with("Memory,CPU")),
+        "{charts}"
+    );
+    let peak = browser
+        .script(
+            "return Number(document.querySelector('#usage-1 figcaption').textContent.match(/peak ([0-9.,]+)/)[1].replace(',', ''))",
+            serde_json::json!([]),
+        )
+        .await;
+    assert!(peak.as_f64().is_some_and(|p| p >= 96.0), "{peak} MiB");
+    browser.screenshot(&screenshot_path("task-usage")).await;
+    clean("task with usage", browser.console_errors().await);
 
     // Teams and pools: what a member may see, and that the rest is the admins'.
     browser.open(&alice.page("pools")).await;
@@ -698,6 +873,45 @@ async fn a_job_too_large_to_draw_is_shown_by_group_with_its_counts() {
             _ => assert_eq!((pending, runnable), ("1,000", ""), "{row:?}"),
         }
     }
+    // The edges between groups, known from the spec, and before anything has run, the
+    // longest chain of groups as the critical path; drawn as a graph of groups.
+    let (status, view) = get_as(&h, Some(ALICE), &format!("/v1/jobs/{job}/groups")).await;
+    assert_eq!(status, 200, "{view}");
+    let edges: Vec<(String, String)> = view["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("edges in {view}"))
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap_or("").to_string(),
+                e["to"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let levels: Vec<String> = (0..10).map(|l| format!("level-{l}-")).collect();
+    let mut want: Vec<(String, String)> = levels
+        .windows(2)
+        .map(|w| (w[0].clone(), w[1].clone()))
+        .collect();
+    want.sort();
+    assert_eq!(edges, want, "one edge a level");
+    assert_eq!(view["edges_complete"], true);
+    assert_eq!(view["critical_path"], serde_json::json!(levels));
+    let path = browser
+        .wait_for_text("#group-critical-path", "level-9-", Duration::from_secs(30))
+        .await;
+    assert_eq!(path, levels.join(" → "));
+    let drawn = browser
+        .script(
+            "return [document.querySelectorAll('#group-dag rect[data-group]').length, document.querySelectorAll('#group-dag line.edge.critical').length]",
+            serde_json::json!([]),
+        )
+        .await;
+    assert_eq!(
+        drawn,
+        serde_json::json!([10, 9]),
+        "ten groups, nine critical edges"
+    );
     // A group is the way into its tasks.
     browser
         .script(

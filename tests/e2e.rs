@@ -805,6 +805,82 @@ async fn attempts_carry_sampled_memory_and_no_gpu_figures_without_a_gpu() {
     h.shutdown().await;
 }
 
+/// A long attempt keeps its use over its life, a point a step: memory as it grew, CPU
+/// as it was busy then idle; a short one keeps only its totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_attempt_carries_its_memory_and_cpu_over_its_life() {
+    let h = Harness::start(|o| o.workers = 1).await;
+    let job = h
+        .submit(
+            r#"
+name: phases
+tasks:
+  - id: phases
+    command:
+      - python3
+      - -c
+      - |
+        import time
+        small = bytearray(64 * 1024 * 1024)
+        end = time.time() + 2
+        while time.time() < end:
+            pass
+        big = bytearray(256 * 1024 * 1024)
+        time.sleep(4)
+  - {id: short, command: ["true"]}
+"#,
+        )
+        .await;
+    let done = h.wait(&job, MINUTE).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    let phases = h.task(&job, "phases").await;
+    let a = &attempts(&phases)[0];
+    let u = &a["usage_series"];
+    let series = |k: &str| -> Vec<u64> {
+        u[k].as_array()
+            .unwrap_or_else(|| panic!("{k} in {u}"))
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    let (rss, cpu) = (series("rss_mib"), series("cpu_percent"));
+    let step = u["step_ms"].as_u64().unwrap();
+    assert_eq!(rss.len(), cpu.len(), "{u}");
+    let lived = step * rss.len() as u64;
+    assert!((6_000..=20_000).contains(&lived), "six seconds or so: {u}");
+    // The first two seconds: 64 MiB and a busy core; the last three: 320 MiB, idle.
+    let two_s = (2_000 / step) as usize;
+    let early_rss = rss[..two_s].iter().max().unwrap();
+    let late_rss = rss[rss.len() - 3..].iter().max().unwrap();
+    assert!((64..200).contains(early_rss), "{u}");
+    assert!(*late_rss >= 320, "{u}");
+    // How much CPU a busy loop gets depends on what else the machine runs; that it was
+    // busy first and idle after does not, nor that the steps add up to what getrusage
+    // measured.
+    let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
+    let (busy, idle) = (
+        mean(&cpu[..two_s]),
+        mean(&cpu[cpu.len() - 5..cpu.len() - 1]),
+    );
+    assert!(
+        busy >= 10.0 && busy > 4.0 * idle,
+        "busy at first, idle after: {u}"
+    );
+    let from_steps = cpu.iter().map(|c| c * step).sum::<u64>() as f64 / 100_000.0;
+    let measured = a["cpu_user_seconds"].as_f64().unwrap_or(0.0)
+        + a["cpu_system_seconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        (from_steps - measured).abs() <= 0.1 + measured / 10.0,
+        "the steps add up to {from_steps} s, getrusage says {measured} s: {u}"
+    );
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        assert!(u.get("gpu_memory_mib").is_none(), "{u}");
+    }
+    let short = h.task(&job, "short").await;
+    assert!(attempts(&short)[0].get("usage_series").is_none(), "{short}");
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_reports_requested_versus_used_cpu_and_memory() {
     let h = Harness::start(|_| {}).await;

@@ -11,6 +11,7 @@ mod cancels;
 mod chaos;
 mod console;
 mod contract;
+mod count_history;
 mod e2e;
 mod faults;
 mod images;

@@ -3,8 +3,10 @@
 //! utilisation of the task's own processes. With no GPU the GPU figures are absent, not
 //! zero.
 
+use batchplane::domain::usage_series::{GpuSample, Sample, SeriesBuilder, UsageSeries};
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use std::collections::HashSet;
+use std::time::Instant;
 
 /// What the samples add up to.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -13,6 +15,8 @@ pub struct Usage {
     pub avg_rss_kib: u64,
     /// Present only where NVML is.
     pub gpu: Option<GpuUsage>,
+    /// The same over the task's life, for attempts long enough to chart.
+    pub series: Option<UsageSeries>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,6 +44,9 @@ pub struct Sampler {
     util_sum: u64,
     util_samples: u64,
     last_util_ts: Option<u64>,
+    clock_ticks: f64,
+    started: Instant,
+    series: SeriesBuilder,
 }
 
 impl Sampler {
@@ -62,6 +69,13 @@ impl Sampler {
             util_sum: 0,
             util_samples: 0,
             last_util_ts: None,
+            clock_ticks: nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .filter(|t| *t > 0)
+                .unwrap_or(100) as f64,
+            started: Instant::now(),
+            series: SeriesBuilder::new(),
         }
     }
 
@@ -123,6 +137,24 @@ impl Sampler {
             .unwrap_or(0)
     }
 
+    /// CPU time a process and its reaped children have used, seconds (`/proc/<pid>/stat`:
+    /// utime, stime, cutime, cstime).
+    fn cpu_seconds(&self, pid: i32) -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = &stat[stat.rfind(')')? + 2..];
+                let ticks: u64 = rest
+                    .split_whitespace()
+                    .skip(11)
+                    .take(4)
+                    .filter_map(|f| f.parse::<u64>().ok())
+                    .sum();
+                Some(ticks as f64 / self.clock_ticks)
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Take one sample; returns the task's resident memory now, KiB.
     pub fn sample(&mut self) -> u64 {
         let pids = self.task_pids();
@@ -130,37 +162,60 @@ impl Sampler {
         self.rss_sum += u128::from(rss);
         self.samples += 1;
         self.peak_rss_kib = self.peak_rss_kib.max(rss);
-        if let Some(nvml) = &self.nvml {
-            let ours: HashSet<u32> = pids.iter().map(|p| *p as u32).collect();
-            let mut bytes = 0u64;
-            let mut newest = self.last_util_ts;
-            let count = nvml.device_count().unwrap_or(0);
-            for i in 0..count {
-                let Ok(dev) = nvml.device_by_index(i) else {
-                    continue;
-                };
-                for p in dev.running_compute_processes().unwrap_or_default() {
-                    if let (true, UsedGpuMemory::Used(b)) =
-                        (ours.contains(&p.pid), p.used_gpu_memory)
-                    {
-                        bytes += b;
-                    }
-                }
-                for s in dev
-                    .process_utilization_stats(self.last_util_ts)
-                    .unwrap_or_default()
-                {
-                    if ours.contains(&s.pid) {
-                        self.util_sum += u64::from(s.sm_util);
-                        self.util_samples += 1;
-                    }
-                    newest = Some(newest.map_or(s.timestamp, |n: u64| n.max(s.timestamp)));
+        let cpu_seconds = pids.iter().map(|p| self.cpu_seconds(*p)).sum();
+        let gpu = self.sample_gpu(&pids);
+        self.series.push(Sample {
+            at_ms: self.started.elapsed().as_millis() as u64,
+            rss_kib: rss,
+            cpu_seconds,
+            gpu,
+        });
+        rss
+    }
+
+    /// The task's processes have all ended, having used `cpu_seconds` in all (as the
+    /// shim's `getrusage` counts it): the series ends there.
+    pub fn close(&mut self, cpu_seconds: f64) {
+        let gpu = self.nvml.as_ref().map(|_| GpuSample::default());
+        self.series.push(Sample {
+            at_ms: self.started.elapsed().as_millis() as u64,
+            rss_kib: 0,
+            cpu_seconds,
+            gpu,
+        });
+    }
+
+    /// GPU memory and utilisation of the task's processes now (none without NVML).
+    fn sample_gpu(&mut self, pids: &[i32]) -> Option<GpuSample> {
+        let nvml = self.nvml.as_ref()?;
+        let ours: HashSet<u32> = pids.iter().map(|p| *p as u32).collect();
+        let mut reading = GpuSample::default();
+        let mut newest = self.last_util_ts;
+        for i in 0..nvml.device_count().unwrap_or(0) {
+            let Ok(dev) = nvml.device_by_index(i) else {
+                continue;
+            };
+            for p in dev.running_compute_processes().unwrap_or_default() {
+                if let (true, UsedGpuMemory::Used(b)) = (ours.contains(&p.pid), p.used_gpu_memory) {
+                    reading.memory_bytes += b;
                 }
             }
-            self.last_util_ts = newest;
-            self.gpu_peak_bytes = self.gpu_peak_bytes.max(bytes);
+            for s in dev
+                .process_utilization_stats(self.last_util_ts)
+                .unwrap_or_default()
+            {
+                if ours.contains(&s.pid) {
+                    reading.utilization_sum += u64::from(s.sm_util);
+                    reading.utilization_readings += 1;
+                }
+                newest = Some(newest.map_or(s.timestamp, |n: u64| n.max(s.timestamp)));
+            }
         }
-        rss
+        self.last_util_ts = newest;
+        self.gpu_peak_bytes = self.gpu_peak_bytes.max(reading.memory_bytes);
+        self.util_sum += reading.utilization_sum;
+        self.util_samples += reading.utilization_readings;
+        Some(reading)
     }
 
     pub fn usage(&self) -> Usage {
@@ -180,6 +235,10 @@ impl Sampler {
                     self.util_sum as f64 / self.util_samples as f64
                 },
             }),
+            series: self
+                .series
+                .clone()
+                .finish(self.started.elapsed().as_millis() as u64),
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct Report {
     pub gpu_peak_memory_mib: Option<u64>,
     #[serde(default)]
     pub gpu_utilization_percent: Option<f64>,
+    /// Memory, CPU and GPU over the task's life (attempts long enough to chart).
+    #[serde(default)]
+    pub usage_series: Option<batchplane::domain::usage_series::UsageSeries>,
     /// The task was killed for exceeding its memory limit.
     #[serde(default)]
     pub out_of_memory: bool,
@@ -45,6 +48,21 @@ pub struct Report {
     /// fence file's deadline passed): another worker may take it over.
     #[serde(default)]
     pub fenced: bool,
+}
+
+impl Report {
+    /// What the shim measured, into the attempt's record.
+    pub fn record_into(&self, attempt: &mut batchplane::domain::AttemptRecord) {
+        attempt.cpu_user_seconds = Some(self.cpu_user_seconds);
+        attempt.cpu_system_seconds = Some(self.cpu_system_seconds);
+        attempt.max_rss_kib = Some(self.max_rss_kib);
+        attempt.avg_rss_kib = Some(self.avg_rss_kib);
+        attempt.peak_rss_kib = Some(self.peak_rss_kib);
+        attempt.gpu_peak_memory_mib = self.gpu_peak_memory_mib;
+        attempt.gpu_utilization_percent = self.gpu_utilization_percent;
+        attempt.usage_series = self.usage_series.clone();
+        attempt.memory_enforcement = self.memory_enforcement.clone();
+    }
 }
 
 /// The memory limit a task runs under (if any), and how it is held.
@@ -58,6 +76,13 @@ struct Limit {
 
 fn seconds(tv: nix::sys::time::TimeVal) -> f64 {
     tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6
+}
+
+/// CPU time (user and system) of the shim's children that have been waited for.
+fn children_cpu_seconds() -> f64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|u| seconds(u.user_time()) + seconds(u.system_time()))
+        .unwrap_or(0.0)
 }
 
 /// The task's cgroup, once made: what [`kill_task`] empties.
@@ -240,6 +265,7 @@ fn run_sampled(argv: &[String], limit: Option<&Limit>, run_as: &RunAs) -> std::i
     let status = waiter
         .join()
         .map_err(|_| std::io::Error::other("the waiting thread panicked"))??;
+    sampler.close(children_cpu_seconds());
     // The main process is gone: so is anything it left running.
     let leftovers = crate::sampler::Sampler::new(Some(std::process::id()));
     kill_tree(&leftovers);
@@ -375,6 +401,7 @@ pub fn main(args: &[String]) -> i32 {
             report.memory_enforcement = enforcement.map(str::to_string);
             report.avg_rss_kib = usage.avg_rss_kib;
             report.peak_rss_kib = usage.peak_rss_kib;
+            report.usage_series = usage.series;
             if let Some(gpu) = usage.gpu {
                 report.gpu_peak_memory_mib = Some(gpu.peak_memory_mib);
                 report.gpu_utilization_percent = Some(gpu.utilization_percent);

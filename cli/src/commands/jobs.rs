@@ -426,9 +426,46 @@ pub async fn task(api: &Api, job_id: &str, task_id: &str, output: Output) -> any
                 a["gpu_peak_memory_mib"], a["gpu_utilization_percent"]
             );
         }
+        print_usage_series(&a["usage_series"]);
         println!("  stdout {}\n  stderr {}", s(&a["stdout"]), s(&a["stderr"]));
     }
     Ok(0)
+}
+
+/// An attempt's use over its life, a sparkline a measure (a point a step).
+fn print_usage_series(u: &serde_json::Value) {
+    let Some(step) = u["step_ms"].as_u64() else {
+        return;
+    };
+    for (key, label, unit) in [
+        ("rss_mib", "memory", "MiB"),
+        ("cpu_percent", "cpu", "%"),
+        ("gpu_memory_mib", "gpu memory", "MiB"),
+        ("gpu_percent", "gpu", "%"),
+    ] {
+        let values: Vec<u64> = u[key]
+            .as_array()
+            .map(|v| v.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default();
+        if values.is_empty() {
+            continue;
+        }
+        let peak = values.iter().copied().max().unwrap_or(0);
+        println!(
+            "  {label:<10} {} peak {peak} {unit} (every {:.1} s)",
+            sparkline(&values),
+            step as f64 / 1000.0
+        );
+    }
+}
+
+fn sparkline(values: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let top = values.iter().copied().max().unwrap_or(0).max(1);
+    values
+        .iter()
+        .map(|v| BARS[((v * 7).div_ceil(top)) as usize])
+        .collect()
 }
 
 pub async fn cancel(api: &Api, job_id: &str) -> anyhow::Result<u8> {

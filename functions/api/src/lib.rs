@@ -63,6 +63,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{job_id}/explain", get(explain_job))
         .route("/v1/jobs/{job_id}/graph", get(job_graph))
         .route("/v1/jobs/{job_id}/groups", get(job_groups))
+        .route("/v1/jobs/{job_id}/history", get(job_history))
         .route("/v1/teams/{team}/usage", get(team_usage))
         .route("/v1/teams", get(list_teams))
         .route("/v1/teams/{team}", get(get_team).put(set_team))
@@ -270,6 +271,14 @@ async fn job_groups(
     Path(job_id): Path<String>,
 ) -> Result<Response> {
     Ok(Json(svc.job_groups(&who, &job_id).await?).into_response())
+}
+
+async fn job_history(
+    State(svc): State<Arc<Service>>,
+    Caller(who): Caller,
+    Path(job_id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(svc.job_history(&who, &job_id).await?).into_response())
 }
 
 async fn list_tasks(

@@ -236,6 +236,9 @@ pub struct AttemptRecord {
     /// GPU figures for the task's own processes; absent where the worker has no GPU.
     pub gpu_peak_memory_mib: Option<u64>,
     pub gpu_utilization_percent: Option<f64>,
+    /// Memory, CPU and GPU over the attempt's life, for attempts long enough to chart
+    /// (see [`crate::usage_series`]).
+    pub usage_series: Option<crate::usage_series::UsageSeries>,
     /// Where this attempt's stdout and stderr are (`file://…` locally; S3 or CloudWatch
     /// Logs URIs in AWS).
     pub stdout: Option<String>,

@@ -2,11 +2,13 @@
 //! through), states and attempts, and its critical path, for the console's DAG view
 //! and timeline. Only for jobs small enough to draw task by task: a larger job answers
 //! `drawn: false` and why, and is looked at by group (`GET /v1/jobs/{id}/groups`: its
-//! counts by group, kept by the fanout, so nothing reads its tasks) and task search.
+//! counts and spans by group, kept by the fanout, and the edges between its groups,
+//! kept at submission, so nothing reads its tasks) and task search.
 
 use super::*;
 use crate::domain::access::Access;
 use crate::domain::graph::{critical_path, is_barrier, user_dependencies};
+use crate::domain::group_graph::{group_critical_path, GroupSpan};
 use crate::domain::TaskState;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -47,7 +49,8 @@ pub struct GraphAttempt {
     pub signal: Option<i32>,
 }
 
-/// A job's counts by group (`domain::graph::group_of`).
+/// A job's counts by group (`domain::graph::group_of`), the edges between its groups
+/// and the chain of groups that held it up (`domain::group_graph`).
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupsView {
     pub job_id: String,
@@ -55,6 +58,12 @@ pub struct GroupsView {
     pub groups: Vec<GroupView>,
     /// The most groups a job's counts name; past them, tasks count in `~other`.
     pub groups_kept: usize,
+    /// Some task of `to` depends on some task of `from`.
+    pub edges: Vec<GroupEdgeView>,
+    /// False when the job has more edges between groups than are kept.
+    pub edges_complete: bool,
+    /// The groups that held the job up, first to last.
+    pub critical_path: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,16 +72,39 @@ pub struct GroupView {
     pub group: String,
     pub total: u64,
     pub task_counts: BTreeMap<String, u64>,
+    /// When its first task started and its last one finished (ms since the epoch).
+    pub first_started_at: Option<i64>,
+    pub last_finished_at: Option<i64>,
+}
+
+/// The most points a job's history is given in.
+pub const HISTORY_POINTS: usize = 200;
+
+/// How many of a job's tasks were in each state, over its life: each point the counts
+/// as of its time (ms since the epoch), the points at least `step_ms` apart.
+#[derive(Debug, Clone, Serialize)]
+pub struct CountHistoryView {
+    pub job_id: String,
+    pub step_ms: i64,
+    pub points: Vec<crate::domain::count_history::CountsAt>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupEdgeView {
+    pub from: String,
+    pub to: String,
 }
 
 impl Service {
     pub async fn job_groups(&self, who: &Access, job_id: &str) -> Result<GroupsView, ApiError> {
         let job = self.job_for(who, job_id, Need::View).await?;
-        let (groups, _) = self.store.job_group_counts(job_id).await?;
-        let groups = groups
+        let (totals, _) = self.store.job_group_counts(job_id).await?;
+        let edges = self.store.group_edges(job_id).await?;
+        let now = self.store.now();
+        let groups: Vec<GroupView> = totals
             .into_iter()
-            .map(|(group, counts)| {
-                let shown = job.shown_counts(&counts);
+            .map(|(group, t)| {
+                let shown = job.shown_counts(&t.counts);
                 let task_counts: BTreeMap<String, u64> = TaskState::ALL
                     .iter()
                     .map(|st| (st.as_str().to_string(), shown.get(*st)))
@@ -81,15 +113,63 @@ impl Service {
                     group,
                     total: task_counts.values().sum(),
                     task_counts,
+                    first_started_at: t.first_started_at,
+                    last_finished_at: t.last_finished_at,
                 }
             })
             .filter(|g| g.total > 0)
             .collect();
+        // A group with a task running ends now; one all of whose tasks ended, at its
+        // last finish; one that has not started, nowhere yet.
+        let spans: BTreeMap<String, GroupSpan> = groups
+            .iter()
+            .map(|g| {
+                let running = ["STARTING", "RUNNING"]
+                    .iter()
+                    .any(|st| g.task_counts.get(*st).copied().unwrap_or(0) > 0);
+                let span = GroupSpan {
+                    first_started_at: g.first_started_at,
+                    ended_at: if running {
+                        Some(now)
+                    } else {
+                        g.last_finished_at
+                    },
+                };
+                (g.group.clone(), span)
+            })
+            .collect();
         Ok(GroupsView {
             job_id: job.job_id.clone(),
             total_tasks: job.total_tasks,
+            critical_path: group_critical_path(&spans, &edges.edges),
             groups,
             groups_kept: crate::store::GROUPS_KEPT,
+            edges: edges
+                .edges
+                .into_iter()
+                .map(|(from, to)| GroupEdgeView { from, to })
+                .collect(),
+            edges_complete: edges.complete,
+        })
+    }
+
+    /// A job's tasks by state over its whole life, in at most [`HISTORY_POINTS`] points.
+    pub async fn job_history(
+        &self,
+        who: &Access,
+        job_id: &str,
+    ) -> Result<CountHistoryView, ApiError> {
+        let job = self.job_for(who, job_id, Need::View).await?;
+        let history = self.store.job_count_history(job_id, job.created_at).await?;
+        let points = history.cumulative(HISTORY_POINTS);
+        Ok(CountHistoryView {
+            job_id: job.job_id.clone(),
+            step_ms: points
+                .windows(2)
+                .map(|w| w[1].at - w[0].at)
+                .min()
+                .unwrap_or(history.bucket_ms),
+            points,
         })
     }
 

@@ -1,6 +1,7 @@
 //! Jobs: submit (idempotent on a key), look at, cancel.
 
 use crate::domain::containers::Container;
+use crate::domain::group_graph::{group_edges, GroupEdge};
 use crate::domain::ids::{is_valid_job_id, new_job_id, shard_count_for};
 use crate::domain::spec::{parse_submission, Submission};
 use crate::domain::tiers::Tier;
@@ -18,6 +19,15 @@ use crate::domain::access::Access;
 pub type PoolUses = BTreeMap<Option<Container>, BTreeSet<Tier>>;
 
 /// The pools of `tasks`.
+/// The edges between the groups of some tasks (`domain::group_graph`).
+pub(super) fn group_edges_of(tasks: &[crate::domain::TaskSpec]) -> BTreeSet<GroupEdge> {
+    group_edges(
+        tasks
+            .iter()
+            .map(|t| (t.id.as_str(), t.depends_on.as_slice())),
+    )
+}
+
 pub fn pool_uses(tasks: &[crate::domain::TaskSpec]) -> PoolUses {
     let mut uses = PoolUses::new();
     for t in tasks {
@@ -266,7 +276,8 @@ impl Service {
             dag_window: Some(self.job_window),
             ..JobRecord::new(&job_id, &spec.name, &spec.team, &spec.queue)
         };
-        self.write_and_commit(&job, &plan, idempotency_key, !spec.open)
+        let edges = group_edges_of(&spec.tasks);
+        self.write_and_commit(&job, &plan, &edges, idempotency_key, !spec.open)
             .await?;
         if let Some(k) = idempotency_key {
             self.store
@@ -288,12 +299,14 @@ impl Service {
         &self,
         job: &JobRecord,
         plan: &[crate::domain::PlannedTask],
+        edges: &BTreeSet<GroupEdge>,
         idempotency_key: Option<&str>,
         commit: bool,
     ) -> Result<(), ApiError> {
         let job_id = job.job_id.as_str();
         let written = async {
             self.store.put_job(job).await?;
+            self.store.add_group_edges(job_id, edges).await?;
             self.store
                 .write_staged_tasks(
                     job_id,

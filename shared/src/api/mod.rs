@@ -30,7 +30,11 @@ mod views;
 
 pub use access::Need;
 pub use error::{ApiError, ErrorKind};
-pub use graph::{GraphAttempt, GraphTask, GraphView, GroupView, GroupsView, GRAPH_TASK_LIMIT};
+pub use graph::{
+    CountHistoryView, GraphAttempt, GraphTask, GraphView, GroupEdgeView, GroupView, GroupsView,
+    GRAPH_TASK_LIMIT, HISTORY_POINTS,
+};
+use jobs::group_edges_of;
 pub use jobs::{pool_uses, Added, PoolUses, Submitted};
 pub use listing::{JobListQuery, JobListView, JOB_LIST_MAX};
 pub use logs::{LogLine, LogPage};

@@ -154,6 +154,9 @@ impl Service {
             &edges,
         );
         self.store.put_items(items).await?;
+        self.store
+            .add_group_edges(job_id, &super::group_edges_of(&tasks))
+            .await?;
         self.store.end_page(job_id, page_id).await?;
         tracing::info!(
             job_id,

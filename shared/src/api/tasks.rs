@@ -231,6 +231,9 @@ impl Service {
         }
         self.link_to_stored(job_id, job.shard_count, &edges, &plan)
             .await?;
+        self.store
+            .add_group_edges(job_id, &super::group_edges_of(&tasks))
+            .await?;
         tracing::info!(job_id, added = tasks.len(), "tasks added");
         Ok(Added {
             job_id: job_id.to_string(),

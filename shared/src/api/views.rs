@@ -104,6 +104,9 @@ pub struct AttemptView {
     pub gpu_peak_memory_mib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_utilization_percent: Option<f64>,
+    /// Memory, CPU and GPU over the attempt's life (attempts of five seconds or more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_series: Option<crate::domain::usage_series::UsageSeries>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
     /// Where its output is in CloudWatch Logs.
@@ -172,6 +175,7 @@ pub(super) fn attempt_view(a: &AttemptRecord) -> AttemptView {
         wall_seconds: a.finished_at.map(|f| (f - a.started_at) as f64 / 1000.0),
         gpu_peak_memory_mib: a.gpu_peak_memory_mib,
         gpu_utilization_percent: a.gpu_utilization_percent,
+        usage_series: a.usage_series.clone(),
         stdout: a.stdout.clone(),
         stderr: a.stderr.clone(),
         log_group: a.log_group.clone(),

@@ -4,7 +4,9 @@
 use super::item::*;
 use super::request::{send, send_unless_cancelled};
 use super::{Store, StoreError};
+use crate::domain::count_history::CountHistory;
 use crate::domain::{TaskCounts, Usage};
+use aws_sdk_dynamodb::types::builders::PutBuilder;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 /// Whether stream sequence number `a` comes after `b` (both decimal, of one shard).
@@ -15,6 +17,9 @@ pub fn sequence_after(a: &str, b: &str) -> bool {
 /// How long a batch's count item is kept as it is before it may be folded: a retried
 /// batch finds it and adds only what it has not counted yet.
 const FOLD_MIN_AGE_MS: i64 = 15 * 60 * 1000;
+
+/// The item a job's folded count history is kept in.
+pub const COUNT_HISTORY_SK: &str = "HISTORY#counts";
 
 /// One stream record's part of a job's counts.
 #[derive(Debug, Clone, Default)]
@@ -81,11 +86,18 @@ impl Store {
         parts: &[RecordCounts],
     ) -> Result<bool, StoreError> {
         let k = key(job_pk(job_id), format!("{COUNTS_PREFIX}{batch_start}"));
-        self.add_batch_deltas(k, parts, count_deltas, "UpdateItem (batch counts)")
-            .await
+        self.add_batch_deltas(
+            k,
+            parts,
+            count_deltas,
+            |_, current, v| add_numbers(current, v),
+            "UpdateItem (batch counts)",
+        )
+        .await
     }
 
-    /// Add one stream batch's deltas to the item `k`, each record's once. The batch's
+    /// Add one stream batch's deltas to the item `k`, each record's once (`combine`
+    /// folds a value into what the item holds: a sum for counts). The batch's
     /// item is keyed by its first record and remembers the last record it counted
     /// (`upto`): a batch retried from the same record (a function error, a duplicate
     /// invocation) adds only the records past that, however far each try got. Records
@@ -95,6 +107,7 @@ impl Store {
         k: Item,
         parts: &[P],
         deltas: impl Fn(&[&P]) -> Deltas,
+        combine: fn(&str, Option<&AttributeValue>, &AttributeValue) -> AttributeValue,
         operation: &'static str,
     ) -> Result<bool, StoreError> {
         let Some(last) = parts.last().map(|p| p.sequence_number().to_string()) else {
@@ -130,7 +143,7 @@ impl Store {
             // attributes, more than one update expression holds).
             let mut next = current.clone();
             for (name, v) in deltas(&rest) {
-                let sum = add_numbers(current.get(&name), &v);
+                let sum = combine(&name, current.get(&name), &v);
                 next.insert(name, sum);
             }
             next.insert("upto".into(), s(&last));
@@ -159,51 +172,127 @@ impl Store {
     pub async fn job_counts(&self, job_id: &str) -> Result<(TaskCounts, Usage, usize), StoreError> {
         let mut total = TaskCounts::default();
         let mut usage = Usage::default();
-        let mut items = 0;
-        let mut start: Option<Item> = None;
-        loop {
-            let out = send(
-                self.ddb
-                    .query()
-                    .table_name(&self.table)
-                    .key_condition_expression("pk = :pk AND begins_with(sk, :c)")
-                    .expression_attribute_values(":pk", s(job_pk(job_id)))
-                    .expression_attribute_values(":c", s(COUNTS_PREFIX))
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start.take()),
-            )
-            .await?;
-            for it in out.items() {
-                total.merge(&counts_from_item(it));
-                usage.add(&usage_from_item(it));
-                items += 1;
-            }
-            match out.last_evaluated_key() {
-                Some(k) => start = Some(k.clone()),
-                None => break,
-            }
+        let items = self.job_items(job_id, COUNTS_PREFIX).await?;
+        for it in &items {
+            total.merge(&counts_from_item(it));
+            usage.add(&usage_from_item(it));
         }
+        let items = items.len();
         Ok((total, usage, items))
     }
 
-    /// Fold batch count items into `C#base`, 99 at a time, each fold one transaction, so
-    /// reading a job's counts stays a small query however long the job runs.
+    /// Fold batch count items into `C#base`, 98 at a time, each fold one transaction, so
+    /// reading a job's counts stays a small query however long the job runs. The same
+    /// transaction adds what it folds to the job's count history (`HISTORY#counts`,
+    /// `domain::count_history`), by when each batch was counted; the history's put is
+    /// conditional on its version as read, so of two folds at once neither loses the
+    /// other's part.
     pub async fn fold_counts(&self, job_id: &str) -> Result<(), StoreError> {
+        let (history, history_version) = self.folded_count_history(job_id).await?;
+        let history_key = key(job_pk(job_id), COUNT_HISTORY_SK.into());
         self.fold_deltas(job_id, COUNTS_PREFIX, COUNTS_BASE_SK, |base, batch| {
             let mut counts = base.map(counts_from_item).unwrap_or_default();
             let mut usage = base.map(usage_from_item).unwrap_or_default();
+            let mut folded = history.clone();
             for it in batch {
-                counts.merge(&counts_from_item(it));
+                let deltas = counts_from_item(it);
+                counts.merge(&deltas);
                 usage.add(&usage_from_item(it));
+                if let Ok(Some(at)) = Reader::new(it).opt_n::<i64>("at") {
+                    folded.add(at, &deltas);
+                }
             }
-            attributes(&counts, &usage, true)
+            let mut item = history_key.clone();
+            item.insert(
+                "hist".into(),
+                s(serde_json::to_string(&folded).unwrap_or_default()),
+            );
+            item.insert("ver".into(), n(history_version.unwrap_or(0) + 1));
+            let put = match history_version {
+                Some(v) => aws_sdk_dynamodb::types::Put::builder()
+                    .condition_expression("ver = :ver")
+                    .expression_attribute_values(":ver", n(v)),
+                None => aws_sdk_dynamodb::types::Put::builder()
+                    .condition_expression("attribute_not_exists(pk)"),
+            };
+            (
+                attributes(&counts, &usage, true),
+                Some(put.set_item(Some(item))),
+            )
         })
         .await
     }
 
-    /// Fold up to 99 of a job's batch items under `prefix` that are old enough into its
+    /// Every item of a job's own partition whose key begins with `prefix`, read
+    /// consistently.
+    pub(crate) async fn job_items(
+        &self,
+        job_id: &str,
+        prefix: &str,
+    ) -> Result<Vec<Item>, StoreError> {
+        self.query_all(|| {
+            self.ddb
+                .query()
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(job_pk(job_id)))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
+        })
+        .await
+    }
+
+    /// What the folds have kept of a job's count history, and its version.
+    async fn folded_count_history(
+        &self,
+        job_id: &str,
+    ) -> Result<(CountHistory, Option<i64>), StoreError> {
+        let k = key(job_pk(job_id), COUNT_HISTORY_SK.into());
+        let Some(item) = self.read_item(k).await? else {
+            return Ok((CountHistory::default(), None));
+        };
+        let r = Reader::new(&item);
+        let history = match r.opt_s("hist")? {
+            Some(json) => serde_json::from_str(&json).map_err(|e| r.bad("hist", &e.to_string()))?,
+            None => CountHistory::default(),
+        };
+        Ok((history, r.opt_n("ver")?))
+    }
+
+    /// A job's counts over its whole life: what the folds kept, and the batch items
+    /// not folded yet, each at the time it was counted. Counts no history accounts for
+    /// (folded before histories were kept) are put at `since`, the job's creation.
+    pub async fn job_count_history(
+        &self,
+        job_id: &str,
+        since: i64,
+    ) -> Result<CountHistory, StoreError> {
+        let (mut history, _) = self.folded_count_history(job_id).await?;
+        let items = self.job_items(job_id, COUNTS_PREFIX).await?;
+        let mut total = TaskCounts::default();
+        for it in &items {
+            let deltas = counts_from_item(it);
+            total.merge(&deltas);
+            let is_base =
+                matches!(it.get("sk"), Some(AttributeValue::S(sk)) if sk == COUNTS_BASE_SK);
+            if is_base {
+                continue;
+            }
+            if let Some(at) = Reader::new(it).opt_n::<i64>("at")? {
+                history.add(at, &deltas);
+            }
+        }
+        let mut unaccounted = total;
+        for (st, d) in history.total().0 {
+            unaccounted.add(st, -d);
+        }
+        history.add(since, &unaccounted);
+        Ok(history)
+    }
+
+    /// Fold up to 98 of a job's batch items under `prefix` that are old enough into its
     /// base item `base_sk`, in one transaction: `total` gives the base's attributes from
-    /// the base as read (none at first) and the batch items. The base is put whole, on
+    /// the base as read (none at first) and the batch items, and perhaps one more item
+    /// to put in the same transaction (with its own condition). The base is put whole, on
     /// the condition that it is still the version read, and each batch item is deleted
     /// only as it was read (a retried batch may have added to it since): of two folds at
     /// once, one wins and the other changes nothing.
@@ -212,7 +301,7 @@ impl Store {
         job_id: &str,
         prefix: &str,
         base_sk: &str,
-        total: impl Fn(Option<&Item>, &[&Item]) -> Deltas,
+        total: impl Fn(Option<&Item>, &[&Item]) -> (Deltas, Option<PutBuilder>),
     ) -> Result<(), StoreError> {
         let out = send(
             self.ddb
@@ -237,7 +326,7 @@ impl Store {
                     .flatten()
                     .is_none_or(|at| at < young)
             })
-            .take(99)
+            .take(98)
             .collect();
         if batch.len() < 2 {
             return Ok(());
@@ -249,7 +338,8 @@ impl Store {
             None => None,
         };
         let mut next = base_key;
-        next.extend(total(base.as_ref(), &batch));
+        let (attributes, also) = total(base.as_ref(), &batch);
+        next.extend(attributes);
         next.insert("ver".into(), n(version.unwrap_or(0) + 1));
         use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
         let build = |source| StoreError::Build {
@@ -271,6 +361,13 @@ impl Store {
                     .map_err(build)?,
             )
             .build()];
+        if let Some(put) = also {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(put.table_name(&self.table).build().map_err(build)?)
+                    .build(),
+            );
+        }
         for it in &batch {
             let k = key(job_pk(job_id), Reader::new(it).req_s("sk")?);
             let delete = match Reader::new(it).opt_s("upto")? {

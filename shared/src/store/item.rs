@@ -458,6 +458,14 @@ pub fn attempt_to_value(a: &AttemptRecord) -> AttributeValue {
         "gpu_utilization_percent",
         a.gpu_utilization_percent.map(n),
     );
+    opt(
+        &mut m,
+        "usage_series",
+        a.usage_series
+            .as_ref()
+            .and_then(|u| serde_json::to_string(u).ok())
+            .map(s),
+    );
     opt(&mut m, "stdout", a.stdout.clone().map(s));
     opt(&mut m, "stderr", a.stderr.clone().map(s));
     opt(&mut m, "log_group", a.log_group.clone().map(s));
@@ -496,6 +504,11 @@ fn attempt_from_value(item: &Item) -> Result<AttemptRecord, Malformed> {
         peak_rss_kib: r.opt_n("peak_rss_kib")?,
         gpu_peak_memory_mib: r.opt_n("gpu_peak_memory_mib")?,
         gpu_utilization_percent: r.opt_n("gpu_utilization_percent")?,
+        usage_series: r
+            .opt_s("usage_series")?
+            .map(|json| serde_json::from_str(&json))
+            .transpose()
+            .map_err(|e| r.bad("usage_series", &e.to_string()))?,
         stdout: r.opt_s("stdout")?,
         stderr: r.opt_s("stderr")?,
         log_group: r.opt_s("log_group")?,

@@ -45,6 +45,17 @@ impl Fanout {
                         sequence_number: t.sequence_number.clone(),
                         group: crate::domain::graph::group_of(&t.task.task_id),
                         counts: part.counts.clone(),
+                        // Once it ran: its start; once it ended, its finish too.
+                        started_at: (t.task.state == TaskState::Running
+                            || t.task.state.is_terminal())
+                        .then_some(t.task.started_at)
+                        .flatten(),
+                        finished_at: t
+                            .task
+                            .state
+                            .is_terminal()
+                            .then_some(t.task.finished_at)
+                            .flatten(),
                     });
             }
             // A task seen running, or seen only once it had ended (its RUNNING record may

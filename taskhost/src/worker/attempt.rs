@@ -444,14 +444,7 @@ fn attempt_record(
         ..Default::default()
     };
     if let Some(r) = report {
-        attempt.cpu_user_seconds = Some(r.cpu_user_seconds);
-        attempt.cpu_system_seconds = Some(r.cpu_system_seconds);
-        attempt.max_rss_kib = Some(r.max_rss_kib);
-        attempt.avg_rss_kib = Some(r.avg_rss_kib);
-        attempt.peak_rss_kib = Some(r.peak_rss_kib);
-        attempt.gpu_peak_memory_mib = r.gpu_peak_memory_mib;
-        attempt.gpu_utilization_percent = r.gpu_utilization_percent;
-        attempt.memory_enforcement = r.memory_enforcement.clone();
+        r.record_into(&mut attempt);
     }
     attempt
 }

@@ -223,19 +223,18 @@ async function jobPage(page, jobId, params) {
   const timeline = h('div', { class: 'card' });
   const tasks = h('div');
   page.append(head, facts, over, why, failed, graph, timeline, tasks);
-  const history = [];
   let job = null;
   const load = async () => {
-    const [j, ex] = await Promise.all([api(`jobs/${enc(jobId)}`), api(`jobs/${enc(jobId)}/explain`)]);
+    const [j, ex, history] = await Promise.all([api(`jobs/${enc(jobId)}`), api(`jobs/${enc(jobId)}/explain`), api(`jobs/${enc(jobId)}/history`)]);
     if (gen !== generation) return;
     job = j;
     document.title = `${j.name} · Batchplane`;
-    history.push({ at: Date.now(), counts: j.task_counts });
-    if (history.length > 720) history.shift();
     renderJobHead(head, j);
     renderJobFacts(facts, j);
-    over.hidden = TERMINAL.has(j.state) && history.length < 2;
-    fill(over, h('h2', {}, 'Tasks by state over time'), sparkline(history), h('p', { class: 'muted' }, 'Sampled every few seconds since this page opened.'));
+    // Until the latest counts are folded in, the last point is the job's counts now.
+    const points = history.points.concat(TERMINAL.has(j.state) ? [] : [{ at: Date.now(), counts: j.task_counts }]);
+    fill(over, h('h2', {}, 'Tasks by state over its life'), sparkline(points),
+      h('p', { class: 'muted', id: 'history-note' }, points.length ? `${fmt(points.length, 0)} points from ${when(new Date(points[0].at).toISOString())}, each at least ${fmt(history.step_ms / 1000, 0)} s apart.` : 'No task has been counted yet.'));
     fill(why, h('h2', {}, 'Why it is where it is'), h('ul', { class: 'reasons', id: 'explain' }, ex.reasons.map((r) => h('li', {}, h('code', {}, r.code), ' ', r.message))));
     const g = await api(`jobs/${enc(jobId)}/graph`);
     const groups = !g.drawn && !j.array ? await api(`jobs/${enc(jobId)}/groups`) : null;
@@ -290,17 +289,21 @@ function mibSeconds(v) {
   return `${fmt(x, 2)} MiB-seconds`;
 }
 
-/** Counts by state over the samples taken, as stacked areas. */
+/** Counts by state over time, as stacked areas (each point held until the next). */
 function sparkline(history) {
   const NS = 'http://www.w3.org/2000/svg';
   const svg = document.createElementNS(NS, 'svg');
   svg.setAttribute('class', 'spark');
   svg.setAttribute('viewBox', '0 0 600 90');
   svg.setAttribute('preserveAspectRatio', 'none');
+  svg.id = 'history';
+  svg.dataset.points = history.length;
   if (history.length < 2) return svg;
   const totals = history.map((p) => TASK_STATES.reduce((a, s) => a + (p.counts[s] || 0), 0));
   const top = Math.max(1, ...totals);
-  const x = (i) => (600 * i) / (history.length - 1);
+  const t0 = history[0].at;
+  const t1 = Math.max(t0 + 1, history[history.length - 1].at);
+  const x = (i) => (600 * (history[i].at - t0)) / (t1 - t0);
   let below = history.map(() => 0);
   for (const s of TASK_STATES) {
     const above = history.map((p, i) => below[i] + (p.counts[s] || 0));
@@ -425,7 +428,8 @@ function renderTask(body, t, ex) {
     h('h2', {}, 'Run it here'),
     copyBox(`batchplane repro ${shellQuote(t.job_id)} ${shellQuote(t.task_id)} --run`, 'repro'),
     h('h2', {}, 'Attempts'),
-    attemptsTable(t.attempts));
+    attemptsTable(t.attempts),
+    t.attempts.map(usageCharts));
 }
 
 function attemptsTable(attempts) {

@@ -19,7 +19,7 @@ function renderGraph(graphBox, timelineBox, g, groups) {
   if (!g.drawn) {
     fill(graphBox, h('h2', {}, groups ? 'Graph, by group' : 'Graph'),
       h('p', { class: 'muted', id: 'dag-not-drawn' }, `Not drawn task by task: ${g.why_not}.`),
-      groups ? groupTable(g.job_id, groups) : h('p', { class: 'muted' }, 'Search its tasks below.'));
+      groups ? [groupPath(groups), groupDag(g.job_id, groups), groupTable(g.job_id, groups)] : h('p', { class: 'muted' }, 'Search its tasks below.'));
     timelineBox.hidden = true;
     return;
   }
@@ -45,6 +45,88 @@ function groupTable(jobId, view) {
   return h('table', { id: 'groups' },
     h('thead', {}, h('tr', {}, h('th', {}, 'Group'), h('th', { class: 'num' }, 'Tasks'), TASK_STATES.map((st) => h('th', { class: 'num' }, st)), h('th', {}, 'By state'))),
     h('tbody', {}, rows));
+}
+
+/** The chain of groups that held the job up (before anything ran: its longest chain). */
+function groupPath(view) {
+  const byGroup = new Map(view.groups.map((gr) => [gr.group, gr]));
+  const first = byGroup.get(view.critical_path[0]);
+  const last = byGroup.get(view.critical_path[view.critical_path.length - 1]);
+  const span = first && last && first.first_started_at ? ((last.last_finished_at || Date.now()) - first.first_started_at) / 1000 : null;
+  return h('p', {}, h('strong', {}, 'Critical path: '),
+    h('span', { id: 'group-critical-path' }, view.critical_path.join(' → ') || '–'),
+    h('span', { class: 'muted' }, span === null ? ' (the longest chain of groups; nothing has run yet)' : ` (${fmt(span, 1)} s from its first start to its last finish)`));
+}
+
+/** Each group's depth: the longest chain of groups before it (an edge that would close
+ *  a cycle is not followed). */
+function groupDepths(names, edges) {
+  const preds = new Map(names.map((n) => [n, []]));
+  for (const e of edges) if (preds.has(e.to) && preds.has(e.from)) preds.get(e.to).push(e.from);
+  const depth = new Map();
+  const onStack = new Set();
+  const visit = (n) => {
+    if (depth.has(n)) return depth.get(n);
+    if (onStack.has(n)) return -1;
+    onStack.add(n);
+    const d = Math.max(0, ...preds.get(n).map((p) => visit(p) + 1));
+    onStack.delete(n);
+    depth.set(n, d);
+    return d;
+  };
+  for (const n of names) visit(n);
+  return depth;
+}
+
+/** The groups as boxes in columns by depth, each with its tasks by state as a bar and a
+ *  link to its tasks; the edges between groups, the critical path's marked. */
+function groupDag(jobId, view) {
+  const groups = view.groups.filter((gr) => gr.group !== '~other').sort((a, b) => natural(a.group, b.group));
+  if (!groups.length) return null;
+  const names = groups.map((gr) => gr.group);
+  const depth = groupDepths(names, view.edges);
+  const columns = [];
+  for (const gr of groups) (columns[depth.get(gr.group)] = columns[depth.get(gr.group)] || []).push(gr);
+  const W = 150;
+  const H = 34;
+  const colW = 200;
+  const rowH = 48;
+  const tallest = Math.max(1, ...columns.map((c) => (c ? c.length : 0)));
+  const width = columns.length * colW + 20;
+  const height = tallest * rowH + 10;
+  const pos = new Map();
+  columns.forEach((col, ci) => (col || []).forEach((gr, ri) => {
+    pos.set(gr.group, [10 + ci * colW, 5 + ((tallest - col.length) * rowH) / 2 + ri * rowH]);
+  }));
+  const onPath = new Set();
+  for (let i = 1; i < view.critical_path.length; i += 1) onPath.add(`${view.critical_path[i - 1]}>${view.critical_path[i]}`);
+  const edges = view.edges.filter((e) => pos.has(e.from) && pos.has(e.to)).map((e) => {
+    const [x1, y1] = pos.get(e.from);
+    const [x2, y2] = pos.get(e.to);
+    return s('line', { x1: x1 + W, y1: y1 + H / 2, x2, y2: y2 + H / 2, class: onPath.has(`${e.from}>${e.to}`) ? 'edge critical' : 'edge', 'data-edge': `${e.from}>${e.to}` });
+  });
+  const nodes = groups.map((gr) => {
+    const [x, y] = pos.get(gr.group);
+    const critical = view.critical_path.includes(gr.group);
+    let left = 0;
+    const bars = TASK_STATES.filter((st) => gr.task_counts[st]).map((st) => {
+      const w = (W * gr.task_counts[st]) / Math.max(1, gr.total);
+      const bar = s('rect', { x: x + left, y: y + H - 8, width: w, height: 8 });
+      bar.style.fill = `var(--${st})`;
+      left += w;
+      return bar;
+    });
+    const done = (gr.task_counts.SUCCEEDED || 0) + (gr.task_counts.FAILED || 0) + (gr.task_counts.CANCELLED || 0);
+    return s('a', { href: `${jobHref(jobId)}?prefix=${enc(gr.group)}` },
+      s('rect', { x, y, width: W, height: H, rx: 4, class: `group-node${critical ? ' critical' : ''}`, 'data-group': gr.group },
+        s('title', {}, `${gr.group}: ${fmt(done, 0)} of ${fmt(gr.total, 0)} ended`)),
+      s('text', { x: x + 6, y: y + 14, class: 'label' }, gr.group.length > 20 ? gr.group.slice(0, 19) + '…' : gr.group),
+      s('text', { x: x + W - 6, y: y + 14, class: 'tick', 'text-anchor': 'end' }, `${fmt(done, 0)}/${fmt(gr.total, 0)}`),
+      bars);
+  });
+  return h('div', {},
+    h('div', { class: 'scroll' }, s('svg', { id: 'group-dag', width, height, viewBox: `0 0 ${width} ${height}` }, edges, nodes)),
+    view.edges_complete ? null : h('p', { class: 'muted' }, 'More edges between groups than are kept: some are not drawn.'));
 }
 
 function criticalPath(g) {
@@ -173,3 +255,38 @@ function timeline(g) {
   return h('div', { class: 'scroll' }, s('svg', { id: 'timeline', width, height, viewBox: `0 0 ${width} ${height}` }, rowLabels, bars, ticks));
 }
 
+
+/**
+ * An attempt's use over its life, one small chart a measure: memory against what it
+ * reserved, CPU against its reservation, and GPU memory and utilisation where it had one.
+ */
+function usageCharts(a) {
+  const u = a.usage_series;
+  if (!u) return null;
+  const charts = [
+    ['Memory', 'MiB', u.rss_mib, a.memory_mib],
+    ['CPU', '% of a core', u.cpu_percent, a.cpu ? a.cpu * 100 : null],
+  ];
+  if (u.gpu_memory_mib && u.gpu_memory_mib.length) {
+    charts.push(['GPU memory', 'MiB', u.gpu_memory_mib, null], ['GPU', '% SM', u.gpu_percent, 100]);
+  }
+  const seconds = (u.step_ms * u.rss_mib.length) / 1000;
+  return h('div', { class: 'card usage', id: `usage-${a.attempt}` },
+    h('h3', {}, `Attempt ${a.attempt} over its ${fmt(seconds, 0)} s (a point every ${fmt(u.step_ms / 1000, 1)} s)`),
+    h('div', { class: 'charts' }, charts.map(([title, unit, values, reserved]) => lineChart(title, unit, values, reserved))));
+}
+
+function lineChart(title, unit, values, reserved) {
+  const W = 280;
+  const H = 80;
+  const top = Math.max(1, ...values, reserved || 0);
+  const x = (i) => (values.length < 2 ? W / 2 : (W * i) / (values.length - 1));
+  const y = (v) => H - (H * v) / top;
+  const line = values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
+  const peak = Math.max(...values);
+  return h('figure', { class: 'chart' },
+    s('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', class: 'usage-chart', 'data-measure': title },
+      reserved ? s('line', { class: 'reserved', x1: 0, x2: W, y1: y(reserved), y2: y(reserved) }, s('title', {}, `reserved: ${fmt(reserved)} ${unit}`)) : null,
+      s('polyline', { class: 'used', points: line })),
+    h('figcaption', {}, `${title}: peak ${fmt(peak)} ${unit}` + (reserved ? ` of ${fmt(reserved)} reserved` : '')));
+}
