@@ -422,6 +422,14 @@ async fn racing_additions_of_one_task_id_add_it_once_and_the_losers_hear_409() {
     assert_eq!(done["task_counts"]["SUCCEEDED"], 2, "{done}");
     let x = h.task(&job, "x").await;
     assert_eq!(attempts(&x).len(), 1, "x ran once: {x}");
+    // The addition's edge between groups, once.
+    let groups = h.get(&format!("/v1/jobs/{job}/groups")).await;
+    assert_eq!(
+        groups.body["edges"],
+        json!([{"from": "gate", "to": "x"}]),
+        "{}",
+        groups.body
+    );
     h.shutdown().await;
 }
 

@@ -119,15 +119,18 @@ async fn what_a_full_worker_cannot_start_of_a_pack_goes_on_to_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_whose_worker_dies_comes_back_whole_and_only_its_unfinished_tasks_run_again() {
+    // The slow tasks outlast the wait for them by seconds and the lease holds through a
+    // late heartbeat, on a machine loaded by other tests: with three-second sleeps and
+    // leases, a slow task could end before the kill that was meant to catch it running.
     let mut h = Harness::start(|o| {
         o.workers = 0;
         o.worker_cpus = 2.0;
-        o.lease_seconds = 3;
+        o.lease_seconds = 6;
     })
     .await;
     let marker = shared_file(&h.dir.join("attempts.log"));
     let slow = format!(
-        "echo $BATCHPLANE_TASK_ID $BATCHPLANE_ATTEMPT >> {}; sleep 3",
+        "echo $BATCHPLANE_TASK_ID $BATCHPLANE_ATTEMPT >> {}; sleep 8",
         marker.display()
     );
     let commands = vec!["true".to_string(), slow.clone(), "true".to_string(), slow];

@@ -122,6 +122,28 @@ async fn a_job_sent_in_pages_runs_only_after_its_commit_and_its_edges_cross_page
     for d in ["a1", "a2", "tail"] {
         assert!(listed.contains(&d), "{d} not among {listed:?}");
     }
+    // Each page added its edges between groups (`a1` and `a2` are the group `a`),
+    // the page sent twice and the refused ones none.
+    let groups = h.get(&format!("/v1/jobs/{job}/groups")).await;
+    assert_eq!(groups.status, 200, "{}", groups.body);
+    let edges: Vec<String> = groups.body["edges"]
+        .as_array()
+        .must("edges")
+        .iter()
+        .map(|e| {
+            format!(
+                "{}>{}",
+                e["from"].as_str().unwrap_or(""),
+                e["to"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        ["a>join", "join>tail", "root>a", "root>tail"],
+        "{}",
+        groups.body
+    );
     h.shutdown().await;
 }
 

@@ -11,7 +11,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use batchplane::domain::batch::child_task_id;
 use batchplane::domain::ids::{shard_count_for, task_shard};
 use batchplane::domain::{plan_job, AttemptRecord, TaskSpec};
-use batchplane::store::item::{attempt_to_value, job_pk, n, new_task_item, s, task_pk, Item};
+use batchplane::store::item::{
+    attempt_to_value, group_counts_pk, job_pk, n, new_task_item, s, task_pk, Item,
+};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -274,7 +276,10 @@ fn dag_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Count items: one write per fanout invocation per job, on the job's key.
+/// Count items: one write per fanout invocation per job, on the job's key. A DAG's also
+/// writes its counts by group (one item per invocation, on a key of their own), and its
+/// release window's slots item (on the job's key) takes slots for the tasks the
+/// invocation released and gives back those its claims freed: two writes more there.
 fn counts_rows(
     job: &'static str,
     job_id: &str,
@@ -284,10 +289,16 @@ fn counts_rows(
 ) {
     for &b in batches {
         let mut counts = Ledger::default();
+        let mut groups = Ledger::default();
+        let mut job_key = Ledger::default();
         for (sec, r) in records_per_second.iter().enumerate() {
             let writes = (r / b.max(1) as f64).ceil();
             for _ in 0..writes as usize {
                 counts.add(sec, &job_pk(job_id), 1.0);
+                groups.add(sec, &group_counts_pk(job_id), 1.0);
+                for _ in 0..3 {
+                    job_key.add(sec, &job_pk(job_id), 1.0);
+                }
             }
         }
         rows.push(row(
@@ -295,6 +306,18 @@ fn counts_rows(
             format!("count items (stream batches of {b})"),
             &counts,
         ));
+        if job == "dag" {
+            rows.push(row(
+                job,
+                format!("counts-by-group items (stream batches of {b})"),
+                &groups,
+            ));
+            rows.push(row(
+                job,
+                format!("job's key: counts + window take and give (batches of {b})"),
+                &job_key,
+            ));
+        }
     }
 }
 
@@ -398,8 +421,22 @@ mod tests {
         dag_rows(&a, &mut rows).expect("the DAG's rows");
         array_rows(&a, &mut rows).expect("the array's rows");
         let shards = shard_count_for(a.tasks) as usize;
+        let counts = |job: &str| {
+            rows.iter()
+                .find(|r| r.job == job && r.kind.starts_with("count items"))
+                .map(|r| r.peak_writes_per_second)
+                .expect("a count row")
+        };
         for r in &rows {
+            if r.kind.starts_with("job's key") {
+                // Shown, not claimed: three writes an invocation on the job's key.
+                assert_eq!(r.peak_writes_per_second, 3.0 * counts(r.job), "{r:?}");
+                continue;
+            }
             assert!(r.share_of_partition_limit < 0.5, "{r:?}");
+            if r.kind.starts_with("counts-by-group") {
+                assert!(r.partition_key.ends_with("#Q"), "a key of their own: {r:?}");
+            }
             if r.kind.starts_with("task items") || r.kind.starts_with("child items") {
                 assert_eq!(r.partition_keys, shards, "{r:?}");
                 assert!(r.partition_key.matches('#').count() == 2, "{r:?}");

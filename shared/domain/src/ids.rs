@@ -70,14 +70,14 @@ pub fn task_shard(task_id: &str, shard_count: u32) -> u32 {
     (stable_hash(task_id) % u64::from(shard_count.max(1))) as u32
 }
 
-/// How many partitions a job's tasks spread over: about one per 2,000 tasks, at least 4
-/// (so tasks added later still spread), at most 512. Fixed for the job's life.
 /// A page of an open job is named by its sender: 1 to 64 of `[A-Za-z0-9_.-]`. Sending
 /// a page again under its name is answered as the first time, never stored twice.
 pub fn is_valid_page_id(id: &str) -> bool {
     id.len() <= 64 && is_valid_task_id(id)
 }
 
+/// How many partitions a job's tasks spread over: about one per 2,000 tasks, at least 4
+/// (so tasks added later still spread), at most 512. Fixed for the job's life.
 pub fn shard_count_for(task_count: usize) -> u32 {
     (task_count.div_ceil(2000)).clamp(4, 512) as u32
 }

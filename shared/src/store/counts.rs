@@ -172,7 +172,7 @@ impl Store {
     pub async fn job_counts(&self, job_id: &str) -> Result<(TaskCounts, Usage, usize), StoreError> {
         let mut total = TaskCounts::default();
         let mut usage = Usage::default();
-        let items = self.job_items(job_id, COUNTS_PREFIX).await?;
+        let items = self.partition_items(&job_pk(job_id), COUNTS_PREFIX).await?;
         for it in &items {
             total.merge(&counts_from_item(it));
             usage.add(&usage_from_item(it));
@@ -190,51 +190,56 @@ impl Store {
     pub async fn fold_counts(&self, job_id: &str) -> Result<(), StoreError> {
         let (history, history_version) = self.folded_count_history(job_id).await?;
         let history_key = key(job_pk(job_id), COUNT_HISTORY_SK.into());
-        self.fold_deltas(job_id, COUNTS_PREFIX, COUNTS_BASE_SK, |base, batch| {
-            let mut counts = base.map(counts_from_item).unwrap_or_default();
-            let mut usage = base.map(usage_from_item).unwrap_or_default();
-            let mut folded = history.clone();
-            for it in batch {
-                let deltas = counts_from_item(it);
-                counts.merge(&deltas);
-                usage.add(&usage_from_item(it));
-                if let Ok(Some(at)) = Reader::new(it).opt_n::<i64>("at") {
-                    folded.add(at, &deltas);
+        self.fold_deltas(
+            &job_pk(job_id),
+            COUNTS_PREFIX,
+            COUNTS_BASE_SK,
+            |base, batch| {
+                let mut counts = base.map(counts_from_item).unwrap_or_default();
+                let mut usage = base.map(usage_from_item).unwrap_or_default();
+                let mut folded = history.clone();
+                for it in batch {
+                    let deltas = counts_from_item(it);
+                    counts.merge(&deltas);
+                    usage.add(&usage_from_item(it));
+                    if let Ok(Some(at)) = Reader::new(it).opt_n::<i64>("at") {
+                        folded.add(at, &deltas);
+                    }
                 }
-            }
-            let mut item = history_key.clone();
-            item.insert(
-                "hist".into(),
-                s(serde_json::to_string(&folded).unwrap_or_default()),
-            );
-            item.insert("ver".into(), n(history_version.unwrap_or(0) + 1));
-            let put = match history_version {
-                Some(v) => aws_sdk_dynamodb::types::Put::builder()
-                    .condition_expression("ver = :ver")
-                    .expression_attribute_values(":ver", n(v)),
-                None => aws_sdk_dynamodb::types::Put::builder()
-                    .condition_expression("attribute_not_exists(pk)"),
-            };
-            (
-                attributes(&counts, &usage, true),
-                Some(put.set_item(Some(item))),
-            )
-        })
+                let mut item = history_key.clone();
+                item.insert(
+                    "hist".into(),
+                    s(serde_json::to_string(&folded).unwrap_or_default()),
+                );
+                item.insert("ver".into(), n(history_version.unwrap_or(0) + 1));
+                let put = match history_version {
+                    Some(v) => aws_sdk_dynamodb::types::Put::builder()
+                        .condition_expression("ver = :ver")
+                        .expression_attribute_values(":ver", n(v)),
+                    None => aws_sdk_dynamodb::types::Put::builder()
+                        .condition_expression("attribute_not_exists(pk)"),
+                };
+                (
+                    attributes(&counts, &usage, true),
+                    Some(put.set_item(Some(item))),
+                )
+            },
+        )
         .await
     }
 
-    /// Every item of a job's own partition whose key begins with `prefix`, read
+    /// Every item of partition `pk` whose sort key begins with `prefix`, read
     /// consistently.
-    pub(crate) async fn job_items(
+    pub(crate) async fn partition_items(
         &self,
-        job_id: &str,
+        pk: &str,
         prefix: &str,
     ) -> Result<Vec<Item>, StoreError> {
         self.query_all(|| {
             self.ddb
                 .query()
                 .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(job_pk(job_id)))
+                .expression_attribute_values(":pk", s(pk))
                 .expression_attribute_values(":prefix", s(prefix))
                 .consistent_read(true)
         })
@@ -267,7 +272,7 @@ impl Store {
         since: i64,
     ) -> Result<CountHistory, StoreError> {
         let (mut history, _) = self.folded_count_history(job_id).await?;
-        let items = self.job_items(job_id, COUNTS_PREFIX).await?;
+        let items = self.partition_items(&job_pk(job_id), COUNTS_PREFIX).await?;
         let mut total = TaskCounts::default();
         for it in &items {
             let deltas = counts_from_item(it);
@@ -289,8 +294,8 @@ impl Store {
         Ok(history)
     }
 
-    /// Fold up to 98 of a job's batch items under `prefix` that are old enough into its
-    /// base item `base_sk`, in one transaction: `total` gives the base's attributes from
+    /// Fold up to 98 of the batch items under `prefix` in a job's partition `pk` that
+    /// are old enough into its base item `base_sk`, in one transaction: `total` gives the base's attributes from
     /// the base as read (none at first) and the batch items, and perhaps one more item
     /// to put in the same transaction (with its own condition). The base is put whole, on
     /// the condition that it is still the version read, and each batch item is deleted
@@ -298,7 +303,7 @@ impl Store {
     /// once, one wins and the other changes nothing.
     pub(crate) async fn fold_deltas(
         &self,
-        job_id: &str,
+        pk: &str,
         prefix: &str,
         base_sk: &str,
         total: impl Fn(Option<&Item>, &[&Item]) -> (Deltas, Option<PutBuilder>),
@@ -308,7 +313,7 @@ impl Store {
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :c)")
-                .expression_attribute_values(":pk", s(job_pk(job_id)))
+                .expression_attribute_values(":pk", s(pk))
                 .expression_attribute_values(":c", s(prefix))
                 .consistent_read(true)
                 .limit(100),
@@ -331,7 +336,7 @@ impl Store {
         if batch.len() < 2 {
             return Ok(());
         }
-        let base_key = key(job_pk(job_id), base_sk.into());
+        let base_key = key(pk.to_string(), base_sk.into());
         let base = self.read_item(base_key.clone()).await?;
         let version = match &base {
             Some(b) => Reader::new(b).opt_n::<i64>("ver")?,
@@ -369,7 +374,7 @@ impl Store {
             );
         }
         for it in &batch {
-            let k = key(job_pk(job_id), Reader::new(it).req_s("sk")?);
+            let k = key(pk.to_string(), Reader::new(it).req_s("sk")?);
             let delete = match Reader::new(it).opt_s("upto")? {
                 Some(upto) => Delete::builder()
                     .condition_expression("upto = :upto")

@@ -1,7 +1,8 @@
 //! A job's task counts by group (`domain::graph::group_of`: a task id up to its last
 //! separator), for the console's view of a job too large to draw task by task. Kept
-//! exactly as its counts are, in items of their own so reading a job's counts never
-//! reads them: one delta item per stream batch (`Q#<first record>`, each record counted
+//! exactly as its counts are, in a partition of their own (`J#<job>#Q`), so reading a
+//! job's counts never reads them and their writes (one a stream batch) do not share the
+//! job's partition's write rate with its counts and window: one delta item per stream batch (`Q#<first record>`, each record counted
 //! once), folded into `Q#base`. The base keeps at most [`GROUPS_KEPT`] groups by name;
 //! what a job's further groups count is kept under [`OTHER_GROUPS`].
 
@@ -161,7 +162,7 @@ impl Store {
         parts: &[GroupRecordCounts],
     ) -> Result<bool, StoreError> {
         let k = key(
-            job_pk(job_id),
+            group_counts_pk(job_id),
             format!("{GROUP_COUNTS_PREFIX}{batch_start}"),
         );
         self.add_batch_deltas(
@@ -190,7 +191,9 @@ impl Store {
         &self,
         job_id: &str,
     ) -> Result<(BTreeMap<String, GroupTotals>, usize), StoreError> {
-        let items = self.job_items(job_id, GROUP_COUNTS_PREFIX).await?;
+        let items = self
+            .partition_items(&group_counts_pk(job_id), GROUP_COUNTS_PREFIX)
+            .await?;
         let mut total: BTreeMap<String, GroupTotals> = BTreeMap::new();
         for it in &items {
             for (group, t) in groups_of(it) {
@@ -205,7 +208,7 @@ impl Store {
     /// names fewer than [`GROUPS_KEPT`]; past that, its counts go to [`OTHER_GROUPS`].
     pub async fn fold_group_counts(&self, job_id: &str) -> Result<(), StoreError> {
         self.fold_deltas(
-            job_id,
+            &group_counts_pk(job_id),
             GROUP_COUNTS_PREFIX,
             GROUP_COUNTS_BASE_SK,
             |base, batch| {

@@ -49,6 +49,10 @@ pub fn held_pk(job_id: &str, shard: u32) -> String {
 pub fn held_sk(bundle: &str) -> String {
     format!("H#{bundle}")
 }
+/// Where a DAG's counts by group are kept: a partition of their own beside the job's.
+pub fn group_counts_pk(job_id: &str) -> String {
+    format!("J#{job_id}#Q")
+}
 /// A job's free release-window slots, in the job's partition.
 pub const SLOTS_SK: &str = "SLOTS";
 /// A page of an open job, in the job's partition.
