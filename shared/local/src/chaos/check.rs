@@ -91,6 +91,8 @@ async fn check_job(
     let tasks = api.all_tasks(job_id).await?;
     r.tasks += tasks.len();
     let mut tally: BTreeMap<String, i64> = BTreeMap::new();
+    // The first few of each job's, so one job's many do not hide another's few.
+    let mut named = 0;
     for t in &tasks {
         let st = t["state"].as_str().unwrap_or("?").to_string();
         *tally.entry(st.clone()).or_default() += 1;
@@ -102,7 +104,8 @@ async fn check_job(
         };
         if !final_ok {
             r.lost += 1;
-            if r.lost <= 5 {
+            named += 1;
+            if named <= 5 {
                 r.problems
                     .push(format!("{job_id}/{id} ended {st}: {}", t["status_reason"]));
             }
