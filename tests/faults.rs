@@ -226,9 +226,11 @@ async fn a_worker_cut_off_from_aws_stops_its_attempt_before_it_can_be_taken_over
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_workers_attempt_is_fenced_by_its_shim_before_the_takeover() {
+    // A lease of eight seconds: the second worker's heartbeats must hold it on a machine
+    // loaded by other tests (at four, one late heartbeat let a third attempt begin).
     let mut h = Harness::start(|o| {
         o.workers = 1;
-        o.lease_seconds = 4;
+        o.lease_seconds = 8;
     })
     .await;
     let ledger_file = shared_file(&h.dir.join("ledger"));
