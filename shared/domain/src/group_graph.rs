@@ -62,11 +62,7 @@ pub fn group_depths(
     // next, at one past its predecessors placed so far.
     let mut left: BTreeSet<&str> = groups.iter().map(String::as_str).collect();
     let mut ready: Vec<&str> = left.iter().copied().filter(|g| waiting[g] == 0).collect();
-    while !left.is_empty() {
-        let g = match ready.pop() {
-            Some(g) => g,
-            None => *left.iter().next().expect("left is not empty"),
-        };
+    while let Some(g) = ready.pop().or_else(|| left.iter().next().copied()) {
         if !left.remove(g) {
             continue;
         }
