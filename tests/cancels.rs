@@ -15,7 +15,9 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// them CANCELLED, in the job's counts, each task and the listing by state alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancelled_job_closes_once_nothing_of_it_runs_before_its_walk_ends() {
-    let h = Harness::start(|o| o.lease_seconds = 3).await;
+    // A lease long enough that a heartbeat late on a loaded machine does not start a
+    // second attempt of `long`.
+    let h = Harness::start(|o| o.lease_seconds = 6).await;
     let store = h.stack.service.store.clone();
     let job = h
         .submit(

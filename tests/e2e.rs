@@ -677,7 +677,9 @@ async fn heartbeats_hold_long_tasks_timeouts_kill_and_idle_workers_exit() {
     // once left the job RUNNABLE with no worker.
     let mut h = Harness::start(|o| {
         o.workers = 1;
-        o.lease_seconds = 3;
+        // Heartbeats 2 s apart: one may come 4 s late (a loaded machine) before the
+        // lease lapses. The task outlives three heartbeats.
+        o.lease_seconds = 6;
         o.idle_timeout_seconds = 8;
     })
     .await;
@@ -686,7 +688,7 @@ async fn heartbeats_hold_long_tasks_timeouts_kill_and_idle_workers_exit() {
             r#"
 name: lease-and-timeout
 tasks:
-  - {id: longer-than-the-lease, command: [sleep, "5"]}
+  - {id: longer-than-the-lease, command: [sleep, "9"]}
   - {id: too-slow, command: [sleep, "60"], timeout_seconds: 1}
 "#,
         )
