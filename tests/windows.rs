@@ -382,6 +382,26 @@ async fn slots_stay_within_the_window_and_a_held_task_is_taken_out_once() {
     assert_eq!(taken, 60);
     assert_eq!(store.slots(job).await.must("slots").held, 0);
     assert_eq!(store.recount_held(job, 4).await.must("recount"), 0);
+
+    // A job of 128 shards holding two bundles far apart: the walk (eight shards at a
+    // time) finds both, in shard order from where it starts, and no more than asked.
+    let far: Vec<HeldTask> = [(100u32, "u1"), (5, "u2")]
+        .iter()
+        .map(|&(shard, id)| HeldTask {
+            task_id: id.into(),
+            shard,
+            pool: POOL.into(),
+            body: format!("{{\"t\": \"{id}\"}}"),
+        })
+        .collect();
+    assert_eq!(store.hold_tasks(job, 1, &far).await.must("hold"), 2);
+    let found = store.held_bundles(job, 128, 7, 4).await.must("held");
+    let shards: Vec<u32> = found.iter().map(|b| b.shard).collect();
+    assert_eq!(shards, [100, 5], "{found:?}");
+    let first = store.held_bundles(job, 128, 7, 1).await.must("held");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].tasks[0].task_id, "u1");
+    assert_eq!(store.recount_held(job, 128).await.must("recount"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use batchplane::domain::batch::child_task_id;
-use batchplane::domain::ids::{shard_count_for, task_shard};
+use batchplane::domain::ids::{shard_count_for, task_shard, TASKS_PER_SHARD};
 use batchplane::domain::{plan_job, AttemptRecord, TaskSpec};
 use batchplane::store::item::{
     attempt_to_value, group_counts_pk, job_pk, n, new_task_item, s, task_pk, Item,
@@ -38,6 +38,14 @@ pub struct KeysBenchArgs {
     /// once per window refill.
     #[arg(long, default_value_t = 256)]
     job_window: usize,
+    /// DAG sizes whose busiest shard is shown under the shard count each gets, beside
+    /// one shard per 2,000 tasks.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "20000,60000,100000,200000"
+    )]
+    sizes: Vec<usize>,
     #[arg(long, default_value = "bench-results/keys.json")]
     out: PathBuf,
 }
@@ -231,27 +239,42 @@ fn row(job: &'static str, kind: impl Into<String>, ledger: &Ledger) -> Row {
     }
 }
 
+/// One DAG's task writes replayed over `shards` shards.
+struct DagReplay {
+    tasks: Ledger,
+    releases: Ledger,
+    all: Ledger,
+    /// Stream records per second (each write makes one).
+    records: Vec<f64>,
+}
+
 /// The DAG: every task's claim and finish on its own shard, one release into each of
-/// its dependents on theirs, and its stream records counted on the job's key.
-fn dag_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let job_id = "j-19b0f0c4e00-0123456789ab";
-    let shards = shard_count_for(args.tasks);
+/// its dependents on theirs.
+fn replay_dag(
+    job_id: &str,
+    task_count: usize,
+    rate: f64,
+    width: usize,
+    shards: u32,
+) -> anyhow::Result<DagReplay> {
     let w = task_writes(job_id, shards)?;
-    let width = args.width.max(2);
-    let levels = args.tasks.div_ceil(width);
+    let width = width.max(2);
+    let levels = task_count.div_ceil(width);
     let id = |level: usize, i: usize| format!("l{level}-{i}");
-    let mut tasks = Ledger::default();
-    let mut releases = Ledger::default();
-    let mut all = Ledger::default();
-    let mut records = vec![0f64; 0];
-    for k in 0..args.tasks {
+    let mut r = DagReplay {
+        tasks: Ledger::default(),
+        releases: Ledger::default(),
+        all: Ledger::default(),
+        records: Vec::new(),
+    };
+    for k in 0..task_count {
         let (level, i) = (k / width, k % width);
-        let second = (k as f64 / args.rate) as usize;
+        let second = (k as f64 / rate) as usize;
         let me = id(level, i);
         let pk = task_pk(job_id, task_shard(&me, shards));
         for units in [w.claim, w.finish] {
-            tasks.add(second, &pk, units);
-            all.add(second, &pk, units);
+            r.tasks.add(second, &pk, units);
+            r.all.add(second, &pk, units);
         }
         let mut out = 2.0;
         if level + 1 < levels {
@@ -259,21 +282,61 @@ fn dag_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             // releases i - 1 and i of the next.
             for j in [(i + width - 1) % width, i] {
                 let d = task_pk(job_id, task_shard(&id(level + 1, j), shards));
-                releases.add(second, &d, w.release);
-                all.add(second, &d, w.release);
+                r.releases.add(second, &d, w.release);
+                r.all.add(second, &d, w.release);
                 out += 1.0;
             }
         }
-        if records.len() <= second {
-            records.resize(second + 1, 0.0);
+        if r.records.len() <= second {
+            r.records.resize(second + 1, 0.0);
         }
-        records[second] += out;
+        r.records[second] += out;
     }
-    rows.push(row("dag", "task items: claim + finish", &tasks));
-    rows.push(row("dag", "task items: release (deps_done)", &releases));
-    rows.push(row("dag", "task items: all writes of a shard", &all));
-    counts_rows("dag", job_id, &records, &args.stream_batches, rows);
+    Ok(r)
+}
+
+const DAG_JOB: &str = "j-19b0f0c4e00-0123456789ab";
+
+/// The DAG's task rows, and its stream records counted on the job's key.
+fn dag_rows(args: &KeysBenchArgs, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let shards = shard_count_for(args.tasks);
+    let r = replay_dag(DAG_JOB, args.tasks, args.rate, args.width, shards)?;
+    rows.push(row("dag", "task items: claim + finish", &r.tasks));
+    rows.push(row("dag", "task items: release (deps_done)", &r.releases));
+    rows.push(row("dag", "task items: all writes of a shard", &r.all));
+    counts_rows("dag", DAG_JOB, &r.records, &args.stream_batches, rows);
     Ok(())
+}
+
+/// A job's busiest shard by its size, under the shard count it gets
+/// ([`shard_count_for`]) beside one shard per 2,000 tasks (the size alone).
+#[derive(Debug, Serialize)]
+struct SizeRow {
+    tasks: usize,
+    shards_by_size: u32,
+    busiest_share_by_size: f64,
+    shards: u32,
+    busiest_share: f64,
+}
+
+fn size_rows(args: &KeysBenchArgs) -> anyhow::Result<Vec<SizeRow>> {
+    let mut out = Vec::new();
+    for &n in &args.sizes {
+        let by_size = n.div_ceil(TASKS_PER_SHARD).clamp(4, 512) as u32;
+        let shards = shard_count_for(n);
+        let share = |shards: u32| -> anyhow::Result<f64> {
+            let r = replay_dag(DAG_JOB, n, args.rate, args.width, shards)?;
+            Ok(r.all.busiest().2 / PARTITION_WCU)
+        };
+        out.push(SizeRow {
+            tasks: n,
+            shards_by_size: by_size,
+            busiest_share_by_size: share(by_size)?,
+            shards,
+            busiest_share: share(shards)?,
+        });
+    }
+    Ok(out)
 }
 
 /// Count items: one write per fanout invocation per job, on the job's key. A DAG's also
@@ -379,6 +442,26 @@ pub fn run(args: &KeysBenchArgs) -> anyhow::Result<u8> {
             r.share_of_partition_limit * 100.0
         );
     }
+    let sizes = size_rows(args)?;
+    println!();
+    println!(
+        "DAG by size, all writes of its busiest shard at {} tasks/s:",
+        args.rate
+    );
+    println!(
+        "{:>9} {:>15} {:>9} {:>8} {:>9}",
+        "TASKS", "SHARDS BY SIZE", "LIMIT", "SHARDS", "LIMIT"
+    );
+    for r in &sizes {
+        println!(
+            "{:>9} {:>15} {:>8.1}% {:>8} {:>8.1}%",
+            r.tasks,
+            r.shards_by_size,
+            r.busiest_share_by_size * 100.0,
+            r.shards,
+            r.busiest_share * 100.0
+        );
+    }
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -390,6 +473,7 @@ pub fn run(args: &KeysBenchArgs) -> anyhow::Result<u8> {
             "tasks_per_second": args.rate,
             "partition_wcu_limit": PARTITION_WCU,
             "rows": rows,
+            "dag_by_size": sizes,
         }))?,
     )?;
     println!("wrote {}", args.out.display());
@@ -407,6 +491,7 @@ mod tests {
             width: 1000,
             stream_batches: vec![100],
             job_window: 256,
+            sizes: vec![20_000, 60_000],
             out: PathBuf::from("unused"),
         }
     }
@@ -455,5 +540,20 @@ mod tests {
             all.peak_writes_per_second < 2.0 * fair,
             "{all:?} vs fair {fair}"
         );
+    }
+
+    /// A job of 20,000 or 60,000 tasks run at the fleet's peak: one shard per 2,000
+    /// tasks puts its busiest over half a partition's limit (60,000: over the limit);
+    /// the shards it gets keep it under half.
+    #[test]
+    fn a_mid_sized_job_gets_the_shards_its_rate_needs() {
+        let rows = size_rows(&args(0)).expect("the rows by size");
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            assert!(r.busiest_share_by_size > 0.5, "{r:?}");
+            assert!(r.busiest_share < 0.5, "{r:?}");
+            assert!(r.shards > r.shards_by_size, "{r:?}");
+        }
+        assert!(rows[1].busiest_share_by_size > 1.0, "{:?}", rows[1]);
     }
 }

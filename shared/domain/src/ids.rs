@@ -76,10 +76,30 @@ pub fn is_valid_page_id(id: &str) -> bool {
     id.len() <= 64 && is_valid_task_id(id)
 }
 
-/// How many partitions a job's tasks spread over: about one per 2,000 tasks, at least 4
-/// (so tasks added later still spread), at most 512. Fixed for the job's life.
+/// Shards enough for a job to run at the fleet's peak (the design's 11,600 tasks/s, each
+/// task about four one-unit writes on its shards: claim, finish and two releases) with
+/// its busiest shard under half of a partition's 1,000 WCU (`batchplane bench-keys`).
+/// A job's size does not bound its rate: a 60,000-task job on a big enough fleet runs
+/// in five seconds.
+pub const RATE_SHARDS: usize = 128;
+
+/// Tasks per shard below which more shards buy nothing: a shard of 100 tasks takes about
+/// 400 writes in its whole life, under half a second of a partition's limit, however
+/// fast they come.
+pub const MIN_TASKS_PER_SHARD: usize = 100;
+
+/// Tasks per shard of a large job: a shard's share of the job's writes stays well
+/// under a partition's limit at any rate a fleet reaches.
+pub const TASKS_PER_SHARD: usize = 2_000;
+
+/// How many partitions a job's tasks spread over, fixed for the job's life: one per
+/// 2,000 tasks, but never fewer than [`RATE_SHARDS`] for a job that has 100 tasks a shard
+/// to give them (a job's rate is its fleet's, not its size's); at least 4 (so tasks
+/// added later still spread), at most 512.
 pub fn shard_count_for(task_count: usize) -> u32 {
-    (task_count.div_ceil(2000)).clamp(4, 512) as u32
+    let by_size = task_count.div_ceil(TASKS_PER_SHARD);
+    let by_rate = task_count.div_ceil(MIN_TASKS_PER_SHARD).min(RATE_SHARDS);
+    by_size.max(by_rate).clamp(4, 512) as u32
 }
 
 #[cfg(test)]
@@ -104,9 +124,31 @@ mod tests {
             seen.insert(task_shard(&format!("t{i}"), 16));
         }
         assert_eq!(seen.len(), 16, "1,000 ids land on every shard");
+    }
+
+    #[test]
+    fn a_jobs_shards_follow_the_rate_it_can_run_at_then_its_size() {
+        // Small jobs: 4, then a shard per 100 tasks.
+        assert_eq!(shard_count_for(0), 4);
         assert_eq!(shard_count_for(10), 4);
+        assert_eq!(shard_count_for(400), 4);
+        assert_eq!(shard_count_for(1_000), 10);
+        // Enough for the fleet's peak rate from 12,800 tasks up (a job that size was 7).
+        assert_eq!(shard_count_for(12_800), 128);
+        assert_eq!(shard_count_for(60_000), 128);
+        assert_eq!(shard_count_for(100_000), 128);
+        // Then one per 2,000.
+        assert_eq!(shard_count_for(256_000), 128);
+        assert_eq!(shard_count_for(300_000), 150);
         assert_eq!(shard_count_for(1_000_000), 500);
         assert_eq!(shard_count_for(10_000_000), 512);
+        // Never fewer for more tasks.
+        let mut last = 0;
+        for n in (0..2_000_000).step_by(997) {
+            let s = shard_count_for(n);
+            assert!(s >= last, "{n} tasks: {s} shards, fewer than {last}");
+            last = s;
+        }
     }
 
     #[test]

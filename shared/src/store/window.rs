@@ -124,6 +124,31 @@ impl WindowPolicy {
     }
 }
 
+/// Shards of a job read at once when looking for its held bundles.
+pub const HELD_WALK_CONCURRENCY: usize = 8;
+
+/// A held bundle from its item; `None` for an item that is not one.
+fn held_bundle_of(shard: u32, item: &Item) -> Option<HeldBundle> {
+    let r = Reader::new(item);
+    let (Ok(sk), Ok(json)) = (r.req_s("sk"), r.req_s("tasks")) else {
+        return None;
+    };
+    let wire: Vec<(String, String, u32, String)> = serde_json::from_str(&json).unwrap_or_default();
+    Some(HeldBundle {
+        shard,
+        sk,
+        tasks: wire
+            .into_iter()
+            .map(|(task_id, pool, shard, body)| HeldTask {
+                task_id,
+                shard,
+                pool,
+                body,
+            })
+            .collect(),
+    })
+}
+
 /// A job's slots item as last written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Slots {
@@ -463,7 +488,8 @@ impl Store {
     }
 
     /// Up to `limit` bundles of held tasks of a job, from shard `from` on (round the
-    /// shards).
+    /// shards), [`HELD_WALK_CONCURRENCY`] shards at a time: a job of 128 shards or more
+    /// holding a few bundles is found in a few round trips, not a hundred.
     pub async fn held_bundles(
         &self,
         job_id: &str,
@@ -473,43 +499,31 @@ impl Store {
     ) -> Result<Vec<HeldBundle>, StoreError> {
         let mut found = Vec::new();
         let shards = shard_count.max(1);
-        for i in 0..shards {
+        let order: Vec<u32> = (0..shards).map(|i| (from + i) % shards).collect();
+        for round in order.chunks(HELD_WALK_CONCURRENCY) {
             if found.len() >= limit {
                 break;
             }
-            let shard = (from + i) % shards;
-            let out = send(
-                self.ddb
-                    .query()
-                    .table_name(&self.table)
-                    .key_condition_expression("pk = :pk")
-                    .expression_attribute_values(":pk", s(held_pk(job_id, shard)))
-                    .limit(i32::try_from(limit - found.len()).unwrap_or(i32::MAX))
-                    .consistent_read(true),
-            )
+            let want = i32::try_from(limit - found.len()).unwrap_or(i32::MAX);
+            let pages = futures::future::try_join_all(round.iter().map(|&shard| async move {
+                let out = send(
+                    self.ddb
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk")
+                        .expression_attribute_values(":pk", s(held_pk(job_id, shard)))
+                        .limit(want)
+                        .consistent_read(true),
+                )
+                .await?;
+                Ok::<_, StoreError>((shard, out.items.unwrap_or_default()))
+            }))
             .await?;
-            for item in out.items() {
-                let r = Reader::new(item);
-                let (Ok(sk), Ok(json)) = (r.req_s("sk"), r.req_s("tasks")) else {
-                    continue;
-                };
-                let wire: Vec<(String, String, u32, String)> =
-                    serde_json::from_str(&json).unwrap_or_default();
-                found.push(HeldBundle {
-                    shard,
-                    sk,
-                    tasks: wire
-                        .into_iter()
-                        .map(|(task_id, pool, shard, body)| HeldTask {
-                            task_id,
-                            shard,
-                            pool,
-                            body,
-                        })
-                        .collect(),
-                });
+            for (shard, items) in pages {
+                found.extend(items.iter().filter_map(|it| held_bundle_of(shard, it)));
             }
         }
+        found.truncate(limit);
         Ok(found)
     }
 
