@@ -333,6 +333,7 @@ async fn queue_round_trip_and_unknown_queue() {
             gpu: 0,
             array_child: false,
             windowed: false,
+            chained: false,
         })
         .collect();
     queues.send("default", &msgs).await.unwrap();

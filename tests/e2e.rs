@@ -379,6 +379,7 @@ async fn duplicate_sqs_deliveries_run_each_task_once() {
             gpu: 0,
             array_child: false,
             windowed: false,
+            chained: false,
         });
     }
     // Twice more while every task runs (a copy of a message a worker holds), as SQS may

@@ -8,6 +8,7 @@ mod autoscaling;
 mod aws_batch;
 mod bounds;
 mod cancels;
+mod chains;
 mod chaos;
 mod console;
 mod contract;

@@ -159,26 +159,22 @@ async fn a_sequential_childs_failure_fails_the_rest_a_page_per_stream_record() {
 
 /// Run child `index` of `job` to success, as a worker would.
 async fn succeed_child(store: &Store, job: &JobRecord, index: u32) {
-    let seed = ChildSeed {
-        index,
-        queue: job.queue.clone(),
-        pool: None,
-        cpu_milli: 250,
-        memory_mib: 64,
-        gpu: 0,
-        max_attempts: 1,
-    };
-    let shard = batchplane::domain::ids::task_shard(&index.to_string(), SHARDS);
-    let claim = store
-        .claim_child(&job.job_id, shard, &seed, "w", Duration::from_secs(30))
-        .await
-        .must("claiming a child");
-    let Claim::Claimed(task) = claim else {
-        panic!("child {index} was not claimed: {claim:?}")
-    };
+    succeed_child_followed_by(store, job, index, None).await
+}
+
+/// Run child `index` of `job` to success, its worker saying it takes on the same child
+/// of `followed_by` next (or not).
+async fn succeed_child_followed_by(
+    store: &Store,
+    job: &JobRecord,
+    index: u32,
+    followed_by: Option<&str>,
+) {
+    let task = claim_child(store, job, index, false).await;
     let attempt = AttemptRecord {
         attempt: 1,
         worker_id: "w".into(),
+        followed_by: followed_by.map(str::to_string),
         ..Default::default()
     };
     assert!(store
@@ -279,4 +275,125 @@ async fn an_n_to_n_sweep_goes_a_page_per_record_and_starts_over_when_its_predece
             SIZE - 1
         )
     );
+}
+
+/// Claim child `index` of `job` for worker `w`; `chained`: as the worker that ran its
+/// predecessor child does when it takes it on (no message, no window slot).
+async fn claim_child(
+    store: &Store,
+    job: &JobRecord,
+    index: u32,
+    chained: bool,
+) -> batchplane::domain::TaskRecord {
+    let seed = ChildSeed {
+        index,
+        queue: job.queue.clone(),
+        pool: None,
+        cpu_milli: 250,
+        memory_mib: 64,
+        gpu: 0,
+        max_attempts: 1,
+        chained,
+    };
+    let shard = batchplane::domain::ids::task_shard(&index.to_string(), SHARDS);
+    match store
+        .claim_child(&job.job_id, shard, &seed, "w", Duration::from_secs(30))
+        .await
+        .must("claiming a child")
+    {
+        Claim::Claimed(task) => *task,
+        other => panic!("child {index} was not claimed: {other:?}"),
+    }
+}
+
+fn task_change(
+    seq: usize,
+    old_state: Option<TaskState>,
+    task: &batchplane::domain::TaskRecord,
+) -> Change {
+    Change::Task(Box::new(TaskChange {
+        sequence_number: seq.to_string(),
+        old_state,
+        task: task.clone(),
+    }))
+}
+
+#[tokio::test]
+async fn an_n_to_n_release_sends_only_the_children_no_worker_took_on() {
+    // (A child taken on is released by nothing else: its predecessor's message carries
+    // it; `chains::a_chained_child_whose_worker_dies_…` shows that.)
+    let (store, fanout, queues) = setup("chained").await;
+    let pred = array_job(&store, &queues, json!({})).await;
+    let dep = array_job(&store, &queues, json!({"n_to_n": [pred.job_id.clone()]})).await;
+    let on = batchplane::domain::batch::JobDependency {
+        job_id: pred.job_id.clone(),
+        index: None,
+        kind: batchplane::domain::batch::DependencyKind::NToN,
+    };
+    store
+        .register_dependent(&on, &Dependent::NToN(dep.job_id.clone()))
+        .await
+        .must("registering the dependent");
+    // The workers that ran children 0 and 1 take their successors on, and said so when
+    // they recorded them.
+    for i in 0..4 {
+        let taken = (i < 2).then_some(dep.job_id.as_str());
+        succeed_child_followed_by(&store, &pred, i, taken).await;
+    }
+    let taken: Vec<_> = [0, 1]
+        .iter()
+        .map(|i| claim_child(&store, &dep, *i, true))
+        .collect();
+    let taken = futures::future::join_all(taken).await;
+    assert!(taken
+        .iter()
+        .all(|t| t.chained && t.state == TaskState::Running));
+
+    let ended: Vec<Change> = children(&store, &pred)
+        .await
+        .iter()
+        .enumerate()
+        .map(|(k, t)| task_change(k + 1, Some(TaskState::Running), t))
+        .collect();
+    assert_eq!(ended.len(), 4);
+    let outcome = fanout.process(&ended).await;
+    assert!(outcome.failed_at.is_none(), "{outcome:?}");
+    // Four ended children also slide the predecessor's own window by four.
+    assert_eq!(
+        outcome.enqueued,
+        4 + 2,
+        "only children 2 and 3 of the successor"
+    );
+    let url = queues.url(&first_pool(&dep)).await.must("the pool's URL");
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let batch = queues
+            .receive(&url, 10, Duration::from_secs(1), Duration::from_secs(30))
+            .await
+            .must("receiving");
+        got.extend(batch.into_iter().flat_map(|d| d.tasks));
+        if got.len() >= 6 {
+            break;
+        }
+    }
+    let mut sent: Vec<String> = Vec::new();
+    for m in got.into_iter().filter(|m| m.job_id == dep.job_id) {
+        assert!(m.windowed && !m.chained, "{m:?}");
+        sent.push(m.task_id);
+    }
+    sent.sort();
+    assert_eq!(sent, ["2", "3"]);
+    let window = store.slots(&dep.job_id).await.must("the window");
+    assert_eq!((window.limit, window.free), (10, 8), "{window:?}");
+
+    // The chained claims' records give no slot back: they took none.
+    let claims: Vec<Change> = taken
+        .iter()
+        .enumerate()
+        .map(|(k, t)| task_change(10 + k, None, t))
+        .collect();
+    let outcome = fanout.process(&claims).await;
+    assert!(outcome.failed_at.is_none(), "{outcome:?}");
+    let window = store.slots(&dep.job_id).await.must("the window");
+    assert_eq!((window.limit, window.free), (10, 8), "{window:?}");
 }

@@ -45,6 +45,10 @@ pub struct TaskMessage {
     /// for it (a second copy, a task cancelled while queued) gives the slot back.
     #[serde(rename = "w", default, skip_serializing_if = "std::ops::Not::not")]
     pub windowed: bool,
+    /// An N_TO_N child a worker took on straight after its predecessor child, carried by
+    /// that child's message, or handed on in one of its own: it holds no window slot.
+    #[serde(rename = "x", default, skip_serializing_if = "std::ops::Not::not")]
+    pub chained: bool,
 }
 
 impl TaskMessage {
@@ -59,6 +63,7 @@ impl TaskMessage {
             gpu: task.gpu,
             array_child: task.index.is_some(),
             windowed: false,
+            chained: false,
         }
     }
 }
@@ -649,6 +654,7 @@ mod tests {
             gpu: 0,
             array_child: false,
             windowed: i.is_multiple_of(2),
+            chained: i.is_multiple_of(3),
         }
     }
 

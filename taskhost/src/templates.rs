@@ -68,6 +68,7 @@ pub fn seed(job: &JobRecord, m: &TaskMessage, max_attempts: u32) -> Option<Child
         memory_mib: a.template.memory_mib,
         gpu: a.template.tiers.first().map_or(0, |t| t.gpu),
         max_attempts: max_attempts.max(a.template.retry.attempts),
+        chained: m.chained,
     })
 }
 

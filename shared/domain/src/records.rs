@@ -256,6 +256,10 @@ pub struct AttemptRecord {
     pub image: Option<String>,
     pub job_role_arn: Option<String>,
     pub image_enforcement: Option<String>,
+    /// The N_TO_N successor job whose child of the same index this attempt's worker took
+    /// on next, itself, carried by this task's message (depth first): the stream does
+    /// not release that child.
+    pub followed_by: Option<String>,
 }
 
 impl AttemptRecord {
@@ -304,6 +308,10 @@ pub struct TaskRecord {
     /// message (the fanout releasing dependents; a submission's commit walk for the
     /// tasks it wrote ready), so the stream's record of that write does not send it.
     pub enqueued_on_release: bool,
+    /// An N_TO_N child claimed by the worker that ran its predecessor child, straight
+    /// after it, with no message: its claim took no slot of its job's release window and
+    /// gives none back. A later claim (a retry, through a message) clears it.
+    pub chained: bool,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,

@@ -107,6 +107,9 @@ pub struct StackOptions {
     /// The taskhosts' `--hold-ms` (how long a task waits in a full worker before it is
     /// handed back); `None`: their default.
     pub worker_hold_ms: Option<u64>,
+    /// The taskhosts' `--chain-successors` (run an array child's N_TO_N successor
+    /// child next, on the same worker); default on.
+    pub chain_successors: bool,
     /// Receives after which a pool's message is dead-lettered (AWS: 100).
     pub max_receives: u32,
     /// How often the reconciler runs (the autoscaler's schedule in AWS), in seconds.
@@ -285,6 +288,7 @@ impl StackOptions {
             worker_endpoints: None,
             max_receives: batchplane::queue::MAX_RECEIVES,
             worker_hold_ms: None,
+            chain_successors: true,
             reconcile_every_seconds: 10,
             job_roles: None,
         })

@@ -282,6 +282,9 @@ impl LocalStack {
         if let Some(ms) = o.worker_hold_ms {
             env.push(("BATCHPLANE_HOLD_MS".into(), ms.to_string()));
         }
+        if !o.chain_successors {
+            env.push(("BATCHPLANE_CHAIN_SUCCESSORS".into(), "false".into()));
+        }
         env
     }
 

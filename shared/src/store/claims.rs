@@ -16,8 +16,10 @@ use std::time::Duration;
 pub enum Claim {
     /// The worker holds the task: run it as this attempt.
     Claimed(Box<TaskRecord>),
-    /// Nothing to run: the task is finished, held by a live lease, or gone.
+    /// Nothing to run: the task is held by a live lease, not ready, or gone.
     NotClaimable { reason: String },
+    /// Nothing to run: the task has ended, in this state.
+    Ended(TaskState),
     /// The previous worker's lease lapsed too often; the task was failed instead.
     Exhausted,
 }
@@ -33,6 +35,9 @@ pub struct ChildSeed {
     pub memory_mib: u64,
     pub gpu: u32,
     pub max_attempts: u32,
+    /// Claimed straight after its N_TO_N predecessor child by the worker that ran it,
+    /// with no message (see [`crate::domain::TaskRecord::chained`]).
+    pub chained: bool,
 }
 
 /// A task moving up a tier after running out of memory: the next attempt reserves the
@@ -170,15 +175,19 @@ impl Store {
             "SET #state = :running, attempt = if_not_exists(attempt, :zero) + :one, worker_id = :w, lease_expires = :lease, started_at = :now, \
              job_id = :job, task_id = :task, idx = :idx, #shard = :shard, kind = :kind, queue = :queue, \
              cpu_milli = if_not_exists(cpu_milli, :cpu), memory_mib = if_not_exists(memory_mib, :mem), \
-             max_attempts = if_not_exists(max_attempts, :max), created_at = if_not_exists(created_at, :now){}{}",
+             max_attempts = if_not_exists(max_attempts, :max), created_at = if_not_exists(created_at, :now){}{}{}",
             // `pool` is a reserved word.
             if c.pool.is_some() { ", #pool = if_not_exists(#pool, :pool)" } else { "" },
             if c.gpu > 0 { ", gpu = if_not_exists(gpu, :gpu)" } else { "" },
+            // A claim through a message takes a window slot: its record gives it back.
+            if c.chained { ", chained = :chained" } else { " REMOVE chained" },
         ))
         .set_expression_attribute_values(Some(
             [
                 c.pool.as_ref().map(|p| (":pool".to_string(), s(p))),
                 (c.gpu > 0).then(|| (":gpu".to_string(), n(c.gpu))),
+                c.chained
+                    .then(|| (":chained".to_string(), AttributeValue::Bool(true))),
             ]
             .into_iter()
             .flatten()
@@ -217,6 +226,9 @@ impl Store {
         lease: &Lease<'_>,
     ) -> Result<Claim, StoreError> {
         let now = lease.now;
+        if task.state.is_terminal() {
+            return Ok(Claim::Ended(task.state));
+        }
         if !TaskTransition::TakeOver.from().contains(&task.state) {
             return Ok(Claim::NotClaimable {
                 reason: format!("task is {}", task.state),

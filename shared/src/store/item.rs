@@ -482,6 +482,7 @@ pub fn attempt_to_value(a: &AttemptRecord) -> AttributeValue {
         "image_enforcement",
         a.image_enforcement.clone().map(s),
     );
+    opt(&mut m, "followed_by", a.followed_by.clone().map(s));
     AttributeValue::M(m)
 }
 
@@ -521,6 +522,7 @@ fn attempt_from_value(item: &Item) -> Result<AttemptRecord, Malformed> {
         image: r.opt_s("image")?,
         job_role_arn: r.opt_s("job_role_arn")?,
         image_enforcement: r.opt_s("image_enforcement")?,
+        followed_by: r.opt_s("followed_by")?,
     })
 }
 
@@ -574,6 +576,7 @@ pub fn task_from_item(item: &Item) -> Result<TaskRecord, Malformed> {
         lease_expires: r.opt_n("lease_expires")?,
         cancel_requested: r.bool("cancel_requested"),
         enqueued_on_release: r.bool("enqueued"),
+        chained: r.bool("chained"),
         created_at: r.opt_n("created_at")?.unwrap_or(0),
         started_at: r.opt_n("started_at")?,
         finished_at: r.opt_n("finished_at")?,

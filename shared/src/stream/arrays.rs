@@ -34,7 +34,43 @@ pub fn child_message(job: &JobRecord, index: u32) -> Option<TaskMessage> {
         gpu: a.template.tiers.first().map_or(0, |t| t.gpu),
         array_child: true,
         windowed: false,
+        chained: false,
     })
+}
+
+/// The child a worker that has just run child `index` of `pred` to success takes on
+/// next itself, depth first, with no message of its own: the same index of `dep`, an
+/// N_TO_N dependent of `pred` alone that is RUNNABLE, not being cancelled, and starts
+/// its children in the pool `pred` starts its in. `None`: `dep`'s child goes through
+/// its window as the fanout releases it.
+///
+/// The worker says so in the predecessor child's finish (`followed_by` on its
+/// attempt), so the stream does not release the child too, and the predecessor child's
+/// message carries it until it is accounted for. Its claim creates it `chained`.
+pub fn chained_successor(pred: &JobRecord, dep: &JobRecord, index: u32) -> Option<TaskMessage> {
+    let a = dep.array.as_ref()?;
+    let waits_on_pred_alone = a.n_to_n.len() == 1 && a.n_to_n[0] == pred.job_id;
+    let runs = dep.state == JobState::Runnable && !dep.cancel_requested;
+    if !waits_on_pred_alone || !runs || a.sequential || index >= a.size() {
+        return None;
+    }
+    if pred.array.is_none() || first_pool(dep) != first_pool(pred) {
+        return None;
+    }
+    let mut m = child_message(dep, index)?;
+    m.chained = true;
+    Some(m)
+}
+
+/// Whether the worker that ran `pred_child` took on its successor child of `dep_id`
+/// itself (its message carries that child until it is accounted for).
+fn taken_on(pred_child: &crate::domain::TaskRecord, dep_id: &str) -> bool {
+    pred_child.state == TaskState::Succeeded
+        && pred_child
+            .attempts
+            .last()
+            .and_then(|a| a.followed_by.as_deref())
+            == Some(dep_id)
 }
 
 /// The pool a job's children start in: the first tier's, or the job's queue.
@@ -331,7 +367,7 @@ impl Fanout {
         let mut fail = Vec::new();
         for (_, t) in children {
             let i = t.task.index.unwrap_or(0);
-            if i >= a.size() {
+            if i >= a.size() || taken_on(&t.task, dep_id) {
                 continue;
             }
             if t.task.state == TaskState::Succeeded {

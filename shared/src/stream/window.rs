@@ -232,8 +232,11 @@ impl Fanout {
         let mut claims: BTreeMap<&str, (u32, usize)> = BTreeMap::new();
         for (i, c) in changes.iter().enumerate() {
             match c {
+                // A chained child's claim took no slot (it had no message of its own).
                 Change::Task(t)
-                    if t.task.kind == TaskKind::Command && became(t, TaskState::Running) =>
+                    if t.task.kind == TaskKind::Command
+                        && became(t, TaskState::Running)
+                        && !t.task.chained =>
                 {
                     let e = claims.entry(t.task.job_id.as_str()).or_insert((0, i));
                     e.0 += 1;

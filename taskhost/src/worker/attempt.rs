@@ -13,7 +13,7 @@ use batchplane::domain::tiers::{
 };
 use batchplane::domain::{AttemptRecord, TaskRecord, TaskState};
 use batchplane::queue::{Queues, TaskMessage};
-use batchplane::store::{now_ms, Claim, Escalation};
+use batchplane::store::{now_ms, Escalation};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,9 @@ pub(super) enum Started {
     Drop,
     /// Not now (another worker's live lease, or a failed claim): its message comes back.
     Later,
+    /// The task had already succeeded (its message came again, or came back after its
+    /// worker died): its chained N_TO_N successor child rides on the message instead.
+    Chain(TaskMessage),
 }
 
 /// Claim a delivered task and start it. A message for a task another live worker holds
@@ -39,67 +42,10 @@ pub(super) async fn start(
     queues: &Queues,
     launch_now: bool,
 ) -> Started {
-    let (url, handle) = receipt;
     let asked = Instant::now();
-    if let Some(outcome) = stop_if_cancelled(ctx, m).await {
-        return outcome;
-    }
-    let claim = if m.array_child {
-        // A child's command is its job's template; a job that has ended (cancelled,
-        // or failed by a dependency) starts no more children.
-        match ctx.jobs.get(&m.job_id).await {
-            Ok(Some(job)) if !job.state.is_terminal() && !job.cancel_requested => {
-                match crate::templates::seed(&job, m, ctx.max_attempts) {
-                    Some(seed) => ctx
-                        .store
-                        .claim_child(&m.job_id, m.shard, &seed, &ctx.worker_id, ctx.lease)
-                        .await
-                        .map(|c| crate::templates::with_template(c, &job)),
-                    None => return Started::Drop,
-                }
-            }
-            // A cancelled job starts no more children, but one already running whose
-            // worker died is ended (CANCELLED) by the claim's take-over path: the
-            // claim below never creates a child.
-            Ok(Some(job)) if job.cancel_requested && !job.state.is_terminal() => ctx
-                .store
-                .claim_task(&m.job_id, m.shard, &m.task_id, &ctx.worker_id, ctx.lease)
-                .await
-                .map(|c| crate::templates::with_template(c, &job)),
-            Ok(_) => return Started::Drop,
-            Err(e) => {
-                tracing::warn!(error = %e, job_id = %m.job_id, "reading the job failed; the message will come back");
-                return Started::Later;
-            }
-        }
-    } else {
-        ctx.store
-            .claim_task(&m.job_id, m.shard, &m.task_id, &ctx.worker_id, ctx.lease)
-            .await
-    };
-    let task = match claim {
-        Ok(Claim::Claimed(task)) => *task,
-        Ok(Claim::NotClaimable { reason }) => {
-            tracing::debug!(job_id = %m.job_id, task_id = %m.task_id, reason, "not claimed");
-            if reason.starts_with("held by") {
-                let _ = queues
-                    .extend(url, std::slice::from_ref(handle), ctx.lease)
-                    .await;
-                return Started::Later;
-            }
-            if m.windowed {
-                // The slot this message took frees no other way: nothing claims it.
-                if let Err(e) = ctx.store.give_back_unclaimed(&m.job_id).await {
-                    tracing::warn!(error = %e, job_id = %m.job_id, "giving a window slot back failed; the reconciler will");
-                }
-            }
-            return Started::Drop;
-        }
-        Ok(Claim::Exhausted) => return Started::Drop,
-        Err(e) => {
-            tracing::warn!(error = %e, task_id = %m.task_id, "claim failed; the message will come back");
-            return Started::Later;
-        }
+    let task = match super::claim::claim(ctx, receipt, m, queues).await {
+        Ok(task) => task,
+        Err(outcome) => return outcome,
     };
     let claim_took = asked.elapsed();
     tracing::info!(job_id = %task.job_id, task_id = %task.task_id, attempt = task.attempt,
@@ -132,33 +78,13 @@ pub(super) async fn start(
             let _ = done.send(Progress::SlotFree { key });
         })
         .await;
-        let _ = done.send(Progress::Done { receipt, recorded });
+        let _ = done.send(Progress::Done {
+            receipt,
+            recorded: recorded.is_some(),
+            next: recorded.and_then(|(_, next)| next),
+        });
     });
     Started::Running(Box::new(running), claim_took)
-}
-
-/// A delivered task of a cancelled job (closed or not) is not started. Until the job's
-/// walk (minutes for a million tasks) reaches it, the worker cancels it as the walk would.
-/// A running one (its worker died) goes on to the claim, whose take-over ends it
-/// CANCELLED. `None`: claim as usual (also where the job cannot be read now: the claim
-/// decides, and the walk still comes).
-async fn stop_if_cancelled(ctx: &Arc<Ctx>, m: &TaskMessage) -> Option<Started> {
-    let job = ctx.jobs.get(&m.job_id).await.ok().flatten()?;
-    if !job.cancel_requested {
-        return None;
-    }
-    let store = &ctx.store;
-    match store
-        .cancel_task_by_key(&m.job_id, m.shard, &m.task_id)
-        .await
-    {
-        Ok(Some(state)) if TaskState::LEASED.contains(&state) => None,
-        Ok(_) => Some(Started::Drop),
-        Err(e) => {
-            tracing::warn!(error = %e, job_id = %m.job_id, "cancelling a task of a cancelled job failed; the message will come back");
-            Some(Started::Later)
-        }
-    }
 }
 
 enum Ending {
@@ -224,7 +150,8 @@ impl AttemptFiles {
 /// Run one attempt and record how it ended; `slot_free` is called as soon as the process
 /// has ended, before the result is written. A task claimed ahead of a free slot starts
 /// its process when `gate` opens (or ends without one if it is cancelled first). Returns
-/// whether the result was recorded.
+/// the state recorded and the chained successor child to take on next (see `chain`), or
+/// `None` if nothing was recorded.
 async fn run_attempt(
     ctx: &Ctx,
     task: &TaskRecord,
@@ -232,7 +159,7 @@ async fn run_attempt(
     mut lease: watch::Receiver<i64>,
     gate: Option<oneshot::Receiver<()>>,
     slot_free: impl FnOnce(),
-) -> bool {
+) -> Option<(TaskState, Option<TaskMessage>)> {
     let claimed_ahead = gate.is_some();
     let before_start = match gate {
         None => None,
@@ -296,12 +223,19 @@ async fn run_attempt(
         matches!(ending, Ending::Exited(_)) && report.as_ref().is_some_and(|r| r.out_of_memory);
     // A lost lease: someone else owns this task now; there is nothing of ours to
     // record, and the message is theirs to delete.
-    let Some((state, reason)) = how_it_ended(task, ending, report.as_ref(), &mut attempt) else {
-        return false;
-    };
+    let (state, reason) = how_it_ended(task, ending, report.as_ref(), &mut attempt)?;
     attempt.reason = reason.clone();
     let (state, reason, escalation) =
         next_step(task, state, reason, &attempt, timed_out, out_of_memory);
+    // Decided before the success is recorded, and said in it, so the stream leaves
+    // the successor child to this worker (a job that cannot be read now: no chain).
+    let next = match (state, task.index) {
+        (TaskState::Succeeded, Some(index)) => super::chain::successor(ctx, &task.job_id, index)
+            .await
+            .unwrap_or_default(),
+        _ => None,
+    };
+    attempt.followed_by = next.as_ref().map(|m| m.job_id.clone());
     let record_by = batchplane::domain::lease::takeover_after(*lease.borrow(), ctx.lease);
     record(
         ctx,
@@ -312,6 +246,7 @@ async fn run_attempt(
         record_by,
     )
     .await
+    .then_some((state, next))
 }
 
 /// A task claimed ahead waits for its slot: `None` once the gate opens, or how it ended

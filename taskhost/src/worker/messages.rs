@@ -41,6 +41,17 @@ impl Messages {
         );
     }
 
+    /// One more task rides on a message held here (a chained successor child): the
+    /// message is kept until it is accounted for too. False if the message is not held.
+    pub fn attach(&mut self, r: &Receipt) -> bool {
+        let Some(open) = self.open.get_mut(r) else {
+            return false;
+        };
+        open.tasks += 1;
+        open.outstanding += 1;
+        true
+    }
+
     /// One task of the message is accounted for. Returns the message to delete once
     /// all of its tasks are and none must run later.
     pub fn handled(&mut self, r: &Receipt) -> Option<Receipt> {
@@ -242,6 +253,35 @@ mod tests {
         assert_eq!(m.handled(&r("a")), None);
         assert_eq!(m.open().count(), 1, "no longer extended: it comes back");
         assert_eq!(m.handled(&r("b")), Some(r("b")));
+    }
+
+    #[test]
+    fn a_message_carrying_a_chained_task_is_kept_until_that_one_is_handled() {
+        let mut m = Messages::default();
+        m.received(r("a"), 1);
+        assert!(m.attach(&r("a")), "the message is held");
+        assert_eq!(
+            m.handled(&r("a")),
+            None,
+            "its own task is done, the chained one is not"
+        );
+        assert!(
+            !m.whole(&r("a"), 1),
+            "handing the chained one back is not the whole message"
+        );
+        assert_eq!(m.handled(&r("a")), Some(r("a")));
+        assert!(
+            !m.attach(&r("a")),
+            "nothing rides on a message no longer held"
+        );
+        m.received(r("b"), 1);
+        assert!(m.attach(&r("b")));
+        m.handled(&r("b"));
+        m.later(&r("b"));
+        assert!(
+            m.is_empty(),
+            "the chained one must run later: the message comes back"
+        );
     }
 
     #[test]

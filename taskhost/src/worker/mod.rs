@@ -16,6 +16,8 @@
 
 mod announce;
 mod attempt;
+mod chain;
+mod claim;
 mod environment;
 mod fence;
 mod leases;
@@ -92,8 +94,13 @@ enum Progress {
     SlotFree { key: String },
     /// The attempt is over. Its message is done with only if the result was
     /// `recorded`: otherwise it must come back (after the lease lapses) so the task is
-    /// not left RUNNING with nobody to finish it.
-    Done { receipt: Receipt, recorded: bool },
+    /// not left RUNNING with nobody to finish it. `next`: the chained N_TO_N successor
+    /// child to take on (see [`chain`]).
+    Done {
+        receipt: Receipt,
+        recorded: bool,
+        next: Option<TaskMessage>,
+    },
 }
 
 /// Messages deleted in one request (SQS's most).
@@ -117,6 +124,10 @@ struct Ctx {
     logs: Option<Arc<crate::logs::LogShipper>>,
     /// Whether this worker runs inside its pools' image (`--in-image`).
     in_image: bool,
+    /// Whether a succeeded array child's N_TO_N successor child runs next, here.
+    chain_successors: bool,
+    /// What this worker has room for at most.
+    capacity: Tier,
     /// Containers by key, as read from the store.
     containers: std::sync::Mutex<HashMap<String, batchplane::domain::containers::Container>>,
 }
@@ -232,6 +243,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             )),
         },
         in_image: opts.in_image,
+        chain_successors: opts.chain_successors,
+        capacity,
         containers: Default::default(),
     });
     tracing::info!(worker_id, pools = ?pools, cpus = capacity.cpu(), memory_mib = capacity.memory_mib, gpus = capacity.gpu,
@@ -438,6 +451,7 @@ impl Worker {
                 }
                 Started::Drop => self.handled(&h.receipt),
                 Started::Later => self.messages.later(&h.receipt),
+                Started::Chain(next) => self.carry_on(&h.receipt, next),
             }
         }
     }
@@ -496,6 +510,7 @@ impl Worker {
                 }
                 Started::Drop => self.handled(&h.receipt),
                 Started::Later => self.messages.later(&h.receipt),
+                Started::Chain(next) => self.carry_on(&h.receipt, next),
             }
         }
     }
@@ -619,8 +634,16 @@ impl Worker {
                     self.waiting.retain(|k| k != &key);
                 }
             }
-            Progress::Done { receipt, recorded } => match recorded {
-                true => self.handled(&receipt),
+            Progress::Done {
+                receipt,
+                recorded,
+                next,
+            } => match recorded {
+                true => match next {
+                    // Said in the record: the message carries the successor child.
+                    Some(m) => self.carry_on(&receipt, m),
+                    None => self.handled(&receipt),
+                },
                 false => self.messages.later(&receipt),
             },
         }

@@ -116,6 +116,12 @@ pub struct Options {
     /// steady in length, so the slot starts it without waiting for the claim write.
     #[arg(long, env = "BATCHPLANE_CLAIM_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
     pub claim_ahead: bool,
+    /// Run an array child's N_TO_N successor child next, here, once the child succeeds
+    /// (depth first, no message of its own), where the successor starts in the same
+    /// pool and waits on that array alone. Off: the successor's children go through
+    /// SQS and its release window as the stream releases them.
+    #[arg(long, env = "BATCHPLANE_CHAIN_SUCCESSORS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub chain_successors: bool,
     /// A held message that has not found room this long goes back to the queue, so a
     /// free worker elsewhere can take it. Longer than most short tasks, so a full
     /// worker's next task is usually already in hand when a slot frees.

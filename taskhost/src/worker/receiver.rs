@@ -95,6 +95,7 @@ mod tests {
             gpu: 0,
             array_child: false,
             windowed: false,
+            chained: false,
         };
         Delivery {
             queue_url: "q".into(),
