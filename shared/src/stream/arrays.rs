@@ -41,7 +41,7 @@ pub fn child_message(job: &JobRecord, index: u32) -> Option<TaskMessage> {
 /// The child a worker that has just run child `index` of `pred` to success takes on
 /// next itself, depth first, with no message of its own: the same index of `dep`, an
 /// N_TO_N dependent of `pred` alone that is RUNNABLE, not being cancelled, and starts
-/// its children in the pool `pred` starts its in. `None`: `dep`'s child goes through
+/// its children in the pool `pred` starts its own in. `None`: `dep`'s child goes through
 /// its window as the fanout releases it.
 ///
 /// The worker says so in the predecessor child's finish (`followed_by` on its
