@@ -312,7 +312,8 @@ def n_to_n():
     b = submit("b", "true", arrayProperties={"size": 40}, dependsOn=[{"jobId": a, "type": "N_TO_N"}])
     check(describe(b)["dependsOn"] == [{"jobId": a, "type": "N_TO_N"}], describe(b)["dependsOn"])
     wait(b, timeout=180)
-    check(describe(a)["status"] == "SUCCEEDED" and describe(b)["status"] == "SUCCEEDED", "both succeeded")
+    states = (describe(a)["status"], describe(b)["status"])
+    check(states == ("SUCCEEDED", "SUCCEEDED"), f"both succeeded: a and b are {states}")
     a_kids = {k["arrayProperties"]["index"]: k for k in children(a, jobStatus="SUCCEEDED")[0]}
     b_kids = {k["arrayProperties"]["index"]: k for k in children(b, jobStatus="SUCCEEDED")[0]}
     check(len(a_kids) == 40 and len(b_kids) == 40, f"{len(a_kids)} and {len(b_kids)} children")

@@ -433,14 +433,17 @@ impl Fanout {
                     Dependent::NToN(dep_id) => {
                         // Its children that never ran fail theirs: sweep the dependent
                         // again from the start, since what its passed pages saw changed.
-                        if job.state != JobState::Succeeded {
-                            if let Some(dep) = self.store.get_job(&dep_id).await? {
-                                if dep.state == JobState::Runnable {
-                                    self.store
-                                        .restart_work(&dep_id, crate::store::WorkKind::SweepNToN)
-                                        .await?;
-                                }
-                            }
+                        let Some(dep) = self.store.get_job(&dep_id).await? else {
+                            return Ok(());
+                        };
+                        if job.state != JobState::Succeeded && dep.state == JobState::Runnable {
+                            self.store
+                                .restart_work(&dep_id, crate::store::WorkKind::SweepNToN)
+                                .await?;
+                        }
+                        // A dependent whose children all ended first waited for this job.
+                        if !dep.state.is_terminal() {
+                            self.close_if_done(&dep_id).await?;
                         }
                     }
                     Dependent::Child { job_id, index } => {

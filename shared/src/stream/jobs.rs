@@ -79,6 +79,10 @@ pub async fn close_if_done(
     let Some(state) = state else {
         return Ok(None);
     };
+    if state != JobState::Cancelled && waits_on_a_predecessor(store, &job).await? {
+        // Its predecessor closes next and then closes it (`release_job_dependents`).
+        return Ok(None);
+    }
     let reason = match state {
         JobState::Failed => Some(format!(
             "{} of {} tasks failed",
@@ -104,4 +108,27 @@ pub async fn close_if_done(
             .await?;
     }
     Ok(closed.then_some(state))
+}
+
+/// Whether an N_TO_N dependent whose children have all ended must still wait for a job
+/// it depends on to close. A worker runs a successor's child straight after its
+/// predecessor's (depth first), so the dependent's last child can end before the stream
+/// has closed the predecessor; a dependent never ends before what it depends on.
+async fn waits_on_a_predecessor(
+    store: &crate::store::Store,
+    job: &crate::domain::JobRecord,
+) -> Result<bool, FanoutError> {
+    let Some(a) = &job.array else {
+        return Ok(false);
+    };
+    for pred in &a.n_to_n {
+        if store
+            .get_job(pred)
+            .await?
+            .is_some_and(|p| !p.state.is_terminal())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
