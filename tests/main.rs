@@ -10,6 +10,7 @@ mod bounds;
 mod cancels;
 mod chains;
 mod chaos;
+mod closing;
 mod console;
 mod contract;
 mod count_history;

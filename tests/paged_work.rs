@@ -17,7 +17,7 @@ use std::time::Duration;
 const SIZE: u32 = WORK_PAGE as u32 + 100;
 const SHARDS: u32 = 4;
 
-async fn setup(what: &str) -> (Store, Fanout, Queues) {
+pub(crate) async fn setup(what: &str) -> (Store, Fanout, Queues) {
     let emu = TestEmulators::get();
     let store = batchplane_testing::test_store(&emu, what).await;
     let clients = Clients::new(&Endpoints {
@@ -33,7 +33,11 @@ async fn setup(what: &str) -> (Store, Fanout, Queues) {
 
 /// A RUNNABLE array job of `SIZE` children (unless `extra` sizes it) stored straight
 /// into the table.
-async fn array_job(store: &Store, queues: &Queues, extra: serde_json::Value) -> JobRecord {
+pub(crate) async fn array_job(
+    store: &Store,
+    queues: &Queues,
+    extra: serde_json::Value,
+) -> JobRecord {
     let mut shape = json!({
         "template": {"command": ["true"], "cpu_milli": 250, "memory_mib": 64},
         "array_size": SIZE,
@@ -59,7 +63,10 @@ async fn array_job(store: &Store, queues: &Queues, extra: serde_json::Value) -> 
     job
 }
 
-async fn children(store: &Store, job: &JobRecord) -> Vec<batchplane::domain::TaskRecord> {
+pub(crate) async fn children(
+    store: &Store,
+    job: &JobRecord,
+) -> Vec<batchplane::domain::TaskRecord> {
     store
         .all_tasks(&job.job_id, SHARDS)
         .await
@@ -165,7 +172,7 @@ async fn succeed_child(store: &Store, job: &JobRecord, index: u32) {
 
 /// Run child `index` of `job` to success, its worker saying it takes on the same child
 /// of `followed_by` next (or not).
-async fn succeed_child_followed_by(
+pub(crate) async fn succeed_child_followed_by(
     store: &Store,
     job: &JobRecord,
     index: u32,
@@ -176,7 +183,11 @@ async fn succeed_child_followed_by(
 }
 
 /// Record a claimed child's first attempt as a success.
-async fn succeed(store: &Store, task: &batchplane::domain::TaskRecord, followed_by: Option<&str>) {
+pub(crate) async fn succeed(
+    store: &Store,
+    task: &batchplane::domain::TaskRecord,
+    followed_by: Option<&str>,
+) {
     let attempt = AttemptRecord {
         attempt: 1,
         worker_id: "w".into(),
@@ -285,7 +296,7 @@ async fn an_n_to_n_sweep_goes_a_page_per_record_and_starts_over_when_its_predece
 
 /// Claim child `index` of `job` for worker `w`; `chained`: as the worker that ran its
 /// predecessor child does when it takes it on (no message, no window slot).
-async fn claim_child(
+pub(crate) async fn claim_child(
     store: &Store,
     job: &JobRecord,
     index: u32,
@@ -312,7 +323,7 @@ async fn claim_child(
     }
 }
 
-fn task_change(
+pub(crate) fn task_change(
     seq: usize,
     old_state: Option<TaskState>,
     task: &batchplane::domain::TaskRecord,
@@ -402,79 +413,4 @@ async fn an_n_to_n_release_sends_only_the_children_no_worker_took_on() {
     assert!(outcome.failed_at.is_none(), "{outcome:?}");
     let window = store.slots(&dep.job_id).await.must("the window");
     assert_eq!((window.limit, window.free), (10, 8), "{window:?}");
-}
-
-#[tokio::test]
-async fn a_successor_whose_children_all_end_first_closes_only_after_its_predecessor() {
-    // Depth first, a successor's last child can end before the stream has closed its
-    // predecessor: the successor still ends after it, as AWS Batch shows them.
-    let (store, fanout, queues) = setup("held").await;
-    let sized = |n_to_n: &[&str]| json!({"array_size": 2, "n_to_n": n_to_n});
-    let pred = array_job(&store, &queues, sized(&[])).await;
-    let dep = array_job(&store, &queues, sized(&[&pred.job_id])).await;
-    let on = batchplane::domain::batch::JobDependency {
-        job_id: pred.job_id.clone(),
-        index: None,
-        kind: batchplane::domain::batch::DependencyKind::NToN,
-    };
-    store
-        .register_dependent(&on, &Dependent::NToN(dep.job_id.clone()))
-        .await
-        .must("registering the dependent");
-    for i in 0..2 {
-        succeed_child_followed_by(&store, &pred, i, Some(&dep.job_id)).await;
-        let taken = claim_child(&store, &dep, i, true).await;
-        succeed(&store, &taken, None).await;
-    }
-    let state = |id: String| {
-        let store = store.clone();
-        async move {
-            store
-                .get_job(&id)
-                .await
-                .must("reading a job")
-                .must("the job")
-                .state
-        }
-    };
-    let ended = |job: JobRecord| {
-        let store = store.clone();
-        async move {
-            children(&store, &job)
-                .await
-                .iter()
-                .enumerate()
-                .map(|(k, t)| task_change(k + 1, Some(TaskState::Running), t))
-                .collect::<Vec<_>>()
-        }
-    };
-
-    // The successor's children reach the stream first: it is held open.
-    let outcome = fanout.process(&ended(dep.clone()).await).await;
-    assert!(outcome.failed_at.is_none(), "{outcome:?}");
-    assert_eq!(state(dep.job_id.clone()).await, JobState::Runnable);
-    // Its predecessor's children close the predecessor.
-    let outcome = fanout.process(&ended(pred.clone()).await).await;
-    assert!(outcome.failed_at.is_none(), "{outcome:?}");
-    assert_eq!(state(pred.job_id.clone()).await, JobState::Succeeded);
-    assert_eq!(state(dep.job_id.clone()).await, JobState::Runnable);
-    // The predecessor's close, as its stream record, closes the successor.
-    let closed = store
-        .get_job(&pred.job_id)
-        .await
-        .must("reading the predecessor")
-        .must("the predecessor");
-    let pred_closed = Change::Job(Box::new(JobChange {
-        sequence_number: "9".into(),
-        old_state: Some(JobState::Runnable),
-        old_job: None,
-        job: closed,
-        listed_as: None,
-    }));
-    for _ in 0..2 {
-        // Twice, as a record can come: the second finds it closed.
-        let outcome = fanout.process(std::slice::from_ref(&pred_closed)).await;
-        assert!(outcome.failed_at.is_none(), "{outcome:?}");
-        assert_eq!(state(dep.job_id.clone()).await, JobState::Succeeded);
-    }
 }

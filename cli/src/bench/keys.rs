@@ -12,7 +12,7 @@ use batchplane::domain::batch::child_task_id;
 use batchplane::domain::ids::{shard_count_for, task_shard, TASKS_PER_SHARD};
 use batchplane::domain::{plan_job, AttemptRecord, TaskSpec};
 use batchplane::store::item::{
-    attempt_to_value, group_counts_pk, job_pk, n, new_task_item, s, task_pk, Item,
+    attempt_to_value, ended_pk, group_counts_pk, job_pk, n, new_task_item, s, task_pk, Item,
 };
 use serde::Serialize;
 use std::collections::HashMap;
@@ -339,7 +339,9 @@ fn size_rows(args: &KeysBenchArgs) -> anyhow::Result<Vec<SizeRow>> {
     Ok(out)
 }
 
-/// Count items: one write per fanout invocation per job, on the job's key. A DAG's also
+/// Count items: one write per fanout invocation per job, on the job's key, and one to
+/// its ended-task tally, on a key of its own (an invocation that saw no task end writes
+/// none: shown as if every one did). A DAG's also
 /// writes its counts by group (one item per invocation, on a key of their own), and its
 /// release window's slots item (on the job's key) takes slots for the tasks the
 /// invocation released and gives back those its claims freed: two writes more there.
@@ -354,10 +356,12 @@ fn counts_rows(
         let mut counts = Ledger::default();
         let mut groups = Ledger::default();
         let mut job_key = Ledger::default();
+        let mut tally = Ledger::default();
         for (sec, r) in records_per_second.iter().enumerate() {
             let writes = (r / b.max(1) as f64).ceil();
             for _ in 0..writes as usize {
                 counts.add(sec, &job_pk(job_id), 1.0);
+                tally.add(sec, &ended_pk(job_id), 1.0);
                 groups.add(sec, &group_counts_pk(job_id), 1.0);
                 for _ in 0..3 {
                     job_key.add(sec, &job_pk(job_id), 1.0);
@@ -368,6 +372,11 @@ fn counts_rows(
             job,
             format!("count items (stream batches of {b})"),
             &counts,
+        ));
+        rows.push(row(
+            job,
+            format!("ended-task tally (stream batches of {b})"),
+            &tally,
         ));
         if job == "dag" {
             rows.push(row(
@@ -521,6 +530,10 @@ mod tests {
             assert!(r.share_of_partition_limit < 0.5, "{r:?}");
             if r.kind.starts_with("counts-by-group") {
                 assert!(r.partition_key.ends_with("#Q"), "a key of their own: {r:?}");
+            }
+            if r.kind.starts_with("ended-task tally") {
+                assert!(r.partition_key.ends_with("#E"), "a key of their own: {r:?}");
+                assert_eq!(r.peak_writes_per_second, counts(r.job), "{r:?}");
             }
             if r.kind.starts_with("task items") || r.kind.starts_with("child items") {
                 assert_eq!(r.partition_keys, shards, "{r:?}");

@@ -21,6 +21,16 @@ const FOLD_MIN_AGE_MS: i64 = 15 * 60 * 1000;
 /// The item a job's folded count history is kept in.
 pub const COUNT_HISTORY_SK: &str = "HISTORY#counts";
 
+/// A job's ended-task tally ([`Store::add_ended`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndedTally {
+    /// Tasks seen ending, counting a retried batch's again.
+    pub ended: u64,
+    /// Checked against the job's counts once: endings counted before the tally began
+    /// are in it. Until then it says nothing.
+    pub checked: bool,
+}
+
 /// One stream record's part of a job's counts.
 #[derive(Debug, Clone, Default)]
 pub struct RecordCounts {
@@ -179,6 +189,59 @@ impl Store {
         }
         let items = items.len();
         Ok((total, usage, items))
+    }
+
+    /// Add `n_ended` tasks seen ending to a job's ended-task tally, and return it.
+    ///
+    /// Once checked ([`EndedTally::checked`]), the tally is at least how many of the
+    /// job's tasks have ended after every batch that counted an ending has added it: a
+    /// batch adds after writing its counts, and adds again if it is retried (never less
+    /// than once, maybe more). So a tally below the job's total says it cannot be
+    /// complete without reading its count items. A fast job piles those up, one a
+    /// batch, for `FOLD_MIN_AGE_MS`, and reading them all at every batch would read a
+    /// million-task job's thousands of times over.
+    pub async fn add_ended(&self, job_id: &str, n_ended: u64) -> Result<EndedTally, StoreError> {
+        self.update_tally(job_id, n_ended, false).await
+    }
+
+    /// Check a job's tally against its counts as read (`ended` tasks): add what it
+    /// lacks (endings counted before it began) and mark it checked.
+    pub async fn check_tally(
+        &self,
+        job_id: &str,
+        tally: &EndedTally,
+        ended: u64,
+    ) -> Result<EndedTally, StoreError> {
+        self.update_tally(job_id, ended.saturating_sub(tally.ended), true)
+            .await
+    }
+
+    async fn update_tally(
+        &self,
+        job_id: &str,
+        add: u64,
+        checked: bool,
+    ) -> Result<EndedTally, StoreError> {
+        let mut req = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(ended_pk(job_id), "E".into())))
+            .expression_attribute_values(":n", n(add))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+        req = if checked {
+            req.update_expression("ADD ended :n SET checked = :t")
+                .expression_attribute_values(":t", AttributeValue::Bool(true))
+        } else {
+            req.update_expression("ADD ended :n")
+        };
+        let out = send(req).await?;
+        let item = out.attributes().cloned().unwrap_or_default();
+        let r = Reader::new(&item);
+        Ok(EndedTally {
+            ended: r.req_n("ended")?,
+            checked: r.bool("checked"),
+        })
     }
 
     /// Fold batch count items into `C#base`, 98 at a time, each fold one transaction, so

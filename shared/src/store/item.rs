@@ -53,6 +53,11 @@ pub fn held_sk(bundle: &str) -> String {
 pub fn group_counts_pk(job_id: &str) -> String {
     format!("J#{job_id}#Q")
 }
+/// A job's ended-task tally (see `Store::add_ended`): a partition of its own, so the
+/// write each stream batch makes to it does not load the job's.
+pub fn ended_pk(job_id: &str) -> String {
+    format!("J#{job_id}#E")
+}
 /// A job's free release-window slots, in the job's partition.
 pub const SLOTS_SK: &str = "SLOTS";
 /// A page of an open job, in the job's partition.

@@ -31,7 +31,7 @@ pub mod work;
 pub mod workers;
 
 pub use claims::{ChildSeed, Claim, Escalation, Heartbeat};
-pub use counts::{sequence_after, RecordCounts};
+pub use counts::{sequence_after, EndedTally, RecordCounts};
 pub(crate) use error::classify;
 pub use error::StoreError;
 pub use group_counts::{GroupRecordCounts, GroupTotals, GROUPS_KEPT, OTHER_GROUPS};

@@ -8,6 +8,19 @@ use crate::domain::{TaskKind, TaskState, Usage};
 use crate::store::{GroupRecordCounts, RecordCounts};
 use std::collections::HashMap;
 
+/// What a stream batch saw of one job.
+#[derive(Default)]
+struct JobPart {
+    /// Each record's part of its counts.
+    parts: Vec<RecordCounts>,
+    /// When the first task seen running started.
+    started: Option<i64>,
+    /// Some task was seen in a final state.
+    finished_some: bool,
+    /// Tasks seen reaching a final state (for the job's tally, `Store::add_ended`).
+    ended: u64,
+}
+
 impl Fanout {
     pub(super) async fn record_counts(
         &self,
@@ -20,7 +33,7 @@ impl Fanout {
         // Keyed by the batch's first record, each record's part kept apart: a retry of
         // this batch adds only the records it had not counted (see `add_batch_counts`).
         let batch_start = first.sequence_number();
-        let mut per_job: HashMap<String, (Vec<RecordCounts>, Option<i64>, bool)> = HashMap::new();
+        let mut per_job: HashMap<String, JobPart> = HashMap::new();
         let mut by_group: HashMap<String, Vec<GroupRecordCounts>> = HashMap::new();
         for c in done {
             let Change::Task(t) = c else { continue };
@@ -66,10 +79,13 @@ impl Fanout {
                 _ => None,
             };
             if let Some(at) = started_at {
-                entry.1 = Some(entry.1.map_or(at, |x: i64| x.min(at)));
+                entry.started = Some(entry.started.map_or(at, |x: i64| x.min(at)));
             }
             if t.task.state.is_terminal() {
-                entry.2 = true;
+                entry.finished_some = true;
+                if !t.old_state.is_some_and(|o| o.is_terminal()) {
+                    entry.ended += 1;
+                }
             }
             // An attempt that ran to its end (finished, or failed and retried) is measured.
             if t.old_state == Some(TaskState::Running) {
@@ -82,9 +98,15 @@ impl Fanout {
                     part.usage.add(&u);
                 }
             }
-            entry.0.push(part);
+            entry.parts.push(part);
         }
-        for (job_id, (parts, started, finished_some)) in per_job {
+        for (job_id, job) in per_job {
+            let JobPart {
+                parts,
+                started,
+                finished_some,
+                ended,
+            } = job;
             if parts.is_empty() {
                 continue;
             }
@@ -97,25 +119,38 @@ impl Fanout {
                     .await?;
             }
             if let Some(at) = started {
-                let known = self
-                    .started
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&job_id);
-                if !known {
-                    self.store.mark_job_started(&job_id, at).await?;
-                    let mut set = self.started.lock().unwrap_or_else(|p| p.into_inner());
-                    if set.len() > 10_000 {
-                        set.clear();
-                    }
-                    set.insert(job_id.clone());
-                }
+                self.mark_started(&job_id, at).await?;
             }
             if finished_some {
-                if let Some(state) = self.close_if_done(&job_id).await? {
+                // After its counts: a tally that reaches the total finds them all.
+                let tally = match ended {
+                    0 => None,
+                    n => Some(self.store.add_ended(&job_id, n).await?),
+                };
+                if let Some(state) =
+                    super::jobs::close_if_tally_allows(&self.store, &job_id, tally).await?
+                {
                     outcome.jobs_finished.push((job_id.clone(), state));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Mark a job started, once for all the batches this fanout sees.
+    async fn mark_started(&self, job_id: &str, at: i64) -> Result<(), FanoutError> {
+        let known = self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(job_id);
+        if !known {
+            self.store.mark_job_started(job_id, at).await?;
+            let mut set = self.started.lock().unwrap_or_else(|p| p.into_inner());
+            if set.len() > 10_000 {
+                set.clear();
+            }
+            set.insert(job_id.to_string());
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use super::{Fanout, FanoutError, JobChange};
 use crate::domain::{JobState, TaskState};
+use crate::store::EndedTally;
 
 impl Fanout {
     /// A job item changed: list it under its new status, and close a job that an
@@ -36,6 +37,17 @@ pub async fn close_if_done(
     store: &crate::store::Store,
     job_id: &str,
 ) -> Result<Option<JobState>, FanoutError> {
+    close_if_tally_allows(store, job_id, None).await
+}
+
+/// [`close_if_done`], told the job's ended-task tally after a batch added its endings
+/// (`Store::add_ended`): a checked tally below the job's total says it is not done, and
+/// its count items are not read. A tally not yet checked is checked against them.
+pub(super) async fn close_if_tally_allows(
+    store: &crate::store::Store,
+    job_id: &str,
+    tally: Option<EndedTally>,
+) -> Result<Option<JobState>, FanoutError> {
     let Some(job) = store.get_job(job_id).await? else {
         return Ok(None);
     };
@@ -53,7 +65,17 @@ pub async fn close_if_done(
             .await?;
         return Ok(None);
     }
+    // A job being stopped may close with tasks left: its counts decide.
+    let stopping = job.cancel_requested || job.stopped_at.is_some();
+    if let Some(t) = tally {
+        if t.checked && t.ended < job.total_tasks && !stopping {
+            return Ok(None);
+        }
+    }
     let (counts, usage, items) = store.job_counts(job_id).await?;
+    if let Some(t) = tally.filter(|t| !t.checked) {
+        store.check_tally(job_id, &t, counts.terminal()).await?;
+    }
     if items > 50 {
         // A batch writes a counts item and a counts-by-group item for a DAG: they pile
         // up together.
