@@ -80,6 +80,8 @@ struct ScenarioResult {
     dynamodb_read_units_per_task: f64,
     /// Where the write units go, by DynamoDB operation.
     write_units_per_task_by_operation: HashMap<String, f64>,
+    /// Where the read units go, by DynamoDB operation.
+    read_units_per_task_by_operation: HashMap<String, f64>,
     requests_per_task: HashMap<String, f64>,
     lambda_invocations_per_task: f64,
     dollars_per_million_tasks: f64,
@@ -345,6 +347,12 @@ fn result(m: Measured) -> ScenarioResult {
         .filter(|(_, v)| **v > 0.0)
         .map(|(k, v)| (k.clone(), per(*v)))
         .collect();
+    let read_units_per_task_by_operation = counts
+        .read_units
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(k, v)| (k.clone(), per(*v)))
+        .collect();
     let lambda_dollars = lambda as f64 * accounting::prices::LAMBDA_PER_MILLION_REQUESTS / 1e6;
     let dollars = accounting::dollars(counts) + lambda_dollars;
     let provisioned = accounting::dollars_provisioned(counts) + lambda_dollars;
@@ -361,6 +369,7 @@ fn result(m: Measured) -> ScenarioResult {
         dynamodb_write_units_per_task: per(counts.total_write_units()),
         dynamodb_read_units_per_task: per(counts.total_read_units()),
         write_units_per_task_by_operation,
+        read_units_per_task_by_operation,
         requests_per_task,
         lambda_invocations_per_task: per(lambda as f64),
         dollars_per_million_tasks: dollars / n as f64 * 1e6,
@@ -426,7 +435,7 @@ async fn run_scenario(
     let submit_ms = started.elapsed().as_secs_f64() * 1000.0;
     let job_id = resp["job_id"].as_str().context("job_id")?.to_string();
     let done = jobs::wait_for(&api, &job_id, true).await?;
-    // Server-side: submission accepted to job finished (the poll adds up to 250 ms).
+    // Server-side: submission accepted to job finished (not when the poll saw it).
     // What the scenario cost, before the timeline's reads of every task add theirs.
     let in_process = accounting::snapshot().since(&before);
     let makespan = makespan_s(&done, &done).unwrap_or_else(|| started.elapsed().as_secs_f64());
@@ -583,6 +592,10 @@ fn print_table(results: &[ScenarioResult]) {
             parts.join(", "),
             r.upkeep_write_units
         );
+        let mut rcu: Vec<(&String, &f64)> = r.read_units_per_task_by_operation.iter().collect();
+        rcu.sort_by(|a, b| a.0.cmp(b.0));
+        let parts: Vec<String> = rcu.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        println!("{} read units/task: {}", r.scenario, parts.join(", "));
         if r.runs.len() > 1 {
             let range = |f: &dyn Fn(&RunSummary) -> Option<f64>| {
                 let v: Vec<f64> = r.runs.iter().filter_map(f).collect();

@@ -185,11 +185,24 @@ fn counts_line(job: &Value) -> String {
         .join("  ")
 }
 
+/// How often [`wait_for`] looks at first, and at most how long it lets pass between
+/// looks once a job has run a while. A look reads the job's count items, of which a
+/// fast job has one per stream batch of the last quarter hour: thousands, for a big one.
+const FIRST_POLL: Duration = Duration::from_millis(250);
+const LONGEST_POLL: Duration = Duration::from_secs(5);
+
+/// The pause after `pause`: half as long again, up to [`LONGEST_POLL`].
+fn next_poll(pause: Duration) -> Duration {
+    (pause * 3 / 2).min(LONGEST_POLL)
+}
+
 /// Poll a job until it ends, drawing a progress bar on a terminal (a line every few
-/// seconds otherwise).
+/// seconds otherwise): often at first, so a short job is seen ending at once, less and
+/// less as it runs on (see [`FIRST_POLL`]).
 pub async fn wait_for(api: &Api, job_id: &str, progress: bool) -> anyhow::Result<Value> {
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
+    let mut pause = FIRST_POLL;
     let mut last_line = Instant::now() - Duration::from_secs(60);
     loop {
         let job = api.get(&format!("/v1/jobs/{job_id}")).await?;
@@ -230,7 +243,8 @@ pub async fn wait_for(api: &Api, job_id: &str, progress: bool) -> anyhow::Result
         if done {
             return Ok(job);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(pause).await;
+        pause = next_poll(pause);
     }
 }
 
@@ -582,4 +596,29 @@ fn usage_table(u: &Value) {
         mu,
         ratio(mu, mr)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job of a few seconds is seen ending within a second of it; one of an hour is
+    /// looked at every five seconds, not four times a second.
+    #[test]
+    fn waiting_looks_often_at_first_and_every_five_seconds_in_the_end() {
+        let mut pause = FIRST_POLL;
+        let mut waited = Duration::ZERO;
+        let mut looks = 0;
+        while waited < Duration::from_secs(3600) {
+            waited += pause;
+            looks += 1;
+            if waited < Duration::from_secs(3) {
+                assert!(pause < Duration::from_secs(1), "{pause:?} at {waited:?}");
+            }
+            pause = next_poll(pause);
+            assert!(pause <= LONGEST_POLL);
+        }
+        assert_eq!(pause, LONGEST_POLL);
+        assert!(looks < 3600 / 5 + 20, "{looks} looks in an hour");
+    }
 }
